@@ -1,0 +1,284 @@
+//! The error type shared by every courier crate's public traits.
+//!
+//! Each variant says what kind of failure happened so callers can branch
+//! without parsing text; [`Error::is_retryable`] tells whether trying the same
+//! operation again may succeed. Broker-specific causes are kept as `source`.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::headers::HeaderError;
+use crate::message::MessageId;
+use crate::name::InvalidName;
+
+/// A boxed error from a broker client or other dependency.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with courier's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a connection could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectErrorKind {
+    /// The host name did not resolve or the host could not be reached.
+    Unreachable,
+    /// The host refused the connection (nothing listens on the port).
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+    /// The broker rejected the credentials.
+    Authentication,
+    /// The credentials were accepted but lack a permission.
+    Authorization,
+    /// A named resource does not exist (an AMQP virtual host, say).
+    NotFound,
+    /// TLS negotiation failed.
+    Tls,
+    /// The server does not offer what the adapter needs (JetStream disabled, say).
+    Unsupported,
+    /// The server spoke an unexpected protocol.
+    Protocol,
+    /// Anything else; see the source.
+    Other,
+}
+
+impl ConnectErrorKind {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ConnectErrorKind::Unreachable
+                | ConnectErrorKind::Refused
+                | ConnectErrorKind::TimedOut
+                | ConnectErrorKind::Other
+        )
+    }
+}
+
+impl fmt::Display for ConnectErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectErrorKind::Unreachable => "host unreachable",
+            ConnectErrorKind::Refused => "connection refused",
+            ConnectErrorKind::TimedOut => "timed out",
+            ConnectErrorKind::Authentication => "authentication failed",
+            ConnectErrorKind::Authorization => "not authorized",
+            ConnectErrorKind::NotFound => "not found",
+            ConnectErrorKind::Tls => "TLS failed",
+            ConnectErrorKind::Unsupported => "feature not available on the server",
+            ConnectErrorKind::Protocol => "protocol error",
+            ConnectErrorKind::Other => "failed",
+        })
+    }
+}
+
+/// Every failure a courier operation can report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A topic or consumer-group name cannot be carried by every broker.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// A header is invalid, reserved, or the headers are too large.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// The payload is larger than the broker accepts.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Payload size.
+        size: usize,
+        /// The broker's limit.
+        limit: usize,
+    },
+    /// A value could not be serialized into a payload.
+    #[error("cannot encode {type_name} as JSON")]
+    Encode {
+        /// The Rust type being encoded.
+        type_name: &'static str,
+        /// serde's reason.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A payload could not be decoded into the requested type. Permanent:
+    /// the same bytes will never decode.
+    #[error("cannot decode message {id} as {type_name}")]
+    Decode {
+        /// The message that failed to decode.
+        id: MessageId,
+        /// The Rust type requested.
+        type_name: &'static str,
+        /// serde's reason.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A connection URL is malformed or has an unsupported scheme.
+    #[error("invalid broker URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL, password removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The URL's scheme belongs to an adapter this build does not include.
+    #[error("broker URL {url} needs courier's `{feature}` feature, which is not enabled")]
+    FeatureDisabled {
+        /// The URL, password removed.
+        url: String,
+        /// The Cargo feature to enable.
+        feature: &'static str,
+    },
+    /// Connecting to the broker failed.
+    #[error("cannot connect to {url}: {kind}")]
+    Connect {
+        /// The URL, password removed.
+        url: String,
+        /// What kind of failure.
+        kind: ConnectErrorKind,
+        /// The client's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The broker did not confirm an operation in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        operation: &'static str,
+        /// How long courier waited.
+        after: Duration,
+    },
+    /// The publisher, subscriber or broker was closed.
+    #[error("{0} is closed")]
+    Closed(&'static str),
+    /// The topic does not exist and the adapter is not allowed to create it.
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    /// The adapter or its broker does not offer this operation.
+    #[error("{broker} does not support {feature}")]
+    Unsupported {
+        /// The adapter.
+        broker: &'static str,
+        /// What was asked for.
+        feature: &'static str,
+    },
+    /// The broker rejected or failed an operation.
+    #[error("{broker}: {operation} failed")]
+    Broker {
+        /// The adapter (`"amqp"`, `"kafka"`, ...).
+        broker: &'static str,
+        /// What was being done (`"publish"`, `"ack"`, ...).
+        operation: &'static str,
+        /// Whether trying again may succeed.
+        retryable: bool,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A handler failed; produced by the consumer runtime.
+    #[error("handler failed: {0}")]
+    Handler(#[source] BoxError),
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again: connection
+    /// drops, timeouts and broker hiccups are retryable; invalid input,
+    /// undecodable payloads and closed handles are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { kind, .. } => kind.is_retryable(),
+            Error::Timeout { .. } => true,
+            Error::Broker { retryable, .. } => *retryable,
+            Error::Handler(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A [`Error::Broker`] from any client error.
+    pub fn broker(
+        broker: &'static str,
+        operation: &'static str,
+        retryable: bool,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Broker {
+            broker,
+            operation,
+            retryable,
+            source: source.into(),
+        }
+    }
+}
+
+/// The URL with its password replaced by `***`, for error messages and logs.
+///
+/// Works on lists too (`kafka://a:1,b:2`). A NATS URL's lone user part is a
+/// token and is masked whole.
+///
+/// # Examples
+///
+/// ```
+/// use courier_core::error::redact_url;
+/// assert_eq!(redact_url("amqp://app:s3cret@rabbit:5672/%2f"), "amqp://app:***@rabbit:5672/%2f");
+/// assert_eq!(redact_url("nats://localhost:4222"), "nats://localhost:4222");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &url[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let masked = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        // A NATS URL's user part alone is a token: a secret.
+        None if url.starts_with("nats") => "***".to_owned(),
+        None => userinfo.to_owned(),
+    };
+    format!(
+        "{}{}{}",
+        &url[..authority_start],
+        masked,
+        &url[authority_start + at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_only_the_password() {
+        assert_eq!(redact_url("amqp://u:p@h/v?x=1"), "amqp://u:***@h/v?x=1");
+        assert_eq!(redact_url("amqp://u:p:q@h"), "amqp://u:***@h");
+        assert_eq!(redact_url("nats://token@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_url("amqp://user@h"), "amqp://user@h");
+        assert_eq!(redact_url("kafka://a:1,b:2"), "kafka://a:1,b:2");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn retryability_follows_the_kind() {
+        let refused = Error::Connect {
+            url: "amqp://h".into(),
+            kind: ConnectErrorKind::Refused,
+            source: None,
+        };
+        let auth = Error::Connect {
+            url: "amqp://h".into(),
+            kind: ConnectErrorKind::Authentication,
+            source: None,
+        };
+        assert!(refused.is_retryable());
+        assert!(!auth.is_retryable());
+        assert!(!Error::Closed("publisher").is_retryable());
+        assert_eq!(
+            refused.to_string(),
+            "cannot connect to amqp://h: connection refused"
+        );
+    }
+}

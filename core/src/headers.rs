@@ -1,0 +1,232 @@
+//! Message headers: string names to string values.
+//!
+//! Names starting with [`RESERVED_PREFIX`] belong to courier (correlation and
+//! causation ids, dead-letter details, wire fields). Inserting such a name
+//! through [`Headers::insert`] is an error rather than a silent overwrite.
+//!
+//! Limits that hold on every broker: a name is 1 to [`MAX_NAME_LEN`] visible
+//! ASCII characters other than `:`; a value is any UTF-8 without `\r` or `\n`
+//! (NATS headers are line-based), and may be empty; all names and values
+//! together take at most [`MAX_TOTAL_LEN`] bytes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Prefix of header names reserved for courier itself.
+pub const RESERVED_PREFIX: &str = "courier-";
+/// Longest header name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+/// Largest total size of all header names and values, in bytes.
+pub const MAX_TOTAL_LEN: usize = 64 * 1024;
+
+/// Why a header was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The name is empty, too long, or contains a character other than
+    /// visible ASCII without `:`.
+    #[error("invalid header name {0:?}: names are 1 to 256 visible ASCII characters without ':'")]
+    InvalidName(String),
+    /// The name starts with the reserved prefix `courier-`.
+    #[error("header name {0:?} uses the reserved prefix \"courier-\"")]
+    Reserved(String),
+    /// The value contains a carriage return or a line feed.
+    #[error("value of header {0:?} contains a line break")]
+    InvalidValue(String),
+    /// All headers together would exceed [`MAX_TOTAL_LEN`].
+    #[error("headers would take {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// Size the headers would have.
+        size: usize,
+        /// The limit, [`MAX_TOTAL_LEN`].
+        limit: usize,
+    },
+    /// A header arrived from a broker with a value that is not UTF-8.
+    #[error("value of header {0:?} is not UTF-8")]
+    NotUtf8(String),
+}
+
+/// An ordered map of header names to values with courier's limits enforced.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    map: BTreeMap<String, String>,
+    size: usize,
+}
+
+impl Headers {
+    /// Empty headers (no allocation).
+    pub const fn new() -> Self {
+        Headers {
+            map: BTreeMap::new(),
+            size: 0,
+        }
+    }
+
+    /// Inserts a user header, replacing an earlier value of the same name.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError`] if the name is invalid or reserved, the value has a
+    /// line break, or the headers would grow past [`MAX_TOTAL_LEN`].
+    pub fn insert(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<(), HeaderError> {
+        let name = name.into();
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(HeaderError::Reserved(name));
+        }
+        self.insert_checked(name, value.into())
+    }
+
+    /// Inserts a header whose name may use the reserved prefix. For courier's
+    /// own crates (adapters restoring wire headers, the runtime adding
+    /// dead-letter details); applications use [`Headers::insert`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Headers::insert`], except that reserved names are accepted.
+    pub fn insert_reserved(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<(), HeaderError> {
+        self.insert_checked(name.into(), value.into())
+    }
+
+    fn insert_checked(&mut self, name: String, value: String) -> Result<(), HeaderError> {
+        if name.is_empty()
+            || name.len() > MAX_NAME_LEN
+            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        {
+            return Err(HeaderError::InvalidName(name));
+        }
+        if value.contains(['\r', '\n']) {
+            return Err(HeaderError::InvalidValue(name));
+        }
+        let old = self.map.get(&name).map_or(0, |v| name.len() + v.len());
+        let size = self.size - old + name.len() + value.len();
+        if size > MAX_TOTAL_LEN {
+            return Err(HeaderError::TooLarge {
+                size,
+                limit: MAX_TOTAL_LEN,
+            });
+        }
+        self.size = size;
+        self.map.insert(name, value);
+        Ok(())
+    }
+
+    /// The value of a header.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.map.get(name).map(String::as_str)
+    }
+
+    /// Removes a header and returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let value = self.map.remove(name)?;
+        self.size -= name.len() + value.len();
+        Some(value)
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Total bytes of all names and values.
+    pub fn byte_size(&self) -> usize {
+        self.size
+    }
+
+    /// All headers, in name order, reserved ones included.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The headers an application set, without courier's reserved ones.
+    pub fn user(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter().filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.map.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = (&'a str, &'a str);
+    type IntoIter = Box<dyn Iterator<Item = (&'a str, &'a str)> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_refused() {
+        let mut h = Headers::new();
+        assert_eq!(
+            h.insert("courier-correlation-id", "x"),
+            Err(HeaderError::Reserved("courier-correlation-id".into()))
+        );
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn invalid_names_and_values_are_refused() {
+        let mut h = Headers::new();
+        for name in ["", "a b", "a:b", "é", &"n".repeat(257)] {
+            assert!(
+                matches!(h.insert(name, "v"), Err(HeaderError::InvalidName(_))),
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            h.insert("a", "x\ny"),
+            Err(HeaderError::InvalidValue("a".into()))
+        );
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn unicode_and_empty_values_are_kept() {
+        let mut h = Headers::new();
+        h.insert("greeting", "héllo wörld ✓").unwrap();
+        h.insert("empty", "").unwrap();
+        assert_eq!(h.get("greeting"), Some("héllo wörld ✓"));
+        assert_eq!(h.get("empty"), Some(""));
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn total_size_is_bounded_and_tracked_on_replace() {
+        let mut h = Headers::new();
+        h.insert("big", "x".repeat(MAX_TOTAL_LEN - 3)).unwrap();
+        assert_eq!(h.byte_size(), MAX_TOTAL_LEN);
+        let err = h.insert("b", "y").unwrap_err();
+        assert_eq!(
+            err,
+            HeaderError::TooLarge {
+                size: MAX_TOTAL_LEN + 2,
+                limit: MAX_TOTAL_LEN
+            }
+        );
+        h.insert("big", "small").unwrap();
+        assert_eq!(h.byte_size(), 8);
+        assert_eq!(h.remove("big").as_deref(), Some("small"));
+        assert_eq!(h.byte_size(), 0);
+    }
+}

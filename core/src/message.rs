@@ -1,0 +1,401 @@
+//! The message: what is published, stored by the broker and delivered.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::headers::{HeaderError, Headers};
+
+/// Header carrying the correlation id (the id shared by every message of one flow).
+pub const CORRELATION_ID: &str = "courier-correlation-id";
+/// Header carrying the causation id (the id of the message that caused this one).
+pub const CAUSATION_ID: &str = "courier-causation-id";
+/// Content type set by [`Message::json`].
+pub const JSON: &str = "application/json";
+
+/// A message id: a UUID v7 for messages courier creates, or any other text a
+/// foreign producer used.
+///
+/// Ids are what deduplication keys on (JetStream's `Nats-Msg-Id`, the
+/// idempotency store), so a message keeps its id across retries and relays.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Repr {
+    Uuid(Uuid),
+    Text(Arc<str>),
+}
+
+impl MessageId {
+    /// A new time-ordered UUID v7 id.
+    pub fn new() -> Self {
+        MessageId(Repr::Uuid(Uuid::now_v7()))
+    }
+
+    /// Reads an id from its text form. A UUID is stored as one; anything else
+    /// non-empty without line breaks and at most 256 bytes is kept as text.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError::InvalidValue`] for an empty, overlong or multi-line id.
+    pub fn parse(text: &str) -> Result<Self, HeaderError> {
+        if let Ok(uuid) = Uuid::try_parse(text) {
+            return Ok(MessageId(Repr::Uuid(uuid)));
+        }
+        if text.is_empty() || text.len() > 256 || text.contains(['\r', '\n']) {
+            return Err(HeaderError::InvalidValue("message id".into()));
+        }
+        Ok(MessageId(Repr::Text(text.into())))
+    }
+
+    /// The UUID, when the id is one.
+    pub fn as_uuid(&self) -> Option<Uuid> {
+        match &self.0 {
+            Repr::Uuid(u) => Some(*u),
+            Repr::Text(_) => None,
+        }
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for MessageId {
+    fn from(uuid: Uuid) -> Self {
+        MessageId(Repr::Uuid(uuid))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Uuid(u) => fmt::Display::fmt(&u.hyphenated(), f),
+            Repr::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// A message: id, optional ordering key, headers, payload, content type and
+/// timestamp.
+///
+/// The key decides ordering: messages with the same key are delivered and
+/// handled in publish order (Kafka partitions by it, the consumer runtime runs
+/// one lane per key). The timestamp has millisecond precision so that it
+/// round-trips exactly through every broker.
+///
+/// # Examples
+///
+/// ```
+/// use courier_core::Message;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct OrderPlaced { order: u64 }
+///
+/// let msg = Message::json(&OrderPlaced { order: 7 })?
+///     .with_key("customer-42")
+///     .with_header("tenant", "acme")?;
+/// assert_eq!(msg.content_type(), Some("application/json"));
+/// assert_eq!(msg.json_as::<OrderPlaced>()?, OrderPlaced { order: 7 });
+///
+/// let reply = Message::new("ok").caused_by(&msg);
+/// assert_eq!(reply.causation_id(), Some(msg.id().to_string().as_str()));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    id: MessageId,
+    key: Option<String>,
+    headers: Headers,
+    payload: Bytes,
+    content_type: Option<Cow<'static, str>>,
+    timestamp: SystemTime,
+}
+
+impl Message {
+    /// A message with a new UUID v7 id, the current time and no key, headers
+    /// or content type.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: MessageId::new(),
+            key: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+            content_type: None,
+            timestamp: now_millis(),
+        }
+    }
+
+    /// A message whose payload is `value` as JSON, content type `application/json`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when serde cannot serialize the value.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let payload = serde_json::to_vec(value).map_err(|source| Error::Encode {
+            type_name: std::any::type_name::<T>(),
+            source,
+        })?;
+        Ok(Message::new(payload).with_content_type(JSON))
+    }
+
+    /// Decodes the payload as JSON into `T`. (Rust has no overloading, so the
+    /// decoding twin of the constructor [`Message::json`] is `json_as`.)
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the message id and the target type when the
+    /// payload is not JSON of that shape. Such a message will never decode,
+    /// so the error is not retryable.
+    pub fn json_as<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.payload).map_err(|source| Error::Decode {
+            id: self.id.clone(),
+            type_name: std::any::type_name::<T>(),
+            source,
+        })
+    }
+
+    /// Sets the id.
+    pub fn with_id(mut self, id: MessageId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets the ordering key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError`] as for [`Headers::insert`]: a reserved or invalid name,
+    /// a value with a line break, or headers grown too large.
+    pub fn with_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, HeaderError> {
+        self.headers.insert(name, value)?;
+        Ok(self)
+    }
+
+    /// Sets the content type.
+    pub fn with_content_type(mut self, content_type: impl Into<Cow<'static, str>>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// Sets the timestamp (truncated to milliseconds).
+    pub fn with_timestamp(mut self, timestamp: SystemTime) -> Self {
+        self.timestamp = truncate_millis(timestamp);
+        self
+    }
+
+    /// Sets the correlation id.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError::InvalidValue`] when the id has a line break.
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Result<Self, HeaderError> {
+        self.headers.insert_reserved(CORRELATION_ID, id)?;
+        Ok(self)
+    }
+
+    /// Sets the causation id.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError::InvalidValue`] when the id has a line break.
+    pub fn with_causation_id(mut self, id: impl Into<String>) -> Result<Self, HeaderError> {
+        self.headers.insert_reserved(CAUSATION_ID, id)?;
+        Ok(self)
+    }
+
+    /// Marks this message as caused by `cause`: the causation id becomes the
+    /// cause's id and the correlation id is carried over (or starts at the
+    /// cause's id), so a whole flow can be followed.
+    pub fn caused_by(mut self, cause: &Message) -> Self {
+        let correlation = cause
+            .correlation_id()
+            .map_or_else(|| cause.id.to_string(), str::to_owned);
+        // Ids never hold line breaks and stay far below the header limit.
+        let _ = self
+            .headers
+            .insert_reserved(CAUSATION_ID, cause.id.to_string());
+        let _ = self.headers.insert_reserved(CORRELATION_ID, correlation);
+        self
+    }
+
+    /// The id.
+    pub fn id(&self) -> &MessageId {
+        &self.id
+    }
+
+    /// The ordering key.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The headers, reserved ones included.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The headers, for courier's own crates to add reserved ones.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+
+    /// One header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The content type.
+    pub fn content_type(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+
+    /// When the message was created, to the millisecond.
+    pub fn timestamp(&self) -> SystemTime {
+        self.timestamp
+    }
+
+    /// The timestamp as milliseconds since the Unix epoch.
+    pub fn timestamp_millis(&self) -> u64 {
+        self.timestamp
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// The correlation id.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.headers.get(CORRELATION_ID)
+    }
+
+    /// The causation id.
+    pub fn causation_id(&self) -> Option<&str> {
+        self.headers.get(CAUSATION_ID)
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("headers", &self.headers)
+            .field("payload_len", &self.payload.len())
+            .field("content_type", &self.content_type)
+            .field("timestamp_millis", &self.timestamp_millis())
+            .finish()
+    }
+}
+
+fn now_millis() -> SystemTime {
+    truncate_millis(SystemTime::now())
+}
+
+fn truncate_millis(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Order {
+        id: u64,
+    }
+
+    #[test]
+    fn ids_are_uuid_v7_and_parse_back() {
+        let id = MessageId::new();
+        assert_eq!(id.as_uuid().unwrap().get_version_num(), 7);
+        assert_eq!(MessageId::parse(&id.to_string()).unwrap(), id);
+        let foreign = MessageId::parse("order-17").unwrap();
+        assert_eq!(foreign.to_string(), "order-17");
+        assert!(foreign.as_uuid().is_none());
+        assert!(MessageId::parse("").is_err());
+        assert!(MessageId::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn json_round_trip_and_mismatch_is_a_typed_error() {
+        let msg = Message::json(&Order { id: 3 }).unwrap();
+        assert_eq!(msg.json_as::<Order>().unwrap(), Order { id: 3 });
+        let bad = Message::new("{\"id\":\"three\"}");
+        let err = bad.json_as::<Order>().unwrap_err();
+        match &err {
+            Error::Decode { id, type_name, .. } => {
+                assert_eq!(id, bad.id());
+                assert!(type_name.ends_with("Order"), "{type_name}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn timestamps_have_millisecond_precision() {
+        let t = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        let msg = Message::new("").with_timestamp(t);
+        assert_eq!(msg.timestamp_millis(), 1_700_000_000_123);
+        assert_eq!(
+            msg.timestamp(),
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
+        );
+    }
+
+    #[test]
+    fn causation_chain_keeps_the_correlation_id() {
+        let first = Message::new("a");
+        let second = Message::new("b").caused_by(&first);
+        let third = Message::new("c").caused_by(&second);
+        assert_eq!(
+            second.correlation_id(),
+            Some(first.id().to_string().as_str())
+        );
+        assert_eq!(
+            third.correlation_id(),
+            Some(first.id().to_string().as_str())
+        );
+        assert_eq!(third.causation_id(), Some(second.id().to_string().as_str()));
+    }
+
+    #[test]
+    fn user_cannot_overwrite_reserved_headers() {
+        let err = Message::new("x")
+            .with_header(CORRELATION_ID, "y")
+            .unwrap_err();
+        assert_eq!(err, HeaderError::Reserved(CORRELATION_ID.into()));
+    }
+}

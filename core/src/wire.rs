@@ -1,0 +1,149 @@
+//! How a [`Message`] travels as broker headers, for adapters.
+//!
+//! Brokers without native fields for courier's message attributes (Kafka
+//! record headers, NATS headers) carry them as reserved headers next to the
+//! user's: [`ID`], [`KEY`], [`CONTENT_TYPE`], [`TIMESTAMP`]. Adapters whose
+//! broker has a native field for one (the Kafka record key, AMQP properties)
+//! may use it instead and pass it to [`decode`].
+
+use bytes::Bytes;
+
+use crate::headers::{HeaderError, Headers};
+use crate::message::{Message, MessageId};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Header carrying the message id.
+pub const ID: &str = "courier-id";
+/// Header carrying the ordering key.
+pub const KEY: &str = "courier-key";
+/// Header carrying the content type.
+pub const CONTENT_TYPE: &str = "courier-content-type";
+/// Header carrying the timestamp, milliseconds since the Unix epoch.
+pub const TIMESTAMP: &str = "courier-timestamp-ms";
+
+/// Which message attributes the broker carries natively, so [`encode`] leaves
+/// them out of the headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Native {
+    /// The broker carries the key (Kafka record key).
+    pub key: bool,
+}
+
+/// Calls `put(name, value)` for every header the message travels with: the
+/// user's and courier's own.
+pub fn encode(message: &Message, native: Native, mut put: impl FnMut(&str, &str)) {
+    put(ID, &message.id().to_string());
+    if let Some(key) = message.key().filter(|_| !native.key) {
+        put(KEY, key);
+    }
+    if let Some(ct) = message.content_type() {
+        put(CONTENT_TYPE, ct);
+    }
+    put(TIMESTAMP, &message.timestamp_millis().to_string());
+    for (name, value) in message.headers().iter() {
+        put(name, value);
+    }
+}
+
+/// Rebuilds a message from the broker's headers and payload.
+///
+/// `native_key` is the broker's own key field if it has one. A message from a
+/// producer that did not set [`ID`] gets `fallback_id()`; one without
+/// [`TIMESTAMP`] keeps the time of decoding.
+///
+/// # Errors
+///
+/// [`HeaderError::NotUtf8`] when a header value is not UTF-8, and the other
+/// [`HeaderError`]s when headers break courier's limits.
+pub fn decode<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    payload: Bytes,
+    native_key: Option<String>,
+    fallback_id: impl FnOnce() -> MessageId,
+) -> Result<Message, HeaderError> {
+    let mut message = Message::new(payload);
+    let mut id = None;
+    let mut key = native_key;
+    let mut user = Headers::new();
+    for (name, raw) in headers {
+        let value = std::str::from_utf8(raw).map_err(|_| HeaderError::NotUtf8(name.to_owned()))?;
+        match name {
+            ID => id = Some(MessageId::parse(value)?),
+            KEY => key = Some(value.to_owned()),
+            CONTENT_TYPE => message = message.with_content_type(value.to_owned()),
+            TIMESTAMP => {
+                if let Ok(ms) = value.parse::<u64>() {
+                    message = message.with_timestamp(UNIX_EPOCH + Duration::from_millis(ms));
+                }
+            }
+            _ => user.insert_reserved(name, value)?,
+        }
+    }
+    *message.headers_mut() = user;
+    message = message.with_id(id.unwrap_or_else(fallback_id));
+    if let Some(key) = key {
+        message = message.with_key(key);
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_attribute_round_trips() {
+        let original = Message::new("payload")
+            .with_key("k-ü")
+            .with_content_type("text/plain")
+            .with_header("empty", "")
+            .unwrap()
+            .with_header("unicode", "✓ ünïcode")
+            .unwrap()
+            .with_correlation_id("corr")
+            .unwrap()
+            .with_causation_id("cause")
+            .unwrap();
+        let mut pairs: Vec<(String, Vec<u8>)> = Vec::new();
+        encode(&original, Native::default(), |n, v| {
+            pairs.push((n.to_owned(), v.as_bytes().to_vec()))
+        });
+        let decoded = decode(
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            original.payload().clone(),
+            None,
+            MessageId::new,
+        )
+        .unwrap();
+        assert_eq!(decoded, original);
+    }
+
+    #[test]
+    fn native_key_is_not_duplicated_in_headers() {
+        let original = Message::new("p").with_key("k");
+        let mut names = Vec::new();
+        encode(&original, Native { key: true }, |n, _| {
+            names.push(n.to_owned())
+        });
+        assert!(!names.iter().any(|n| n == KEY));
+    }
+
+    #[test]
+    fn non_utf8_header_values_are_a_typed_error() {
+        let err = decode(
+            [("x", &[0xff, 0xfe][..])],
+            Bytes::new(),
+            None,
+            MessageId::new,
+        )
+        .unwrap_err();
+        assert_eq!(err, HeaderError::NotUtf8("x".into()));
+    }
+
+    #[test]
+    fn foreign_messages_get_the_fallback_id() {
+        let id = MessageId::parse("topic-0-17").unwrap();
+        let msg = decode([], Bytes::from_static(b"x"), None, || id.clone()).unwrap();
+        assert_eq!(msg.id(), &id);
+    }
+}
