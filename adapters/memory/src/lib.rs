@@ -1,1 +1,194 @@
-//! placeholder
+//! courier-memory: the in-process broker, courier's embedded default.
+//!
+//! It honours the whole courier contract, so code written against it runs
+//! unchanged on RabbitMQ, Kafka or NATS JetStream:
+//!
+//! - topics with consumer groups: streams of the same group compete for
+//!   messages, every group receives every message;
+//! - a group keeps every message published after it was created
+//!   ([`Subscriber::provision`] or the first subscribe); a group created with
+//!   [`StartPosition::Earliest`](courier_core::StartPosition::Earliest) also
+//!   starts with the topic's last [`MemoryConfig::retention`] messages;
+//! - messages of a group are delivered in publish order; a nacked or
+//!   abandoned (dropped unsettled) delivery goes back to the head of the
+//!   queue, so it comes next;
+//! - at most [`Subscription::prefetch`] unsettled deliveries per stream;
+//! - `publish` returns once the message is in every group's queue.
+//!
+//! Nothing survives the process: it is for tests, examples and services
+//! that do not need a broker yet. Queues are unbounded.
+//!
+//! # Examples
+//!
+//! ```
+//! use courier_core::{Message, Subscription};
+//! use courier_memory::MemoryBroker;
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> courier_core::Result<()> {
+//! let broker = MemoryBroker::new();
+//! let mut deliveries = broker.subscribe(Subscription::new("greetings", "printer")).await?;
+//! broker.publish("greetings", Message::new("hello")).await?;
+//!
+//! let delivery = deliveries.next().await.expect("open stream")?;
+//! assert_eq!(delivery.message().payload().as_ref(), b"hello");
+//! delivery.ack().await?;
+//! broker.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod delivery;
+mod state;
+mod subscriber;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+
+use courier_core::{
+    Broker, DeliveryStream, Message, Publisher, Result, Subscriber, Subscription, async_trait,
+};
+use parking_lot::Mutex;
+
+pub use config::{DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, MemoryConfig};
+use state::State;
+use subscriber::MemoryStream;
+
+/// An in-process broker. Cheap to clone: clones share the same topics.
+#[derive(Debug, Clone)]
+pub struct MemoryBroker {
+    state: Arc<State>,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBroker {
+    /// A new, empty broker with default settings.
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default())
+    }
+
+    /// A new, empty broker.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        MemoryBroker {
+            state: Arc::new(State::new(config)),
+        }
+    }
+
+    /// The process-wide broker called `name`, created on first use and shared
+    /// by every caller asking for the same name while any handle to it lives
+    /// (`memory://name` in `courier::connect`).
+    pub fn named(name: &str) -> Self {
+        static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<State>>>> = OnceLock::new();
+        let mut registry = REGISTRY.get_or_init(Default::default).lock();
+        registry.retain(|_, state| state.strong_count() > 0);
+        if let Some(state) = registry.get(name).and_then(Weak::upgrade) {
+            return MemoryBroker { state };
+        }
+        let broker = Self::new();
+        registry.insert(name.to_owned(), Arc::downgrade(&broker.state));
+        broker
+    }
+
+    /// This broker as a run-time chosen [`Broker`].
+    pub fn into_broker(self) -> Broker {
+        let this = Arc::new(self);
+        Broker::new("memory", this.clone(), this)
+    }
+
+    /// See [`Publisher::publish`].
+    ///
+    /// # Errors
+    ///
+    /// An invalid topic name, a payload over [`MemoryConfig::max_payload`],
+    /// or a closed broker.
+    pub async fn publish(&self, topic: &str, message: Message) -> Result<()> {
+        Publisher::publish(self, topic, message).await
+    }
+
+    /// See [`Subscriber::subscribe`].
+    ///
+    /// # Errors
+    ///
+    /// Invalid names or a closed broker.
+    pub async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        Subscriber::subscribe(self, subscription).await
+    }
+
+    /// Closes the broker: every stream ends, publishing fails with
+    /// [`Error::Closed`](courier_core::Error::Closed). Idempotent. Deliveries
+    /// already handed out can still be settled.
+    ///
+    /// # Errors
+    ///
+    /// Never; the `Result` matches the other adapters.
+    pub async fn close(&self) -> Result<()> {
+        self.state.close();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Publisher for MemoryBroker {
+    async fn publish(&self, topic: &str, message: Message) -> Result<()> {
+        let messages = vec![message];
+        self.state.check_publish(topic, &messages)?;
+        self.state.append(topic, messages);
+        Ok(())
+    }
+
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        self.state.check_publish(topic, &messages)?;
+        self.state.append(topic, messages);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.state.close();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscriber for MemoryBroker {
+    async fn provision(&self, subscription: &Subscription) -> Result<()> {
+        subscription.validate()?;
+        if self.state.is_closed() {
+            return Err(courier_core::Error::Closed("memory broker"));
+        }
+        self.state.group(
+            subscription.topic(),
+            subscription.group(),
+            subscription.start(),
+        );
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        subscription.validate()?;
+        if self.state.is_closed() {
+            return Err(courier_core::Error::Closed("memory broker"));
+        }
+        let group = self.state.group(
+            subscription.topic(),
+            subscription.group(),
+            subscription.start(),
+        );
+        let prefetch = usize::from(subscription.prefetch_count());
+        Ok(Box::pin(MemoryStream::new(
+            self.state.clone(),
+            group,
+            prefetch,
+        )))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.state.close();
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! Settling deliveries of the in-process broker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use courier_core::{Acknowledger, Message, Nack, Result, async_trait};
+use futures::task::AtomicWaker;
+
+use crate::state::{Group, Pending, State};
+
+/// Flow control of one stream: how many of its deliveries are unsettled.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) prefetch: usize,
+    pub(crate) waker: AtomicWaker,
+}
+
+impl Flow {
+    fn release(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.prefetch {
+            self.waker.wake();
+        }
+    }
+}
+
+/// Settles one delivery: an ack forgets the message, a nack or an abandoned
+/// delivery puts it back at the head of its group's queue.
+#[derive(Debug)]
+pub(crate) struct MemoryAcker {
+    pub(crate) state: Arc<State>,
+    pub(crate) group: Arc<Group>,
+    pub(crate) flow: Arc<Flow>,
+    pub(crate) deliveries: u32,
+}
+
+impl MemoryAcker {
+    fn requeue(&self, message: &Message) {
+        self.group.requeue_front(std::iter::once(Pending {
+            message: message.clone(),
+            deliveries: self.deliveries,
+        }));
+    }
+
+    fn requeue_after(&self, message: &Message, delay: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.requeue(message);
+        };
+        let group = self.group.clone();
+        let pending = Pending {
+            message: message.clone(),
+            deliveries: self.deliveries,
+        };
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            group.requeue_front(std::iter::once(pending));
+        });
+    }
+}
+
+#[async_trait]
+impl Acknowledger for MemoryAcker {
+    async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+        self.flow.release();
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {
+        let outcome = match nack {
+            Nack::Requeue => {
+                self.requeue(message);
+                Ok(())
+            }
+            Nack::RequeueAfter(delay) => {
+                self.requeue_after(message, delay);
+                Ok(())
+            }
+            Nack::DeadLetter(dead_letter) => dead_letter
+                .to_message(message, &self.group.topic, &self.group.name)
+                .map_err(Into::into)
+                .and_then(|(topic, copy)| {
+                    let copy = vec![copy];
+                    self.state.check_publish(&topic, &copy)?;
+                    self.state.append(&topic, copy);
+                    Ok(())
+                })
+                .inspect_err(|_| self.requeue(message)),
+            _ => {
+                self.requeue(message);
+                Ok(())
+            }
+        };
+        self.flow.release();
+        outcome
+    }
+
+    fn abandon(self: Box<Self>, message: &Message) {
+        self.requeue(message);
+        self.flow.release();
+    }
+}

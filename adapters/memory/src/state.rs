@@ -1,0 +1,199 @@
+//! The broker's state: topics, their history, and one queue per group.
+//!
+//! Locks are short and never nested the other way round: a topic lock may be
+//! held while a group lock is taken, never the reverse. Wakers are woken after
+//! the locks are released.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Waker;
+
+use courier_core::{Error, Message, Result, StartPosition};
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::MemoryConfig;
+
+/// A message waiting in a group's queue, with how often it was handed out.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) message: Message,
+    pub(crate) deliveries: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct GroupQueue {
+    pub(crate) ready: VecDeque<Pending>,
+    pub(crate) waiters: Vec<Waker>,
+}
+
+/// One consumer group of one topic: the messages it has not yet taken.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) name: Arc<str>,
+    pub(crate) topic: Arc<str>,
+    pub(crate) queue: Mutex<GroupQueue>,
+}
+
+impl Group {
+    /// Puts messages back at the head of the queue, first one first.
+    pub(crate) fn requeue_front(&self, pending: impl DoubleEndedIterator<Item = Pending>) {
+        let waiters = {
+            let mut q = self.queue.lock();
+            for p in pending.rev() {
+                q.ready.push_front(p);
+            }
+            std::mem::take(&mut q.waiters)
+        };
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// Registers a stream to be woken when messages arrive or the broker closes.
+    pub(crate) fn register(q: &mut GroupQueue, waker: &Waker) {
+        if !q.waiters.iter().any(|w| w.will_wake(waker)) {
+            q.waiters.push(waker.clone());
+        }
+    }
+
+    pub(crate) fn wake_all(&self) {
+        let waiters = std::mem::take(&mut self.queue.lock().waiters);
+        waiters.into_iter().for_each(Waker::wake);
+    }
+}
+
+#[derive(Debug, Default)]
+struct TopicState {
+    history: VecDeque<Message>,
+    groups: Vec<Arc<Group>>,
+}
+
+#[derive(Debug)]
+struct Topic {
+    name: Arc<str>,
+    state: Mutex<TopicState>,
+}
+
+/// Everything one broker instance holds.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) config: MemoryConfig,
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    closed: AtomicBool,
+}
+
+impl State {
+    pub(crate) fn new(config: MemoryConfig) -> Self {
+        State {
+            config,
+            topics: RwLock::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the broker closed and wakes every waiting stream so it ends.
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        for topic in topics {
+            let groups = topic.state.lock().groups.clone();
+            groups.iter().for_each(|g| g.wake_all());
+        }
+    }
+
+    fn topic(&self, name: &str) -> Arc<Topic> {
+        if let Some(t) = self.topics.read().get(name) {
+            return t.clone();
+        }
+        self.topics
+            .write()
+            .entry(Arc::from(name))
+            .or_insert_with_key(|name| {
+                Arc::new(Topic {
+                    name: name.clone(),
+                    state: Mutex::new(TopicState::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// Checks what every publish must satisfy.
+    pub(crate) fn check_publish(&self, topic: &str, messages: &[Message]) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed("memory broker"));
+        }
+        courier_core::name::validate_topic(topic)?;
+        let limit = self.config.max_payload;
+        if let Some(m) = messages.iter().find(|m| m.payload().len() > limit) {
+            return Err(Error::PayloadTooLarge {
+                size: m.payload().len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends messages to the topic's history and to every group's queue.
+    /// Call [`State::check_publish`] first.
+    pub(crate) fn append(&self, topic: &str, messages: Vec<Message>) {
+        let topic = self.topic(topic);
+        let mut woken = Vec::new();
+        {
+            let mut state = topic.state.lock();
+            let retention = self.config.retention;
+            if retention > 0 {
+                let keep = messages.len().min(retention);
+                let overflow = (state.history.len() + keep).saturating_sub(retention);
+                state.history.drain(..overflow);
+                state
+                    .history
+                    .extend(messages[messages.len() - keep..].iter().cloned());
+            }
+            let group_count = state.groups.len();
+            let mut messages = Some(messages);
+            for (i, group) in state.groups.iter().enumerate() {
+                let batch = if i + 1 == group_count {
+                    messages.take().unwrap_or_default()
+                } else {
+                    messages.clone().unwrap_or_default()
+                };
+                let mut q = group.queue.lock();
+                q.ready.extend(batch.into_iter().map(|message| Pending {
+                    message,
+                    deliveries: 0,
+                }));
+                woken.append(&mut q.waiters);
+            }
+        }
+        woken.into_iter().for_each(Waker::wake);
+    }
+
+    /// The group, created if missing; a new group starting at `Earliest` is
+    /// filled from the topic's history.
+    pub(crate) fn group(&self, topic: &str, group: &str, start: StartPosition) -> Arc<Group> {
+        let topic = self.topic(topic);
+        let mut state = topic.state.lock();
+        if let Some(g) = state.groups.iter().find(|g| &*g.name == group) {
+            return g.clone();
+        }
+        let mut queue = GroupQueue::default();
+        if start == StartPosition::Earliest {
+            queue.ready.extend(state.history.iter().map(|m| Pending {
+                message: m.clone(),
+                deliveries: 0,
+            }));
+        }
+        let g = Arc::new(Group {
+            name: Arc::from(group),
+            topic: topic.name.clone(),
+            queue: Mutex::new(queue),
+        });
+        state.groups.push(g.clone());
+        g
+    }
+}
