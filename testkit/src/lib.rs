@@ -1,1 +1,34 @@
-//! placeholder
+//! courier-testkit: the conformance suite every courier adapter must pass,
+//! and real-broker fixtures for tests.
+//!
+//! The suite is written once and run against any adapter through an
+//! [`Adapter`]: a name, a way to connect a fresh [`courier_core::Broker`], and
+//! the [`Capability`]s the adapter declares. A case that needs a capability
+//! the adapter lacks is reported as *ignored* with the missing capability
+//! named (`test [lacks history] amqp::new_group_sees_history ... ignored`),
+//! never as passed.
+//!
+//! Third-party adapters run it from a test target with `harness = false`:
+//!
+//! ```no_run
+//! use courier_testkit::{Adapter, Capability};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let memory = Adapter::new("memory", &[Capability::History, Capability::DeliveryCount], || async {
+//!         Ok(courier_memory::MemoryBroker::new().into_broker())
+//!     });
+//!     courier_testkit::run(&[memory], &courier_testkit::all_cases())
+//! }
+//! ```
+//!
+//! Test names are `adapter::case`, so a run shows per adapter what passed.
+
+pub mod conformance;
+mod harness;
+
+pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
+
+/// Every case of the suite: the conformance cases.
+pub fn all_cases() -> Vec<Case> {
+    conformance::cases()
+}

@@ -44,10 +44,12 @@ mod state;
 mod subscriber;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use courier_core::{
-    Broker, DeliveryStream, Message, Publisher, Result, Subscriber, Subscription, async_trait,
+    Broker, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
+    async_trait,
 };
 use parking_lot::Mutex;
 
@@ -55,10 +57,29 @@ pub use config::{DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, MemoryConfig};
 use state::State;
 use subscriber::MemoryStream;
 
-/// An in-process broker. Cheap to clone: clones share the same topics.
+/// One connection to a broker's state: closing it ends its own streams and
+/// publishers only.
+#[derive(Debug, Default)]
+struct Handle {
+    closed: AtomicBool,
+}
+
+impl Handle {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// A connection to an in-process broker.
+///
+/// Clones share the connection (closing one closes all clones).
+/// [`MemoryBroker::connect`] opens another connection to the same topics,
+/// as a second `courier::connect` to a networked broker would: closing it
+/// leaves the others working.
 #[derive(Debug, Clone)]
 pub struct MemoryBroker {
     state: Arc<State>,
+    handle: Arc<Handle>,
 }
 
 impl Default for MemoryBroker {
@@ -77,25 +98,37 @@ impl MemoryBroker {
     pub fn with_config(config: MemoryConfig) -> Self {
         MemoryBroker {
             state: Arc::new(State::new(config)),
+            handle: Arc::default(),
         }
     }
 
-    /// The process-wide broker called `name`, created on first use and shared
-    /// by every caller asking for the same name while any handle to it lives
+    /// Another connection to the same broker.
+    pub fn connect(&self) -> Self {
+        MemoryBroker {
+            state: self.state.clone(),
+            handle: Arc::default(),
+        }
+    }
+
+    /// A connection to the process-wide broker called `name`, created on
+    /// first use and kept while any connection to it lives
     /// (`memory://name` in `courier::connect`).
     pub fn named(name: &str) -> Self {
         static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<State>>>> = OnceLock::new();
         let mut registry = REGISTRY.get_or_init(Default::default).lock();
         registry.retain(|_, state| state.strong_count() > 0);
         if let Some(state) = registry.get(name).and_then(Weak::upgrade) {
-            return MemoryBroker { state };
+            return MemoryBroker {
+                state,
+                handle: Arc::default(),
+            };
         }
         let broker = Self::new();
         registry.insert(name.to_owned(), Arc::downgrade(&broker.state));
         broker
     }
 
-    /// This broker as a run-time chosen [`Broker`].
+    /// This connection as a run-time chosen [`Broker`].
     pub fn into_broker(self) -> Broker {
         let this = Arc::new(self);
         Broker::new("memory", this.clone(), this)
@@ -106,7 +139,7 @@ impl MemoryBroker {
     /// # Errors
     ///
     /// An invalid topic name, a payload over [`MemoryConfig::max_payload`],
-    /// or a closed broker.
+    /// or a closed connection.
     pub async fn publish(&self, topic: &str, message: Message) -> Result<()> {
         Publisher::publish(self, topic, message).await
     }
@@ -115,20 +148,37 @@ impl MemoryBroker {
     ///
     /// # Errors
     ///
-    /// Invalid names or a closed broker.
+    /// Invalid names or a closed connection.
     pub async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         Subscriber::subscribe(self, subscription).await
     }
 
-    /// Closes the broker: every stream ends, publishing fails with
-    /// [`Error::Closed`](courier_core::Error::Closed). Idempotent. Deliveries
-    /// already handed out can still be settled.
+    /// Closes this connection: its streams end, publishing through it fails
+    /// with [`Error::Closed`]. Idempotent. Deliveries already handed out can
+    /// still be settled; messages its streams had not handed out go back to
+    /// their groups.
     ///
     /// # Errors
     ///
     /// Never; the `Result` matches the other adapters.
     pub async fn close(&self) -> Result<()> {
-        self.state.close();
+        if !self.handle.closed.swap(true, Ordering::AcqRel) {
+            self.state.wake_all();
+        }
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.handle.is_closed() {
+            return Err(Error::Closed("memory broker connection"));
+        }
+        Ok(())
+    }
+
+    fn publish_all(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        self.check_open()?;
+        self.state.check_publish(topic, &messages)?;
+        self.state.append(topic, messages);
         Ok(())
     }
 }
@@ -136,21 +186,15 @@ impl MemoryBroker {
 #[async_trait]
 impl Publisher for MemoryBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        let messages = vec![message];
-        self.state.check_publish(topic, &messages)?;
-        self.state.append(topic, messages);
-        Ok(())
+        self.publish_all(topic, vec![message])
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        self.state.check_publish(topic, &messages)?;
-        self.state.append(topic, messages);
-        Ok(())
+        self.publish_all(topic, messages)
     }
 
     async fn close(&self) -> Result<()> {
-        self.state.close();
-        Ok(())
+        MemoryBroker::close(self).await
     }
 }
 
@@ -158,9 +202,7 @@ impl Publisher for MemoryBroker {
 impl Subscriber for MemoryBroker {
     async fn provision(&self, subscription: &Subscription) -> Result<()> {
         subscription.validate()?;
-        if self.state.is_closed() {
-            return Err(courier_core::Error::Closed("memory broker"));
-        }
+        self.check_open()?;
         self.state.group(
             subscription.topic(),
             subscription.group(),
@@ -171,9 +213,7 @@ impl Subscriber for MemoryBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         subscription.validate()?;
-        if self.state.is_closed() {
-            return Err(courier_core::Error::Closed("memory broker"));
-        }
+        self.check_open()?;
         let group = self.state.group(
             subscription.topic(),
             subscription.group(),
@@ -182,13 +222,13 @@ impl Subscriber for MemoryBroker {
         let prefetch = usize::from(subscription.prefetch_count());
         Ok(Box::pin(MemoryStream::new(
             self.state.clone(),
+            self.handle.clone(),
             group,
             prefetch,
         )))
     }
 
     async fn close(&self) -> Result<()> {
-        self.state.close();
-        Ok(())
+        MemoryBroker::close(self).await
     }
 }

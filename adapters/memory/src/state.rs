@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Waker;
 
 use courier_core::{Error, Message, Result, StartPosition};
@@ -78,7 +77,6 @@ struct Topic {
 pub(crate) struct State {
     pub(crate) config: MemoryConfig,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
-    closed: AtomicBool,
 }
 
 impl State {
@@ -86,19 +84,11 @@ impl State {
         State {
             config,
             topics: RwLock::new(HashMap::new()),
-            closed: AtomicBool::new(false),
         }
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Marks the broker closed and wakes every waiting stream so it ends.
-    pub(crate) fn close(&self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
+    /// Wakes every waiting stream, so that streams of a closed handle end.
+    pub(crate) fn wake_all(&self) {
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         for topic in topics {
             let groups = topic.state.lock().groups.clone();
@@ -124,9 +114,6 @@ impl State {
 
     /// Checks what every publish must satisfy.
     pub(crate) fn check_publish(&self, topic: &str, messages: &[Message]) -> Result<()> {
-        if self.is_closed() {
-            return Err(Error::Closed("memory broker"));
-        }
         courier_core::name::validate_topic(topic)?;
         let limit = self.config.max_payload;
         if let Some(m) = messages.iter().find(|m| m.payload().len() > limit) {

@@ -10,6 +10,7 @@ use courier_core::{Delivery, Result};
 use futures::Stream;
 use futures::task::AtomicWaker;
 
+use crate::Handle;
 use crate::delivery::{Flow, MemoryAcker};
 use crate::state::{Group, Pending, State};
 
@@ -21,15 +22,22 @@ const TAKE_PER_LOCK: usize = 64;
 #[derive(Debug)]
 pub(crate) struct MemoryStream {
     state: Arc<State>,
+    handle: Arc<Handle>,
     group: Arc<Group>,
     flow: Arc<Flow>,
     taken: VecDeque<Pending>,
 }
 
 impl MemoryStream {
-    pub(crate) fn new(state: Arc<State>, group: Arc<Group>, prefetch: usize) -> Self {
+    pub(crate) fn new(
+        state: Arc<State>,
+        handle: Arc<Handle>,
+        group: Arc<Group>,
+        prefetch: usize,
+    ) -> Self {
         MemoryStream {
             state,
+            handle,
             group,
             flow: Arc::new(Flow {
                 in_flight: AtomicUsize::new(0),
@@ -64,7 +72,7 @@ impl Stream for MemoryStream {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.state.is_closed() {
+        if self.handle.is_closed() {
             return Poll::Ready(None);
         }
         let mut capacity = self.capacity();
@@ -85,7 +93,7 @@ impl Stream for MemoryStream {
                 Group::register(&mut q, cx.waker());
                 drop(q);
                 // Closed between the check above and the registration?
-                return if this.state.is_closed() {
+                return if this.handle.is_closed() {
                     Poll::Ready(None)
                 } else {
                     Poll::Pending

@@ -1,0 +1,328 @@
+//! The harness: adapters under test, their capabilities, test cases, and the
+//! runner that turns each (adapter, case) pair into a named test.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::{Broker, Delivery, DeliveryStream, Result};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type ConnectFn = dyn Fn() -> BoxFuture<'static, Result<Broker>> + Send + Sync;
+type RestartFn = dyn Fn() -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync;
+
+/// A behaviour some brokers have and others lack. A case that needs a
+/// capability the adapter does not declare is reported as ignored, with the
+/// capability named, never passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Capability {
+    /// A group created with `StartPosition::Earliest` receives messages
+    /// published before it existed (memory, Kafka, JetStream; not RabbitMQ).
+    History,
+    /// `Delivery::delivery_count` is reported and exact.
+    DeliveryCount,
+    /// The test can stop and restart the broker (see [`Adapter::with_restart`]).
+    Restart,
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Capability::History => "history",
+            Capability::DeliveryCount => "delivery-count",
+            Capability::Restart => "restart",
+        })
+    }
+}
+
+/// An adapter under test: how to connect, what it can do, and how patient
+/// the tests must be with it.
+#[derive(Clone)]
+pub struct Adapter {
+    name: &'static str,
+    capabilities: Vec<Capability>,
+    connect: Arc<ConnectFn>,
+    restart: Option<Arc<RestartFn>>,
+    patience: Duration,
+    quiet: Duration,
+}
+
+impl fmt::Debug for Adapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Adapter")
+            .field("name", &self.name)
+            .field("capabilities", &self.capabilities)
+            .field("patience", &self.patience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Adapter {
+    /// An adapter called `name` (the prefix of every test name), connecting
+    /// a fresh [`Broker`] per test with `connect`.
+    pub fn new<F, Fut>(name: &'static str, capabilities: &[Capability], connect: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Broker>> + Send + 'static,
+    {
+        Adapter {
+            name,
+            capabilities: capabilities.to_vec(),
+            connect: Arc::new(move || Box::pin(connect())),
+            restart: None,
+            patience: Duration::from_secs(15),
+            quiet: Duration::from_millis(500),
+        }
+    }
+
+    /// Lets restart cases stop and start the broker with `restart`, and
+    /// declares [`Capability::Restart`].
+    pub fn with_restart<F, Fut>(mut self, restart: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
+        self.restart = Some(Arc::new(move || Box::pin(restart())));
+        if !self.capabilities.contains(&Capability::Restart) {
+            self.capabilities.push(Capability::Restart);
+        }
+        self
+    }
+
+    /// How long a case waits for an expected message before failing
+    /// (default 15 s).
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    /// How long a case watches for a message that must not arrive
+    /// (default 500 ms).
+    pub fn with_quiet_period(mut self, quiet: Duration) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// The adapter's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether the adapter declares `capability`.
+    pub fn has(&self, capability: Capability) -> bool {
+        self.capabilities.contains(&capability)
+    }
+}
+
+/// One behaviour test, run against every adapter.
+#[derive(Clone)]
+pub struct Case {
+    name: &'static str,
+    needs: &'static [Capability],
+    run: fn(Ctx) -> BoxFuture<'static, ()>,
+}
+
+impl fmt::Debug for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Case")
+            .field("name", &self.name)
+            .field("needs", &self.needs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Case {
+    /// A case called `name` that needs `needs` and runs `run`. Cases panic
+    /// (`assert!`) to fail.
+    pub const fn new(
+        name: &'static str,
+        needs: &'static [Capability],
+        run: fn(Ctx) -> BoxFuture<'static, ()>,
+    ) -> Self {
+        Case { name, needs, run }
+    }
+
+    /// The case's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// What a running case gets: the adapter, unique names, and helpers.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    adapter: Adapter,
+    prefix: String,
+}
+
+impl Ctx {
+    /// The adapter under test.
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
+    /// A new broker connection.
+    ///
+    /// # Panics
+    ///
+    /// When connecting fails.
+    pub async fn broker(&self) -> Broker {
+        (self.adapter.connect)()
+            .await
+            .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name))
+    }
+
+    /// A topic or group name unique to this run of this case.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.prefix)
+    }
+
+    /// How long to wait for an expected message.
+    pub fn patience(&self) -> Duration {
+        self.adapter.patience
+    }
+
+    /// How long to watch for a message that must not arrive.
+    pub fn quiet(&self) -> Duration {
+        self.adapter.quiet
+    }
+
+    /// Restarts the broker.
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no restart hook or the restart fails.
+    pub async fn restart_broker(&self) {
+        let restart = self
+            .adapter
+            .restart
+            .as_ref()
+            .expect("case declares Capability::Restart");
+        restart()
+            .await
+            .unwrap_or_else(|e| panic!("{}: restart failed: {e}", self.adapter.name));
+    }
+
+    /// The next delivery, within the adapter's patience.
+    ///
+    /// # Panics
+    ///
+    /// When none arrives in time, the stream ends, or it yields an error.
+    pub async fn next(&self, stream: &mut DeliveryStream) -> Delivery {
+        match tokio::time::timeout(self.patience(), stream.next()).await {
+            Ok(Some(Ok(delivery))) => delivery,
+            Ok(Some(Err(e))) => panic!("stream yielded an error: {e} ({e:?})"),
+            Ok(None) => panic!("stream ended while a delivery was expected"),
+            Err(_) => panic!("no delivery within {:?}", self.patience()),
+        }
+    }
+
+    /// Asserts that nothing arrives within the quiet period.
+    ///
+    /// # Panics
+    ///
+    /// When a delivery (or an error) arrives.
+    pub async fn expect_nothing(&self, stream: &mut DeliveryStream) {
+        if let Ok(Some(item)) = tokio::time::timeout(self.quiet(), stream.next()).await {
+            match item {
+                Ok(d) => panic!("unexpected delivery {:?}", d.message()),
+                Err(e) => panic!("unexpected stream error {e}"),
+            }
+        }
+    }
+}
+
+/// Longest a single case may run before it is failed.
+const CASE_LIMIT: Duration = Duration::from_secs(300);
+
+/// The tests for every (adapter, case) pair, named `adapter::case`. Cases
+/// whose capabilities the adapter lacks are ignored, with the missing
+/// capability shown as the test's kind (`[lacks history]`).
+pub fn trials(adapters: &[Adapter], cases: &[Case]) -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for adapter in adapters {
+        for case in cases {
+            let missing: Vec<String> = case
+                .needs
+                .iter()
+                .filter(|c| !adapter.has(**c))
+                .map(ToString::to_string)
+                .collect();
+            let name = format!("{}::{}", adapter.name, case.name);
+            let ctx = Ctx {
+                adapter: adapter.clone(),
+                prefix: unique_prefix(adapter.name, case.name),
+            };
+            let run = case.run;
+            let lacks = missing.join(", ");
+            let trial = Trial::test(name, move || {
+                if !lacks.is_empty() {
+                    return Err(Failed::from(format!("adapter lacks: {lacks}")));
+                }
+                run_case(ctx, run)
+            });
+            trials.push(if missing.is_empty() {
+                trial
+            } else {
+                trial
+                    .with_kind(format!("lacks {}", missing.join(", ")))
+                    .with_ignored_flag(true)
+            });
+        }
+    }
+    trials
+}
+
+fn run_case(ctx: Ctx, run: fn(Ctx) -> BoxFuture<'static, ()>) -> std::result::Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
+    let outcome = runtime.block_on(async { tokio::time::timeout(CASE_LIMIT, run(ctx)).await });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    outcome.map_err(|_| Failed::from(format!("case did not finish within {CASE_LIMIT:?}")))
+}
+
+fn unique_prefix(adapter: &str, case: &str) -> String {
+    let id = courier_core::MessageId::new().to_string();
+    let tail: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .skip(20)
+        .collect();
+    let case: String = case.chars().take(40).collect();
+    format!("ct-{adapter}-{case}-{tail}").replace('_', "-")
+}
+
+/// Runs `cases` against `adapters` as a test binary (`harness = false`):
+/// parses the usual `cargo test` arguments, prints each adapter's declared
+/// capabilities, runs, and prints the summary.
+pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
+    let args = Arguments::from_args();
+    for adapter in adapters {
+        let declared: HashMap<_, _> = adapter.capabilities.iter().map(|c| (*c, ())).collect();
+        let all = [
+            Capability::History,
+            Capability::DeliveryCount,
+            Capability::Restart,
+        ];
+        let lacks: Vec<String> = all
+            .iter()
+            .filter(|c| !declared.contains_key(c))
+            .map(ToString::to_string)
+            .collect();
+        eprintln!(
+            "conformance: adapter `{}` lacks [{}]; cases needing those are ignored",
+            adapter.name,
+            lacks.join(", ")
+        );
+    }
+    libtest_mimic::run(&args, trials(adapters, cases)).exit_code()
+}
