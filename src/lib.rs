@@ -1,1 +1,147 @@
-//! placeholder
+//! courier: one publish/subscribe API for RabbitMQ, Kafka, NATS JetStream and
+//! an in-process broker.
+//!
+//! Write a handler once; run it on any broker. Cargo features choose which
+//! adapters are compiled in (`memory`, the default, plus `amqp`, `kafka`,
+//! `nats`, or `full` for all); a URL chooses at run time:
+//!
+//! | URL | broker | feature |
+//! |---|---|---|
+//! | `memory://` or `memory://name` | in-process (a fresh one, or the process-wide one called `name`) | `memory` |
+//! | `amqp://user:pass@host:5672/vhost`, `amqps://…` | RabbitMQ | `amqp` |
+//! | `kafka://host:9092,host:9092` | Kafka | `kafka` |
+//! | `nats://host:4222`, `tls://…` | NATS JetStream | `nats` |
+//!
+//! # Examples
+//!
+//! ```
+//! use courier::{Message, Subscription};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> courier::Result<()> {
+//! let broker = courier::connect("memory://").await?;
+//! let mut orders = broker.subscribe(Subscription::new("orders", "billing")).await?;
+//! broker.publish("orders", Message::json(&serde_json::json!({"id": 1}))?).await?;
+//!
+//! let delivery = orders.next().await.expect("stream open")?;
+//! let order: serde_json::Value = delivery.message().json_as()?;
+//! assert_eq!(order["id"], 1);
+//! delivery.ack().await?;
+//! broker.close().await?;
+//! # Ok(()) }
+//! ```
+
+pub use courier_core::*;
+
+#[cfg(feature = "memory")]
+pub use courier_memory as memory;
+
+use courier_core::error::redact_url;
+
+/// The schemes `connect` understands, with the feature each needs.
+const SCHEMES: &[(&str, &str)] = &[
+    ("memory", "memory"),
+    ("amqp", "amqp"),
+    ("amqps", "amqp"),
+    ("kafka", "kafka"),
+    ("nats", "nats"),
+    ("tls", "nats"),
+];
+
+/// Connects to the broker named by `url` and returns it as a [`Broker`].
+///
+/// # Errors
+///
+/// [`Error::InvalidUrl`] for a malformed URL or an unknown scheme,
+/// [`Error::FeatureDisabled`] naming the Cargo feature when the scheme's
+/// adapter is not compiled in, and the adapter's [`Error::Connect`] (URL
+/// shown without its password) when the broker cannot be reached.
+pub async fn connect(url: &str) -> Result<Broker> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(Error::InvalidUrl {
+            url: redact_url(url),
+            reason: "expected scheme://…".into(),
+        });
+    };
+    let Some(&(_, feature)) = SCHEMES.iter().find(|(s, _)| *s == scheme) else {
+        let known: Vec<&str> = SCHEMES.iter().map(|(s, _)| *s).collect();
+        return Err(Error::InvalidUrl {
+            url: redact_url(url),
+            reason: format!("unknown scheme {scheme:?}; known: {}", known.join(", ")),
+        });
+    };
+    match feature {
+        #[cfg(feature = "memory")]
+        "memory" => Ok(connect_memory(rest)),
+        _ => Err(Error::FeatureDisabled {
+            url: redact_url(url),
+            feature,
+        }),
+    }
+}
+
+#[cfg(feature = "memory")]
+fn connect_memory(name: &str) -> Broker {
+    let name = name.trim_end_matches('/');
+    if name.is_empty() {
+        memory::MemoryBroker::new().into_broker()
+    } else {
+        memory::MemoryBroker::named(name).into_broker()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_scheme_names_the_known_ones() {
+        let err = connect("mqtt://u:secret@host").await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+        assert!(text.contains("mqtt://u:***@host"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("amqp") && text.contains("kafka"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn missing_scheme_is_invalid() {
+        let err = connect("localhost:5672").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn named_memory_brokers_are_shared() {
+        let a = connect("memory://shared-test").await.unwrap();
+        let b = connect("memory://shared-test").await.unwrap();
+        let mut stream = b.subscribe(Subscription::new("t", "g")).await.unwrap();
+        a.publish("t", Message::new("x")).await.unwrap();
+        let d = futures::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.message().payload().as_ref(), b"x");
+        d.ack().await.unwrap();
+        a.close().await.unwrap();
+        // Closing one connection leaves the other working.
+        b.publish("t", Message::new("y")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn schemes_without_their_feature_name_it() {
+        for (url, feature) in [
+            ("amqp://u:pw@h", "amqp"),
+            ("kafka://h:9092", "kafka"),
+            ("nats://h", "nats"),
+        ] {
+            match connect(url).await {
+                Err(Error::FeatureDisabled { url, feature: f }) => {
+                    assert_eq!(f, feature);
+                    assert!(!url.contains("pw"), "{url}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+}
