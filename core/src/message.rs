@@ -35,9 +35,27 @@ enum Repr {
 }
 
 impl MessageId {
-    /// A new time-ordered UUID v7 id.
+    /// A new time-ordered UUID v7 id (ordered by creation within a thread;
+    /// by millisecond across threads).
     pub fn new() -> Self {
-        MessageId(Repr::Uuid(Uuid::now_v7()))
+        Self::at(SystemTime::now())
+    }
+
+    /// A UUID v7 id for the time `now`, from this thread's v7 context (one
+    /// shared context would be a lock every message contends on).
+    fn at(now: SystemTime) -> Self {
+        thread_local! {
+            static CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
+        }
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let uuid = CONTEXT.with(|context| {
+            Uuid::new_v7(uuid::Timestamp::from_unix(
+                context,
+                since_epoch.as_secs(),
+                since_epoch.subsec_nanos(),
+            ))
+        });
+        MessageId(Repr::Uuid(uuid))
     }
 
     /// Reads an id from its text form. A UUID is stored as one; anything else
@@ -132,13 +150,14 @@ impl Message {
     /// A message with a new UUID v7 id, the current time and no key, headers
     /// or content type.
     pub fn new(payload: impl Into<Bytes>) -> Self {
+        let now = SystemTime::now();
         Message {
-            id: MessageId::new(),
+            id: MessageId::at(now),
             key: None,
             headers: Headers::new(),
             payload: payload.into(),
             content_type: None,
-            timestamp: now_millis(),
+            timestamp: truncate_millis(now),
         }
     }
 
@@ -316,10 +335,6 @@ impl fmt::Debug for Message {
     }
 }
 
-fn now_millis() -> SystemTime {
-    truncate_millis(SystemTime::now())
-}
-
 fn truncate_millis(t: SystemTime) -> SystemTime {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
@@ -346,6 +361,14 @@ mod tests {
         assert!(foreign.as_uuid().is_none());
         assert!(MessageId::parse("").is_err());
         assert!(MessageId::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn ids_of_one_thread_are_strictly_increasing() {
+        let ids: Vec<Uuid> = (0..10_000)
+            .map(|_| Message::new("").id().as_uuid().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

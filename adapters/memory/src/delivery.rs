@@ -9,9 +9,12 @@ use futures::task::AtomicWaker;
 
 use crate::state::{Group, Pending, State};
 
-/// Flow control of one stream: how many of its deliveries are unsettled.
+/// What one stream's deliveries share: where they came from and how many
+/// are unsettled (flow control). One `Arc` per delivery keeps it cheap.
 #[derive(Debug)]
 pub(crate) struct Flow {
+    pub(crate) state: Arc<State>,
+    pub(crate) group: Arc<Group>,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) prefetch: usize,
     pub(crate) waker: AtomicWaker,
@@ -29,15 +32,13 @@ impl Flow {
 /// delivery puts it back at the head of its group's queue.
 #[derive(Debug)]
 pub(crate) struct MemoryAcker {
-    pub(crate) state: Arc<State>,
-    pub(crate) group: Arc<Group>,
     pub(crate) flow: Arc<Flow>,
     pub(crate) deliveries: u32,
 }
 
 impl MemoryAcker {
     fn requeue(&self, message: &Message) {
-        self.group.requeue_front(std::iter::once(Pending {
+        self.flow.group.requeue_front(std::iter::once(Pending {
             message: message.clone(),
             deliveries: self.deliveries,
         }));
@@ -47,7 +48,7 @@ impl MemoryAcker {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return self.requeue(message);
         };
-        let group = self.group.clone();
+        let group = self.flow.group.clone();
         let pending = Pending {
             message: message.clone(),
             deliveries: self.deliveries,
@@ -77,12 +78,12 @@ impl Acknowledger for MemoryAcker {
                 Ok(())
             }
             Nack::DeadLetter(dead_letter) => dead_letter
-                .to_message(message, &self.group.topic, &self.group.name)
+                .to_message(message, &self.flow.group.topic, &self.flow.group.name)
                 .map_err(Into::into)
                 .and_then(|(topic, copy)| {
                     let copy = vec![copy];
-                    self.state.check_publish(&topic, &copy)?;
-                    self.state.append(&topic, copy);
+                    self.flow.state.check_publish(&topic, &copy)?;
+                    self.flow.state.append(&topic, copy);
                     Ok(())
                 })
                 .inspect_err(|_| self.requeue(message)),

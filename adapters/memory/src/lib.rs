@@ -144,6 +144,24 @@ impl MemoryBroker {
         Publisher::publish(self, topic, message).await
     }
 
+    /// See [`Publisher::publish_batch`].
+    ///
+    /// # Errors
+    ///
+    /// As [`MemoryBroker::publish`]; a batch is accepted or refused whole.
+    pub async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        Publisher::publish_batch(self, topic, messages).await
+    }
+
+    /// See [`Subscriber::provision`].
+    ///
+    /// # Errors
+    ///
+    /// Invalid names or a closed connection.
+    pub async fn provision(&self, subscription: &Subscription) -> Result<()> {
+        Subscriber::provision(self, subscription).await
+    }
+
     /// See [`Subscriber::subscribe`].
     ///
     /// # Errors

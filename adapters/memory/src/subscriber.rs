@@ -15,15 +15,13 @@ use crate::delivery::{Flow, MemoryAcker};
 use crate::state::{Group, Pending, State};
 
 /// How many messages a stream takes from its group's queue per lock.
-const TAKE_PER_LOCK: usize = 64;
+const TAKE_PER_LOCK: usize = 256;
 
 /// One subscription's stream. Messages it took from the group but has not
 /// yet handed out go back to the head of the group's queue when it is dropped.
 #[derive(Debug)]
 pub(crate) struct MemoryStream {
-    state: Arc<State>,
     handle: Arc<Handle>,
-    group: Arc<Group>,
     flow: Arc<Flow>,
     taken: VecDeque<Pending>,
 }
@@ -36,10 +34,10 @@ impl MemoryStream {
         prefetch: usize,
     ) -> Self {
         MemoryStream {
-            state,
             handle,
-            group,
             flow: Arc::new(Flow {
+                state,
+                group,
                 in_flight: AtomicUsize::new(0),
                 prefetch,
                 waker: AtomicWaker::new(),
@@ -58,13 +56,15 @@ impl MemoryStream {
         pending.deliveries += 1;
         self.flow.in_flight.fetch_add(1, Ordering::AcqRel);
         let acker = MemoryAcker {
-            state: self.state.clone(),
-            group: self.group.clone(),
             flow: self.flow.clone(),
             deliveries: pending.deliveries,
         };
-        Delivery::new(pending.message, self.group.topic.clone(), Box::new(acker))
-            .with_delivery_count(pending.deliveries)
+        Delivery::new(
+            pending.message,
+            self.flow.group.topic.clone(),
+            Box::new(acker),
+        )
+        .with_delivery_count(pending.deliveries)
     }
 }
 
@@ -79,7 +79,7 @@ impl Stream for MemoryStream {
         if capacity == 0 {
             self.flow.waker.register(cx.waker());
             // Closing wakes group waiters only, so wait there too.
-            Group::register(&mut self.group.queue.lock(), cx.waker());
+            Group::register(&mut self.flow.group.queue.lock(), cx.waker());
             capacity = self.capacity();
             if capacity == 0 {
                 return Poll::Pending;
@@ -87,7 +87,7 @@ impl Stream for MemoryStream {
         }
         if self.taken.is_empty() {
             let this = &mut *self;
-            let mut q = this.group.queue.lock();
+            let mut q = this.flow.group.queue.lock();
             let n = q.ready.len().min(capacity).min(TAKE_PER_LOCK);
             if n == 0 {
                 Group::register(&mut q, cx.waker());
@@ -109,7 +109,7 @@ impl Stream for MemoryStream {
 impl Drop for MemoryStream {
     fn drop(&mut self) {
         if !self.taken.is_empty() {
-            self.group.requeue_front(self.taken.drain(..));
+            self.flow.group.requeue_front(self.taken.drain(..));
         }
     }
 }
