@@ -34,6 +34,11 @@
 
 pub use courier_core::*;
 
+/// The README's code, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(feature = "memory")]
 pub use courier_memory as memory;
 
