@@ -209,6 +209,28 @@ impl Error {
     }
 }
 
+/// An error and all its sources on one line, `outer: inner: innermost`: the
+/// text to log or to put in a dead-letter reason.
+///
+/// # Examples
+///
+/// ```
+/// let err = courier_core::Message::new("true").json_as::<u32>().unwrap_err();
+/// let text = courier_core::error::chain(&err);
+/// assert!(text.starts_with("cannot decode message"));
+/// assert!(text.ends_with("as u32: invalid type: boolean `true`, expected u32 at line 1 column 4"));
+/// ```
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The URL with its password replaced by `***`, for error messages and logs.
 ///
 /// Works on lists too (`kafka://a:1,b:2`). A NATS URL's lone user part is a
