@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -173,7 +174,11 @@ impl ConsumerBuilder {
                 .unwrap_or(u16::MAX)
                 .max(MIN_PREFETCH)
         });
-        let stop = self.shutdown.token.child_token();
+        let stop = Stop {
+            handle: self.shutdown.flag.clone(),
+            own: AtomicBool::new(false),
+            token: self.shutdown.token.child_token(),
+        };
         let shared = Shared {
             handler,
             topic: self.subscription.topic().into(),
@@ -181,6 +186,7 @@ impl ConsumerBuilder {
             retry: self.retry,
             dead_letter_topic: self.dead_letter_topic,
             ordered_by_key: self.ordered_by_key,
+            serial: self.concurrency == 1,
             slots: Arc::new(Semaphore::new(self.concurrency)),
             lanes: Mutex::new(HashMap::new()),
             stop,
@@ -205,15 +211,39 @@ pub(crate) struct Shared {
     pub(crate) retry: RetryPolicy,
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) ordered_by_key: bool,
+    /// Concurrency 1: the dispatcher handles each delivery itself.
+    pub(crate) serial: bool,
     /// One permit per handler attempt allowed to run.
     pub(crate) slots: Arc<Semaphore>,
     /// Per key: the deliveries waiting behind the one being handled.
     pub(crate) lanes: Mutex<HashMap<String, VecDeque<Delivery>>>,
     /// Phase 1 of the shutdown: take nothing more.
-    pub(crate) stop: CancellationToken,
+    pub(crate) stop: Stop,
     /// Phase 2's deadline passed: cancel what runs.
     pub(crate) abort: CancellationToken,
     pub(crate) counters: Arc<Counters>,
+}
+
+/// The trigger of phase 1, for this consumer: its handle's (which may be
+/// shared) or its own (the stream ended, [`Consumer::run_until`]).
+pub(crate) struct Stop {
+    handle: Arc<AtomicBool>,
+    own: AtomicBool,
+    /// A child of the handle's token, cancelled with either flag.
+    pub(crate) token: CancellationToken,
+}
+
+impl Stop {
+    /// Whether phase 1 began. Cheap: two atomic loads.
+    pub(crate) fn is_triggered(&self) -> bool {
+        self.own.load(Ordering::Acquire) || self.handle.load(Ordering::Acquire)
+    }
+
+    /// Begins phase 1 for this consumer only.
+    pub(crate) fn trigger(&self) {
+        self.own.store(true, Ordering::Release);
+        self.token.cancel();
+    }
 }
 
 impl Shared {
@@ -374,12 +404,12 @@ impl Consumer {
     /// As [`Consumer::run`].
     pub async fn run_until(self, trigger: impl Future<Output = ()>) -> Result<ConsumerStats> {
         // Only this consumer stops, even if its handle is shared.
-        let stop = self.shared.stop.clone();
+        let shared = self.shared.clone();
         let run = self.run();
         tokio::pin!(run, trigger);
         tokio::select! {
             outcome = &mut run => return outcome,
-            () = &mut trigger => stop.cancel(),
+            () = &mut trigger => shared.stop.trigger(),
         }
         run.await
     }

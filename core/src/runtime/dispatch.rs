@@ -2,7 +2,9 @@
 //! or free tasks, and shut down in two phases.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,28 +24,49 @@ pub(crate) async fn run(
     subscription: Subscription,
     deadline: Duration,
 ) -> Result<()> {
-    let stopped = shared.stop.clone().cancelled_owned();
+    let stopped = shared.stop.token.clone().cancelled_owned();
     tokio::pin!(stopped);
     let mut stream = tokio::select! {
         biased;
         () = &mut stopped => return Ok(()),
         stream = subscriber.subscribe(subscription) => stream?,
     };
+    // The deadline of phase 2 runs from the trigger, whatever the
+    // dispatcher is doing then (with concurrency 1 it may be handling).
+    let watchdog = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            shared.stop.token.cancelled().await;
+            tokio::time::sleep(deadline).await;
+            shared.abort.cancel();
+        }
+    });
     let tasks = TaskTracker::new();
     let outcome = loop {
-        let next = tokio::select! {
-            biased;
-            () = &mut stopped => break Ok(()),
-            next = stream.next() => next,
-        };
+        if shared.stop.is_triggered() {
+            break Ok(());
+        }
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
+                return Poll::Ready(Some(next));
+            }
+            if stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
         let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => break Err(error),
             None => break Ok(()),
+            Some(Some(Ok(delivery))) => delivery,
+            Some(Some(Err(error))) => break Err(error),
+            Some(None) => break Ok(()),
         };
         Counters::add(&shared.counters.in_flight);
-        if shared.ordered_by_key && delivery.message().key().is_some() {
-            enqueue_in_lane(&shared, &tasks, delivery);
+        if !shared.serial && shared.ordered_by_key && delivery.message().key().is_some() {
+            if let Some(lane) = enqueue_in_lane(&shared, delivery) {
+                start(&tasks, lane).await;
+            }
             continue;
         }
         // Unkeyed deliveries start in the order they arrived: the slot is
@@ -59,40 +82,63 @@ pub(crate) async fn run(
                 }
             },
         };
+        if shared.serial {
+            // One at a time, in arrival order: no task, no lanes needed.
+            process(&shared, delivery, Some(permit)).await;
+            continue;
+        }
         let task_shared = shared.clone();
-        tasks.spawn(async move {
+        start(&tasks, async move {
             process(&task_shared, delivery, Some(permit)).await;
-        });
+        })
+        .await;
     };
     // Phase 1: take nothing more. Dropping the stream gives back what it
     // holds; lanes give back what they had queued but not started.
     drop(stream);
-    shared.stop.cancel();
+    shared.stop.trigger();
     tasks.close();
-    // Phase 2: let in-flight work finish and settle, up to the deadline;
-    // then cancel it, which requeues it.
-    if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
-        shared.abort.cancel();
-        tasks.wait().await;
-    }
+    // Phase 2: in-flight work finishes and settles; the watchdog cancels
+    // what is left at the deadline, which requeues it.
+    tasks.wait().await;
+    watchdog.abort();
     outcome
 }
 
-/// Queues a keyed delivery behind its key's lane, starting the lane if the
-/// key has none.
-fn enqueue_in_lane(shared: &Arc<Shared>, tasks: &TaskTracker, delivery: Delivery) {
+/// Runs `job` on the dispatcher's task until it first waits, and moves it
+/// to a task of its own only then.
+///
+/// Most handler attempts of a busy consumer either finish at once or wait
+/// for I/O early; running the first stretch here saves a task spawn and a
+/// cross-thread wake-up per message, which is most of the runtime's cost
+/// over a bare receive loop. The price: a handler that computes for long
+/// before its first wait holds up dispatching meanwhile (such work belongs
+/// in `spawn_blocking` anyway).
+async fn start(tasks: &TaskTracker, job: impl Future<Output = ()> + Send + 'static) {
+    let mut job = Box::pin(job);
+    let finished = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx).is_ready())).await;
+    if !finished {
+        tasks.spawn(job);
+    }
+}
+
+/// Queues a keyed delivery behind its key's lane; if the key has no lane,
+/// returns the lane to start.
+fn enqueue_in_lane(
+    shared: &Arc<Shared>,
+    delivery: Delivery,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let key = delivery.message().key().expect("keyed delivery");
     let mut lanes = shared.lock_lanes();
     if let Some(queue) = lanes.get_mut(key) {
         queue.push_back(delivery);
-        return;
+        return None;
     }
     let key = key.to_owned();
     lanes.insert(key.clone(), VecDeque::new());
     drop(lanes);
     Counters::add(&shared.counters.lanes_active);
-    let shared = shared.clone();
-    tasks.spawn(async move { run_lane(shared, key, delivery).await });
+    Some(run_lane(shared.clone(), key, delivery))
 }
 
 /// Handles one key's deliveries one at a time, in arrival order (a retrying

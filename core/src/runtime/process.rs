@@ -1,4 +1,9 @@
 //! One delivery: attempts with backoff, then ack, dead-letter or requeue.
+//!
+//! The path of a message handled on its first attempt is kept small (its
+//! future is moved onto the heap for every message); retries and
+//! dead-lettering live in boxed futures of their own, allocated only when
+//! an attempt fails.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -6,24 +11,26 @@ use std::time::SystemTime;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::consumer::Shared;
-use super::error::HandlerError;
+use super::error::{HandlerError, HandlerResult};
 use super::handler::{Handler, Request};
-use super::retry::Delays;
 use super::stats::Counters;
 use crate::delivery::{DeadLetter, Delivery, Nack};
-
-/// How a delivery ends.
-enum Verdict {
-    Ack,
-    DeadLetter(HandlerError),
-    Requeue,
-}
 
 /// First and last failure time of a delivery's attempts.
 #[derive(Clone, Copy)]
 struct Failures {
     first: SystemTime,
     last: SystemTime,
+}
+
+impl Failures {
+    fn now() -> Self {
+        let now = SystemTime::now();
+        Failures {
+            first: now,
+            last: now,
+        }
+    }
 }
 
 /// Handles `delivery` to the end and settles it.
@@ -37,115 +44,168 @@ pub(crate) async fn process(
     delivery: Delivery,
     first_permit: Option<OwnedSemaphorePermit>,
 ) -> Option<Delivery> {
-    let counters = &shared.counters;
-    if first_permit.is_none() && shared.stop.is_cancelled() {
-        return Some(delivery);
-    }
-    let mut permit = first_permit;
-    let mut attempt = 0u32;
-    let mut failures: Option<Failures> = None;
-    let mut delays: Option<Delays> = None;
-    let verdict = loop {
-        attempt += 1;
-        let slot = match permit.take() {
-            Some(permit) => permit,
-            None => match shared.slots.clone().try_acquire_owned() {
+    let slot = match first_permit {
+        Some(permit) => permit,
+        None => {
+            if shared.stop.is_triggered() {
+                return Some(delivery);
+            }
+            match shared.slots.clone().try_acquire_owned() {
                 Ok(permit) => permit,
-                Err(_) => tokio::select! {
-                    biased;
-                    permit = shared.slots.clone().acquire_owned() => permit.expect("slots are never closed"),
-                    () = shared.stop.cancelled(), if attempt == 1 => return Some(delivery),
-                    () = shared.abort.cancelled() => break Verdict::Requeue,
+                Err(_) => match Box::pin(wait_for_slot(shared, true)).await {
+                    Slot::Acquired(permit) => permit,
+                    Slot::Stopped => return Some(delivery),
+                    Slot::Aborted => {
+                        requeue(shared, [delivery]).await;
+                        return None;
+                    }
                 },
-            },
-        };
-        Counters::add(&counters.running);
-        let request = Request::new(delivery.message(), &shared.topic, &shared.group)
-            .with_attempt(attempt)
-            .with_delivery_count(delivery.delivery_count());
-        let outcome = tokio::select! {
-            biased;
-            outcome = shared.handler.call(request) => Some(outcome),
-            () = shared.abort.cancelled() => None,
-        };
-        Counters::sub(&counters.running);
-        drop(slot);
-        let error = match outcome {
-            None => break Verdict::Requeue,
-            Some(Ok(())) => break Verdict::Ack,
-            Some(Err(error)) => error,
-        };
-        Counters::add(&counters.failed);
-        let now = SystemTime::now();
-        failures = Some(Failures {
-            first: failures.map_or(now, |f| f.first),
-            last: now,
-        });
-        if error.is_permanent() {
-            break Verdict::DeadLetter(error);
+            }
         }
-        let Some(backoff) = delays.get_or_insert_with(|| shared.retry.delays()).next() else {
-            break Verdict::DeadLetter(error);
+    };
+    match attempt(shared, &delivery, 1, slot).await {
+        Some(Ok(())) => settle(shared, delivery, Settle::Ack).await,
+        Some(Err(error)) => Box::pin(retry(shared, delivery, error)).await,
+        None => requeue(shared, [delivery]).await,
+    }
+    None
+}
+
+enum Slot {
+    Acquired(OwnedSemaphorePermit),
+    /// The shutdown started before the first attempt.
+    Stopped,
+    /// The shutdown deadline passed.
+    Aborted,
+}
+
+async fn wait_for_slot(shared: &Shared, first_attempt: bool) -> Slot {
+    tokio::select! {
+        biased;
+        permit = shared.slots.clone().acquire_owned() => {
+            Slot::Acquired(permit.expect("slots are never closed"))
+        }
+        () = shared.stop.token.cancelled(), if first_attempt => Slot::Stopped,
+        () = shared.abort.cancelled() => Slot::Aborted,
+    }
+}
+
+/// One attempt, holding a concurrency slot; `None` if the shutdown
+/// deadline cut it short.
+async fn attempt(
+    shared: &Shared,
+    delivery: &Delivery,
+    attempt: u32,
+    slot: OwnedSemaphorePermit,
+) -> Option<HandlerResult> {
+    let counters = &shared.counters;
+    Counters::add(&counters.running);
+    let request = Request::new(delivery.message(), &shared.topic, &shared.group)
+        .with_attempt(attempt)
+        .with_delivery_count(delivery.delivery_count());
+    let outcome = tokio::select! {
+        biased;
+        outcome = shared.handler.call(request) => Some(outcome),
+        () = shared.abort.cancelled() => None,
+    };
+    Counters::sub(&counters.running);
+    drop(slot);
+    outcome
+}
+
+/// After a failed first attempt: retries with backoff, then settles.
+async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
+    let counters = &shared.counters;
+    let mut delays = shared.retry.delays();
+    let mut failures = Failures::now();
+    let mut error = first_error;
+    let mut attempts = 1u32;
+    Counters::add(&counters.failed);
+    loop {
+        if error.is_permanent() {
+            break;
+        }
+        let Some(backoff) = delays.next() else {
+            break;
         };
         let delay = error
             .retry_after_hint()
             .map_or(backoff, |hint| hint.max(backoff));
         Counters::add(&counters.retried);
         tracing::debug!(
-            topic = %shared.topic, id = %delivery.message().id(), attempt, ?delay,
+            topic = %shared.topic, id = %delivery.message().id(), attempt = attempts, ?delay,
             error = %error, "handler failed; retrying"
         );
-        tokio::select! {
+        let slot = tokio::select! {
             biased;
-            () = shared.abort.cancelled() => break Verdict::Requeue,
-            () = tokio::time::sleep(delay) => {}
+            () = shared.abort.cancelled() => None,
+            () = tokio::time::sleep(delay) => match shared.slots.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => match wait_for_slot(shared, false).await {
+                    Slot::Acquired(permit) => Some(permit),
+                    Slot::Stopped | Slot::Aborted => None,
+                },
+            },
+        };
+        let Some(slot) = slot else {
+            return requeue(shared, [delivery]).await;
+        };
+        attempts += 1;
+        match attempt(shared, &delivery, attempts, slot).await {
+            Some(Ok(())) => return settle(shared, delivery, Settle::Ack).await,
+            Some(Err(next)) => {
+                Counters::add(&counters.failed);
+                failures.last = SystemTime::now();
+                error = next;
+            }
+            None => return requeue(shared, [delivery]).await,
         }
-    };
-    settle(shared, delivery, verdict, attempt, failures).await;
-    None
+    }
+    tracing::warn!(
+        topic = %shared.topic, id = %delivery.message().id(), attempts, error = %error,
+        "handler gave up; dead-lettering"
+    );
+    let mut dead_letter =
+        DeadLetter::new(error.reason()).with_attempts(attempts, failures.first, failures.last);
+    if let Some(topic) = &shared.dead_letter_topic {
+        dead_letter = dead_letter.to_topic(topic.clone());
+    }
+    settle(
+        shared,
+        delivery,
+        Settle::Nack(Nack::DeadLetter(dead_letter)),
+    )
+    .await;
 }
 
-async fn settle(
-    shared: &Shared,
-    delivery: Delivery,
-    verdict: Verdict,
-    attempts: u32,
-    failures: Option<Failures>,
-) {
+/// How a delivery is settled.
+enum Settle {
+    Ack,
+    Nack(Nack),
+}
+
+/// Settles the delivery and counts the outcome.
+async fn settle(shared: &Shared, delivery: Delivery, how: Settle) {
     let counters = &shared.counters;
     let id = delivery.message().id().clone();
-    let (outcome, counter) = match verdict {
-        Verdict::Ack => (delivery.ack().await, &counters.handled),
-        Verdict::Requeue => (delivery.nack(Nack::Requeue).await, &counters.requeued),
-        Verdict::DeadLetter(error) => {
-            let now = SystemTime::now();
-            let failures = failures.unwrap_or(Failures {
-                first: now,
-                last: now,
-            });
-            tracing::warn!(
-                topic = %shared.topic, %id, attempts, error = %error,
-                "handler gave up; dead-lettering"
-            );
-            let mut dead_letter = DeadLetter::new(error.reason()).with_attempts(
-                attempts,
-                failures.first,
-                failures.last,
-            );
-            if let Some(topic) = &shared.dead_letter_topic {
-                dead_letter = dead_letter.to_topic(topic.clone());
-            }
-            (
-                delivery.nack(Nack::DeadLetter(dead_letter)).await,
-                &counters.dead_lettered,
-            )
+    let (outcome, counter) = match how {
+        Settle::Ack => (delivery.ack().await, &counters.handled),
+        Settle::Nack(nack) => {
+            let counter = match nack {
+                Nack::DeadLetter(_) => &counters.dead_lettered,
+                _ => &counters.requeued,
+            };
+            (delivery.nack(nack).await, counter)
         }
     };
     match outcome {
         Ok(()) => Counters::add(counter),
         Err(error) => {
             Counters::add(&counters.settle_errors);
-            tracing::warn!(topic = %shared.topic, %id, %error, "settling a delivery failed; it will come back");
+            tracing::warn!(
+                topic = %shared.topic, %id, %error,
+                "settling a delivery failed; it will come back"
+            );
         }
     }
     Counters::sub(&counters.in_flight);
@@ -154,6 +214,6 @@ async fn settle(
 /// Gives deliveries back unhandled, in the order given.
 pub(crate) async fn requeue(shared: &Shared, deliveries: impl IntoIterator<Item = Delivery>) {
     for delivery in deliveries {
-        settle(shared, delivery, Verdict::Requeue, 0, None).await;
+        Box::pin(settle(shared, delivery, Settle::Nack(Nack::Requeue))).await;
     }
 }

@@ -1,5 +1,8 @@
 //! Triggering a consumer's graceful shutdown.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio_util::sync::CancellationToken;
 
 /// Asks a running consumer to shut down gracefully; see
@@ -8,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Default)]
 pub struct ShutdownHandle {
     pub(crate) token: CancellationToken,
+    /// Set with the token; cheaper to read on every delivery.
+    pub(crate) flag: Arc<AtomicBool>,
 }
 
 impl ShutdownHandle {
@@ -19,12 +24,13 @@ impl ShutdownHandle {
     /// Starts the shutdown. Returns at once; await
     /// [`Consumer::run`](super::Consumer::run)'s future to know when it is done.
     pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::Release);
         self.token.cancel();
     }
 
     /// Whether the shutdown was triggered.
     pub fn is_shutdown(&self) -> bool {
-        self.token.is_cancelled()
+        self.flag.load(Ordering::Acquire)
     }
 
     /// Completes once the shutdown is triggered.
