@@ -159,15 +159,16 @@ impl ConsumerBuilder {
 
     /// The consumer.
     pub fn build(self) -> Consumer {
-        let mut handler = self.handler;
-        let layered = !self.layers.is_empty();
+        // The consumer catches panics of the whole stack itself; with
+        // layers, the handler gets a catcher of its own so that the layers
+        // see its panics as failures.
+        let mut handler = if self.layers.is_empty() {
+            self.handler
+        } else {
+            Arc::new(CatchPanic::new(self.handler))
+        };
         for layer in self.layers.into_iter().rev() {
             handler = layer(handler);
-        }
-        if layered {
-            // The handler has its own catcher; this one catches panics of
-            // the middleware.
-            handler = Arc::new(CatchPanic::new(handler));
         }
         let prefetch = self.prefetch.unwrap_or_else(|| {
             u16::try_from(self.concurrency.saturating_mul(2))
@@ -330,7 +331,7 @@ impl Consumer {
         ConsumerBuilder {
             subscriber: subscriber.into_subscriber(),
             subscription,
-            handler: Arc::new(CatchPanic::new(handler)),
+            handler: Arc::new(handler),
             layers: Vec::new(),
             concurrency: DEFAULT_CONCURRENCY,
             prefetch: None,

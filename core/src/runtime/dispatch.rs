@@ -69,6 +69,11 @@ pub(crate) async fn run(
             }
             continue;
         }
+        if shared.serial {
+            // One at a time, in arrival order: no task, no lanes, no slots.
+            process(&shared, delivery, None).await;
+            continue;
+        }
         // Unkeyed deliveries start in the order they arrived: the slot is
         // taken here, before the task exists.
         let permit = match shared.slots.clone().try_acquire_owned() {
@@ -82,11 +87,6 @@ pub(crate) async fn run(
                 }
             },
         };
-        if shared.serial {
-            // One at a time, in arrival order: no task, no lanes needed.
-            process(&shared, delivery, Some(permit)).await;
-            continue;
-        }
         let task_shared = shared.clone();
         start(&tasks, async move {
             process(&task_shared, delivery, Some(permit)).await;

@@ -79,6 +79,11 @@ impl<'a> Request<'a> {
 /// Write one by hand for full control (the future may borrow the request),
 /// or build one from an async closure with [`raw`] or [`typed`].
 ///
+/// The consumer polls the future first on its dispatch task and moves it
+/// to a task of its own when it first waits (see the [module
+/// docs](super)): do not block the thread in it; use
+/// `tokio::task::spawn_blocking` for long computations.
+///
 /// # Cancel safety
 ///
 /// The runtime drops the future when a shutdown deadline passes; the message

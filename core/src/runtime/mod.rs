@@ -34,8 +34,17 @@
 //!   [`ConsumerBuilder::dead_letter_topic`]) with the reason, attempt count,
 //!   original topic, group and first/last failure times
 //!   ([`crate::delivery`]'s `DLQ_*` headers), then removes the original.
+//! - **Where handlers run**: each delivery starts on the consumer's
+//!   dispatch task and moves to a task of its own at its first wait that
+//!   is not ready at once (with concurrency 1 it stays on the dispatch
+//!   task). A handler that finishes without waiting thus costs no task
+//!   spawn or cross-thread wake-up, which is most of what a consumer costs
+//!   over a bare receive loop; a handler that computes for long before its
+//!   first wait holds up dispatching meanwhile, so hand such work to
+//!   `tokio::task::spawn_blocking` (as in any async code).
 //! - **Shutdown** ([`ShutdownHandle`], [`Consumer::run_until_signal`]): in
-//!   two phases, described at [`Consumer::run`].
+//!   two phases, described at [`Consumer::run`]. The phase-2 deadline runs
+//!   from the moment the shutdown is triggered.
 //! - **Metrics** ([`ConsumerMetrics`]): in-flight and running counts, active
 //!   lanes, handled/failed/retried/dead-lettered counters.
 //!
@@ -62,14 +71,14 @@
 //! For each attempt, from the outside in:
 //!
 //! 1. the ordering lane and a concurrency slot are held (consumer);
-//! 2. a panic catcher around the whole stack (consumer, only when layers
-//!    are present);
-//! 3. the layers, in the order they were added with
+//! 2. the retry loop and the shutdown-deadline cancellation (consumer);
+//! 3. a panic catcher around the whole stack (consumer);
+//! 4. the layers, in the order they were added with
 //!    [`ConsumerBuilder::layer`]: the first added is the outermost, as in
 //!    tower's `ServiceBuilder`;
-//! 4. a panic catcher around the handler (consumer), so layers see a panic
-//!    as an ordinary transient failure;
-//! 5. the handler.
+//! 5. when there are layers, a [`CatchPanic`] around the handler
+//!    (consumer), so layers see a panic as an ordinary transient failure;
+//! 6. the handler.
 //!
 //! The outcome then flows back out through the layers to the consumer,
 //! which retries, dead-letters or acks. A sensible order of layers:

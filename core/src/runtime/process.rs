@@ -5,13 +5,15 @@
 //! dead-lettering live in boxed futures of their own, allocated only when
 //! an attempt fails.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::consumer::Shared;
-use super::error::{HandlerError, HandlerResult};
+use super::error::{HandlerError, HandlerResult, Panicked};
 use super::handler::{Handler, Request};
 use super::stats::Counters;
 use crate::delivery::{DeadLetter, Delivery, Nack};
@@ -35,18 +37,20 @@ impl Failures {
 
 /// Handles `delivery` to the end and settles it.
 ///
-/// With `first_permit`, the first attempt starts at once. Without it, the
-/// first attempt waits for a concurrency slot; if the shutdown starts before
-/// it gets one, the delivery is returned untouched (nothing was attempted)
-/// so the caller can give it back in order.
+/// With `first_permit` (or when the consumer is serial and needs no
+/// slots), the first attempt starts at once. Otherwise it waits for a
+/// concurrency slot; if the shutdown starts before it gets one, the
+/// delivery is returned untouched (nothing was attempted) so the caller can
+/// give it back in order.
 pub(crate) async fn process(
     shared: &Arc<Shared>,
     delivery: Delivery,
     first_permit: Option<OwnedSemaphorePermit>,
 ) -> Option<Delivery> {
     let slot = match first_permit {
-        Some(permit) => permit,
-        None => {
+        Some(permit) => Some(permit),
+        None if shared.serial => None,
+        None => Some({
             if shared.stop.is_triggered() {
                 return Some(delivery);
             }
@@ -61,7 +65,7 @@ pub(crate) async fn process(
                     }
                 },
             }
-        }
+        }),
     };
     match attempt(shared, &delivery, 1, slot).await {
         Some(Ok(())) => settle(shared, delivery, Settle::Ack).await,
@@ -90,22 +94,26 @@ async fn wait_for_slot(shared: &Shared, first_attempt: bool) -> Slot {
     }
 }
 
-/// One attempt, holding a concurrency slot; `None` if the shutdown
-/// deadline cut it short.
+/// One attempt, holding a concurrency slot (none when serial); `None` if
+/// the shutdown deadline cut it short. A panic anywhere in the handler
+/// stack is caught here, without a box of its own.
 async fn attempt(
     shared: &Shared,
     delivery: &Delivery,
     attempt: u32,
-    slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
 ) -> Option<HandlerResult> {
     let counters = &shared.counters;
     Counters::add(&counters.running);
     let request = Request::new(delivery.message(), &shared.topic, &shared.group)
         .with_attempt(attempt)
         .with_delivery_count(delivery.delivery_count());
+    let call = AssertUnwindSafe(async { shared.handler.call(request).await }).catch_unwind();
     let outcome = tokio::select! {
         biased;
-        outcome = shared.handler.call(request) => Some(outcome),
+        outcome = call => Some(outcome.unwrap_or_else(|payload| {
+            Err(HandlerError::transient(Panicked::from_payload(&*payload)))
+        })),
         () = shared.abort.cancelled() => None,
     };
     Counters::sub(&counters.running);
@@ -139,12 +147,16 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
         let slot = tokio::select! {
             biased;
             () = shared.abort.cancelled() => None,
-            () = tokio::time::sleep(delay) => match shared.slots.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => match wait_for_slot(shared, false).await {
-                    Slot::Acquired(permit) => Some(permit),
-                    Slot::Stopped | Slot::Aborted => None,
-                },
+            () = tokio::time::sleep(delay) => if shared.serial {
+                Some(None)
+            } else {
+                match shared.slots.clone().try_acquire_owned() {
+                    Ok(permit) => Some(Some(permit)),
+                    Err(_) => match wait_for_slot(shared, false).await {
+                        Slot::Acquired(permit) => Some(Some(permit)),
+                        Slot::Stopped | Slot::Aborted => None,
+                    },
+                }
             },
         };
         let Some(slot) = slot else {

@@ -12,10 +12,10 @@ use crate::runtime::handler::{Handler, Request};
 /// Turns a panic of the inner handler (while creating or polling its
 /// future) into a transient [`Panicked`] failure.
 ///
-/// The consumer puts one around the user's handler, so middleware sees a
-/// panic as an ordinary failure (a hook's `after` runs, a breaker counts
-/// it), and one around the whole stack, so a panicking layer cannot crash
-/// the consumer either.
+/// When layers are added, the consumer puts one around the user's handler,
+/// so middleware sees a panic as an ordinary failure (a hook's `after`
+/// runs, a breaker counts it). The consumer also catches panics of the
+/// whole stack itself, so a panicking layer cannot crash it either.
 #[derive(Debug, Clone)]
 pub struct CatchPanic<H> {
     inner: H,
