@@ -71,7 +71,7 @@ pub(crate) async fn run(
         }
         if shared.serial {
             // One at a time, in arrival order: no task, no lanes, no slots.
-            process(&shared, delivery, None).await;
+            process(&*shared, delivery, None).await;
             continue;
         }
         // Unkeyed deliveries start in the order they arrived: the slot is
@@ -87,11 +87,7 @@ pub(crate) async fn run(
                 }
             },
         };
-        let task_shared = shared.clone();
-        start(&tasks, async move {
-            process(&task_shared, delivery, Some(permit)).await;
-        })
-        .await;
+        start(&tasks, process(shared.clone(), delivery, Some(permit))).await;
     };
     // Phase 1: take nothing more. Dropping the stream gives back what it
     // holds; lanes give back what they had queued but not started.
@@ -114,7 +110,10 @@ pub(crate) async fn run(
 /// over a bare receive loop. The price: a handler that computes for long
 /// before its first wait holds up dispatching meanwhile (such work belongs
 /// in `spawn_blocking` anyway).
-async fn start(tasks: &TaskTracker, job: impl Future<Output = ()> + Send + 'static) {
+async fn start<O: Send + 'static>(
+    tasks: &TaskTracker,
+    job: impl Future<Output = O> + Send + 'static,
+) {
     let mut job = Box::pin(job);
     let finished = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx).is_ready())).await;
     if !finished {
@@ -146,7 +145,7 @@ fn enqueue_in_lane(
 async fn run_lane(shared: Arc<Shared>, key: String, first: Delivery) {
     let mut next = first;
     loop {
-        if let Some(unstarted) = process(&shared, next, None).await {
+        if let Some(unstarted) = process(&*shared, next, None).await {
             // Shutdown: give back this delivery and the ones behind it. The
             // last is nacked first, so brokers that requeue at the head of
             // the queue (the in-process one) keep the key's order.

@@ -5,8 +5,9 @@
 //! dead-lettering live in boxed futures of their own, allocated only when
 //! an attempt fails.
 
+use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use futures::FutureExt;
@@ -17,6 +18,7 @@ use super::error::{HandlerError, HandlerResult, Panicked};
 use super::handler::{Handler, Request};
 use super::stats::Counters;
 use crate::delivery::{DeadLetter, Delivery, Nack};
+use crate::message::MessageId;
 
 /// First and last failure time of a delivery's attempts.
 #[derive(Clone, Copy)]
@@ -42,11 +44,20 @@ impl Failures {
 /// concurrency slot; if the shutdown starts before it gets one, the
 /// delivery is returned untouched (nothing was attempted) so the caller can
 /// give it back in order.
-pub(crate) async fn process(
-    shared: &Arc<Shared>,
+///
+/// `shared` is a reference or an `Arc`: the future of a delivery handled on
+/// a task of its own owns it. That future is moved to the heap once per
+/// message, so it is kept small: the delivery is held once, and the rare
+/// paths (waiting for a slot, retrying, requeueing) are boxed futures.
+pub(crate) async fn process<S>(
+    shared: S,
     delivery: Delivery,
     first_permit: Option<OwnedSemaphorePermit>,
-) -> Option<Delivery> {
+) -> Option<Delivery>
+where
+    S: Deref<Target = Shared> + Send,
+{
+    let shared = &*shared;
     let slot = match first_permit {
         Some(permit) => Some(permit),
         None if shared.serial => None,
@@ -60,7 +71,7 @@ pub(crate) async fn process(
                     Slot::Acquired(permit) => permit,
                     Slot::Stopped => return Some(delivery),
                     Slot::Aborted => {
-                        requeue(shared, [delivery]).await;
+                        Box::pin(requeue(shared, [delivery])).await;
                         return None;
                     }
                 },
@@ -68,9 +79,13 @@ pub(crate) async fn process(
         }),
     };
     match attempt(shared, &delivery, 1, slot).await {
-        Some(Ok(())) => settle(shared, delivery, Settle::Ack).await,
+        Some(Ok(())) => {
+            let id = delivery.message().id().clone();
+            let outcome = delivery.ack().await;
+            record(shared, outcome, &shared.counters.handled, &id);
+        }
         Some(Err(error)) => Box::pin(retry(shared, delivery, error)).await,
-        None => requeue(shared, [delivery]).await,
+        None => Box::pin(requeue(shared, [delivery])).await,
     }
     None
 }
@@ -210,6 +225,12 @@ async fn settle(shared: &Shared, delivery: Delivery, how: Settle) {
             (delivery.nack(nack).await, counter)
         }
     };
+    record(shared, outcome, counter, &id);
+}
+
+/// Counts a settlement's outcome; the delivery is no longer in flight.
+fn record(shared: &Shared, outcome: crate::Result<()>, counter: &AtomicU64, id: &MessageId) {
+    let counters = &shared.counters;
     match outcome {
         Ok(()) => Counters::add(counter),
         Err(error) => {
