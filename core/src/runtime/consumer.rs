@@ -369,8 +369,9 @@ impl Consumer {
     ///    ([`Nack::Requeue`](crate::Nack::Requeue)), last first.
     /// 2. Let in-flight messages (including those waiting to be retried)
     ///    finish and settle, for up to the
-    ///    [shutdown deadline](ConsumerBuilder::shutdown_deadline); then
-    ///    cancel the rest and requeue them.
+    ///    [shutdown deadline](ConsumerBuilder::shutdown_deadline) counted
+    ///    from the trigger; then cancel the rest (their handler futures are
+    ///    dropped) and requeue them.
     ///
     /// Messages that completed were acked before this returns, so they are
     /// never delivered again after a clean shutdown. The subscriber is not
@@ -398,11 +399,16 @@ impl Consumer {
         Ok(metrics.snapshot())
     }
 
-    /// [`Consumer::run`] until `trigger` completes, then shut down.
+    /// [`Consumer::run`] until `trigger` completes, then shut down. Only
+    /// this consumer stops, even if its [`ShutdownHandle`] is shared.
     ///
     /// # Errors
     ///
     /// As [`Consumer::run`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Consumer::run`]: not cancel safe.
     pub async fn run_until(self, trigger: impl Future<Output = ()>) -> Result<ConsumerStats> {
         // Only this consumer stops, even if its handle is shared.
         let shared = self.shared.clone();
@@ -420,6 +426,10 @@ impl Consumer {
     /// # Errors
     ///
     /// As [`Consumer::run`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Consumer::run`]: not cancel safe.
     pub async fn run_until_signal(self) -> Result<ConsumerStats> {
         self.run_until(signal()).await
     }
