@@ -29,7 +29,7 @@ const KEYS: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 enum Scenario {
-    Bare { prefetch: u16 },
+    Bare { prefetch: u16, keyed: bool },
     Runtime { concurrency: usize, keyed: bool },
 }
 
@@ -66,10 +66,13 @@ async fn loaded_broker(messages: usize, keyed: bool) -> (Broker, Subscription) {
 
 /// Consumes `messages` and returns how long it took.
 async fn consume(scenario: Scenario, messages: usize) -> Duration {
-    let keyed = matches!(scenario, Scenario::Runtime { keyed: true, .. });
+    let keyed = matches!(
+        scenario,
+        Scenario::Runtime { keyed: true, .. } | Scenario::Bare { keyed: true, .. }
+    );
     let (broker, sub) = loaded_broker(messages, keyed).await;
     match scenario {
-        Scenario::Bare { prefetch } => {
+        Scenario::Bare { prefetch, .. } => {
             let start = Instant::now();
             let task = tokio::spawn(async move {
                 let mut stream = broker.subscribe(sub.prefetch(prefetch)).await.unwrap();
@@ -154,17 +157,27 @@ fn main() {
     );
     rt.block_on(async {
         // Warm up allocator and scheduler.
-        consume(Scenario::Bare { prefetch: 16 }, messages.min(20_000)).await;
+        consume(
+            Scenario::Bare {
+                prefetch: 16,
+                keyed: false,
+            },
+            messages.min(20_000),
+        )
+        .await;
         for (concurrency, keyed) in [(1, false), (8, false), (16, true)] {
             if !only.is_empty() && !only.contains(&concurrency) {
                 continue;
             }
             let prefetch = Scenario::prefetch(concurrency);
-            let bare = best_of(Scenario::Bare { prefetch }, messages).await;
+            let bare = best_of(Scenario::Bare { prefetch, keyed }, messages).await;
             let run = best_of(Scenario::Runtime { concurrency, keyed }, messages).await;
             println!(
                 "{:<34} {:>10.1}ms {:>14.0} {:>12}",
-                format!("bare subscribe+ack, prefetch {prefetch}"),
+                format!(
+                    "bare subscribe+ack, prefetch {prefetch}{}",
+                    if keyed { ", keyed" } else { "" }
+                ),
                 bare.as_secs_f64() * 1e3,
                 rate(messages, bare),
                 "-"

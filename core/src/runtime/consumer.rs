@@ -217,7 +217,7 @@ pub(crate) struct Shared {
     /// One permit per handler attempt allowed to run.
     pub(crate) slots: Arc<Semaphore>,
     /// Per key: the deliveries waiting behind the one being handled.
-    pub(crate) lanes: Mutex<HashMap<String, VecDeque<Delivery>>>,
+    pub(crate) lanes: Mutex<HashMap<Arc<str>, VecDeque<Delivery>>>,
     /// Phase 1 of the shutdown: take nothing more.
     pub(crate) stop: Stop,
     /// Phase 2's deadline passed: cancel what runs.
@@ -248,7 +248,7 @@ impl Stop {
 }
 
 impl Shared {
-    pub(crate) fn lock_lanes(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Delivery>>> {
+    pub(crate) fn lock_lanes(&self) -> MutexGuard<'_, HashMap<Arc<str>, VecDeque<Delivery>>> {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

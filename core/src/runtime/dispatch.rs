@@ -64,9 +64,7 @@ pub(crate) async fn run(
         };
         Counters::add(&shared.counters.in_flight);
         if !shared.serial && shared.ordered_by_key && delivery.message().key().is_some() {
-            if let Some(lane) = enqueue_in_lane(&shared, delivery) {
-                start(&tasks, lane).await;
-            }
+            dispatch_keyed(&shared, &tasks, delivery).await;
             continue;
         }
         if shared.serial {
@@ -121,46 +119,66 @@ async fn start<O: Send + 'static>(
     }
 }
 
-/// Queues a keyed delivery behind its key's lane; if the key has no lane,
-/// returns the lane to start.
-fn enqueue_in_lane(
-    shared: &Arc<Shared>,
-    delivery: Delivery,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
+/// Queues a keyed delivery behind its key's lane, or starts a lane for it.
+///
+/// A new lane runs on the dispatcher first, like any job. Only if it
+/// waits is it registered (before it is spawned, so nothing else can run
+/// it meanwhile): later deliveries of its key then queue behind it. A lane
+/// whose message finishes at once is never registered at all.
+async fn dispatch_keyed(shared: &Arc<Shared>, tasks: &TaskTracker, delivery: Delivery) {
     let key = delivery.message().key().expect("keyed delivery");
-    let mut lanes = shared.lock_lanes();
-    if let Some(queue) = lanes.get_mut(key) {
+    if let Some(queue) = shared.lock_lanes().get_mut(key) {
         queue.push_back(delivery);
-        return None;
+        return;
     }
-    let key = key.to_owned();
-    lanes.insert(key.clone(), VecDeque::new());
-    drop(lanes);
-    Counters::add(&shared.counters.lanes_active);
-    Some(run_lane(shared.clone(), key, delivery))
+    let key: Arc<str> = Arc::from(key);
+    let mut lane = Box::pin(run_lane(shared.clone(), key.clone(), delivery));
+    let finished = std::future::poll_fn(|cx| Poll::Ready(lane.as_mut().poll(cx).is_ready())).await;
+    if !finished {
+        let mut lanes = shared.lock_lanes();
+        lanes.insert(key, VecDeque::new());
+        shared.counters.set_lanes(lanes.len());
+        drop(lanes);
+        tasks.spawn(lane);
+    }
+}
+
+/// Removes a key's lane, returning what was queued in it.
+fn take_lane(shared: &Shared, key: &str) -> Option<VecDeque<Delivery>> {
+    let mut lanes = shared.lock_lanes();
+    let queue = lanes.remove(key);
+    shared.counters.set_lanes(lanes.len());
+    queue
 }
 
 /// Handles one key's deliveries one at a time, in arrival order (a retrying
 /// delivery holds the lane), until the lane is empty or the shutdown starts.
-async fn run_lane(shared: Arc<Shared>, key: String, first: Delivery) {
+async fn run_lane(shared: Arc<Shared>, key: Arc<str>, first: Delivery) {
     let mut next = first;
     loop {
         if let Some(unstarted) = process(&*shared, next, None).await {
             // Shutdown: give back this delivery and the ones behind it. The
             // last is nacked first, so brokers that requeue at the head of
             // the queue (the in-process one) keep the key's order.
-            let mut rest = shared.lock_lanes().remove(&key).unwrap_or_default();
-            Counters::sub(&shared.counters.lanes_active);
+            let mut rest = take_lane(&shared, &key).unwrap_or_default();
             rest.push_front(unstarted);
             requeue(&shared, rest.into_iter().rev()).await;
+            // Registered while the requeue waited? The dispatcher stops
+            // with the trigger, so that lane holds nothing or next to it.
+            if let Some(late) = take_lane(&shared, &key) {
+                requeue(&shared, late.into_iter().rev()).await;
+            }
             return;
         }
         let mut lanes = shared.lock_lanes();
-        match lanes.get_mut(&key).and_then(VecDeque::pop_front) {
+        let Some(queue) = lanes.get_mut(&*key) else {
+            return; // never registered: finished on the dispatcher
+        };
+        match queue.pop_front() {
             Some(delivery) => next = delivery,
             None => {
-                lanes.remove(&key);
-                Counters::sub(&shared.counters.lanes_active);
+                lanes.remove(&*key);
+                shared.counters.set_lanes(lanes.len());
                 return;
             }
         }

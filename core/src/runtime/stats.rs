@@ -12,7 +12,8 @@ pub struct ConsumerStats {
     pub in_flight: u64,
     /// Handler attempts running right now.
     pub running: u64,
-    /// Ordering lanes (keys with messages being handled or queued).
+    /// Ordering lanes: keys whose message is being handled and waits (for
+    /// I/O, a retry, a slot), with the messages of the key queued behind it.
     pub lanes_active: u64,
     /// Messages handled successfully and acked.
     pub handled: u64,
@@ -48,6 +49,11 @@ impl Counters {
 
     pub(crate) fn sub(counter: &AtomicU64) {
         counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Sets the lane gauge; called with the lane table locked.
+    pub(crate) fn set_lanes(&self, lanes: usize) {
+        self.lanes_active.store(lanes as u64, Ordering::Relaxed);
     }
 }
 
