@@ -152,8 +152,8 @@ fn main() {
         PAYLOAD.len()
     );
     println!(
-        "{:<34} {:>12} {:>14} {:>12}",
-        "scenario", "time", "msg/s", "vs bare"
+        "{:<40} {:>10} {:>12} {:>9} {:>12}",
+        "scenario", "time", "msg/s", "vs bare", "ns/msg added"
     );
     rt.block_on(async {
         // Warm up allocator and scheduler.
@@ -173,7 +173,7 @@ fn main() {
             let bare = best_of(Scenario::Bare { prefetch, keyed }, messages).await;
             let run = best_of(Scenario::Runtime { concurrency, keyed }, messages).await;
             println!(
-                "{:<34} {:>10.1}ms {:>14.0} {:>12}",
+                "{:<40} {:>8.1}ms {:>12.0} {:>9}",
                 format!(
                     "bare subscribe+ack, prefetch {prefetch}{}",
                     if keyed { ", keyed" } else { "" }
@@ -183,14 +183,15 @@ fn main() {
                 "-"
             );
             println!(
-                "{:<34} {:>10.1}ms {:>14.0} {:>+11.1}%",
+                "{:<40} {:>8.1}ms {:>12.0} {:>+8.1}% {:>12.0}",
                 format!(
                     "Consumer, concurrency {concurrency}{}",
                     if keyed { ", 16 keys" } else { "" }
                 ),
                 run.as_secs_f64() * 1e3,
                 rate(messages, run),
-                (run.as_secs_f64() / bare.as_secs_f64() - 1.0) * 100.0
+                (run.as_secs_f64() / bare.as_secs_f64() - 1.0) * 100.0,
+                (run.as_secs_f64() - bare.as_secs_f64()) * 1e9 / messages as f64
             );
         }
     });
