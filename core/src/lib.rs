@@ -10,6 +10,9 @@
 //!   dropping it unsettled makes the message come back.
 //! - [`Broker`]: a publisher and a subscriber chosen at run time.
 //! - [`Error`]: one `#[non_exhaustive]` enum with [`Error::is_retryable`].
+//! - [`runtime`]: the consumer runtime that runs handlers over a
+//!   subscription: concurrency, per-key ordering, retries with backoff,
+//!   dead-lettering, middleware, graceful shutdown, metrics.
 //!
 //! This crate knows no broker. Adapters (`courier-memory`, `courier-amqp`,
 //! `courier-kafka`, `courier-nats`) implement the traits, and the conformance
@@ -34,6 +37,7 @@ pub mod headers;
 pub mod message;
 pub mod name;
 mod pubsub;
+pub mod runtime;
 pub mod wire;
 
 pub use delivery::{Acknowledger, DeadLetter, Delivery, Nack};

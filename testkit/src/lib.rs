@@ -25,10 +25,14 @@
 
 pub mod conformance;
 mod harness;
+pub mod runtime_cases;
 
 pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
-/// Every case of the suite: the conformance cases.
+/// Every case of the suite: the conformance cases and the consumer
+/// runtime's cases.
 pub fn all_cases() -> Vec<Case> {
-    conformance::cases()
+    let mut cases = conformance::cases();
+    cases.extend(runtime_cases::cases());
+    cases
 }

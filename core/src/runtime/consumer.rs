@@ -1,0 +1,436 @@
+//! The consumer: a handler run over a subscription.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{BoxHandler, Handler};
+use super::middleware::{CatchPanic, Layer};
+use super::retry::RetryPolicy;
+use super::shutdown::{ShutdownHandle, signal};
+use super::stats::{ConsumerMetrics, ConsumerStats, Counters};
+use crate::delivery::Delivery;
+use crate::error::Result;
+use crate::pubsub::{Broker, Subscriber, Subscription};
+
+/// Default [`ConsumerBuilder::concurrency`].
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Default [`ConsumerBuilder::shutdown_deadline`].
+pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// Least prefetch the consumer asks for; see [`ConsumerBuilder::prefetch`].
+pub const MIN_PREFETCH: u16 = 16;
+
+/// Something a consumer can subscribe through: a [`Broker`] or any
+/// [`Subscriber`].
+pub trait IntoSubscriber {
+    /// The subscriber.
+    fn into_subscriber(self) -> Arc<dyn Subscriber>;
+}
+
+impl IntoSubscriber for Broker {
+    fn into_subscriber(self) -> Arc<dyn Subscriber> {
+        self.subscriber()
+    }
+}
+
+impl IntoSubscriber for &Broker {
+    fn into_subscriber(self) -> Arc<dyn Subscriber> {
+        self.subscriber()
+    }
+}
+
+impl IntoSubscriber for Arc<dyn Subscriber> {
+    fn into_subscriber(self) -> Arc<dyn Subscriber> {
+        self
+    }
+}
+
+impl<S: Subscriber + 'static> IntoSubscriber for Arc<S> {
+    fn into_subscriber(self) -> Arc<dyn Subscriber> {
+        self
+    }
+}
+
+type LayerFn = Box<dyn FnOnce(BoxHandler) -> BoxHandler + Send>;
+
+/// Configures a [`Consumer`]; made by [`Consumer::builder`].
+pub struct ConsumerBuilder {
+    subscriber: Arc<dyn Subscriber>,
+    subscription: Subscription,
+    handler: BoxHandler,
+    layers: Vec<LayerFn>,
+    concurrency: usize,
+    prefetch: Option<u16>,
+    ordered_by_key: bool,
+    retry: RetryPolicy,
+    dead_letter_topic: Option<String>,
+    shutdown_deadline: Duration,
+    shutdown: ShutdownHandle,
+}
+
+impl fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("subscription", &self.subscription)
+            .field("layers", &self.layers.len())
+            .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
+            .field("ordered_by_key", &self.ordered_by_key)
+            .field("retry", &self.retry)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("shutdown_deadline", &self.shutdown_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    /// At most `limit` handler attempts run at once (0 counts as 1;
+    /// default [`DEFAULT_CONCURRENCY`]). Messages with the same key still
+    /// run one at a time; with a limit of 1 every message does, in arrival
+    /// order.
+    pub fn concurrency(mut self, limit: usize) -> Self {
+        self.concurrency = limit.max(1);
+        self
+    }
+
+    /// Prefetch of the subscription: how many unsettled deliveries the
+    /// broker may hand the consumer ahead of the handlers. Default:
+    /// twice the concurrency, at least [`MIN_PREFETCH`], so a slot that
+    /// frees up finds a message waiting, and lanes of other keys can fill
+    /// while one key is busy. This overrides the prefetch set on the
+    /// [`Subscription`].
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = Some(prefetch.max(1));
+        self
+    }
+
+    /// Whether messages with the same key are handled one at a time, in
+    /// order (default `true`). Messages without a key are never ordered
+    /// (unless the concurrency is 1).
+    pub fn ordered_by_key(mut self, ordered: bool) -> Self {
+        self.ordered_by_key = ordered;
+        self
+    }
+
+    /// The retry policy (default [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Dead-letter to `topic` instead of `<topic>.dlq`.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// How long the shutdown waits for in-flight messages before it
+    /// cancels them and gives them back (default 30 s).
+    pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
+        self.shutdown_deadline = deadline;
+        self
+    }
+
+    /// Shuts down when `handle` is triggered, so one handle can stop
+    /// several consumers. Each consumer has its own otherwise.
+    pub fn shutdown_handle(mut self, handle: ShutdownHandle) -> Self {
+        self.shutdown = handle;
+        self
+    }
+
+    /// Wraps the handler in a middleware layer. The first layer added is
+    /// the outermost: `.layer(a).layer(b)` calls `a`, which calls `b`,
+    /// which calls the handler. See the [module docs](super) for the
+    /// recommended order.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxHandler> + Send + 'static,
+    {
+        self.layers
+            .push(Box::new(move |inner| Arc::new(layer.layer(inner))));
+        self
+    }
+
+    /// The consumer.
+    pub fn build(self) -> Consumer {
+        // The consumer catches panics of the whole stack itself; with
+        // layers, the handler gets a catcher of its own so that the layers
+        // see its panics as failures.
+        let mut handler = if self.layers.is_empty() {
+            self.handler
+        } else {
+            Arc::new(CatchPanic::new(self.handler))
+        };
+        for layer in self.layers.into_iter().rev() {
+            handler = layer(handler);
+        }
+        let prefetch = self.prefetch.unwrap_or_else(|| {
+            u16::try_from(self.concurrency.saturating_mul(2))
+                .unwrap_or(u16::MAX)
+                .max(MIN_PREFETCH)
+        });
+        let stop = Stop {
+            handle: self.shutdown.flag.clone(),
+            own: AtomicBool::new(false),
+            token: self.shutdown.token.child_token(),
+        };
+        let shared = Shared {
+            handler,
+            topic: self.subscription.topic().into(),
+            group: self.subscription.group().into(),
+            retry: self.retry,
+            dead_letter_topic: self.dead_letter_topic,
+            ordered_by_key: self.ordered_by_key,
+            serial: self.concurrency == 1,
+            slots: Arc::new(Semaphore::new(self.concurrency)),
+            lanes: Mutex::new(HashMap::new()),
+            stop,
+            abort: CancellationToken::new(),
+            counters: Arc::new(Counters::default()),
+        };
+        Consumer {
+            subscriber: self.subscriber,
+            subscription: self.subscription.prefetch(prefetch),
+            shutdown_deadline: self.shutdown_deadline,
+            shutdown: self.shutdown,
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+/// What every task of a running consumer shares.
+pub(crate) struct Shared {
+    pub(crate) handler: BoxHandler,
+    pub(crate) topic: Arc<str>,
+    pub(crate) group: Arc<str>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) dead_letter_topic: Option<String>,
+    pub(crate) ordered_by_key: bool,
+    /// Concurrency 1: the dispatcher handles each delivery itself.
+    pub(crate) serial: bool,
+    /// One permit per handler attempt allowed to run.
+    pub(crate) slots: Arc<Semaphore>,
+    /// Per key: the deliveries waiting behind the one being handled.
+    pub(crate) lanes: Mutex<HashMap<Arc<str>, VecDeque<Delivery>>>,
+    /// Phase 1 of the shutdown: take nothing more.
+    pub(crate) stop: Stop,
+    /// Phase 2's deadline passed: cancel what runs.
+    pub(crate) abort: CancellationToken,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// The trigger of phase 1, for this consumer: its handle's (which may be
+/// shared) or its own (the stream ended, [`Consumer::run_until`]).
+pub(crate) struct Stop {
+    handle: Arc<AtomicBool>,
+    own: AtomicBool,
+    /// A child of the handle's token, cancelled with either flag.
+    pub(crate) token: CancellationToken,
+}
+
+impl Stop {
+    /// Whether phase 1 began. Cheap: two atomic loads.
+    pub(crate) fn is_triggered(&self) -> bool {
+        self.own.load(Ordering::Acquire) || self.handle.load(Ordering::Acquire)
+    }
+
+    /// Begins phase 1 for this consumer only.
+    pub(crate) fn trigger(&self) {
+        self.own.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock_lanes(&self) -> MutexGuard<'_, HashMap<Arc<str>, VecDeque<Delivery>>> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs a [`Handler`] over a [`Subscription`]: bounded concurrency,
+/// per-key ordering, retries with backoff, dead-lettering, middleware and
+/// a two-phase graceful shutdown. See the [module docs](super).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_core::runtime::{self, Consumer, RetryPolicy, TimeoutLayer};
+/// use courier_core::{Message, Subscription};
+/// use courier_memory::MemoryBroker;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct OrderPlaced { order: u64 }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier_core::Result<()> {
+/// let broker = MemoryBroker::new().into_broker();
+/// let (done, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+///
+/// let consumer = Consumer::builder(
+///     &broker,
+///     Subscription::new("orders", "billing"),
+///     runtime::typed(move |event: OrderPlaced| {
+///         let done = done.clone();
+///         async move {
+///             done.send(event.order)?; // `?` turns any error into a transient failure
+///             Ok(())
+///         }
+///     }),
+/// )
+/// .concurrency(8)
+/// .retry(RetryPolicy::exponential().max_attempts(3))
+/// .layer(TimeoutLayer::new(Duration::from_secs(5)))
+/// .build();
+/// let shutdown = consumer.shutdown_handle();
+/// let metrics = consumer.metrics();
+/// broker.provision(consumer.subscription()).await?; // the group exists from now on
+/// let running = tokio::spawn(consumer.run());
+///
+/// broker.publish("orders", Message::json(&OrderPlaced { order: 7 })?).await?;
+/// assert_eq!(done_rx.recv().await, Some(7));
+///
+/// shutdown.shutdown();
+/// let stats = running.await.expect("consumer task")?;
+/// assert_eq!(stats.handled, 1);
+/// assert_eq!(metrics.snapshot().in_flight, 0);
+/// # Ok(()) }
+/// ```
+pub struct Consumer {
+    subscriber: Arc<dyn Subscriber>,
+    subscription: Subscription,
+    shutdown_deadline: Duration,
+    shutdown: ShutdownHandle,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("subscriber", &self.subscriber)
+            .field("subscription", &self.subscription)
+            .field("shutdown_deadline", &self.shutdown_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A builder for a consumer of `subscription` through `subscriber`,
+    /// calling `handler`.
+    pub fn builder(
+        subscriber: impl IntoSubscriber,
+        subscription: Subscription,
+        handler: impl Handler,
+    ) -> ConsumerBuilder {
+        ConsumerBuilder {
+            subscriber: subscriber.into_subscriber(),
+            subscription,
+            handler: Arc::new(handler),
+            layers: Vec::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            prefetch: None,
+            ordered_by_key: true,
+            retry: RetryPolicy::default(),
+            dead_letter_topic: None,
+            shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
+            shutdown: ShutdownHandle::new(),
+        }
+    }
+
+    /// The handle that shuts this consumer down.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// A live view of this consumer's numbers.
+    pub fn metrics(&self) -> ConsumerMetrics {
+        ConsumerMetrics {
+            counters: self.shared.counters.clone(),
+        }
+    }
+
+    /// The subscription as the consumer uses it (with its prefetch).
+    pub fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    /// Subscribes and handles messages until the shutdown is triggered (or
+    /// the subscription's stream ends), then shuts down in two phases:
+    ///
+    /// 1. Take nothing more: stop polling and drop the stream, so deliveries
+    ///    the broker had sent ahead come back for the group; deliveries
+    ///    queued in ordering lanes but not started are nacked
+    ///    ([`Nack::Requeue`](crate::Nack::Requeue)), last first.
+    /// 2. Let in-flight messages (including those waiting to be retried)
+    ///    finish and settle, for up to the
+    ///    [shutdown deadline](ConsumerBuilder::shutdown_deadline) counted
+    ///    from the trigger; then cancel the rest (their handler futures are
+    ///    dropped) and requeue them.
+    ///
+    /// Messages that completed were acked before this returns, so they are
+    /// never delivered again after a clean shutdown. The subscriber is not
+    /// closed: it may be shared.
+    ///
+    /// # Errors
+    ///
+    /// Subscribing failed, or the stream reported an unrecoverable error
+    /// (after which the consumer still drains as above).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future abandons in-flight deliveries
+    /// mid-handling (they come back, as any unsettled delivery does, but
+    /// handlers are cut short). Trigger the [`ShutdownHandle`] instead.
+    pub async fn run(self) -> Result<ConsumerStats> {
+        let metrics = self.metrics();
+        super::dispatch::run(
+            self.shared,
+            self.subscriber,
+            self.subscription,
+            self.shutdown_deadline,
+        )
+        .await?;
+        Ok(metrics.snapshot())
+    }
+
+    /// [`Consumer::run`] until `trigger` completes, then shut down. Only
+    /// this consumer stops, even if its [`ShutdownHandle`] is shared.
+    ///
+    /// # Errors
+    ///
+    /// As [`Consumer::run`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Consumer::run`]: not cancel safe.
+    pub async fn run_until(self, trigger: impl Future<Output = ()>) -> Result<ConsumerStats> {
+        // Only this consumer stops, even if its handle is shared.
+        let shared = self.shared.clone();
+        let run = self.run();
+        tokio::pin!(run, trigger);
+        tokio::select! {
+            outcome = &mut run => return outcome,
+            () = &mut trigger => shared.stop.trigger(),
+        }
+        run.await
+    }
+
+    /// [`Consumer::run`] until SIGINT (Ctrl-C) or SIGTERM, for services.
+    ///
+    /// # Errors
+    ///
+    /// As [`Consumer::run`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Consumer::run`]: not cancel safe.
+    pub async fn run_until_signal(self) -> Result<ConsumerStats> {
+        self.run_until(signal()).await
+    }
+}

@@ -1,0 +1,186 @@
+//! The consumer's main loop: pull deliveries, route them to ordering lanes
+//! or free tasks, and shut down in two phases.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::task::TaskTracker;
+
+use super::consumer::Shared;
+use super::process::{process, requeue};
+use super::stats::Counters;
+use crate::delivery::Delivery;
+use crate::error::Result;
+use crate::pubsub::{Subscriber, Subscription};
+
+/// Runs until the shutdown is triggered or the stream ends, then drains.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    subscriber: Arc<dyn Subscriber>,
+    subscription: Subscription,
+    deadline: Duration,
+) -> Result<()> {
+    let stopped = shared.stop.token.clone().cancelled_owned();
+    tokio::pin!(stopped);
+    let mut stream = tokio::select! {
+        biased;
+        () = &mut stopped => return Ok(()),
+        stream = subscriber.subscribe(subscription) => stream?,
+    };
+    // The deadline of phase 2 runs from the trigger, whatever the
+    // dispatcher is doing then (with concurrency 1 it may be handling).
+    let watchdog = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            shared.stop.token.cancelled().await;
+            tokio::time::sleep(deadline).await;
+            shared.abort.cancel();
+        }
+    });
+    let tasks = TaskTracker::new();
+    let outcome = loop {
+        if shared.stop.is_triggered() {
+            break Ok(());
+        }
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
+                return Poll::Ready(Some(next));
+            }
+            if stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let delivery = match next {
+            None => break Ok(()),
+            Some(Some(Ok(delivery))) => delivery,
+            Some(Some(Err(error))) => break Err(error),
+            Some(None) => break Ok(()),
+        };
+        Counters::add(&shared.counters.in_flight);
+        if !shared.serial && shared.ordered_by_key && delivery.message().key().is_some() {
+            dispatch_keyed(&shared, &tasks, delivery).await;
+            continue;
+        }
+        if shared.serial {
+            // One at a time, in arrival order: no task, no lanes, no slots.
+            process(&*shared, delivery, None).await;
+            continue;
+        }
+        // Unkeyed deliveries start in the order they arrived: the slot is
+        // taken here, before the task exists.
+        let permit = match shared.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                permit = shared.slots.clone().acquire_owned() => permit.expect("slots are never closed"),
+                () = &mut stopped => {
+                    requeue(&shared, [delivery]).await;
+                    break Ok(());
+                }
+            },
+        };
+        start(&tasks, process(shared.clone(), delivery, Some(permit))).await;
+    };
+    // Phase 1: take nothing more. Dropping the stream gives back what it
+    // holds; lanes give back what they had queued but not started.
+    drop(stream);
+    shared.stop.trigger();
+    tasks.close();
+    // Phase 2: in-flight work finishes and settles; the watchdog cancels
+    // what is left at the deadline, which requeues it.
+    tasks.wait().await;
+    watchdog.abort();
+    outcome
+}
+
+/// Runs `job` on the dispatcher's task until it first waits, and moves it
+/// to a task of its own only then.
+///
+/// Most handler attempts of a busy consumer either finish at once or wait
+/// for I/O early; running the first stretch here saves a task spawn and a
+/// cross-thread wake-up per message, which is most of the runtime's cost
+/// over a bare receive loop. The price: a handler that computes for long
+/// before its first wait holds up dispatching meanwhile (such work belongs
+/// in `spawn_blocking` anyway).
+async fn start<O: Send + 'static>(
+    tasks: &TaskTracker,
+    job: impl Future<Output = O> + Send + 'static,
+) {
+    let mut job = Box::pin(job);
+    let finished = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx).is_ready())).await;
+    if !finished {
+        tasks.spawn(job);
+    }
+}
+
+/// Queues a keyed delivery behind its key's lane, or starts a lane for it.
+///
+/// A new lane runs on the dispatcher first, like any job. Only if it
+/// waits is it registered (before it is spawned, so nothing else can run
+/// it meanwhile): later deliveries of its key then queue behind it. A lane
+/// whose message finishes at once is never registered at all.
+async fn dispatch_keyed(shared: &Arc<Shared>, tasks: &TaskTracker, delivery: Delivery) {
+    let key = delivery.message().key().expect("keyed delivery");
+    if let Some(queue) = shared.lock_lanes().get_mut(key) {
+        queue.push_back(delivery);
+        return;
+    }
+    let key: Arc<str> = Arc::from(key);
+    let mut lane = Box::pin(run_lane(shared.clone(), key.clone(), delivery));
+    let finished = std::future::poll_fn(|cx| Poll::Ready(lane.as_mut().poll(cx).is_ready())).await;
+    if !finished {
+        let mut lanes = shared.lock_lanes();
+        lanes.insert(key, VecDeque::new());
+        shared.counters.set_lanes(lanes.len());
+        drop(lanes);
+        tasks.spawn(lane);
+    }
+}
+
+/// Removes a key's lane, returning what was queued in it.
+fn take_lane(shared: &Shared, key: &str) -> Option<VecDeque<Delivery>> {
+    let mut lanes = shared.lock_lanes();
+    let queue = lanes.remove(key);
+    shared.counters.set_lanes(lanes.len());
+    queue
+}
+
+/// Handles one key's deliveries one at a time, in arrival order (a retrying
+/// delivery holds the lane), until the lane is empty or the shutdown starts.
+async fn run_lane(shared: Arc<Shared>, key: Arc<str>, first: Delivery) {
+    let mut next = first;
+    loop {
+        if let Some(unstarted) = process(&*shared, next, None).await {
+            // Shutdown: give back this delivery and the ones behind it. The
+            // last is nacked first, so brokers that requeue at the head of
+            // the queue (the in-process one) keep the key's order.
+            let mut rest = take_lane(&shared, &key).unwrap_or_default();
+            rest.push_front(unstarted);
+            requeue(&shared, rest.into_iter().rev()).await;
+            // Registered while the requeue waited? The dispatcher stops
+            // with the trigger, so that lane holds nothing or next to it.
+            if let Some(late) = take_lane(&shared, &key) {
+                requeue(&shared, late.into_iter().rev()).await;
+            }
+            return;
+        }
+        let mut lanes = shared.lock_lanes();
+        let Some(queue) = lanes.get_mut(&*key) else {
+            return; // never registered: finished on the dispatcher
+        };
+        match queue.pop_front() {
+            Some(delivery) => next = delivery,
+            None => {
+                lanes.remove(&*key);
+                shared.counters.set_lanes(lanes.len());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The consumer runtime: write a handler, and the runtime does the rest,
+//! identically on every broker.
+//!
+//! ```text
+//!            ┌──────────── Consumer ─────────────────────────────────────┐
+//! stream ──► │ dispatch ─► lane per key / free ─► slot ─► attempt ─► settle │
+//!            └──────────────────────────────────────────────────────────┘
+//!                                     attempt = layers ─► handler
+//! ```
+//!
+//! - **Handlers** ([`Handler`]): [`raw`] closures get the [`Message`](crate::Message),
+//!   [`typed`] closures get the payload decoded from JSON (a payload that
+//!   does not decode is dead-lettered at once). A handler returns
+//!   `Ok(())` (ack) or a [`HandlerError`]: transient (retry) unless
+//!   [`HandlerError::permanent`] (dead-letter now). A panic is a transient
+//!   failure, never a crashed consumer.
+//! - **Concurrency**: at most [`ConsumerBuilder::concurrency`] attempts run
+//!   at once. The subscription's prefetch is tied to it (twice the
+//!   concurrency, at least 16) so the broker hands out only what the
+//!   consumer can soon start; everything prefetched counts against the
+//!   broker's limit, so memory stays bounded.
+//! - **Ordering lanes**: messages with the same key are handled one at a
+//!   time in arrival order; different keys run in parallel; messages
+//!   without a key run freely (in arrival order of *start*, since their
+//!   slot is taken before they are dispatched). A message being retried
+//!   holds its lane: later messages of its key wait, so the order holds
+//!   through retries.
+//! - **Retry and dead-lettering** ([`RetryPolicy`]): after a transient
+//!   failure the message is tried again after an exponential, jittered
+//!   delay (or the failure's [`retry_after`](HandlerError::retry_after)
+//!   hint, if longer); after the last attempt, or at once for a permanent
+//!   failure, it is nacked with [`Nack::DeadLetter`](crate::Nack::DeadLetter):
+//!   the adapter publishes a copy to `<topic>.dlq` (or
+//!   [`ConsumerBuilder::dead_letter_topic`]) with the reason, attempt count,
+//!   original topic, group and first/last failure times
+//!   ([`crate::delivery`]'s `DLQ_*` headers), then removes the original.
+//! - **Where handlers run**: each delivery starts on the consumer's
+//!   dispatch task and moves to a task of its own at its first wait that
+//!   is not ready at once (with concurrency 1 it stays on the dispatch
+//!   task). A handler that finishes without waiting thus costs no task
+//!   spawn or cross-thread wake-up, which is most of what a consumer costs
+//!   over a bare receive loop; a handler that computes for long before its
+//!   first wait holds up dispatching meanwhile, so hand such work to
+//!   `tokio::task::spawn_blocking` (as in any async code).
+//! - **Shutdown** ([`ShutdownHandle`], [`Consumer::run_until_signal`]): in
+//!   two phases, described at [`Consumer::run`]. The phase-2 deadline runs
+//!   from the moment the shutdown is triggered.
+//! - **Metrics** ([`ConsumerMetrics`]): in-flight and running counts, active
+//!   lanes, handled/failed/retried/dead-lettered counters.
+//!
+//! # Why retry is built in, not a layer
+//!
+//! Retrying is the consumer's job rather than a [`Layer`]'s because it
+//! needs what only the consumer has: the attempt count and failure times
+//! for the dead-letter headers, the decision between retrying and
+//! dead-lettering, the shutdown deadline (a message waiting for its next
+//! attempt is in flight, and is requeued when the deadline cuts it short),
+//! and the ordering lane it must hold. Every attempt goes through the whole
+//! middleware stack again, so a timeout bounds one attempt, a circuit
+//! breaker counts every failure, and an idempotency hook claims and
+//! releases per attempt.
+//!
+//! Retries happen in the consumer while it holds the delivery, not by
+//! nacking it back to the broker: this keeps per-key order, keeps the
+//! attempt count exact on brokers that do not count deliveries, and costs
+//! no broker round trip. A message whose retries are cut short by a
+//! shutdown comes back to the next consumer and starts counting again.
+//!
+//! # Middleware order
+//!
+//! For each attempt, from the outside in:
+//!
+//! 1. the ordering lane and a concurrency slot are held (consumer);
+//! 2. the retry loop and the shutdown-deadline cancellation (consumer);
+//! 3. a panic catcher around the whole stack (consumer);
+//! 4. the layers, in the order they were added with
+//!    [`ConsumerBuilder::layer`]: the first added is the outermost, as in
+//!    tower's `ServiceBuilder`;
+//! 5. when there are layers, a [`CatchPanic`] around the handler
+//!    (consumer), so layers see a panic as an ordinary transient failure;
+//! 6. the handler.
+//!
+//! The outcome then flows back out through the layers to the consumer,
+//! which retries, dead-letters or acks. A sensible order of layers:
+//!
+//! ```text
+//! .layer(breaker.layer())                  // sees every failure, incl. timeouts
+//! .layer(ConcurrencyLimitLayer::new(n))    // waiting for a permit does not eat the timeout
+//! .layer(HookLayer::new(idempotency))      // claims before, completes/releases after
+//! .layer(TimeoutLayer::new(d))             // innermost: the hook still sees a timeout
+//! ```
+//!
+//! # Examples
+//!
+//! See [`Consumer`].
+
+mod consumer;
+mod dispatch;
+mod error;
+mod handler;
+pub mod middleware;
+mod process;
+mod retry;
+mod shutdown;
+mod stats;
+
+pub use consumer::{
+    Consumer, ConsumerBuilder, DEFAULT_CONCURRENCY, DEFAULT_SHUTDOWN_DEADLINE, IntoSubscriber,
+    MIN_PREFETCH,
+};
+pub use error::{CircuitOpen, FailureKind, HandlerError, HandlerResult, Panicked, TimedOut};
+pub use handler::{BoxHandler, Handler, RawFn, Request, TypedFn, raw, typed};
+pub use middleware::{
+    CatchPanic, CatchPanicLayer, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer,
+    CircuitState, ConcurrencyLimit, ConcurrencyLimitLayer, GuardedByBreaker, Hook, HookLayer,
+    Hooked, Layer, Proceed, Timeout, TimeoutLayer,
+};
+pub use retry::{Delays, RetryPolicy};
+pub use shutdown::{ShutdownHandle, signal};
+pub use stats::{ConsumerMetrics, ConsumerStats};

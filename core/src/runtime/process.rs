@@ -1,0 +1,252 @@
+//! One delivery: attempts with backoff, then ack, dead-letter or requeue.
+//!
+//! The path of a message handled on its first attempt is kept small (its
+//! future is moved onto the heap for every message); retries and
+//! dead-lettering live in boxed futures of their own, allocated only when
+//! an attempt fails.
+
+use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
+
+use futures::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::consumer::Shared;
+use super::error::{HandlerError, HandlerResult, Panicked};
+use super::handler::{Handler, Request};
+use super::stats::Counters;
+use crate::delivery::{DeadLetter, Delivery, Nack};
+use crate::message::MessageId;
+
+/// First and last failure time of a delivery's attempts.
+#[derive(Clone, Copy)]
+struct Failures {
+    first: SystemTime,
+    last: SystemTime,
+}
+
+impl Failures {
+    fn now() -> Self {
+        let now = SystemTime::now();
+        Failures {
+            first: now,
+            last: now,
+        }
+    }
+}
+
+/// Handles `delivery` to the end and settles it.
+///
+/// With `first_permit` (or when the consumer is serial and needs no
+/// slots), the first attempt starts at once. Otherwise it waits for a
+/// concurrency slot; if the shutdown starts before it gets one, the
+/// delivery is returned untouched (nothing was attempted) so the caller can
+/// give it back in order.
+///
+/// `shared` is a reference or an `Arc`: the future of a delivery handled on
+/// a task of its own owns it. That future is moved to the heap once per
+/// message, so it is kept small: the delivery is held once, and the rare
+/// paths (waiting for a slot, retrying, requeueing) are boxed futures.
+pub(crate) async fn process<S>(
+    shared: S,
+    delivery: Delivery,
+    first_permit: Option<OwnedSemaphorePermit>,
+) -> Option<Delivery>
+where
+    S: Deref<Target = Shared> + Send,
+{
+    let shared = &*shared;
+    let slot = match first_permit {
+        Some(permit) => Some(permit),
+        None if shared.serial => None,
+        None => Some({
+            if shared.stop.is_triggered() {
+                return Some(delivery);
+            }
+            match shared.slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => match Box::pin(wait_for_slot(shared, true)).await {
+                    Slot::Acquired(permit) => permit,
+                    Slot::Stopped => return Some(delivery),
+                    Slot::Aborted => {
+                        Box::pin(requeue(shared, [delivery])).await;
+                        return None;
+                    }
+                },
+            }
+        }),
+    };
+    match attempt(shared, &delivery, 1, slot).await {
+        Some(Ok(())) => {
+            let id = delivery.message().id().clone();
+            let outcome = delivery.ack().await;
+            record(shared, outcome, &shared.counters.handled, &id);
+        }
+        Some(Err(error)) => Box::pin(retry(shared, delivery, error)).await,
+        None => Box::pin(requeue(shared, [delivery])).await,
+    }
+    None
+}
+
+enum Slot {
+    Acquired(OwnedSemaphorePermit),
+    /// The shutdown started before the first attempt.
+    Stopped,
+    /// The shutdown deadline passed.
+    Aborted,
+}
+
+async fn wait_for_slot(shared: &Shared, first_attempt: bool) -> Slot {
+    tokio::select! {
+        biased;
+        permit = shared.slots.clone().acquire_owned() => {
+            Slot::Acquired(permit.expect("slots are never closed"))
+        }
+        () = shared.stop.token.cancelled(), if first_attempt => Slot::Stopped,
+        () = shared.abort.cancelled() => Slot::Aborted,
+    }
+}
+
+/// One attempt, holding a concurrency slot (none when serial); `None` if
+/// the shutdown deadline cut it short. A panic anywhere in the handler
+/// stack is caught here, without a box of its own.
+async fn attempt(
+    shared: &Shared,
+    delivery: &Delivery,
+    attempt: u32,
+    slot: Option<OwnedSemaphorePermit>,
+) -> Option<HandlerResult> {
+    let counters = &shared.counters;
+    Counters::add(&counters.running);
+    let request = Request::new(delivery.message(), &shared.topic, &shared.group)
+        .with_attempt(attempt)
+        .with_delivery_count(delivery.delivery_count());
+    let call = AssertUnwindSafe(async { shared.handler.call(request).await }).catch_unwind();
+    let outcome = tokio::select! {
+        biased;
+        outcome = call => Some(outcome.unwrap_or_else(|payload| {
+            Err(HandlerError::transient(Panicked::from_payload(&*payload)))
+        })),
+        () = shared.abort.cancelled() => None,
+    };
+    Counters::sub(&counters.running);
+    drop(slot);
+    outcome
+}
+
+/// After a failed first attempt: retries with backoff, then settles.
+async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
+    let counters = &shared.counters;
+    let mut delays = shared.retry.delays();
+    let mut failures = Failures::now();
+    let mut error = first_error;
+    let mut attempts = 1u32;
+    Counters::add(&counters.failed);
+    loop {
+        if error.is_permanent() {
+            break;
+        }
+        let Some(backoff) = delays.next() else {
+            break;
+        };
+        let delay = error
+            .retry_after_hint()
+            .map_or(backoff, |hint| hint.max(backoff));
+        Counters::add(&counters.retried);
+        tracing::debug!(
+            topic = %shared.topic, id = %delivery.message().id(), attempt = attempts, ?delay,
+            error = %error, "handler failed; retrying"
+        );
+        let slot = tokio::select! {
+            biased;
+            () = shared.abort.cancelled() => None,
+            () = tokio::time::sleep(delay) => if shared.serial {
+                Some(None)
+            } else {
+                match shared.slots.clone().try_acquire_owned() {
+                    Ok(permit) => Some(Some(permit)),
+                    Err(_) => match wait_for_slot(shared, false).await {
+                        Slot::Acquired(permit) => Some(Some(permit)),
+                        Slot::Stopped | Slot::Aborted => None,
+                    },
+                }
+            },
+        };
+        let Some(slot) = slot else {
+            return requeue(shared, [delivery]).await;
+        };
+        attempts += 1;
+        match attempt(shared, &delivery, attempts, slot).await {
+            Some(Ok(())) => return settle(shared, delivery, Settle::Ack).await,
+            Some(Err(next)) => {
+                Counters::add(&counters.failed);
+                failures.last = SystemTime::now();
+                error = next;
+            }
+            None => return requeue(shared, [delivery]).await,
+        }
+    }
+    tracing::warn!(
+        topic = %shared.topic, id = %delivery.message().id(), attempts, error = %error,
+        "handler gave up; dead-lettering"
+    );
+    let mut dead_letter =
+        DeadLetter::new(error.reason()).with_attempts(attempts, failures.first, failures.last);
+    if let Some(topic) = &shared.dead_letter_topic {
+        dead_letter = dead_letter.to_topic(topic.clone());
+    }
+    settle(
+        shared,
+        delivery,
+        Settle::Nack(Nack::DeadLetter(dead_letter)),
+    )
+    .await;
+}
+
+/// How a delivery is settled.
+enum Settle {
+    Ack,
+    Nack(Nack),
+}
+
+/// Settles the delivery and counts the outcome.
+async fn settle(shared: &Shared, delivery: Delivery, how: Settle) {
+    let counters = &shared.counters;
+    let id = delivery.message().id().clone();
+    let (outcome, counter) = match how {
+        Settle::Ack => (delivery.ack().await, &counters.handled),
+        Settle::Nack(nack) => {
+            let counter = match nack {
+                Nack::DeadLetter(_) => &counters.dead_lettered,
+                _ => &counters.requeued,
+            };
+            (delivery.nack(nack).await, counter)
+        }
+    };
+    record(shared, outcome, counter, &id);
+}
+
+/// Counts a settlement's outcome; the delivery is no longer in flight.
+fn record(shared: &Shared, outcome: crate::Result<()>, counter: &AtomicU64, id: &MessageId) {
+    let counters = &shared.counters;
+    match outcome {
+        Ok(()) => Counters::add(counter),
+        Err(error) => {
+            Counters::add(&counters.settle_errors);
+            tracing::warn!(
+                topic = %shared.topic, %id, %error,
+                "settling a delivery failed; it will come back"
+            );
+        }
+    }
+    Counters::sub(&counters.in_flight);
+}
+
+/// Gives deliveries back unhandled, in the order given.
+pub(crate) async fn requeue(shared: &Shared, deliveries: impl IntoIterator<Item = Delivery>) {
+    for delivery in deliveries {
+        Box::pin(settle(shared, delivery, Settle::Nack(Nack::Requeue))).await;
+    }
+}

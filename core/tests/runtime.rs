@@ -1,0 +1,102 @@
+//! Consumer runtime behaviour specific to configurations the conformance
+//! cases do not cover: concurrency 1, layered stacks, `run_until`, and the
+//! stream ending under the consumer.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use courier_core::runtime::{
+    self, Consumer, HandlerError, HandlerResult, Hook, HookLayer, Request, RetryPolicy,
+    TimeoutLayer,
+};
+use courier_core::{Message, Subscription, async_trait};
+use courier_memory::MemoryBroker;
+
+#[derive(Default)]
+struct CountOutcomes {
+    ok: AtomicU32,
+    failed: AtomicU32,
+}
+
+#[async_trait]
+impl Hook for CountOutcomes {
+    async fn after(&self, _request: &Request<'_>, outcome: HandlerResult) -> HandlerResult {
+        let counter = if outcome.is_ok() {
+            &self.ok
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        outcome
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_one_handles_in_publish_order_through_layers() {
+    let broker = MemoryBroker::new().into_broker();
+    let sub = Subscription::new("serial", "g");
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let panicked = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let (seen, panicked) = (seen.clone(), panicked.clone());
+        runtime::typed(move |n: u32| {
+            let (seen, panicked) = (seen.clone(), panicked.clone());
+            async move {
+                if n == 5 && panicked.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first attempt at 5");
+                }
+                if n % 10 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                seen.lock().unwrap().push(n);
+                Ok(())
+            }
+        })
+    };
+    let hook = Arc::new(CountOutcomes::default());
+    let consumer = Consumer::builder(&broker, sub.clone(), handler)
+        .concurrency(1)
+        .retry(RetryPolicy::exponential().min_delay(Duration::from_millis(1)))
+        .layer(HookLayer::from_arc(hook.clone()))
+        .layer(TimeoutLayer::new(Duration::from_secs(10)))
+        .build();
+    broker.provision(consumer.subscription()).await.unwrap();
+    let metrics = consumer.metrics();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(consumer.run_until(async {
+        let _ = done_rx.await;
+    }));
+    let batch = (0..100u32).map(|n| Message::json(&n).unwrap()).collect();
+    broker.publish_batch(sub.topic(), batch).await.unwrap();
+    while metrics.snapshot().handled < 100 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    done_tx.send(()).unwrap();
+    let stats = running.await.unwrap().unwrap();
+    assert_eq!((stats.handled, stats.failed, stats.retried), (100, 1, 1));
+    assert_eq!(*seen.lock().unwrap(), (0..100).collect::<Vec<_>>());
+    // The panic reached the hook as a failure.
+    assert_eq!(hook.ok.load(Ordering::SeqCst), 100);
+    assert_eq!(hook.failed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_closed_subscriber_ends_the_run_cleanly() {
+    let broker = MemoryBroker::new().into_broker();
+    let consumer = Consumer::builder(
+        &broker,
+        Subscription::new("ends", "g"),
+        runtime::raw(|_m| async { Err(HandlerError::transient("unused")) }),
+    )
+    .build();
+    let running = tokio::spawn(consumer.run());
+    tokio::task::yield_now().await;
+    broker.close().await.unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the run ends with the stream")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.in_flight, 0);
+}
