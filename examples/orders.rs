@@ -1,4 +1,6 @@
-//! Publishes typed JSON orders and consumes them, on any broker.
+//! A service that publishes typed JSON orders and handles them with the
+//! consumer runtime (per-customer ordering, retries, dead-lettering), on any
+//! broker.
 //!
 //! ```text
 //! cargo run --example orders                       # embedded in-process broker
@@ -7,8 +9,8 @@
 
 use std::time::Duration;
 
-use courier::{Message, StartPosition, Subscription};
-use futures::StreamExt;
+use courier::runtime::{self, Consumer, HandlerError, RetryPolicy, TimeoutLayer};
+use courier::{Message, Subscription};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -18,7 +20,7 @@ struct OrderPlaced {
     total_cents: u64,
 }
 
-const ORDERS: u32 = 5;
+const ORDERS: u32 = 6;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,14 +36,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // history.
     let run = courier::MessageId::new().to_string()[24..].to_owned();
     let topic = format!("orders.placed.{run}");
-    let subscription = Subscription::new(&topic, "billing").start_from(StartPosition::Earliest);
-    broker.provision(&subscription).await?;
+
+    let (handled_tx, mut handled_rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = Consumer::builder(
+        &broker,
+        Subscription::new(&topic, "billing"),
+        runtime::typed(move |order: OrderPlaced| {
+            let handled_tx = handled_tx.clone();
+            async move {
+                if order.total_cents == 0 {
+                    return Err(HandlerError::permanent("an order cannot be free"));
+                }
+                println!("handled  {order:?}");
+                handled_tx.send(order.order_id)?;
+                Ok(())
+            }
+        }),
+    )
+    .concurrency(4)
+    .retry(RetryPolicy::exponential().max_attempts(3))
+    .layer(TimeoutLayer::new(Duration::from_secs(5)))
+    .build();
+    // The group exists from now on and keeps every message published to it.
+    broker.provision(consumer.subscription()).await?;
+    let shutdown = consumer.shutdown_handle();
+    let running = tokio::spawn(consumer.run());
 
     for order_id in 1..=ORDERS {
         let order = OrderPlaced {
             order_id,
             customer: format!("customer-{}", order_id % 2),
-            total_cents: 1_000 * u64::from(order_id),
+            // Order 3 is invalid: it goes to the dead-letter topic, and order 5
+            // of the same customer is handled after it.
+            total_cents: if order_id == 3 {
+                0
+            } else {
+                1_000 * u64::from(order_id)
+            },
         };
         // Orders of one customer share a key, so they are handled in order.
         let message = Message::json(&order)?.with_key(order.customer.clone());
@@ -49,15 +80,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("sent     {order:?}");
     }
 
-    let mut deliveries = broker.subscribe(subscription).await?;
-    for _ in 0..ORDERS {
-        let delivery = tokio::time::timeout(Duration::from_secs(30), deliveries.next())
+    for _ in 1..ORDERS {
+        tokio::time::timeout(Duration::from_secs(30), handled_rx.recv())
             .await?
-            .ok_or("subscription ended early")??;
-        let order: OrderPlaced = delivery.message().json_as()?;
-        println!("received {order:?} (key {:?})", delivery.message().key());
-        delivery.ack().await?;
+            .ok_or("consumer stopped early")?;
     }
+    shutdown.shutdown();
+    let stats = running.await??;
+    println!(
+        "consumer stopped: {} handled, {} dead-lettered (see {topic}.dlq)",
+        stats.handled, stats.dead_lettered
+    );
     broker.close().await?;
     Ok(())
 }
