@@ -76,6 +76,8 @@ pub async fn connect(url: &str) -> Result<Broker> {
             reason: format!("unknown scheme {scheme:?}; known: {}", known.join(", ")),
         });
     };
+    #[cfg(not(feature = "memory"))]
+    let _ = rest;
     match feature {
         #[cfg(feature = "memory")]
         "memory" => Ok(connect_memory(rest)),
@@ -116,6 +118,7 @@ mod tests {
         assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
     }
 
+    #[cfg(feature = "memory")]
     #[tokio::test]
     async fn named_memory_brokers_are_shared() {
         let a = connect("memory://shared-test").await.unwrap();
