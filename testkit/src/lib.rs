@@ -24,6 +24,9 @@
 //! Test names are `adapter::case`, so a run shows per adapter what passed.
 
 pub mod conformance;
+/// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 mod harness;
 pub mod runtime_cases;
 
@@ -36,3 +39,4 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(runtime_cases::cases());
     cases
 }
+
