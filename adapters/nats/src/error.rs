@@ -1,0 +1,53 @@
+//! How NATS client errors become courier errors.
+
+use async_nats::ConnectErrorKind as NatsKind;
+use courier_core::{ConnectErrorKind, Error};
+
+/// The adapter's name in errors.
+pub(crate) const BROKER: &str = "nats";
+
+/// A connection failure, typed, naming the URL without its password.
+pub(crate) fn connect_error(url: &str, err: async_nats::ConnectError) -> Error {
+    let kind = match err.kind() {
+        NatsKind::Dns => ConnectErrorKind::Unreachable,
+        NatsKind::Authentication => ConnectErrorKind::Authentication,
+        NatsKind::AuthorizationViolation => ConnectErrorKind::Authentication,
+        NatsKind::TimedOut => ConnectErrorKind::TimedOut,
+        NatsKind::Tls => ConnectErrorKind::Tls,
+        NatsKind::ServerParse => ConnectErrorKind::Protocol,
+        NatsKind::Io => io_kind(&err),
+        _ => ConnectErrorKind::Other,
+    };
+    Error::Connect {
+        url: courier_core::error::redact_url(url),
+        kind,
+        source: Some(Box::new(err)),
+    }
+}
+
+fn io_kind(err: &(dyn std::error::Error + 'static)) -> ConnectErrorKind {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => ConnectErrorKind::Refused,
+                std::io::ErrorKind::TimedOut => ConnectErrorKind::TimedOut,
+                _ => ConnectErrorKind::Unreachable,
+            };
+        }
+        source = e.source();
+    }
+    if err.to_string().contains("refused") {
+        ConnectErrorKind::Refused
+    } else {
+        ConnectErrorKind::Unreachable
+    }
+}
+
+/// A server-side failure of an operation; retryable unless `permanent`.
+pub(crate) fn op_error(
+    operation: &'static str,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::broker(BROKER, operation, true, err)
+}
