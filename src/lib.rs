@@ -41,6 +41,8 @@ pub struct ReadmeDoctests;
 
 #[cfg(feature = "memory")]
 pub use courier_memory as memory;
+#[cfg(feature = "nats")]
+pub use courier_nats as nats;
 
 use courier_core::error::redact_url;
 
@@ -81,6 +83,8 @@ pub async fn connect(url: &str) -> Result<Broker> {
     match feature {
         #[cfg(feature = "memory")]
         "memory" => Ok(connect_memory(rest)),
+        #[cfg(feature = "nats")]
+        "nats" => Ok(nats::NatsBroker::connect(url).await?.into_broker()),
         _ => Err(Error::FeatureDisabled {
             url: redact_url(url),
             feature,

@@ -39,4 +39,3 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(runtime_cases::cases());
     cases
 }
-

@@ -39,7 +39,8 @@ pub struct NatsConfig {
     /// (default 10,000); each stream also keeps to its own prefetch.
     pub max_ack_pending: u32,
     /// How long a pull request waits on the server for messages before it is
-    /// renewed (default 5 s).
+    /// renewed (default 1 s). Closing a connection or dropping a stream
+    /// lets the pending request run out, so this bounds how long `close` takes.
     pub pull_expiry: Duration,
 }
 
@@ -53,7 +54,7 @@ impl Default for NatsConfig {
             ack_wait: Duration::from_secs(30),
             max_deliver: None,
             max_ack_pending: 10_000,
-            pull_expiry: Duration::from_secs(5),
+            pull_expiry: Duration::from_secs(1),
         }
     }
 }

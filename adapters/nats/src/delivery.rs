@@ -1,0 +1,86 @@
+//! Settling JetStream deliveries, confirmed by the server.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::AckKind;
+use courier_core::{Acknowledger, Error, Message, Nack, Result, async_trait};
+
+use crate::Inner;
+use crate::error::op_error;
+use crate::subscriber::Flow;
+
+/// Settles one delivery through its reply subject.
+#[derive(Debug)]
+pub(crate) struct NatsAcker {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) flow: Arc<Flow>,
+    pub(crate) message: async_nats::jetstream::Message,
+    pub(crate) token: u64,
+    pub(crate) topic: Arc<str>,
+    pub(crate) group: Arc<str>,
+}
+
+impl NatsAcker {
+    /// Sends `kind` and waits for the server's confirmation. A delivery the
+    /// connection already NAKed while closing cannot be settled again.
+    async fn settle(&self, kind: AckKind, operation: &'static str) -> Result<()> {
+        let claimed = self.inner.outstanding.lock().remove(&self.token).is_some();
+        let outcome = if claimed {
+            self.message
+                .double_ack_with(kind)
+                .await
+                .map_err(|e| op_error(operation, std::io::Error::other(e.to_string())))
+        } else {
+            Err(Error::Closed(
+                "nats connection (the delivery was returned on close)",
+            ))
+        };
+        self.flow.release();
+        outcome
+    }
+}
+
+#[async_trait]
+impl Acknowledger for NatsAcker {
+    async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+        self.settle(AckKind::Ack, "ack").await
+    }
+
+    async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {
+        match nack {
+            Nack::RequeueAfter(delay) => self.settle(AckKind::Nak(Some(delay)), "nak").await,
+            Nack::DeadLetter(dead_letter) => {
+                let copied = match dead_letter.to_message(message, &self.topic, &self.group) {
+                    Ok((topic, copy)) => {
+                        crate::publisher::publish(&self.inner, &topic, vec![copy]).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match copied {
+                    Ok(()) => self.settle(AckKind::Term, "term").await,
+                    Err(e) => {
+                        // The original stays and comes back.
+                        let _ = self.settle(AckKind::Nak(None), "nak").await;
+                        Err(e)
+                    }
+                }
+            }
+            _ => self.settle(AckKind::Nak(None), "nak").await,
+        }
+    }
+
+    fn abandon(self: Box<Self>, _message: &Message) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = self.settle(AckKind::Nak(None), "nak").await;
+                });
+            }
+            // No runtime to send from: the server redelivers after ack_wait.
+            Err(_) => {
+                self.inner.outstanding.lock().remove(&self.token);
+                self.flow.release();
+            }
+        }
+    }
+}

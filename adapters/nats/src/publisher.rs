@@ -1,0 +1,123 @@
+//! Publishing to JetStream with the publish ack awaited.
+
+use std::future::IntoFuture;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use courier_core::wire::{self, Native};
+use courier_core::{Error, Message, Result};
+
+use crate::Inner;
+use crate::error::op_error;
+
+/// The header JetStream deduplicates on.
+const NATS_MSG_ID: &str = "Nats-Msg-Id";
+
+/// Publishes `messages` in order, then waits for every publish ack.
+pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) -> Result<()> {
+    inner.check_open()?;
+    courier_core::name::validate_topic(topic)?;
+    let limit = inner.client.server_info().max_payload;
+    for message in &messages {
+        let size = message.payload().len() + message.headers().byte_size();
+        if size > limit {
+            return Err(Error::PayloadTooLarge { size, limit });
+        }
+    }
+    inner.ensure_stream(topic).await?;
+    let mut acks = Vec::with_capacity(messages.len());
+    for message in messages {
+        let ack = inner
+            .js
+            .publish_with_headers(
+                topic.to_owned(),
+                headers(&message),
+                message.payload().clone(),
+            )
+            .await
+            .map_err(|e| publish_error(inner, e))?;
+        acks.push(ack.into_future());
+    }
+    for ack in futures::future::join_all(acks).await {
+        ack.map_err(|e| publish_error(inner, e))?;
+    }
+    Ok(())
+}
+
+/// The NATS headers a message travels with.
+pub(crate) fn headers(message: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_MSG_ID, message.id().to_string());
+    wire::encode(message, Native::default(), |name, value| {
+        headers.insert(name, quote(value).as_ref())
+    });
+    headers
+}
+
+/// NATS header values lose leading and trailing white space, and an empty
+/// value is dropped. Such values, and any starting with `"`, travel quoted;
+/// [`unquote`] restores them.
+pub(crate) fn quote(value: &str) -> std::borrow::Cow<'_, str> {
+    let needs = value.is_empty()
+        || value.starts_with(char::is_whitespace)
+        || value.ends_with(char::is_whitespace)
+        || value.starts_with('"');
+    if needs {
+        format!("\"{value}\"").into()
+    } else {
+        value.into()
+    }
+}
+
+/// The value [`quote`] was given.
+pub(crate) fn unquote(value: &str) -> &str {
+    match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(inner) if value.len() >= 2 => inner,
+        _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{quote, unquote};
+
+    #[test]
+    fn quoting_round_trips_values_nats_would_change() {
+        for value in [
+            "",
+            " ",
+            "  padded  ",
+            "\"",
+            "\"quoted\"",
+            "\"x",
+            "plain",
+            "ü ✓",
+        ] {
+            assert_eq!(unquote(&quote(value)), value, "{value:?}");
+        }
+        assert_eq!(quote("plain"), "plain");
+    }
+}
+
+fn publish_error(inner: &Inner, err: async_nats::jetstream::context::PublishError) -> Error {
+    match err.kind() {
+        PublishErrorKind::TimedOut => Error::Timeout {
+            operation: "nats publish ack",
+            after: inner.config.request_timeout,
+        },
+        PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
+            size: 0,
+            limit: inner.client.server_info().max_payload,
+        },
+        PublishErrorKind::StreamNotFound => {
+            Error::broker(crate::error::BROKER, "publish", true, err)
+        }
+        PublishErrorKind::Other if err.to_string().contains("maximum") => Error::broker(
+            crate::error::BROKER,
+            "publish (stream limit reached)",
+            false,
+            err,
+        ),
+        _ => op_error("publish", err),
+    }
+}

@@ -1,0 +1,239 @@
+//! Durable pull consumers and the pull loop that feeds a delivery stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use courier_core::{
+    Delivery, DeliveryStream, MessageId, Result, StartPosition, Subscription, wire,
+};
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc};
+
+use crate::delivery::NatsAcker;
+use crate::error::op_error;
+use crate::{Inner, consumer_name, stream_name};
+
+/// Flow control of one subscription: deliveries handed out and not settled.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) settled: Notify,
+}
+
+impl Flow {
+    pub(crate) fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.settled.notify_one();
+    }
+}
+
+/// The group's durable consumer, created if missing.
+pub(crate) async fn provision(
+    inner: &Inner,
+    subscription: &Subscription,
+) -> Result<consumer::Consumer<pull::Config>> {
+    subscription.validate()?;
+    inner.check_open()?;
+    let topic = subscription.topic();
+    inner.ensure_stream(topic).await?;
+    let stream = inner
+        .js
+        .get_stream(stream_name(topic))
+        .await
+        .map_err(|e| op_error("get stream", e))?;
+    let durable = consumer_name(subscription.group());
+    let config = pull::Config {
+        durable_name: Some(durable.clone()),
+        description: Some(format!("courier group {}", subscription.group())),
+        deliver_policy: match subscription.start() {
+            StartPosition::Earliest => DeliverPolicy::All,
+            _ => DeliverPolicy::New,
+        },
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: inner.config.ack_wait,
+        max_deliver: inner.config.max_deliver.map_or(-1, i64::from),
+        max_ack_pending: i64::from(inner.config.max_ack_pending),
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer(&durable, config)
+        .await
+        .map_err(|e| op_error("create consumer", e))
+}
+
+/// Starts the pull loop and returns the stream it feeds.
+pub(crate) async fn subscribe(
+    inner: Arc<Inner>,
+    subscription: Subscription,
+) -> Result<DeliveryStream> {
+    let consumer = provision(&inner, &subscription).await?;
+    let prefetch = usize::from(subscription.prefetch_count());
+    let (tx, mut rx) = mpsc::channel(prefetch);
+    let flow = Arc::new(Flow {
+        in_flight: AtomicUsize::new(0),
+        settled: Notify::new(),
+    });
+    let tracker = inner.pull_loops.clone();
+    tracker.spawn(pull_loop(inner, subscription, consumer, prefetch, flow, tx));
+    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+    })))
+}
+
+/// Pulls at most `prefetch - in_flight` messages at a time and hands them
+/// out, until the connection closes or the stream is dropped. Errors (a
+/// server restart, say) are retried with a growing pause; the durable
+/// consumer is re-provisioned in case the server lost it.
+async fn pull_loop(
+    inner: Arc<Inner>,
+    subscription: Subscription,
+    mut consumer: consumer::Consumer<pull::Config>,
+    prefetch: usize,
+    flow: Arc<Flow>,
+    tx: mpsc::Sender<Result<Delivery>>,
+) {
+    let topic: Arc<str> = Arc::from(subscription.topic());
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let free = prefetch.saturating_sub(flow.in_flight.load(Ordering::Acquire));
+        if free == 0 {
+            tokio::select! {
+                () = flow.settled.notified() => continue,
+                () = inner.shutdown.cancelled() => return,
+                () = tx.closed() => return,
+            }
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(free)
+            .expires(inner.config.pull_expiry)
+            .messages();
+        let mut batch = tokio::select! {
+            batch = batch => batch,
+            () = inner.shutdown.cancelled() => return,
+            () = tx.closed() => return,
+        };
+        let mut failed = false;
+        match batch.as_mut() {
+            Ok(messages) => loop {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    () = inner.shutdown.cancelled() => return drain(messages).await,
+                    () = tx.closed() => return drain(messages).await,
+                };
+                match next {
+                    None => break,
+                    Some(Ok(message)) => {
+                        pause = Duration::from_millis(50);
+                        let delivery = to_delivery(&inner, &topic, &subscription, &flow, message);
+                        if tx.send(delivery).await.is_err() {
+                            // The delivery dropped with the error is NAKed.
+                            return drain(messages).await;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(topic = %topic, error = %e, "nats pull interrupted");
+                        failed = true;
+                        break;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::debug!(topic = %topic, error = %e, "nats pull request failed");
+                failed = true;
+            }
+        }
+        if failed {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = inner.shutdown.cancelled() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+            if let Ok(c) = provision(&inner, &subscription).await {
+                consumer = c;
+            }
+        }
+    }
+}
+
+/// Keeps the pending pull request open until it expires, NAKing whatever
+/// it still brings. Abandoning the request instead (unsubscribing its inbox)
+/// makes nats-server 2.9 rewind the consumer when it next delivers to it,
+/// which can make already acknowledged messages pending again.
+async fn drain(messages: &mut pull::Batch) {
+    while let Some(next) = messages.next().await {
+        match next {
+            Ok(message) => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+fn to_delivery(
+    inner: &Arc<Inner>,
+    topic: &Arc<str>,
+    subscription: &Subscription,
+    flow: &Arc<Flow>,
+    message: async_nats::jetstream::Message,
+) -> Result<Delivery> {
+    let info = message
+        .info()
+        .ok()
+        .map(|i| (i.delivered, i.stream_sequence));
+    let Some(reply) = message.reply.clone() else {
+        return Err(op_error(
+            "receive",
+            std::io::Error::other("message without reply subject"),
+        ));
+    };
+    let token = inner.next_token.fetch_add(1, Ordering::Relaxed);
+    inner.outstanding.lock().insert(token, reply.clone());
+    flow.in_flight.fetch_add(1, Ordering::AcqRel);
+    let acker = NatsAcker {
+        inner: inner.clone(),
+        flow: flow.clone(),
+        message: message.clone(),
+        token,
+        topic: topic.clone(),
+        group: Arc::from(subscription.group()),
+    };
+    let sequence = info.map_or(0, |(_, seq)| seq);
+    let headers = message
+        .headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .map(|(name, values)| (<async_nats::HeaderName as AsRef<str>>::as_ref(name), values))
+        .filter(|(name, _)| !name.starts_with("Nats-"))
+        .filter_map(|(name, values)| {
+            values
+                .first()
+                .map(|v| (name, crate::publisher::unquote(v.as_str()).as_bytes()))
+        });
+    let decoded = wire::decode(headers, message.payload.clone(), None, || {
+        MessageId::parse(&format!("{topic}-{sequence}")).unwrap_or_default()
+    });
+    match decoded {
+        Ok(msg) => {
+            let delivery = Delivery::new(msg, topic.clone(), Box::new(acker));
+            Ok(match info {
+                Some((delivered, _)) => delivery.with_delivery_count(delivered.max(1) as u32),
+                None => delivery,
+            })
+        }
+        Err(e) => {
+            // Not a message courier can represent: settle it as dead.
+            let raw = courier_core::Message::new(message.payload.clone());
+            let delivery = Delivery::new(raw, topic.clone(), Box::new(acker));
+            let reason = format!("undecodable NATS headers: {e}");
+            tokio::spawn(async move {
+                let _ = delivery.nack(courier_core::Nack::dead_letter(reason)).await;
+            });
+            Err(e.into())
+        }
+    }
+}
