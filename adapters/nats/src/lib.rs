@@ -118,10 +118,17 @@ impl NatsBroker {
     ///
     /// As [`NatsBroker::connect`].
     pub async fn connect_with(url: &str, config: NatsConfig) -> Result<Self> {
-        let client = async_nats::ConnectOptions::new()
+        let (address, credentials) = split_credentials(url)?;
+        let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(config.connect_timeout)
-            .request_timeout(Some(config.request_timeout))
-            .connect(url)
+            .request_timeout(Some(config.request_timeout));
+        options = match credentials {
+            Credentials::None => options,
+            Credentials::Token(token) => options.token(token),
+            Credentials::UserPassword(user, password) => options.user_and_password(user, password),
+        };
+        let client = options
+            .connect(address.as_str())
             .await
             .map_err(|e| connect_error(url, e))?;
         check_jetstream(&client, url).await?;
@@ -240,6 +247,39 @@ impl Inner {
         self.streams.lock().insert(topic.to_owned());
         Ok(())
     }
+}
+
+enum Credentials {
+    None,
+    Token(String),
+    UserPassword(String, String),
+}
+
+/// The URL without its user part, and what that part held: `user:password`,
+/// or a lone token (`nats://TOKEN@host`).
+fn split_credentials(url: &str) -> Result<(String, Credentials)> {
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: courier_core::error::redact_url(url),
+        reason,
+    };
+    let mut parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let user = decode(parsed.username());
+    let credentials = match parsed.password() {
+        Some(password) => Credentials::UserPassword(user, decode(password)),
+        None if !user.is_empty() => Credentials::Token(user),
+        None => Credentials::None,
+    };
+    parsed
+        .set_username("")
+        .and_then(|()| parsed.set_password(None))
+        .map_err(|()| invalid("cannot remove the credentials".into()))?;
+    Ok((parsed.to_string(), credentials))
 }
 
 /// Fails with `Unsupported` when the server does not run JetStream. The raw

@@ -1,0 +1,103 @@
+//! Connection failures are typed and name the URL without its password.
+
+use std::time::Duration;
+
+use courier_core::{ConnectErrorKind, Error};
+use courier_nats::{NatsBroker, NatsConfig};
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+fn image() -> (String, String) {
+    let image = std::env::var("COURIER_TEST_NATS_IMAGE")
+        .unwrap_or_else(|_| "courier-test/nats:bookworm".to_owned());
+    let (name, tag) = image.split_once(':').unwrap_or((&image, "latest"));
+    (name.to_owned(), tag.to_owned())
+}
+
+/// A NATS server of this test's own, started with `args`.
+async fn server(args: &[&str]) -> (ContainerAsync<GenericImage>, u16) {
+    let (name, tag) = image();
+    let container = GenericImage::new(name, tag)
+        .with_exposed_port(4222.tcp())
+        .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+        .with_cmd(args.iter().map(|a| (*a).to_owned()))
+        .start()
+        .await
+        .expect("start nats container");
+    let port = container
+        .get_host_port_ipv4(4222)
+        .await
+        .expect("mapped port");
+    (container, port)
+}
+
+fn connect_kind(err: &Error) -> ConnectErrorKind {
+    match err {
+        Error::Connect { kind, .. } => *kind,
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refused_port_is_refused() {
+    let url = "nats://app:s3cret@127.0.0.1:1";
+    let err = NatsBroker::connect(url).await.unwrap_err();
+    assert_eq!(connect_kind(&err), ConnectErrorKind::Refused, "{err:?}");
+    let text = err.to_string();
+    assert_eq!(
+        text,
+        "cannot connect to nats://app:***@127.0.0.1:1: connection refused"
+    );
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn unknown_host_is_unreachable_within_the_timeout() {
+    let config = NatsConfig::default().connect_timeout(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let err = NatsBroker::connect_with("nats://no-such-host.invalid:4222", config)
+        .await
+        .unwrap_err();
+    let kind = connect_kind(&err);
+    assert!(
+        matches!(
+            kind,
+            ConnectErrorKind::Unreachable | ConnectErrorKind::TimedOut
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("nats://no-such-host.invalid:4222"),
+        "{err}"
+    );
+    // Bounded: the call returns instead of hanging (a generous bound, not a timing assertion on speed).
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn wrong_token_is_an_authentication_error() {
+    let (_server, port) = server(&["--jetstream", "--auth", "right-token"]).await;
+    let url = format!("nats://wrong-token@127.0.0.1:{port}");
+    let err = NatsBroker::connect(&url).await.unwrap_err();
+    assert_eq!(
+        connect_kind(&err),
+        ConnectErrorKind::Authentication,
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("wrong-token"), "{err}");
+    assert!(!err.is_retryable());
+    // The right token works.
+    let ok = NatsBroker::connect(&format!("nats://right-token@127.0.0.1:{port}")).await;
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[tokio::test]
+async fn server_without_jetstream_is_unsupported() {
+    let (_server, port) = server(&["--port", "4222"]).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let err = NatsBroker::connect(&url).await.unwrap_err();
+    assert_eq!(connect_kind(&err), ConnectErrorKind::Unsupported, "{err:?}");
+    let chain = courier_core::error::chain(&err);
+    assert!(chain.contains("JetStream is not enabled"), "{chain}");
+}
