@@ -77,28 +77,6 @@ pub(crate) fn unquote(value: &str) -> &str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{quote, unquote};
-
-    #[test]
-    fn quoting_round_trips_values_nats_would_change() {
-        for value in [
-            "",
-            " ",
-            "  padded  ",
-            "\"",
-            "\"quoted\"",
-            "\"x",
-            "plain",
-            "ü ✓",
-        ] {
-            assert_eq!(unquote(&quote(value)), value, "{value:?}");
-        }
-        assert_eq!(quote("plain"), "plain");
-    }
-}
-
 fn publish_error(inner: &Inner, err: async_nats::jetstream::context::PublishError) -> Error {
     match err.kind() {
         PublishErrorKind::TimedOut => Error::Timeout {
@@ -119,5 +97,27 @@ fn publish_error(inner: &Inner, err: async_nats::jetstream::context::PublishErro
             err,
         ),
         _ => op_error("publish", err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{quote, unquote};
+
+    #[test]
+    fn quoting_round_trips_values_nats_would_change() {
+        for value in [
+            "",
+            " ",
+            "  padded  ",
+            "\"",
+            "\"quoted\"",
+            "\"x",
+            "plain",
+            "ü ✓",
+        ] {
+            assert_eq!(unquote(&quote(value)), value, "{value:?}");
+        }
+        assert_eq!(quote("plain"), "plain");
     }
 }
