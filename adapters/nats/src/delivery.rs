@@ -26,10 +26,22 @@ impl NatsAcker {
     async fn settle(&self, kind: AckKind, operation: &'static str) -> Result<()> {
         let claimed = self.inner.outstanding.lock().remove(&self.token).is_some();
         let outcome = if claimed {
-            self.message
-                .double_ack_with(kind)
-                .await
-                .map_err(|e| op_error(operation, std::io::Error::other(e.to_string())))
+            // A request: the server answers once it has recorded the
+            // settlement (what `double_ack` does, over the client's shared
+            // reply subscription instead of a new one per message).
+            match self.message.reply.clone() {
+                Some(reply) => self
+                    .inner
+                    .client
+                    .request(reply, kind.into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| op_error(operation, e)),
+                None => Err(op_error(
+                    operation,
+                    std::io::Error::other("no reply subject"),
+                )),
+            }
         } else {
             Err(Error::Closed(
                 "nats connection (the delivery was returned on close)",

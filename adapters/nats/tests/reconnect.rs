@@ -15,18 +15,24 @@ const PER_PUBLISHER: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_under_load_lose_no_confirmed_message() {
-    let server = courier_testkit::fixtures::fresh_nats().await.expect("own nats container");
+    let server = courier_testkit::fixtures::fresh_nats()
+        .await
+        .expect("own nats container");
     let broker = NatsBroker::connect(server.url()).await.expect("connect");
     let topic = courier_testkit::fixtures::unique_name("reconnect");
     let sub = Subscription::new(&topic, "readers").prefetch(256);
-    Subscriber::provision(&broker, &sub).await.expect("provision");
+    Subscriber::provision(&broker, &sub)
+        .await
+        .expect("provision");
 
     // Receive concurrently, through the restarts.
     let received: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
     let consumer = {
         let (broker, received, sub) = (broker.clone(), received.clone(), sub.clone());
         tokio::spawn(async move {
-            let mut stream = Subscriber::subscribe(&broker, sub).await.expect("subscribe");
+            let mut stream = Subscriber::subscribe(&broker, sub)
+                .await
+                .expect("subscribe");
             while let Some(item) = stream.next().await {
                 let Ok(delivery) = item else { continue };
                 let seq: usize = std::str::from_utf8(delivery.message().payload())
@@ -45,8 +51,12 @@ async fn restarts_under_load_lose_no_confirmed_message() {
     let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
-            let (broker, topic, confirmed, failed) =
-                (broker.clone(), topic.clone(), confirmed.clone(), failed.clone());
+            let (broker, topic, confirmed, failed) = (
+                broker.clone(),
+                topic.clone(),
+                confirmed.clone(),
+                failed.clone(),
+            );
             tokio::spawn(async move {
                 for i in 0..PER_PUBLISHER {
                     let seq = p * PER_PUBLISHER + i;
@@ -91,7 +101,10 @@ async fn restarts_under_load_lose_no_confirmed_message() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let received = received.lock().await.clone();
-    let lost = confirmed.iter().filter(|s| !received.contains_key(s)).count();
+    let lost = confirmed
+        .iter()
+        .filter(|s| !received.contains_key(s))
+        .count();
     let duplicates: usize = received.values().map(|n| n - 1).sum();
     let unconfirmed_received = received.keys().filter(|s| !confirmed.contains(s)).count();
     eprintln!(
@@ -100,8 +113,14 @@ async fn restarts_under_load_lose_no_confirmed_message() {
         failed.load(std::sync::atomic::Ordering::Relaxed),
         received.len()
     );
-    assert_eq!(lost, 0, "every message whose publish returned Ok is received");
-    assert_eq!(confirmed.len() + failed.load(std::sync::atomic::Ordering::Relaxed), PUBLISHERS * PER_PUBLISHER);
+    assert_eq!(
+        lost, 0,
+        "every message whose publish returned Ok is received"
+    );
+    assert_eq!(
+        confirmed.len() + failed.load(std::sync::atomic::Ordering::Relaxed),
+        PUBLISHERS * PER_PUBLISHER
+    );
     broker.close().await.expect("close");
     consumer.await.expect("consumer");
 }
