@@ -46,7 +46,7 @@ async fn concurrency_one_handles_in_publish_order_through_layers() {
                 if n == 5 && panicked.fetch_add(1, Ordering::SeqCst) == 0 {
                     panic!("first attempt at 5");
                 }
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     tokio::task::yield_now().await;
                 }
                 seen.lock().unwrap().push(n);
