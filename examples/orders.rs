@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --example orders                       # embedded in-process broker
-//! cargo run --example orders --features amqp -- --broker amqp://guest:guest@localhost:5672/%2f
+//! cargo run --example orders --features nats -- --broker nats://localhost:4222
 //! ```
 
 use std::time::Duration;
