@@ -17,10 +17,10 @@ cd "$ROOT"
 start=$(date +%s)
 bash scripts/test-env.sh
 
-echo "[test] cargo test --workspace --all-features $*" >&2
+echo "[test] cargo test --workspace --all-features --no-fail-fast $*" >&2
 mkdir -p "$STATE_DIR"
 set +e
-cargo test --workspace --all-features "$@" 2>&1 | tee "$LOG"
+cargo test --workspace --all-features --no-fail-fast "$@" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 set -e
 

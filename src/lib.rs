@@ -140,13 +140,31 @@ mod tests {
         b.publish("t", Message::new("y")).await.unwrap();
     }
 
+    #[cfg(feature = "nats")]
+    #[tokio::test]
+    async fn nats_url_reaches_the_adapter() {
+        let err = connect("nats://u:pw@127.0.0.1:1").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Connect {
+                    kind: ConnectErrorKind::Refused,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("pw"), "{err}");
+    }
+
     #[tokio::test]
     async fn schemes_without_their_feature_name_it() {
-        for (url, feature) in [
-            ("amqp://u:pw@h", "amqp"),
-            ("kafka://h:9092", "kafka"),
-            ("nats://h", "nats"),
-        ] {
+        let schemes = [
+            ("amqp://u:pw@h", "amqp", true),
+            ("kafka://h:9092", "kafka", true),
+            ("nats://u:pw@h", "nats", cfg!(not(feature = "nats"))),
+        ];
+        for (url, feature, _) in schemes.into_iter().filter(|(_, _, off)| *off) {
             match connect(url).await {
                 Err(Error::FeatureDisabled { url, feature: f }) => {
                     assert_eq!(f, feature);

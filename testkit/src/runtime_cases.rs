@@ -570,19 +570,15 @@ struct SlowWork {
     finished: Mutex<HashSet<MessageId>>,
 }
 
-async fn runtime_shutdown_waits_for_in_flight_handlers(ctx: Ctx) {
-    const IN_FLIGHT: u64 = 50;
-    const PUBLISHED: usize = 60;
-    let broker = ctx.broker().await;
-    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
-    let work = Arc::new(SlowWork::default());
-    let handler = {
-        let work = work.clone();
+impl SlowWork {
+    /// A handler that takes `duration` per message, recording start and end.
+    fn handler(self: &Arc<Self>, duration: Duration) -> impl runtime::Handler + use<> {
+        let work = self.clone();
         runtime::raw(move |message| {
             let work = work.clone();
             async move {
                 work.started.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(duration).await;
                 work.finished
                     .lock()
                     .expect("lock")
@@ -590,27 +586,42 @@ async fn runtime_shutdown_waits_for_in_flight_handlers(ctx: Ctx) {
                 Ok(())
             }
         })
-    };
+    }
+
+    /// Waits until `n` handlers have started.
+    async fn wait_started(&self, ctx: &Ctx, n: u64) {
+        wait_for(
+            ctx,
+            &format!("{n} running handlers"),
+            || self.started.load(Ordering::SeqCst),
+            || self.started.load(Ordering::SeqCst) >= n,
+        )
+        .await;
+    }
+}
+
+/// Publishes `n` numbered messages and returns their ids.
+async fn publish_numbered(broker: &Broker, topic: &str, n: usize) -> HashSet<MessageId> {
+    let sent: Vec<Message> = (0..n).map(|i| Message::new(i.to_string())).collect();
+    let ids = sent.iter().map(|m| m.id().clone()).collect();
+    broker.publish_batch(topic, sent).await.expect("publish");
+    ids
+}
+
+async fn runtime_shutdown_waits_for_in_flight_handlers(ctx: Ctx) {
+    const IN_FLIGHT: u64 = 50;
+    const PUBLISHED: usize = 60;
+    let broker = ctx.broker().await;
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
+    let work = Arc::new(SlowWork::default());
+    let handler = work.handler(Duration::from_millis(300));
     let consumer = Consumer::builder(&broker, sub.clone(), handler)
         .concurrency(IN_FLIGHT as usize)
         .shutdown_deadline(ctx.patience())
         .build();
     let running = Running::start(&broker, consumer).await;
-    let sent: Vec<Message> = (0..PUBLISHED)
-        .map(|i| Message::new(i.to_string()))
-        .collect();
-    let all: HashSet<MessageId> = sent.iter().map(|m| m.id().clone()).collect();
-    broker
-        .publish_batch(sub.topic(), sent)
-        .await
-        .expect("publish");
-    wait_for(
-        &ctx,
-        "50 running handlers",
-        || work.started.load(Ordering::SeqCst),
-        || work.started.load(Ordering::SeqCst) >= IN_FLIGHT,
-    )
-    .await;
+    let all = publish_numbered(&broker, sub.topic(), PUBLISHED).await;
+    work.wait_started(&ctx, IN_FLIGHT).await;
     let stats = running.stop(&ctx).await;
     let finished = work.finished.lock().expect("lock").clone();
     assert!(
@@ -650,42 +661,15 @@ async fn runtime_shutdown_deadline_requeues_unfinished_work(ctx: Ctx) {
     let broker = ctx.broker().await;
     let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
     let work = Arc::new(SlowWork::default());
-    let handler = {
-        let work = work.clone();
-        runtime::raw(move |message| {
-            let work = work.clone();
-            async move {
-                work.started.fetch_add(1, Ordering::SeqCst);
-                // Far longer than the deadline: only cancellation ends it.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                work.finished
-                    .lock()
-                    .expect("lock")
-                    .insert(message.id().clone());
-                Ok(())
-            }
-        })
-    };
+    // Far longer than the deadline: only cancellation ends it.
+    let handler = work.handler(Duration::from_secs(3600));
     let consumer = Consumer::builder(&broker, sub.clone(), handler)
         .concurrency(IN_FLIGHT as usize)
         .shutdown_deadline(Duration::from_millis(200))
         .build();
     let running = Running::start(&broker, consumer).await;
-    let sent: Vec<Message> = (0..IN_FLIGHT)
-        .map(|i| Message::new(i.to_string()))
-        .collect();
-    let all: HashSet<MessageId> = sent.iter().map(|m| m.id().clone()).collect();
-    broker
-        .publish_batch(sub.topic(), sent)
-        .await
-        .expect("publish");
-    wait_for(
-        &ctx,
-        "50 running handlers",
-        || work.started.load(Ordering::SeqCst),
-        || work.started.load(Ordering::SeqCst) >= IN_FLIGHT,
-    )
-    .await;
+    let all = publish_numbered(&broker, sub.topic(), IN_FLIGHT as usize).await;
+    work.wait_started(&ctx, IN_FLIGHT).await;
     let stats = running.stop(&ctx).await;
     assert_eq!((stats.handled, stats.requeued), (0, IN_FLIGHT));
     assert!(work.finished.lock().expect("lock").is_empty());
