@@ -101,3 +101,49 @@ async fn server_without_jetstream_is_unsupported() {
     let chain = courier_core::error::chain(&err);
     assert!(chain.contains("JetStream is not enabled"), "{chain}");
 }
+
+#[tokio::test]
+async fn stream_limit_reached_is_a_permanent_publish_error() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let topic = courier_testkit::fixtures::unique_name("limited");
+    // An operator-made stream for the topic, holding at most two messages
+    // and refusing new ones when full.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: courier_nats::stream_name(&topic),
+            subjects: vec![topic.clone()],
+            max_messages: 2,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .expect("create limited stream");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    for _ in 0..2 {
+        courier_core::Publisher::publish(&broker, &topic, courier_core::Message::new("x"))
+            .await
+            .expect("within the limit");
+    }
+    let err = courier_core::Publisher::publish(&broker, &topic, courier_core::Message::new("x"))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Broker {
+            operation,
+            retryable,
+            ..
+        } => {
+            assert_eq!(*operation, "publish (stream limit reached)");
+            assert!(!retryable);
+        }
+        other => panic!("expected a stream-limit error, got {other:?}"),
+    }
+    assert!(
+        courier_core::error::chain(&err).contains("maximum messages exceeded"),
+        "{err:?}"
+    );
+    broker.close().await.expect("close");
+}
