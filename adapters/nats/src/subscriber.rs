@@ -128,8 +128,12 @@ async fn pull_loop(
                     None => break,
                     Some(Ok(message)) => {
                         pause = Duration::from_millis(50);
-                        let delivery = to_delivery(&inner, &topic, &subscription, &flow, message);
-                        if tx.send(delivery).await.is_err() {
+                        let Some(delivery) =
+                            to_delivery(&inner, &topic, &subscription, &flow, message)
+                        else {
+                            continue;
+                        };
+                        if tx.send(Ok(delivery)).await.is_err() {
                             // The delivery dropped with the error is NAKed.
                             return drain(messages).await;
                         }
@@ -180,16 +184,14 @@ fn to_delivery(
     subscription: &Subscription,
     flow: &Arc<Flow>,
     message: async_nats::jetstream::Message,
-) -> Result<Delivery> {
+) -> Option<Delivery> {
     let info = message
         .info()
         .ok()
         .map(|i| (i.delivered, i.stream_sequence));
     let Some(reply) = message.reply.clone() else {
-        return Err(op_error(
-            "receive",
-            std::io::Error::other("message without reply subject"),
-        ));
+        tracing::warn!(topic = %topic, "JetStream message without reply subject skipped");
+        return None;
     };
     let token = inner.next_token.fetch_add(1, Ordering::Relaxed);
     inner.outstanding.lock().insert(token, reply.clone());
@@ -220,20 +222,23 @@ fn to_delivery(
     match decoded {
         Ok(msg) => {
             let delivery = Delivery::new(msg, topic.clone(), Box::new(acker));
-            Ok(match info {
+            Some(match info {
                 Some((delivered, _)) => delivery.with_delivery_count(delivered.max(1) as u32),
                 None => delivery,
             })
         }
         Err(e) => {
-            // Not a message courier can represent: settle it as dead.
+            // Not a message courier can represent (a header that is not
+            // UTF-8, say): it goes to the dead-letter topic with the reason,
+            // payload kept, instead of reaching handlers or being lost.
             let raw = courier_core::Message::new(message.payload.clone());
             let delivery = Delivery::new(raw, topic.clone(), Box::new(acker));
             let reason = format!("undecodable NATS headers: {e}");
+            tracing::warn!(topic = %topic, %reason, "dead-lettering a foreign message");
             tokio::spawn(async move {
                 let _ = delivery.nack(courier_core::Nack::dead_letter(reason)).await;
             });
-            Err(e.into())
+            None
         }
     }
 }
