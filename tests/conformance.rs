@@ -2,8 +2,8 @@
 //! through `courier::connect(url)`. Test names are `adapter::case`.
 //!
 //! Adapters on real brokers use the shared container of this test binary
-//! (`courier_testkit::fixtures`); their restart behaviour is tested by each
-//! adapter's own reconnect tests, which restart a container of their own.
+//! (`courier_testkit::fixtures`); cases that restart the broker run on a
+//! second container of their own, so the other cases are not disturbed.
 
 use courier_testkit::{Adapter, Capability};
 
@@ -17,15 +17,44 @@ fn main() -> std::process::ExitCode {
         ));
     }
     #[cfg(feature = "nats")]
-    adapters.push(Adapter::new(
-        "nats",
-        &[Capability::History, Capability::DeliveryCount],
-        || async {
-            let server = courier_testkit::fixtures::nats()
-                .await
-                .map_err(|e| courier::Error::broker("nats", "start fixture", false, e))?;
-            courier::connect(server.url()).await
-        },
-    ));
+    adapters.push(nats::adapter());
     courier_testkit::run(&adapters, &courier_testkit::all_cases())
+}
+
+#[cfg(feature = "nats")]
+mod nats {
+    use courier_testkit::fixtures::{self, BrokerFixture, FixtureError};
+    use courier_testkit::{Adapter, Capability};
+    use tokio::sync::OnceCell;
+
+    fn fixture_error(e: FixtureError) -> courier::Error {
+        courier::Error::broker("nats", "start test server", false, e)
+    }
+
+    /// The server restart cases use: this binary's own, not the shared one.
+    async fn restartable() -> courier::Result<&'static BrokerFixture> {
+        static SERVER: OnceCell<BrokerFixture> = OnceCell::const_new();
+        SERVER
+            .get_or_try_init(fixtures::fresh_nats)
+            .await
+            .map_err(fixture_error)
+    }
+
+    pub(super) fn adapter() -> Adapter {
+        Adapter::new(
+            "nats",
+            &[Capability::History, Capability::DeliveryCount],
+            || async {
+                let server = fixtures::nats().await.map_err(fixture_error)?;
+                courier::connect(server.url()).await
+            },
+        )
+        .with_restart(
+            || async { courier::connect(restartable().await?.url()).await },
+            || async {
+                let server = restartable().await.map_err(|e| e.to_string())?;
+                server.restart().await.map_err(|e| e.to_string())
+            },
+        )
+    }
 }

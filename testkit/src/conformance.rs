@@ -704,6 +704,8 @@ async fn restart_under_load_loses_nothing(ctx: Ctx) {
                     if broker.publish(&topic, seq_message(seq)).await.is_ok() {
                         confirmed.lock().await.insert(seq);
                     }
+                    // Spread the load so the restart lands mid-stream.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })
         })
@@ -728,9 +730,10 @@ async fn restart_under_load_loses_nothing(ctx: Ctx) {
     }
     let lost = confirmed.difference(&received).count();
     eprintln!(
-        "{}: restart under load: {} confirmed, {} received, {lost} lost",
+        "{}: restart under load: {} of {} publishes confirmed, {} received, {lost} lost",
         ctx.adapter().name(),
         confirmed.len(),
+        PUBLISHERS * PER_PUBLISHER,
         received.len()
     );
     assert_eq!(lost, 0);

@@ -16,6 +16,14 @@ use libtest_mimic::{Arguments, Failed, Trial};
 type ConnectFn = dyn Fn() -> BoxFuture<'static, Result<Broker>> + Send + Sync;
 type RestartFn = dyn Fn() -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync;
 
+/// A server the tests may restart, and how to connect to it. Usually not the
+/// server the other cases share, since restarting that would disturb them.
+#[derive(Clone)]
+struct Restartable {
+    connect: Arc<ConnectFn>,
+    restart: Arc<RestartFn>,
+}
+
 /// A behaviour some brokers have and others lack. A case that needs a
 /// capability the adapter does not declare is reported as ignored, with the
 /// capability named, never passed.
@@ -48,7 +56,7 @@ pub struct Adapter {
     name: &'static str,
     capabilities: Vec<Capability>,
     connect: Arc<ConnectFn>,
-    restart: Option<Arc<RestartFn>>,
+    restart: Option<Restartable>,
     patience: Duration,
     quiet: Duration,
 }
@@ -81,14 +89,19 @@ impl Adapter {
         }
     }
 
-    /// Lets restart cases stop and start the broker with `restart`, and
-    /// declares [`Capability::Restart`].
-    pub fn with_restart<F, Fut>(mut self, restart: F) -> Self
+    /// Lets restart cases run on a server of their own: `connect` reaches
+    /// it and `restart` stops and starts it. Declares [`Capability::Restart`].
+    pub fn with_restart<C, CFut, R, RFut>(mut self, connect: C, restart: R) -> Self
     where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+        C: Fn() -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = Result<Broker>> + Send + 'static,
+        R: Fn() -> RFut + Send + Sync + 'static,
+        RFut: Future<Output = std::result::Result<(), String>> + Send + 'static,
     {
-        self.restart = Some(Arc::new(move || Box::pin(restart())));
+        self.restart = Some(Restartable {
+            connect: Arc::new(move || Box::pin(connect())),
+            restart: Arc::new(move || Box::pin(restart())),
+        });
         if !self.capabilities.contains(&Capability::Restart) {
             self.capabilities.push(Capability::Restart);
         }
@@ -159,6 +172,8 @@ impl Case {
 pub struct Ctx {
     adapter: Adapter,
     prefix: String,
+    /// The case restarts its server, so it runs on the restartable one.
+    restarts: bool,
 }
 
 impl Ctx {
@@ -173,7 +188,11 @@ impl Ctx {
     ///
     /// When connecting fails.
     pub async fn broker(&self) -> Broker {
-        (self.adapter.connect)()
+        let connect = match (&self.adapter.restart, self.restarts) {
+            (Some(restartable), true) => &restartable.connect,
+            _ => &self.adapter.connect,
+        };
+        connect()
             .await
             .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name))
     }
@@ -199,12 +218,12 @@ impl Ctx {
     ///
     /// When the adapter has no restart hook or the restart fails.
     pub async fn restart_broker(&self) {
-        let restart = self
+        let restartable = self
             .adapter
             .restart
             .as_ref()
             .expect("case declares Capability::Restart");
-        restart()
+        (restartable.restart)()
             .await
             .unwrap_or_else(|e| panic!("{}: restart failed: {e}", self.adapter.name));
     }
@@ -258,6 +277,7 @@ pub fn trials(adapters: &[Adapter], cases: &[Case]) -> Vec<Trial> {
             let ctx = Ctx {
                 adapter: adapter.clone(),
                 prefix: unique_prefix(adapter.name, case.name),
+                restarts: case.needs.contains(&Capability::Restart),
             };
             let run = case.run;
             let lacks = missing.join(", ");
