@@ -21,7 +21,11 @@
 //!   (2 minutes by default) is stored once.
 //! - **Message fields** (id, key, content type, timestamp, correlation and
 //!   causation ids, user headers) travel as NATS headers
-//!   ([`courier_core::wire`]) and come back exactly.
+//!   ([`courier_core::wire`]; the id as `Nats-Msg-Id`) and come back
+//!   exactly. Values NATS would alter (empty, or with leading or trailing
+//!   white space) travel quoted. A message from another producer keeps its
+//!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`; one courier
+//!   cannot represent goes to the dead-letter topic with the reason.
 //! - **Settlement** is confirmed by the server: `ack` sends `+ACK` as a
 //!   request and returns once the server answers. `Nack::Requeue` is a NAK,
 //!   `RequeueAfter(d)` a NAK with delay, `DeadLetter` publishes the copy to

@@ -11,7 +11,7 @@ use crate::Inner;
 use crate::error::op_error;
 
 /// The header JetStream deduplicates on.
-const NATS_MSG_ID: &str = "Nats-Msg-Id";
+pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// Publishes `messages` in order, then waits for every publish ack.
 pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) -> Result<()> {
@@ -47,9 +47,14 @@ pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) 
 /// The NATS headers a message travels with.
 pub(crate) fn headers(message: &Message) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(NATS_MSG_ID, message.id().to_string());
+    // `Nats-Msg-Id` carries the courier id (the subscriber reads it back as
+    // such), so the id travels once.
     wire::encode(message, Native::default(), |name, value| {
-        headers.insert(name, quote(value).as_ref())
+        if name == wire::ID {
+            headers.insert(NATS_MSG_ID, value);
+        } else {
+            headers.insert(name, quote(value).as_ref());
+        }
     });
     headers
 }

@@ -210,6 +210,10 @@ fn to_delivery(
         .iter()
         .flat_map(|h| h.iter())
         .map(|(name, values)| (<async_nats::HeaderName as AsRef<str>>::as_ref(name), values))
+        .map(|(name, values)| match name {
+            crate::publisher::NATS_MSG_ID => (wire::ID, values),
+            _ => (name, values),
+        })
         .filter(|(name, _)| !name.starts_with("Nats-"))
         .filter_map(|(name, values)| {
             values
