@@ -338,11 +338,18 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             .filter(|c| !declared.contains_key(c))
             .map(ToString::to_string)
             .collect();
-        eprintln!(
-            "conformance: adapter `{}` lacks [{}]; cases needing those are ignored",
-            adapter.name,
-            lacks.join(", ")
-        );
+        if lacks.is_empty() {
+            eprintln!(
+                "conformance: adapter `{}` declares every capability",
+                adapter.name
+            );
+        } else {
+            eprintln!(
+                "conformance: adapter `{}` lacks [{}]; cases needing those are ignored",
+                adapter.name,
+                lacks.join(", ")
+            );
+        }
     }
     libtest_mimic::run(&args, trials(adapters, cases)).exit_code()
 }
