@@ -1,0 +1,339 @@
+//! A [`Message`] as AMQP properties, headers and body, and back.
+//!
+//! | courier            | AMQP                                                              |
+//! |--------------------|-------------------------------------------------------------------|
+//! | id                 | `message_id` property (`courier-id` header if over 255 bytes)     |
+//! | key                | `courier-key` header                                              |
+//! | content type       | `content_type` property (`courier-content-type` if over 255 bytes) |
+//! | timestamp          | `courier-timestamp-ms` header (exact); `timestamp` property in seconds for other clients |
+//! | correlation id     | `courier-correlation-id` header; also the `correlation_id` property |
+//! | causation id, user headers | headers, as long strings                                  |
+//! | payload            | body, persistent (`delivery_mode` 2)                              |
+//!
+//! Decoding is lenient so that messages of other producers are delivered:
+//! the properties fill in what the headers lack, non-string header values
+//! become text, nested tables and arrays and names courier cannot carry are
+//! left out, and the headers RabbitMQ adds while dead-lettering or counting
+//! deliveries (`x-death`, `x-first-death-*`, `x-last-death-*`,
+//! `x-delivery-count`) are not shown as message headers.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use courier_core::message::CORRELATION_ID;
+use courier_core::wire::{CONTENT_TYPE, ID, KEY, TIMESTAMP};
+use courier_core::{Error, Headers, Message, MessageId, Result};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use crate::error::{AmqpError, broker};
+
+/// Header with the number of deliveries a message had before it went
+/// through a retry queue ([`courier_core::Nack::RequeueAfter`]).
+pub(crate) const PRIOR_DELIVERIES: &str = "courier-prior-deliveries";
+
+/// The header RabbitMQ's quorum queues count redeliveries in.
+const BROKER_DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// Headers RabbitMQ adds on its own, not part of the published message.
+const BROKER_HEADERS: &[&str] = &[
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    BROKER_DELIVERY_COUNT,
+];
+
+/// AMQP's persistent delivery mode.
+const PERSISTENT: u8 = 2;
+
+/// The properties a message travels with. `prior_deliveries` is set on
+/// copies sent through a retry queue.
+///
+/// # Errors
+///
+/// A header name longer than 255 bytes.
+pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result<BasicProperties> {
+    let mut headers = FieldTable::default();
+    let mut put = |name: &str, value: &str| -> Result<()> {
+        let name = ShortString::try_new(name)
+            .map_err(|_| broker("publish", false, AmqpError::HeaderNameTooLong(name.len())))?;
+        headers.insert(name, AMQPValue::LongString(LongString::from(value)));
+        Ok(())
+    };
+    for (name, value) in message.headers().iter() {
+        put(name, value)?;
+    }
+    let id = message.id().to_string();
+    let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    match ShortString::try_new(id) {
+        Ok(id) => properties = properties.with_message_id(id),
+        Err(_) => put(ID, &message.id().to_string())?,
+    }
+    if let Some(key) = message.key() {
+        put(KEY, key)?;
+    }
+    if let Some(content_type) = message.content_type() {
+        match ShortString::try_new(content_type) {
+            Ok(ct) => properties = properties.with_content_type(ct),
+            Err(_) => put(CONTENT_TYPE, content_type)?,
+        }
+    }
+    let millis = message.timestamp_millis();
+    put(TIMESTAMP, &millis.to_string())?;
+    properties = properties.with_timestamp(millis / 1000);
+    if let Some(correlation) = message
+        .correlation_id()
+        .and_then(|c| ShortString::try_new(c).ok())
+    {
+        properties = properties.with_correlation_id(correlation);
+    }
+    if let Some(prior) = prior_deliveries {
+        put(PRIOR_DELIVERIES, &prior.to_string())?;
+    }
+    Ok(properties.with_headers(headers))
+}
+
+/// A received message and what the broker said about its deliveries.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) message: Message,
+    /// Deliveries before the message last went through a retry queue.
+    pub(crate) prior_deliveries: u32,
+    /// The quorum queue's count of earlier deliveries from this queue.
+    pub(crate) broker_redeliveries: u32,
+}
+
+impl Decoded {
+    /// Deliveries so far, this one included.
+    pub(crate) fn delivery_count(&self) -> u32 {
+        self.prior_deliveries
+            .saturating_add(self.broker_redeliveries)
+            .saturating_add(1)
+    }
+}
+
+/// Rebuilds the message from a delivery's properties and body.
+pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
+    let mut message = Message::new(Bytes::from(body));
+    let mut headers = Headers::new();
+    let mut id = None;
+    let mut key = None;
+    let mut content_type = None;
+    let mut millis = None;
+    let mut prior_deliveries = 0;
+    let mut broker_redeliveries = 0;
+    if let Some(table) = properties.headers() {
+        for (name, value) in table.inner() {
+            let name = name.as_str();
+            if name == BROKER_DELIVERY_COUNT {
+                broker_redeliveries = as_u32(value).unwrap_or(0);
+                continue;
+            }
+            if BROKER_HEADERS.contains(&name) {
+                continue;
+            }
+            let Some(text) = as_text(value) else { continue };
+            match name {
+                ID => id = MessageId::parse(&text).ok(),
+                KEY => key = Some(text),
+                CONTENT_TYPE => content_type = Some(text),
+                TIMESTAMP => millis = text.parse::<u64>().ok(),
+                PRIOR_DELIVERIES => prior_deliveries = text.parse().unwrap_or(0),
+                // A name or value courier cannot carry is left out rather
+                // than failing the whole delivery.
+                _ => {
+                    let _ = headers.insert_reserved(name, text);
+                }
+            }
+        }
+    }
+    if headers.get(CORRELATION_ID).is_none()
+        && let Some(correlation) = properties.correlation_id()
+    {
+        let _ = headers.insert_reserved(CORRELATION_ID, clean(correlation.as_str().to_owned()));
+    }
+    *message.headers_mut() = headers;
+    let id = id
+        .or_else(|| {
+            properties
+                .message_id()
+                .as_ref()
+                .and_then(|id| MessageId::parse(id.as_str()).ok())
+        })
+        // A foreign message without an id gets a fresh one.
+        .unwrap_or_default();
+    message = message.with_id(id);
+    if let Some(key) = key {
+        message = message.with_key(key);
+    }
+    let content_type =
+        content_type.or_else(|| properties.content_type().as_ref().map(|ct| ct.to_string()));
+    if let Some(content_type) = content_type {
+        message = message.with_content_type(content_type);
+    }
+    let millis = millis.or_else(|| properties.timestamp().map(|s| s.saturating_mul(1000)));
+    if let Some(millis) = millis {
+        message = message.with_timestamp(UNIX_EPOCH + Duration::from_millis(millis));
+    }
+    Decoded {
+        message,
+        prior_deliveries,
+        broker_redeliveries,
+    }
+}
+
+/// A scalar header value as text; tables and arrays have none.
+fn as_text(value: &AMQPValue) -> Option<String> {
+    let text = match value {
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        },
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Void => String::new(),
+        _ => return None,
+    };
+    Some(clean(text))
+}
+
+/// Header values are single lines.
+fn clean(text: String) -> String {
+    if text.contains(['\r', '\n']) {
+        text.replace(['\r', '\n'], " ")
+    } else {
+        text
+    }
+}
+
+fn as_u32(value: &AMQPValue) -> Option<u32> {
+    let n: i128 = match value {
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => (*n).into(),
+        AMQPValue::Timestamp(n) => (*n).into(),
+        _ => return None,
+    };
+    u32::try_from(n.max(0)).ok()
+}
+
+/// Checks what every publish must satisfy.
+pub(crate) fn check_payload(message: &Message, limit: usize) -> Result<()> {
+    let size = message.payload().len();
+    if size > limit {
+        return Err(Error::PayloadTooLarge { size, limit });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn round_trip(message: &Message) -> Message {
+        let properties = encode(message, None).unwrap();
+        decode(&properties, message.payload().to_vec()).message
+    }
+
+    #[test]
+    fn every_attribute_round_trips() {
+        let original = Message::new("payload")
+            .with_key("k-ü")
+            .with_content_type("text/plain")
+            .with_header("empty", "")
+            .unwrap()
+            .with_header("unicode", "✓ ünïcode")
+            .unwrap()
+            .with_header("x-request-id", "r1")
+            .unwrap()
+            .with_correlation_id("corr")
+            .unwrap()
+            .with_causation_id("cause")
+            .unwrap()
+            .with_timestamp(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+        assert_eq!(round_trip(&original), original);
+    }
+
+    #[test]
+    fn long_ids_and_content_types_travel_as_headers() {
+        let id = MessageId::parse(&"i".repeat(256)).unwrap();
+        let original = Message::new("")
+            .with_id(id)
+            .with_content_type("t".repeat(300));
+        let properties = encode(&original, None).unwrap();
+        assert!(properties.message_id().is_none());
+        assert_eq!(round_trip(&original), original);
+    }
+
+    #[test]
+    fn properties_of_other_producers_fill_in() {
+        let mut headers = FieldTable::default();
+        headers.insert("n".into(), AMQPValue::LongLongInt(-3));
+        headers.insert("flag".into(), AMQPValue::Boolean(true));
+        headers.insert(
+            "nested".into(),
+            AMQPValue::FieldTable(FieldTable::default()),
+        );
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
+        headers.insert(
+            "x-first-death-queue".into(),
+            AMQPValue::LongString("q".into()),
+        );
+        let properties = BasicProperties::default()
+            .with_message_id("order-17".into())
+            .with_content_type("application/json".into())
+            .with_timestamp(1_700_000_000)
+            .with_correlation_id("c-1".into())
+            .with_headers(headers);
+        let decoded = decode(&properties, b"{}".to_vec());
+        let m = &decoded.message;
+        assert_eq!(m.id().to_string(), "order-17");
+        assert_eq!(m.content_type(), Some("application/json"));
+        assert_eq!(
+            m.timestamp(),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
+        assert_eq!(m.correlation_id(), Some("c-1"));
+        assert_eq!(m.header("n"), Some("-3"));
+        assert_eq!(m.header("flag"), Some("true"));
+        assert_eq!(m.header("nested"), None);
+        assert_eq!(m.header("x-first-death-queue"), None);
+        assert_eq!(decoded.delivery_count(), 3);
+    }
+
+    #[test]
+    fn retry_copies_carry_their_delivery_count() {
+        let original = Message::new("x").with_timestamp(SystemTime::now());
+        let properties = encode(&original, Some(4)).unwrap();
+        let decoded = decode(&properties, b"x".to_vec());
+        assert_eq!(decoded.message, original);
+        assert_eq!(decoded.delivery_count(), 5);
+    }
+
+    #[test]
+    fn overlong_header_names_are_refused() {
+        let message = Message::new("").with_header("n".repeat(256), "v").unwrap();
+        let err = encode(&message, None).unwrap_err();
+        assert!(!err.is_retryable(), "{err:?}");
+    }
+}

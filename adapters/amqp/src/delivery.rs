@@ -1,0 +1,207 @@
+//! Settling deliveries: ack, requeue, delayed requeue, dead-letter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use courier_core::{Acknowledger, DeadLetter, Error, Message, Nack, Result, async_trait};
+use futures::FutureExt;
+use lapin::Acker;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+
+use crate::connection::Link;
+use crate::error::{self, AmqpError, broker};
+use crate::publisher::{Outgoing, Route, send};
+use crate::topology;
+
+/// One consumer group's queue, as a subscription consumes it.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) link: Arc<Link>,
+    pub(crate) topic: Arc<str>,
+    pub(crate) group: String,
+    pub(crate) exchange: String,
+    pub(crate) queue: String,
+    pub(crate) prefetch: u16,
+    /// Set when the subscription's stream was dropped: the deliveries it
+    /// still held are left unsettled, to come back (in order) when their
+    /// channel closes, rather than nacked one by one (which would let the
+    /// broker send them again before the consumer is cancelled).
+    pub(crate) ending: AtomicBool,
+}
+
+impl Group {
+    pub(crate) fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn end(&self) {
+        self.ending.store(true, Ordering::Release);
+    }
+}
+
+/// The channel a consumer receives on. It stays open while deliveries
+/// from it are unsettled (so they can still be settled after their stream
+/// ended) and is closed when the last of them and the consumer are gone;
+/// the broker then requeues whatever it had sent and nobody settled.
+#[derive(Debug)]
+pub(crate) struct ConsumerChannel {
+    pub(crate) channel: Channel,
+    pub(crate) group: Arc<Group>,
+}
+
+impl ConsumerChannel {
+    pub(crate) fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+}
+
+impl Drop for ConsumerChannel {
+    fn drop(&mut self) {
+        if !self.is_open() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let channel = self.channel.clone();
+            runtime.spawn(async move {
+                let _ = channel.close(200, "subscription ended".into()).await;
+            });
+        }
+    }
+}
+
+/// Settles one delivery of a [`ConsumerChannel`].
+#[derive(Debug)]
+pub(crate) struct AmqpAcker {
+    pub(crate) acker: Acker,
+    pub(crate) channel: Arc<ConsumerChannel>,
+    /// Deliveries so far, this one included, when the queue counts them.
+    pub(crate) delivery_count: Option<u32>,
+}
+
+/// What a settlement the broker did not take means.
+fn settled(operation: &'static str, outcome: lapin::Result<bool>) -> Result<()> {
+    match outcome {
+        Ok(true) => Ok(()),
+        // The acker refuses when its channel is gone: the broker has
+        // requeued the message already.
+        Ok(false) => Err(broker(operation, false, AmqpError::StaleDelivery)),
+        Err(e) => Err(error::from_lapin(operation, e)),
+    }
+}
+
+impl AmqpAcker {
+    fn group(&self) -> &Group {
+        &self.channel.group
+    }
+
+    fn check_usable(&self, operation: &'static str) -> Result<()> {
+        if self.acker.usable() {
+            Ok(())
+        } else {
+            Err(broker(operation, false, AmqpError::StaleDelivery))
+        }
+    }
+
+    async fn requeue(&self) -> Result<()> {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        settled("nack", self.acker.nack(options).await)
+    }
+
+    /// After a failure to move the message: put it back, return the failure.
+    async fn requeue_after_failure(&self, failure: Error) -> Result<()> {
+        let _ = self.requeue().await;
+        Err(failure)
+    }
+
+    /// Publishes a copy to a retry queue whose TTL is the delay and which
+    /// dead-letters back to the group's queue, then acks the original.
+    async fn requeue_after(&self, message: &Message, delay: Duration) -> Result<()> {
+        self.check_usable("nack")?;
+        let group = self.group();
+        let bucket_ms = match topology::retry_bucket(delay) {
+            Ok(bucket) => bucket,
+            Err(e) => return self.requeue_after_failure(broker("nack", false, e)).await,
+        };
+        let retry_queue = topology::retry_queue_name(&group.queue, bucket_ms);
+        let copy = match Outgoing::encode(message, group.link.config(), self.delivery_count) {
+            Ok(copy) => copy,
+            Err(e) => return self.requeue_after_failure(e).await,
+        };
+        let route = Route::RetryQueue {
+            queue: &retry_queue,
+            bucket_ms,
+            target: &group.queue,
+        };
+        if let Err(e) = send(&group.link, route, true, std::slice::from_ref(&copy)).await {
+            return self.requeue_after_failure(e).await;
+        }
+        settled("nack", self.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    /// Publishes the dead-letter copy to the dead-letter topic (which must
+    /// have a group), then acks the original.
+    async fn dead_letter(&self, message: &Message, dead_letter: DeadLetter) -> Result<()> {
+        self.check_usable("nack")?;
+        let group = self.group();
+        let prepared = dead_letter
+            .to_message(message, &group.topic, &group.group)
+            .map_err(Error::from)
+            .and_then(|(topic, copy)| {
+                courier_core::name::validate_topic(&topic)?;
+                let config = group.link.config();
+                let copy = Outgoing::encode(&copy, config, None)?;
+                Ok((topology::exchange_name(config, &topic), copy))
+            });
+        let (exchange, copy) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => return self.requeue_after_failure(e).await,
+        };
+        let route = Route::Exchange(&exchange);
+        if let Err(e) = send(&group.link, route, true, std::slice::from_ref(&copy)).await {
+            return self.requeue_after_failure(e).await;
+        }
+        settled("nack", self.acker.ack(BasicAckOptions::default()).await)
+    }
+}
+
+#[async_trait]
+impl Acknowledger for AmqpAcker {
+    async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+        settled("ack", self.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {
+        match nack {
+            Nack::RequeueAfter(delay) if !delay.is_zero() => {
+                self.requeue_after(message, delay).await
+            }
+            Nack::DeadLetter(dead_letter) => self.dead_letter(message, dead_letter).await,
+            _ => self.requeue().await,
+        }
+    }
+
+    fn abandon(self: Box<Self>, _message: &Message) {
+        if !self.acker.usable() {
+            // The channel is gone; the broker requeued the message already.
+            return;
+        }
+        if self.group().is_ending() {
+            // Comes back when the channel closes, which dropping this
+            // delivery may just have caused.
+            return;
+        }
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        // The first poll hands the nack to the connection's I/O loop; its
+        // outcome needs no waiting for (if it fails, the channel is gone and
+        // the broker requeues the message anyway). No runtime needed.
+        let _ = self.acker.nack(options).now_or_never();
+    }
+}

@@ -1,0 +1,307 @@
+//! Publishing with publisher confirms, across reconnects.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use courier_core::{Error, Message, Publisher, Result, async_trait};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Confirmation};
+
+use crate::codec;
+use crate::config::AmqpConfig;
+use crate::connection::{Link, Session};
+use crate::error::{self, AmqpError, broker};
+use crate::topology;
+
+/// A message ready to go: its properties and body.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) properties: BasicProperties,
+    pub(crate) payload: Bytes,
+}
+
+impl Outgoing {
+    /// Encodes `message`, checking the payload limit.
+    pub(crate) fn encode(
+        message: &Message,
+        config: &AmqpConfig,
+        prior_deliveries: Option<u32>,
+    ) -> Result<Self> {
+        codec::check_payload(message, config.max_payload)?;
+        Ok(Outgoing {
+            properties: codec::encode(message, prior_deliveries)?,
+            payload: message.payload().clone(),
+        })
+    }
+}
+
+/// Where messages go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Route<'a> {
+    /// A topic's exchange (declared once per connection).
+    Exchange(&'a str),
+    /// A retry queue, through the default exchange. It is declared before
+    /// every use, which also keeps it from expiring.
+    RetryQueue {
+        queue: &'a str,
+        bucket_ms: u64,
+        target: &'a str,
+    },
+}
+
+enum Failure {
+    /// The connection is gone: reconnect and publish the rest again.
+    Connection(lapin::Error),
+    /// The publishing channel was closed under the message: publish the
+    /// rest again on a new channel, a few times.
+    Channel(Error),
+    /// The broker refused the message with `basic.nack`: try again after a pause.
+    Nacked,
+    /// Trying again would not help.
+    Fatal(Error),
+}
+
+struct Failed {
+    /// How many messages from the start were confirmed.
+    confirmed: usize,
+    failure: Failure,
+}
+
+/// How often a publish is tried again after its channel closed under it.
+const CHANNEL_RETRIES: u32 = 3;
+
+/// Publishes `messages` in order and waits for every confirm.
+///
+/// Messages not confirmed when the connection or channel failed are
+/// published again once it is back (at least once, never silently dropped):
+/// from the first unconfirmed one on, so order is kept.
+pub(crate) async fn send(
+    link: &Link,
+    route: Route<'_>,
+    mandatory: bool,
+    messages: &[Outgoing],
+) -> Result<()> {
+    let config = link.config().clone();
+    let (exchange, routing_key) = match route {
+        Route::Exchange(exchange) => (short(exchange), ShortString::from("")),
+        Route::RetryQueue { queue, .. } => (ShortString::from(""), short(queue)),
+    };
+    let started = Instant::now();
+    let mut next = 0;
+    let mut retries = 0u32;
+    loop {
+        let session = link.session().await?;
+        let target = Target {
+            route,
+            exchange: &exchange,
+            routing_key: &routing_key,
+            mandatory,
+        };
+        let Err(failed) = attempt(&session, &config, target, &messages[next..]).await else {
+            return Ok(());
+        };
+        next += failed.confirmed;
+        if link.is_closed() {
+            return Err(Error::Closed(link.role()));
+        }
+        let give_up = started.elapsed() >= config.reconnect.give_up_after;
+        match failed.failure {
+            Failure::Connection(e) => {
+                tracing::debug!(error = %e, unconfirmed = messages.len() - next, "publish interrupted by a lost connection; publishing again");
+                link.broken(&session);
+                if give_up {
+                    return Err(error::from_lapin("publish", e));
+                }
+            }
+            Failure::Channel(e) => {
+                session.forget_exchanges();
+                retries += 1;
+                if retries > CHANNEL_RETRIES || give_up {
+                    return Err(e);
+                }
+            }
+            Failure::Nacked => {
+                retries += 1;
+                if give_up {
+                    return Err(broker("publish", true, AmqpError::Nacked));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(config.reconnect.delay(retries)) => {}
+                    () = link.closed().cancelled() => return Err(Error::Closed(link.role())),
+                }
+            }
+            Failure::Fatal(e) => return Err(e),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    route: Route<'a>,
+    exchange: &'a ShortString,
+    routing_key: &'a ShortString,
+    mandatory: bool,
+}
+
+async fn attempt(
+    session: &Session,
+    config: &AmqpConfig,
+    target: Target<'_>,
+    messages: &[Outgoing],
+) -> Result<(), Failed> {
+    let failed = |confirmed, failure| Failed { confirmed, failure };
+    let classify = |e: lapin::Error| {
+        if session.failed(&e) {
+            Failure::Connection(e)
+        } else {
+            Failure::Channel(error::from_lapin("publish", e))
+        }
+    };
+    let prepared = match target.route {
+        Route::Exchange(exchange) => session.ensure_exchange(exchange).await,
+        Route::RetryQueue {
+            queue,
+            bucket_ms,
+            target,
+        } => {
+            session
+                .declare(|channel| async move {
+                    topology::declare_retry_queue(&channel, queue, bucket_ms, target).await
+                })
+                .await
+        }
+    };
+    if let Err(e) = prepared {
+        let failure = if session.failed(&e) {
+            Failure::Connection(e)
+        } else {
+            Failure::Fatal(error::from_lapin("declare", e))
+        };
+        return Err(failed(0, failure));
+    }
+    let channel = session
+        .publish_channel()
+        .await
+        .map_err(|e| failed(0, classify(e)))?;
+    let mut confirms = Vec::with_capacity(messages.len());
+    let mut publish_failure = None;
+    for message in messages {
+        match session
+            .basic_publish(
+                &channel,
+                target.exchange,
+                target.routing_key,
+                target.mandatory,
+                &message.payload,
+                message.properties.clone(),
+            )
+            .await
+        {
+            Ok(confirm) => confirms.push(confirm),
+            Err(e) => {
+                publish_failure = Some(classify(e));
+                break;
+            }
+        }
+    }
+    let published = confirms.len();
+    let timeout = config.confirm_timeout;
+    for (i, confirm) in confirms.into_iter().enumerate() {
+        let failure = match tokio::time::timeout(timeout, confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => continue,
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => Failure::Fatal(broker(
+                "publish",
+                false,
+                AmqpError::Unroutable {
+                    exchange: returned.delivery.exchange.to_string(),
+                    reply: returned.reply_text.to_string(),
+                },
+            )),
+            Ok(Ok(Confirmation::Nack(_))) => Failure::Nacked,
+            Ok(Ok(Confirmation::NotRequested)) => Failure::Fatal(broker(
+                "publish",
+                true,
+                "the channel is not in confirm mode",
+            )),
+            Ok(Err(e)) => classify(e),
+            Err(_) => Failure::Fatal(Error::Timeout {
+                operation: "publisher confirm",
+                after: timeout,
+            }),
+        };
+        return Err(failed(i, failure));
+    }
+    match publish_failure {
+        Some(failure) => Err(failed(published, failure)),
+        None => Ok(()),
+    }
+}
+
+fn short(name: &str) -> ShortString {
+    ShortString::try_new(name).unwrap_or_else(|_| ShortString::from(""))
+}
+
+/// Publishes to RabbitMQ with publisher confirms.
+///
+/// Each topic is a durable fanout exchange, declared on the first publish
+/// to it over a connection. `publish` returns once the broker confirmed the
+/// message (it is then stored in every queue bound to the exchange: one per
+/// consumer group). A topic without groups takes messages and drops them,
+/// as RabbitMQ does; provision groups first (see the crate documentation).
+///
+/// Cheap to share (`Arc`); publishes from many tasks are pipelined over one
+/// channel.
+#[derive(Debug)]
+pub struct AmqpPublisher {
+    link: Arc<Link>,
+}
+
+impl AmqpPublisher {
+    pub(crate) fn new(link: Arc<Link>) -> Self {
+        AmqpPublisher { link }
+    }
+
+    /// Connects a publisher of its own.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] or a typed [`Error::Connect`].
+    pub async fn connect(url: &str, config: AmqpConfig) -> Result<Self> {
+        let (url, config) = crate::prepare(url, config)?;
+        Ok(AmqpPublisher::new(
+            Link::open(&url, Arc::new(config), "publisher").await?,
+        ))
+    }
+
+    fn prepare(&self, topic: &str, messages: &[Message]) -> Result<(String, Vec<Outgoing>)> {
+        courier_core::name::validate_topic(topic)?;
+        if self.link.is_closed() {
+            return Err(Error::Closed("publisher"));
+        }
+        let config = self.link.config();
+        let outgoing = messages
+            .iter()
+            .map(|m| Outgoing::encode(m, config, None))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((topology::exchange_name(config, topic), outgoing))
+    }
+}
+
+#[async_trait]
+impl Publisher for AmqpPublisher {
+    async fn publish(&self, topic: &str, message: Message) -> Result<()> {
+        let (exchange, outgoing) = self.prepare(topic, std::slice::from_ref(&message))?;
+        send(&self.link, Route::Exchange(&exchange), false, &outgoing).await
+    }
+
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        let (exchange, outgoing) = self.prepare(topic, &messages)?;
+        send(&self.link, Route::Exchange(&exchange), false, &outgoing).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.link.close().await;
+        Ok(())
+    }
+}
