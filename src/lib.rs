@@ -39,6 +39,8 @@ pub use courier_core::*;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "amqp")]
+pub use courier_amqp as amqp;
 #[cfg(feature = "memory")]
 pub use courier_memory as memory;
 #[cfg(feature = "nats")]
@@ -83,6 +85,8 @@ pub async fn connect(url: &str) -> Result<Broker> {
     match feature {
         #[cfg(feature = "memory")]
         "memory" => Ok(connect_memory(rest)),
+        #[cfg(feature = "amqp")]
+        "amqp" => Ok(amqp::AmqpBroker::connect(url).await?.into_broker()),
         #[cfg(feature = "nats")]
         "nats" => Ok(nats::NatsBroker::connect(url).await?.into_broker()),
         _ => Err(Error::FeatureDisabled {
@@ -140,6 +144,20 @@ mod tests {
         b.publish("t", Message::new("y")).await.unwrap();
     }
 
+    #[cfg(feature = "amqp")]
+    #[tokio::test]
+    async fn amqp_urls_reach_the_adapter() {
+        for scheme in ["amqp", "amqps"] {
+            match connect(&format!("{scheme}://u:pw@127.0.0.1:1/%2f")).await {
+                Err(Error::Connect { url, kind, .. }) => {
+                    assert_eq!(url, format!("{scheme}://u:***@127.0.0.1:1/%2f"));
+                    assert_eq!(kind, ConnectErrorKind::Refused);
+                }
+                other => panic!("{scheme}: {other:?}"),
+            }
+        }
+    }
+
     #[cfg(feature = "nats")]
     #[tokio::test]
     async fn nats_url_reaches_the_adapter() {
@@ -160,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn schemes_without_their_feature_name_it() {
         let schemes = [
-            ("amqp://u:pw@h", "amqp", true),
+            ("amqp://u:pw@h", "amqp", cfg!(not(feature = "amqp"))),
             ("kafka://h:9092", "kafka", true),
             ("nats://u:pw@h", "nats", cfg!(not(feature = "nats"))),
         ];

@@ -16,6 +16,8 @@ fn main() -> std::process::ExitCode {
             || courier::connect("memory://conformance"),
         ));
     }
+    #[cfg(feature = "amqp")]
+    adapters.push(amqp::adapter());
     #[cfg(feature = "nats")]
     adapters.push(nats::adapter());
     courier_testkit::run(&adapters, &courier_testkit::all_cases())
@@ -56,5 +58,44 @@ mod nats {
                 server.restart().await.map_err(|e| e.to_string())
             },
         )
+    }
+}
+
+#[cfg(feature = "amqp")]
+mod amqp {
+    use std::time::Duration;
+
+    use courier_testkit::fixtures::{self, BrokerFixture, FixtureError};
+    use courier_testkit::{Adapter, Capability};
+    use tokio::sync::OnceCell;
+
+    fn fixture_error(e: FixtureError) -> courier::Error {
+        courier::Error::broker("amqp", "start test server", false, e)
+    }
+
+    /// The server restart cases use: this binary's own, not the shared one.
+    async fn restartable() -> courier::Result<&'static BrokerFixture> {
+        static SERVER: OnceCell<BrokerFixture> = OnceCell::const_new();
+        SERVER
+            .get_or_try_init(fixtures::fresh_rabbitmq)
+            .await
+            .map_err(fixture_error)
+    }
+
+    /// Quorum queues (the default) count deliveries; RabbitMQ keeps no
+    /// history for groups created later.
+    pub(super) fn adapter() -> Adapter {
+        Adapter::new("amqp", &[Capability::DeliveryCount], || async {
+            let server = fixtures::rabbitmq().await.map_err(fixture_error)?;
+            courier::connect(server.url()).await
+        })
+        .with_restart(
+            || async { courier::connect(restartable().await?.url()).await },
+            || async {
+                let server = restartable().await.map_err(|e| e.to_string())?;
+                server.restart().await.map_err(|e| e.to_string())
+            },
+        )
+        .with_patience(Duration::from_secs(30))
     }
 }

@@ -645,7 +645,25 @@ async fn runtime_shutdown_waits_for_in_flight_handlers(ctx: Ctx) {
         assert!(redelivered.insert(d.message().id().clone()), "duplicate");
         d.ack().await.expect("ack");
     }
-    ctx.expect_nothing(&mut stream).await;
+    if let Ok(Some(extra)) =
+        tokio::time::timeout(ctx.quiet(), futures::StreamExt::next(&mut stream)).await
+    {
+        let d = extra.expect("stream item");
+        let id = d.message().id();
+        panic!(
+            "delivered once too often: message {:?} (payload {:?}, delivery count {:?}), {}",
+            id,
+            String::from_utf8_lossy(d.message().payload()),
+            d.delivery_count(),
+            if finished.contains(id) {
+                "handled and acked before the shutdown"
+            } else if redelivered.contains(id) {
+                "already delivered to and acked by the next consumer"
+            } else {
+                "never seen before"
+            }
+        );
+    }
     assert!(
         redelivered.is_disjoint(&finished),
         "completed work came back"

@@ -5,7 +5,7 @@
 //! | id                 | `message_id` property (`courier-id` header if over 255 bytes)     |
 //! | key                | `courier-key` header                                              |
 //! | content type       | `content_type` property (`courier-content-type` if over 255 bytes) |
-//! | timestamp          | `courier-timestamp-ms` header (exact); `timestamp` property in seconds for other clients |
+//! | timestamp          | `timestamp` property in seconds, plus the milliseconds: from the id when it is a UUID v7 of that very millisecond (as every `Message::new` is), else in the `courier-timestamp-ms` header |
 //! | correlation id     | `courier-correlation-id` header; also the `correlation_id` property |
 //! | causation id, user headers | headers, as long strings                                  |
 //! | payload            | body, persistent (`delivery_mode` 2)                              |
@@ -83,7 +83,9 @@ pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result
         }
     }
     let millis = message.timestamp_millis();
-    put(TIMESTAMP, &millis.to_string())?;
+    if v7_millis(message.id()) != Some(millis) {
+        put(TIMESTAMP, &millis.to_string())?;
+    }
     properties = properties.with_timestamp(millis / 1000);
     if let Some(correlation) = message
         .correlation_id()
@@ -94,7 +96,10 @@ pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result
     if let Some(prior) = prior_deliveries {
         put(PRIOR_DELIVERIES, &prior.to_string())?;
     }
-    Ok(properties.with_headers(headers))
+    if !headers.inner().is_empty() {
+        properties = properties.with_headers(headers);
+    }
+    Ok(properties)
 }
 
 /// A received message and what the broker said about its deliveries.
@@ -175,7 +180,15 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
     if let Some(content_type) = content_type {
         message = message.with_content_type(content_type);
     }
-    let millis = millis.or_else(|| properties.timestamp().map(|s| s.saturating_mul(1000)));
+    let millis = millis.or_else(|| {
+        let seconds = (*properties.timestamp())?;
+        // The id of the same second has the milliseconds.
+        Some(
+            v7_millis(message.id())
+                .filter(|ms| ms / 1000 == seconds)
+                .unwrap_or(seconds.saturating_mul(1000)),
+        )
+    });
     if let Some(millis) = millis {
         message = message.with_timestamp(UNIX_EPOCH + Duration::from_millis(millis));
     }
@@ -184,6 +197,37 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
         prior_deliveries,
         broker_redeliveries,
     }
+}
+
+/// The creation time, in milliseconds since the Unix epoch, of a UUID v7
+/// id: its first 48 bits (RFC 9562).
+fn v7_millis(id: &MessageId) -> Option<u64> {
+    let uuid = id.as_uuid().filter(|u| u.get_version_num() == 7)?;
+    let bytes = uuid.as_bytes();
+    let mut millis = [0u8; 8];
+    millis[2..].copy_from_slice(&bytes[..6]);
+    Some(u64::from_be_bytes(millis))
+}
+
+/// Whether `message` can be encoded: a payload within `limit` and header
+/// names AMQP can carry.
+///
+/// # Errors
+///
+/// [`Error::PayloadTooLarge`], or a header name longer than 255 bytes.
+pub(crate) fn check(message: &Message, limit: usize) -> Result<()> {
+    let size = message.payload().len();
+    if size > limit {
+        return Err(Error::PayloadTooLarge { size, limit });
+    }
+    if let Some((name, _)) = message.headers().iter().find(|(name, _)| name.len() > 255) {
+        return Err(broker(
+            "publish",
+            false,
+            AmqpError::HeaderNameTooLong(name.len()),
+        ));
+    }
+    Ok(())
 }
 
 /// A scalar header value as text; tables and arrays have none.
@@ -234,15 +278,6 @@ fn as_u32(value: &AMQPValue) -> Option<u32> {
         _ => return None,
     };
     u32::try_from(n.max(0)).ok()
-}
-
-/// Checks what every publish must satisfy.
-pub(crate) fn check_payload(message: &Message, limit: usize) -> Result<()> {
-    let size = message.payload().len();
-    if size > limit {
-        return Err(Error::PayloadTooLarge { size, limit });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -333,7 +368,38 @@ mod tests {
     #[test]
     fn overlong_header_names_are_refused() {
         let message = Message::new("").with_header("n".repeat(256), "v").unwrap();
-        let err = encode(&message, None).unwrap_err();
-        assert!(!err.is_retryable(), "{err:?}");
+        assert!(!encode(&message, None).unwrap_err().is_retryable());
+        assert!(!check(&message, 10).unwrap_err().is_retryable());
+        assert!(matches!(
+            check(&Message::new("12345678901"), 10),
+            Err(Error::PayloadTooLarge {
+                size: 11,
+                limit: 10
+            })
+        ));
+    }
+
+    #[test]
+    fn new_messages_need_no_timestamp_header() {
+        let fresh = Message::new("x");
+        let properties = encode(&fresh, None).unwrap();
+        assert!(
+            properties
+                .headers()
+                .as_ref()
+                .is_none_or(|h| h.inner().is_empty())
+        );
+        assert_eq!(round_trip(&fresh), fresh);
+        // Another timestamp than the id's needs the header, and keeps it exact.
+        let dated = Message::new("x").with_timestamp(UNIX_EPOCH + Duration::from_millis(1_234_567));
+        let properties = encode(&dated, None).unwrap();
+        assert!(
+            properties
+                .headers()
+                .as_ref()
+                .unwrap()
+                .contains_key(TIMESTAMP)
+        );
+        assert_eq!(round_trip(&dated), dated);
     }
 }

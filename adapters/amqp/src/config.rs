@@ -12,12 +12,13 @@ pub enum QueueType {
     /// Quorum queues (the default): replicated, always persistent, and the
     /// broker counts deliveries (`x-delivery-count`), so
     /// [`Delivery::delivery_count`](courier_core::Delivery::delivery_count)
-    /// is exact. A requeued message is delivered again before the messages
-    /// behind it.
+    /// is exact. A nacked message goes behind the messages already queued
+    /// (RabbitMQ 3.10); messages returned by a closed channel come first.
     #[default]
     Quorum,
-    /// Classic durable queues: lighter on a single node, but the broker only
-    /// says whether a message was delivered before, so
+    /// Classic durable queues: lighter on a single node, and a requeued
+    /// message goes back to its place; but the broker only says whether a
+    /// message was delivered before, so
     /// [`Delivery::delivery_count`](courier_core::Delivery::delivery_count)
     /// is `None`.
     Classic,

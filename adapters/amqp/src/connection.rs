@@ -25,6 +25,72 @@ use crate::topology;
 /// How long `close` waits for outstanding publisher confirms.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
+/// How often [`unless_dead`] looks at the channel.
+const DEATH_WATCH: Duration = Duration::from_millis(100);
+
+/// Awaits `future`, or gives up (`None`) once `alive` says its channel is
+/// gone: a client future whose frames were still queued when the
+/// connection died may never finish.
+pub(crate) async fn unless_dead<T>(
+    future: impl Future<Output = T>,
+    alive: impl Fn() -> bool,
+) -> Option<T> {
+    Watch::new().wait(future, alive).await
+}
+
+/// A reusable [`unless_dead`]: one timer for many awaits (a batch of
+/// publishes), and how long since one of them last finished.
+pub(crate) struct Watch {
+    ticks: tokio::time::Interval,
+    progress: Instant,
+}
+
+impl Watch {
+    pub(crate) fn new() -> Self {
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + DEATH_WATCH, DEATH_WATCH);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watch {
+            ticks,
+            progress: Instant::now(),
+        }
+    }
+
+    /// Awaits `future` unless `alive` turns false first (`None`).
+    pub(crate) async fn wait<T>(
+        &mut self,
+        future: impl Future<Output = T>,
+        alive: impl Fn() -> bool,
+    ) -> Option<T> {
+        self.wait_until(future, |_| !alive()).await
+    }
+
+    /// Awaits `future` unless `give_up` turns true first (`None`); checked
+    /// every 100 ms with the time since the last await of this watch
+    /// finished (or the watch began).
+    pub(crate) async fn wait_until<T>(
+        &mut self,
+        future: impl Future<Output = T>,
+        give_up: impl Fn(Duration) -> bool,
+    ) -> Option<T> {
+        let mut future = pin!(future);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut future => {
+                    self.progress = Instant::now();
+                    return Some(out);
+                }
+                _ = self.ticks.tick() => {
+                    if give_up(self.progress.elapsed()) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A connection to the broker that is re-established when lost.
 pub(crate) struct Link {
     uri: AMQPUri,
@@ -35,7 +101,19 @@ pub(crate) struct Link {
     connecting: tokio::sync::Mutex<()>,
     closed: CancellationToken,
     generation: AtomicU64,
+    /// When a delivery of this link was last settled (see [`SETTLE_GRACE`]).
+    last_settled: Mutex<Option<Instant>>,
 }
+
+/// How long a consumer channel (or the subscriber's connection) stays open
+/// after its last `basic.ack` / `basic.nack` before it is closed.
+///
+/// RabbitMQ 3.x quorum queues may drop settlements that are still buffered
+/// inside the broker when the channel that sent them closes
+/// (rabbitmq-server issue 10327): the acked messages then come back. AMQP
+/// 0-9-1 has no reply to an ack to wait for instead, so closing waits for
+/// this long after the last settlement.
+pub(crate) const SETTLE_GRACE: Duration = Duration::from_millis(300);
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,6 +151,7 @@ impl Link {
             connecting: tokio::sync::Mutex::new(()),
             closed: CancellationToken::new(),
             generation: AtomicU64::new(0),
+            last_settled: Mutex::new(None),
         });
         let session = link.open_session().await?;
         *link.current.lock() = Some(session);
@@ -247,17 +326,36 @@ impl Link {
         }
     }
 
+    /// Records that a delivery was just settled on this link.
+    pub(crate) fn settled(&self) {
+        *self.last_settled.lock() = Some(Instant::now());
+    }
+
+    /// Waits until [`SETTLE_GRACE`] has passed since the last settlement.
+    pub(crate) async fn settle_grace(&self) {
+        let last = *self.last_settled.lock();
+        if let Some(wait) = last.and_then(|t| SETTLE_GRACE.checked_sub(t.elapsed())) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Closes: new operations fail with [`Error::Closed`], outstanding
-    /// publisher confirms are awaited (for a few seconds), then the
-    /// connection is closed, so the broker requeues unsettled deliveries.
-    /// Idempotent.
+    /// publisher confirms are awaited (for a few seconds), settlements get
+    /// their [`SETTLE_GRACE`], then the connection is closed, so the broker
+    /// requeues unsettled deliveries. Idempotent.
     pub(crate) async fn close(&self) {
         self.closed.cancel();
+        self.settle_grace().await;
         let session = self.current.lock().take();
         if let Some(session) = session {
             session.close().await;
         }
     }
+}
+
+/// The error of an operation whose connection died under it.
+pub(crate) fn connection_lost() -> lapin::Error {
+    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Error).into()
 }
 
 async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
@@ -304,6 +402,17 @@ impl Session {
         &self.connection
     }
 
+    /// Awaits a client operation on this connection; fails like a lost
+    /// connection if the connection dies while it waits.
+    pub(crate) async fn guard<T>(
+        &self,
+        operation: impl Future<Output = lapin::Result<T>>,
+    ) -> lapin::Result<T> {
+        unless_dead(operation, || self.is_alive())
+            .await
+            .unwrap_or_else(|| Err(connection_lost()))
+    }
+
     /// Whether `error` means this session's connection is gone.
     pub(crate) fn failed(&self, error: &lapin::Error) -> bool {
         is_connection_error(error) || !self.is_alive()
@@ -320,7 +429,7 @@ impl Session {
         if channel.status().connected() {
             return Ok(channel);
         }
-        let channel = Arc::new(confirm_channel(&self.connection).await?);
+        let channel = Arc::new(self.guard(confirm_channel(&self.connection)).await?);
         *self.publish.lock() = channel.clone();
         Ok(channel)
     }
@@ -333,9 +442,9 @@ impl Session {
     {
         let mut channel = self.topology.lock().await;
         if !channel.status().connected() {
-            *channel = self.connection.create_channel().await?;
+            *channel = self.guard(self.connection.create_channel()).await?;
         }
-        declare(channel.clone()).await
+        self.guard(declare(channel.clone())).await
     }
 
     /// Declares the exchange unless this connection already did.
@@ -355,7 +464,8 @@ impl Session {
     }
 
     /// Publishes on `channel` and returns the pending confirm once the
-    /// frames are written.
+    /// frames are written. Await it under a [`Watch`]: it may never finish
+    /// if the connection dies meanwhile.
     pub(crate) async fn basic_publish(
         &self,
         channel: &Channel,

@@ -10,9 +10,10 @@ use lapin::Acker;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 
-use crate::connection::Link;
+use crate::codec;
+use crate::connection::{Link, unless_dead};
 use crate::error::{self, AmqpError, broker};
-use crate::publisher::{Outgoing, Route, send};
+use crate::publisher::{Route, send};
 use crate::topology;
 
 /// One consumer group's queue, as a subscription consumes it.
@@ -64,7 +65,9 @@ impl Drop for ConsumerChannel {
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let channel = self.channel.clone();
+            let link = self.group.link.clone();
             runtime.spawn(async move {
+                link.settle_grace().await;
                 let _ = channel.close(200, "subscription ended".into()).await;
             });
         }
@@ -96,6 +99,32 @@ impl AmqpAcker {
         &self.channel.group
     }
 
+    /// `basic.ack`; fails if the channel dies before it was sent.
+    async fn basic_ack(&self) -> lapin::Result<bool> {
+        let channel = &self.channel;
+        let acked = unless_dead(self.acker.ack(BasicAckOptions::default()), || {
+            channel.is_open()
+        })
+        .await
+        .unwrap_or(Ok(false));
+        self.group().link.settled();
+        acked
+    }
+
+    /// `basic.nack` with requeue; fails if the channel dies before it was sent.
+    async fn basic_requeue(&self) -> lapin::Result<bool> {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let channel = &self.channel;
+        let nacked = unless_dead(self.acker.nack(options), || channel.is_open())
+            .await
+            .unwrap_or(Ok(false));
+        self.group().link.settled();
+        nacked
+    }
+
     fn check_usable(&self, operation: &'static str) -> Result<()> {
         if self.acker.usable() {
             Ok(())
@@ -105,11 +134,7 @@ impl AmqpAcker {
     }
 
     async fn requeue(&self) -> Result<()> {
-        let options = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        settled("nack", self.acker.nack(options).await)
+        settled("nack", self.basic_requeue().await)
     }
 
     /// After a failure to move the message: put it back, return the failure.
@@ -128,19 +153,19 @@ impl AmqpAcker {
             Err(e) => return self.requeue_after_failure(broker("nack", false, e)).await,
         };
         let retry_queue = topology::retry_queue_name(&group.queue, bucket_ms);
-        let copy = match Outgoing::encode(message, group.link.config(), self.delivery_count) {
-            Ok(copy) => copy,
-            Err(e) => return self.requeue_after_failure(e).await,
-        };
+        if let Err(e) = codec::check(message, group.link.config().max_payload) {
+            return self.requeue_after_failure(e).await;
+        }
         let route = Route::RetryQueue {
             queue: &retry_queue,
             bucket_ms,
             target: &group.queue,
         };
-        if let Err(e) = send(&group.link, route, true, std::slice::from_ref(&copy)).await {
+        let copy = std::slice::from_ref(message);
+        if let Err(e) = send(&group.link, route, true, copy, self.delivery_count).await {
             return self.requeue_after_failure(e).await;
         }
-        settled("nack", self.acker.ack(BasicAckOptions::default()).await)
+        settled("nack", self.basic_ack().await)
     }
 
     /// Publishes the dead-letter copy to the dead-letter topic (which must
@@ -154,7 +179,7 @@ impl AmqpAcker {
             .and_then(|(topic, copy)| {
                 courier_core::name::validate_topic(&topic)?;
                 let config = group.link.config();
-                let copy = Outgoing::encode(&copy, config, None)?;
+                codec::check(&copy, config.max_payload)?;
                 Ok((topology::exchange_name(config, &topic), copy))
             });
         let (exchange, copy) = match prepared {
@@ -162,17 +187,17 @@ impl AmqpAcker {
             Err(e) => return self.requeue_after_failure(e).await,
         };
         let route = Route::Exchange(&exchange);
-        if let Err(e) = send(&group.link, route, true, std::slice::from_ref(&copy)).await {
+        if let Err(e) = send(&group.link, route, true, std::slice::from_ref(&copy), None).await {
             return self.requeue_after_failure(e).await;
         }
-        settled("nack", self.acker.ack(BasicAckOptions::default()).await)
+        settled("nack", self.basic_ack().await)
     }
 }
 
 #[async_trait]
 impl Acknowledger for AmqpAcker {
     async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
-        settled("ack", self.acker.ack(BasicAckOptions::default()).await)
+        settled("ack", self.basic_ack().await)
     }
 
     async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {
@@ -203,5 +228,6 @@ impl Acknowledger for AmqpAcker {
         // outcome needs no waiting for (if it fails, the channel is gone and
         // the broker requeues the message anyway). No runtime needed.
         let _ = self.acker.nack(options).now_or_never();
+        self.group().link.settled();
     }
 }

@@ -156,9 +156,17 @@ fn io_kind(error: &io::Error) -> ConnectErrorKind {
 
 /// [`Error::Connect`] for `redacted_url`.
 pub(crate) fn connect_error(redacted_url: &str, error: lapin::Error) -> Error {
+    let mut kind = connect_kind(&error);
+    // Over `amqps`, undecodable bytes while connecting come from the TLS
+    // layer: a certificate it refused, or no TLS on the other end.
+    if redacted_url.starts_with("amqps:")
+        && matches!(error.kind(), ErrorKind::IOError(e) if e.kind() == io::ErrorKind::InvalidData)
+    {
+        kind = ConnectErrorKind::Tls;
+    }
     Error::Connect {
         url: redacted_url.to_owned(),
-        kind: connect_kind(&error),
+        kind,
         source: Some(Box::new(error)),
     }
 }

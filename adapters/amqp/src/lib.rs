@@ -1,18 +1,5 @@
 //! courier-amqp: RabbitMQ (AMQP 0-9-1) for courier, built on [lapin].
 //!
-//! # Status
-//!
-//! Not yet a workspace member (the root `Cargo.toml` excludes it) and not
-//! reachable through `courier::connect`. It passed the 26 contract cases of
-//! the conformance suite against RabbitMQ 3.10, but of the consumer-runtime
-//! cases `amqp::runtime_shutdown_waits_for_in_flight_handlers` fails when the
-//! whole suite runs (it passes alone): after a clean shutdown the next
-//! consumer receives one message more than it should. To finish: add it to
-//! the workspace members and the facade (`amqp` feature, `amqp://` and
-//! `amqps://` in `connect`, the adapter in `tests/conformance.rs` with its own
-//! restartable RabbitMQ), find that redelivery, add the reconnect test and
-//! the benchmark against raw lapin.
-//!
 //! `courier::connect("amqp://user:pass@host:5672/vhost")` (or `amqps://`)
 //! reaches it through the facade; [`AmqpBroker::connect_with`] takes an
 //! [`AmqpConfig`].
@@ -64,20 +51,21 @@
 //!   message, so order is kept.
 //! - **Message**: id, key, headers (user and courier's own), content type,
 //!   timestamp (to the millisecond), correlation and causation id and
-//!   payload arrive exactly as published; see the mapping in the
-//!   [`codec`] documentation of the source, summarised: id, content type,
-//!   correlation id and timestamp (seconds) also fill the AMQP properties
-//!   other clients read.
+//!   payload arrive exactly as published (see [Wire format](#wire-format)).
 //! - **Consume**: `basic.qos` limits each subscription to
 //!   [`Subscription::prefetch`] unsettled deliveries. `ack` is `basic.ack`;
 //!   AMQP 0-9-1 has no reply to it, so `Ok` means it was sent on the live
 //!   channel the message came on. Settling a delivery whose channel is gone
 //!   (connection lost, subscriber closed) fails with an error whose source
 //!   is [`AmqpError::StaleDelivery`]: the broker has requeued the message
-//!   and delivers it again.
+//!   and delivers it again. A consumer channel, and the subscriber's
+//!   connection on `close`, stay open 300 ms after their last settlement:
+//!   RabbitMQ 3.x quorum queues can drop acks still buffered in the broker
+//!   when their channel closes (rabbitmq-server issue 10327), which would
+//!   deliver acked messages again.
 //! - **Nack**: [`Nack::Requeue`](courier_core::Nack::Requeue) is
-//!   `basic.nack` with requeue; a quorum queue delivers a requeued message
-//!   again before the messages behind it.
+//!   `basic.nack` with requeue (where the message goes: see
+//!   [Ordering](#ordering)).
 //!   [`Nack::RequeueAfter`](courier_core::Nack::RequeueAfter) works on stock
 //!   RabbitMQ without plugins: the message is published (with confirm) to a
 //!   retry queue of the group whose messages expire after the delay and are
@@ -103,16 +91,47 @@
 //!   subscription held is back in the queue before the next consumer takes
 //!   over; deliveries it had handed out then cannot be settled any more.
 //!
+//! # Wire format
+//!
+//! | courier | AMQP 0-9-1 |
+//! |---|---|
+//! | payload | body, `delivery_mode` 2 (persistent) |
+//! | id | `message_id` property (`courier-id` header if over 255 bytes) |
+//! | key | `courier-key` header (the routing key stays empty) |
+//! | content type | `content_type` property (`courier-content-type` header if over 255 bytes) |
+//! | timestamp | `timestamp` property (seconds); the milliseconds come from the id when it is a UUID v7 of that very millisecond, as every `Message::new` is, else from the `courier-timestamp-ms` header |
+//! | correlation id | `courier-correlation-id` header, and the `correlation_id` property for other clients |
+//! | causation id, other headers | headers, as long strings |
+//!
+//! Messages of other producers are delivered too: the properties fill in
+//! what the headers lack (a message without any id gets a new one),
+//! scalar header values become text, nested tables and arrays are left
+//! out, and the headers RabbitMQ adds itself (`x-death`,
+//! `x-first-death-*`, `x-last-death-*`, `x-delivery-count`) are not shown
+//! as message headers. Header names are limited to AMQP's 255 bytes
+//! (courier allows 256): a longer one fails the publish.
+//!
 //! # Ordering
 //!
 //! A group's queue is FIFO. With one subscription per group, messages
 //! arrive in publish order (per publisher; `publish_batch` keeps its order,
 //! and so do concurrent publishes of one task awaited one after the
-//! other). A nacked message is delivered again before the ones behind it in
-//! the queue (quorum queues), but after the ones the subscription already
-//! holds (up to `prefetch`). Subscriptions competing in one group split
-//! the messages between them, so per-key order then needs the consumer
-//! runtime's key lanes in one subscription, or
+//! other). Where a message goes when it is delivered again depends on the
+//! queue type:
+//!
+//! | queue | nacked ([`Nack::Requeue`](courier_core::Nack::Requeue)) or dropped | returned because its channel closed (lost connection, dropped stream, closed subscriber) |
+//! |---|---|---|
+//! | classic | back at its place | back at its place |
+//! | quorum (RabbitMQ 3.10) | behind the messages already queued | in front, in order |
+//!
+//! Either way it comes after the messages the subscription already holds
+//! (up to `prefetch`). So a group that must see redeliveries in publish
+//! order uses classic queues with `prefetch` 1, or retries in the handler
+//! before settling.
+//!
+//! Subscriptions competing in one group split the messages between them,
+//! so per-key order then needs the consumer runtime's key lanes in one
+//! subscription, or
 //! [`AmqpConfig::single_active_consumer`] (`single_active_consumer=true` in
 //! the URL): only one subscription of the group receives at a time, the
 //! others wait as hot standbys. A delayed requeue puts the message behind
@@ -124,7 +143,7 @@
 //! subscriber each hold one connection. When it is lost, the next
 //! operation (or the consumer that saw the loss) reconnects with
 //! exponential backoff ([`Reconnect`]), declares the topology again and
-//! resumes every subscription on the same [`DeliveryStream`](courier_core::DeliveryStream).
+//! resumes every subscription on the same [`DeliveryStream`].
 //! Only when reconnecting gives up ([`Reconnect::give_up_after`], 2 minutes
 //! by default) do waiting publishes fail and streams yield the error and
 //! end. The first connection is not retried: connecting reports at once

@@ -1,40 +1,17 @@
 //! Publishing with publisher confirms, across reconnects.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use courier_core::{Error, Message, Publisher, Result, async_trait};
+use lapin::Confirmation;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Confirmation};
 
 use crate::codec;
 use crate::config::AmqpConfig;
-use crate::connection::{Link, Session};
+use crate::connection::{Link, Session, Watch, connection_lost};
 use crate::error::{self, AmqpError, broker};
 use crate::topology;
-
-/// A message ready to go: its properties and body.
-#[derive(Debug, Clone)]
-pub(crate) struct Outgoing {
-    pub(crate) properties: BasicProperties,
-    pub(crate) payload: Bytes,
-}
-
-impl Outgoing {
-    /// Encodes `message`, checking the payload limit.
-    pub(crate) fn encode(
-        message: &Message,
-        config: &AmqpConfig,
-        prior_deliveries: Option<u32>,
-    ) -> Result<Self> {
-        codec::check_payload(message, config.max_payload)?;
-        Ok(Outgoing {
-            properties: codec::encode(message, prior_deliveries)?,
-            payload: message.payload().clone(),
-        })
-    }
-}
 
 /// Where messages go.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +48,9 @@ struct Failed {
 /// How often a publish is tried again after its channel closed under it.
 const CHANNEL_RETRIES: u32 = 3;
 
-/// Publishes `messages` in order and waits for every confirm.
+/// Publishes `messages` (checked with [`codec::check`]) in order and waits
+/// for every confirm. `prior_deliveries` marks copies sent through a retry
+/// queue.
 ///
 /// Messages not confirmed when the connection or channel failed are
 /// published again once it is back (at least once, never silently dropped):
@@ -80,7 +59,8 @@ pub(crate) async fn send(
     link: &Link,
     route: Route<'_>,
     mandatory: bool,
-    messages: &[Outgoing],
+    messages: &[Message],
+    prior_deliveries: Option<u32>,
 ) -> Result<()> {
     let config = link.config().clone();
     let (exchange, routing_key) = match route {
@@ -97,6 +77,7 @@ pub(crate) async fn send(
             exchange: &exchange,
             routing_key: &routing_key,
             mandatory,
+            prior_deliveries,
         };
         let Err(failed) = attempt(&session, &config, target, &messages[next..]).await else {
             return Ok(());
@@ -142,13 +123,14 @@ struct Target<'a> {
     exchange: &'a ShortString,
     routing_key: &'a ShortString,
     mandatory: bool,
+    prior_deliveries: Option<u32>,
 }
 
 async fn attempt(
     session: &Session,
     config: &AmqpConfig,
     target: Target<'_>,
-    messages: &[Outgoing],
+    messages: &[Message],
 ) -> Result<(), Failed> {
     let failed = |confirmed, failure| Failed { confirmed, failure };
     let classify = |e: lapin::Error| {
@@ -184,33 +166,66 @@ async fn attempt(
         .publish_channel()
         .await
         .map_err(|e| failed(0, classify(e)))?;
+    let alive = || session.is_alive() && channel.status().connected();
+    let lost = || {
+        if session.is_alive() {
+            Failure::Channel(broker(
+                "publish",
+                true,
+                "the publishing channel closed before the broker confirmed",
+            ))
+        } else {
+            Failure::Connection(connection_lost())
+        }
+    };
+    // One watch for the whole batch: a timer per message would cost more
+    // than the publish.
+    let mut watch = Watch::new();
     let mut confirms = Vec::with_capacity(messages.len());
     let mut publish_failure = None;
     for message in messages {
-        match session
-            .basic_publish(
-                &channel,
-                target.exchange,
-                target.routing_key,
-                target.mandatory,
-                &message.payload,
-                message.properties.clone(),
-            )
-            .await
-        {
-            Ok(confirm) => confirms.push(confirm),
+        // Encoded for each attempt: cheaper than keeping a copy to clone.
+        let properties = match codec::encode(message, target.prior_deliveries) {
+            Ok(properties) => properties,
             Err(e) => {
+                publish_failure = Some(Failure::Fatal(e));
+                break;
+            }
+        };
+        let publishing = session.basic_publish(
+            &channel,
+            target.exchange,
+            target.routing_key,
+            target.mandatory,
+            message.payload(),
+            properties,
+        );
+        match watch.wait(publishing, alive).await {
+            Some(Ok(confirm)) => confirms.push(confirm),
+            Some(Err(e)) => {
                 publish_failure = Some(classify(e));
+                break;
+            }
+            None => {
+                publish_failure = Some(lost());
                 break;
             }
         }
     }
     let published = confirms.len();
     let timeout = config.confirm_timeout;
+    // Give up when no confirm came for `timeout`.
+    let give_up = |stalled: Duration| !alive() || stalled > timeout;
     for (i, confirm) in confirms.into_iter().enumerate() {
-        let failure = match tokio::time::timeout(timeout, confirm).await {
-            Ok(Ok(Confirmation::Ack(None))) => continue,
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => Failure::Fatal(broker(
+        let confirmed = watch.wait_until(confirm, give_up).await;
+        let failure = match confirmed {
+            None if !alive() => lost(),
+            None => Failure::Fatal(Error::Timeout {
+                operation: "publisher confirm",
+                after: timeout,
+            }),
+            Some(Ok(Confirmation::Ack(None))) => continue,
+            Some(Ok(Confirmation::Ack(Some(returned)))) => Failure::Fatal(broker(
                 "publish",
                 false,
                 AmqpError::Unroutable {
@@ -218,17 +233,13 @@ async fn attempt(
                     reply: returned.reply_text.to_string(),
                 },
             )),
-            Ok(Ok(Confirmation::Nack(_))) => Failure::Nacked,
-            Ok(Ok(Confirmation::NotRequested)) => Failure::Fatal(broker(
+            Some(Ok(Confirmation::Nack(_))) => Failure::Nacked,
+            Some(Ok(Confirmation::NotRequested)) => Failure::Fatal(broker(
                 "publish",
                 true,
                 "the channel is not in confirm mode",
             )),
-            Ok(Err(e)) => classify(e),
-            Err(_) => Failure::Fatal(Error::Timeout {
-                operation: "publisher confirm",
-                after: timeout,
-            }),
+            Some(Err(e)) => classify(e),
         };
         return Err(failed(i, failure));
     }
@@ -274,30 +285,44 @@ impl AmqpPublisher {
         ))
     }
 
-    fn prepare(&self, topic: &str, messages: &[Message]) -> Result<(String, Vec<Outgoing>)> {
+    fn prepare(&self, topic: &str, messages: &[Message]) -> Result<String> {
         courier_core::name::validate_topic(topic)?;
         if self.link.is_closed() {
             return Err(Error::Closed("publisher"));
         }
         let config = self.link.config();
-        let outgoing = messages
-            .iter()
-            .map(|m| Outgoing::encode(m, config, None))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((topology::exchange_name(config, topic), outgoing))
+        for message in messages {
+            codec::check(message, config.max_payload)?;
+        }
+        Ok(topology::exchange_name(config, topic))
     }
 }
 
 #[async_trait]
 impl Publisher for AmqpPublisher {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        let (exchange, outgoing) = self.prepare(topic, std::slice::from_ref(&message))?;
-        send(&self.link, Route::Exchange(&exchange), false, &outgoing).await
+        let messages = std::slice::from_ref(&message);
+        let exchange = self.prepare(topic, messages)?;
+        send(
+            &self.link,
+            Route::Exchange(&exchange),
+            false,
+            messages,
+            None,
+        )
+        .await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        let (exchange, outgoing) = self.prepare(topic, &messages)?;
-        send(&self.link, Route::Exchange(&exchange), false, &outgoing).await
+        let exchange = self.prepare(topic, &messages)?;
+        send(
+            &self.link,
+            Route::Exchange(&exchange),
+            false,
+            &messages,
+            None,
+        )
+        .await
     }
 
     async fn close(&self) -> Result<()> {

@@ -81,6 +81,10 @@ async fn declare_group(session: &Session, config: &AmqpConfig, group: &Group) ->
             topology::declare_group_queue(&channel, config, &group.exchange, &group.queue).await
         })
         .await
+        .inspect_err(|_| {
+            // The exchange may have been deleted since it was declared.
+            session.forget_exchanges();
+        })
 }
 
 /// A consumer on a channel of its own.
@@ -92,24 +96,29 @@ struct Active {
 /// Declares the topology and starts consuming.
 async fn start(session: &Session, group: &Arc<Group>) -> lapin::Result<Active> {
     declare_group(session, group.link.config(), group).await?;
-    let channel = session.connection().create_channel().await?;
+    let channel = session.guard(session.connection().create_channel()).await?;
     let channel = Arc::new(ConsumerChannel {
         channel,
         group: group.clone(),
     });
-    channel
-        .channel
-        .basic_qos(group.prefetch, BasicQosOptions::default())
-        .await?;
     let tag = format!("courier-{}", MessageId::new());
-    let consumer = channel
-        .channel
-        .basic_consume(
-            ShortString::try_new(group.queue.as_str()).unwrap_or_else(|_| "".into()),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    let queue = ShortString::try_new(group.queue.as_str()).unwrap_or_else(|_| "".into());
+    let consumer = session
+        .guard(async {
+            channel
+                .channel
+                .basic_qos(group.prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .channel
+                .basic_consume(
+                    queue,
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
         .await?;
     Ok(Active { channel, consumer })
 }
@@ -240,7 +249,9 @@ async fn cancel(active: &Active) {
     }
     let channel = &active.channel.channel;
     let stopping = async {
-        if active.channel.group.link.config().single_active_consumer {
+        let link = &active.channel.group.link;
+        if link.config().single_active_consumer {
+            link.settle_grace().await;
             channel.close(200, "subscription ended".into()).await
         } else {
             channel

@@ -464,3 +464,44 @@ async fn payload_limit_and_topics_without_groups() {
         .expect_err("closed");
     assert!(matches!(err, Error::Closed(_)), "{err:?}");
 }
+
+/// Where a nacked message goes: classic queues put it back at its place,
+/// quorum queues (RabbitMQ 3.10) at the back. With prefetch 1, every message
+/// nacked once, then acked.
+#[tokio::test]
+async fn requeued_messages_keep_their_place_in_classic_queues_only() {
+    let in_place: Vec<String> = (0..10)
+        .flat_map(|i| [i.to_string(), i.to_string()])
+        .collect();
+    let at_the_back: Vec<String> = (0..10).chain(0..10).map(|i| i.to_string()).collect();
+    for (queue_type, want) in [
+        (QueueType::Classic, in_place),
+        (QueueType::Quorum, at_the_back),
+    ] {
+        let broker = broker(AmqpConfig::default().queue_type(queue_type)).await;
+        let sub = Subscription::new(common::name("t"), "g").prefetch(1);
+        let mut stream = broker.subscribe(sub.clone()).await.unwrap();
+        broker
+            .publish_batch(
+                sub.topic(),
+                (0..10).map(|i| Message::new(i.to_string())).collect(),
+            )
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut nacked = std::collections::HashSet::new();
+        while seen.len() < 20 {
+            let d = next(&mut stream, PATIENCE).await;
+            let seq = text(&d);
+            seen.push(seq.clone());
+            if nacked.insert(seq) {
+                d.nack(Nack::Requeue).await.unwrap();
+            } else {
+                d.ack().await.unwrap();
+            }
+        }
+        assert_eq!(seen, want, "{queue_type:?}");
+        nothing(&mut stream, QUIET).await;
+        broker.close().await.unwrap();
+    }
+}

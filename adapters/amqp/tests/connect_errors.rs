@@ -152,3 +152,17 @@ async fn malformed_url_is_invalid() {
     assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
 }
+
+#[tokio::test]
+async fn tls_against_a_plain_port_is_a_tls_error() {
+    let fixture = common::shared().await;
+    let url = format!(
+        "amqps://guest:s3cret@{}:{}/%2f",
+        fixture.host(),
+        fixture.port()
+    );
+    let config = AmqpConfig::default().connect_timeout(Duration::from_secs(5));
+    let (kind, shown, text) = failure(&url, config).await;
+    assert_eq!(kind, ConnectErrorKind::Tls, "{text}");
+    assert!(shown.starts_with("amqps://guest:***@"), "{shown}");
+}
