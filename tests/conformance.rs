@@ -5,6 +5,8 @@
 //! (`courier_testkit::fixtures`); cases that restart the broker run on a
 //! second container of their own, so the other cases are not disturbed.
 
+#[cfg(any(feature = "amqp", feature = "nats"))]
+use courier_testkit::fixtures;
 use courier_testkit::{Adapter, Capability};
 
 fn main() -> std::process::ExitCode {
@@ -16,78 +18,48 @@ fn main() -> std::process::ExitCode {
             || courier::connect("memory://conformance"),
         ));
     }
+    // Quorum queues (the default) count deliveries; RabbitMQ keeps no
+    // history for groups created later. A restarting RabbitMQ takes a while
+    // to take connections again, hence the patience.
     #[cfg(feature = "amqp")]
-    adapters.push(amqp::adapter());
+    adapters.push(
+        on_server!(
+            "amqp",
+            &[Capability::DeliveryCount],
+            fixtures::rabbitmq,
+            fixtures::fresh_rabbitmq
+        )
+        .with_patience(std::time::Duration::from_secs(30)),
+    );
     #[cfg(feature = "nats")]
-    adapters.push(nats::adapter());
+    adapters.push(on_server!(
+        "nats",
+        &[Capability::History, Capability::DeliveryCount],
+        fixtures::nats,
+        fixtures::fresh_nats
+    ));
     courier_testkit::run(&adapters, &courier_testkit::all_cases())
 }
 
-#[cfg(feature = "nats")]
-mod nats {
-    use courier_testkit::fixtures::{self, BrokerFixture, FixtureError};
-    use courier_testkit::{Adapter, Capability};
-    use tokio::sync::OnceCell;
+/// An adapter on a real server: the cases share this binary's `$shared`
+/// server; the restart cases use one `$fresh` server of their own.
+#[cfg(any(feature = "amqp", feature = "nats"))]
+macro_rules! on_server {
+    ($name:literal, $capabilities:expr, $shared:path, $fresh:path) => {{
+        use courier_testkit::fixtures::{BrokerFixture, FixtureError};
+        use tokio::sync::OnceCell;
 
-    fn fixture_error(e: FixtureError) -> courier::Error {
-        courier::Error::broker("nats", "start test server", false, e)
-    }
+        fn fixture_error(e: FixtureError) -> courier::Error {
+            courier::Error::broker($name, "start test server", false, e)
+        }
 
-    /// The server restart cases use: this binary's own, not the shared one.
-    async fn restartable() -> courier::Result<&'static BrokerFixture> {
-        static SERVER: OnceCell<BrokerFixture> = OnceCell::const_new();
-        SERVER
-            .get_or_try_init(fixtures::fresh_nats)
-            .await
-            .map_err(fixture_error)
-    }
+        async fn restartable() -> courier::Result<&'static BrokerFixture> {
+            static SERVER: OnceCell<BrokerFixture> = OnceCell::const_new();
+            SERVER.get_or_try_init($fresh).await.map_err(fixture_error)
+        }
 
-    pub(super) fn adapter() -> Adapter {
-        Adapter::new(
-            "nats",
-            &[Capability::History, Capability::DeliveryCount],
-            || async {
-                let server = fixtures::nats().await.map_err(fixture_error)?;
-                courier::connect(server.url()).await
-            },
-        )
-        .with_restart(
-            || async { courier::connect(restartable().await?.url()).await },
-            || async {
-                let server = restartable().await.map_err(|e| e.to_string())?;
-                server.restart().await.map_err(|e| e.to_string())
-            },
-        )
-    }
-}
-
-#[cfg(feature = "amqp")]
-mod amqp {
-    use std::time::Duration;
-
-    use courier_testkit::fixtures::{self, BrokerFixture, FixtureError};
-    use courier_testkit::{Adapter, Capability};
-    use tokio::sync::OnceCell;
-
-    fn fixture_error(e: FixtureError) -> courier::Error {
-        courier::Error::broker("amqp", "start test server", false, e)
-    }
-
-    /// The server restart cases use: this binary's own, not the shared one.
-    async fn restartable() -> courier::Result<&'static BrokerFixture> {
-        static SERVER: OnceCell<BrokerFixture> = OnceCell::const_new();
-        SERVER
-            .get_or_try_init(fixtures::fresh_rabbitmq)
-            .await
-            .map_err(fixture_error)
-    }
-
-    /// Quorum queues (the default) count deliveries; RabbitMQ keeps no
-    /// history for groups created later.
-    pub(super) fn adapter() -> Adapter {
-        Adapter::new("amqp", &[Capability::DeliveryCount], || async {
-            let server = fixtures::rabbitmq().await.map_err(fixture_error)?;
-            courier::connect(server.url()).await
+        Adapter::new($name, $capabilities, || async {
+            courier::connect($shared().await.map_err(fixture_error)?.url()).await
         })
         .with_restart(
             || async { courier::connect(restartable().await?.url()).await },
@@ -96,6 +68,7 @@ mod amqp {
                 server.restart().await.map_err(|e| e.to_string())
             },
         )
-        .with_patience(Duration::from_secs(30))
-    }
+    }};
 }
+#[cfg(any(feature = "amqp", feature = "nats"))]
+use on_server;
