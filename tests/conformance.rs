@@ -16,6 +16,8 @@ fn main() -> std::process::ExitCode {
             || courier::connect("memory://conformance"),
         ));
     }
+    #[cfg(feature = "kafka")]
+    adapters.push(kafka::adapter());
     #[cfg(feature = "nats")]
     adapters.push(nats::adapter());
     courier_testkit::run(&adapters, &courier_testkit::all_cases())
@@ -46,6 +48,47 @@ mod nats {
             &[Capability::History, Capability::DeliveryCount],
             || async {
                 let server = fixtures::nats().await.map_err(fixture_error)?;
+                courier::connect(server.url()).await
+            },
+        )
+        .with_restart(
+            || async { courier::connect(restartable().await?.url()).await },
+            || async {
+                let server = restartable().await.map_err(|e| e.to_string())?;
+                server.restart().await.map_err(|e| e.to_string())
+            },
+        )
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod kafka {
+    use courier_testkit::fixtures::{self, BrokerFixture, FixtureError};
+    use courier_testkit::{Adapter, Capability};
+    use tokio::sync::OnceCell;
+
+    fn fixture_error(e: FixtureError) -> courier::Error {
+        courier::Error::broker("kafka", "start test broker", false, e)
+    }
+
+    /// The broker restart cases use: this binary's own, not the shared one.
+    async fn restartable() -> courier::Result<&'static BrokerFixture> {
+        static SERVER: OnceCell<BrokerFixture> = OnceCell::const_new();
+        SERVER
+            .get_or_try_init(fixtures::fresh_kafka)
+            .await
+            .map_err(fixture_error)
+    }
+
+    /// Kafka keeps history (a group can start at the earliest offset) and
+    /// this adapter counts deliveries within a consumer session, which is
+    /// what the cases observe.
+    pub(super) fn adapter() -> Adapter {
+        Adapter::new(
+            "kafka",
+            &[Capability::History, Capability::DeliveryCount],
+            || async {
+                let server = fixtures::kafka().await.map_err(fixture_error)?;
                 courier::connect(server.url()).await
             },
         )
