@@ -34,9 +34,11 @@ use crate::watermark::{Received, skipped_offsets};
 /// How long one `poll` blocks when nothing arrives; bounds how quickly the
 /// thread notices that the subscription ends.
 const POLL_WAIT: Duration = Duration::from_millis(50);
-/// How long the thread waits for the stream to take buffered records
-/// before it pauses fetching.
+/// How long the thread sleeps at a time while the stream's buffer is full
+/// (it is woken as soon as the stream has taken half of it).
 const FULL_WAIT: Duration = Duration::from_millis(200);
+/// How long the buffer may stay full before fetching is paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(3);
 
 /// The consumer's context: the subscription's partitions and the rebalance
 /// callbacks that keep them.
@@ -113,10 +115,10 @@ impl SessionContext {
         for partition in &revoked {
             partition.start_revoking();
         }
-        if !self.flow.is_ending() {
+        if !self.flow.is_closing() {
             let deadline = Instant::now() + self.config.revoke_timeout;
             for partition in &revoked {
-                partition.wait_idle(deadline, || self.flow.is_ending());
+                partition.wait_idle(deadline, || self.flow.is_closing());
             }
         }
         let mut commit = TopicPartitionList::new();
@@ -369,20 +371,34 @@ fn run(
     let commit_interval = context.config.commit_interval;
     let mut last_commit = Instant::now();
     let mut paused = false;
+    let mut full_since: Option<Instant> = None;
     while !flow.is_ending() && !tx.is_closed() {
+        if last_commit.elapsed() >= commit_interval {
+            context.commit_changed(&consumer);
+            last_commit = Instant::now();
+        }
         if context.reassigned.swap(false, Ordering::AcqRel) {
             paused = false; // a new assignment starts fetching
         }
         if flow.buffered() >= flow.high_water() {
+            // Stop polling while the stream catches up; rdkafka keeps what it
+            // fetched meanwhile. Pausing would drop rdkafka's fetched records
+            // (they are fetched again on resume), so only an application
+            // that stops taking records for long gets paused, which keeps
+            // rebalances served while it is stuck.
+            let since = *full_since.get_or_insert_with(Instant::now);
             if !paused {
-                std::thread::park_timeout(FULL_WAIT);
-                if flow.buffered() >= flow.high_water() {
-                    paused = set_paused(&consumer, true);
+                if since.elapsed() < PAUSE_AFTER {
+                    std::thread::park_timeout(FULL_WAIT);
+                    continue;
                 }
-                continue;
+                paused = set_paused(&consumer, true);
             }
-        } else if paused && flow.buffered() <= flow.low_water() {
-            paused = set_paused(&consumer, false);
+        } else {
+            full_since = None;
+            if paused && flow.buffered() <= flow.low_water() {
+                paused = set_paused(&consumer, false);
+            }
         }
         match consumer.poll(POLL_WAIT) {
             None => {}
@@ -403,13 +419,10 @@ fn run(
                 tracing::debug!(topic = %flow.topic, error = %e, "kafka consumer error");
             }
         }
-        if last_commit.elapsed() >= commit_interval {
-            context.commit_changed(&consumer);
-            last_commit = Instant::now();
-        }
     }
     flow.end();
-    // Final commit without waiting for deliveries still out: they come back.
+    // Final commit, once the deliveries still out are settled (unless the
+    // connection is closing): a dropped stream lets in-flight work finish.
     let ids: Vec<i32> = context.partitions.lock().keys().copied().collect();
     context.revoke(&consumer, ids);
     // Dropping the consumer leaves the group.

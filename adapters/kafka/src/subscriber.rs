@@ -58,6 +58,9 @@ pub(crate) struct Flow {
     waker: AtomicWaker,
     /// The subscription is ending (closed, or its stream dropped).
     ending: AtomicBool,
+    /// The connection is closing: the subscription ends without waiting
+    /// for its deliveries to be settled.
+    closing: AtomicBool,
     /// The poll thread, woken when the stream takes records.
     poller: Mutex<Option<std::thread::Thread>>,
     /// Becomes `true` when the poll thread has committed and left the group.
@@ -82,6 +85,7 @@ impl Flow {
             redeliver: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             ending: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             poller: Mutex::new(None),
             finished,
         };
@@ -127,6 +131,11 @@ impl Flow {
 
     pub(crate) fn is_ending(&self) -> bool {
         self.ending.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection is closing (see [`Running::stop`]).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Ends the subscription: the stream ends, the poll thread commits and
@@ -248,6 +257,7 @@ impl Running {
     /// commit is made and it left the group.
     pub(crate) async fn stop(mut self, timeout: Duration) {
         if let Some(flow) = self.flow.upgrade() {
+            flow.closing.store(true, Ordering::Release);
             flow.end();
         }
         let _ = tokio::time::timeout(timeout, self.finished.wait_for(|done| *done)).await;
