@@ -37,6 +37,8 @@ const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How long the thread sleeps at a time while the stream's buffer is full
 /// (it is woken as soon as the stream has taken half of it).
 const FULL_WAIT: Duration = Duration::from_millis(200);
+/// How long an ending subscription waits for a join under way to complete.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
 /// How long the buffer may stay full before fetching is paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(3);
 
@@ -52,6 +54,9 @@ pub(crate) struct SessionContext {
     commit_failed: AtomicBool,
     /// The assignment changed since the poll loop last looked.
     reassigned: AtomicBool,
+    /// The group gave this member its assignment and no rebalance is
+    /// under way (false while joining).
+    joined: AtomicBool,
 }
 
 impl SessionContext {
@@ -63,6 +68,7 @@ impl SessionContext {
             partitions: Mutex::new(HashMap::new()),
             commit_failed: AtomicBool::new(false),
             reassigned: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
         }
     }
 
@@ -293,10 +299,14 @@ impl ConsumerContext for SessionContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(list) => {
+                self.joined.store(false, Ordering::Release);
                 let ids: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
                 self.revoke(consumer, ids);
             }
-            Rebalance::Assign(list) => self.assign(consumer, list),
+            Rebalance::Assign(list) => {
+                self.assign(consumer, list);
+                self.joined.store(true, Ordering::Release);
+            }
             Rebalance::Error(e) => {
                 tracing::warn!(topic = %self.flow.topic, error = %e, "kafka rebalance error");
             }
@@ -421,6 +431,7 @@ fn run(
         }
     }
     flow.end();
+    finish_joining(&consumer, &context);
     // Final commit, once the deliveries still out are settled (unless the
     // connection is closing): a dropped stream lets in-flight work finish.
     let ids: Vec<i32> = context.partitions.lock().keys().copied().collect();
@@ -429,6 +440,18 @@ fn run(
     drop(consumer);
     flow.set_finished();
     tracing::debug!(topic = %flow.topic, group = %flow.group, "kafka subscription ended");
+}
+
+/// Lets a join of the group that is under way complete before the member
+/// leaves (bounded by [`JOIN_WAIT`]). Some brokers (tansu) do not recover
+/// when the member they chose as the group's leader leaves in the middle of
+/// a join: the group then waits for an assignment that never comes. Records
+/// fetched meanwhile are not handed out (their offsets stay uncommitted).
+fn finish_joining(consumer: &BaseConsumer<SessionContext>, context: &SessionContext) {
+    let deadline = Instant::now() + JOIN_WAIT;
+    while !context.joined.load(Ordering::Acquire) && Instant::now() < deadline {
+        let _ = consumer.poll(POLL_WAIT);
+    }
 }
 
 /// Pauses or resumes fetching of the whole assignment; returns the new
