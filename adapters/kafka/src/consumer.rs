@@ -39,6 +39,8 @@ const POLL_WAIT: Duration = Duration::from_millis(50);
 const FULL_WAIT: Duration = Duration::from_millis(200);
 /// How long an ending subscription waits for a join under way to complete.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
+/// How long an ending subscription serves rebalance events before leaving.
+const JOIN_SETTLE: Duration = Duration::from_millis(200);
 /// How long the buffer may stay full before fetching is paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(3);
 
@@ -382,7 +384,19 @@ fn run(
     let mut last_commit = Instant::now();
     let mut paused = false;
     let mut full_since: Option<Instant> = None;
+    let mut dbg_t = Instant::now(); // DBG
+    let mut dbg_n = 0u64; // DBG
     while !flow.is_ending() && !tx.is_closed() {
+        if std::env::var_os("KTRACE").is_some() && dbg_t.elapsed() > Duration::from_secs(2) {
+            dbg_t = Instant::now();
+            eprintln!(
+                "TRACE {:?} {} paused={paused} polled={dbg_n} buffered={} parts={:?}",
+                std::time::SystemTime::now(),
+                flow.topic,
+                flow.buffered(),
+                context.partitions.lock().keys().collect::<Vec<_>>()
+            );
+        } // DBG
         if last_commit.elapsed() >= commit_interval {
             context.commit_changed(&consumer);
             last_commit = Instant::now();
@@ -412,7 +426,10 @@ fn run(
         }
         match consumer.poll(POLL_WAIT) {
             None => {}
-            Some(Ok(message)) => context.fetched(&message, &tx, &runtime),
+            Some(Ok(message)) => {
+                dbg_n += 1;
+                context.fetched(&message, &tx, &runtime)
+            } // DBG
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 let error = courier_core::Error::broker(
@@ -448,9 +465,15 @@ fn run(
 /// a join: the group then waits for an assignment that never comes. Records
 /// fetched meanwhile are not handed out (their offsets stay uncommitted).
 fn finish_joining(consumer: &BaseConsumer<SessionContext>, context: &SessionContext) {
-    let deadline = Instant::now() + JOIN_WAIT;
-    while !context.joined.load(Ordering::Acquire) && Instant::now() < deadline {
+    let started = Instant::now();
+    loop {
+        // Serve rebalance events already queued (a revocation starts a join).
         let _ = consumer.poll(POLL_WAIT);
+        let elapsed = started.elapsed();
+        let joined = context.joined.load(Ordering::Acquire);
+        if (joined && elapsed >= JOIN_SETTLE) || elapsed >= JOIN_WAIT {
+            break;
+        }
     }
 }
 
