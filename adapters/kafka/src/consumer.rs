@@ -28,6 +28,7 @@ use crate::config::KafkaConfig;
 use crate::error::{BROKER, CourierContext};
 use crate::partition::Partition;
 use crate::publisher::Record;
+use crate::settled;
 use crate::subscriber::{Fetched, Flow, Pending};
 use crate::watermark::{Received, skipped_offsets};
 
@@ -56,14 +57,21 @@ pub(crate) struct SessionContext {
     commit_failed: AtomicBool,
     /// The assignment changed since the poll loop last looked.
     reassigned: AtomicBool,
+    /// Runs the async parts of rebalances (the settled-offsets store).
+    runtime: tokio::runtime::Handle,
     /// The group gave this member its assignment and no rebalance is
     /// under way (false while joining).
     joined: AtomicBool,
 }
 
 impl SessionContext {
-    pub(crate) fn new(config: Arc<KafkaConfig>, flow: Arc<Flow>) -> Self {
+    pub(crate) fn new(
+        config: Arc<KafkaConfig>,
+        flow: Arc<Flow>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         SessionContext {
+            runtime,
             base: CourierContext::default(),
             config,
             flow,
@@ -87,15 +95,42 @@ impl SessionContext {
                 );
             })
             .ok();
+        // Positions and their metadata; an empty one may be a broker that
+        // does not keep metadata: then look at the companion records.
+        let positions: HashMap<i32, (i64, String)> = committed
+            .iter()
+            .flat_map(|c| c.elements())
+            .filter_map(|c| match c.offset() {
+                Offset::Offset(offset) => Some((c.partition(), (offset, c.metadata().to_owned()))),
+                _ => None,
+            })
+            .collect();
+        let without: Vec<i32> = positions
+            .iter()
+            .filter(|(_, (_, metadata))| metadata.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        let mut stored = HashMap::new();
+        if !without.is_empty() {
+            let offsets = settled::committed(
+                consumer,
+                &self.flow.topic,
+                &without,
+                self.config.connect_timeout,
+            );
+            stored = settled::load(&self.config, &self.flow.topic, &offsets);
+        }
         let mut partitions = self.partitions.lock();
         for element in assigned.elements() {
             let id = element.partition();
-            let skip = committed
-                .as_ref()
-                .and_then(|c| c.find_partition(element.topic(), id))
-                .and_then(|c| match (c.offset(), c.metadata()) {
-                    (Offset::Offset(offset), metadata) => Some(skipped_offsets(offset, metadata)),
-                    _ => None,
+            let skip = positions
+                .get(&id)
+                .map(|(offset, metadata)| {
+                    let metadata = match stored.get(&id) {
+                        Some(text) if metadata.is_empty() => text,
+                        _ => metadata,
+                    };
+                    skipped_offsets(*offset, metadata)
                 })
                 .unwrap_or_default();
             tracing::debug!(
@@ -130,6 +165,7 @@ impl SessionContext {
             }
         }
         let mut commit = TopicPartitionList::new();
+        let mut to_store = Vec::new();
         for partition in &revoked {
             let (position, still_out) = partition.revoke();
             if still_out > 0 {
@@ -140,6 +176,23 @@ impl SessionContext {
             }
             if let Some((offset, metadata)) = position {
                 add(&mut commit, partition, offset, &metadata);
+                if !metadata.is_empty() {
+                    to_store.push((partition.id, metadata));
+                }
+            }
+        }
+        // Also keep the settled offsets where a broker that drops commit
+        // metadata keeps them (see the `settled` module).
+        if !to_store.is_empty() {
+            let stored = self.runtime.block_on(settled::store(
+                &self.flow.producer,
+                &self.config,
+                &self.flow.topic,
+                to_store,
+            ));
+            let side = settled::companion(&self.flow.topic);
+            for (id, next) in stored {
+                let _ = commit.add_partition_offset(&side, id, Offset::Offset(next));
             }
         }
         self.commit_now(consumer, &commit, CommitMode::Sync);

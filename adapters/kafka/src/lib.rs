@@ -142,6 +142,7 @@ mod delivery;
 mod error;
 mod partition;
 mod publisher;
+mod settled;
 mod subscriber;
 mod topics;
 mod watermark;

@@ -304,7 +304,11 @@ pub(crate) async fn subscribe(
         producer.clone(),
         prefetch,
     );
-    let context = SessionContext::new(config.clone(), flow.clone());
+    let context = SessionContext::new(
+        config.clone(),
+        flow.clone(),
+        tokio::runtime::Handle::current(),
+    );
     let consumer_config = config.clone();
     let consumer = blocking(move || {
         let consumer: BaseConsumer<SessionContext> =

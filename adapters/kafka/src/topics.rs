@@ -51,6 +51,12 @@ impl Topics {
     /// The topic's partition count, creating the topic when it is missing
     /// and [`KafkaConfig::create_topics`] allows.
     pub(crate) async fn ensure(&self, topic: &str) -> Result<i32> {
+        self.ensure_partitions(topic, self.config.partitions).await
+    }
+
+    /// As [`Topics::ensure`], creating a missing topic with `partitions`
+    /// partitions.
+    pub(crate) async fn ensure_partitions(&self, topic: &str, partitions: i32) -> Result<i32> {
         if let Some(&partitions) = self.known.lock().get(topic) {
             return Ok(partitions);
         }
@@ -59,7 +65,7 @@ impl Topics {
             None if !self.config.create_topics => {
                 return Err(Error::TopicNotFound(topic.to_owned()));
             }
-            None => self.create(topic).await?,
+            None => self.create(topic, partitions).await?,
         };
         self.known.lock().insert(topic.to_owned(), partitions);
         Ok(partitions)
@@ -92,11 +98,11 @@ impl Topics {
     }
 
     /// Creates the topic; returns its partition count.
-    async fn create(&self, topic: &str) -> Result<i32> {
+    async fn create(&self, topic: &str, partitions: i32) -> Result<i32> {
         let config = &self.config;
         let new = NewTopic::new(
             topic,
-            config.partitions,
+            partitions,
             TopicReplication::Fixed(config.replication_factor),
         );
         let options = AdminOptions::new()
