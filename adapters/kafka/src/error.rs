@@ -80,7 +80,14 @@ pub(crate) fn log_level() -> RDKafkaLogLevel {
 /// Forwards rdkafka's log lines to `tracing`.
 pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
     if std::env::var_os("KDBG").is_some() {
-        eprintln!("[rdkafka {fac}] {message}");
+        eprintln!(
+            "{:?} [rdkafka {fac}] {message}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                % 1_000_000
+        );
     } // DBG
     match level {
         RDKafkaLogLevel::Emerg

@@ -177,7 +177,21 @@ impl Producer {
         ) {
             self.topics.forget(topic);
         }
-        self.renew_if_fatal();
+        // A broker that lost (or refuses) this producer's id and sequence
+        // after a restart fails every further record without making the
+        // producer fatal (tansu answers with an unknown error): start a new
+        // producer id as after a fatal error.
+        let stale = matches!(
+            err.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Unknown
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::InvalidProducerIdMapping
+            )
+        );
+        self.renew(stale);
         publish_error(
             err,
             topic,
@@ -188,11 +202,17 @@ impl Producer {
     }
 
     /// A fatally failed idempotent producer refuses everything from then on;
-    /// a new one starts a new producer id and sequence.
-    fn renew_if_fatal(&self) {
+    /// a new one starts a new producer id and sequence. With `stale`, the
+    /// broker refused a record for a reason a new producer id cures.
+    fn renew(&self, stale: bool) {
         let current = self.client();
-        let Some((code, reason)) = current.client().fatal_error() else {
-            return;
+        let (code, reason) = match current.client().fatal_error() {
+            Some(fatal) => fatal,
+            None if stale => (
+                RDKafkaErrorCode::Unknown,
+                "the broker refuses the producer's records".to_owned(),
+            ),
+            None => return,
         };
         let mut slot = self.producer.write();
         if !Arc::ptr_eq(&slot, &current) {
