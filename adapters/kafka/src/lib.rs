@@ -321,7 +321,14 @@ async fn probe(
     let deadline = Instant::now() + config.connect_timeout;
     loop {
         let attempt = client.clone();
-        let outcome = blocking(move || attempt.fetch_metadata(None, ATTEMPT).map(drop)).await;
+        let outcome = blocking(move || {
+            let outcome = attempt.fetch_metadata(None, ATTEMPT).map(drop);
+            // Serve the client's events: connection errors reach the
+            // context (and say what failed) only through them.
+            let _ = attempt.poll(Duration::ZERO);
+            outcome
+        })
+        .await;
         let last_error = match outcome {
             Ok(()) => return Ok(()),
             Err(e) => e,
