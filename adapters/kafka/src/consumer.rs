@@ -437,19 +437,7 @@ fn run(
     let mut last_commit = Instant::now();
     let mut paused = false;
     let mut full_since: Option<Instant> = None;
-    let mut dbg_t = Instant::now(); // DBG
-    let mut dbg_n = 0u64; // DBG
     while !flow.is_ending() && !tx.is_closed() {
-        if std::env::var_os("KTRACE").is_some() && dbg_t.elapsed() > Duration::from_secs(2) {
-            dbg_t = Instant::now();
-            eprintln!(
-                "TRACE {:?} {} paused={paused} polled={dbg_n} buffered={} parts={:?}",
-                std::time::SystemTime::now(),
-                flow.topic,
-                flow.buffered(),
-                context.partitions.lock().keys().collect::<Vec<_>>()
-            );
-        } // DBG
         if last_commit.elapsed() >= commit_interval {
             context.commit_changed(&consumer);
             last_commit = Instant::now();
@@ -479,10 +467,7 @@ fn run(
         }
         match consumer.poll(POLL_WAIT) {
             None => {}
-            Some(Ok(message)) => {
-                dbg_n += 1;
-                context.fetched(&message, &tx, &runtime)
-            } // DBG
+            Some(Ok(message)) => context.fetched(&message, &tx, &runtime),
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 let error = courier_core::Error::broker(

@@ -65,9 +65,6 @@ impl ConsumerContext for CourierContext {}
 
 /// rdkafka's log level: as verbose as `tracing` currently wants.
 pub(crate) fn log_level() -> RDKafkaLogLevel {
-    if std::env::var_os("KDBG").is_some() {
-        return RDKafkaLogLevel::Debug;
-    } // DBG
     use tracing::level_filters::LevelFilter;
     match LevelFilter::current() {
         LevelFilter::OFF | LevelFilter::ERROR => RDKafkaLogLevel::Error,
@@ -79,16 +76,6 @@ pub(crate) fn log_level() -> RDKafkaLogLevel {
 
 /// Forwards rdkafka's log lines to `tracing`.
 pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
-    if std::env::var_os("KDBG").is_some() {
-        eprintln!(
-            "{:?} [rdkafka {fac}] {message}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-                % 1_000_000
-        );
-    } // DBG
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert

@@ -52,9 +52,18 @@
 //! - Offsets settled above the committed position travel as the commit's
 //!   **metadata**, and the partition's next owner skips them, so a message
 //!   acked after an earlier nacked one is not delivered again after a
-//!   rebalance or restart. A broker that does not return commit metadata
-//!   (tansu 0.6 drops it) makes those messages come back instead: still
-//!   at least once, never skipped.
+//!   rebalance or restart. Because some brokers drop commit metadata
+//!   (tansu 0.6 does), a partition given up with such offsets also writes
+//!   them as a record to the companion topic `<topic>.courier-settled`
+//!   (created like any topic, with as many partitions) and commits that
+//!   record's offset for the group in the same commit request; the next
+//!   owner reads the commit's metadata, or, when it is empty, that record.
+//!   The text names the position it belongs to, so a stale record is never
+//!   applied. Only the final commit of a partition (revocation, end of the
+//!   subscription) writes the record: a consumer process that dies has its
+//!   acks above the position delivered again on such a broker. With
+//!   [`KafkaConfig::create_topics`] off, no companion topic is created and
+//!   those acks come back too: at least once, never skipped.
 //! - **`Nack::Requeue`** and a dropped delivery give the message back to
 //!   this subscription: it is delivered again before new records, with a
 //!   higher [`Delivery::delivery_count`](courier_core::Delivery::delivery_count).
@@ -67,7 +76,7 @@
 //!   again after a rebalance or restart starts at 1 (Kafka does not count
 //!   deliveries).
 //!
-//! # Rebalances
+//! # Rebalances and the end of a subscription
 //!
 //! When the group takes partitions away from a subscription (a member
 //! joined or left), the subscription stops handing out their records at
@@ -76,13 +85,25 @@
 //! the partitions go. A delivery of a revoked partition settled later
 //! fails with [`PartitionRevoked`]: the next owner delivers it again.
 //!
+//! Dropping the stream ends the subscription the same way: nothing more is
+//! handed out, records fetched ahead are given back, and the deliveries
+//! already out may still be settled (for up to the revoke timeout) before
+//! the final commit, which is what a graceful shutdown of the courier
+//! runtime relies on. [`KafkaBroker::close`] does not wait for them: they
+//! come back to the group. Before leaving, a member lets a group join that
+//! is under way complete (for up to 5 s).
+//!
 //! # Flow
 //!
 //! A subscription hands out at most [`Subscription::prefetch`] unsettled
 //! deliveries. A thread per subscription polls rdkafka, decodes records and
 //! keeps a bounded buffer ahead of the stream (twice the prefetch, at least
-//! 64); when the stream does not take them it pauses fetching (rdkafka's
-//! own prefetch queue is bounded by its `queued.max.messages.kbytes`).
+//! 64). When the stream does not take them, the thread stops polling
+//! (rdkafka's own prefetch queue is bounded by its
+//! `queued.max.messages.kbytes`); only when the buffer stays full for 3 s
+//! does it pause fetching, so that rebalances are still served. Pausing
+//! drops the records rdkafka had fetched (they are fetched again), which is
+//! why it is not the everyday flow control.
 //!
 //! # Provisioning and start position
 //!
@@ -108,16 +129,33 @@
 //! reconnects by itself: a publish during an outage waits for the broker up
 //! to [`KafkaConfig::publish_timeout`] (then [`Error::Timeout`]), consumers
 //! resume from their positions. A fatally failed idempotent producer (the
-//! broker lost its producer state) is replaced by a new one. Payloads over
+//! broker lost its producer state), or one whose records the broker refuses
+//! for reasons a new producer id cures, is replaced by a new one. Payloads over
 //! [`KafkaConfig::max_payload`] fail with [`Error::PayloadTooLarge`] before
 //! anything is sent.
 //!
 //! # What tansu lacks
 //!
-//! courier's tests run on tansu 0.6, an Apache-Kafka-compatible broker.
-//! It returns no commit metadata (see above), does not enforce record size
-//! limits, and does not create topics on first use (courier creates them).
-//! The metadata behaviour is tested on librdkafka's mock cluster instead.
+//! courier's tests run on tansu 0.6, an Apache-Kafka-compatible broker
+//! storing in SQLite. Where it differs from Apache Kafka, and what this
+//! adapter does about it:
+//!
+//! - **Commit metadata** is accepted but returned empty: the companion
+//!   topic above keeps the settled offsets instead. The metadata path
+//!   itself is tested on librdkafka's mock cluster, which keeps metadata
+//!   like Apache Kafka (`tests/mock_cluster.rs`).
+//! - **Group membership**: when the member it chose as the group's leader
+//!   leaves in the middle of a join, the group waits for an assignment that
+//!   never comes. Members therefore let a join under way complete before
+//!   they leave. Under heavy load tansu also answers slowly enough at times
+//!   that a 10 s connect can time out.
+//! - **Idempotent producers** are refused (an unknown broker error) after
+//!   the broker restarted: such a producer is replaced by a new one (new
+//!   producer id), as after a fatal error. The record that met the error
+//!   fails with a retryable error.
+//! - **Record size limits** are not enforced by the broker; courier's
+//!   [`KafkaConfig::max_payload`] and rdkafka's `message.max.bytes` are.
+//! - **Topics are not created on first use**; courier creates them.
 //!
 //! # Examples
 //!

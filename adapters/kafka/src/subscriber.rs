@@ -364,10 +364,6 @@ fn consumer_settings(config: &KafkaConfig, group: &str) -> rdkafka::ClientConfig
             ("enable.partition.eof", "false".to_owned()),
             ("session.timeout.ms", session.to_string()),
             (
-                "fetch.wait.max.ms",
-                std::env::var("KFW").unwrap_or("500".into()),
-            ), // DBG
-            (
                 "heartbeat.interval.ms",
                 (session / 3).clamp(1, 3000).to_string(),
             ),

@@ -231,9 +231,6 @@ pub(crate) fn client_config<'a>(
         client.set(name, value);
     }
     client.set_log_level(crate::error::log_level());
-    if let Ok(d) = std::env::var("KDBG") {
-        client.set("debug", d);
-    } // DBG
     for (name, value) in &config.rdkafka {
         client.set(name, value);
     }
