@@ -41,6 +41,8 @@ pub struct ReadmeDoctests;
 
 #[cfg(feature = "amqp")]
 pub use courier_amqp as amqp;
+#[cfg(feature = "kafka")]
+pub use courier_kafka as kafka;
 #[cfg(feature = "memory")]
 pub use courier_memory as memory;
 #[cfg(feature = "nats")]
@@ -87,6 +89,8 @@ pub async fn connect(url: &str) -> Result<Broker> {
         "memory" => Ok(connect_memory(rest)),
         #[cfg(feature = "amqp")]
         "amqp" => Ok(amqp::AmqpBroker::connect(url).await?.into_broker()),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(kafka::KafkaBroker::connect(url).await?.into_broker()),
         #[cfg(feature = "nats")]
         "nats" => Ok(nats::NatsBroker::connect(url).await?.into_broker()),
         _ => Err(Error::FeatureDisabled {
@@ -175,11 +179,28 @@ mod tests {
         assert!(!err.to_string().contains("pw"), "{err}");
     }
 
+    #[cfg(feature = "kafka")]
+    #[tokio::test]
+    async fn kafka_url_reaches_the_adapter() {
+        let err = connect("kafka://127.0.0.1:1").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Connect {
+                    kind: ConnectErrorKind::Refused,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("kafka://127.0.0.1:1"), "{err}");
+    }
+
     #[tokio::test]
     async fn schemes_without_their_feature_name_it() {
         let schemes = [
             ("amqp://u:pw@h", "amqp", cfg!(not(feature = "amqp"))),
-            ("kafka://h:9092", "kafka", true),
+            ("kafka://h:9092", "kafka", cfg!(not(feature = "kafka"))),
             ("nats://u:pw@h", "nats", cfg!(not(feature = "nats"))),
         ];
         for (url, feature, _) in schemes.into_iter().filter(|(_, _, off)| *off) {

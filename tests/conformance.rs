@@ -5,7 +5,7 @@
 //! (`courier_testkit::fixtures`); cases that restart the broker run on a
 //! second container of their own, so the other cases are not disturbed.
 
-#[cfg(any(feature = "amqp", feature = "nats"))]
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 use courier_testkit::fixtures;
 use courier_testkit::{Adapter, Capability};
 
@@ -31,6 +31,15 @@ fn main() -> std::process::ExitCode {
         )
         .with_patience(std::time::Duration::from_secs(30)),
     );
+    // Kafka keeps history (a group can start at the earliest offset); the
+    // adapter counts deliveries within a consumer session.
+    #[cfg(feature = "kafka")]
+    adapters.push(on_server!(
+        "kafka",
+        &[Capability::History, Capability::DeliveryCount],
+        fixtures::kafka,
+        fixtures::fresh_kafka
+    ));
     #[cfg(feature = "nats")]
     adapters.push(on_server!(
         "nats",
@@ -43,7 +52,7 @@ fn main() -> std::process::ExitCode {
 
 /// An adapter on a real server: the cases share this binary's `$shared`
 /// server; the restart cases use one `$fresh` server of their own.
-#[cfg(any(feature = "amqp", feature = "nats"))]
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 macro_rules! on_server {
     ($name:literal, $capabilities:expr, $shared:path, $fresh:path) => {{
         use courier_testkit::fixtures::{BrokerFixture, FixtureError};
@@ -70,5 +79,5 @@ macro_rules! on_server {
         )
     }};
 }
-#[cfg(any(feature = "amqp", feature = "nats"))]
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 use on_server;

@@ -1,0 +1,214 @@
+//! courier-kafka against raw rdkafka on the same broker, in one run:
+//! confirmed publishing (idempotent producer, `acks=all`, delivery reports
+//! awaited in windows), then consuming with offsets committed.
+//!
+//! `cargo bench -p courier-kafka --bench throughput` (starts the Kafka
+//! fixture container; `COURIER_TEST_KAFKA_URL` uses a running broker
+//! instead). `-- N` sets the message count (default 100,000).
+//!
+//! Consume runs are timed from the first record received, so joining the
+//! group is not part of the rate; both sides commit in the background
+//! (raw: offsets stored per message and auto-committed every 100 ms;
+//! courier: acks committed every 100 ms by the watermark).
+
+use std::time::{Duration, Instant};
+
+use courier_core::{Message, StartPosition, Subscription};
+use courier_kafka::KafkaBroker;
+use futures::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const PAYLOAD: [u8; 64] = [7; 64];
+/// Records handed to the producer before their reports are awaited.
+const WINDOW: usize = 1000;
+
+fn main() {
+    let count: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let server = courier_testkit::fixtures::kafka()
+            .await
+            .expect("kafka fixture");
+        let url = server.url().to_owned();
+        let bootstrap = server.bootstrap_servers().to_owned();
+        println!(
+            "Kafka protocol broker at {bootstrap}, {count} messages of 64 bytes, 1 partition, \
+             2 worker threads"
+        );
+        let raw_pub = raw_publish(&bootstrap, count).await;
+        let courier_pub = courier_publish(&url, count).await;
+        let raw_consume = raw_consume(&bootstrap, &url, count).await;
+        let courier_consume = courier_consume(&url, count).await;
+        let rate = |d: Duration| count as f64 / d.as_secs_f64();
+        println!("  publish (idempotent, acks=all, {WINDOW} reports awaited per window)");
+        println!("    raw FutureProducer  {:>10.0} msg/s", rate(raw_pub));
+        println!(
+            "    courier-kafka       {:>10.0} msg/s   ratio {:.2}",
+            rate(courier_pub),
+            rate(courier_pub) / rate(raw_pub)
+        );
+        println!("  consume + commit");
+        println!("    raw StreamConsumer  {:>10.0} msg/s", rate(raw_consume));
+        println!(
+            "    courier-kafka (ack) {:>10.0} msg/s   ratio {:.2}",
+            rate(courier_consume),
+            rate(courier_consume) / rate(raw_consume)
+        );
+    });
+}
+
+fn topic(kind: &str) -> String {
+    courier_testkit::fixtures::unique_name(&format!("bench-{kind}"))
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer")
+}
+
+async fn create_topic(bootstrap: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
+    admin
+        .create_topics(
+            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic")
+        .into_iter()
+        .for_each(|r| {
+            r.expect("topic created");
+        });
+}
+
+/// Sends `count` records in windows of [`WINDOW`], awaiting every report.
+async fn send_all(producer: &FutureProducer, topic: &str, count: usize) {
+    let mut sent = 0;
+    while sent < count {
+        let n = WINDOW.min(count - sent);
+        let reports: Vec<_> = (0..n)
+            .map(|_| {
+                producer
+                    .send_result(FutureRecord::<[u8], [u8]>::to(topic).payload(&PAYLOAD[..]))
+                    .map_err(|(e, _)| e)
+                    .expect("queue")
+            })
+            .collect();
+        for report in futures::future::join_all(reports).await {
+            report.expect("report").expect("delivered");
+        }
+        sent += n;
+    }
+}
+
+async fn raw_publish(bootstrap: &str, count: usize) -> Duration {
+    let name = topic("raw-pub");
+    create_topic(bootstrap, &name).await;
+    let producer = producer(bootstrap);
+    send_all(&producer, &name, 1).await; // connection and producer id
+    let started = Instant::now();
+    send_all(&producer, &name, count).await;
+    started.elapsed()
+}
+
+async fn courier_publish(url: &str, count: usize) -> Duration {
+    let broker = KafkaBroker::connect(url).await.expect("connect");
+    let name = topic("courier-pub");
+    broker
+        .publish(&name, Message::new("warm-up"))
+        .await
+        .expect("topic and connection");
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < count {
+        let n = WINDOW.min(count - sent);
+        let batch = (0..n).map(|_| Message::new(&PAYLOAD[..])).collect();
+        broker.publish_batch(&name, batch).await.expect("publish");
+        sent += n;
+    }
+    let elapsed = started.elapsed();
+    broker.close().await.expect("close");
+    elapsed
+}
+
+/// A fresh topic holding `count` courier messages (what both consumers
+/// read, so both decode the same records).
+async fn filled(url: &str, count: usize) -> String {
+    let broker = KafkaBroker::connect(url).await.expect("connect");
+    let name = topic("consume");
+    let mut sent = 0;
+    while sent < count {
+        let n = 5_000.min(count - sent);
+        let batch = (0..n).map(|_| Message::new(&PAYLOAD[..])).collect();
+        broker.publish_batch(&name, batch).await.expect("fill");
+        sent += n;
+    }
+    broker.close().await.expect("close");
+    name
+}
+
+async fn raw_consume(bootstrap: &str, url: &str, count: usize) -> Duration {
+    let name = filled(url, count).await;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", topic("raw-group"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "100")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&name]).expect("subscribe");
+    let mut stream = consumer.stream();
+    let mut started = None;
+    for _ in 0..count {
+        let record = stream.next().await.expect("stream").expect("record");
+        started.get_or_insert_with(Instant::now);
+        consumer
+            .store_offset_from_message(&record)
+            .expect("store offset");
+    }
+    let elapsed = started.expect("records").elapsed();
+    drop(stream);
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit");
+    elapsed
+}
+
+async fn courier_consume(url: &str, count: usize) -> Duration {
+    let name = filled(url, count).await;
+    let broker = KafkaBroker::connect(url).await.expect("connect");
+    let sub = Subscription::new(&name, topic("courier-group"))
+        .start_from(StartPosition::Earliest)
+        .prefetch(1000);
+    let mut stream = broker.subscribe(sub).await.expect("subscribe");
+    let mut started = None;
+    for _ in 0..count {
+        let delivery = stream.next().await.expect("stream").expect("delivery");
+        started.get_or_insert_with(Instant::now);
+        delivery.ack().await.expect("ack");
+    }
+    let elapsed = started.expect("deliveries").elapsed();
+    broker.close().await.expect("close");
+    elapsed
+}

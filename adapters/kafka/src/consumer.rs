@@ -1,0 +1,536 @@
+//! The poll thread of a subscription: fetches records, decodes them, tracks
+//! their offsets per partition, commits, and handles rebalances.
+//!
+//! It runs on a thread of its own because rdkafka runs rebalance callbacks
+//! inside `poll`, and the revoke callback waits (up to
+//! [`KafkaConfig::revoke_timeout`]) for the deliveries of revoked
+//! partitions to be settled. Blocking an async worker that long could stall
+//! the very handlers it waits for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use courier_core::delivery::{DLQ_GROUP, DLQ_ORIGINAL_TOPIC, DLQ_REASON};
+use courier_core::{MessageId, wire};
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::config::KafkaConfig;
+use crate::error::{BROKER, CourierContext};
+use crate::partition::Partition;
+use crate::publisher::Record;
+use crate::settled;
+use crate::subscriber::{Fetched, Flow, Pending};
+use crate::watermark::{Received, skipped_offsets};
+
+/// How long one `poll` blocks when nothing arrives; bounds how quickly the
+/// thread notices that the subscription ends.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+/// How long the thread sleeps at a time while the stream's buffer is full
+/// (it is woken as soon as the stream has taken half of it).
+const FULL_WAIT: Duration = Duration::from_millis(200);
+/// How long an ending subscription waits for a join under way to complete.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+/// How long an ending subscription serves rebalance events before leaving.
+const JOIN_SETTLE: Duration = Duration::from_millis(200);
+/// How long the buffer may stay full before fetching is paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(3);
+
+/// The consumer's context: the subscription's partitions and the rebalance
+/// callbacks that keep them.
+#[derive(Debug)]
+pub(crate) struct SessionContext {
+    base: CourierContext,
+    config: Arc<KafkaConfig>,
+    flow: Arc<Flow>,
+    partitions: Mutex<HashMap<i32, Arc<Partition>>>,
+    /// The last asynchronous commit failed: commit everything next time.
+    commit_failed: AtomicBool,
+    /// The assignment changed since the poll loop last looked.
+    reassigned: AtomicBool,
+    /// Runs the async parts of rebalances (the settled-offsets store).
+    runtime: tokio::runtime::Handle,
+    /// The group gave this member its assignment and no rebalance is
+    /// under way (false while joining).
+    joined: AtomicBool,
+}
+
+impl SessionContext {
+    pub(crate) fn new(
+        config: Arc<KafkaConfig>,
+        flow: Arc<Flow>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        SessionContext {
+            runtime,
+            base: CourierContext::default(),
+            config,
+            flow,
+            partitions: Mutex::new(HashMap::new()),
+            commit_failed: AtomicBool::new(false),
+            reassigned: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
+        }
+    }
+
+    /// New partitions: read their committed offsets' metadata so records an
+    /// earlier owner settled out of order are not delivered again.
+    fn assign(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        let committed = consumer
+            .committed_offsets(assigned.clone(), self.config.connect_timeout)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    topic = %self.flow.topic, error = %e,
+                    "cannot read committed offsets; records settled out of order before \
+                     the rebalance may be delivered again"
+                );
+            })
+            .ok();
+        // Positions and their metadata; an empty one may be a broker that
+        // does not keep metadata: then look at the companion records.
+        let positions: HashMap<i32, (i64, String)> = committed
+            .iter()
+            .flat_map(|c| c.elements())
+            .filter_map(|c| match c.offset() {
+                Offset::Offset(offset) => Some((c.partition(), (offset, c.metadata().to_owned()))),
+                _ => None,
+            })
+            .collect();
+        let without: Vec<i32> = positions
+            .iter()
+            .filter(|(_, (_, metadata))| metadata.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        let mut stored = HashMap::new();
+        if !without.is_empty() {
+            let offsets = settled::committed(
+                consumer,
+                &self.flow.topic,
+                &without,
+                self.config.connect_timeout,
+            );
+            stored = settled::load(&self.config, &self.flow.topic, &offsets);
+        }
+        let mut partitions = self.partitions.lock();
+        for element in assigned.elements() {
+            let id = element.partition();
+            let skip = positions
+                .get(&id)
+                .map(|(offset, metadata)| {
+                    let metadata = match stored.get(&id) {
+                        Some(text) if metadata.is_empty() => text,
+                        _ => metadata,
+                    };
+                    skipped_offsets(*offset, metadata)
+                })
+                .unwrap_or_default();
+            tracing::debug!(
+                topic = %self.flow.topic, group = %self.flow.group, partition = id,
+                already_settled = skip.len(), "kafka partition assigned"
+            );
+            partitions.insert(id, Partition::new(self.flow.topic.clone(), id, skip));
+        }
+        self.reassigned.store(true, Ordering::Release);
+    }
+
+    /// Partitions taken away: stop handing them out, wait (bounded) for
+    /// their deliveries to be settled unless the subscription is ending,
+    /// then commit their final positions.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, ids: impl IntoIterator<Item = i32>) {
+        let revoked: Vec<Arc<Partition>> = {
+            let mut partitions = self.partitions.lock();
+            ids.into_iter()
+                .filter_map(|id| partitions.remove(&id))
+                .collect()
+        };
+        if revoked.is_empty() {
+            return;
+        }
+        for partition in &revoked {
+            partition.start_revoking();
+        }
+        if !self.flow.is_closing() {
+            let deadline = Instant::now() + self.config.revoke_timeout;
+            for partition in &revoked {
+                partition.wait_idle(deadline, || self.flow.is_closing());
+            }
+        }
+        let mut commit = TopicPartitionList::new();
+        let mut to_store = Vec::new();
+        for partition in &revoked {
+            let (position, still_out) = partition.revoke();
+            if still_out > 0 {
+                tracing::warn!(
+                    topic = %self.flow.topic, partition = partition.id, still_out,
+                    "partition revoked with deliveries unsettled; they will be delivered again"
+                );
+            }
+            if let Some((offset, metadata)) = position {
+                add(&mut commit, partition, offset, &metadata);
+                if !metadata.is_empty() {
+                    to_store.push((partition.id, metadata));
+                }
+            }
+        }
+        // Also keep the settled offsets where a broker that drops commit
+        // metadata keeps them (see the `settled` module).
+        if !to_store.is_empty() {
+            let stored = self.runtime.block_on(settled::store(
+                &self.flow.producer,
+                &self.config,
+                &self.flow.topic,
+                to_store,
+            ));
+            let side = settled::companion(&self.flow.topic);
+            for (id, next) in stored {
+                let _ = commit.add_partition_offset(&side, id, Offset::Offset(next));
+            }
+        }
+        self.commit_now(consumer, &commit, CommitMode::Sync);
+        self.reassigned.store(true, Ordering::Release);
+    }
+
+    /// Commits the positions that changed since the last commit.
+    fn commit_changed(&self, consumer: &BaseConsumer<Self>) {
+        let force = self.commit_failed.swap(false, Ordering::AcqRel);
+        let partitions: Vec<Arc<Partition>> = self.partitions.lock().values().cloned().collect();
+        let mut commit = TopicPartitionList::new();
+        for partition in &partitions {
+            if let Some((offset, metadata)) = partition.take_commit(force) {
+                add(&mut commit, partition, offset, &metadata);
+            }
+        }
+        self.commit_now(consumer, &commit, CommitMode::Async);
+    }
+
+    fn commit_now(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        list: &TopicPartitionList,
+        mode: CommitMode,
+    ) {
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(list, mode) {
+            tracing::warn!(topic = %self.flow.topic, error = %e, "kafka commit failed");
+            self.commit_failed_for(list);
+        }
+    }
+
+    fn commit_failed_for(&self, list: &TopicPartitionList) {
+        self.commit_failed.store(true, Ordering::Release);
+        let partitions = self.partitions.lock();
+        for element in list.elements() {
+            if let Some(p) = partitions.get(&element.partition()) {
+                p.mark_dirty();
+            }
+        }
+    }
+
+    /// Handles one fetched record.
+    fn fetched(
+        &self,
+        message: &BorrowedMessage<'_>,
+        tx: &mpsc::UnboundedSender<Fetched>,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let id = message.partition();
+        let offset = message.offset();
+        let Some(partition) = self.partitions.lock().get(&id).cloned() else {
+            return; // not (or no longer) ours: its owner fetches it
+        };
+        if partition.receive(offset) != Received::Deliver {
+            return;
+        }
+        match decode(message, &self.flow.topic) {
+            Ok(decoded) => {
+                self.flow.add_buffered();
+                let pending = Pending {
+                    partition,
+                    offset,
+                    message: decoded,
+                    deliveries: 0,
+                };
+                let _ = tx.send(Fetched::Record(pending));
+            }
+            Err(reason) => self.dead_letter_raw(message, partition, offset, reason, runtime),
+        }
+    }
+
+    /// A record courier cannot represent (a key or header that is not
+    /// UTF-8, say) goes to the dead-letter topic as it is, with the reason,
+    /// instead of reaching handlers or being lost.
+    fn dead_letter_raw(
+        &self,
+        message: &BorrowedMessage<'_>,
+        partition: Arc<Partition>,
+        offset: i64,
+        reason: String,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let topic = self.flow.topic.clone();
+        let group = self.flow.group.clone();
+        tracing::warn!(%topic, partition = partition.id, offset, %reason, "dead-lettering a record courier cannot represent");
+        let key = message.key().map(<[u8]>::to_vec);
+        let payload = message.payload().unwrap_or_default().to_vec();
+        let timestamp = message.timestamp().to_millis();
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(header);
+            }
+        }
+        let reason_header = format!("{reason}");
+        for (name, value) in [
+            (DLQ_REASON, reason_header.as_str()),
+            (DLQ_ORIGINAL_TOPIC, &topic),
+            (DLQ_GROUP, &group),
+        ] {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let producer = self.flow.producer.clone();
+        runtime.spawn(async move {
+            let dlq = courier_core::delivery::default_dead_letter_topic(&topic);
+            let outcome = match producer.topics.ensure(&dlq).await {
+                Ok(_) => {
+                    let record = Record {
+                        key: key.as_deref(),
+                        payload: &payload,
+                        headers,
+                        timestamp,
+                    };
+                    producer.send_all(&dlq, std::iter::once(record)).await
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
+                    let _ = partition.settle_unhanded(offset);
+                }
+                Err(e) => tracing::error!(
+                    %topic, offset, error = %e,
+                    "cannot dead-letter an undecodable record; it stays unsettled"
+                ),
+            }
+        });
+    }
+}
+
+fn add(list: &mut TopicPartitionList, partition: &Partition, offset: i64, metadata: &str) {
+    if list
+        .add_partition_offset(&partition.topic, partition.id, Offset::Offset(offset))
+        .is_ok()
+        && !metadata.is_empty()
+        && let Some(mut element) = list.find_partition(&partition.topic, partition.id)
+    {
+        element.set_metadata(metadata);
+    }
+}
+
+impl ClientContext for SessionContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.base.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason);
+    }
+}
+
+impl ConsumerContext for SessionContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                self.joined.store(false, Ordering::Release);
+                let ids: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                self.revoke(consumer, ids);
+            }
+            Rebalance::Assign(list) => {
+                self.assign(consumer, list);
+                self.joined.store(true, Ordering::Release);
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(topic = %self.flow.topic, error = %e, "kafka rebalance error");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(topic = %self.flow.topic, error = %e, "kafka commit failed; retrying");
+            self.commit_failed_for(offsets);
+        }
+    }
+}
+
+/// Turns a record into a courier message. Records from other producers get
+/// the id `<topic>-<partition>-<offset>` and the record's timestamp.
+fn decode(message: &BorrowedMessage<'_>, topic: &str) -> Result<courier_core::Message, String> {
+    let key = match message.key() {
+        Some(key) => Some(
+            std::str::from_utf8(key)
+                .map_err(|_| "record key is not UTF-8".to_owned())?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let headers: Vec<(&str, &[u8])> = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|header| (header.key, header.value.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let has_timestamp = headers.iter().any(|(name, _)| *name == wire::TIMESTAMP);
+    let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+    let (partition, offset) = (message.partition(), message.offset());
+    let decoded = wire::decode(headers, payload, key, || {
+        MessageId::parse(&format!("{topic}-{partition}-{offset}")).unwrap_or_default()
+    })
+    .map_err(|e| format!("record headers: {e}"))?;
+    Ok(match message.timestamp().to_millis() {
+        Some(ms) if !has_timestamp && ms >= 0 => {
+            decoded.with_timestamp(UNIX_EPOCH + Duration::from_millis(ms as u64))
+        }
+        _ => decoded,
+    })
+}
+
+/// Starts the poll thread of a subscription.
+pub(crate) fn start(
+    consumer: BaseConsumer<SessionContext>,
+    flow: Arc<Flow>,
+    tx: mpsc::UnboundedSender<Fetched>,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    let name = format!("courier-kafka-{}", flow.topic);
+    let thread_flow = flow.clone();
+    let handle = std::thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .spawn(move || run(consumer, thread_flow, tx, runtime))?;
+    flow.set_poller(handle.thread().clone());
+    Ok(())
+}
+
+fn run(
+    consumer: BaseConsumer<SessionContext>,
+    flow: Arc<Flow>,
+    tx: mpsc::UnboundedSender<Fetched>,
+    runtime: tokio::runtime::Handle,
+) {
+    let context = consumer.context().clone();
+    let commit_interval = context.config.commit_interval;
+    let mut last_commit = Instant::now();
+    let mut paused = false;
+    let mut full_since: Option<Instant> = None;
+    while !flow.is_ending() && !tx.is_closed() {
+        if last_commit.elapsed() >= commit_interval {
+            context.commit_changed(&consumer);
+            last_commit = Instant::now();
+        }
+        if context.reassigned.swap(false, Ordering::AcqRel) {
+            paused = false; // a new assignment starts fetching
+        }
+        if flow.buffered() >= flow.high_water() {
+            // Stop polling while the stream catches up; rdkafka keeps what it
+            // fetched meanwhile. Pausing would drop rdkafka's fetched records
+            // (they are fetched again on resume), so only an application
+            // that stops taking records for long gets paused, which keeps
+            // rebalances served while it is stuck.
+            let since = *full_since.get_or_insert_with(Instant::now);
+            if !paused {
+                if since.elapsed() < PAUSE_AFTER {
+                    std::thread::park_timeout(FULL_WAIT);
+                    continue;
+                }
+                paused = set_paused(&consumer, true);
+            }
+        } else {
+            full_since = None;
+            if paused && flow.buffered() <= flow.low_water() {
+                paused = set_paused(&consumer, false);
+            }
+        }
+        match consumer.poll(POLL_WAIT) {
+            None => {}
+            Some(Ok(message)) => context.fetched(&message, &tx, &runtime),
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                let error = courier_core::Error::broker(
+                    BROKER,
+                    "consume",
+                    false,
+                    KafkaError::MessageConsumptionFatal(code),
+                );
+                let _ = tx.send(Fetched::Failed(error));
+                break;
+            }
+            Some(Err(e)) => {
+                // Broker outages and the like: rdkafka recovers by itself.
+                tracing::debug!(topic = %flow.topic, error = %e, "kafka consumer error");
+            }
+        }
+    }
+    flow.end();
+    finish_joining(&consumer, &context);
+    // Final commit, once the deliveries still out are settled (unless the
+    // connection is closing): a dropped stream lets in-flight work finish.
+    let ids: Vec<i32> = context.partitions.lock().keys().copied().collect();
+    context.revoke(&consumer, ids);
+    // Dropping the consumer leaves the group.
+    drop(consumer);
+    flow.set_finished();
+    tracing::debug!(topic = %flow.topic, group = %flow.group, "kafka subscription ended");
+}
+
+/// Lets a join of the group that is under way complete before the member
+/// leaves (bounded by [`JOIN_WAIT`]). Some brokers (tansu) do not recover
+/// when the member they chose as the group's leader leaves in the middle of
+/// a join: the group then waits for an assignment that never comes. Records
+/// fetched meanwhile are not handed out (their offsets stay uncommitted).
+fn finish_joining(consumer: &BaseConsumer<SessionContext>, context: &SessionContext) {
+    let started = Instant::now();
+    loop {
+        // Serve rebalance events already queued (a revocation starts a join).
+        let _ = consumer.poll(POLL_WAIT);
+        let elapsed = started.elapsed();
+        let joined = context.joined.load(Ordering::Acquire);
+        if (joined && elapsed >= JOIN_SETTLE) || elapsed >= JOIN_WAIT {
+            break;
+        }
+    }
+}
+
+/// Pauses or resumes fetching of the whole assignment; returns the new
+/// paused state.
+fn set_paused(consumer: &BaseConsumer<SessionContext>, pause: bool) -> bool {
+    let Ok(assignment) = consumer.assignment() else {
+        return !pause;
+    };
+    let outcome = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match outcome {
+        Ok(()) => pause,
+        Err(e) => {
+            tracing::debug!(error = %e, pause, "kafka pause/resume failed");
+            !pause
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Settling Kafka deliveries against the partition's watermark.
+
+use std::sync::Arc;
+
+use courier_core::{Acknowledger, Error, Message, Nack, Result, async_trait};
+
+use crate::error::{BROKER, PartitionRevoked};
+use crate::partition::{Partition, Revoked};
+use crate::subscriber::{Flow, Pending};
+
+/// Settles one delivery. An ack marks its offset settled (committed once
+/// every earlier offset of the partition is settled too); a nack or a
+/// dropped delivery gives the record back to this subscription, to be
+/// delivered again before new records.
+#[derive(Debug)]
+pub(crate) struct KafkaAcker {
+    pub(crate) flow: Arc<Flow>,
+    pub(crate) partition: Arc<Partition>,
+    pub(crate) offset: i64,
+    pub(crate) deliveries: u32,
+}
+
+impl KafkaAcker {
+    fn settle(&self) -> Result<()> {
+        let outcome = self.partition.settle(self.offset);
+        self.flow.release();
+        outcome.map_err(|Revoked| self.revoked("ack"))
+    }
+
+    fn revoked(&self, operation: &'static str) -> Error {
+        Error::broker(
+            BROKER,
+            operation,
+            false,
+            PartitionRevoked {
+                topic: self.partition.topic.to_string(),
+                partition: self.partition.id,
+            },
+        )
+    }
+
+    /// Gives the record back: delivered again next while the partition is
+    /// owned, otherwise left unsettled for its next owner.
+    fn requeue(&self, message: &Message) {
+        if self.partition.give_back() {
+            self.flow.redeliver_front(self.pending(message));
+        }
+        self.flow.release();
+    }
+
+    fn pending(&self, message: &Message) -> Pending {
+        Pending {
+            partition: self.partition.clone(),
+            offset: self.offset,
+            message: message.clone(),
+            deliveries: self.deliveries,
+        }
+    }
+}
+
+#[async_trait]
+impl Acknowledger for KafkaAcker {
+    async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+        self.settle()
+    }
+
+    async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {
+        match nack {
+            Nack::RequeueAfter(delay) if !delay.is_zero() => {
+                let again = self.partition.give_back();
+                self.flow.release();
+                if again {
+                    let flow = self.flow.clone();
+                    let pending = self.pending(message);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        if pending.partition.is_active() {
+                            flow.redeliver_front(pending);
+                        }
+                    });
+                }
+                Ok(())
+            }
+            Nack::DeadLetter(dead_letter) => {
+                let copy = dead_letter.to_message(message, &self.flow.topic, &self.flow.group);
+                let outcome = match copy {
+                    Ok((topic, copy)) => self.flow.producer.publish(&topic, vec![copy]).await,
+                    Err(e) => Err(e.into()),
+                };
+                match outcome {
+                    Ok(()) => self
+                        .settle()
+                        .map_err(|_| self.revoked("dead-letter (the copy was published)")),
+                    Err(e) => {
+                        self.requeue(message);
+                        Err(e)
+                    }
+                }
+            }
+            _ => {
+                self.requeue(message);
+                Ok(())
+            }
+        }
+    }
+
+    fn abandon(self: Box<Self>, message: &Message) {
+        self.requeue(message);
+    }
+}

@@ -1,0 +1,277 @@
+//! How rdkafka errors become courier errors, and the client context that
+//! remembers transport failures so connection errors can say what happened.
+
+use std::time::Duration;
+
+use courier_core::error::redact_url;
+use courier_core::{ConnectErrorKind, Error};
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// The adapter's name in errors.
+pub(crate) const BROKER: &str = "kafka";
+
+/// The client context of the producer, the admin client and short-lived
+/// consumers: logs through `tracing` and keeps the last broker-connection
+/// error, which rdkafka reports only through this callback.
+#[derive(Debug, Default)]
+pub(crate) struct CourierContext {
+    transport: Mutex<Transport>,
+}
+
+#[derive(Debug, Default)]
+struct Transport {
+    /// The last connection-level error and its reason.
+    last: Option<(RDKafkaErrorCode, String)>,
+    /// Whether rdkafka said every bootstrap server is down.
+    all_down: bool,
+}
+
+impl CourierContext {
+    /// The last connection error seen, and whether all brokers are down.
+    pub(crate) fn transport_error(&self) -> (Option<(RDKafkaErrorCode, String)>, bool) {
+        let t = self.transport.lock();
+        (t.last.clone(), t.all_down)
+    }
+
+    fn record(&self, error: &KafkaError, reason: &str) {
+        let Some(code) = error.rdkafka_error_code() else {
+            return;
+        };
+        let mut t = self.transport.lock();
+        if code == RDKafkaErrorCode::AllBrokersDown {
+            t.all_down = true;
+        } else {
+            t.last = Some((code, reason.to_owned()));
+        }
+    }
+}
+
+impl ClientContext for CourierContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.record(&error, reason);
+        tracing::debug!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for CourierContext {}
+
+/// rdkafka's log level: as verbose as `tracing` currently wants.
+pub(crate) fn log_level() -> RDKafkaLogLevel {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF | LevelFilter::ERROR => RDKafkaLogLevel::Error,
+        LevelFilter::WARN => RDKafkaLogLevel::Warning,
+        LevelFilter::INFO => RDKafkaLogLevel::Info,
+        _ => RDKafkaLogLevel::Debug,
+    }
+}
+
+/// Forwards rdkafka's log lines to `tracing`.
+pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "rdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "rdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "rdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "rdkafka", fac, "{message}"),
+    }
+}
+
+/// A failed connection attempt, typed from the last transport error the
+/// client reported (or `TimedOut` when there was none).
+pub(crate) fn connect_error(
+    url: &str,
+    transport: Option<(RDKafkaErrorCode, String)>,
+    err: Option<KafkaError>,
+) -> Error {
+    let kind = match &transport {
+        Some((code, reason)) => connect_kind(*code, reason),
+        None => ConnectErrorKind::TimedOut,
+    };
+    let source: Option<courier_core::BoxError> = match (transport, err) {
+        (Some((code, reason)), _) => Some(format!("{code}: {reason}").into()),
+        (None, Some(err)) => Some(Box::new(err)),
+        (None, None) => None,
+    };
+    Error::Connect {
+        url: redact_url(url),
+        kind,
+        source,
+    }
+}
+
+/// The kind of a connection failure from rdkafka's error code and reason
+/// text (rdkafka reports refused and timed-out connections with the same
+/// code, `BrokerTransportFailure`, and says which in the text).
+pub(crate) fn connect_kind(code: RDKafkaErrorCode, reason: &str) -> ConnectErrorKind {
+    let reason = reason.to_ascii_lowercase();
+    match code {
+        RDKafkaErrorCode::Resolve => return ConnectErrorKind::Unreachable,
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            return ConnectErrorKind::Authentication;
+        }
+        RDKafkaErrorCode::SSL => return ConnectErrorKind::Tls,
+        _ => {}
+    }
+    if reason.contains("connection refused") {
+        ConnectErrorKind::Refused
+    } else if reason.contains("failed to resolve")
+        || reason.contains("unreachable")
+        || reason.contains("no route to host")
+    {
+        ConnectErrorKind::Unreachable
+    } else if reason.contains("timed out") {
+        ConnectErrorKind::TimedOut
+    } else if reason.contains("authentication") || reason.contains("sasl") {
+        ConnectErrorKind::Authentication
+    } else if reason.contains("ssl") || reason.contains("tls") {
+        ConnectErrorKind::Tls
+    } else if reason.contains("apiversion")
+        || reason.contains("invalid response")
+        || reason.contains("protocol")
+        || reason.contains("in state apiversion_query")
+    {
+        ConnectErrorKind::Protocol
+    } else {
+        ConnectErrorKind::Other
+    }
+}
+
+/// A failed publish of a record of `size` payload bytes.
+pub(crate) fn publish_error(
+    err: KafkaError,
+    topic: &str,
+    size: usize,
+    limit: usize,
+    timeout: Duration,
+) -> Error {
+    match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => Error::PayloadTooLarge {
+            size,
+            limit: limit.min(size.saturating_sub(1)),
+        },
+        Some(RDKafkaErrorCode::MessageTimedOut) => Error::Timeout {
+            operation: "publish",
+            after: timeout,
+        },
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition,
+        ) => Error::TopicNotFound(topic.to_owned()),
+        Some(code) => Error::broker(BROKER, "publish", is_retryable(code), err),
+        None => Error::broker(BROKER, "publish", false, err),
+    }
+}
+
+/// A failed request other than a publish.
+pub(crate) fn op_error(operation: &'static str, err: KafkaError) -> Error {
+    let retryable = err.rdkafka_error_code().is_none_or(is_retryable);
+    Error::broker(BROKER, operation, retryable, err)
+}
+
+/// Whether an rdkafka error code may go away when the request is repeated.
+pub(crate) fn is_retryable(code: RDKafkaErrorCode) -> bool {
+    !matches!(
+        code,
+        RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::InvalidArgument
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::UnsupportedVersion
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::BadMessage
+    )
+}
+
+/// The error of an ack or nack whose partition this consumer no longer
+/// owns: the message comes back to the partition's next owner.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "partition {partition} of {topic:?} was revoked or the subscription ended before this \
+     delivery was settled; the message will be delivered again"
+)]
+pub struct PartitionRevoked {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_kinds_follow_rdkafka_reasons() {
+        let transport = RDKafkaErrorCode::BrokerTransportFailure;
+        assert_eq!(
+            connect_kind(
+                transport,
+                "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)"
+            ),
+            ConnectErrorKind::Refused
+        );
+        assert_eq!(
+            connect_kind(
+                RDKafkaErrorCode::Resolve,
+                "nohost.invalid:9092/bootstrap: Failed to resolve 'nohost.invalid:9092': Name or service not known"
+            ),
+            ConnectErrorKind::Unreachable
+        );
+        assert_eq!(
+            connect_kind(
+                transport,
+                "Connect to ipv4#10.0.0.1:9092 failed: Connection timed out"
+            ),
+            ConnectErrorKind::TimedOut
+        );
+        assert_eq!(
+            connect_kind(
+                transport,
+                "127.0.0.1:4222/bootstrap: Disconnected (after 3ms in state APIVERSION_QUERY)"
+            ),
+            ConnectErrorKind::Protocol
+        );
+    }
+
+    #[test]
+    fn publish_errors_are_typed() {
+        let timeout = Duration::from_secs(3);
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(matches!(
+            publish_error(too_large, "t", 10, 5, timeout),
+            Error::PayloadTooLarge { size: 10, limit: 5 }
+        ));
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let err = publish_error(timed_out, "t", 1, 5, timeout);
+        assert!(matches!(err, Error::Timeout { .. }) && err.is_retryable());
+        let unknown = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert!(matches!(
+            publish_error(unknown, "t", 1, 5, timeout),
+            Error::TopicNotFound(t) if t == "t"
+        ));
+        let fatal = KafkaError::MessageProduction(RDKafkaErrorCode::Fatal);
+        assert!(!publish_error(fatal, "t", 1, 5, timeout).is_retryable());
+    }
+}

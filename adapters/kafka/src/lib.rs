@@ -1,0 +1,409 @@
+//! courier-kafka: the Kafka adapter for courier, on rdkafka (librdkafka).
+//!
+//! # Mapping
+//!
+//! - **Topic → Kafka topic.** Created with the admin API on first publish,
+//!   provision or subscribe unless [`KafkaConfig::create_topics`] is off
+//!   (then a missing topic is [`Error::TopicNotFound`]), with
+//!   [`KafkaConfig::partitions`] partitions (1 by default, see below) and
+//!   [`KafkaConfig::replication_factor`].
+//! - **Group → Kafka consumer group.** Each subscription is one member of
+//!   the group: subscriptions of the same group share the topic's
+//!   partitions (competing consumers), each group gets every message.
+//! - **Publish** uses the idempotent producer (`enable.idempotence=true`,
+//!   `acks=all`) and returns when the delivery report arrives: the record
+//!   is written to every in-sync replica. `publish_batch` hands the whole
+//!   batch to rdkafka, then awaits every report. The message key is the
+//!   record key, so a key always lands on the same partition (partitioner
+//!   `murmur2_random`, the Java client's); unkeyed messages are spread.
+//! - **Message fields**: the record key is the courier key; the id, content
+//!   type, timestamp (also the record's timestamp), correlation and
+//!   causation ids and the user's headers are record headers
+//!   ([`courier_core::wire`]) and come back exactly. A record from another
+//!   producer gets the id `<topic>-<partition>-<offset>` and the record's
+//!   timestamp; one courier cannot represent (a key or header value that is
+//!   not UTF-8) is copied to the dead-letter topic as it is, with the
+//!   reason, and settled.
+//!
+//! # Partitions and order
+//!
+//! Kafka orders messages per partition. With one partition (the default)
+//! a topic keeps every message in publish order, keyed or not, which is
+//! what the in-memory broker and the other adapters do; but only one
+//! member of a group then receives anything. With more partitions the
+//! members share the load and order holds per key only.
+//!
+//! # Settling: the commit watermark
+//!
+//! Kafka keeps one committed position per partition and group, so courier
+//! tracks, per partition, which fetched offsets are settled, and commits the
+//! lowest offset that is not (or one past the last fetched). Deliveries may
+//! be settled in any order and handled concurrently across partitions and
+//! keys: an ack of a later message never commits past an earlier message
+//! that is nacked, waiting for redelivery, or still being handled.
+//!
+//! - **`ack`** marks the offset settled and returns; the position is
+//!   committed in the background every [`KafkaConfig::commit_interval`]
+//!   (100 ms by default), and synchronously when a partition is revoked and
+//!   when the subscription ends (close or dropped stream). Kafka can only
+//!   record an ack as part of that cumulative position, so a consumer
+//!   process that dies before the next commit has its recent acks
+//!   delivered again: at least once, never lost.
+//! - Offsets settled above the committed position travel as the commit's
+//!   **metadata**, and the partition's next owner skips them, so a message
+//!   acked after an earlier nacked one is not delivered again after a
+//!   rebalance or restart. Because some brokers drop commit metadata
+//!   (tansu 0.6 does), a partition given up with such offsets also writes
+//!   them as a record to the companion topic `<topic>.courier-settled`
+//!   (created like any topic, with as many partitions) and commits that
+//!   record's offset for the group in the same commit request; the next
+//!   owner reads the commit's metadata, or, when it is empty, that record.
+//!   The text names the position it belongs to, so a stale record is never
+//!   applied. Only the final commit of a partition (revocation, end of the
+//!   subscription) writes the record: a consumer process that dies has its
+//!   acks above the position delivered again on such a broker. With
+//!   [`KafkaConfig::create_topics`] off, no companion topic is created and
+//!   those acks come back too: at least once, never skipped.
+//! - **`Nack::Requeue`** and a dropped delivery give the message back to
+//!   this subscription: it is delivered again before new records, with a
+//!   higher [`Delivery::delivery_count`](courier_core::Delivery::delivery_count).
+//!   **`RequeueAfter(d)`** does so after `d`. **`DeadLetter`** publishes the
+//!   copy from [`DeadLetter::to_message`](courier_core::DeadLetter::to_message)
+//!   to the dead-letter topic (created like any topic), waits for its
+//!   delivery report, then settles the original; if that publish fails the
+//!   original is given back and the nack returns the error.
+//! - The delivery count is counted by this consumer: a message delivered
+//!   again after a rebalance or restart starts at 1 (Kafka does not count
+//!   deliveries).
+//!
+//! # Rebalances and the end of a subscription
+//!
+//! When the group takes partitions away from a subscription (a member
+//! joined or left), the subscription stops handing out their records at
+//! once, waits up to [`KafkaConfig::revoke_timeout`] for the deliveries it
+//! already handed out to be settled, commits the final positions, and lets
+//! the partitions go. A delivery of a revoked partition settled later
+//! fails with [`PartitionRevoked`]: the next owner delivers it again.
+//!
+//! Dropping the stream ends the subscription the same way: nothing more is
+//! handed out, records fetched ahead are given back, and the deliveries
+//! already out may still be settled (for up to the revoke timeout) before
+//! the final commit, which is what a graceful shutdown of the courier
+//! runtime relies on. [`KafkaBroker::close`] does not wait for them: they
+//! come back to the group. Before leaving, a member lets a group join that
+//! is under way complete (for up to 5 s).
+//!
+//! # Flow
+//!
+//! A subscription hands out at most [`Subscription::prefetch`] unsettled
+//! deliveries. A thread per subscription polls rdkafka, decodes records and
+//! keeps a bounded buffer ahead of the stream (twice the prefetch, at least
+//! 64). When the stream does not take them, the thread stops polling
+//! (rdkafka's own prefetch queue is bounded by its
+//! `queued.max.messages.kbytes`); only when the buffer stays full for 3 s
+//! does it pause fetching, so that rebalances are still served. Pausing
+//! drops the records rdkafka had fetched (they are fetched again), which is
+//! why it is not the everyday flow control.
+//!
+//! # Provisioning and start position
+//!
+//! [`Subscriber::provision`] (and `subscribe`, which provisions first)
+//! makes the group exist: for every partition where the group has no
+//! committed offset it commits the partition's current end
+//! ([`StartPosition::Latest`](courier_core::StartPosition::Latest)) or
+//! beginning (`Earliest`). So a group receives every message published
+//! after it was provisioned, even before it subscribes, and a group
+//! provisioned again keeps its position. The consumers' `auto.offset.reset`
+//! is `earliest`: it applies only to partitions without a committed offset,
+//! which are partitions added after provisioning, whose messages are all
+//! new to the group. Two processes provisioning the same new group at the
+//! same instant may commit slightly different end offsets; messages
+//! published between the two are then skipped by that group, so provision
+//! new groups from one place (a deployment step) when that matters.
+//!
+//! # Errors and reconnection
+//!
+//! [`KafkaBroker::connect`] fetches the cluster metadata within
+//! [`KafkaConfig::connect_timeout`] and fails with [`Error::Connect`]
+//! (refused, unreachable, timed out, protocol). Afterwards rdkafka
+//! reconnects by itself: a publish during an outage waits for the broker up
+//! to [`KafkaConfig::publish_timeout`] (then [`Error::Timeout`]), consumers
+//! resume from their positions. A fatally failed idempotent producer (the
+//! broker lost its producer state), or one whose records the broker refuses
+//! for reasons a new producer id cures, is replaced by a new one. Payloads over
+//! [`KafkaConfig::max_payload`] fail with [`Error::PayloadTooLarge`] before
+//! anything is sent.
+//!
+//! # What tansu lacks
+//!
+//! courier's tests run on tansu 0.6, an Apache-Kafka-compatible broker
+//! storing in SQLite. Where it differs from Apache Kafka, and what this
+//! adapter does about it:
+//!
+//! - **Commit metadata** is accepted but returned empty: the companion
+//!   topic above keeps the settled offsets instead. The metadata path
+//!   itself is tested on librdkafka's mock cluster, which keeps metadata
+//!   like Apache Kafka (`tests/mock_cluster.rs`).
+//! - **Group membership**: when the member it chose as the group's leader
+//!   leaves in the middle of a join, the group waits for an assignment that
+//!   never comes. Members therefore let a join under way complete before
+//!   they leave. Under heavy load tansu also answers slowly enough at times
+//!   that a 10 s connect can time out.
+//! - **Idempotent producers** are refused (an unknown broker error) after
+//!   the broker restarted: such a producer is replaced by a new one (new
+//!   producer id), as after a fatal error. The record that met the error
+//!   fails with a retryable error.
+//! - **Record size limits** are not enforced by the broker; courier's
+//!   [`KafkaConfig::max_payload`] and rdkafka's `message.max.bytes` are.
+//! - **Topics are not created on first use**; courier creates them.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use courier_core::{Message, Subscription};
+//! use courier_kafka::KafkaBroker;
+//! use futures::StreamExt;
+//!
+//! # async fn run() -> courier_core::Result<()> {
+//! let kafka = KafkaBroker::connect("kafka://localhost:9092").await?;
+//! let mut orders = kafka.subscribe(Subscription::new("orders", "billing")).await?;
+//! kafka.publish("orders", Message::new("order 1").with_key("customer-7")).await?;
+//! let delivery = orders.next().await.expect("stream open")?;
+//! delivery.ack().await?;
+//! kafka.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod consumer;
+mod delivery;
+mod error;
+mod partition;
+mod publisher;
+mod settled;
+mod subscriber;
+mod topics;
+mod watermark;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use courier_core::{
+    Broker, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
+    async_trait,
+};
+use parking_lot::Mutex;
+use rdkafka::admin::AdminClient;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+pub use config::KafkaConfig;
+pub use error::PartitionRevoked;
+
+use error::CourierContext;
+use publisher::Producer;
+use subscriber::Running;
+use topics::{Topics, blocking, client_config};
+
+/// A connection to a Kafka cluster, as publisher and subscriber.
+///
+/// Cheap to clone; clones share the producer and the subscriptions.
+#[derive(Debug, Clone)]
+pub struct KafkaBroker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Arc<KafkaConfig>,
+    producer: Arc<Producer>,
+    subscriptions: Mutex<Vec<Running>>,
+    closed: AtomicBool,
+}
+
+impl KafkaBroker {
+    /// Connects to `kafka://host:port[,host:port...][?options]` (see
+    /// [`KafkaConfig::from_url`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a malformed URL; [`Error::Connect`] naming
+    /// the URL and the kind (refused, unreachable, timed out, protocol)
+    /// when no bootstrap server answers within
+    /// [`KafkaConfig::connect_timeout`].
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(KafkaConfig::from_url(url)?).await
+    }
+
+    /// Connects with `config`.
+    ///
+    /// # Errors
+    ///
+    /// As [`KafkaBroker::connect`].
+    pub async fn connect_with(config: KafkaConfig) -> Result<Self> {
+        let url = format!("kafka://{}", config.bootstrap_servers);
+        let config = Arc::new(config);
+        let create = |e| error::connect_error(&url, None, Some(e));
+        let metadata: BaseConsumer<CourierContext> = client_config(&config, [])
+            .create_with_context(CourierContext::default())
+            .map_err(create)?;
+        let metadata = Arc::new(metadata);
+        probe(&url, &config, &metadata).await?;
+        let admin: AdminClient<CourierContext> = client_config(&config, [])
+            .create_with_context(CourierContext::default())
+            .map_err(create)?;
+        let topics = Arc::new(Topics::new(config.clone(), admin, metadata));
+        let producer = Producer::new(config.clone(), topics).map_err(create)?;
+        Ok(KafkaBroker {
+            inner: Arc::new(Inner {
+                config,
+                producer: Arc::new(producer),
+                subscriptions: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// This connection as a run-time chosen [`Broker`].
+    pub fn into_broker(self) -> Broker {
+        let this = Arc::new(self);
+        Broker::new("kafka", this.clone(), this)
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
+    }
+
+    /// See [`Publisher::publish`].
+    ///
+    /// # Errors
+    ///
+    /// An invalid topic name, [`Error::PayloadTooLarge`],
+    /// [`Error::TopicNotFound`] when the topic is missing and may not be
+    /// created, [`Error::Timeout`] when the broker did not confirm within
+    /// [`KafkaConfig::publish_timeout`], [`Error::Closed`] after `close`,
+    /// and other broker failures.
+    pub async fn publish(&self, topic: &str, message: Message) -> Result<()> {
+        self.inner.producer.publish(topic, vec![message]).await
+    }
+
+    /// See [`Publisher::publish_batch`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KafkaBroker::publish`]; the first failure of the batch.
+    pub async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        self.inner.producer.publish(topic, messages).await
+    }
+
+    /// See [`Subscriber::provision`].
+    ///
+    /// # Errors
+    ///
+    /// Invalid names, a closed connection, a missing topic that may not be
+    /// created, or broker failures.
+    pub async fn provision(&self, subscription: &Subscription) -> Result<()> {
+        self.check_open()?;
+        subscriber::provision(&self.inner.config, &self.inner.producer, subscription).await
+    }
+
+    /// See [`Subscriber::subscribe`].
+    ///
+    /// # Errors
+    ///
+    /// As [`KafkaBroker::provision`].
+    pub async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        self.check_open()?;
+        let (stream, running) =
+            subscriber::subscribe(&self.inner.config, &self.inner.producer, subscription).await?;
+        let mut subscriptions = self.inner.subscriptions.lock();
+        subscriptions.retain(|r| r.flow.strong_count() > 0);
+        subscriptions.push(running);
+        Ok(stream)
+    }
+
+    /// Closes the connection: every subscription commits its final
+    /// positions and leaves its group (deliveries still unsettled come back
+    /// to the group), streams end, queued publishes are flushed. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// Queued publishes could not be flushed.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let subscriptions = std::mem::take(&mut *self.inner.subscriptions.lock());
+        let wait = self.inner.config.connect_timeout * 2;
+        futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(wait))).await;
+        self.inner.producer.close().await
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("kafka connection"));
+        }
+        Ok(())
+    }
+}
+
+/// Fetches the cluster metadata, failing early once rdkafka reports every
+/// bootstrap server down, and at the latest after the connect timeout.
+async fn probe(
+    url: &str,
+    config: &KafkaConfig,
+    client: &Arc<BaseConsumer<CourierContext>>,
+) -> Result<()> {
+    const ATTEMPT: Duration = Duration::from_millis(500);
+    let deadline = Instant::now() + config.connect_timeout;
+    loop {
+        let attempt = client.clone();
+        let outcome = blocking(move || {
+            let outcome = attempt.fetch_metadata(None, ATTEMPT).map(drop);
+            // Serve the client's events: connection errors reach the
+            // context (and say what failed) only through them.
+            let _ = attempt.poll(Duration::ZERO);
+            outcome
+        })
+        .await;
+        let last_error = match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let (transport, all_down) = client.context().transport_error();
+        if (all_down && transport.is_some()) || Instant::now() >= deadline {
+            return Err(error::connect_error(url, transport, Some(last_error)));
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for KafkaBroker {
+    async fn publish(&self, topic: &str, message: Message) -> Result<()> {
+        KafkaBroker::publish(self, topic, message).await
+    }
+
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        KafkaBroker::publish_batch(self, topic, messages).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        KafkaBroker::close(self).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for KafkaBroker {
+    async fn provision(&self, subscription: &Subscription) -> Result<()> {
+        KafkaBroker::provision(self, subscription).await
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        KafkaBroker::subscribe(self, subscription).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        KafkaBroker::close(self).await
+    }
+}
