@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! cargo run --example orders                       # embedded in-process broker
+//! cargo run --example orders --features amqp -- --broker amqp://guest:guest@localhost:5672/%2f
+//! cargo run --example orders --features kafka -- --broker kafka://localhost:9092
 //! cargo run --example orders --features nats -- --broker nats://localhost:4222
 //! ```
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use courier::runtime::{self, Consumer, HandlerError, RetryPolicy, TimeoutLayer};
 use courier::{Message, Subscription};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,8 +60,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .retry(RetryPolicy::exponential().max_attempts(3))
     .layer(TimeoutLayer::new(Duration::from_secs(5)))
     .build();
-    // The group exists from now on and keeps every message published to it.
+    // The groups exist from now on and keep every message published to
+    // them: the orders, and the dead letters for whoever looks into them.
     broker.provision(consumer.subscription()).await?;
+    let dead_letters = Subscription::new(format!("{topic}.dlq"), "operations");
+    broker.provision(&dead_letters).await?;
     let shutdown = consumer.shutdown_handle();
     let running = tokio::spawn(consumer.run());
 
@@ -88,9 +94,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     shutdown.shutdown();
     let stats = running.await??;
     println!(
-        "consumer stopped: {} handled, {} dead-lettered (see {topic}.dlq)",
+        "consumer stopped: {} handled, {} dead-lettered",
         stats.handled, stats.dead_lettered
     );
+
+    // The dead letter: the original message, with why and where it failed.
+    let mut dead = broker.subscribe(dead_letters).await?;
+    for _ in 0..stats.dead_lettered {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), dead.next())
+            .await?
+            .ok_or("dead-letter stream ended")??;
+        let order: OrderPlaced = delivery.message().json_as()?;
+        let header = |name| delivery.message().headers().get(name).unwrap_or("?");
+        println!(
+            "dead letter {order:?}: {} (from {}, group {})",
+            header(courier::delivery::DLQ_REASON),
+            header(courier::delivery::DLQ_ORIGINAL_TOPIC),
+            header(courier::delivery::DLQ_GROUP),
+        );
+        delivery.ack().await?;
+    }
     broker.close().await?;
     Ok(())
 }
