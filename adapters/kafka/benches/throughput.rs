@@ -29,6 +29,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 const PAYLOAD: [u8; 64] = [7; 64];
 /// Records handed to the producer before their reports are awaited.
 const WINDOW: usize = 1000;
+/// A consume run that receives nothing for this long is reported stalled.
+const STALL: Duration = Duration::from_secs(60);
 
 fn main() {
     let count: usize = std::env::args()
@@ -60,10 +62,10 @@ fn main() {
         phase("raw publish with headers", raw_pub_headers);
         let courier_pub = courier_publish(&url, count).await;
         phase("courier publish", courier_pub);
-        let raw_consume = raw_consume(&bootstrap, &url, count).await;
-        phase("raw consume", raw_consume);
         let courier_consume = courier_consume(&url, count).await;
         phase("courier consume", courier_consume);
+        let raw_consume = raw_consume(&bootstrap, &url, count).await;
+        phase("raw consume", raw_consume);
         println!("  publish (idempotent, acks=all, {WINDOW} reports awaited per window)");
         println!("    raw FutureProducer            {:>10.0} msg/s", rate(raw_pub));
         println!("    raw, id + timestamp headers   {:>10.0} msg/s", rate(raw_pub_headers));
@@ -192,7 +194,7 @@ async fn filled(url: &str, count: usize) -> String {
     let name = topic("consume");
     let mut sent = 0;
     while sent < count {
-        let n = 5_000.min(count - sent);
+        let n = 500.min(count - sent);
         let batch = (0..n).map(|_| Message::new(&PAYLOAD[..])).collect();
         broker.publish_batch(&name, batch).await.expect("fill");
         sent += n;
@@ -210,13 +212,18 @@ async fn raw_consume(bootstrap: &str, url: &str, count: usize) -> Duration {
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "100")
         .set("enable.auto.offset.store", "false")
+        .set("max.partition.fetch.bytes", "16777216")
         .create()
         .expect("consumer");
     let started = Instant::now();
     consumer.subscribe(&[&name]).expect("subscribe");
     let mut stream = consumer.stream();
-    for _ in 0..count {
-        let record = stream.next().await.expect("stream").expect("record");
+    for received in 0..count {
+        let record = tokio::time::timeout(STALL, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("raw consume stalled after {received} records"))
+            .expect("stream")
+            .expect("record");
         consumer
             .store_offset_from_message(&record)
             .expect("store offset");
@@ -232,13 +239,16 @@ async fn raw_consume(bootstrap: &str, url: &str, count: usize) -> Duration {
 async fn courier_consume(url: &str, count: usize) -> Duration {
     let name = filled(url, count).await;
     let broker = KafkaBroker::connect(url).await.expect("connect");
-    let sub = Subscription::new(&name, topic("courier-group"))
-        .start_from(StartPosition::Earliest)
-        .prefetch(1000);
+    let sub = Subscription::new(&name, topic("courier-group")).start_from(StartPosition::Earliest);
+    broker.provision(&sub).await.expect("provision");
     let started = Instant::now();
     let mut stream = broker.subscribe(sub).await.expect("subscribe");
-    for _ in 0..count {
-        let delivery = stream.next().await.expect("stream").expect("delivery");
+    for received in 0..count {
+        let delivery = tokio::time::timeout(STALL, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("courier consume stalled after {received} records"))
+            .expect("stream")
+            .expect("delivery");
         delivery.ack().await.expect("ack");
     }
     let elapsed = started.elapsed();
