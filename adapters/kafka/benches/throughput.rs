@@ -6,10 +6,13 @@
 //! fixture container; `COURIER_TEST_KAFKA_URL` uses a running broker
 //! instead). `-- N` sets the message count (default 100,000).
 //!
-//! Consume runs are timed from the first record received, so joining the
-//! group is not part of the rate; both sides commit in the background
-//! (raw: offsets stored per message and auto-committed every 100 ms;
-//! courier: acks committed every 100 ms by the watermark).
+//! Consume runs are timed from subscribing (joining the group included, the
+//! same for both) to the last record settled; both sides commit in the
+//! background (raw: offsets stored per message and auto-committed every
+//! 100 ms; courier: acks committed every 100 ms by the watermark). The raw
+//! publisher runs twice: bare records, and records carrying the two headers
+//! courier writes for a plain message (id and timestamp), which is the
+//! like-for-like comparison on a broker whose cost grows with headers.
 
 use std::time::{Duration, Instant};
 
@@ -20,11 +23,14 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const PAYLOAD: [u8; 64] = [7; 64];
 /// Records handed to the producer before their reports are awaited.
 const WINDOW: usize = 1000;
+/// A consume run that receives nothing for this long is reported stalled.
+const STALL: Duration = Duration::from_secs(60);
 
 fn main() {
     let count: usize = std::env::args()
@@ -46,22 +52,33 @@ fn main() {
             "Kafka protocol broker at {bootstrap}, {count} messages of 64 bytes, 1 partition, \
              2 worker threads"
         );
-        let raw_pub = raw_publish(&bootstrap, count).await;
-        let courier_pub = courier_publish(&url, count).await;
-        let raw_consume = raw_consume(&bootstrap, &url, count).await;
-        let courier_consume = courier_consume(&url, count).await;
         let rate = |d: Duration| count as f64 / d.as_secs_f64();
+        let phase = |name: &str, d: Duration| {
+            eprintln!("  {name}: {:.1} s, {:.0} msg/s", d.as_secs_f64(), rate(d))
+        };
+        let raw_pub = raw_publish(&bootstrap, count, false).await;
+        phase("raw publish", raw_pub);
+        let raw_pub_headers = raw_publish(&bootstrap, count, true).await;
+        phase("raw publish with headers", raw_pub_headers);
+        let courier_pub = courier_publish(&url, count).await;
+        phase("courier publish", courier_pub);
+        let courier_consume = courier_consume(&url, count).await;
+        phase("courier consume", courier_consume);
+        let raw_consume = raw_consume(&bootstrap, &url, count).await;
+        phase("raw consume", raw_consume);
         println!("  publish (idempotent, acks=all, {WINDOW} reports awaited per window)");
-        println!("    raw FutureProducer  {:>10.0} msg/s", rate(raw_pub));
+        println!("    raw FutureProducer            {:>10.0} msg/s", rate(raw_pub));
+        println!("    raw, id + timestamp headers   {:>10.0} msg/s", rate(raw_pub_headers));
         println!(
-            "    courier-kafka       {:>10.0} msg/s   ratio {:.2}",
+            "    courier-kafka                 {:>10.0} msg/s   ratio {:.2} vs raw with headers, {:.2} vs bare raw",
             rate(courier_pub),
+            rate(courier_pub) / rate(raw_pub_headers),
             rate(courier_pub) / rate(raw_pub)
         );
         println!("  consume + commit");
-        println!("    raw StreamConsumer  {:>10.0} msg/s", rate(raw_consume));
+        println!("    raw StreamConsumer            {:>10.0} msg/s", rate(raw_consume));
         println!(
-            "    courier-kafka (ack) {:>10.0} msg/s   ratio {:.2}",
+            "    courier-kafka (ack)           {:>10.0} msg/s   ratio {:.2}",
             rate(courier_consume),
             rate(courier_consume) / rate(raw_consume)
         );
@@ -101,14 +118,34 @@ async fn create_topic(bootstrap: &str, name: &str) {
 }
 
 /// Sends `count` records in windows of [`WINDOW`], awaiting every report.
-async fn send_all(producer: &FutureProducer, topic: &str, count: usize) {
+async fn send_all(producer: &FutureProducer, topic: &str, count: usize, headers: bool) {
     let mut sent = 0;
     while sent < count {
         let n = WINDOW.min(count - sent);
         let reports: Vec<_> = (0..n)
             .map(|_| {
+                let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&PAYLOAD[..]);
+                if headers {
+                    let id = courier_core::MessageId::new().to_string();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .expect("clock")
+                        .as_millis()
+                        .to_string();
+                    record = record.headers(
+                        OwnedHeaders::new()
+                            .insert(Header {
+                                key: "courier-id",
+                                value: Some(&id),
+                            })
+                            .insert(Header {
+                                key: "courier-timestamp-ms",
+                                value: Some(&now),
+                            }),
+                    );
+                }
                 producer
-                    .send_result(FutureRecord::<[u8], [u8]>::to(topic).payload(&PAYLOAD[..]))
+                    .send_result(record)
                     .map_err(|(e, _)| e)
                     .expect("queue")
             })
@@ -120,13 +157,13 @@ async fn send_all(producer: &FutureProducer, topic: &str, count: usize) {
     }
 }
 
-async fn raw_publish(bootstrap: &str, count: usize) -> Duration {
+async fn raw_publish(bootstrap: &str, count: usize, headers: bool) -> Duration {
     let name = topic("raw-pub");
     create_topic(bootstrap, &name).await;
     let producer = producer(bootstrap);
-    send_all(&producer, &name, 1).await; // connection and producer id
+    send_all(&producer, &name, 1, headers).await; // connection and producer id
     let started = Instant::now();
-    send_all(&producer, &name, count).await;
+    send_all(&producer, &name, count, headers).await;
     started.elapsed()
 }
 
@@ -157,7 +194,7 @@ async fn filled(url: &str, count: usize) -> String {
     let name = topic("consume");
     let mut sent = 0;
     while sent < count {
-        let n = 5_000.min(count - sent);
+        let n = 500.min(count - sent);
         let batch = (0..n).map(|_| Message::new(&PAYLOAD[..])).collect();
         broker.publish_batch(&name, batch).await.expect("fill");
         sent += n;
@@ -175,19 +212,23 @@ async fn raw_consume(bootstrap: &str, url: &str, count: usize) -> Duration {
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "100")
         .set("enable.auto.offset.store", "false")
+        .set("max.partition.fetch.bytes", "16777216")
         .create()
         .expect("consumer");
+    let started = Instant::now();
     consumer.subscribe(&[&name]).expect("subscribe");
     let mut stream = consumer.stream();
-    let mut started = None;
-    for _ in 0..count {
-        let record = stream.next().await.expect("stream").expect("record");
-        started.get_or_insert_with(Instant::now);
+    for received in 0..count {
+        let record = tokio::time::timeout(STALL, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("raw consume stalled after {received} records"))
+            .expect("stream")
+            .expect("record");
         consumer
             .store_offset_from_message(&record)
             .expect("store offset");
     }
-    let elapsed = started.expect("records").elapsed();
+    let elapsed = started.elapsed();
     drop(stream);
     consumer
         .commit_consumer_state(CommitMode::Sync)
@@ -198,17 +239,19 @@ async fn raw_consume(bootstrap: &str, url: &str, count: usize) -> Duration {
 async fn courier_consume(url: &str, count: usize) -> Duration {
     let name = filled(url, count).await;
     let broker = KafkaBroker::connect(url).await.expect("connect");
-    let sub = Subscription::new(&name, topic("courier-group"))
-        .start_from(StartPosition::Earliest)
-        .prefetch(1000);
+    let sub = Subscription::new(&name, topic("courier-group")).start_from(StartPosition::Earliest);
+    broker.provision(&sub).await.expect("provision");
+    let started = Instant::now();
     let mut stream = broker.subscribe(sub).await.expect("subscribe");
-    let mut started = None;
-    for _ in 0..count {
-        let delivery = stream.next().await.expect("stream").expect("delivery");
-        started.get_or_insert_with(Instant::now);
+    for received in 0..count {
+        let delivery = tokio::time::timeout(STALL, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("courier consume stalled after {received} records"))
+            .expect("stream")
+            .expect("delivery");
         delivery.ack().await.expect("ack");
     }
-    let elapsed = started.expect("deliveries").elapsed();
+    let elapsed = started.elapsed();
     broker.close().await.expect("close");
     elapsed
 }

@@ -290,9 +290,8 @@ impl SessionContext {
                 headers = headers.insert(header);
             }
         }
-        let reason_header = format!("{reason}");
         for (name, value) in [
-            (DLQ_REASON, reason_header.as_str()),
+            (DLQ_REASON, reason.as_str()),
             (DLQ_ORIGINAL_TOPIC, &topic),
             (DLQ_GROUP, &group),
         ] {

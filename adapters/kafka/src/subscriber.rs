@@ -368,6 +368,14 @@ fn consumer_settings(config: &KafkaConfig, group: &str) -> rdkafka::ClientConfig
                 (session / 3).clamp(1, 3000).to_string(),
             ),
             ("message.max.bytes", config.max_record().to_string()),
+            // A record batch larger than this is never returned by some
+            // brokers (tansu), which stalls the partition: allow the largest
+            // batch courier's producer writes.
+            ("max.partition.fetch.bytes", FETCH_BYTES.to_string()),
         ],
     )
 }
+
+/// See `max.partition.fetch.bytes` in [`consumer_settings`]: rdkafka's
+/// largest producer batch (`batch.size`, 1 MB) and then some.
+const FETCH_BYTES: usize = 16 * 1024 * 1024;
