@@ -1,6 +1,9 @@
 //! courier-kafka against raw rdkafka on the same broker, in one run:
-//! confirmed publishing (idempotent producer, `acks=all`, delivery reports
-//! awaited in windows), then consuming with offsets committed.
+//! consuming with offsets committed, then confirmed publishing (idempotent
+//! producer, `acks=all`, delivery reports awaited in windows). The consume
+//! runs come first: on tansu, consumers joining after the publish runs
+//! sometimes receive nothing at all (the broker sits idle while the
+//! consumer fetches), whichever client consumes.
 //!
 //! `cargo bench -p courier-kafka --bench throughput` (starts the Kafka
 //! fixture container; `COURIER_TEST_KAFKA_URL` uses a running broker
@@ -56,16 +59,16 @@ fn main() {
         let phase = |name: &str, d: Duration| {
             eprintln!("  {name}: {:.1} s, {:.0} msg/s", d.as_secs_f64(), rate(d))
         };
+        let courier_consume = courier_consume(&url, count).await;
+        phase("courier consume", courier_consume);
+        let raw_consume = raw_consume(&bootstrap, &url, count).await;
+        phase("raw consume", raw_consume);
         let raw_pub = raw_publish(&bootstrap, count, false).await;
         phase("raw publish", raw_pub);
         let raw_pub_headers = raw_publish(&bootstrap, count, true).await;
         phase("raw publish with headers", raw_pub_headers);
         let courier_pub = courier_publish(&url, count).await;
         phase("courier publish", courier_pub);
-        let courier_consume = courier_consume(&url, count).await;
-        phase("courier consume", courier_consume);
-        let raw_consume = raw_consume(&bootstrap, &url, count).await;
-        phase("raw consume", raw_consume);
         println!("  publish (idempotent, acks=all, {WINDOW} reports awaited per window)");
         println!("    raw FutureProducer            {:>10.0} msg/s", rate(raw_pub));
         println!("    raw, id + timestamp headers   {:>10.0} msg/s", rate(raw_pub_headers));

@@ -110,14 +110,18 @@ impl SessionContext {
             .filter(|(_, (_, metadata))| metadata.is_empty())
             .map(|(&id, _)| id)
             .collect();
+        // Only when the companion topic exists: the group's session does
+        // not wait for a slow answer about a topic that is not there (the
+        // assignment is not acknowledged while this callback runs).
         let mut stored = HashMap::new();
-        if !without.is_empty() {
-            let offsets = settled::committed(
-                consumer,
-                &self.flow.topic,
-                &without,
-                self.config.connect_timeout,
-            );
+        let companion = settled::companion(&self.flow.topic);
+        if !without.is_empty()
+            && self
+                .runtime
+                .block_on(self.flow.producer.topics.exists(&companion))
+                .unwrap_or(false)
+        {
+            let offsets = settled::committed(consumer, &self.flow.topic, &without, settled::WAIT);
             stored = settled::load(&self.config, &self.flow.topic, &offsets);
         }
         let mut partitions = self.partitions.lock();

@@ -57,7 +57,9 @@
 //!   them as a record to the companion topic `<topic>.courier-settled`
 //!   (created like any topic, with as many partitions) and commits that
 //!   record's offset for the group in the same commit request; the next
-//!   owner reads the commit's metadata, or, when it is empty, that record.
+//!   owner reads the commit's metadata, or, when it is empty and the
+//!   companion topic exists, that record (waiting at most 3 s: the group
+//!   waits for the member meanwhile).
 //!   The text names the position it belongs to, so a stale record is never
 //!   applied. Only the final commit of a partition (revocation, end of the
 //!   subscription) writes the record: a consumer process that dies has its
@@ -147,8 +149,10 @@
 //! - **Group membership**: when the member it chose as the group's leader
 //!   leaves in the middle of a join, the group waits for an assignment that
 //!   never comes. Members therefore let a join under way complete before
-//!   they leave. Under heavy load tansu also answers slowly enough at times
-//!   that a 10 s connect can time out.
+//!   they leave. Likewise a member whose session timed out stays in the
+//!   group as the owner of its partitions, so the rebalance callbacks keep
+//!   their broker requests short. Under heavy load tansu also answers
+//!   slowly enough at times that a 10 s connect can time out.
 //! - **Idempotent producers** are refused (an unknown broker error) after
 //!   the broker restarted: such a producer is replaced by a new one (new
 //!   producer id), as after a fatal error. The record that met the error

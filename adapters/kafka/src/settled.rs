@@ -32,6 +32,10 @@ use crate::error::CourierContext;
 use crate::publisher::Producer;
 use crate::topics::client_config;
 
+/// How long a rebalance waits for the companion offsets and records (it
+/// runs while the group waits for this member).
+pub(crate) const WAIT: Duration = Duration::from_secs(3);
+
 /// The companion topic of `topic`.
 pub(crate) fn companion(topic: &str) -> String {
     format!("{topic}.courier-settled")
@@ -147,7 +151,7 @@ pub(crate) fn load(
         tracing::warn!(%side, error = %e, "cannot read settled offsets");
         return found;
     }
-    let deadline = Instant::now() + config.connect_timeout;
+    let deadline = Instant::now() + WAIT.min(config.connect_timeout);
     while found.len() < offsets.len() && Instant::now() < deadline {
         match reader.poll(Duration::from_millis(100)) {
             Some(Ok(record)) if offsets.get(&record.partition()) == Some(&record.offset()) => {

@@ -71,6 +71,14 @@ impl Topics {
         Ok(partitions)
     }
 
+    /// Whether the topic exists (without creating it).
+    pub(crate) async fn exists(&self, topic: &str) -> Result<bool> {
+        if self.known.lock().contains_key(topic) {
+            return Ok(true);
+        }
+        Ok(self.partition_count(topic).await?.is_some())
+    }
+
     /// Forgets what is known about a topic (after the broker said it is
     /// unknown, say).
     pub(crate) fn forget(&self, topic: &str) {

@@ -145,7 +145,9 @@ async fn restart_loses_nothing_and_repeats_only_unacked() {
     );
     assert!(
         repeated_acked.is_empty(),
-        "acked by the first consumer, yet delivered again: {repeated_acked:?}"
+        "{} acked by the first consumer, yet delivered again, first ones: {:?}",
+        repeated_acked.len(),
+        &repeated_acked[..repeated_acked.len().min(20)]
     );
     assert_eq!(duplicates_second, 0, "the second consumer got duplicates");
     assert_eq!(
