@@ -9,6 +9,15 @@
 //! fixture container; `COURIER_TEST_KAFKA_URL` uses a running broker
 //! instead). `-- N` sets the message count (default 100,000).
 //!
+//! `-- --mock` runs both sides against librdkafka's in-process mock
+//! cluster instead. tansu, the broker of the tests, serves a few hundred
+//! fetched records a second and slows down with record headers, so on it
+//! the broker is the whole cost; on the mock cluster the clients' own cost
+//! shows, which is what the ratio is about. The mock cluster cannot create
+//! topics through the admin API, so every topic is created up front, with 8
+//! partitions: a mock partition stops serving fetches after about 33,000
+//! records (raw rdkafka and courier alike).
+//!
 //! Consume runs are timed from subscribing (joining the group included, the
 //! same for both) to the last record settled; both sides commit in the
 //! background (raw: offsets stored per message and auto-committed every
@@ -27,6 +36,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const PAYLOAD: [u8; 64] = [7; 64];
@@ -40,34 +50,59 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(100_000);
+    let mock = std::env::args().any(|a| a == "--mock");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let server = courier_testkit::fixtures::kafka()
-            .await
-            .expect("kafka fixture");
-        let url = server.url().to_owned();
-        let bootstrap = server.bootstrap_servers().to_owned();
+        let (target, _server) = if mock {
+            let cluster = MockCluster::new(1).expect("mock cluster");
+            let bootstrap = cluster.bootstrap_servers();
+            let target = Target {
+                url: format!("kafka://{bootstrap}"),
+                bootstrap,
+                mock: Some(cluster),
+                partitions: MOCK_PARTITIONS,
+            };
+            (target, None)
+        } else {
+            let server = courier_testkit::fixtures::kafka()
+                .await
+                .expect("kafka fixture");
+            let target = Target {
+                url: server.url().to_owned(),
+                bootstrap: server.bootstrap_servers().to_owned(),
+                mock: None,
+                partitions: 1,
+            };
+            (target, Some(server))
+        };
+        let bootstrap = target.bootstrap.as_str();
+        let t = &target;
         println!(
-            "Kafka protocol broker at {bootstrap}, {count} messages of 64 bytes, 1 partition, \
-             2 worker threads"
+            "{} at {bootstrap}, {count} messages of 64 bytes, {} partition(s), 2 worker threads",
+            if mock {
+                "librdkafka mock cluster"
+            } else {
+                "Kafka protocol broker"
+            },
+            target.partitions
         );
         let rate = |d: Duration| count as f64 / d.as_secs_f64();
         let phase = |name: &str, d: Duration| {
             eprintln!("  {name}: {:.1} s, {:.0} msg/s", d.as_secs_f64(), rate(d))
         };
-        let courier_consume = courier_consume(&url, count).await;
+        let courier_consume = courier_consume(t, count).await;
         phase("courier consume", courier_consume);
-        let raw_consume = raw_consume(&bootstrap, &url, count).await;
+        let raw_consume = raw_consume(t, count).await;
         phase("raw consume", raw_consume);
-        let raw_pub = raw_publish(&bootstrap, count, false).await;
+        let raw_pub = raw_publish(t, count, false).await;
         phase("raw publish", raw_pub);
-        let raw_pub_headers = raw_publish(&bootstrap, count, true).await;
+        let raw_pub_headers = raw_publish(t, count, true).await;
         phase("raw publish with headers", raw_pub_headers);
-        let courier_pub = courier_publish(&url, count).await;
+        let courier_pub = courier_publish(t, count).await;
         phase("courier publish", courier_pub);
         println!("  publish (idempotent, acks=all, {WINDOW} reports awaited per window)");
         println!("    raw FutureProducer            {:>10.0} msg/s", rate(raw_pub));
@@ -88,8 +123,30 @@ fn main() {
     });
 }
 
-fn topic(kind: &str) -> String {
-    courier_testkit::fixtures::unique_name(&format!("bench-{kind}"))
+/// The broker both sides use.
+struct Target {
+    url: String,
+    bootstrap: String,
+    mock: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    partitions: i32,
+}
+
+/// Partitions of every topic on the mock cluster.
+const MOCK_PARTITIONS: i32 = 8;
+
+impl Target {
+    /// A new topic name. On the mock cluster the topic (and the companion
+    /// topic courier's consumer writes settled offsets to) is created now.
+    fn topic(&self, kind: &str) -> String {
+        let name = courier_testkit::fixtures::unique_name(&format!("bench-{kind}"));
+        if let Some(mock) = &self.mock {
+            for topic in [name.clone(), format!("{name}.courier-settled")] {
+                mock.create_topic(&topic, self.partitions, 1)
+                    .expect("create mock topic");
+            }
+        }
+        name
+    }
 }
 
 fn producer(bootstrap: &str) -> FutureProducer {
@@ -160,19 +217,21 @@ async fn send_all(producer: &FutureProducer, topic: &str, count: usize, headers:
     }
 }
 
-async fn raw_publish(bootstrap: &str, count: usize, headers: bool) -> Duration {
-    let name = topic("raw-pub");
-    create_topic(bootstrap, &name).await;
-    let producer = producer(bootstrap);
+async fn raw_publish(target: &Target, count: usize, headers: bool) -> Duration {
+    let name = target.topic("raw-pub");
+    if target.mock.is_none() {
+        create_topic(&target.bootstrap, &name).await;
+    }
+    let producer = producer(&target.bootstrap);
     send_all(&producer, &name, 1, headers).await; // connection and producer id
     let started = Instant::now();
     send_all(&producer, &name, count, headers).await;
     started.elapsed()
 }
 
-async fn courier_publish(url: &str, count: usize) -> Duration {
-    let broker = KafkaBroker::connect(url).await.expect("connect");
-    let name = topic("courier-pub");
+async fn courier_publish(target: &Target, count: usize) -> Duration {
+    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let name = target.topic("courier-pub");
     broker
         .publish(&name, Message::new("warm-up"))
         .await
@@ -192,9 +251,9 @@ async fn courier_publish(url: &str, count: usize) -> Duration {
 
 /// A fresh topic holding `count` courier messages (what both consumers
 /// read, so both decode the same records).
-async fn filled(url: &str, count: usize) -> String {
-    let broker = KafkaBroker::connect(url).await.expect("connect");
-    let name = topic("consume");
+async fn filled(target: &Target, count: usize) -> String {
+    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let name = target.topic("consume");
     let mut sent = 0;
     while sent < count {
         let n = 500.min(count - sent);
@@ -206,11 +265,14 @@ async fn filled(url: &str, count: usize) -> String {
     name
 }
 
-async fn raw_consume(bootstrap: &str, url: &str, count: usize) -> Duration {
-    let name = filled(url, count).await;
+async fn raw_consume(target: &Target, count: usize) -> Duration {
+    let name = filled(target, count).await;
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", topic("raw-group"))
+        .set("bootstrap.servers", &target.bootstrap)
+        .set(
+            "group.id",
+            courier_testkit::fixtures::unique_name("bench-raw-group"),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "100")
@@ -239,10 +301,14 @@ async fn raw_consume(bootstrap: &str, url: &str, count: usize) -> Duration {
     elapsed
 }
 
-async fn courier_consume(url: &str, count: usize) -> Duration {
-    let name = filled(url, count).await;
-    let broker = KafkaBroker::connect(url).await.expect("connect");
-    let sub = Subscription::new(&name, topic("courier-group")).start_from(StartPosition::Earliest);
+async fn courier_consume(target: &Target, count: usize) -> Duration {
+    let name = filled(target, count).await;
+    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let sub = Subscription::new(
+        &name,
+        courier_testkit::fixtures::unique_name("bench-courier-group"),
+    )
+    .start_from(StartPosition::Earliest);
     broker.provision(&sub).await.expect("provision");
     let started = Instant::now();
     let mut stream = broker.subscribe(sub).await.expect("subscribe");
