@@ -342,6 +342,22 @@ fn truncate_millis(t: SystemTime) -> SystemTime {
     }
 }
 
+/// Checks the payload sizes of messages about to be published against a
+/// broker's limit.
+///
+/// # Errors
+///
+/// [`Error::PayloadTooLarge`] for the first payload over `limit` bytes.
+pub fn check_payloads(messages: &[Message], limit: usize) -> Result<()> {
+    match messages.iter().find(|m| m.payload().len() > limit) {
+        Some(m) => Err(Error::PayloadTooLarge {
+            size: m.payload().len(),
+            limit,
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

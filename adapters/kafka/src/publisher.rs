@@ -84,13 +84,7 @@ impl Producer {
     pub(crate) async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         courier_core::name::validate_topic(topic)?;
-        let limit = self.config.max_payload;
-        if let Some(m) = messages.iter().find(|m| m.payload().len() > limit) {
-            return Err(Error::PayloadTooLarge {
-                size: m.payload().len(),
-                limit,
-            });
-        }
+        courier_core::message::check_payloads(&messages, self.config.max_payload)?;
         if messages.is_empty() {
             return Ok(());
         }

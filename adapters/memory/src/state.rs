@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::Waker;
 
-use courier_core::{Error, Message, Result, StartPosition};
+use courier_core::{Message, Result, StartPosition};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::MemoryConfig;
@@ -115,14 +115,7 @@ impl State {
     /// Checks what every publish must satisfy.
     pub(crate) fn check_publish(&self, topic: &str, messages: &[Message]) -> Result<()> {
         courier_core::name::validate_topic(topic)?;
-        let limit = self.config.max_payload;
-        if let Some(m) = messages.iter().find(|m| m.payload().len() > limit) {
-            return Err(Error::PayloadTooLarge {
-                size: m.payload().len(),
-                limit,
-            });
-        }
-        Ok(())
+        courier_core::message::check_payloads(messages, self.config.max_payload)
     }
 
     /// Appends messages to the topic's history and to every group's queue.
