@@ -148,52 +148,29 @@ mod tests {
         b.publish("t", Message::new("y")).await.unwrap();
     }
 
-    #[cfg(feature = "amqp")]
+    /// Every compiled-in scheme reaches its adapter: a closed port is a
+    /// refused connection, reported with the URL without its password.
     #[tokio::test]
-    async fn amqp_urls_reach_the_adapter() {
-        for scheme in ["amqp", "amqps"] {
-            match connect(&format!("{scheme}://u:pw@127.0.0.1:1/%2f")).await {
-                Err(Error::Connect { url, kind, .. }) => {
-                    assert_eq!(url, format!("{scheme}://u:***@127.0.0.1:1/%2f"));
-                    assert_eq!(kind, ConnectErrorKind::Refused);
-                }
-                other => panic!("{scheme}: {other:?}"),
-            }
+    async fn compiled_in_schemes_reach_their_adapter() {
+        let urls = [
+            ("amqp://u:pw@127.0.0.1:1/%2f", cfg!(feature = "amqp")),
+            ("amqps://u:pw@127.0.0.1:1/%2f", cfg!(feature = "amqp")),
+            ("kafka://127.0.0.1:1", cfg!(feature = "kafka")),
+            ("nats://u:pw@127.0.0.1:1", cfg!(feature = "nats")),
+        ];
+        for (url, _) in urls.into_iter().filter(|(_, on)| *on) {
+            let err = connect(url).await.expect_err(url);
+            let Error::Connect {
+                url: shown, kind, ..
+            } = &err
+            else {
+                panic!("{url}: {err:?}");
+            };
+            assert_eq!(*shown, redact_url(url));
+            assert!(!err.to_string().contains("pw"), "{err}");
+            assert!(err.to_string().contains(shown.as_str()), "{err}");
+            assert_eq!(*kind, ConnectErrorKind::Refused, "{url}");
         }
-    }
-
-    #[cfg(feature = "nats")]
-    #[tokio::test]
-    async fn nats_url_reaches_the_adapter() {
-        let err = connect("nats://u:pw@127.0.0.1:1").await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Connect {
-                    kind: ConnectErrorKind::Refused,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert!(!err.to_string().contains("pw"), "{err}");
-    }
-
-    #[cfg(feature = "kafka")]
-    #[tokio::test]
-    async fn kafka_url_reaches_the_adapter() {
-        let err = connect("kafka://127.0.0.1:1").await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Connect {
-                    kind: ConnectErrorKind::Refused,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("kafka://127.0.0.1:1"), "{err}");
     }
 
     #[tokio::test]
