@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         };
         // Orders of one customer share a key, so they are handled in order.
-        let message = Message::json(&order)?.with_key(order.customer.clone());
+        let message = Message::from_json(&order)?.with_key(order.customer.clone());
         broker.publish(&topic, message).await?;
         println!("sent     {order:?}");
     }
@@ -104,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let delivery = tokio::time::timeout(Duration::from_secs(30), dead.next())
             .await?
             .ok_or("dead-letter stream ended")??;
-        let order: OrderPlaced = delivery.message().json_as()?;
+        let order: OrderPlaced = delivery.message().json()?;
         let header = |name| delivery.message().headers().get(name).unwrap_or("?");
         println!(
             "dead letter {order:?}: {} (from {}, group {})",

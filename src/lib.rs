@@ -22,10 +22,10 @@
 //! # async fn main() -> courier::Result<()> {
 //! let broker = courier::connect("memory://").await?;
 //! let mut orders = broker.subscribe(Subscription::new("orders", "billing")).await?;
-//! broker.publish("orders", Message::json(&serde_json::json!({"id": 1}))?).await?;
+//! broker.publish("orders", Message::from_json(&serde_json::json!({"id": 1}))?).await?;
 //!
 //! let delivery = orders.next().await.expect("stream open")?;
-//! let order: serde_json::Value = delivery.message().json_as()?;
+//! let order: serde_json::Value = delivery.message().json()?;
 //! assert_eq!(order["id"], 1);
 //! delivery.ack().await?;
 //! broker.close().await?;

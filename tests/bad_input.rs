@@ -70,7 +70,7 @@ async fn json_that_does_not_match_the_type_is_a_decode_error_and_the_message_sta
         .await
         .unwrap();
     let delivery = stream.next().await.unwrap().unwrap();
-    let err = delivery.message().json_as::<Order>().unwrap_err();
+    let err = delivery.message().json::<Order>().unwrap_err();
     assert!(matches!(err, Error::Decode { .. }), "{err:?}");
     assert!(err.to_string().contains("Order"), "{err}");
     assert!(!err.is_retryable());

@@ -59,7 +59,12 @@ macro_rules! on_server {
         use tokio::sync::OnceCell;
 
         fn fixture_error(e: FixtureError) -> courier::Error {
-            courier::Error::broker($name, "start test server", false, e)
+            courier::Error::broker(
+                $name,
+                "start test server",
+                courier::BrokerErrorKind::Unavailable,
+                e,
+            )
         }
 
         async fn restartable() -> courier::Result<&'static BrokerFixture> {

@@ -73,7 +73,7 @@ impl DeadLetter {
     }
 
     /// Dead-letter to this topic instead of `<topic>.dlq`.
-    pub fn to_topic(mut self, topic: impl Into<String>) -> Self {
+    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
         self.topic = Some(topic.into());
         self
     }
@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(copy.header(DLQ_FIRST_FAILURE), Some("5"));
         assert_eq!(copy.header(DLQ_LAST_FAILURE), Some("9"));
         let (topic, _) = DeadLetter::new("x")
-            .to_topic("parking-lot")
+            .with_topic("parking-lot")
             .to_message(&original, "orders", "g")
             .unwrap();
         assert_eq!(topic, "parking-lot");

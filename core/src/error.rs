@@ -73,7 +73,62 @@ impl fmt::Display for ConnectErrorKind {
     }
 }
 
+/// What kind of failure a broker reported, so callers can branch without
+/// parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerErrorKind {
+    /// The broker or the connection to it is not available right now (lost
+    /// connection, no leader, not answering). Retryable.
+    Unavailable,
+    /// No queue, group or consumer can receive the message.
+    Unroutable,
+    /// The credentials lack a permission for the operation.
+    PermissionDenied,
+    /// A broker limit was reached (queue length, rate, storage). Retryable:
+    /// the limit may free up.
+    LimitReached,
+    /// A resource the operation needs does not exist.
+    NotFound,
+    /// A resource exists with other settings than the ones asked for.
+    Conflict,
+    /// The broker refused the operation or the message for good.
+    Rejected,
+    /// Anything else; see the source. Retryable, since nothing says it
+    /// cannot succeed.
+    Other,
+}
+
+impl BrokerErrorKind {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            BrokerErrorKind::Unavailable | BrokerErrorKind::LimitReached | BrokerErrorKind::Other
+        )
+    }
+}
+
+impl fmt::Display for BrokerErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokerErrorKind::Unavailable => "broker unavailable",
+            BrokerErrorKind::Unroutable => "unroutable",
+            BrokerErrorKind::PermissionDenied => "permission denied",
+            BrokerErrorKind::LimitReached => "limit reached",
+            BrokerErrorKind::NotFound => "not found",
+            BrokerErrorKind::Conflict => "conflicts with an existing resource",
+            BrokerErrorKind::Rejected => "rejected",
+            BrokerErrorKind::Other => "failed",
+        })
+    }
+}
+
 /// Every failure a courier operation can report.
+///
+/// `Display` shows the failure and its immediate cause on one line
+/// (`nats: ack failed (broker unavailable): timed out`); [`chain`] gives
+/// every cause.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -84,7 +139,7 @@ pub enum Error {
     #[error(transparent)]
     Header(#[from] HeaderError),
     /// The payload is larger than the broker accepts.
-    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    #[error("payload of {size} bytes is larger than the limit of {limit} bytes")]
     PayloadTooLarge {
         /// Payload size.
         size: usize,
@@ -92,25 +147,25 @@ pub enum Error {
         limit: usize,
     },
     /// A value could not be serialized into a payload.
-    #[error("cannot encode {type_name} as JSON")]
+    #[error("cannot encode {type_name}: {source}")]
     Encode {
         /// The Rust type being encoded.
         type_name: &'static str,
-        /// serde's reason.
+        /// The encoder's reason.
         #[source]
-        source: serde_json::Error,
+        source: BoxError,
     },
     /// A payload could not be decoded into the requested type. Permanent:
     /// the same bytes will never decode.
-    #[error("cannot decode message {id} as {type_name}")]
+    #[error("cannot decode message {id} as {type_name}: {source}")]
     Decode {
         /// The message that failed to decode.
         id: MessageId,
         /// The Rust type requested.
         type_name: &'static str,
-        /// serde's reason.
+        /// The decoder's reason.
         #[source]
-        source: serde_json::Error,
+        source: BoxError,
     },
     /// A connection URL is malformed or has an unsupported scheme.
     #[error("invalid broker URL {url}: {reason}")]
@@ -129,7 +184,7 @@ pub enum Error {
         feature: &'static str,
     },
     /// Connecting to the broker failed.
-    #[error("cannot connect to {url}: {kind}")]
+    #[error("cannot connect to {url}: {kind}{}", cause_suffix(source.as_deref()))]
     Connect {
         /// The URL, password removed.
         url: String,
@@ -162,21 +217,23 @@ pub enum Error {
         feature: &'static str,
     },
     /// The broker rejected or failed an operation.
-    #[error("{broker}: {operation} failed")]
+    #[error("{broker}: {operation} failed ({kind}): {source}")]
     Broker {
         /// The adapter (`"amqp"`, `"kafka"`, ...).
         broker: &'static str,
         /// What was being done (`"publish"`, `"ack"`, ...).
         operation: &'static str,
-        /// Whether trying again may succeed.
-        retryable: bool,
+        /// What kind of failure; decides [`Error::is_retryable`].
+        kind: BrokerErrorKind,
         /// The client's error.
         #[source]
         source: BoxError,
     },
-    /// A handler failed; produced by the consumer runtime.
-    #[error("handler failed: {0}")]
-    Handler(#[source] BoxError),
+}
+
+/// `": cause"` for an optional cause, empty without one.
+fn cause_suffix(source: Option<&(dyn std::error::Error + Send + Sync + 'static)>) -> String {
+    source.map_or_else(String::new, |cause| format!(": {cause}"))
 }
 
 impl Error {
@@ -187,9 +244,16 @@ impl Error {
         match self {
             Error::Connect { kind, .. } => kind.is_retryable(),
             Error::Timeout { .. } => true,
-            Error::Broker { retryable, .. } => *retryable,
-            Error::Handler(_) => true,
+            Error::Broker { kind, .. } => kind.is_retryable(),
             _ => false,
+        }
+    }
+
+    /// The kind of a [`Error::Broker`], `None` for other variants.
+    pub fn broker_kind(&self) -> Option<BrokerErrorKind> {
+        match self {
+            Error::Broker { kind, .. } => Some(*kind),
+            _ => None,
         }
     }
 
@@ -197,25 +261,26 @@ impl Error {
     pub fn broker(
         broker: &'static str,
         operation: &'static str,
-        retryable: bool,
+        kind: BrokerErrorKind,
         source: impl Into<BoxError>,
     ) -> Self {
         Error::Broker {
             broker,
             operation,
-            retryable,
+            kind,
             source: source.into(),
         }
     }
 }
 
 /// An error and all its sources on one line, `outer: inner: innermost`: the
-/// text to log or to put in a dead-letter reason.
+/// text to log or to put in a dead-letter reason. A cause whose text the
+/// line already ends with (errors that show their cause) is not repeated.
 ///
 /// # Examples
 ///
 /// ```
-/// let err = courier_core::Message::new("true").json_as::<u32>().unwrap_err();
+/// let err = courier_core::Message::new("true").json::<u32>().unwrap_err();
 /// let text = courier_core::error::chain(&err);
 /// assert!(text.starts_with("cannot decode message"));
 /// assert!(text.ends_with("as u32: invalid type: boolean `true`, expected u32 at line 1 column 4"));
@@ -224,17 +289,23 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
 }
 
-/// The URL with its password replaced by `***`, for error messages and logs.
+/// The URL with its password, and the values of query options that hold
+/// secrets, replaced by `***`, for error messages and logs.
 ///
 /// Works on lists too (`kafka://a:1,b:2`). A NATS URL's lone user part is a
-/// token and is masked whole.
+/// token and is masked whole. A query option is secret when its name
+/// contains `password`, `passwd`, `secret`, `token`, `credential`, `nkey` or
+/// `key` (as in `sasl_password`, `api_key`, `ssl_key_password`).
 ///
 /// # Examples
 ///
@@ -242,14 +313,59 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// use courier_core::error::redact_url;
 /// assert_eq!(redact_url("amqp://app:s3cret@rabbit:5672/%2f"), "amqp://app:***@rabbit:5672/%2f");
 /// assert_eq!(redact_url("nats://localhost:4222"), "nats://localhost:4222");
+/// assert_eq!(
+///     redact_url("kafka://k:9092?sasl_password=hunter2&client_id=a"),
+///     "kafka://k:9092?sasl_password=***&client_id=a"
+/// );
 /// ```
 pub fn redact_url(url: &str) -> String {
+    let (base, fragment) = match url.find('#') {
+        Some(hash) => url.split_at(hash),
+        None => (url, ""),
+    };
+    let (base, query) = match base.find('?') {
+        Some(mark) => (&base[..mark], Some(&base[mark + 1..])),
+        None => (base, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_option(name) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// Whether a URL query option's value is a secret; see [`redact_url`].
+pub fn is_secret_option(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "credential",
+        "nkey",
+        "key",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let authority_start = scheme_end + 3;
     let rest = &url[authority_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_len = rest.find('/').unwrap_or(rest.len());
     let authority = &rest[..authority_len];
     let Some(at) = authority.rfind('@') else {
         return url.to_owned();
@@ -281,6 +397,11 @@ mod tests {
         assert_eq!(redact_url("amqp://user@h"), "amqp://user@h");
         assert_eq!(redact_url("kafka://a:1,b:2"), "kafka://a:1,b:2");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url("amqp://u:p@h/v?auth_token=t&heartbeat=5#frag"),
+            "amqp://u:***@h/v?auth_token=***&heartbeat=5#frag"
+        );
+        assert_eq!(redact_url("nats://h?nkey=SU123"), "nats://h?nkey=***");
     }
 
     #[test]
@@ -301,6 +422,27 @@ mod tests {
         assert_eq!(
             refused.to_string(),
             "cannot connect to amqp://h: connection refused"
+        );
+        let lost = Error::broker(
+            "nats",
+            "ack",
+            BrokerErrorKind::Unavailable,
+            std::io::Error::other("timed out"),
+        );
+        assert!(lost.is_retryable());
+        assert_eq!(
+            lost.to_string(),
+            "nats: ack failed (broker unavailable): timed out"
+        );
+        assert_eq!(
+            chain(&lost),
+            "nats: ack failed (broker unavailable): timed out"
+        );
+        let denied = Error::broker("amqp", "publish", BrokerErrorKind::PermissionDenied, "403");
+        assert!(!denied.is_retryable());
+        assert_eq!(
+            denied.broker_kind(),
+            Some(BrokerErrorKind::PermissionDenied)
         );
     }
 }

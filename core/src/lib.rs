@@ -41,7 +41,7 @@ pub mod runtime;
 pub mod wire;
 
 pub use delivery::{Acknowledger, DeadLetter, Delivery, Nack};
-pub use error::{BoxError, ConnectErrorKind, Error, Result};
+pub use error::{BoxError, BrokerErrorKind, ConnectErrorKind, Error, Result};
 pub use headers::{HeaderError, Headers};
 pub use message::{Message, MessageId};
 pub use pubsub::{

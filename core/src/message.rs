@@ -17,7 +17,7 @@ use crate::headers::{HeaderError, Headers};
 pub const CORRELATION_ID: &str = "courier-correlation-id";
 /// Header carrying the causation id (the id of the message that caused this one).
 pub const CAUSATION_ID: &str = "courier-causation-id";
-/// Content type set by [`Message::json`].
+/// Content type set by [`Message::from_json`].
 pub const JSON: &str = "application/json";
 
 /// A message id: a UUID v7 for messages courier creates, or any other text a
@@ -126,11 +126,11 @@ impl fmt::Debug for MessageId {
 /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
 /// struct OrderPlaced { order: u64 }
 ///
-/// let msg = Message::json(&OrderPlaced { order: 7 })?
+/// let msg = Message::from_json(&OrderPlaced { order: 7 })?
 ///     .with_key("customer-42")
-///     .with_header("tenant", "acme")?;
+///     .with_headers([("tenant", "acme")])?;
 /// assert_eq!(msg.content_type(), Some("application/json"));
-/// assert_eq!(msg.json_as::<OrderPlaced>()?, OrderPlaced { order: 7 });
+/// assert_eq!(msg.json::<OrderPlaced>()?, OrderPlaced { order: 7 });
 ///
 /// let reply = Message::new("ok").caused_by(&msg);
 /// assert_eq!(reply.causation_id(), Some(msg.id().to_string().as_str()));
@@ -166,28 +166,37 @@ impl Message {
     /// # Errors
     ///
     /// [`Error::Encode`] when serde cannot serialize the value.
-    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+    pub fn from_json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
         let payload = serde_json::to_vec(value).map_err(|source| Error::Encode {
             type_name: std::any::type_name::<T>(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Message::new(payload).with_content_type(JSON))
     }
 
-    /// Decodes the payload as JSON into `T`. (Rust has no overloading, so the
-    /// decoding twin of the constructor [`Message::json`] is `json_as`.)
+    /// Decodes the payload as JSON into `T`.
     ///
     /// # Errors
     ///
     /// [`Error::Decode`] naming the message id and the target type when the
     /// payload is not JSON of that shape. Such a message will never decode,
     /// so the error is not retryable.
-    pub fn json_as<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.payload).map_err(|source| Error::Decode {
             id: self.id.clone(),
             type_name: std::any::type_name::<T>(),
-            source,
+            source: Box::new(source),
         })
+    }
+
+    /// Decodes the payload as JSON into `T`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Message::json`].
+    #[deprecated(since = "0.2.0", note = "renamed to `Message::json`")]
+    pub fn json_as<T: DeserializeOwned>(&self) -> Result<T> {
+        self.json()
     }
 
     /// Sets the id.
@@ -214,6 +223,36 @@ impl Message {
         value: impl Into<String>,
     ) -> Result<Self, HeaderError> {
         self.headers.insert(name, value)?;
+        Ok(self)
+    }
+
+    /// Adds several headers, checked together: one `?` for the lot.
+    ///
+    /// # Errors
+    ///
+    /// The first [`HeaderError`], as for [`Headers::insert`]; the message is
+    /// then dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use courier_core::Message;
+    /// # fn main() -> Result<(), courier_core::HeaderError> {
+    /// let msg = Message::new("hi").with_key("k").with_headers([("tenant", "acme"), ("region", "eu")])?;
+    /// assert_eq!(msg.header("region"), Some("eu"));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_headers<N, V>(
+        mut self,
+        headers: impl IntoIterator<Item = (N, V)>,
+    ) -> Result<Self, HeaderError>
+    where
+        N: Into<String>,
+        V: Into<String>,
+    {
+        for (name, value) in headers {
+            self.headers.insert(name, value)?;
+        }
         Ok(self)
     }
 
@@ -389,10 +428,10 @@ mod tests {
 
     #[test]
     fn json_round_trip_and_mismatch_is_a_typed_error() {
-        let msg = Message::json(&Order { id: 3 }).unwrap();
-        assert_eq!(msg.json_as::<Order>().unwrap(), Order { id: 3 });
+        let msg = Message::from_json(&Order { id: 3 }).unwrap();
+        assert_eq!(msg.json::<Order>().unwrap(), Order { id: 3 });
         let bad = Message::new("{\"id\":\"three\"}");
-        let err = bad.json_as::<Order>().unwrap_err();
+        let err = bad.json::<Order>().unwrap_err();
         match &err {
             Error::Decode { id, type_name, .. } => {
                 assert_eq!(id, bad.id());

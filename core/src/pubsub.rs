@@ -137,8 +137,8 @@ impl Subscription {
         &self.group
     }
 
-    /// The start position.
-    pub fn start(&self) -> StartPosition {
+    /// Where a new group starts.
+    pub fn start_position(&self) -> StartPosition {
         self.start
     }
 

@@ -67,7 +67,9 @@ async fn concurrency_one_handles_in_publish_order_through_layers() {
     let running = tokio::spawn(consumer.run_until(async {
         let _ = done_rx.await;
     }));
-    let batch = (0..100u32).map(|n| Message::json(&n).unwrap()).collect();
+    let batch = (0..100u32)
+        .map(|n| Message::from_json(&n).unwrap())
+        .collect();
     broker.publish_batch(sub.topic(), batch).await.unwrap();
     while metrics.snapshot().handled < 100 {
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -14,11 +14,11 @@ use courier_core::delivery::{
     DLQ_ATTEMPTS, DLQ_FIRST_FAILURE, DLQ_GROUP, DLQ_LAST_FAILURE, DLQ_ORIGINAL_TOPIC, DLQ_REASON,
 };
 use courier_core::runtime::{
-    self, Consumer, ConsumerMetrics, ConsumerStats, HandlerError, RetryPolicy, ShutdownHandle,
+    self, App, Consumer, ConsumerMetrics, ConsumerStats, Envelope, HandlerError, RetryPolicy,
+    RunningConsumer,
 };
 use courier_core::{Broker, DeliveryStream, Message, MessageId, Subscription};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 
 use crate::harness::{Case, Ctx};
 
@@ -39,6 +39,11 @@ pub fn cases() -> Vec<Case> {
         case!(runtime_panicking_handler_is_retried),
         case!(runtime_shutdown_waits_for_in_flight_handlers),
         case!(runtime_shutdown_deadline_requeues_unfinished_work),
+        case!(runtime_envelope_sees_the_context_and_follows_up),
+        case!(runtime_start_then_publish_loses_nothing),
+        case!(runtime_non_retryable_error_dead_letters_at_once),
+        case!(runtime_dropping_the_handle_stops_its_handlers),
+        case!(runtime_app_shuts_down_its_consumers_together),
     ]
 }
 
@@ -50,7 +55,7 @@ struct Item {
 }
 
 fn item_message(item: Item, keyed: bool) -> Message {
-    let message = Message::json(&item).expect("encode");
+    let message = Message::from_json(&item).expect("encode");
     if keyed {
         message.with_key(format!("key-{}", item.key))
     } else {
@@ -67,31 +72,26 @@ async fn publish_items(broker: &Broker, topic: &str, items: &[(Item, bool)]) {
 
 /// A running consumer.
 struct Running {
-    shutdown: ShutdownHandle,
     metrics: ConsumerMetrics,
-    task: JoinHandle<courier_core::Result<ConsumerStats>>,
+    consumer: RunningConsumer,
 }
 
 impl Running {
-    async fn start(broker: &Broker, consumer: Consumer) -> Self {
-        broker
-            .provision(consumer.subscription())
+    /// Starts the consumer: it is subscribed when this returns.
+    async fn start(ctx: &Ctx, consumer: Consumer) -> Self {
+        let metrics = consumer.metrics();
+        let consumer = tokio::time::timeout(ctx.patience(), consumer.start())
             .await
-            .expect("provision");
-        Running {
-            shutdown: consumer.shutdown_handle(),
-            metrics: consumer.metrics(),
-            task: tokio::spawn(consumer.run()),
-        }
+            .expect("the consumer starts within the adapter's patience")
+            .expect("start");
+        Running { metrics, consumer }
     }
 
-    /// Triggers the shutdown and waits for the run to end.
+    /// Shuts the consumer down and waits for it.
     async fn stop(self, ctx: &Ctx) -> ConsumerStats {
-        self.shutdown.shutdown();
-        match tokio::time::timeout(ctx.patience() * 2, self.task).await {
-            Ok(Ok(Ok(stats))) => stats,
-            Ok(Ok(Err(e))) => panic!("consumer failed: {e} ({e:?})"),
-            Ok(Err(e)) => panic!("consumer task: {e}"),
+        match tokio::time::timeout(ctx.patience() * 2, self.consumer.shutdown()).await {
+            Ok(Ok(stats)) => stats,
+            Ok(Err(e)) => panic!("consumer failed: {e} ({e:?})"),
             Err(_) => panic!("consumer did not shut down"),
         }
     }
@@ -180,7 +180,7 @@ async fn runtime_keeps_key_order_with_parallel_keys(ctx: Ctx) {
     let consumer = Consumer::builder(&broker, sub.clone(), handler)
         .concurrency(8)
         .build();
-    let running = Running::start(&broker, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
 
     let mut next_seq = [0u32; KEYS as usize];
     let items: Vec<(Item, bool)> = (0..MESSAGES)
@@ -255,7 +255,7 @@ async fn runtime_retries_with_growing_delays(ctx: Ctx) {
     let consumer = Consumer::builder(&broker, sub.clone(), handler)
         .retry(policy)
         .build();
-    let running = Running::start(&broker, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
     broker
         .publish(sub.topic(), Message::new("flaky"))
         .await
@@ -324,7 +324,7 @@ async fn runtime_retry_holds_the_key_lane(ctx: Ctx) {
         .concurrency(4)
         .retry(policy)
         .build();
-    let running = Running::start(&broker, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
     let items: Vec<(Item, bool)> = (0..20).map(|seq| (Item { key: 1, seq }, true)).collect();
     publish_items(&broker, sub.topic(), &items).await;
     let metrics = running.metrics.clone();
@@ -372,7 +372,7 @@ async fn runtime_dead_letters_after_the_last_attempt(ctx: Ctx) {
         .concurrency(4)
         .retry(policy)
         .build();
-    let running = Running::start(&broker, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
     // The poison message shares its key with half of the good ones, which
     // wait for it and then go on; the others do not wait at all.
     let poison = item_message(
@@ -461,7 +461,7 @@ async fn runtime_undecodable_payload_dead_letters_at_once(ctx: Ctx) {
         .retry(RetryPolicy::exponential().max_attempts(5))
         .dead_letter_topic(parking.topic())
         .build();
-    let running = Running::start(&broker, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
     let garbage = Message::new("{ this is not json").with_content_type("application/json");
     let garbage_id = garbage.id().clone();
     broker.publish(sub.topic(), garbage).await.expect("publish");
@@ -524,7 +524,7 @@ async fn runtime_panicking_handler_is_retried(ctx: Ctx) {
         .concurrency(4)
         .retry(policy)
         .build();
-    let running = Running::start(&broker, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
     let first: Vec<(Item, bool)> = (0..12).map(|seq| (Item { key: 0, seq }, false)).collect();
     publish_items(&broker, sub.topic(), &first).await;
     let metrics = running.metrics.clone();
@@ -619,7 +619,7 @@ async fn runtime_shutdown_waits_for_in_flight_handlers(ctx: Ctx) {
         .concurrency(IN_FLIGHT as usize)
         .shutdown_deadline(ctx.patience())
         .build();
-    let running = Running::start(&broker, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
     let all = publish_numbered(&broker, sub.topic(), PUBLISHED).await;
     work.wait_started(&ctx, IN_FLIGHT).await;
     let stats = running.stop(&ctx).await;
@@ -685,7 +685,7 @@ async fn runtime_shutdown_deadline_requeues_unfinished_work(ctx: Ctx) {
         .concurrency(IN_FLIGHT as usize)
         .shutdown_deadline(Duration::from_millis(200))
         .build();
-    let running = Running::start(&broker, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
     let all = publish_numbered(&broker, sub.topic(), IN_FLIGHT as usize).await;
     work.wait_started(&ctx, IN_FLIGHT).await;
     let stats = running.stop(&ctx).await;
@@ -706,7 +706,7 @@ async fn runtime_shutdown_deadline_requeues_unfinished_work(ctx: Ctx) {
         })
     };
     let consumer = Consumer::builder(&next, sub.clone(), handler).build();
-    let running = Running::start(&next, consumer).await;
+    let running = Running::start(&ctx, consumer).await;
     let metrics = running.metrics.clone();
     wait_for(
         &ctx,
@@ -719,5 +719,268 @@ async fn runtime_shutdown_deadline_requeues_unfinished_work(ctx: Ctx) {
     assert_eq!(stats.handled, IN_FLIGHT);
     assert_eq!(*seen.lock().expect("lock"), all);
     next.close().await.expect("close");
+    broker.close().await.expect("close");
+}
+
+async fn runtime_envelope_sees_the_context_and_follows_up(ctx: Ctx) {
+    let broker = ctx.broker().await;
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
+    let next_topic = ctx.name("next");
+    let next_sub = Subscription::new(next_topic.clone(), ctx.name("reader"));
+    broker.provision(&next_sub).await.expect("provision");
+    // Topic, group, attempt and correlation id, as the handler saw them.
+    type Context = (String, String, u32, Option<String>);
+    let seen: Arc<Mutex<Vec<Context>>> = Arc::default();
+    let handler = {
+        let (broker, seen, next_topic) = (broker.clone(), seen.clone(), next_topic.clone());
+        runtime::envelope(move |Envelope { body, meta }: Envelope<Item>| {
+            let (broker, seen, next_topic) = (broker.clone(), seen.clone(), next_topic.clone());
+            async move {
+                let tenant = meta.header("tenant").unwrap_or("none").to_owned();
+                seen.lock().expect("lock").push((
+                    meta.topic().to_owned(),
+                    meta.group().to_owned(),
+                    meta.attempt(),
+                    meta.correlation_id().map(str::to_owned),
+                ));
+                let next = Message::from_json(&Item {
+                    key: body.key,
+                    seq: body.seq + 1,
+                })?
+                .with_headers([("tenant", tenant)])?;
+                broker.publish(&next_topic, meta.follow_up(next)).await?;
+                Ok(())
+            }
+        })
+    };
+    let running = Running::start(
+        &ctx,
+        Consumer::builder(&broker, sub.clone(), handler).build(),
+    )
+    .await;
+    let original = item_message(Item { key: 3, seq: 41 }, true)
+        .with_headers([("tenant", "acme")])
+        .expect("header")
+        .with_correlation_id("flow-17")
+        .expect("correlation id");
+    let original_id = original.id().clone();
+    broker
+        .publish(sub.topic(), original)
+        .await
+        .expect("publish");
+
+    let mut follow_ups = subscribe(&broker, next_sub).await;
+    let d = ctx.next(&mut follow_ups).await;
+    let stats = running.stop(&ctx).await;
+    assert_eq!((stats.handled, stats.failed), (1, 0));
+    let follow_up = d.message();
+    assert_eq!(
+        follow_up.json::<Item>().expect("decode"),
+        Item { key: 3, seq: 42 }
+    );
+    assert_eq!(
+        follow_up.header("tenant"),
+        Some("acme"),
+        "header read by the handler"
+    );
+    assert_eq!(
+        follow_up.causation_id(),
+        Some(original_id.to_string().as_str()),
+        "caused by the original"
+    );
+    assert_eq!(follow_up.correlation_id(), Some("flow-17"), "same flow");
+    assert_ne!(follow_up.id(), &original_id);
+    d.ack().await.expect("ack");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen,
+        [(
+            sub.topic().to_owned(),
+            sub.group().to_owned(),
+            1,
+            Some("flow-17".to_owned())
+        )]
+    );
+    broker.close().await.expect("close");
+}
+
+async fn runtime_start_then_publish_loses_nothing(ctx: Ctx) {
+    const MESSAGES: usize = 100;
+    let broker = ctx.broker().await;
+    // A group nobody provisioned: `start` creates it before it returns.
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
+    let work = Arc::new(SlowWork::default());
+    let consumer = Consumer::builder(&broker, sub.clone(), work.handler(Duration::ZERO)).build();
+    let running = Running::start(&ctx, consumer).await;
+    let all = publish_numbered(&broker, sub.topic(), MESSAGES).await;
+    let metrics = running.metrics.clone();
+    wait_for(
+        &ctx,
+        "100 handled messages",
+        || total(&metrics.snapshot()),
+        || metrics.snapshot().handled >= MESSAGES as u64,
+    )
+    .await;
+    let stats = running.stop(&ctx).await;
+    assert_eq!(stats.handled, MESSAGES as u64);
+    assert_eq!(*work.finished.lock().expect("lock"), all);
+    broker.close().await.expect("close");
+}
+
+async fn runtime_non_retryable_error_dead_letters_at_once(ctx: Ctx) {
+    let broker = ctx.broker().await;
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
+    let dlq = Subscription::new(format!("{}.dlq", sub.topic()), ctx.name("dlq-reader"));
+    broker.provision(&dlq).await.expect("provision dlq");
+    let calls = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let (broker, calls) = (broker.clone(), calls.clone());
+        runtime::raw(move |message: Message| {
+            let (broker, calls) = (broker.clone(), calls.clone());
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // A courier error that no retry can mend, returned with `?`.
+                broker.publish("no spaces allowed", message).await?;
+                Ok(())
+            }
+        })
+    };
+    let consumer = Consumer::builder(&broker, sub.clone(), handler)
+        .retry(
+            RetryPolicy::exponential()
+                .max_attempts(5)
+                .min_delay(Duration::from_millis(5)),
+        )
+        .build();
+    let running = Running::start(&ctx, consumer).await;
+    let message = Message::new("x");
+    let id = message.id().clone();
+    broker.publish(sub.topic(), message).await.expect("publish");
+    let metrics = running.metrics.clone();
+    wait_for(
+        &ctx,
+        "one dead-lettered message",
+        || total(&metrics.snapshot()),
+        || metrics.snapshot().dead_lettered == 1,
+    )
+    .await;
+    let stats = running.stop(&ctx).await;
+    assert_eq!((stats.failed, stats.retried, stats.handled), (1, 0, 0));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no second attempt");
+    let mut dead = subscribe(&broker, dlq).await;
+    let d = ctx.next(&mut dead).await;
+    assert_eq!(d.message().id(), &id);
+    assert_eq!(d.message().header(DLQ_ATTEMPTS), Some("1"));
+    let reason = d.message().header(DLQ_REASON).expect("reason");
+    assert!(reason.contains("no spaces allowed"), "reason: {reason}");
+    d.ack().await.expect("ack");
+    broker.close().await.expect("close");
+}
+
+/// Counts handler futures alive: one is counted from its start until it is
+/// dropped, whether it finished or was cancelled.
+#[derive(Default)]
+struct Alive(AtomicU64);
+
+struct AliveGuard(Arc<Alive>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn runtime_dropping_the_handle_stops_its_handlers(ctx: Ctx) {
+    const IN_FLIGHT: u64 = 8;
+    let broker = ctx.broker().await;
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
+    let alive = Arc::new(Alive::default());
+    let started = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let (alive, started) = (alive.clone(), started.clone());
+        runtime::raw(move |_message| {
+            let (alive, started) = (alive.clone(), started.clone());
+            async move {
+                alive.0.fetch_add(1, Ordering::SeqCst);
+                let _guard = AliveGuard(alive);
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            }
+        })
+    };
+    let consumer = Consumer::builder(&broker, sub.clone(), handler)
+        .concurrency(IN_FLIGHT as usize)
+        .build();
+    let running = Running::start(&ctx, consumer).await;
+    let all = publish_numbered(&broker, sub.topic(), IN_FLIGHT as usize).await;
+    wait_for(
+        &ctx,
+        "8 running handlers",
+        || started.load(Ordering::SeqCst),
+        || started.load(Ordering::SeqCst) == IN_FLIGHT,
+    )
+    .await;
+    assert_eq!(alive.0.load(Ordering::SeqCst), IN_FLIGHT);
+    drop(running);
+    let deadline = Instant::now() + ctx.patience();
+    while alive.0.load(Ordering::SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} handlers still alive {:?} after the handle was dropped",
+            alive.0.load(Ordering::SeqCst),
+            ctx.patience()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Every cut-short message comes back to the group.
+    let next = ctx.broker().await;
+    let mut stream = subscribe(&next, sub).await;
+    let mut back = HashSet::new();
+    for _ in 0..IN_FLIGHT {
+        let d = ctx.next(&mut stream).await;
+        back.insert(d.message().id().clone());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(back, all);
+    next.close().await.expect("close");
+    broker.close().await.expect("close");
+}
+
+async fn runtime_app_shuts_down_its_consumers_together(ctx: Ctx) {
+    const CONSUMERS: usize = 3;
+    const PER_CONSUMER: u64 = 4;
+    let broker = ctx.broker().await;
+    let topic = ctx.name("t");
+    let works: Vec<Arc<SlowWork>> = (0..CONSUMERS).map(|_| Arc::default()).collect();
+    let mut app = App::new();
+    for (i, work) in works.iter().enumerate() {
+        let sub = Subscription::new(topic.clone(), ctx.name(&format!("g{i}")));
+        app = app.consumer(
+            Consumer::builder(&broker, sub, work.handler(Duration::from_millis(300)))
+                .concurrency(PER_CONSUMER as usize)
+                .shutdown_deadline(ctx.patience()),
+        );
+    }
+    let running = tokio::time::timeout(ctx.patience(), app.start())
+        .await
+        .expect("the app starts within the adapter's patience")
+        .expect("start");
+    let all = publish_numbered(&broker, &topic, PER_CONSUMER as usize).await;
+    for work in &works {
+        work.wait_started(&ctx, PER_CONSUMER).await;
+    }
+    let stats = tokio::time::timeout(ctx.patience() * 2, running.shutdown())
+        .await
+        .expect("the app shuts down")
+        .expect("shutdown");
+    assert_eq!(stats.len(), CONSUMERS);
+    for (i, (work, stats)) in works.iter().zip(&stats).enumerate() {
+        let finished = work.finished.lock().expect("lock").clone();
+        assert_eq!(finished, all, "consumer {i} finished its in-flight work");
+        assert_eq!(stats.handled, PER_CONSUMER, "consumer {i} acked it");
+        assert_eq!((stats.in_flight, stats.running), (0, 0));
+    }
     broker.close().await.expect("close");
 }

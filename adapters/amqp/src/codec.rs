@@ -22,7 +22,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use courier_core::message::CORRELATION_ID;
 use courier_core::wire::{CONTENT_TYPE, ID, KEY, TIMESTAMP};
-use courier_core::{Error, Headers, Message, MessageId, Result};
+use courier_core::{BrokerErrorKind, Error, Headers, Message, MessageId, Result};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -59,8 +59,13 @@ const PERSISTENT: u8 = 2;
 pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result<BasicProperties> {
     let mut headers = FieldTable::default();
     let mut put = |name: &str, value: &str| -> Result<()> {
-        let name = ShortString::try_new(name)
-            .map_err(|_| broker("publish", false, AmqpError::HeaderNameTooLong(name.len())))?;
+        let name = ShortString::try_new(name).map_err(|_| {
+            broker(
+                "publish",
+                BrokerErrorKind::Rejected,
+                AmqpError::HeaderNameTooLong(name.len()),
+            )
+        })?;
         headers.insert(name, AMQPValue::LongString(LongString::from(value)));
         Ok(())
     };
@@ -223,7 +228,7 @@ pub(crate) fn check(message: &Message, limit: usize) -> Result<()> {
     if let Some((name, _)) = message.headers().iter().find(|(name, _)| name.len() > 255) {
         return Err(broker(
             "publish",
-            false,
+            BrokerErrorKind::Rejected,
             AmqpError::HeaderNameTooLong(name.len()),
         ));
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_core::error::redact_url;
-use courier_core::{Error, Result};
+use courier_core::{BrokerErrorKind, Error, Result};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::uri::AMQPUri;
@@ -265,7 +265,7 @@ impl Link {
                         tracing::error!(url = %self.redacted, role = self.role, error = %e, "gave up reconnecting");
                         return Err(error::broker(
                             "reconnect",
-                            true,
+                            BrokerErrorKind::Unavailable,
                             AmqpError::GaveUp {
                                 url: self.redacted.clone(),
                                 waited,

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use courier_core::{Acknowledger, DeadLetter, Error, Message, Nack, Result, async_trait};
+use courier_core::{
+    Acknowledger, BrokerErrorKind, DeadLetter, Error, Message, Nack, Result, async_trait,
+};
 use futures::FutureExt;
 use lapin::Acker;
 use lapin::Channel;
@@ -89,7 +91,11 @@ fn settled(operation: &'static str, outcome: lapin::Result<bool>) -> Result<()> 
         Ok(true) => Ok(()),
         // The acker refuses when its channel is gone: the broker has
         // requeued the message already.
-        Ok(false) => Err(broker(operation, false, AmqpError::StaleDelivery)),
+        Ok(false) => Err(broker(
+            operation,
+            BrokerErrorKind::Conflict,
+            AmqpError::StaleDelivery,
+        )),
         Err(e) => Err(error::from_lapin(operation, e)),
     }
 }
@@ -129,7 +135,11 @@ impl AmqpAcker {
         if self.acker.usable() {
             Ok(())
         } else {
-            Err(broker(operation, false, AmqpError::StaleDelivery))
+            Err(broker(
+                operation,
+                BrokerErrorKind::Conflict,
+                AmqpError::StaleDelivery,
+            ))
         }
     }
 
@@ -150,7 +160,11 @@ impl AmqpAcker {
         let group = self.group();
         let bucket_ms = match topology::retry_bucket(delay) {
             Ok(bucket) => bucket,
-            Err(e) => return self.requeue_after_failure(broker("nack", false, e)).await,
+            Err(e) => {
+                return self
+                    .requeue_after_failure(broker("nack", BrokerErrorKind::Rejected, e))
+                    .await;
+            }
         };
         let retry_queue = topology::retry_queue_name(&group.queue, bucket_ms);
         if let Err(e) = codec::check(message, group.link.config().max_payload) {

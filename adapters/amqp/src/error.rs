@@ -8,7 +8,7 @@
 use std::io;
 use std::time::Duration;
 
-use courier_core::{ConnectErrorKind, Error};
+use courier_core::{BrokerErrorKind, ConnectErrorKind, Error};
 use lapin::ErrorKind;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 
@@ -67,16 +67,36 @@ pub enum AmqpError {
 /// A [`Error::Broker`] of this adapter.
 pub(crate) fn broker(
     operation: &'static str,
-    retryable: bool,
+    kind: BrokerErrorKind,
     source: impl Into<courier_core::BoxError>,
 ) -> Error {
-    Error::broker(BROKER, operation, retryable, source)
+    Error::broker(BROKER, operation, kind, source)
 }
 
 /// A client error during `operation`, classified.
 pub(crate) fn from_lapin(operation: &'static str, error: lapin::Error) -> Error {
-    let retryable = is_connection_error(&error) || !is_soft_refusal(&error);
-    broker(operation, retryable, error)
+    broker(operation, broker_kind(&error), error)
+}
+
+/// What kind of failure a client error is: a lost connection, or the
+/// broker's refusal by its AMQP reply code.
+pub(crate) fn broker_kind(error: &lapin::Error) -> BrokerErrorKind {
+    if is_connection_error(error) {
+        return BrokerErrorKind::Unavailable;
+    }
+    match error.kind() {
+        ErrorKind::ProtocolError(e) => match e.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => BrokerErrorKind::PermissionDenied,
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => BrokerErrorKind::NotFound,
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => BrokerErrorKind::Conflict,
+            AMQPErrorKind::Soft(AMQPSoftError::NOROUTE) => BrokerErrorKind::Unroutable,
+            AMQPErrorKind::Hard(AMQPHardError::RESOURCEERROR) => BrokerErrorKind::LimitReached,
+            AMQPErrorKind::Soft(_) => BrokerErrorKind::Rejected,
+            AMQPErrorKind::Hard(_) => BrokerErrorKind::Unavailable,
+        },
+        _ => BrokerErrorKind::Other,
+    }
 }
 
 /// Whether the error means the connection is gone (as opposed to one
@@ -90,12 +110,6 @@ pub(crate) fn is_connection_error(error: &lapin::Error) -> bool {
         ErrorKind::ProtocolError(e) => matches!(e.kind(), AMQPErrorKind::Hard(_)),
         _ => false,
     }
-}
-
-/// Whether the broker refused a request on a channel (404, 403, 406, ...):
-/// doing the same again will fail again.
-pub(crate) fn is_soft_refusal(error: &lapin::Error) -> bool {
-    matches!(error.kind(), ErrorKind::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(_)))
 }
 
 /// Why connecting failed, from the client's error.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_core::{Error, Message, Publisher, Result, async_trait};
+use courier_core::{BrokerErrorKind, Error, Message, Publisher, Result, async_trait};
 use lapin::Confirmation;
 use lapin::types::ShortString;
 
@@ -105,7 +105,11 @@ pub(crate) async fn send(
             Failure::Nacked => {
                 retries += 1;
                 if give_up {
-                    return Err(broker("publish", true, AmqpError::Nacked));
+                    return Err(broker(
+                        "publish",
+                        BrokerErrorKind::Rejected,
+                        AmqpError::Nacked,
+                    ));
                 }
                 tokio::select! {
                     () = tokio::time::sleep(config.reconnect.delay(retries)) => {}
@@ -171,7 +175,7 @@ async fn attempt(
         if session.is_alive() {
             Failure::Channel(broker(
                 "publish",
-                true,
+                BrokerErrorKind::Unavailable,
                 "the publishing channel closed before the broker confirmed",
             ))
         } else {
@@ -227,7 +231,7 @@ async fn attempt(
             Some(Ok(Confirmation::Ack(None))) => continue,
             Some(Ok(Confirmation::Ack(Some(returned)))) => Failure::Fatal(broker(
                 "publish",
-                false,
+                BrokerErrorKind::Unroutable,
                 AmqpError::Unroutable {
                     exchange: returned.delivery.exchange.to_string(),
                     reply: returned.reply_text.to_string(),
@@ -236,7 +240,7 @@ async fn attempt(
             Some(Ok(Confirmation::Nack(_))) => Failure::Nacked,
             Some(Ok(Confirmation::NotRequested)) => Failure::Fatal(broker(
                 "publish",
-                true,
+                BrokerErrorKind::Other,
                 "the channel is not in confirm mode",
             )),
             Some(Err(e)) => classify(e),

@@ -476,7 +476,7 @@ fn run(
                 let error = courier_core::Error::broker(
                     BROKER,
                     "consume",
-                    false,
+                    courier_core::BrokerErrorKind::Rejected,
                     KafkaError::MessageConsumptionFatal(code),
                 );
                 let _ = tx.send(Fetched::Failed(error));

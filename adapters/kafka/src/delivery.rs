@@ -31,7 +31,7 @@ impl KafkaAcker {
         Error::broker(
             BROKER,
             operation,
-            false,
+            courier_core::BrokerErrorKind::Conflict,
             PartitionRevoked {
                 topic: self.partition.topic.to_string(),
                 partition: self.partition.id,

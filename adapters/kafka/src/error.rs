@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use courier_core::error::redact_url;
-use courier_core::{ConnectErrorKind, Error};
+use courier_core::{BrokerErrorKind, ConnectErrorKind, Error};
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -171,19 +171,38 @@ pub(crate) fn publish_error(
             | RDKafkaErrorCode::UnknownTopic
             | RDKafkaErrorCode::UnknownPartition,
         ) => Error::TopicNotFound(topic.to_owned()),
-        Some(code) => Error::broker(BROKER, "publish", is_retryable(code), err),
-        None => Error::broker(BROKER, "publish", false, err),
+        Some(code) => Error::broker(BROKER, "publish", kind(code), err),
+        None => Error::broker(BROKER, "publish", BrokerErrorKind::Rejected, err),
     }
 }
 
 /// A failed request other than a publish.
 pub(crate) fn op_error(operation: &'static str, err: KafkaError) -> Error {
-    let retryable = err.rdkafka_error_code().is_none_or(is_retryable);
-    Error::broker(BROKER, operation, retryable, err)
+    let kind = err
+        .rdkafka_error_code()
+        .map_or(BrokerErrorKind::Other, kind);
+    Error::broker(BROKER, operation, kind, err)
+}
+
+/// What kind of failure an rdkafka error code is.
+pub(crate) fn kind(code: RDKafkaErrorCode) -> BrokerErrorKind {
+    match code {
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::GroupAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed
+        | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+        | RDKafkaErrorCode::Authentication
+        | RDKafkaErrorCode::SaslAuthenticationFailed => BrokerErrorKind::PermissionDenied,
+        RDKafkaErrorCode::PolicyViolation | RDKafkaErrorCode::ThrottlingQuotaExceeded => {
+            BrokerErrorKind::LimitReached
+        }
+        code if is_retryable(code) => BrokerErrorKind::Unavailable,
+        _ => BrokerErrorKind::Rejected,
+    }
 }
 
 /// Whether an rdkafka error code may go away when the request is repeated.
-pub(crate) fn is_retryable(code: RDKafkaErrorCode) -> bool {
+fn is_retryable(code: RDKafkaErrorCode) -> bool {
     !matches!(
         code,
         RDKafkaErrorCode::Fatal

@@ -157,7 +157,7 @@ impl Producer {
             Err(_canceled) => Err(Error::broker(
                 BROKER,
                 "publish",
-                true,
+                courier_core::BrokerErrorKind::Unavailable,
                 "the producer was shut down before the broker confirmed",
             )),
         }

@@ -281,7 +281,7 @@ pub(crate) async fn provision(
             &client,
             subscription.topic(),
             partitions,
-            subscription.start(),
+            subscription.start_position(),
             config.connect_timeout,
         )
     })
@@ -318,7 +318,7 @@ pub(crate) async fn subscribe(
             &consumer,
             subscription.topic(),
             partitions,
-            subscription.start(),
+            subscription.start_position(),
             consumer_config.connect_timeout,
         )?;
         consumer.subscribe(&[subscription.topic()])?;
@@ -332,7 +332,7 @@ pub(crate) async fn subscribe(
         Error::broker(
             crate::error::BROKER,
             "subscribe",
-            true,
+            courier_core::BrokerErrorKind::Other,
             format!("cannot start the poll thread: {e}"),
         )
     })?;

@@ -224,7 +224,7 @@ impl Subscriber for MemoryBroker {
         self.state.group(
             subscription.topic(),
             subscription.group(),
-            subscription.start(),
+            subscription.start_position(),
         );
         Ok(())
     }
@@ -235,7 +235,7 @@ impl Subscriber for MemoryBroker {
         let group = self.state.group(
             subscription.topic(),
             subscription.group(),
-            subscription.start(),
+            subscription.start_position(),
         );
         let prefetch = usize::from(subscription.prefetch_count());
         Ok(Box::pin(MemoryStream::new(

@@ -1,7 +1,7 @@
 //! How NATS client errors become courier errors.
 
 use async_nats::ConnectErrorKind as NatsKind;
-use courier_core::{ConnectErrorKind, Error};
+use courier_core::{BrokerErrorKind, ConnectErrorKind, Error};
 
 /// The adapter's name in errors.
 pub(crate) const BROKER: &str = "nats";
@@ -49,5 +49,5 @@ pub(crate) fn op_error(
     operation: &'static str,
     err: impl std::error::Error + Send + Sync + 'static,
 ) -> Error {
-    Error::broker(BROKER, operation, true, err)
+    Error::broker(BROKER, operation, BrokerErrorKind::Unavailable, err)
 }

@@ -70,8 +70,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::stream;
 use courier_core::{
-    Broker, ConnectErrorKind, DeliveryStream, Error, Message, Publisher, Result, Subscriber,
-    Subscription, async_trait,
+    Broker, BrokerErrorKind, ConnectErrorKind, DeliveryStream, Error, Message, Publisher, Result,
+    Subscriber, Subscription, async_trait,
 };
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -241,7 +241,7 @@ impl Inner {
             return Err(Error::broker(
                 error::BROKER,
                 "create stream",
-                false,
+                BrokerErrorKind::Conflict,
                 format!(
                     "stream {} exists with subjects {:?}, not topic {topic:?}",
                     info.config.name, info.config.subjects

@@ -5,7 +5,7 @@ use std::future::IntoFuture;
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use courier_core::wire::{self, Native};
-use courier_core::{Error, Message, Result};
+use courier_core::{BrokerErrorKind, Error, Message, Result};
 
 use crate::Inner;
 use crate::error::op_error;
@@ -27,6 +27,7 @@ pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) 
     inner.ensure_stream(topic).await?;
     let mut acks = Vec::with_capacity(messages.len());
     for message in messages {
+        let size = message.payload().len();
         let ack = inner
             .js
             .publish_with_headers(
@@ -35,11 +36,11 @@ pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) 
                 message.payload().clone(),
             )
             .await
-            .map_err(|e| publish_error(inner, e))?;
-        acks.push(ack.into_future());
+            .map_err(|e| publish_error(inner, e, size))?;
+        acks.push(async move { ack.into_future().await.map_err(|e| (e, size)) });
     }
     for ack in futures::future::join_all(acks).await {
-        ack.map_err(|e| publish_error(inner, e))?;
+        ack.map_err(|(e, size)| publish_error(inner, e, size))?;
     }
     Ok(())
 }
@@ -82,23 +83,31 @@ pub(crate) fn unquote(value: &str) -> &str {
     }
 }
 
-fn publish_error(inner: &Inner, err: async_nats::jetstream::context::PublishError) -> Error {
+/// A failed publish of a message with `size` payload bytes.
+fn publish_error(
+    inner: &Inner,
+    err: async_nats::jetstream::context::PublishError,
+    size: usize,
+) -> Error {
     match err.kind() {
         PublishErrorKind::TimedOut => Error::Timeout {
             operation: "nats publish ack",
             after: inner.config.request_timeout,
         },
         PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
-            size: 0,
+            size,
             limit: inner.client.server_info().max_payload,
         },
-        PublishErrorKind::StreamNotFound => {
-            Error::broker(crate::error::BROKER, "publish", true, err)
-        }
+        PublishErrorKind::StreamNotFound => Error::broker(
+            crate::error::BROKER,
+            "publish",
+            BrokerErrorKind::NotFound,
+            err,
+        ),
         PublishErrorKind::Other if err.to_string().contains("maximum") => Error::broker(
             crate::error::BROKER,
-            "publish (stream limit reached)",
-            false,
+            "publish",
+            BrokerErrorKind::LimitReached,
             err,
         ),
         _ => op_error("publish", err),

@@ -48,7 +48,7 @@ pub(crate) async fn provision(
     let config = pull::Config {
         durable_name: Some(durable.clone()),
         description: Some(format!("courier group {}", subscription.group())),
-        deliver_policy: match subscription.start() {
+        deliver_policy: match subscription.start_position() {
             StartPosition::Earliest => DeliverPolicy::All,
             _ => DeliverPolicy::New,
         },

@@ -132,12 +132,11 @@ async fn stream_limit_reached_is_a_permanent_publish_error() {
         .unwrap_err();
     match &err {
         Error::Broker {
-            operation,
-            retryable,
-            ..
+            operation, kind, ..
         } => {
-            assert_eq!(*operation, "publish (stream limit reached)");
-            assert!(!retryable);
+            assert_eq!(*operation, "publish");
+            assert_eq!(*kind, courier_core::BrokerErrorKind::LimitReached);
+            assert!(err.is_retryable(), "the limit may free up");
         }
         other => panic!("expected a stream-limit error, got {other:?}"),
     }

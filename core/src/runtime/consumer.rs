@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::app::SharedLayer;
 use super::handler::{BoxHandler, Handler};
 use super::middleware::{CatchPanic, Layer};
 use super::retry::RetryPolicy;
@@ -138,8 +139,9 @@ impl ConsumerBuilder {
     }
 
     /// Shuts down when `handle` is triggered, so one handle can stop
-    /// several consumers. Each consumer has its own otherwise.
-    pub fn shutdown_handle(mut self, handle: ShutdownHandle) -> Self {
+    /// several consumers. Each consumer has its own otherwise. (An
+    /// [`App`](super::App) stops its consumers together without one.)
+    pub fn shutdown_on(mut self, handle: ShutdownHandle) -> Self {
         self.shutdown = handle;
         self
     }
@@ -155,6 +157,29 @@ impl ConsumerBuilder {
         self.layers
             .push(Box::new(move |inner| Arc::new(layer.layer(inner))));
         self
+    }
+
+    /// Puts `outer` around this consumer's own layers (an [`App`](super::App)'s).
+    pub(crate) fn with_outer_layers(mut self, outer: &[SharedLayer]) -> Self {
+        let mut layers: Vec<LayerFn> = outer
+            .iter()
+            .map(|layer| {
+                let layer = layer.clone();
+                Box::new(move |inner| layer(inner)) as LayerFn
+            })
+            .collect();
+        layers.append(&mut self.layers);
+        self.layers = layers;
+        self
+    }
+
+    /// Builds the consumer and [starts](Consumer::start) it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Consumer::start`].
+    pub async fn start(self) -> Result<RunningConsumer> {
+        self.build().start().await
     }
 
     /// The consumer.
@@ -257,11 +282,17 @@ impl Shared {
 /// per-key ordering, retries with backoff, dead-lettering, middleware and
 /// a two-phase graceful shutdown. See the [module docs](super).
 ///
+/// [`Consumer::start`] subscribes and returns a [`RunningConsumer`] once the
+/// group exists, so a message published after `start` returns is never
+/// missed; [`RunningConsumer::shutdown`] stops it and returns its final
+/// numbers. Several consumers that start and stop together go in an
+/// [`App`](super::App).
+///
 /// # Examples
 ///
 /// ```
 /// use std::time::Duration;
-/// use courier_core::runtime::{self, Consumer, RetryPolicy, TimeoutLayer};
+/// use courier_core::runtime::{self, Consumer, Envelope, RetryPolicy, TimeoutLayer};
 /// use courier_core::{Message, Subscription};
 /// use courier_memory::MemoryBroker;
 ///
@@ -276,10 +307,10 @@ impl Shared {
 /// let consumer = Consumer::builder(
 ///     &broker,
 ///     Subscription::new("orders", "billing"),
-///     runtime::typed(move |event: OrderPlaced| {
+///     runtime::envelope(move |event: Envelope<OrderPlaced>| {
 ///         let done = done.clone();
 ///         async move {
-///             done.send(event.order)?; // `?` turns any error into a transient failure
+///             done.send((event.body.order, event.meta.attempt()))?; // `?` turns errors into failures
 ///             Ok(())
 ///         }
 ///     }),
@@ -287,19 +318,15 @@ impl Shared {
 /// .concurrency(8)
 /// .retry(RetryPolicy::exponential().max_attempts(3))
 /// .layer(TimeoutLayer::new(Duration::from_secs(5)))
-/// .build();
-/// let shutdown = consumer.shutdown_handle();
-/// let metrics = consumer.metrics();
-/// broker.provision(consumer.subscription()).await?; // the group exists from now on
-/// let running = tokio::spawn(consumer.run());
+/// .start()
+/// .await?; // subscribed: the group keeps every message from now on
 ///
-/// broker.publish("orders", Message::json(&OrderPlaced { order: 7 })?).await?;
-/// assert_eq!(done_rx.recv().await, Some(7));
+/// broker.publish("orders", Message::from_json(&OrderPlaced { order: 7 })?).await?;
+/// assert_eq!(done_rx.recv().await, Some((7, 1)));
 ///
-/// shutdown.shutdown();
-/// let stats = running.await.expect("consumer task")?;
+/// let stats = consumer.shutdown().await?;
 /// assert_eq!(stats.handled, 1);
-/// assert_eq!(metrics.snapshot().in_flight, 0);
+/// assert_eq!(stats.in_flight, 0);
 /// # Ok(()) }
 /// ```
 pub struct Consumer {
@@ -343,7 +370,8 @@ impl Consumer {
         }
     }
 
-    /// The handle that shuts this consumer down.
+    /// The handle that shuts this consumer down (shared with every consumer
+    /// given the same handle through [`ConsumerBuilder::shutdown_on`]).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
     }
@@ -360,8 +388,14 @@ impl Consumer {
         &self.subscription
     }
 
-    /// Subscribes and handles messages until the shutdown is triggered (or
-    /// the subscription's stream ends), then shuts down in two phases:
+    /// Subscribes, then handles messages on tasks of its own until it is
+    /// shut down. Returns once the subscription exists (the group keeps
+    /// every message published from then on), with the handle that stops
+    /// it.
+    ///
+    /// The consumer stops when [`RunningConsumer::shutdown`] is called, its
+    /// [`ShutdownHandle`] is triggered, or the subscription's stream ends
+    /// (the broker was closed, or failed for good), in two phases:
     ///
     /// 1. Take nothing more: stop polling and drop the stream, so deliveries
     ///    the broker had sent ahead come back for the group; deliveries
@@ -373,30 +407,71 @@ impl Consumer {
     ///    from the trigger; then cancel the rest (their handler futures are
     ///    dropped) and requeue them.
     ///
-    /// Messages that completed were acked before this returns, so they are
-    /// never delivered again after a clean shutdown. The subscriber is not
-    /// closed: it may be shared.
+    /// Messages that completed were acked before the shutdown returns, so
+    /// they are never delivered again after a clean shutdown. The
+    /// subscriber is not closed: it may be shared.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`](crate::Error::InvalidName) for an invalid
+    /// dead-letter topic, or subscribing failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped before it returns, nothing runs; the
+    /// subscription may have been created.
+    pub async fn start(self) -> Result<RunningConsumer> {
+        if let Some(topic) = &self.shared.dead_letter_topic {
+            crate::name::validate_topic(topic)?;
+        }
+        let Consumer {
+            subscriber,
+            subscription,
+            shutdown_deadline,
+            shared,
+            ..
+        } = self;
+        let metrics = ConsumerMetrics {
+            counters: shared.counters.clone(),
+        };
+        let stream = tokio::select! {
+            biased;
+            () = shared.stop.token.cancelled() => None,
+            stream = subscriber.subscribe(subscription.clone()) => Some(stream?),
+        };
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                match stream {
+                    Some(stream) => super::dispatch::run(shared, stream, shutdown_deadline).await,
+                    None => Ok(()),
+                }
+            }
+        });
+        Ok(RunningConsumer {
+            task: Some(task),
+            shared,
+            metrics,
+            subscription,
+        })
+    }
+
+    /// [`Consumer::start`], then wait until the consumer stops (its
+    /// [`ShutdownHandle`] is triggered or the stream ends).
     ///
     /// # Errors
     ///
     /// Subscribing failed, or the stream reported an unrecoverable error
-    /// (after which the consumer still drains as above).
+    /// (after which the consumer still drained as described at
+    /// [`Consumer::start`]).
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: dropping the future abandons in-flight deliveries
-    /// mid-handling (they come back, as any unsettled delivery does, but
-    /// handlers are cut short). Trigger the [`ShutdownHandle`] instead.
+    /// Dropping the future stops the consumer as dropping a
+    /// [`RunningConsumer`] does: handlers still running are cut short and
+    /// their messages come back.
     pub async fn run(self) -> Result<ConsumerStats> {
-        let metrics = self.metrics();
-        super::dispatch::run(
-            self.shared,
-            self.subscriber,
-            self.subscription,
-            self.shutdown_deadline,
-        )
-        .await?;
-        Ok(metrics.snapshot())
+        self.start().await?.wait().await
     }
 
     /// [`Consumer::run`] until `trigger` completes, then shut down. Only
@@ -408,17 +483,14 @@ impl Consumer {
     ///
     /// # Cancel safety
     ///
-    /// As [`Consumer::run`]: not cancel safe.
+    /// As [`Consumer::run`].
     pub async fn run_until(self, trigger: impl Future<Output = ()>) -> Result<ConsumerStats> {
-        // Only this consumer stops, even if its handle is shared.
-        let shared = self.shared.clone();
-        let run = self.run();
-        tokio::pin!(run, trigger);
+        let mut running = self.start().await?;
         tokio::select! {
-            outcome = &mut run => return outcome,
-            () = &mut trigger => shared.stop.trigger(),
+            outcome = running.finish() => return outcome,
+            () = trigger => {}
         }
-        run.await
+        running.shutdown().await
     }
 
     /// [`Consumer::run`] until SIGINT (Ctrl-C) or SIGTERM, for services.
@@ -429,8 +501,112 @@ impl Consumer {
     ///
     /// # Cancel safety
     ///
-    /// As [`Consumer::run`]: not cancel safe.
+    /// As [`Consumer::run`].
     pub async fn run_until_signal(self) -> Result<ConsumerStats> {
         self.run_until(signal()).await
+    }
+}
+
+/// A started consumer; made by [`Consumer::start`].
+///
+/// [`RunningConsumer::shutdown`] stops it gracefully and returns its final
+/// numbers. Dropping the handle stops the consumer too, without waiting:
+/// it takes nothing more, cancels the handlers still running (their
+/// messages come back, as any unsettled delivery does) and its tasks end
+/// on their own.
+#[must_use = "dropping a RunningConsumer stops the consumer"]
+pub struct RunningConsumer {
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    shared: Arc<Shared>,
+    metrics: ConsumerMetrics,
+    subscription: Subscription,
+}
+
+impl fmt::Debug for RunningConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningConsumer")
+            .field("subscription", &self.subscription)
+            .field("stats", &self.metrics.snapshot())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl RunningConsumer {
+    /// A live view of the consumer's numbers.
+    pub fn metrics(&self) -> ConsumerMetrics {
+        self.metrics.clone()
+    }
+
+    /// The subscription as the consumer uses it (with its prefetch).
+    pub fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    /// Whether the consumer has stopped (its shutdown completed or its
+    /// stream ended and it drained).
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|task| task.is_finished())
+    }
+
+    /// Starts the graceful shutdown of this consumer alone (even if its
+    /// [`ShutdownHandle`] is shared) without waiting for it; see
+    /// [`Consumer::start`] for the two phases.
+    pub fn trigger_shutdown(&self) {
+        self.shared.stop.trigger();
+    }
+
+    /// Shuts this consumer down gracefully and returns its final numbers;
+    /// see [`Consumer::start`] for the two phases.
+    ///
+    /// # Errors
+    ///
+    /// The stream had reported an unrecoverable error before the shutdown.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the handle: what is still running is cut
+    /// short and comes back.
+    pub async fn shutdown(mut self) -> Result<ConsumerStats> {
+        self.trigger_shutdown();
+        self.finish().await
+    }
+
+    /// Waits until the consumer stops by itself (its [`ShutdownHandle`] is
+    /// triggered or its stream ends) and returns its final numbers.
+    ///
+    /// # Errors
+    ///
+    /// As [`RunningConsumer::shutdown`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`RunningConsumer::shutdown`].
+    pub async fn wait(mut self) -> Result<ConsumerStats> {
+        self.finish().await
+    }
+
+    /// Waits for the consumer's task. Cancel safe: the task stays with the
+    /// handle until it has ended.
+    pub(crate) async fn finish(&mut self) -> Result<ConsumerStats> {
+        if let Some(task) = self.task.as_mut() {
+            let outcome = task.await;
+            self.task = None;
+            match outcome {
+                Ok(result) => result?,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => return Err(crate::Error::Closed("consumer")),
+            }
+        }
+        Ok(self.metrics.snapshot())
+    }
+}
+
+impl Drop for RunningConsumer {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.shared.stop.trigger();
+            self.shared.abort.cancel();
+        }
     }
 }

@@ -15,22 +15,16 @@ use super::process::{process, requeue};
 use super::stats::Counters;
 use crate::delivery::Delivery;
 use crate::error::Result;
-use crate::pubsub::{Subscriber, Subscription};
+use crate::pubsub::DeliveryStream;
 
 /// Runs until the shutdown is triggered or the stream ends, then drains.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    subscriber: Arc<dyn Subscriber>,
-    subscription: Subscription,
+    mut stream: DeliveryStream,
     deadline: Duration,
 ) -> Result<()> {
     let stopped = shared.stop.token.clone().cancelled_owned();
     tokio::pin!(stopped);
-    let mut stream = tokio::select! {
-        biased;
-        () = &mut stopped => return Ok(()),
-        stream = subscriber.subscribe(subscription) => stream?,
-    };
     // The deadline of phase 2 runs from the trigger, whatever the
     // dispatcher is doing then (with concurrency 1 it may be handling).
     let watchdog = tokio::spawn({

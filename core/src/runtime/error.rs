@@ -27,10 +27,13 @@ pub enum FailureKind {
 /// Why a handler failed, and whether trying again may help.
 ///
 /// Any error converts into a `HandlerError` with `?`; it is
-/// [`FailureKind::Transient`] unless it is a decoding error (courier's
-/// [`Error::Decode`](crate::Error::Decode) or a `serde_json` syntax or data
-/// error), which the same bytes will always repeat. Say
-/// [`HandlerError::permanent`] to dead-letter at once.
+/// [`FailureKind::Transient`] unless trying again cannot help: a courier
+/// [`Error`](crate::Error) whose [`is_retryable`](crate::Error::is_retryable)
+/// is `false` (an undecodable payload, an invalid name, a closed publisher,
+/// a permission the broker denies) or a `serde_json` syntax or data error,
+/// which the same bytes will always repeat. Say [`HandlerError::permanent`]
+/// to dead-letter at once, [`HandlerError::transient`] to retry whatever the
+/// error.
 ///
 /// `HandlerError` deliberately does not implement [`std::error::Error`]
 /// (as `anyhow::Error` does not), which is what lets `?` convert every error
@@ -127,8 +130,7 @@ impl HandlerError {
 
     fn classify(source: BoxError) -> Self {
         let permanent = match source.downcast_ref::<crate::Error>() {
-            Some(crate::Error::Decode { .. }) => true,
-            Some(_) => false,
+            Some(error) => !error.is_retryable(),
             None => source
                 .downcast_ref::<serde_json::Error>()
                 .is_some_and(|e| !e.is_io()),
@@ -214,7 +216,7 @@ mod tests {
             Err(std::io::Error::other("db down"))?
         }
         fn decode() -> HandlerResult {
-            Message::new("not json").json_as::<u32>()?;
+            Message::new("not json").json::<u32>()?;
             Ok(())
         }
         fn serde() -> HandlerResult {
@@ -225,12 +227,18 @@ mod tests {
         assert_eq!(decode().unwrap_err().kind(), FailureKind::Permanent);
         assert_eq!(serde().unwrap_err().kind(), FailureKind::Permanent);
         let closed: HandlerError = crate::Error::Closed("publisher").into();
-        assert_eq!(closed.kind(), FailureKind::Transient);
+        assert_eq!(closed.kind(), FailureKind::Permanent);
+        let timeout: HandlerError = crate::Error::Timeout {
+            operation: "publish",
+            after: Duration::from_secs(1),
+        }
+        .into();
+        assert_eq!(timeout.kind(), FailureKind::Transient);
     }
 
     #[test]
     fn reason_walks_the_cause_chain() {
-        let err: HandlerError = Message::new("?").json_as::<u32>().unwrap_err().into();
+        let err: HandlerError = Message::new("?").json::<u32>().unwrap_err().into();
         let reason = err.reason();
         assert!(reason.starts_with("cannot decode message "), "{reason}");
         assert!(reason.contains(" as u32: expected value"), "{reason}");

@@ -5,9 +5,11 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
+use super::context::{Envelope, Meta};
 use super::error::{HandlerError, HandlerResult};
 use crate::message::Message;
 
@@ -71,13 +73,28 @@ impl<'a> Request<'a> {
     pub fn delivery_count(&self) -> Option<u32> {
         self.delivery_count
     }
+
+    /// The owned context of this attempt, as typed handlers receive it.
+    pub fn meta(&self) -> Meta {
+        Meta::from_request(self)
+    }
 }
 
 /// Handles messages. The runtime calls it once per attempt; middleware
 /// ([`Layer`](super::Layer)s) wrap one handler in another.
 ///
-/// Write one by hand for full control (the future may borrow the request),
-/// or build one from an async closure with [`raw`] or [`typed`].
+/// Most handlers are built from an async closure or a [`Consume`]
+/// implementation:
+///
+/// | built with       | the handler receives                          |
+/// |------------------|-----------------------------------------------|
+/// | [`typed`]        | the body, decoded from JSON into `T`          |
+/// | [`envelope`]     | an [`Envelope<T>`]: body and [`Meta`] context |
+/// | [`raw`]          | the [`Message`]                               |
+/// | [`raw_envelope`] | an [`Envelope<Bytes>`]: payload and context   |
+///
+/// Implement `Handler` by hand for full control (the future may borrow the
+/// request); middleware does.
 ///
 /// The consumer polls the future first on its dispatch task and moves it
 /// to a task of its own when it first waits (see the [module
@@ -203,9 +220,158 @@ where
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
-        match request.message().json_as::<T>() {
+        match request.message().json::<T>() {
             Ok(value) => Box::pin((self.f)(value)),
             Err(e) => Box::pin(std::future::ready(Err(HandlerError::permanent(e)))),
         }
+    }
+}
+
+/// Handles messages as [`Envelope`]s: the trait form of a handler, for
+/// handlers that are structs with state. Async closures taking an
+/// `Envelope<T>` implement it too.
+///
+/// Turn one into a [`Handler`] with [`envelope`] (JSON bodies) or
+/// [`raw_envelope`] (`T` = [`Bytes`], the raw payload).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use courier_core::runtime::{self, Consume, Envelope, HandlerResult};
+///
+/// #[derive(serde::Deserialize)]
+/// struct OrderPlaced { amount: u64 }
+///
+/// #[derive(Default)]
+/// struct Revenue { total: AtomicU64 }
+///
+/// impl Consume<OrderPlaced> for Revenue {
+///     async fn consume(&self, order: Envelope<OrderPlaced>) -> HandlerResult {
+///         self.total.fetch_add(order.body.amount, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+///
+/// let handler = runtime::envelope(Revenue::default());
+/// # let _ = handler;
+/// ```
+pub trait Consume<T>: Send + Sync + 'static {
+    /// Handles one attempt. `Ok` acks the message; see [`HandlerError`] for
+    /// failures.
+    fn consume(&self, envelope: Envelope<T>) -> impl Future<Output = HandlerResult> + Send;
+}
+
+impl<T, F, Fut> Consume<T> for F
+where
+    F: Fn(Envelope<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send,
+{
+    fn consume(&self, envelope: Envelope<T>) -> impl Future<Output = HandlerResult> + Send {
+        self(envelope)
+    }
+}
+
+/// A handler of JSON envelopes built by [`envelope`].
+pub struct EnvelopeFn<T, C> {
+    consume: C,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T, C> fmt::Debug for EnvelopeFn<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvelopeFn")
+            .field("type", &std::any::type_name::<T>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handler that receives an [`Envelope<T>`]: the payload decoded from
+/// JSON into `T`, with the message's context ([`Meta`]: ids, key, headers,
+/// topic, group, attempt, delivery count) and
+/// [`Meta::follow_up`] to publish the next message of the flow. Takes an
+/// async closure or any [`Consume`] implementation.
+///
+/// A payload that does not decode is a permanent failure, as with
+/// [`typed`].
+///
+/// # Examples
+///
+/// ```
+/// use courier_core::runtime::{self, Envelope};
+///
+/// #[derive(serde::Deserialize)]
+/// struct OrderPlaced { order: u64 }
+///
+/// let handler = runtime::envelope(|order: Envelope<OrderPlaced>| async move {
+///     println!("order {} in flow {:?}", order.body.order, order.meta.correlation_id());
+///     Ok(())
+/// });
+/// # let _ = handler;
+/// ```
+pub fn envelope<T, C>(consume: C) -> EnvelopeFn<T, C>
+where
+    T: DeserializeOwned + Send + 'static,
+    C: Consume<T>,
+{
+    EnvelopeFn {
+        consume,
+        _type: PhantomData,
+    }
+}
+
+impl<T, C> Handler for EnvelopeFn<T, C>
+where
+    T: DeserializeOwned + Send + 'static,
+    C: Consume<T>,
+{
+    fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
+        match request.message().json::<T>() {
+            Ok(body) => Box::pin(self.consume.consume(Envelope {
+                body,
+                meta: request.meta(),
+            })),
+            Err(e) => Box::pin(std::future::ready(Err(HandlerError::permanent(e)))),
+        }
+    }
+}
+
+/// A handler of raw envelopes built by [`raw_envelope`].
+pub struct RawEnvelopeFn<C> {
+    consume: C,
+}
+
+impl<C> fmt::Debug for RawEnvelopeFn<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawEnvelopeFn").finish_non_exhaustive()
+    }
+}
+
+/// A handler that receives an [`Envelope<Bytes>`]: the raw payload with
+/// the message's context. Takes an async closure or any
+/// `Consume<Bytes>` implementation.
+///
+/// # Examples
+///
+/// ```
+/// use courier_core::Bytes;
+/// use courier_core::runtime::{self, Envelope};
+///
+/// let handler = runtime::raw_envelope(|e: Envelope<Bytes>| async move {
+///     println!("{} bytes from {}", e.body.len(), e.meta.topic());
+///     Ok(())
+/// });
+/// # let _ = handler;
+/// ```
+pub fn raw_envelope<C: Consume<Bytes>>(consume: C) -> RawEnvelopeFn<C> {
+    RawEnvelopeFn { consume }
+}
+
+impl<C: Consume<Bytes>> Handler for RawEnvelopeFn<C> {
+    fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(self.consume.consume(Envelope {
+            body: request.message().payload().clone(),
+            meta: request.meta(),
+        }))
     }
 }

@@ -8,9 +8,14 @@
 //!                                     attempt = layers ─► handler
 //! ```
 //!
-//! - **Handlers** ([`Handler`]): [`raw`] closures get the [`Message`](crate::Message),
-//!   [`typed`] closures get the payload decoded from JSON (a payload that
-//!   does not decode is dead-lettered at once). A handler returns
+//! - **Handlers** ([`Handler`]): [`typed`] closures get the payload decoded
+//!   from JSON (a payload that does not decode is dead-lettered at once);
+//!   [`envelope`] handlers (closures or [`Consume`] structs) get an
+//!   [`Envelope`]: the decoded body with its context ([`Meta`]: ids, key,
+//!   headers, correlation and causation, topic, group, attempt, delivery
+//!   count) and [`Meta::follow_up`] to publish the next message of the
+//!   flow; [`raw`] closures get the [`Message`](crate::Message) and
+//!   [`raw_envelope`] handlers the raw payload with its context. A handler returns
 //!   `Ok(())` (ack) or a [`HandlerError`]: transient (retry) unless
 //!   [`HandlerError::permanent`] (dead-letter now). A panic is a transient
 //!   failure, never a crashed consumer.
@@ -42,9 +47,15 @@
 //!   over a bare receive loop; a handler that computes for long before its
 //!   first wait holds up dispatching meanwhile, so hand such work to
 //!   `tokio::task::spawn_blocking` (as in any async code).
-//! - **Shutdown** ([`ShutdownHandle`], [`Consumer::run_until_signal`]): in
-//!   two phases, described at [`Consumer::run`]. The phase-2 deadline runs
-//!   from the moment the shutdown is triggered.
+//! - **Lifecycle**: [`Consumer::start`] returns once subscribed, with a
+//!   [`RunningConsumer`] whose [`shutdown`](RunningConsumer::shutdown)
+//!   returns the final [`ConsumerStats`]; dropping it stops the consumer
+//!   and every task it started. An [`App`] runs several consumers with
+//!   shared layers until a signal and stops them together.
+//! - **Shutdown** ([`RunningConsumer::shutdown`], [`ShutdownHandle`],
+//!   [`App::run_until_signal`]): in two phases, described at
+//!   [`Consumer::start`]. The phase-2 deadline runs from the moment the
+//!   shutdown is triggered.
 //! - **Metrics** ([`ConsumerMetrics`]): in-flight and running counts, active
 //!   lanes, handled/failed/retried/dead-lettered counters.
 //!
@@ -94,7 +105,9 @@
 //!
 //! See [`Consumer`].
 
+mod app;
 mod consumer;
+mod context;
 mod dispatch;
 mod error;
 mod handler;
@@ -104,12 +117,17 @@ mod retry;
 mod shutdown;
 mod stats;
 
+pub use app::{App, RunningApp};
 pub use consumer::{
     Consumer, ConsumerBuilder, DEFAULT_CONCURRENCY, DEFAULT_SHUTDOWN_DEADLINE, IntoSubscriber,
-    MIN_PREFETCH,
+    MIN_PREFETCH, RunningConsumer,
 };
+pub use context::{Envelope, Meta};
 pub use error::{CircuitOpen, FailureKind, HandlerError, HandlerResult, Panicked, TimedOut};
-pub use handler::{BoxHandler, Handler, RawFn, Request, TypedFn, raw, typed};
+pub use handler::{
+    BoxHandler, Consume, EnvelopeFn, Handler, RawEnvelopeFn, RawFn, Request, TypedFn, envelope,
+    raw, raw_envelope, typed,
+};
 pub use middleware::{
     CatchPanic, CatchPanicLayer, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer,
     CircuitState, ConcurrencyLimit, ConcurrencyLimitLayer, GuardedByBreaker, Hook, HookLayer,

@@ -195,7 +195,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
     let mut dead_letter =
         DeadLetter::new(error.reason()).with_attempts(attempts, failures.first, failures.last);
     if let Some(topic) = &shared.dead_letter_topic {
-        dead_letter = dead_letter.to_topic(topic.clone());
+        dead_letter = dead_letter.with_topic(topic.clone());
     }
     settle(
         shared,
