@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use courier_core::{Message, Publisher};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row as _, SqliteConnection, SqlitePool};
+use sqlx::{Executor as _, Row as _, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -204,8 +204,9 @@ impl SqliteOutbox {
         let store = &self.store;
         let mut tx = store.pool.begin().await.map_err(store.error("migrate"))?;
         for (_, sql) in MIGRATIONS {
-            sqlx::raw_sql(&store.table.rewrite(sql))
-                .execute(&mut *tx)
+            let sql = store.table.rewrite(sql);
+            (&mut *tx)
+                .execute(sql.as_str())
                 .await
                 .map_err(store.error("migrate"))?;
         }
