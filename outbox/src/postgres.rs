@@ -5,19 +5,19 @@
 //! share the work.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use courier_core::error::redact_url;
 use courier_core::{Message, Publisher};
-use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
-use sqlx::{Executor as _, PgConnection, PgPool, Postgres, Row as _, Transaction};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{Executor as _, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::relay::Relay;
-use crate::row::{Columns, Row};
+use crate::row::{Columns, Row, read_failed_row, read_row, split_readable};
 use crate::store::{Backlog, Claim, FailedRow, Outcome, Store};
 use crate::table::TableName;
 
@@ -371,22 +371,7 @@ impl PostgresOutbox {
             .await
             .map_err(error())?;
         rows.iter()
-            .map(|r| {
-                let (row, topic, message) = read_row(r).map_err(error())?;
-                let failed_at: Option<i64> = r.try_get(12).map_err(error())?;
-                Ok(FailedRow {
-                    row,
-                    topic,
-                    message: message.ok(),
-                    reason: r
-                        .try_get::<Option<String>, _>(10)
-                        .map_err(error())?
-                        .unwrap_or_default(),
-                    attempts: r.try_get(11).map_err(error())?,
-                    failed_at: UNIX_EPOCH
-                        + Duration::from_millis(failed_at.unwrap_or(0).max(0) as u64),
-                })
-            })
+            .map(|r| read_failed_row(r).map_err(error()))
             .collect()
     }
 
@@ -446,23 +431,6 @@ impl PgStore {
     }
 }
 
-/// Reads `seq`, `topic` and the message of a row selected with
-/// [`MESSAGE_COLUMNS`].
-fn read_row(r: &PgRow) -> Result<(i64, String, Result<Message>), sqlx::Error> {
-    let seq: i64 = r.try_get(0)?;
-    let columns = Columns {
-        message_id: r.try_get(2)?,
-        message_key: r.try_get(3)?,
-        headers: r.try_get(4)?,
-        payload: r.try_get(5)?,
-        content_type: r.try_get(6)?,
-        timestamp_ms: r.try_get(7)?,
-        correlation_id: r.try_get(8)?,
-        causation_id: r.try_get(9)?,
-    };
-    Ok((seq, r.try_get(1)?, columns.into_message(seq)))
-}
-
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn claim(&self, limit: usize) -> Result<Box<dyn Claim>> {
@@ -499,18 +467,13 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(error())?;
+        let read = rows
+            .iter()
+            .map(read_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(error())?;
         let mut claim = PgClaim::empty(tx, self);
-        for r in &rows {
-            let (seq, topic, message) = read_row(r).map_err(error())?;
-            match message {
-                Ok(message) => claim.rows.push(Row {
-                    seq,
-                    topic,
-                    message,
-                }),
-                Err(e) => claim.corrupt.push((seq, e.to_string())),
-            }
-        }
+        (claim.rows, claim.corrupt) = split_readable(read);
         Ok(Box::new(claim))
     }
 

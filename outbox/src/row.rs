@@ -7,6 +7,7 @@ use courier_core::message::{CAUSATION_ID, CORRELATION_ID};
 use courier_core::{Message, MessageId};
 
 use crate::error::Error;
+use crate::store::FailedRow;
 
 /// The columns one message is stored in.
 #[derive(Debug, Clone)]
@@ -92,6 +93,74 @@ pub(crate) struct Row {
     pub(crate) seq: i64,
     pub(crate) topic: String,
     pub(crate) message: Message,
+}
+
+/// A row read from either backend: `seq`, `topic`, then the message's
+/// columns in [`Columns`] order (the backends' `MESSAGE_COLUMNS`).
+pub(crate) type ReadRow = (i64, String, Result<Message, Error>);
+
+/// Reads a row selected with the backend's `MESSAGE_COLUMNS`.
+pub(crate) fn read_row<R>(r: &R) -> Result<ReadRow, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let seq: i64 = r.try_get(0)?;
+    let columns = Columns {
+        message_id: r.try_get(2)?,
+        message_key: r.try_get(3)?,
+        headers: r.try_get(4)?,
+        payload: r.try_get(5)?,
+        content_type: r.try_get(6)?,
+        timestamp_ms: r.try_get(7)?,
+        correlation_id: r.try_get(8)?,
+        causation_id: r.try_get(9)?,
+    };
+    Ok((seq, r.try_get(1)?, columns.into_message(seq)))
+}
+
+/// Reads a failed row selected with the backend's `MESSAGE_COLUMNS`, then
+/// `last_error`, `attempts` and `failed_at` in milliseconds.
+pub(crate) fn read_failed_row<R>(r: &R) -> Result<FailedRow, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let (row, topic, message) = read_row(r)?;
+    let failed_at: Option<i64> = r.try_get(12)?;
+    Ok(FailedRow {
+        row,
+        topic,
+        message: message.ok(),
+        reason: r.try_get::<Option<String>, _>(10)?.unwrap_or_default(),
+        attempts: r.try_get(11)?,
+        failed_at: UNIX_EPOCH + Duration::from_millis(failed_at.unwrap_or(0).max(0) as u64),
+    })
+}
+
+/// Claimed rows split into those that read back as messages and those
+/// that did not (with the reason).
+pub(crate) fn split_readable(rows: Vec<ReadRow>) -> (Vec<Row>, Vec<(i64, String)>) {
+    let mut readable = Vec::with_capacity(rows.len());
+    let mut corrupt = Vec::new();
+    for (seq, topic, message) in rows {
+        match message {
+            Ok(message) => readable.push(Row {
+                seq,
+                topic,
+                message,
+            }),
+            Err(e) => corrupt.push((seq, e.to_string())),
+        }
+    }
+    (readable, corrupt)
 }
 
 #[cfg(test)]

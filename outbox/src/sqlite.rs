@@ -10,14 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use courier_core::{Message, Publisher};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Executor as _, Row as _, SqliteConnection, SqlitePool};
+use sqlx::{Executor as _, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::relay::Relay;
-use crate::row::{Columns, Row};
+use crate::row::{Columns, Row, read_failed_row, read_row, split_readable};
 use crate::store::{Backlog, Claim, FailedRow, Outcome, Store};
 use crate::table::TableName;
 
@@ -145,8 +145,8 @@ impl SqliteOutbox {
         Self::with_table(pool, TableName::default())
     }
 
-    /// An outbox in `table`. SQLite has no schemas here: a schema-qualified
-    /// name means an attached database.
+    /// An outbox in `table`, a plain name (schema-qualified names are for
+    /// PostgreSQL).
     pub fn with_table(pool: SqlitePool, table: TableName) -> Self {
         let name = format!(
             "sqlite://{}",
@@ -296,30 +296,14 @@ impl SqliteOutbox {
     /// [`Error::Database`] when the query fails.
     pub async fn failed(&self, limit: usize) -> Result<Vec<FailedRow>> {
         let store = &self.store;
+        let error = || store.error("list failed rows");
         let rows = sqlx::query(&store.sql.failed)
             .bind(limit_param(limit))
             .fetch_all(&store.pool)
             .await
-            .map_err(store.error("list failed rows"))?;
+            .map_err(error())?;
         rows.iter()
-            .map(|r| {
-                let row = read_row(r).map_err(store.error("list failed rows"))?;
-                Ok(FailedRow {
-                    row: row.0,
-                    topic: row.1,
-                    message: row.2.ok(),
-                    reason: r
-                        .try_get::<Option<String>, _>(10)
-                        .map_err(store.error("list failed rows"))?
-                        .unwrap_or_default(),
-                    attempts: r.try_get(11).map_err(store.error("list failed rows"))?,
-                    failed_at: from_ms(
-                        r.try_get::<Option<i64>, _>(12)
-                            .map_err(store.error("list failed rows"))?
-                            .unwrap_or(0),
-                    ),
-                })
-            })
+            .map(|r| read_failed_row(r).map_err(error()))
             .collect()
     }
 
@@ -346,23 +330,6 @@ impl SqliteStore {
     }
 }
 
-/// Reads `seq`, `topic` and the message of a row selected with
-/// [`MESSAGE_COLUMNS`].
-fn read_row(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, String, Result<Message>), sqlx::Error> {
-    let seq: i64 = r.try_get(0)?;
-    let columns = Columns {
-        message_id: r.try_get(2)?,
-        message_key: r.try_get(3)?,
-        headers: r.try_get(4)?,
-        payload: r.try_get(5)?,
-        content_type: r.try_get(6)?,
-        timestamp_ms: r.try_get(7)?,
-        correlation_id: r.try_get(8)?,
-        causation_id: r.try_get(9)?,
-    };
-    Ok((seq, r.try_get(1)?, columns.into_message(seq)))
-}
-
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn claim(&self, limit: usize) -> Result<Box<dyn Claim>> {
@@ -371,27 +338,22 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(self.error("claim"))?;
-        let mut claim = SqliteClaim {
+        let read = rows
+            .iter()
+            .map(read_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.error("claim"))?;
+        let (rows, corrupt) = split_readable(read);
+        let claim = SqliteClaim {
             pool: self.pool.clone(),
             name: self.name.clone(),
             sql_mark_sent: self.sql.mark_sent.clone(),
             sql_delete_sent: self.sql.delete_sent_rows.clone(),
             sql_mark_failed: self.sql.mark_failed.clone(),
             sql_record_error: self.sql.record_error.clone(),
-            rows: Vec::with_capacity(rows.len()),
-            corrupt: Vec::new(),
+            rows,
+            corrupt,
         };
-        for r in &rows {
-            let (seq, topic, message) = read_row(r).map_err(self.error("claim"))?;
-            match message {
-                Ok(message) => claim.rows.push(Row {
-                    seq,
-                    topic,
-                    message,
-                }),
-                Err(e) => claim.corrupt.push((seq, e.to_string())),
-            }
-        }
         Ok(Box::new(claim))
     }
 
@@ -500,8 +462,4 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn from_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }

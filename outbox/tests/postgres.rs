@@ -7,14 +7,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PublishThenHang, full_message, receive, wait_until};
-use courier_core::{Message, Subscription};
-use courier_memory::{MemoryBroker, MemoryConfig};
+use common::scenarios::{self, TestOutbox};
+use common::{receive, wait_until};
+use courier_core::{Message, Publisher, Subscription, async_trait};
+use courier_memory::MemoryBroker;
 use courier_outbox::postgres::PostgresOutbox;
-use courier_outbox::{RelayConfig, TableName};
+use courier_outbox::{FailedRow, Relay, RelayConfig, TableName};
 use courier_testkit::fixtures::{postgres, unique_name};
 use sqlx::postgres::PgPoolOptions;
-use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -56,55 +56,74 @@ async fn commit(outbox: &PostgresOutbox, topic: &str, messages: Vec<Message>) {
     tx.commit().await.unwrap();
 }
 
+#[derive(Clone)]
+struct Postgres(PostgresOutbox);
+
+#[async_trait]
+impl TestOutbox for Postgres {
+    async fn commit(&self, topic: &str, messages: Vec<Message>) {
+        commit(&self.0, topic, messages).await;
+    }
+
+    async fn roll_back(&self, topic: &str, messages: Vec<Message>) {
+        let mut tx = self.0.pool().begin().await.unwrap();
+        self.0
+            .enqueue_batch(&mut tx, topic, messages)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+    }
+
+    fn relay(&self, publisher: Arc<dyn Publisher>) -> Relay {
+        self.0.relay(publisher)
+    }
+
+    async fn pending(&self) -> u64 {
+        self.0.backlog().await.unwrap().pending
+    }
+
+    async fn rows(&self) -> i64 {
+        count_rows(&self.0).await
+    }
+
+    async fn failed(&self) -> Vec<FailedRow> {
+        self.0.failed(10).await.unwrap()
+    }
+
+    async fn retry_failed(&self, row: i64) -> bool {
+        self.0.retry_failed(row).await.unwrap()
+    }
+}
+
 #[tokio::test]
 async fn rolled_back_messages_are_never_published() {
-    let outbox = outbox().await;
-    let broker = MemoryBroker::new();
-    let mut stream = broker
-        .subscribe(Subscription::new("orders", "g"))
-        .await
-        .unwrap();
-    let relay = outbox
-        .relay(Arc::new(broker.clone()))
-        .config(fast())
-        .start();
-
-    let mut tx = outbox.pool().begin().await.unwrap();
-    outbox
-        .enqueue(&mut tx, "orders", Message::new("rolled back"))
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    commit(&outbox, "orders", vec![Message::new("first")]).await;
-    commit(&outbox, "orders", vec![Message::new("second")]).await;
-
-    let got = receive(&mut stream, 2, WAIT).await;
-    let texts: Vec<_> = got.iter().map(|m| m.payload().as_ref()).collect();
-    assert_eq!(texts, [b"first".as_ref(), b"second"]);
-    assert_eq!(
-        count_rows(&outbox).await,
-        2,
-        "the rolled-back row never existed"
-    );
-    assert_eq!(relay.shutdown().await.published, 2);
+    scenarios::rolled_back_messages_are_never_published(Postgres(outbox().await), fast()).await;
 }
 
 #[tokio::test]
 async fn every_message_field_survives_the_trip() {
-    let outbox = outbox().await;
-    let broker = MemoryBroker::new();
-    let mut stream = broker
-        .subscribe(Subscription::new("fields", "g"))
-        .await
-        .unwrap();
-    let sent: Vec<Message> = (0..5).map(full_message).collect();
-    commit(&outbox, "fields", sent.clone()).await;
-    let relay = outbox
-        .relay(Arc::new(broker.clone()))
-        .config(fast())
-        .start();
-    assert_eq!(receive(&mut stream, 5, WAIT).await, sent);
-    relay.shutdown().await;
+    scenarios::every_message_field_survives_the_trip(Postgres(outbox().await), fast()).await;
+}
+
+/// The first relay's transaction rolls back when it is stopped: its rows
+/// are free for the next relay at once.
+#[tokio::test]
+async fn a_relay_stopped_between_publish_and_mark_publishes_again() {
+    scenarios::a_relay_stopped_between_publish_and_mark_publishes_again(
+        Postgres(outbox().await),
+        fast(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_rows_are_failed_listed_and_retried() {
+    scenarios::refused_rows_are_failed_listed_and_retried(Postgres(outbox().await), fast()).await;
+}
+
+#[tokio::test]
+async fn sent_rows_are_cleaned_up_in_batches() {
+    scenarios::sent_rows_are_cleaned_up_in_batches(Postgres(outbox().await), fast()).await;
 }
 
 /// Four transactions take ids 1 to 4, then commit in reverse order (the
@@ -165,53 +184,6 @@ async fn rows_committed_out_of_id_order_are_never_skipped() {
     .await;
     assert_eq!(count_rows(&outbox).await, 3);
     assert_eq!(relay.shutdown().await.published, 3);
-}
-
-/// The relay published, then stopped before it could mark the row (its
-/// transaction rolled back): the next relay publishes it again, a
-/// duplicate with the same id, never a loss.
-#[tokio::test]
-async fn a_relay_stopped_between_publish_and_mark_publishes_again() {
-    let outbox = outbox().await;
-    let broker = MemoryBroker::new();
-    let mut stream = broker
-        .subscribe(Subscription::new("crash", "g"))
-        .await
-        .unwrap();
-    let published = Arc::new(Notify::new());
-    let hanging = Arc::new(PublishThenHang {
-        inner: Arc::new(broker.clone()),
-        published: published.clone(),
-    });
-    let first = outbox
-        .relay(hanging)
-        .config(fast().shutdown_timeout(Duration::from_millis(50)))
-        .start();
-    let message = Message::new("once").with_key("k");
-    commit(&outbox, "crash", vec![message.clone()]).await;
-
-    tokio::time::timeout(WAIT, published.notified())
-        .await
-        .expect("the first relay publishes");
-    assert_eq!(
-        first.shutdown().await.published,
-        0,
-        "the first relay never marked the row"
-    );
-    assert_eq!(outbox.backlog().await.unwrap().pending, 1);
-
-    let second = outbox
-        .relay(Arc::new(broker.clone()))
-        .config(fast())
-        .start();
-    let got = receive(&mut stream, 2, WAIT).await;
-    assert_eq!(
-        got,
-        [message.clone(), message],
-        "published again with the same id"
-    );
-    assert_eq!(second.shutdown().await.published, 1);
-    assert_eq!(outbox.backlog().await.unwrap().pending, 0);
 }
 
 /// Two relays share 10,000 rows on 100 keys, committed while they run:
@@ -289,66 +261,6 @@ async fn two_relays_lose_nothing_and_keep_per_key_order() {
     assert_eq!(outbox.backlog().await.unwrap().pending, 0);
 }
 
-/// A message the broker refuses for good is marked failed with the reason,
-/// does not hold up the rest, is listed for operators and can be retried.
-#[tokio::test]
-async fn refused_rows_are_failed_listed_and_retried() {
-    let outbox = outbox().await;
-    let strict = MemoryBroker::with_config(MemoryConfig::default().max_payload(8));
-    let mut stream = strict
-        .subscribe(Subscription::new("strict", "g"))
-        .await
-        .unwrap();
-    let big = Message::new("far too large").with_key("a");
-    commit(
-        &outbox,
-        "strict",
-        vec![
-            Message::new("a1").with_key("a"),
-            big.clone(),
-            Message::new("a2").with_key("a"),
-            Message::new("b1").with_key("b"),
-        ],
-    )
-    .await;
-
-    let relay = outbox
-        .relay(Arc::new(strict.clone()))
-        .config(fast())
-        .start();
-    let got = receive(&mut stream, 3, WAIT).await;
-    let mut texts: Vec<_> = got.iter().map(|m| m.payload().as_ref()).collect();
-    texts.sort();
-    assert_eq!(texts, [b"a1".as_ref(), b"a2", b"b1"]);
-    let stats = relay.shutdown().await;
-    assert_eq!((stats.published, stats.failed), (3, 1));
-
-    let failed = outbox.failed(10).await.unwrap();
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].message.as_ref(), Some(&big));
-    assert!(
-        failed[0].reason.contains("exceeds the limit"),
-        "{}",
-        failed[0].reason
-    );
-    assert_eq!(failed[0].attempts, 1);
-
-    assert!(outbox.retry_failed(failed[0].row).await.unwrap());
-    assert!(!outbox.retry_failed(failed[0].row).await.unwrap());
-    let broker = MemoryBroker::new();
-    let mut stream = broker
-        .subscribe(Subscription::new("strict", "g"))
-        .await
-        .unwrap();
-    let relay = outbox
-        .relay(Arc::new(broker.clone()))
-        .config(fast())
-        .start();
-    assert_eq!(receive(&mut stream, 1, WAIT).await, [big]);
-    assert_eq!(relay.shutdown().await.published, 1);
-    assert!(outbox.failed(10).await.unwrap().is_empty());
-}
-
 /// With polling set to an hour, only the NOTIFY sent at commit can wake the
 /// relay: five messages committed one after another must all arrive.
 #[tokio::test]
@@ -387,38 +299,6 @@ async fn notify_at_commit_wakes_the_relay() {
         );
     }
     assert_eq!(relay.shutdown().await.published, 5);
-}
-
-#[tokio::test]
-async fn sent_rows_are_cleaned_up_in_batches() {
-    let outbox = outbox().await;
-    let broker = MemoryBroker::new();
-    broker
-        .provision(&Subscription::new("clean", "g"))
-        .await
-        .unwrap();
-    commit(
-        &outbox,
-        "clean",
-        (0..10).map(|i| Message::new(i.to_string())).collect(),
-    )
-    .await;
-    let config = fast()
-        .sent_retention(Duration::ZERO)
-        .cleanup_interval(Duration::from_millis(50))
-        .cleanup_batch(3);
-    let relay = outbox
-        .relay(Arc::new(broker.clone()))
-        .config(config)
-        .start();
-    let outbox_ = outbox.clone();
-    wait_until("every sent row deleted", WAIT, || {
-        let outbox = outbox_.clone();
-        async move { count_rows(&outbox).await == 0 }
-    })
-    .await;
-    let stats = relay.shutdown().await;
-    assert_eq!((stats.published, stats.cleaned), (10, 10));
 }
 
 #[tokio::test]
