@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_core::{Message, Publisher, Subscription};
+use courier_core::{Message, Subscription};
 use courier_memory::MemoryBroker;
 use courier_nats::NatsBroker;
 use courier_outbox::postgres::PostgresOutbox;
@@ -64,12 +64,15 @@ async fn main() {
     {
         let outbox = pg_outbox(pg.url(), true).await;
         fill_pg(&outbox, nats_rows, 0).await;
-        let broker = NatsBroker::connect(nats.url()).await.expect("nats");
+        let broker = NatsBroker::connect(nats.url())
+            .await
+            .expect("nats")
+            .into_broker();
         broker
             .provision(&Subscription::new("bench", "g"))
             .await
             .unwrap();
-        let publisher: Arc<dyn Publisher> = Arc::new(broker.clone());
+        let publisher = broker.publisher();
         let rate = drain(outbox.relay(publisher), nats_rows, false).await;
         let case = "PostgreSQL -> NATS JetStream, no key";
         lines.push(Line {
