@@ -6,30 +6,16 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use common::postgres::outbox;
 use common::{full_message, receive, wait_until};
 use courier_amqp::AmqpBroker;
 use courier_core::{Broker, Message, Subscription};
 use courier_kafka::KafkaBroker;
 use courier_nats::NatsBroker;
-use courier_outbox::postgres::PostgresOutbox;
-use courier_outbox::{RelayConfig, TableName};
+use courier_outbox::RelayConfig;
 use courier_testkit::fixtures::{self, unique_name};
-use sqlx::postgres::PgPoolOptions;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-async fn outbox() -> PostgresOutbox {
-    let server = fixtures::postgres().await.expect("postgres fixture");
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .connect(server.url())
-        .await
-        .expect("connect");
-    let table = TableName::new(&unique_name("outbox")).expect("table name");
-    let outbox = PostgresOutbox::with_table(pool, table);
-    outbox.migrate().await.expect("migrate");
-    outbox
-}
 
 fn fast() -> RelayConfig {
     RelayConfig::default()

@@ -7,30 +7,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::postgres::{commit, outbox};
 use common::scenarios::{self, TestOutbox};
 use common::{receive, wait_until};
 use courier_core::{Message, Publisher, Subscription, async_trait};
 use courier_memory::MemoryBroker;
 use courier_outbox::postgres::PostgresOutbox;
 use courier_outbox::{FailedRow, Relay, RelayConfig, TableName};
-use courier_testkit::fixtures::{postgres, unique_name};
-use sqlx::postgres::PgPoolOptions;
+use courier_testkit::fixtures::unique_name;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// An outbox in a table of its own on the shared server.
-async fn outbox() -> PostgresOutbox {
-    let server = postgres().await.expect("postgres fixture");
-    let pool = PgPoolOptions::new()
-        .max_connections(20)
-        .connect(server.url())
-        .await
-        .expect("connect");
-    let table = TableName::new(&unique_name("outbox")).expect("table name");
-    let outbox = PostgresOutbox::with_table(pool, table);
-    outbox.migrate().await.expect("migrate");
-    outbox
-}
 
 fn fast() -> RelayConfig {
     RelayConfig::default()
@@ -45,15 +31,6 @@ async fn count_rows(outbox: &PostgresOutbox) -> i64 {
         .fetch_one(outbox.pool())
         .await
         .expect("count")
-}
-
-async fn commit(outbox: &PostgresOutbox, topic: &str, messages: Vec<Message>) {
-    let mut tx = outbox.pool().begin().await.unwrap();
-    outbox
-        .enqueue_batch(&mut tx, topic, messages)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
 }
 
 #[derive(Clone)]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod scenarios;
 
 use std::sync::Arc;
