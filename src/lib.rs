@@ -12,6 +12,9 @@
 //! | `kafka://host:9092,host:9092` | Kafka | `kafka` |
 //! | `nats://host:4222`, `tls://…` | NATS JetStream | `nats` |
 //!
+//! The transactional outbox is [`outbox`] (feature `outbox`, with the
+//! backends `outbox-postgres` and `outbox-sqlite`; all in `full`).
+//!
 //! # Examples
 //!
 //! ```
@@ -47,6 +50,10 @@ pub use courier_kafka as kafka;
 pub use courier_memory as memory;
 #[cfg(feature = "nats")]
 pub use courier_nats as nats;
+/// The transactional outbox and its relay (`outbox`; backends with
+/// `outbox-postgres`, `outbox-sqlite`).
+#[cfg(feature = "outbox")]
+pub use courier_outbox as outbox;
 
 use courier_core::error::redact_url;
 
