@@ -1,6 +1,6 @@
-//! A service that publishes typed JSON orders and handles them with the
-//! consumer runtime (per-customer ordering, retries, dead-lettering), on any
-//! broker.
+//! A billing service on any broker: typed orders handled in order per
+//! customer, an invoice published as a follow-up in the same flow, retries,
+//! and the invalid order dead-lettered with its reason.
 //!
 //! ```text
 //! cargo run --example orders                       # embedded in-process broker
@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
-use courier::runtime::{self, Consumer, HandlerError, RetryPolicy, TimeoutLayer};
-use courier::{Message, Subscription};
-use futures::StreamExt;
+use courier::delivery::DLQ_REASON;
+use courier::prelude::*;
+use courier::runtime::{self, RetryPolicy, TimeoutLayer};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -23,110 +23,108 @@ struct OrderPlaced {
     total_cents: u64,
 }
 
-const ORDERS: u32 = 6;
+#[derive(Debug, Serialize, Deserialize)]
+struct InvoiceIssued {
+    order_id: u32,
+    total_cents: u64,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = broker_url();
-    let broker = courier::connect(&url).await?;
-    println!(
-        "connected to {} ({})",
-        courier::error::redact_url(&url),
-        broker.name()
-    );
+    let url = std::env::args().skip_while(|a| a != "--broker").nth(1);
+    let broker = courier::connect(url.as_deref().unwrap_or("memory://")).await?;
+    // Run-unique topics, so the example can run again on a broker that keeps history.
+    let run = &MessageId::new().to_string()[24..];
+    let (orders, invoices) = (format!("orders.{run}"), format!("invoices.{run}"));
+    let dead_letters = Subscription::new(format!("{orders}.dlq"), "operations");
+    broker.provision(&dead_letters).await?; // keeps the dead letters for whoever looks
+    let (printed_tx, mut printed) = tokio::sync::mpsc::unbounded_channel();
 
-    // Run-unique names, so the example can run again on a broker that keeps
-    // history.
-    let run = courier::MessageId::new().to_string()[24..].to_owned();
-    let topic = format!("orders.placed.{run}");
-
-    let (handled_tx, mut handled_rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = Consumer::builder(
-        &broker,
-        Subscription::new(&topic, "billing"),
-        runtime::typed(move |order: OrderPlaced| {
-            let handled_tx = handled_tx.clone();
+    let billing = {
+        let (broker, invoices) = (broker.clone(), invoices.clone());
+        runtime::envelope(move |Envelope { body, meta }: Envelope<OrderPlaced>| {
+            let (broker, invoices) = (broker.clone(), invoices.clone());
             async move {
-                if order.total_cents == 0 {
+                let OrderPlaced {
+                    order_id,
+                    total_cents,
+                    ..
+                } = body;
+                if total_cents == 0 {
                     return Err(HandlerError::permanent("an order cannot be free"));
                 }
-                println!("handled  {order:?}");
-                handled_tx.send(order.order_id)?;
+                // Caused by the order: same correlation id, causation = the order's id.
+                let invoice = Message::from_json(&InvoiceIssued {
+                    order_id,
+                    total_cents,
+                })?;
+                broker.publish(&invoices, meta.follow_up(invoice)).await?;
                 Ok(())
             }
-        }),
-    )
-    .concurrency(4)
-    .retry(RetryPolicy::exponential().max_attempts(3))
-    .layer(TimeoutLayer::new(Duration::from_secs(5)))
-    .build();
-    // The groups exist from now on and keep every message published to
-    // them: the orders, and the dead letters for whoever looks into them.
-    broker.provision(consumer.subscription()).await?;
-    let dead_letters = Subscription::new(format!("{topic}.dlq"), "operations");
-    broker.provision(&dead_letters).await?;
-    let shutdown = consumer.shutdown_handle();
-    let running = tokio::spawn(consumer.run());
+        })
+    };
+    let mailing = runtime::envelope(move |invoice: Envelope<InvoiceIssued>| {
+        let printed_tx = printed_tx.clone();
+        async move {
+            println!(
+                "invoice {:?} for flow {}",
+                invoice.body,
+                invoice.meta.correlation_id().unwrap_or("?")
+            );
+            printed_tx.send(())?;
+            Ok(())
+        }
+    });
+    let app = App::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(5)))
+        .consumer(
+            Consumer::builder(&broker, Subscription::new(&orders, "billing"), billing)
+                .retry(RetryPolicy::exponential().max_attempts(3)),
+        )
+        .consumer(Consumer::builder(
+            &broker,
+            Subscription::new(&invoices, "mailing"),
+            mailing,
+        ));
+    let running = app.start().await?; // subscribed: nothing published from here on is missed
 
-    for order_id in 1..=ORDERS {
+    for order_id in 1..=6 {
+        let customer = format!("customer-{}", order_id % 2);
+        // Order 3 is free, hence invalid: it is dead-lettered, and order 5
+        // of the same customer goes on after it.
+        let total_cents = 1_000 * u64::from(order_id) * u64::from(order_id != 3);
         let order = OrderPlaced {
             order_id,
-            customer: format!("customer-{}", order_id % 2),
-            // Order 3 is invalid: it goes to the dead-letter topic, and order 5
-            // of the same customer is handled after it.
-            total_cents: if order_id == 3 {
-                0
-            } else {
-                1_000 * u64::from(order_id)
-            },
+            customer: customer.clone(),
+            total_cents,
         };
         // Orders of one customer share a key, so they are handled in order.
-        let message = Message::from_json(&order)?.with_key(order.customer.clone());
-        broker.publish(&topic, message).await?;
-        println!("sent     {order:?}");
+        broker
+            .publish(&orders, Message::from_json(&order)?.with_key(customer))
+            .await?;
     }
-
-    for _ in 1..ORDERS {
-        tokio::time::timeout(Duration::from_secs(30), handled_rx.recv())
+    for _ in 0..5 {
+        tokio::time::timeout(Duration::from_secs(30), printed.recv())
             .await?
-            .ok_or("consumer stopped early")?;
+            .ok_or("stopped")?;
     }
-    shutdown.shutdown();
-    let stats = running.await??;
+    let stats = running.shutdown().await?;
     println!(
-        "consumer stopped: {} handled, {} dead-lettered",
-        stats.handled, stats.dead_lettered
+        "billing: {} handled, {} dead-lettered",
+        stats[0].handled, stats[0].dead_lettered
     );
 
     // The dead letter: the original message, with why and where it failed.
     let mut dead = broker.subscribe(dead_letters).await?;
-    for _ in 0..stats.dead_lettered {
-        let delivery = tokio::time::timeout(Duration::from_secs(30), dead.next())
-            .await?
-            .ok_or("dead-letter stream ended")??;
-        let order: OrderPlaced = delivery.message().json()?;
-        let header = |name| delivery.message().headers().get(name).unwrap_or("?");
-        println!(
-            "dead letter {order:?}: {} (from {}, group {})",
-            header(courier::delivery::DLQ_REASON),
-            header(courier::delivery::DLQ_ORIGINAL_TOPIC),
-            header(courier::delivery::DLQ_GROUP),
-        );
-        delivery.ack().await?;
-    }
+    let letter = tokio::time::timeout(Duration::from_secs(30), dead.next())
+        .await?
+        .ok_or("ended")??;
+    let (order, reason) = (
+        letter.message().json::<OrderPlaced>()?,
+        letter.message().header(DLQ_REASON),
+    );
+    println!("dead letter {order:?}: {}", reason.unwrap_or("?"));
+    letter.ack().await?;
     broker.close().await?;
     Ok(())
-}
-
-fn broker_url() -> String {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--broker" {
-            return args.next().expect("--broker needs a URL");
-        }
-        if let Some(url) = arg.strip_prefix("--broker=") {
-            return url.to_owned();
-        }
-    }
-    "memory://".to_owned()
 }

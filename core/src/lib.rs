@@ -36,6 +36,7 @@ pub mod error;
 pub mod headers;
 pub mod message;
 pub mod name;
+pub mod prelude;
 mod pubsub;
 pub mod runtime;
 pub mod wire;
