@@ -46,7 +46,8 @@ pub use error::{BoxError, BrokerErrorKind, ConnectErrorKind, Error, Result};
 pub use headers::{HeaderError, Headers};
 pub use message::{Message, MessageId};
 pub use pubsub::{
-    Broker, DEFAULT_PREFETCH, DeliveryStream, Publisher, StartPosition, Subscriber, Subscription,
+    Broker, Close, DEFAULT_PREFETCH, DeliveryStream, Publisher, StartPosition, Subscriber,
+    Subscription,
 };
 
 pub use async_trait::async_trait;

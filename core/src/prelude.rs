@@ -6,7 +6,7 @@
 
 pub use crate::runtime::{App, Consumer, Envelope, HandlerError, HandlerResult, Meta};
 pub use crate::{
-    Broker, Delivery, DeliveryStream, Error, Message, MessageId, Nack, Publisher, Result,
+    Broker, Close, Delivery, DeliveryStream, Error, Message, MessageId, Nack, Publisher, Result,
     StartPosition, Subscriber, Subscription,
 };
 pub use futures::StreamExt as _;

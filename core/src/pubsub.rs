@@ -13,13 +13,30 @@ use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::message::Message;
 
+/// Releases a connection: the one method publishers and subscribers share,
+/// so `close()` is never ambiguous when both traits are in scope.
+#[async_trait]
+pub trait Close: Send + Sync + fmt::Debug {
+    /// Flushes what is pending and releases the connection. Idempotent:
+    /// closing twice is `Ok`. Publishing or subscribing afterwards fails
+    /// with [`Error::Closed`](crate::Error::Closed); streams end.
+    /// Deliveries already handed out can still be settled where the broker
+    /// allows; unsettled ones come back.
+    ///
+    /// # Errors
+    ///
+    /// Pending work could not be flushed, or the connection could not be
+    /// closed cleanly.
+    async fn close(&self) -> Result<()>;
+}
+
 /// Publishes messages to topics.
 ///
 /// `Ok` means the broker has taken responsibility for the message: a
 /// publisher confirm (RabbitMQ), a JetStream ack, a Kafka delivery report, or
 /// the message sitting in the in-memory broker's queues. Nothing less.
 #[async_trait]
-pub trait Publisher: Send + Sync + fmt::Debug {
+pub trait Publisher: Close {
     /// Publishes one message and waits for the broker's confirmation.
     ///
     /// # Errors
@@ -50,15 +67,6 @@ pub trait Publisher: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
-
-    /// Flushes what is pending and releases the connection. Idempotent:
-    /// closing twice is `Ok`. Publishing afterwards fails with
-    /// [`Error::Closed`](crate::Error::Closed).
-    ///
-    /// # Errors
-    ///
-    /// Pending messages could not be flushed.
-    async fn close(&self) -> Result<()>;
 }
 
 /// Where a consumer group starts when it is created.
@@ -166,7 +174,7 @@ pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery>> + Send>>;
 
 /// Receives messages.
 #[async_trait]
-pub trait Subscriber: Send + Sync + fmt::Debug {
+pub trait Subscriber: Close {
     /// Creates the topic and the group's queue/consumer ahead of time, as
     /// Watermill's `SubscribeInitialize`: from then on the group keeps every
     /// message published to the topic, even before anyone subscribes.
@@ -184,21 +192,13 @@ pub trait Subscriber: Send + Sync + fmt::Debug {
     ///
     /// Invalid names, a closed subscriber, or broker failures.
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream>;
-
-    /// Ends every stream this subscriber produced and releases the
-    /// connection. Idempotent. Deliveries already handed out can still be
-    /// settled where the broker allows; unsettled ones come back.
-    ///
-    /// # Errors
-    ///
-    /// The connection could not be closed cleanly.
-    async fn close(&self) -> Result<()>;
 }
 
 /// A publisher and a subscriber of one broker, chosen at run time.
 ///
-/// Cheap to clone. Its inherent methods mirror both traits, so `broker.close()`
-/// is never ambiguous.
+/// Cheap to clone. It implements [`Publisher`], [`Subscriber`] and
+/// [`Close`], and has the same methods as inherent ones, so they work
+/// without importing the traits.
 #[derive(Clone)]
 pub struct Broker {
     name: &'static str,
@@ -281,6 +281,35 @@ impl Broker {
         let sub = self.subscriber.close().await;
         let publ = self.publisher.close().await;
         sub.and(publ)
+    }
+}
+
+#[async_trait]
+impl Close for Broker {
+    async fn close(&self) -> Result<()> {
+        Broker::close(self).await
+    }
+}
+
+#[async_trait]
+impl Publisher for Broker {
+    async fn publish(&self, topic: &str, message: Message) -> Result<()> {
+        self.publisher.publish(topic, message).await
+    }
+
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        self.publisher.publish_batch(topic, messages).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for Broker {
+    async fn provision(&self, subscription: &Subscription) -> Result<()> {
+        self.subscriber.provision(subscription).await
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        self.subscriber.subscribe(subscription).await
     }
 }
 

@@ -10,6 +10,7 @@
 //!   random gaps of 2-20 ms; the time from `commit()` returning to the
 //!   consumer receiving it, with NOTIFY and with polling only.
 
+use courier_core::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

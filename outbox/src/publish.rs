@@ -71,7 +71,7 @@ fn by_topic(rows: &[Row]) -> Vec<(&str, Vec<&Row>)> {
 
 #[cfg(test)]
 mod tests {
-    use courier_core::{Message, Subscription};
+    use courier_core::{Message, Subscriber, Subscription};
     use courier_memory::{MemoryBroker, MemoryConfig};
 
     use super::*;

@@ -3,6 +3,7 @@
 
 mod common;
 
+use courier_core::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,11 +179,11 @@ async fn two_relays_lose_nothing_and_keep_per_key_order() {
     let config = fast().batch_size(200);
     let relays = [
         outbox
-            .relay(Arc::new(broker.connect()))
+            .relay(Arc::new(broker.new_connection()))
             .config(config.clone())
             .start(),
         outbox
-            .relay(Arc::new(broker.connect()))
+            .relay(Arc::new(broker.new_connection()))
             .config(config)
             .start(),
     ];

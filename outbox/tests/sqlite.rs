@@ -3,6 +3,7 @@
 
 mod common;
 
+use courier_core::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

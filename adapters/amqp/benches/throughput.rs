@@ -10,6 +10,7 @@
 //! and then drains its own queue, the side going first alternates by round,
 //! and the best round of each side is reported.
 
+use courier_core::prelude::*;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courier_amqp::AmqpBroker;

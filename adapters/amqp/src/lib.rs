@@ -189,7 +189,10 @@ mod topology;
 
 use std::sync::Arc;
 
-use courier_core::{Broker, DeliveryStream, Message, Publisher, Result, Subscriber, Subscription};
+use courier_core::{
+    Broker, Close, DeliveryStream, Message, Publisher, Result, Subscriber, Subscription,
+    async_trait,
+};
 
 pub use config::{AmqpConfig, DEFAULT_MAX_PAYLOAD, QueueType, Reconnect};
 pub use error::AmqpError;
@@ -279,58 +282,44 @@ impl AmqpBroker {
     pub fn into_broker(self) -> Broker {
         Broker::new("amqp", self.publisher, self.subscriber)
     }
+}
 
-    /// See [`Publisher::publish`].
-    ///
-    /// # Errors
-    ///
-    /// An invalid topic name, a payload over [`AmqpConfig::max_payload`], a
-    /// closed broker, a confirm timeout, or broker failures (after
-    /// reconnecting gave up).
-    pub async fn publish(&self, topic: &str, message: Message) -> Result<()> {
+/// Closes the subscriber (its streams end; unsettled messages go back to
+/// their queues), then the publisher (after outstanding confirms).
+#[async_trait]
+impl Close for AmqpBroker {
+    async fn close(&self) -> Result<()> {
+        let subscribing = self.subscriber.close().await;
+        let publishing = self.publisher.close().await;
+        subscribing.and(publishing)
+    }
+}
+
+/// Publishing through the [`AmqpPublisher`]: besides the errors of
+/// [`Publisher::publish`], a payload over [`AmqpConfig::max_payload`], a
+/// confirm timeout, or broker failures after reconnecting gave up; on error
+/// in a batch the messages before the first unconfirmed one are stored.
+#[async_trait]
+impl Publisher for AmqpBroker {
+    async fn publish(&self, topic: &str, message: Message) -> Result<()> {
         self.publisher.publish(topic, message).await
     }
 
-    /// See [`Publisher::publish_batch`].
-    ///
-    /// # Errors
-    ///
-    /// As [`AmqpBroker::publish`]; on error the messages before the first
-    /// unconfirmed one are stored.
-    pub async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         self.publisher.publish_batch(topic, messages).await
     }
+}
 
-    /// See [`Subscriber::provision`].
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, a closed broker, or the broker refused the
-    /// declarations (an existing queue of another type, a reserved `amq.`
-    /// name, missing permissions).
-    pub async fn provision(&self, subscription: &Subscription) -> Result<()> {
+/// Subscribing through the [`AmqpSubscriber`]: the broker may refuse the
+/// declarations (an existing queue of another type, a reserved `amq.` name,
+/// missing permissions).
+#[async_trait]
+impl Subscriber for AmqpBroker {
+    async fn provision(&self, subscription: &Subscription) -> Result<()> {
         self.subscriber.provision(subscription).await
     }
 
-    /// See [`Subscriber::subscribe`].
-    ///
-    /// # Errors
-    ///
-    /// As [`AmqpBroker::provision`].
-    pub async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         self.subscriber.subscribe(subscription).await
-    }
-
-    /// Closes the subscriber (its streams end; unsettled messages go back
-    /// to their queues), then the publisher (after outstanding confirms).
-    /// Idempotent.
-    ///
-    /// # Errors
-    ///
-    /// Never; the `Result` matches the other adapters.
-    pub async fn close(&self) -> Result<()> {
-        let subscribing = Subscriber::close(&*self.subscriber).await;
-        let publishing = Publisher::close(&*self.publisher).await;
-        subscribing.and(publishing)
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_core::{BrokerErrorKind, Error, Message, Publisher, Result, async_trait};
+use courier_core::{BrokerErrorKind, Close, Error, Message, Publisher, Result, async_trait};
 use lapin::Confirmation;
 use lapin::types::ShortString;
 
@@ -328,7 +328,10 @@ impl Publisher for AmqpPublisher {
         )
         .await
     }
+}
 
+#[async_trait]
+impl Close for AmqpPublisher {
     async fn close(&self) -> Result<()> {
         self.link.close().await;
         Ok(())

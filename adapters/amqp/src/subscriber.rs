@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use courier_core::{
-    Delivery, DeliveryStream, Error, MessageId, Result, Subscriber, Subscription, async_trait,
+    Close, Delivery, DeliveryStream, Error, MessageId, Result, Subscriber, Subscription,
+    async_trait,
 };
 use futures::{Stream, StreamExt};
 use lapin::Consumer;
@@ -379,7 +380,10 @@ impl Subscriber for AmqpSubscriber {
             _stop: stop.drop_guard(),
         }))
     }
+}
 
+#[async_trait]
+impl Close for AmqpSubscriber {
     async fn close(&self) -> Result<()> {
         self.link.close().await;
         Ok(())

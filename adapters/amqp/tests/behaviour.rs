@@ -5,6 +5,7 @@
 
 mod common;
 
+use courier_core::prelude::*;
 use std::error::Error as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -3,6 +3,7 @@
 //! mid-stream. Every message whose publish returned `Ok` must be received;
 //! lost messages are counted (and must be 0), duplicates are counted.
 
+use courier_core::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

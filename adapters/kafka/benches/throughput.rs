@@ -26,6 +26,7 @@
 //! courier writes for a plain message (id and timestamp), which is the
 //! like-for-like comparison on a broker whose cost grows with headers.
 
+use courier_core::prelude::*;
 use std::time::{Duration, Instant};
 
 use courier_core::{Message, StartPosition, Subscription};

@@ -194,7 +194,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_core::{
-    Broker, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
+    Broker, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
     async_trait,
 };
 use parking_lot::Mutex;
@@ -279,71 +279,6 @@ impl KafkaBroker {
         &self.inner.config
     }
 
-    /// See [`Publisher::publish`].
-    ///
-    /// # Errors
-    ///
-    /// An invalid topic name, [`Error::PayloadTooLarge`],
-    /// [`Error::TopicNotFound`] when the topic is missing and may not be
-    /// created, [`Error::Timeout`] when the broker did not confirm within
-    /// [`KafkaConfig::publish_timeout`], [`Error::Closed`] after `close`,
-    /// and other broker failures.
-    pub async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        self.inner.producer.publish(topic, vec![message]).await
-    }
-
-    /// See [`Publisher::publish_batch`].
-    ///
-    /// # Errors
-    ///
-    /// As [`KafkaBroker::publish`]; the first failure of the batch.
-    pub async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        self.inner.producer.publish(topic, messages).await
-    }
-
-    /// See [`Subscriber::provision`].
-    ///
-    /// # Errors
-    ///
-    /// Invalid names, a closed connection, a missing topic that may not be
-    /// created, or broker failures.
-    pub async fn provision(&self, subscription: &Subscription) -> Result<()> {
-        self.check_open()?;
-        subscriber::provision(&self.inner.config, &self.inner.producer, subscription).await
-    }
-
-    /// See [`Subscriber::subscribe`].
-    ///
-    /// # Errors
-    ///
-    /// As [`KafkaBroker::provision`].
-    pub async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
-        self.check_open()?;
-        let (stream, running) =
-            subscriber::subscribe(&self.inner.config, &self.inner.producer, subscription).await?;
-        let mut subscriptions = self.inner.subscriptions.lock();
-        subscriptions.retain(|r| r.flow.strong_count() > 0);
-        subscriptions.push(running);
-        Ok(stream)
-    }
-
-    /// Closes the connection: every subscription commits its final
-    /// positions and leaves its group (deliveries still unsettled come back
-    /// to the group), streams end, queued publishes are flushed. Idempotent.
-    ///
-    /// # Errors
-    ///
-    /// Queued publishes could not be flushed.
-    pub async fn close(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let subscriptions = std::mem::take(&mut *self.inner.subscriptions.lock());
-        let wait = self.inner.config.connect_timeout * 2;
-        futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(wait))).await;
-        self.inner.producer.close().await
-    }
-
     fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("kafka connection"));
@@ -382,32 +317,51 @@ async fn probe(
     }
 }
 
+/// Closing the connection: every subscription commits its final positions
+/// and leaves its group (deliveries still unsettled come back to the
+/// group), streams end, queued publishes are flushed.
+#[async_trait]
+impl Close for KafkaBroker {
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let subscriptions = std::mem::take(&mut *self.inner.subscriptions.lock());
+        let wait = self.inner.config.connect_timeout * 2;
+        futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(wait))).await;
+        self.inner.producer.close().await
+    }
+}
+
+/// Publishing: besides the errors of [`Publisher::publish`],
+/// [`Error::TopicNotFound`] when the topic is missing and may not be
+/// created, and [`Error::Timeout`] when the broker did not confirm within
+/// [`KafkaConfig::publish_timeout`].
 #[async_trait]
 impl Publisher for KafkaBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        KafkaBroker::publish(self, topic, message).await
+        self.inner.producer.publish(topic, vec![message]).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        KafkaBroker::publish_batch(self, topic, messages).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        KafkaBroker::close(self).await
+        self.inner.producer.publish(topic, messages).await
     }
 }
 
 #[async_trait]
 impl Subscriber for KafkaBroker {
     async fn provision(&self, subscription: &Subscription) -> Result<()> {
-        KafkaBroker::provision(self, subscription).await
+        self.check_open()?;
+        subscriber::provision(&self.inner.config, &self.inner.producer, subscription).await
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
-        KafkaBroker::subscribe(self, subscription).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        KafkaBroker::close(self).await
+        self.check_open()?;
+        let (stream, running) =
+            subscriber::subscribe(&self.inner.config, &self.inner.producer, subscription).await?;
+        let mut subscriptions = self.inner.subscriptions.lock();
+        subscriptions.retain(|r| r.flow.strong_count() > 0);
+        subscriptions.push(running);
+        Ok(stream)
     }
 }

@@ -2,6 +2,7 @@
 //! created, and records that are too large — against the real broker
 //! where one is involved.
 
+use courier_core::prelude::*;
 use std::time::Duration;
 
 use courier_core::{ConnectErrorKind, Error, Message, Subscription};

@@ -6,6 +6,7 @@
 //! stays at the nacked one and the commit's metadata records the later one
 //! as settled, so the next consumer of the group gets only the nacked one.
 
+use courier_core::prelude::*;
 use std::time::Duration;
 
 use courier_core::{Message, Nack, Subscription};

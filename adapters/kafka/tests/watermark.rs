@@ -4,6 +4,7 @@
 //! missing, and the second consumer may only receive messages the first
 //! had not acked when it stopped.
 
+use courier_core::prelude::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //!
 //! `cargo bench -p courier-memory --bench throughput`
 
+use courier_core::prelude::*;
 use std::time::{Duration, Instant};
 
 use courier_core::{Message, Subscription};

@@ -21,9 +21,8 @@
 //! # Examples
 //!
 //! ```
-//! use courier_core::{Message, Subscription};
+//! use courier_core::prelude::*;
 //! use courier_memory::MemoryBroker;
-//! use futures::StreamExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> courier_core::Result<()> {
@@ -48,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use courier_core::{
-    Broker, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
+    Broker, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
     async_trait,
 };
 use parking_lot::Mutex;
@@ -72,8 +71,9 @@ impl Handle {
 
 /// A connection to an in-process broker.
 ///
-/// Clones share the connection (closing one closes all clones).
-/// [`MemoryBroker::connect`] opens another connection to the same topics,
+/// It implements [`Publisher`], [`Subscriber`] and [`Close`] (import them,
+/// or `courier_core::prelude::*`). Clones share the connection (closing one
+/// closes all clones). [`MemoryBroker::new_connection`] opens another connection to the same topics,
 /// as a second `courier::connect` to a networked broker would: closing it
 /// leaves the others working.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ impl MemoryBroker {
     }
 
     /// Another connection to the same broker.
-    pub fn connect(&self) -> Self {
+    pub fn new_connection(&self) -> Self {
         MemoryBroker {
             state: self.state.clone(),
             handle: Arc::default(),
@@ -134,58 +134,6 @@ impl MemoryBroker {
         Broker::new("memory", this.clone(), this)
     }
 
-    /// See [`Publisher::publish`].
-    ///
-    /// # Errors
-    ///
-    /// An invalid topic name, a payload over [`MemoryConfig::max_payload`],
-    /// or a closed connection.
-    pub async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        Publisher::publish(self, topic, message).await
-    }
-
-    /// See [`Publisher::publish_batch`].
-    ///
-    /// # Errors
-    ///
-    /// As [`MemoryBroker::publish`]; a batch is accepted or refused whole.
-    pub async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        Publisher::publish_batch(self, topic, messages).await
-    }
-
-    /// See [`Subscriber::provision`].
-    ///
-    /// # Errors
-    ///
-    /// Invalid names or a closed connection.
-    pub async fn provision(&self, subscription: &Subscription) -> Result<()> {
-        Subscriber::provision(self, subscription).await
-    }
-
-    /// See [`Subscriber::subscribe`].
-    ///
-    /// # Errors
-    ///
-    /// Invalid names or a closed connection.
-    pub async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
-        Subscriber::subscribe(self, subscription).await
-    }
-
-    /// Closes this connection: its streams end, publishing through it fails
-    /// with [`Error::Closed`]. Idempotent. Deliveries already handed out can
-    /// still be settled; messages its streams had not handed out go back to
-    /// their groups.
-    ///
-    /// # Errors
-    ///
-    /// Never; the `Result` matches the other adapters.
-    pub async fn close(&self) -> Result<()> {
-        if !self.handle.closed.swap(true, Ordering::AcqRel) {
-            self.state.wake_all();
-        }
-        Ok(())
-    }
-
     fn check_open(&self) -> Result<()> {
         if self.handle.is_closed() {
             return Err(Error::Closed("memory broker connection"));
@@ -201,6 +149,20 @@ impl MemoryBroker {
     }
 }
 
+/// Closes this connection: its streams end, publishing through it fails
+/// with [`Error::Closed`]. Deliveries already handed out can still be
+/// settled; messages its streams had not handed out go back to their
+/// groups. Never fails.
+#[async_trait]
+impl Close for MemoryBroker {
+    async fn close(&self) -> Result<()> {
+        if !self.handle.closed.swap(true, Ordering::AcqRel) {
+            self.state.wake_all();
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Publisher for MemoryBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
@@ -209,10 +171,6 @@ impl Publisher for MemoryBroker {
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         self.publish_all(topic, messages)
-    }
-
-    async fn close(&self) -> Result<()> {
-        MemoryBroker::close(self).await
     }
 }
 
@@ -244,9 +202,5 @@ impl Subscriber for MemoryBroker {
             group,
             prefetch,
         )))
-    }
-
-    async fn close(&self) -> Result<()> {
-        MemoryBroker::close(self).await
     }
 }

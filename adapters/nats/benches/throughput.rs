@@ -5,6 +5,7 @@
 //! container; `COURIER_TEST_NATS_URL` uses a running server instead).
 //! `-- N` sets the message count (default 100,000).
 
+use courier_core::prelude::*;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 

@@ -70,8 +70,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::stream;
 use courier_core::{
-    Broker, BrokerErrorKind, ConnectErrorKind, DeliveryStream, Error, Message, Publisher, Result,
-    Subscriber, Subscription, async_trait,
+    Broker, BrokerErrorKind, Close, ConnectErrorKind, DeliveryStream, Error, Message, Publisher,
+    Result, Subscriber, Subscription, async_trait,
 };
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -166,11 +166,7 @@ impl NatsBroker {
 
     /// Closes the connection: streams end, unsettled deliveries are NAKed so
     /// they come back at once, pending publishes are flushed. Idempotent.
-    ///
-    /// # Errors
-    ///
-    /// Flushing or draining the connection failed.
-    pub async fn close(&self) -> Result<()> {
+    async fn close_connection(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -324,9 +320,12 @@ impl Publisher for NatsBroker {
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         publisher::publish(&self.inner, topic, messages).await
     }
+}
 
+#[async_trait]
+impl Close for NatsBroker {
     async fn close(&self) -> Result<()> {
-        NatsBroker::close(self).await
+        self.close_connection().await
     }
 }
 
@@ -340,9 +339,5 @@ impl Subscriber for NatsBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         subscriber::subscribe(self.inner.clone(), subscription).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        NatsBroker::close(self).await
     }
 }

@@ -1,6 +1,7 @@
 //! A message published again with the same id within the duplicate window
 //! is stored once.
 
+use courier_core::prelude::*;
 use courier_core::{Message, Publisher, Subscriber, Subscription};
 use courier_nats::NatsBroker;
 use futures::StreamExt;

@@ -1,5 +1,6 @@
 //! Connection failures are typed and name the URL without its password.
 
+use courier_core::prelude::*;
 use std::time::Duration;
 
 use courier_core::{ConnectErrorKind, Error};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use courier_core::delivery::DLQ_REASON;
-use courier_core::{Publisher, Subscriber, Subscription};
+use courier_core::{Subscriber, Subscription};
 use courier_nats::NatsBroker;
 use futures::StreamExt;
 
@@ -70,5 +70,5 @@ async fn foreign_messages_are_delivered_or_dead_lettered_never_lost() {
     let reason = d.message().header(DLQ_REASON).expect("reason");
     assert!(reason.starts_with("undecodable NATS headers"), "{reason}");
     d.ack().await.expect("ack");
-    Publisher::close(&broker).await.expect("close");
+    courier_core::Close::close(&broker).await.expect("close");
 }

@@ -7,6 +7,7 @@
 pub mod postgres;
 pub mod scenarios;
 
+use courier_core::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -35,7 +36,10 @@ impl Publisher for PublishThenHang {
         self.published.notify_one();
         std::future::pending().await
     }
+}
 
+#[async_trait]
+impl Close for PublishThenHang {
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }
@@ -76,7 +80,10 @@ impl Publisher for Switchable {
         }
         self.inner.publish_batch(topic, messages).await
     }
+}
 
+#[async_trait]
+impl Close for Switchable {
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }

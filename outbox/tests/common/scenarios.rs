@@ -1,6 +1,7 @@
 //! Behaviour every backend must show, written once: each test file runs
 //! these against its own outbox.
 
+use courier_core::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 
