@@ -35,6 +35,8 @@
 //! # Ok(()) }
 //! ```
 
+#[doc(hidden)]
+pub use courier_core::adapter;
 pub use courier_core::*;
 
 /// The README's code, compiled and run as a doctest.

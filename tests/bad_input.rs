@@ -50,7 +50,7 @@ fn oversized_headers_are_refused_and_the_message_keeps_the_others() {
 
 #[test]
 fn non_utf8_header_values_from_a_broker_are_typed_errors() {
-    let err = courier::wire::decode(
+    let err = courier::adapter::wire::decode(
         [("x-legacy", &b"caf\xe9"[..])],
         courier::Bytes::new(),
         None,

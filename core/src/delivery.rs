@@ -147,8 +147,9 @@ fn one_line(text: &str, max: usize) -> String {
     text[..end].replace(['\r', '\n'], " ")
 }
 
-/// How an adapter settles one delivery. Implemented by adapters; applications
-/// use [`Delivery::ack`] and [`Delivery::nack`].
+/// How an adapter settles one delivery. Implemented by adapters (see
+/// [`adapter`](crate::adapter)); applications use [`Delivery::ack`] and
+/// [`Delivery::nack`].
 #[async_trait]
 pub trait Acknowledger: Send + Sync + fmt::Debug {
     /// Records that the message was handled. Returns once the broker has
@@ -176,22 +177,19 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A delivery of `message` from `topic`, settled through `acker`. For
-    /// adapters.
-    pub fn new(message: Message, topic: Arc<str>, acker: Box<dyn Acknowledger>) -> Self {
+    /// A delivery; adapters make one with [`adapter::delivery`](crate::adapter::delivery).
+    pub(crate) fn new(
+        message: Message,
+        topic: Arc<str>,
+        acker: Box<dyn Acknowledger>,
+        delivery_count: Option<u32>,
+    ) -> Self {
         Delivery {
             message,
             topic,
-            delivery_count: None,
+            delivery_count,
             acker: Some(acker),
         }
-    }
-
-    /// Sets how many times this message has been delivered, this time
-    /// included (1 on the first delivery). For adapters.
-    pub fn with_delivery_count(mut self, count: u32) -> Self {
-        self.delivery_count = Some(count);
-        self
     }
 
     /// The message.

@@ -80,14 +80,15 @@ impl Headers {
         self.insert_checked(name, value.into())
     }
 
-    /// Inserts a header whose name may use the reserved prefix. For courier's
-    /// own crates (adapters restoring wire headers, the runtime adding
-    /// dead-letter details); applications use [`Headers::insert`].
+    /// Inserts a header whose name may use the reserved prefix: adapters
+    /// restoring wire headers (through
+    /// [`adapter::restore_header`](crate::adapter::restore_header)), the
+    /// runtime adding dead-letter details.
     ///
     /// # Errors
     ///
     /// As [`Headers::insert`], except that reserved names are accepted.
-    pub fn insert_reserved(
+    pub(crate) fn insert_reserved(
         &mut self,
         name: impl Into<String>,
         value: impl Into<String>,

@@ -31,6 +31,7 @@
 //! Topic and group names are checked against the rules in [`name`], the ones
 //! every broker can carry unchanged.
 
+pub mod adapter;
 pub mod delivery;
 pub mod error;
 pub mod headers;
@@ -39,9 +40,8 @@ pub mod name;
 pub mod prelude;
 mod pubsub;
 pub mod runtime;
-pub mod wire;
 
-pub use delivery::{Acknowledger, DeadLetter, Delivery, Nack};
+pub use delivery::{DeadLetter, Delivery, Nack};
 pub use error::{BoxError, BrokerErrorKind, ConnectErrorKind, Error, Result};
 pub use headers::{HeaderError, Headers};
 pub use message::{Message, MessageId};

@@ -319,7 +319,7 @@ impl Message {
     }
 
     /// The headers, for courier's own crates to add reserved ones.
-    pub fn headers_mut(&mut self) -> &mut Headers {
+    pub(crate) fn headers_mut(&mut self) -> &mut Headers {
         &mut self.headers
     }
 
@@ -378,22 +378,6 @@ fn truncate_millis(t: SystemTime) -> SystemTime {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
         Err(_) => UNIX_EPOCH,
-    }
-}
-
-/// Checks the payload sizes of messages about to be published against a
-/// broker's limit.
-///
-/// # Errors
-///
-/// [`Error::PayloadTooLarge`] for the first payload over `limit` bytes.
-pub fn check_payloads(messages: &[Message], limit: usize) -> Result<()> {
-    match messages.iter().find(|m| m.payload().len() > limit) {
-        Some(m) => Err(Error::PayloadTooLarge {
-            size: m.payload().len(),
-            limit,
-        }),
-        None => Ok(()),
     }
 }
 

@@ -78,10 +78,12 @@ impl Columns {
             );
         for header in all {
             let (name, value) = header?;
-            message
-                .headers_mut()
-                .insert_reserved(name, value)
-                .map_err(|e| corrupt(e.to_string()))?;
+            courier_core::adapter::restore_header(
+                courier_core::adapter::headers_mut(&mut message),
+                name,
+                value,
+            )
+            .map_err(|e| corrupt(e.to_string()))?;
         }
         Ok(message)
     }

@@ -20,8 +20,11 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use courier_core::adapter::{
+    self,
+    wire::{CONTENT_TYPE, ID, KEY, TIMESTAMP},
+};
 use courier_core::message::CORRELATION_ID;
-use courier_core::wire::{CONTENT_TYPE, ID, KEY, TIMESTAMP};
 use courier_core::{BrokerErrorKind, Error, Headers, Message, MessageId, Result};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -156,7 +159,7 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
                 // A name or value courier cannot carry is left out rather
                 // than failing the whole delivery.
                 _ => {
-                    let _ = headers.insert_reserved(name, text);
+                    let _ = adapter::restore_header(&mut headers, name, text);
                 }
             }
         }
@@ -164,9 +167,13 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
     if headers.get(CORRELATION_ID).is_none()
         && let Some(correlation) = properties.correlation_id()
     {
-        let _ = headers.insert_reserved(CORRELATION_ID, clean(correlation.as_str().to_owned()));
+        let _ = adapter::restore_header(
+            &mut headers,
+            CORRELATION_ID,
+            clean(correlation.as_str().to_owned()),
+        );
     }
-    *message.headers_mut() = headers;
+    *adapter::headers_mut(&mut message) = headers;
     let id = id
         .or_else(|| {
             properties

@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use courier_core::{
-    Acknowledger, BrokerErrorKind, DeadLetter, Error, Message, Nack, Result, async_trait,
-};
+use courier_core::adapter::Acknowledger;
+use courier_core::{BrokerErrorKind, DeadLetter, Error, Message, Nack, Result, async_trait};
 use futures::FutureExt;
 use lapin::Acker;
 use lapin::Channel;

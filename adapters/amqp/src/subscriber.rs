@@ -281,14 +281,12 @@ fn deliver(
         channel: channel.clone(),
         delivery_count,
     };
-    let mut delivery = Delivery::new(
+    let delivery = courier_core::adapter::delivery(
         decoded.message,
         channel.group.topic.clone(),
         Box::new(acker),
+        delivery_count,
     );
-    if let Some(count) = delivery_count {
-        delivery = delivery.with_delivery_count(count);
-    }
     Item::Delivery(delivery, channel.clone())
 }
 

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
+use courier_core::MessageId;
+use courier_core::adapter::wire;
 use courier_core::delivery::{DLQ_GROUP, DLQ_ORIGINAL_TOPIC, DLQ_REASON};
-use courier_core::{MessageId, wire};
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;

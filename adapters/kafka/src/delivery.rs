@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use courier_core::{Acknowledger, Error, Message, Nack, Result, async_trait};
+use courier_core::adapter::Acknowledger;
+use courier_core::{Error, Message, Nack, Result, async_trait};
 
 use crate::error::{BROKER, PartitionRevoked};
 use crate::partition::{Partition, Revoked};

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use courier_core::wire::{self, Native};
+use courier_core::adapter::wire::{self, Native};
 use courier_core::{Error, Message, Result};
 use parking_lot::RwLock;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -84,7 +84,7 @@ impl Producer {
     pub(crate) async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         courier_core::name::validate_topic(topic)?;
-        courier_core::message::check_payloads(&messages, self.config.max_payload)?;
+        courier_core::adapter::check_payloads(&messages, self.config.max_payload)?;
         if messages.is_empty() {
             return Ok(());
         }

@@ -175,8 +175,12 @@ impl Flow {
             offset: pending.offset,
             deliveries: pending.deliveries,
         };
-        Delivery::new(pending.message, self.topic.clone(), Box::new(acker))
-            .with_delivery_count(pending.deliveries)
+        courier_core::adapter::delivery(
+            pending.message,
+            self.topic.clone(),
+            Box::new(acker),
+            Some(pending.deliveries),
+        )
     }
 }
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use courier_core::{Acknowledger, Message, Nack, Result, async_trait};
+use courier_core::adapter::Acknowledger;
+use courier_core::{Message, Nack, Result, async_trait};
 use futures::task::AtomicWaker;
 
 use crate::state::{Group, Pending, State};

@@ -115,7 +115,7 @@ impl State {
     /// Checks what every publish must satisfy.
     pub(crate) fn check_publish(&self, topic: &str, messages: &[Message]) -> Result<()> {
         courier_core::name::validate_topic(topic)?;
-        courier_core::message::check_payloads(messages, self.config.max_payload)
+        courier_core::adapter::check_payloads(messages, self.config.max_payload)
     }
 
     /// Appends messages to the topic's history and to every group's queue.

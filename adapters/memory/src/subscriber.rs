@@ -59,12 +59,12 @@ impl MemoryStream {
             flow: self.flow.clone(),
             deliveries: pending.deliveries,
         };
-        Delivery::new(
+        courier_core::adapter::delivery(
             pending.message,
             self.flow.group.topic.clone(),
             Box::new(acker),
+            Some(pending.deliveries),
         )
-        .with_delivery_count(pending.deliveries)
     }
 }
 

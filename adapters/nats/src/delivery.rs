@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::AckKind;
-use courier_core::{Acknowledger, Error, Message, Nack, Result, async_trait};
+use courier_core::adapter::Acknowledger;
+use courier_core::{Error, Message, Nack, Result, async_trait};
 
 use crate::Inner;
 use crate::error::op_error;

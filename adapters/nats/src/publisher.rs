@@ -4,7 +4,7 @@ use std::future::IntoFuture;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
-use courier_core::wire::{self, Native};
+use courier_core::adapter::wire::{self, Native};
 use courier_core::{BrokerErrorKind, Error, Message, Result};
 
 use crate::Inner;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use courier_core::{
-    Delivery, DeliveryStream, MessageId, Result, StartPosition, Subscription, wire,
+    Delivery, DeliveryStream, MessageId, Result, StartPosition, Subscription, adapter,
 };
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
@@ -211,7 +211,7 @@ fn to_delivery(
         .flat_map(|h| h.iter())
         .map(|(name, values)| (<async_nats::HeaderName as AsRef<str>>::as_ref(name), values))
         .map(|(name, values)| match name {
-            crate::publisher::NATS_MSG_ID => (wire::ID, values),
+            crate::publisher::NATS_MSG_ID => (adapter::wire::ID, values),
             _ => (name, values),
         })
         .filter(|(name, _)| !name.starts_with("Nats-"))
@@ -220,23 +220,25 @@ fn to_delivery(
                 .first()
                 .map(|v| (name, crate::publisher::unquote(v.as_str()).as_bytes()))
         });
-    let decoded = wire::decode(headers, message.payload.clone(), None, || {
+    let decoded = adapter::wire::decode(headers, message.payload.clone(), None, || {
         MessageId::parse(&format!("{topic}-{sequence}")).unwrap_or_default()
     });
     match decoded {
         Ok(msg) => {
-            let delivery = Delivery::new(msg, topic.clone(), Box::new(acker));
-            Some(match info {
-                Some((delivered, _)) => delivery.with_delivery_count(delivered.max(1) as u32),
-                None => delivery,
-            })
+            let count = info.map(|(delivered, _)| delivered.max(1) as u32);
+            Some(adapter::delivery(
+                msg,
+                topic.clone(),
+                Box::new(acker),
+                count,
+            ))
         }
         Err(e) => {
             // Not a message courier can represent (a header that is not
             // UTF-8, say): it goes to the dead-letter topic with the reason,
             // payload kept, instead of reaching handlers or being lost.
             let raw = courier_core::Message::new(message.payload.clone());
-            let delivery = Delivery::new(raw, topic.clone(), Box::new(acker));
+            let delivery = adapter::delivery(raw, topic.clone(), Box::new(acker), None);
             let reason = format!("undecodable NATS headers: {e}");
             tracing::warn!(topic = %topic, %reason, "dead-lettering a foreign message");
             tokio::spawn(async move {

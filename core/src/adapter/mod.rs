@@ -1,0 +1,70 @@
+//! Plumbing for adapter authors: what a crate that connects courier to a
+//! broker needs and an application never should.
+//!
+//! - [`wire`]: how a message travels as broker headers.
+//! - [`Acknowledger`]: how an adapter settles a delivery; [`delivery`]
+//!   makes the [`Delivery`] an application receives.
+//! - [`restore_header`] and [`headers_mut`]: restoring courier's reserved
+//!   headers on a received message (applications cannot set them; a header
+//!   named `courier-*` is refused by [`Headers::insert`]).
+//! - [`check_payloads`]: the payload-size check of a publish.
+//!
+//! The facade crate `courier` re-exports this module without documenting
+//! it. Adapters are held to the contract by the conformance suite in
+//! `courier-testkit`.
+
+pub mod wire;
+
+use std::sync::Arc;
+
+pub use crate::delivery::Acknowledger;
+use crate::delivery::Delivery;
+use crate::error::{Error, Result};
+use crate::headers::{HeaderError, Headers};
+use crate::message::Message;
+
+/// A delivery of `message` from `topic`, settled through `acker`, with the
+/// broker's delivery count (this delivery included) when the broker tells.
+pub fn delivery(
+    message: Message,
+    topic: Arc<str>,
+    acker: Box<dyn Acknowledger>,
+    delivery_count: Option<u32>,
+) -> Delivery {
+    Delivery::new(message, topic, acker, delivery_count)
+}
+
+/// The headers of a message, reserved ones included, to change in place.
+pub fn headers_mut(message: &mut Message) -> &mut Headers {
+    message.headers_mut()
+}
+
+/// Inserts a header whose name may use the reserved prefix: a courier field
+/// that travelled as a header.
+///
+/// # Errors
+///
+/// As [`Headers::insert`], except that reserved names are accepted.
+pub fn restore_header(
+    headers: &mut Headers,
+    name: impl Into<String>,
+    value: impl Into<String>,
+) -> Result<(), HeaderError> {
+    headers.insert_reserved(name, value)
+}
+
+/// Checks the payload sizes of messages about to be published against a
+/// broker's limit.
+///
+/// # Errors
+///
+/// [`Error::PayloadTooLarge`] for the first payload over `limit` bytes.
+pub fn check_payloads(messages: &[Message], limit: usize) -> Result<()> {
+    match messages.iter().find(|m| m.payload().len() > limit) {
+        Some(m) => Err(Error::PayloadTooLarge {
+            size: m.payload().len(),
+            limit,
+        }),
+        None => Ok(()),
+    }
+}
