@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: prepares the test environment
-# (scripts/test-env.sh: Docker daemon, local broker images), then runs every
-# test of the workspace with every feature and prints a summary.
+# (scripts/test-env.sh: Docker daemon, local broker images), runs every
+# test of the workspace with every feature and prints a summary, then runs
+# the static checks (scripts/checks.sh: fmt, clippy, docs, each facade
+# feature alone, unused dependencies). It fails if either part fails.
+#
+# COURIER_SKIP_CHECKS=1 runs the tests only.
 #
 # One process per test binary (plain `cargo test`, not nextest): the broker
 # fixtures share one container per test binary.
@@ -24,7 +28,7 @@ cargo test --workspace --all-features --no-fail-fast "$@" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 set -e
 
-awk -v status="$status" -v secs="$(($(date +%s) - start))" '
+summary=$(awk -v status="$status" -v secs="$(($(date +%s) - start))" '
     /^test result: / {
         binaries++
         for (i = 1; i <= NF; i++) {
@@ -38,6 +42,17 @@ awk -v status="$status" -v secs="$(($(date +%s) - start))" '
         printf "\n[test] summary: %d test binaries, %d passed, %d failed, %d ignored; cargo exit %d; %d s in all\n",
             binaries, passed, failed, ignored, status, secs
         if (failures != "") printf "[test] failed:%s\n", failures
+        printf "courier: %d passed, %d failed, %d skipped\n", passed, failed, ignored
     }
-' "$LOG" >&2
-exit "$status"
+' "$LOG")
+echo "$summary" | grep -v '^courier:' >&2
+
+checks=0
+if [ "${COURIER_SKIP_CHECKS:-0}" != 1 ] && [ "$#" -eq 0 ]; then
+    bash scripts/checks.sh || checks=$?
+fi
+echo "[test] tests: cargo exit $status; checks: exit $checks; $(($(date +%s) - start)) s in all" >&2
+# The tests' count, last, on a line of its own.
+echo "$summary" | grep '^courier:'
+[ "$status" -eq 0 ] || exit "$status"
+exit "$checks"
