@@ -105,7 +105,7 @@ mod tests {
         let failed: Vec<i64> = outcome.failed.iter().map(|(s, _)| *s).collect();
         assert_eq!(failed, [3, 5]);
         assert!(
-            outcome.failed[0].1.contains("exceeds the limit"),
+            outcome.failed[0].1.contains("larger than the limit"),
             "{:?}",
             outcome.failed
         );

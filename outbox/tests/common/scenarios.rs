@@ -156,7 +156,7 @@ pub async fn refused_rows_are_failed_listed_and_retried(
     assert_eq!(failed[0].message.as_ref(), Some(&big));
     assert_eq!(failed[0].topic, "strict");
     assert!(
-        failed[0].reason.contains("exceeds the limit"),
+        failed[0].reason.contains("larger than the limit"),
         "{}",
         failed[0].reason
     );
