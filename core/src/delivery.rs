@@ -214,7 +214,21 @@ impl Delivery {
         self.delivery_count.is_some_and(|c| c > 1)
     }
 
-    /// Acknowledges: the message is done and will not come back.
+    /// Acknowledges: the message is done and should not come back.
+    ///
+    /// What `Ok` promises depends on the broker, and each adapter documents
+    /// it; no adapter promises more than this:
+    ///
+    /// | adapter | `Ok` from `ack` means |
+    /// |---------|-----------------------|
+    /// | memory  | removed from the group's queue |
+    /// | NATS JetStream | the server confirmed the ack (double ack) |
+    /// | RabbitMQ | `basic.ack` was sent on the live channel (AMQP 0-9-1 has no reply to an ack) |
+    /// | Kafka   | the offset is settled locally; the group commits it with the next commit (at most 100 ms later, and on revoke and close) |
+    ///
+    /// So an acked message can still come back after a crash or a lost
+    /// connection (at-least-once delivery): handlers tolerate duplicates, or
+    /// use the idempotency store.
     ///
     /// # Errors
     ///

@@ -21,7 +21,7 @@
 //!   (2 minutes by default) is stored once.
 //! - **Message fields** (id, key, content type, timestamp, correlation and
 //!   causation ids, user headers) travel as NATS headers
-//!   ([`courier_core::wire`]; the id as `Nats-Msg-Id`) and come back
+//!   ([`courier_core::adapter::wire`]; the id as `Nats-Msg-Id`) and come back
 //!   exactly. Values NATS would alter (empty, or with leading or trailing
 //!   white space) travel quoted. A message from another producer keeps its
 //!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`; one courier

@@ -2,9 +2,9 @@
 //! the in-process broker, in one run.
 //!
 //! ```text
-//! cargo bench -p courier-core --bench runtime_overhead            # 200,000 messages
-//! cargo bench -p courier-core --bench runtime_overhead -- 1000000 # or any count
-//! cargo bench -p courier-core --bench runtime_overhead -- c1       # concurrency 1 only
+//! cargo bench -p courier-memory --bench runtime_overhead            # 200,000 messages
+//! cargo bench -p courier-memory --bench runtime_overhead -- 1000000 # or any count
+//! cargo bench -p courier-memory --bench runtime_overhead -- c1       # concurrency 1 only
 //! ```
 //!
 //! Each scenario consumes the same number of 64-byte messages that were
