@@ -18,10 +18,9 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use courier_core::{Message, Subscription};
+//! use courier_core::prelude::*;
 //! use courier_memory::MemoryBroker;
 //! use courier_outbox::{RelayConfig, sqlite::SqliteOutbox};
-//! use futures::StreamExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
