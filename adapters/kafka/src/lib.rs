@@ -164,9 +164,8 @@
 //! # Examples
 //!
 //! ```no_run
-//! use courier_core::{Message, Subscription};
+//! use courier_core::prelude::*;
 //! use courier_kafka::KafkaBroker;
-//! use futures::StreamExt;
 //!
 //! # async fn run() -> courier_core::Result<()> {
 //! let kafka = KafkaBroker::connect("kafka://localhost:9092").await?;
