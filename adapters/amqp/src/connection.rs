@@ -1,95 +1,26 @@
 //! One AMQP connection that comes back: [`Link`] opens it, notices when it
-//! is gone and opens a new one with backoff; [`Session`] is one incarnation
-//! of it, with the channels and the declaration cache that belong to it.
+//! is gone and opens a new one with backoff; each incarnation is a
+//! [`Session`].
 
-use std::collections::HashSet;
-use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_core::error::redact_url;
 use courier_core::{BrokerErrorKind, Error, Result};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
 use lapin::uri::AMQPUri;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
+use lapin::{Connection, ConnectionProperties};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AmqpConfig;
-use crate::error::{self, AmqpError, is_connection_error};
-use crate::topology;
+use crate::error::{self, AmqpError};
+pub(crate) use crate::session::{Session, connection_lost};
+pub(crate) use crate::watch::{Watch, unless_dead};
 
 /// How long `close` waits for outstanding publisher confirms.
-const CLOSE_FLUSH: Duration = Duration::from_secs(5);
-
-/// How often [`unless_dead`] looks at the channel.
-const DEATH_WATCH: Duration = Duration::from_millis(100);
-
-/// Awaits `future`, or gives up (`None`) once `alive` says its channel is
-/// gone: a client future whose frames were still queued when the
-/// connection died may never finish.
-pub(crate) async fn unless_dead<T>(
-    future: impl Future<Output = T>,
-    alive: impl Fn() -> bool,
-) -> Option<T> {
-    Watch::new().wait(future, alive).await
-}
-
-/// A reusable [`unless_dead`]: one timer for many awaits (a batch of
-/// publishes), and how long since one of them last finished.
-pub(crate) struct Watch {
-    ticks: tokio::time::Interval,
-    progress: Instant,
-}
-
-impl Watch {
-    pub(crate) fn new() -> Self {
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + DEATH_WATCH, DEATH_WATCH);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Watch {
-            ticks,
-            progress: Instant::now(),
-        }
-    }
-
-    /// Awaits `future` unless `alive` turns false first (`None`).
-    pub(crate) async fn wait<T>(
-        &mut self,
-        future: impl Future<Output = T>,
-        alive: impl Fn() -> bool,
-    ) -> Option<T> {
-        self.wait_until(future, |_| !alive()).await
-    }
-
-    /// Awaits `future` unless `give_up` turns true first (`None`); checked
-    /// every 100 ms with the time since the last await of this watch
-    /// finished (or the watch began).
-    pub(crate) async fn wait_until<T>(
-        &mut self,
-        future: impl Future<Output = T>,
-        give_up: impl Fn(Duration) -> bool,
-    ) -> Option<T> {
-        let mut future = pin!(future);
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut future => {
-                    self.progress = Instant::now();
-                    return Some(out);
-                }
-                _ = self.ticks.tick() => {
-                    if give_up(self.progress.elapsed()) {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-}
+pub(crate) const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 /// A connection to the broker that is re-established when lost.
 pub(crate) struct Link {
@@ -186,26 +117,16 @@ impl Link {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("{}-{}", self.config.connection_name, self.role).into());
         let timeout = self.config.connect_timeout;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let opening = async {
             let connection = Connection::connect_uri(self.uri.clone(), properties).await?;
-            let publish = confirm_channel(&connection).await?;
-            let topology = connection.create_channel().await?;
-            Ok::<_, lapin::Error>((connection, publish, topology))
+            Session::open(generation, connection).await
         };
-        let (connection, publish, topology) = match tokio::time::timeout(timeout, opening).await {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(e)) => return Err(error::connect_error(&self.redacted, e)),
-            Err(_) => return Err(error::connect_timeout(&self.redacted, timeout)),
-        };
-        Ok(Arc::new(Session {
-            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-            connection,
-            publish: Mutex::new(Arc::new(publish)),
-            topology: tokio::sync::Mutex::new(topology),
-            reopen: tokio::sync::Mutex::new(()),
-            exchanges: Mutex::new(HashSet::new()),
-            order: Mutex::new(()),
-        }))
+        match tokio::time::timeout(timeout, opening).await {
+            Ok(Ok(session)) => Ok(Arc::new(session)),
+            Ok(Err(e)) => Err(error::connect_error(&self.redacted, e)),
+            Err(_) => Err(error::connect_timeout(&self.redacted, timeout)),
+        }
     }
 
     fn live(&self) -> Option<Arc<Session>> {
@@ -350,175 +271,5 @@ impl Link {
         if let Some(session) = session {
             session.close().await;
         }
-    }
-}
-
-/// The error of an operation whose connection died under it.
-pub(crate) fn connection_lost() -> lapin::Error {
-    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Error).into()
-}
-
-async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
-}
-
-/// One incarnation of a [`Link`]'s connection.
-pub(crate) struct Session {
-    generation: u64,
-    connection: Connection,
-    /// The channel every publish of this connection goes through, in
-    /// confirm mode; replaced when the broker closed it.
-    publish: Mutex<Arc<Channel>>,
-    /// The channel declarations go through; a refused declaration closes it
-    /// and it is replaced.
-    topology: tokio::sync::Mutex<Channel>,
-    reopen: tokio::sync::Mutex<()>,
-    /// Exchanges declared on this connection.
-    exchanges: Mutex<HashSet<String>>,
-    /// Makes "take a delivery tag" and "queue the frames" one step, so that
-    /// concurrent publishes on the channel get their confirms right.
-    order: Mutex<()>,
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("generation", &self.generation)
-            .field("alive", &self.is_alive())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Session {
-    pub(crate) fn is_alive(&self) -> bool {
-        self.connection.status().connected()
-    }
-
-    pub(crate) fn connection(&self) -> &Connection {
-        &self.connection
-    }
-
-    /// Awaits a client operation on this connection; fails like a lost
-    /// connection if the connection dies while it waits.
-    pub(crate) async fn guard<T>(
-        &self,
-        operation: impl Future<Output = lapin::Result<T>>,
-    ) -> lapin::Result<T> {
-        unless_dead(operation, || self.is_alive())
-            .await
-            .unwrap_or_else(|| Err(connection_lost()))
-    }
-
-    /// Whether `error` means this session's connection is gone.
-    pub(crate) fn failed(&self, error: &lapin::Error) -> bool {
-        is_connection_error(error) || !self.is_alive()
-    }
-
-    /// The publishing channel, reopened if the broker closed it.
-    pub(crate) async fn publish_channel(&self) -> lapin::Result<Arc<Channel>> {
-        let channel = self.publish.lock().clone();
-        if channel.status().connected() {
-            return Ok(channel);
-        }
-        let _reopen = self.reopen.lock().await;
-        let channel = self.publish.lock().clone();
-        if channel.status().connected() {
-            return Ok(channel);
-        }
-        let channel = Arc::new(self.guard(confirm_channel(&self.connection)).await?);
-        *self.publish.lock() = channel.clone();
-        Ok(channel)
-    }
-
-    /// Runs declarations on the topology channel, reopened if needed.
-    pub(crate) async fn declare<T, F, Fut>(&self, declare: F) -> lapin::Result<T>
-    where
-        F: FnOnce(Channel) -> Fut,
-        Fut: Future<Output = lapin::Result<T>>,
-    {
-        let mut channel = self.topology.lock().await;
-        if !channel.status().connected() {
-            *channel = self.guard(self.connection.create_channel()).await?;
-        }
-        self.guard(declare(channel.clone())).await
-    }
-
-    /// Declares the exchange unless this connection already did.
-    pub(crate) async fn ensure_exchange(&self, exchange: &str) -> lapin::Result<()> {
-        if self.exchanges.lock().contains(exchange) {
-            return Ok(());
-        }
-        self.declare(|channel| async move { topology::declare_exchange(&channel, exchange).await })
-            .await?;
-        self.exchanges.lock().insert(exchange.to_owned());
-        Ok(())
-    }
-
-    /// Forgets which exchanges exist (one may have been deleted).
-    pub(crate) fn forget_exchanges(&self) {
-        self.exchanges.lock().clear();
-    }
-
-    /// Publishes on `channel` and returns the pending confirm once the
-    /// frames are written. Await it under a [`Watch`]: it may never finish
-    /// if the connection dies meanwhile.
-    pub(crate) async fn basic_publish(
-        &self,
-        channel: &Channel,
-        exchange: &ShortString,
-        routing_key: &ShortString,
-        mandatory: bool,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> lapin::Result<PublisherConfirm> {
-        let options = BasicPublishOptions {
-            mandatory,
-            ..BasicPublishOptions::default()
-        };
-        let mut publishing = pin!(channel.basic_publish(
-            exchange.clone(),
-            routing_key.clone(),
-            options,
-            payload,
-            properties,
-        ));
-        // The first poll takes the delivery tag and queues the frames, with
-        // no await point in between; doing it under `order` keeps the frames
-        // in tag order across threads.
-        let mut first = true;
-        poll_fn(|cx| {
-            if std::mem::take(&mut first) {
-                let _order = self.order.lock();
-                publishing.as_mut().poll(cx)
-            } else {
-                publishing.as_mut().poll(cx)
-            }
-        })
-        .await
-    }
-
-    /// Closes the connection in the background, without waiting.
-    fn discard(self: Arc<Self>) {
-        if !self.is_alive() {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { self.close().await });
-        }
-    }
-
-    /// Waits (briefly) for outstanding confirms, then closes the connection.
-    pub(crate) async fn close(&self) {
-        if !self.is_alive() {
-            return;
-        }
-        let channel = self.publish.lock().clone();
-        let _ = tokio::time::timeout(CLOSE_FLUSH, channel.wait_for_confirms()).await;
-        let _ =
-            tokio::time::timeout(CLOSE_FLUSH, self.connection.close(200, "closing".into())).await;
     }
 }

@@ -183,8 +183,10 @@ mod connection;
 mod delivery;
 mod error;
 mod publisher;
+mod session;
 mod subscriber;
 mod topology;
+mod watch;
 
 use std::sync::Arc;
 
