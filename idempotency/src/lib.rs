@@ -14,6 +14,10 @@ mod error;
 mod key;
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
 
 pub use config::{
@@ -23,7 +27,14 @@ pub use error::{Error, Result};
 pub use key::{ClaimToken, IdempotencyKey, MAX_DURATION, MAX_KEY_LEN, MAX_SCOPE_LEN};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SQLITE_MIGRATION, SqliteStore};
 pub use store::{Claim, IdempotencyStore};
+
+/// The sqlx this crate is built with, for the transactions of
+/// `claim_in`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sqlx;
 
 use std::sync::Arc;
 
@@ -83,6 +94,8 @@ pub async fn connect_with(url: &str, config: StoreConfig) -> Result<Arc<dyn Idem
             }
             Ok(Arc::new(MemoryStore::new(config)))
         }
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => Ok(Arc::new(SqliteStore::connect(url, config).await?)),
         #[allow(unreachable_patterns)]
         other => Err(Error::FeatureDisabled {
             url: redact_url(url),
