@@ -14,6 +14,8 @@ mod error;
 mod key;
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -27,6 +29,8 @@ pub use error::{Error, Result};
 pub use key::{ClaimToken, IdempotencyKey, MAX_DURATION, MAX_KEY_LEN, MAX_SCOPE_LEN};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{POSTGRES_MIGRATION, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SQLITE_MIGRATION, SqliteStore};
 pub use store::{Claim, IdempotencyStore};
@@ -94,6 +98,8 @@ pub async fn connect_with(url: &str, config: StoreConfig) -> Result<Arc<dyn Idem
             }
             Ok(Arc::new(MemoryStore::new(config)))
         }
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => Ok(Arc::new(PostgresStore::connect(url, config).await?)),
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => Ok(Arc::new(SqliteStore::connect(url, config).await?)),
         #[allow(unreachable_patterns)]

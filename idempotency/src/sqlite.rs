@@ -1,28 +1,28 @@
 //! The SQLite store, through sqlx.
 
-use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use courier_core::error::redact_url;
+use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{Pool, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::config::StoreConfig;
 use crate::error::Result;
-use crate::key::{ClaimToken, IdempotencyKey, check_duration};
-use crate::sql::{self, CLAIM_ROUNDS, CLAIMED, Cleaner, DONE};
-use crate::store::{Claim, IdempotencyStore, now_millis};
+use crate::key::{ClaimToken, IdempotencyKey};
+use crate::sql::{self, Dialect, LiveRow, SqlStore};
+use crate::store::{Claim, now_millis};
 
 /// The schema, as shipped in `migrations/sqlite/`.
 pub const SQLITE_MIGRATION: &str =
     include_str!("../migrations/sqlite/0001_courier_idempotency.sql");
 
-/// Claims the key unless a live row holds it; returns the row if it won.
-const CLAIM: &str = "INSERT INTO courier_idempotency (scope, key, state, owner, expires_at, result)
-     VALUES (?1, ?2, ?3, ?4, ?5 + ?6, NULL)
+/// Writes the key's row unless a live row holds it; returns it if it wrote.
+/// Times are the host's clock, in milliseconds (`?5`: now).
+const CLAIM: &str = "INSERT INTO courier_idempotency (scope, key, state, owner, expires_at)
+     VALUES (?1, ?2, ?3, ?4, ?5 + ?6)
      ON CONFLICT (scope, key) DO UPDATE
         SET state = excluded.state, owner = excluded.owner,
             expires_at = excluded.expires_at, result = NULL
@@ -33,23 +33,119 @@ const CLAIM: &str = "INSERT INTO courier_idempotency (scope, key, state, owner, 
 const LIVE_ROW: &str = "SELECT state, expires_at, result FROM courier_idempotency
      WHERE scope = ?1 AND key = ?2 AND expires_at > ?3";
 
-/// Marks the token's claim done (again, if it already is).
+/// Marks the token's live claim done, or its done mark again.
 const COMPLETE: &str = "UPDATE courier_idempotency
      SET state = 'done', expires_at = ?4 + ?5, result = ?6
      WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND (state = 'done' OR expires_at > ?4)";
-
-/// Deletes the token's live claim.
-const RELEASE: &str = "DELETE FROM courier_idempotency
-     WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND state = 'claimed' AND expires_at > ?4";
 
 /// Updates the done mark written by `claim_in` in the same transaction.
 const COMPLETE_IN: &str = "UPDATE courier_idempotency
      SET expires_at = ?4 + ?5, result = ?6
      WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND state = 'done'";
 
+/// Deletes the token's live claim.
+const RELEASE: &str = "DELETE FROM courier_idempotency
+     WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND state = 'claimed' AND expires_at > ?4";
+
 /// One batch of the cleanup.
 const PURGE_BATCH: &str = "DELETE FROM courier_idempotency WHERE rowid IN (
      SELECT rowid FROM courier_idempotency WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
+
+impl Dialect for Sqlite {
+    fn claim_row<'a>(
+        conn: &'a mut SqliteConnection,
+        key: &'a IdempotencyKey,
+        state: &'static str,
+        owner: &'a str,
+        millis: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Option<i64>>> {
+        Box::pin(async move {
+            let row: Option<(i64,)> = sqlx::query_as(CLAIM)
+                .bind(key.scope())
+                .bind(key.key())
+                .bind(state)
+                .bind(owner)
+                .bind(now_millis())
+                .bind(millis)
+                .fetch_optional(conn)
+                .await?;
+            Ok(row.map(|(expires_at,)| expires_at))
+        })
+    }
+
+    fn live_row<'a>(
+        conn: &'a mut SqliteConnection,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, sqlx::Result<Option<LiveRow>>> {
+        Box::pin(
+            sqlx::query_as(LIVE_ROW)
+                .bind(key.scope())
+                .bind(key.key())
+                .bind(now_millis())
+                .fetch_optional(conn),
+        )
+    }
+
+    fn complete<'a>(
+        conn: &'a mut SqliteConnection,
+        token: &'a ClaimToken,
+        millis: i64,
+        result: Option<Bytes>,
+        in_transaction: bool,
+    ) -> BoxFuture<'a, sqlx::Result<u64>> {
+        let statement = if in_transaction {
+            COMPLETE_IN
+        } else {
+            COMPLETE
+        };
+        Box::pin(async move {
+            let done = sqlx::query(statement)
+                .bind(token.key().scope())
+                .bind(token.key().key())
+                .bind(token.owner())
+                .bind(now_millis())
+                .bind(millis)
+                .bind(result.map(|r| r.to_vec()))
+                .execute(conn)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn release<'a>(
+        conn: &'a mut SqliteConnection,
+        token: &'a ClaimToken,
+    ) -> BoxFuture<'a, sqlx::Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query(RELEASE)
+                .bind(token.key().scope())
+                .bind(token.key().key())
+                .bind(token.owner())
+                .bind(now_millis())
+                .execute(conn)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn purge_batch(pool: &Pool<Sqlite>, batch: i64) -> BoxFuture<'_, sqlx::Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query(PURGE_BATCH)
+                .bind(now_millis())
+                .bind(batch)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn migrate(pool: &Pool<Sqlite>) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(async move {
+            sqlx::raw_sql(SQLITE_MIGRATION).execute(pool).await?;
+            Ok(())
+        })
+    }
+}
 
 /// An idempotency store in a SQLite database (`sqlite://path`), through
 /// sqlx: for single-host services whose own data lives in SQLite.
@@ -98,10 +194,7 @@ const PURGE_BATCH: &str = "DELETE FROM courier_idempotency WHERE rowid IN (
 /// ```
 #[derive(Debug)]
 pub struct SqliteStore {
-    pool: SqlitePool,
-    url: String,
-    config: StoreConfig,
-    _cleaner: Option<Cleaner>,
+    inner: SqlStore<Sqlite>,
 }
 
 impl SqliteStore {
@@ -128,43 +221,21 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| sql::connect_error(&shown, e))?;
-        Self::with_pool(pool, &shown, config).await
+        let inner = SqlStore::new(pool, shown, config).await?;
+        Ok(SqliteStore { inner })
     }
 
     /// A store on an existing pool (the application's own, so that
     /// [`SqliteStore::claim_in`] shares its transactions). `url` names the
-    /// database in errors; its password, if any, is not shown.
+    /// database in errors.
     ///
     /// # Errors
     ///
     /// [`Error::Migrate`](crate::Error::Migrate) when the table cannot be
     /// created.
     pub async fn from_pool(pool: SqlitePool, url: &str, config: StoreConfig) -> Result<Self> {
-        Self::with_pool(pool, &redact_url(url), config).await
-    }
-
-    async fn with_pool(pool: SqlitePool, url: &str, config: StoreConfig) -> Result<Self> {
-        let mut store = SqliteStore {
-            pool,
-            url: url.to_owned(),
-            config,
-            _cleaner: None,
-        };
-        if store.config.migrate {
-            store.migrate().await?;
-        }
-        if let Some(interval) = store.config.cleanup_interval {
-            let (pool, url, batch) = (
-                store.pool.clone(),
-                store.url.clone(),
-                store.config.cleanup_batch,
-            );
-            store._cleaner = Some(Cleaner::spawn(url.clone(), interval, move || {
-                let (pool, url) = (pool.clone(), url.clone());
-                async move { purge(&pool, &url, batch).await }
-            }));
-        }
-        Ok(store)
+        let inner = SqlStore::new(pool, redact_url(url), config).await?;
+        Ok(SqliteStore { inner })
     }
 
     /// Creates the table and its index if they are missing
@@ -174,17 +245,13 @@ impl SqliteStore {
     ///
     /// [`Error::Migrate`](crate::Error::Migrate) with the database's error.
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::raw_sql(SQLITE_MIGRATION)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| sql::migrate_error(&self.url, e))?;
-        Ok(())
+        self.inner.migrate().await
     }
 
     /// The connection pool, for the application's own queries and
     /// transactions.
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        self.inner.pool()
     }
 
     /// Deletes expired rows now, in batches of
@@ -194,7 +261,7 @@ impl SqliteStore {
     ///
     /// [`Error::Store`](crate::Error::Store) with the database's error.
     pub async fn purge_expired(&self) -> Result<u64> {
-        purge(&self.pool, &self.url, self.config.cleanup_batch).await
+        self.inner.purge_expired().await
     }
 
     /// Claims `key` inside the caller's transaction `tx` and marks it done
@@ -212,19 +279,18 @@ impl SqliteStore {
     /// cannot wait for the lock and fails with a retryable
     /// [`Error::Store`](crate::Error::Store) instead. [`Claim::InProgress`]
     /// comes only from a worker holding a lease taken with
-    /// [`claim`](IdempotencyStore::claim).
+    /// [`claim`](crate::IdempotencyStore::claim).
     ///
     /// # Errors
     ///
-    /// As [`IdempotencyStore::claim`]; the transaction should be rolled back.
+    /// As [`IdempotencyStore::claim`](crate::IdempotencyStore::claim); the
+    /// transaction should be rolled back.
     pub async fn claim_in(
         &self,
         tx: &mut Transaction<'_, Sqlite>,
         key: &IdempotencyKey,
     ) -> Result<Claim> {
-        key.check(&self.url)?;
-        let retention = check_duration(&self.url, "retention", self.config.transaction_retention)?;
-        claim_on(tx, &self.url, key, DONE, retention).await
+        self.inner.claim_in(tx, key).await
     }
 
     /// Replaces the retention of a mark written by
@@ -242,150 +308,8 @@ impl SqliteStore {
         retention: Duration,
         result: Option<Bytes>,
     ) -> Result<()> {
-        let retention = check_duration(&self.url, "retention", retention)?;
-        let rows = settle(&mut **tx, COMPLETE_IN, token, Some((retention, result)))
-            .await
-            .map_err(|e| sql::store_error(&self.url, "complete", e))?;
-        sql::one_row(&self.url, token, rows)
-    }
-
-    async fn bounded<T>(
-        &self,
-        operation: &'static str,
-        work: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
-        sql::bounded(&self.url, operation, self.config.operation_timeout, work).await
+        self.inner.complete_in(tx, token, retention, result).await
     }
 }
 
-/// Claims `key` on `conn`, writing `state` for `millis` if it wins.
-async fn claim_on(
-    conn: &mut SqliteConnection,
-    url: &str,
-    key: &IdempotencyKey,
-    state: &str,
-    millis: u64,
-) -> Result<Claim> {
-    let millis = i64::try_from(millis).expect("at most 10 years");
-    for _ in 0..CLAIM_ROUNDS {
-        let owner = ClaimToken::fresh_owner();
-        let now = now_millis();
-        let won: Option<(i64,)> = sqlx::query_as(CLAIM)
-            .bind(key.scope())
-            .bind(key.key())
-            .bind(state)
-            .bind(&owner)
-            .bind(now)
-            .bind(millis)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| sql::store_error(url, "claim", e))?;
-        if let Some((expires_at,)) = won {
-            return Ok(sql::won(key, owner, expires_at));
-        }
-        let live: Option<(String, i64, Option<Vec<u8>>)> = sqlx::query_as(LIVE_ROW)
-            .bind(key.scope())
-            .bind(key.key())
-            .bind(now_millis())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| sql::store_error(url, "claim", e))?;
-        if let Some((state, expires_at, result)) = live {
-            return Ok(sql::existing(&state, expires_at, result));
-        }
-    }
-    Err(sql::claim_raced(url))
-}
-
-/// Runs `statement` (complete, release) for the token's row; returns the
-/// rows affected.
-async fn settle(
-    conn: &mut SqliteConnection,
-    statement: &str,
-    token: &ClaimToken,
-    done: Option<(u64, Option<Bytes>)>,
-) -> Result<u64, sqlx::Error> {
-    let mut query = sqlx::query(statement)
-        .bind(token.key().scope())
-        .bind(token.key().key())
-        .bind(token.owner())
-        .bind(now_millis());
-    if let Some((retention, result)) = done {
-        query = query
-            .bind(i64::try_from(retention).expect("at most 10 years"))
-            .bind(result.map(|r| r.to_vec()));
-    }
-    Ok(query.execute(conn).await?.rows_affected())
-}
-
-async fn purge(pool: &SqlitePool, url: &str, batch: u32) -> Result<u64> {
-    sql::purge_in_batches(batch, || async {
-        sqlx::query(PURGE_BATCH)
-            .bind(now_millis())
-            .bind(i64::from(batch))
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(|e| sql::store_error(url, "purge", e))
-    })
-    .await
-}
-
-#[async_trait]
-impl IdempotencyStore for SqliteStore {
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim> {
-        key.check(&self.url)?;
-        let lease = check_duration(&self.url, "lease", lease)?;
-        self.bounded("claim", async {
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(|e| sql::store_error(&self.url, "claim", e))?;
-            claim_on(&mut conn, &self.url, key, CLAIMED, lease).await
-        })
-        .await
-    }
-
-    async fn complete_with_result(
-        &self,
-        token: &ClaimToken,
-        retention: Duration,
-        result: Option<Bytes>,
-    ) -> Result<()> {
-        let retention = check_duration(&self.url, "retention", retention)?;
-        let rows = self
-            .bounded("complete", async {
-                let mut conn = self
-                    .pool
-                    .acquire()
-                    .await
-                    .map_err(|e| sql::store_error(&self.url, "complete", e))?;
-                settle(&mut conn, COMPLETE, token, Some((retention, result)))
-                    .await
-                    .map_err(|e| sql::store_error(&self.url, "complete", e))
-            })
-            .await?;
-        sql::one_row(&self.url, token, rows)
-    }
-
-    async fn release(&self, token: &ClaimToken) -> Result<()> {
-        let rows = self
-            .bounded("release", async {
-                let mut conn = self
-                    .pool
-                    .acquire()
-                    .await
-                    .map_err(|e| sql::store_error(&self.url, "release", e))?;
-                settle(&mut conn, RELEASE, token, None)
-                    .await
-                    .map_err(|e| sql::store_error(&self.url, "release", e))
-            })
-            .await?;
-        sql::one_row(&self.url, token, rows)
-    }
-
-    fn url(&self) -> &str {
-        &self.url
-    }
-}
+sql::sql_store!(SqliteStore);

@@ -49,3 +49,45 @@ async fn sqlite_file_in_a_missing_directory() {
         other => panic!("expected Connect, got {other:?}"),
     }
 }
+
+/// `scheme://user:password@host:port/path` for the server at `url`.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn with_login(url: &str, login: &str, path: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("scheme");
+    let address = rest.rsplit_once('@').map_or(rest, |(_, a)| a);
+    let address = address.split('/').next().expect("address");
+    format!("{scheme}://{login}@{address}{path}")
+}
+
+#[cfg(any(feature = "postgres", feature = "redis"))]
+async fn expect_connect_error(url: &str, expected: ConnectErrorKind) {
+    match courier_idempotency::connect(url).await {
+        Err(err @ Error::Connect { .. }) => {
+            let Error::Connect { kind, .. } = &err else {
+                unreachable!()
+            };
+            assert_eq!(*kind, expected, "{url}: {err}");
+            assert_redacted(&err, &courier_core::error::redact_url(url), "s3cret");
+        }
+        other => panic!("{url}: expected Connect, got {other:?}"),
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_login_and_database_errors() {
+    let server = courier_testkit::fixtures::postgres()
+        .await
+        .expect("postgres fixture");
+    // The fixture trusts every login, so a wrong password passes; an
+    // unknown role is refused the same way (28000 vs 28P01).
+    let unknown_role = with_login(server.url(), "nobody:s3cret", "/postgres");
+    expect_connect_error(&unknown_role, ConnectErrorKind::Authentication).await;
+    let missing_db = with_login(server.url(), "postgres:s3cret", "/no_such_database");
+    expect_connect_error(&missing_db, ConnectErrorKind::NotFound).await;
+    expect_connect_error(
+        "postgres://app:s3cret@127.0.0.1:1/db",
+        ConnectErrorKind::Refused,
+    )
+    .await;
+}

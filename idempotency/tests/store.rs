@@ -34,6 +34,11 @@ async fn claimed(store: &Store, key: &IdempotencyKey, lease: Duration) -> ClaimT
     }
 }
 
+/// The store's answer to a claim of `key` with a long lease.
+async fn ask(store: &Store, key: &IdempotencyKey) -> Claim {
+    store.claim(key, LONG).await.expect("claim")
+}
+
 /// Claims `key` until the store answers `Claimed` (a lease or retention
 /// ended), within [`EXPIRY_DEADLINE`].
 async fn claimed_once_expired(store: &Store, key: &IdempotencyKey) -> ClaimToken {
@@ -93,7 +98,7 @@ pub async fn stored_result_comes_back(store: Store) {
         .await
         .expect("complete");
     for _ in 0..2 {
-        match store.claim(&key, LONG).await.expect("claim") {
+        match ask(&store, &key).await {
             Claim::AlreadyDone { result } => assert_eq!(result, Some(answer.clone())),
             other => panic!("expected AlreadyDone, got {other:?}"),
         }
@@ -108,16 +113,10 @@ pub async fn release_frees_the_key(store: Store) {
     let second = claimed(&store, &key, LONG).await;
     assert_lease_lost(store.release(&first).await, &store);
     assert_lease_lost(store.complete(&first, LONG).await, &store);
-    assert!(
-        store
-            .claim(&key, LONG)
-            .await
-            .expect("claim")
-            .is_in_progress()
-    );
+    assert!(ask(&store, &key).await.is_in_progress());
     store.complete(&second, LONG).await.expect("complete");
     assert_lease_lost(store.release(&second).await, &store);
-    assert!(store.claim(&key, LONG).await.expect("claim").is_done());
+    assert!(ask(&store, &key).await.is_done());
 }
 
 /// A lease that ends frees the key (a crashed worker blocks nothing for
@@ -126,26 +125,14 @@ pub async fn release_frees_the_key(store: Store) {
 pub async fn expired_lease_is_taken_over_and_fenced(store: Store) {
     let key = fresh_key("crashed-worker");
     let stale = claimed(&store, &key, SHORT).await;
-    assert!(
-        store
-            .claim(&key, LONG)
-            .await
-            .expect("claim")
-            .is_in_progress()
-    );
+    assert!(ask(&store, &key).await.is_in_progress());
     let owner = claimed_once_expired(&store, &key).await;
     assert_lease_lost(store.complete(&stale, LONG).await, &store);
     assert_lease_lost(store.release(&stale).await, &store);
     // The stale attempts changed nothing: the new owner still holds it.
-    assert!(
-        store
-            .claim(&key, LONG)
-            .await
-            .expect("claim")
-            .is_in_progress()
-    );
+    assert!(ask(&store, &key).await.is_in_progress());
     store.complete(&owner, LONG).await.expect("owner completes");
-    assert!(store.claim(&key, LONG).await.expect("claim").is_done());
+    assert!(ask(&store, &key).await.is_done());
 }
 
 /// A token whose lease ended cannot complete, even when nobody took over:
@@ -163,7 +150,7 @@ pub async fn retention_ends(store: Store) {
     let key = fresh_key("retained");
     let token = claimed(&store, &key, LONG).await;
     store.complete(&token, SHORT).await.expect("complete");
-    assert!(store.claim(&key, LONG).await.expect("claim").is_done());
+    assert!(ask(&store, &key).await.is_done());
     claimed_once_expired(&store, &key).await;
 }
 
@@ -176,7 +163,7 @@ pub async fn complete_is_repeatable_by_its_owner(store: Store) {
         .complete_with_result(&token, LONG, Some(Bytes::from_static(b"again")))
         .await
         .expect("second complete");
-    match store.claim(&key, LONG).await.expect("claim") {
+    match ask(&store, &key).await {
         Claim::AlreadyDone { result } => assert_eq!(result.as_deref(), Some(&b"again"[..])),
         other => panic!("expected AlreadyDone, got {other:?}"),
     }
@@ -189,7 +176,7 @@ pub async fn scopes_are_independent(store: Store) {
     let token = claimed(&store, &billing, LONG).await;
     store.complete(&token, LONG).await.expect("complete");
     let other = claimed(&store, &shipping, LONG).await;
-    assert!(store.claim(&billing, LONG).await.expect("claim").is_done());
+    assert!(ask(&store, &billing).await.is_done());
     store.release(&other).await.expect("release");
 }
 
@@ -203,7 +190,7 @@ pub async fn one_of_many_concurrent_claimers_wins(store: Store) {
             let (store, key, start) = (store.clone(), key.clone(), start.clone());
             tokio::spawn(async move {
                 start.wait().await;
-                store.claim(&key, LONG).await.expect("claim")
+                ask(&store, &key).await
             })
         })
         .collect();
@@ -228,10 +215,7 @@ pub async fn many_keys(store: Store) {
     }
     for n in 0..200 {
         let key = IdempotencyKey::new(&scope, format!("message-{n}"));
-        assert!(
-            store.claim(&key, LONG).await.expect("claim").is_done(),
-            "{n}"
-        );
+        assert!(ask(&store, &key).await.is_done(), "{n}");
     }
 }
 

@@ -20,7 +20,7 @@ use courier_testkit::fixtures::unique_name;
 const LONG: Duration = Duration::from_secs(60);
 
 macro_rules! transaction_cases {
-    ($backend:ident, $store:ty, $connect:expr) => {
+    ($backend:ident, $store:ty, $connect:expr, $index_query:expr) => {
         mod $backend {
             use super::*;
 
@@ -222,6 +222,11 @@ macro_rules! transaction_cases {
                 assert!(purged >= 20, "{purged}");
                 assert_eq!(rows().await, 10);
                 store.migrate().await.expect("migrating again is harmless");
+                let (indexes,): (i64,) = sqlx::query_as($index_query)
+                    .fetch_one(store.pool())
+                    .await
+                    .expect("index lookup");
+                assert_eq!(indexes, 1, "the migration creates the expiry index");
             }
         }
     };
@@ -243,7 +248,12 @@ async fn sqlite(
 }
 
 #[cfg(feature = "sqlite")]
-transaction_cases!(sqlite, courier_idempotency::SqliteStore, sqlite);
+transaction_cases!(
+    sqlite,
+    courier_idempotency::SqliteStore,
+    sqlite,
+    "SELECT count(*) FROM sqlite_master WHERE name = 'courier_idempotency_expires_at'"
+);
 
 #[cfg(feature = "postgres")]
 async fn postgres(
@@ -262,4 +272,9 @@ async fn postgres(
 }
 
 #[cfg(feature = "postgres")]
-transaction_cases!(postgres, courier_idempotency::PostgresStore, postgres);
+transaction_cases!(
+    postgres,
+    courier_idempotency::PostgresStore,
+    postgres,
+    "SELECT count(*) FROM pg_indexes WHERE indexname = 'courier_idempotency_expires_at'"
+);

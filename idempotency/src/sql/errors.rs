@@ -1,66 +1,11 @@
-//! What the PostgreSQL and SQLite stores share: the table's states, error
-//! mapping, time limits and the background cleanup.
+//! Time limits and sqlx errors mapped to the crate's.
 
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
 use courier_core::ConnectErrorKind;
 
 use crate::error::{Error, Result};
-use crate::key::{ClaimToken, IdempotencyKey};
-use crate::store::{Claim, system_time_from_millis};
-
-/// `state` of a row whose lease is running.
-pub(crate) const CLAIMED: &str = "claimed";
-/// `state` of a row whose work is done.
-pub(crate) const DONE: &str = "done";
-
-/// A claim attempt may lose a race against a concurrent delete or expiry
-/// between its insert and its read; it starts over this many times.
-pub(crate) const CLAIM_ROUNDS: usize = 4;
-
-/// The answer for a live row found by a claimer that did not win it.
-pub(crate) fn existing(state: &str, expires_at_ms: i64, result: Option<Vec<u8>>) -> Claim {
-    if state == DONE {
-        Claim::AlreadyDone {
-            result: result.map(Bytes::from),
-        }
-    } else {
-        Claim::InProgress {
-            until: system_time_from_millis(expires_at_ms),
-        }
-    }
-}
-
-/// The answer for a row the claimer wrote itself.
-pub(crate) fn won(key: &IdempotencyKey, owner: String, expires_at_ms: i64) -> Claim {
-    Claim::Claimed(ClaimToken::new(
-        key.clone(),
-        owner,
-        system_time_from_millis(expires_at_ms),
-    ))
-}
-
-/// The error for a claim that kept losing races.
-pub(crate) fn claim_raced(url: &str) -> Error {
-    Error::Store {
-        url: url.to_owned(),
-        operation: "claim",
-        retryable: true,
-        source: format!("the row kept changing between insert and read ({CLAIM_ROUNDS} rounds)")
-            .into(),
-    }
-}
-
-/// `1` when one row was affected, otherwise the token's claim is gone.
-pub(crate) fn one_row(url: &str, token: &ClaimToken, rows: u64) -> Result<()> {
-    if rows == 1 {
-        Ok(())
-    } else {
-        Err(token.lost(url))
-    }
-}
 
 /// Runs a database operation with the store's time limit.
 pub(crate) async fn bounded<T>(
@@ -168,59 +113,5 @@ pub(crate) fn migrate_error(url: &str, error: sqlx::Error) -> Error {
     Error::Migrate {
         url: url.to_owned(),
         source: Box::new(error),
-    }
-}
-
-/// The background task that deletes expired rows; stopped when dropped.
-#[derive(Debug)]
-pub(crate) struct Cleaner(tokio::task::JoinHandle<()>);
-
-impl Cleaner {
-    /// Runs `purge` every `interval`, logging failures, until dropped.
-    pub(crate) fn spawn<F, Fut>(url: String, interval: Duration, purge: F) -> Self
-    where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<u64>> + Send,
-    {
-        Cleaner(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                match purge().await {
-                    Ok(0) => {}
-                    Ok(rows) => {
-                        tracing::debug!(store = %url, rows, "deleted expired idempotency rows")
-                    }
-                    Err(error) => {
-                        tracing::warn!(store = %url, %error, "deleting expired idempotency rows failed");
-                    }
-                }
-            }
-        }))
-    }
-}
-
-impl Drop for Cleaner {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Deletes expired rows in batches of `batch` until a batch comes back
-/// short; returns how many went.
-pub(crate) async fn purge_in_batches<F, Fut>(batch: u32, mut delete_batch: F) -> Result<u64>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<u64>>,
-{
-    let mut total = 0;
-    loop {
-        let rows = delete_batch().await?;
-        total += rows;
-        if rows < u64::from(batch) {
-            return Ok(total);
-        }
     }
 }
