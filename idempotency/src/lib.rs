@@ -16,6 +16,8 @@ mod key;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -31,6 +33,8 @@ pub use key::{ClaimToken, IdempotencyKey, MAX_DURATION, MAX_KEY_LEN, MAX_SCOPE_L
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{POSTGRES_MIGRATION, PostgresStore};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SQLITE_MIGRATION, SqliteStore};
 pub use store::{Claim, IdempotencyStore};
@@ -98,6 +102,8 @@ pub async fn connect_with(url: &str, config: StoreConfig) -> Result<Arc<dyn Idem
             }
             Ok(Arc::new(MemoryStore::new(config)))
         }
+        #[cfg(feature = "redis")]
+        Backend::Redis => Ok(Arc::new(RedisStore::connect(url, config).await?)),
         #[cfg(feature = "postgres")]
         Backend::Postgres => Ok(Arc::new(PostgresStore::connect(url, config).await?)),
         #[cfg(feature = "sqlite")]

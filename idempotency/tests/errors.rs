@@ -91,3 +91,17 @@ async fn postgres_login_and_database_errors() {
     )
     .await;
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_login_errors() {
+    let server = courier_testkit::fixtures::redis()
+        .await
+        .expect("redis fixture");
+    // The fixture has no password: any password is refused.
+    let wrong_password = with_login(server.url(), ":s3cret", "");
+    expect_connect_error(&wrong_password, ConnectErrorKind::Authentication).await;
+    let unknown_user = with_login(server.url(), "nobody:s3cret", "");
+    expect_connect_error(&unknown_user, ConnectErrorKind::Authentication).await;
+    expect_connect_error("redis://:s3cret@127.0.0.1:1", ConnectErrorKind::Refused).await;
+}
