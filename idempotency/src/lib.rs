@@ -12,6 +12,7 @@
 mod config;
 mod error;
 mod key;
+mod layer;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "postgres")]
@@ -29,6 +30,10 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use key::{ClaimToken, IdempotencyKey, MAX_DURATION, MAX_KEY_LEN, MAX_SCOPE_LEN};
+pub use layer::{
+    ClaimedElsewhere, DEFAULT_LEASE, DEFAULT_RETENTION, IdempotencyLayer, IdempotencyStats,
+    Idempotent, MissingKey, OnStoreError,
+};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
