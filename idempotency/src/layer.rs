@@ -328,6 +328,7 @@ impl<H: Handler> Idempotent<H> {
                 }
                 Err(error) => {
                     Counters::add(&counters.store_errors);
+                    Counters::add(&counters.complete_errors);
                     tracing::warn!(%key, %error, "idempotency store failed to complete; the message is not acked");
                     Err(HandlerError::transient(error))
                 }
@@ -403,6 +404,11 @@ pub struct IdempotencyStats {
     pub released: u64,
     /// Claims, completions and releases the store failed.
     pub store_errors: u64,
+    /// Handlers that succeeded but whose completion the store failed: the
+    /// message was not acked, and its handler runs again once the lease
+    /// ends. The only way a duplicate effect gets through (besides a
+    /// handler outliving its lease).
+    pub complete_errors: u64,
     /// Completions refused because the handler outlived its lease.
     pub lease_lost: u64,
 }
@@ -415,6 +421,7 @@ struct Counters {
     completed: AtomicU64,
     released: AtomicU64,
     store_errors: AtomicU64,
+    complete_errors: AtomicU64,
     lease_lost: AtomicU64,
 }
 
@@ -432,6 +439,7 @@ impl Counters {
             completed: get(&self.completed),
             released: get(&self.released),
             store_errors: get(&self.store_errors),
+            complete_errors: get(&self.complete_errors),
             lease_lost: get(&self.lease_lost),
         }
     }
