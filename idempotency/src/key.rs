@@ -59,8 +59,15 @@ impl IdempotencyKey {
         &self.key
     }
 
-    /// Checks the key for store `url` (redacted).
-    pub(crate) fn check(&self, url: &str) -> Result<()> {
+    /// Checks the key as every store does before using it: scope and key 1
+    /// to [`MAX_SCOPE_LEN`] / [`MAX_KEY_LEN`] bytes, without NUL. For
+    /// implementations of [`IdempotencyStore`](crate::IdempotencyStore).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] naming `store_url` (pass it redacted).
+    pub fn check(&self, store_url: &str) -> Result<()> {
+        let url = store_url;
         let problem = check_part("scope", &self.scope, MAX_SCOPE_LEN)
             .or_else(|| check_part("key", &self.key, MAX_KEY_LEN));
         match problem {
@@ -94,9 +101,16 @@ impl fmt::Display for IdempotencyKey {
     }
 }
 
-/// Checks a lease or retention for store `url`; returns it in whole
-/// milliseconds, the unit every store keeps.
-pub(crate) fn check_duration(url: &str, what: &'static str, duration: Duration) -> Result<u64> {
+/// Checks a lease or retention (`what`) as every store does: at least 1 ms,
+/// at most [`MAX_DURATION`]; returns it in whole milliseconds, the unit the
+/// stores keep. For implementations of
+/// [`IdempotencyStore`](crate::IdempotencyStore).
+///
+/// # Errors
+///
+/// [`Error::InvalidDuration`] naming `store_url` (pass it redacted).
+pub fn check_duration(store_url: &str, what: &'static str, duration: Duration) -> Result<u64> {
+    let url = store_url;
     let reason = if duration < Duration::from_millis(1) {
         "it must be at least 1 ms"
     } else if duration > MAX_DURATION {
@@ -128,8 +142,12 @@ pub struct ClaimToken {
 }
 
 impl ClaimToken {
-    /// A fresh token for `key`, its lease ending at `lease_until`.
-    pub(crate) fn new(key: IdempotencyKey, token: String, lease_until: SystemTime) -> Self {
+    /// A token for a claim on `key` held by `owner` (a value unique to this
+    /// claim, which the store keeps with it), its lease ending at
+    /// `lease_until`. For implementations of
+    /// [`IdempotencyStore`](crate::IdempotencyStore).
+    pub fn new(key: IdempotencyKey, owner: String, lease_until: SystemTime) -> Self {
+        let token = owner;
         ClaimToken {
             key,
             token,
@@ -137,8 +155,8 @@ impl ClaimToken {
         }
     }
 
-    /// A new random owner token: a UUID, unique across workers.
-    pub(crate) fn fresh_owner() -> String {
+    /// A new random owner value: a UUID, unique across workers.
+    pub fn fresh_owner() -> String {
         uuid::Uuid::now_v7().simple().to_string()
     }
 
@@ -154,13 +172,15 @@ impl ClaimToken {
         self.lease_until
     }
 
-    /// The owner token the store keeps with the claim.
-    pub(crate) fn owner(&self) -> &str {
+    /// The owner value the store keeps with the claim.
+    pub fn owner(&self) -> &str {
         &self.token
     }
 
-    /// The error for a token that no longer holds its claim.
-    pub(crate) fn lost(&self, url: &str) -> Error {
+    /// The error for a token that no longer holds its claim in the store at
+    /// `store_url`: [`Error::LeaseLost`].
+    pub fn lost(&self, store_url: &str) -> Error {
+        let url = store_url;
         Error::LeaseLost {
             url: url.to_owned(),
             scope: self.key.scope.clone(),

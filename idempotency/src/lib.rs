@@ -29,7 +29,7 @@
 //!
 //! | URL | store | feature | shared by processes | clock | in the caller's transaction |
 //! |---|---|---|---|---|---|
-//! | `memory://` | [`MemoryStore`]: bounded, TTL eviction | `memory` (default) | no | host | no |
+//! | `memory://` | `MemoryStore`: bounded, TTL eviction | `memory` (default) | no | host | no |
 //! | `redis://…` | `RedisStore`: Lua scripts over an owner token | `redis` | yes | Redis (`PEXPIRE`) | no |
 //! | `postgres://…`, `postgresql://…` | `PostgresStore`, through sqlx | `postgres` | yes | database | `claim_in` |
 //! | `sqlite://…` | `SqliteStore`, through sqlx | `sqlite` | one host | host | `claim_in` |
@@ -130,7 +130,9 @@ pub use config::{
     DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEYS, DEFAULT_TRANSACTION_RETENTION, StoreConfig,
 };
 pub use error::{Error, Result};
-pub use key::{ClaimToken, IdempotencyKey, MAX_DURATION, MAX_KEY_LEN, MAX_SCOPE_LEN};
+pub use key::{
+    ClaimToken, IdempotencyKey, MAX_DURATION, MAX_KEY_LEN, MAX_SCOPE_LEN, check_duration,
+};
 pub use layer::{
     ClaimedElsewhere, DEFAULT_LEASE, DEFAULT_RETENTION, IdempotencyLayer, IdempotencyStats,
     Idempotent, MissingKey, OnStoreError,
@@ -159,7 +161,7 @@ use courier_core::error::redact_url;
 ///
 /// | URL | store | feature |
 /// |---|---|---|
-/// | `memory://` | [`MemoryStore`] (a fresh one) | `memory` (default) |
+/// | `memory://` | `MemoryStore` (a fresh one) | `memory` (default) |
 /// | `redis://[user:password@]host:port[/db]` | `RedisStore` | `redis` |
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` | `postgres` |
 /// | `sqlite://path`, `sqlite::memory:` | `SqliteStore` | `sqlite` |

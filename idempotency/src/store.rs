@@ -64,7 +64,11 @@ impl Claim {
 /// blocked forever.
 ///
 /// Every implementation behaves the same way; `tests/store.rs` holds each
-/// to one suite. Object safe, so [`connect`](crate::connect) can return the
+/// to one suite. Another store checks its input with
+/// [`IdempotencyKey::check`] and [`check_duration`](crate::check_duration),
+/// makes tokens with [`ClaimToken::new`] (its own owner value, checked again
+/// by complete and release) and reports a lost claim with
+/// [`ClaimToken::lost`]. Object safe, so [`connect`](crate::connect) can return the
 /// store chosen by URL as `Arc<dyn IdempotencyStore>`.
 ///
 /// # Errors
@@ -160,14 +164,14 @@ pub trait IdempotencyStore: Send + Sync + fmt::Debug {
 }
 
 /// Wall-clock time `millis` milliseconds after the Unix epoch.
-#[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn system_time_from_millis(millis: i64) -> SystemTime {
     let millis = u64::try_from(millis).unwrap_or(0);
     SystemTime::UNIX_EPOCH + Duration::from_millis(millis)
 }
 
 /// Milliseconds since the Unix epoch, now.
-#[cfg(any(feature = "sqlite", feature = "redis"))]
+#[cfg(feature = "sqlite")]
 pub(crate) fn now_millis() -> i64 {
     let since = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
