@@ -12,8 +12,11 @@
 //! | `kafka://host:9092,host:9092` | Kafka | `kafka` |
 //! | `nats://host:4222`, `tls://…` | NATS JetStream | `nats` |
 //!
-//! The transactional outbox is [`outbox`] (feature `outbox`, with the
-//! backends `outbox-postgres` and `outbox-sqlite`; all in `full`).
+//! The transactional outbox is `courier::outbox` (feature `outbox`, with
+//! the backends `outbox-postgres` and `outbox-sqlite`) and the idempotency
+//! store for consumers is `courier::idempotency` (feature `idempotency`,
+//! with `idempotency-redis`, `idempotency-postgres` and
+//! `idempotency-sqlite`); `full` has them all.
 //!
 //! # Examples
 //!
@@ -46,6 +49,8 @@ pub struct ReadmeDoctests;
 
 #[cfg(feature = "amqp")]
 pub use courier_amqp as amqp;
+#[cfg(feature = "idempotency")]
+pub use courier_idempotency as idempotency;
 #[cfg(feature = "kafka")]
 pub use courier_kafka as kafka;
 #[cfg(feature = "memory")]
@@ -180,6 +185,16 @@ mod tests {
             assert!(err.to_string().contains(shown.as_str()), "{err}");
             assert_eq!(*kind, ConnectErrorKind::Refused, "{url}");
         }
+    }
+
+    #[cfg(feature = "idempotency")]
+    #[tokio::test]
+    async fn idempotency_store_by_url() {
+        let store = idempotency::connect("memory://").await.unwrap();
+        let key = idempotency::IdempotencyKey::new("g", "k");
+        let lease = std::time::Duration::from_secs(5);
+        assert!(store.claim(&key, lease).await.unwrap().is_claimed());
+        assert!(store.claim(&key, lease).await.unwrap().is_in_progress());
     }
 
     #[tokio::test]
