@@ -51,7 +51,7 @@ pub enum OnStoreError {
 /// |---|---|
 /// | `Claimed` | calls the handler; on success completes the key (kept for [`retention`](Self::retention)) and lets the message be acked; on failure releases the key and returns the failure (retry or dead-letter as usual) |
 /// | `AlreadyDone` | acks without calling the handler |
-/// | `InProgress` | fails transiently with a `retry_after` of the time left on the other worker's lease (or [`in_progress_retry`](Self::in_progress_retry)), so the runtime tries again once it is settled |
+/// | `InProgress` | defers the attempt ([`HandlerError::deferred`]) by the time left on the other worker's lease (or [`in_progress_retry`](Self::in_progress_retry)), so the runtime tries again once it is settled, without using up an attempt |
 /// | an error | fails transiently: the message is not acked ([`OnStoreError::Retry`], the default) |
 ///
 /// The key is the message id in the scope of the consumer group
@@ -77,9 +77,9 @@ pub enum OnStoreError {
 /// An attempt cut short by a shutdown deadline (its future dropped)
 /// releases its claim in the background.
 ///
-/// `InProgress` uses one of the runtime's attempts each time: give the
-/// [`RetryPolicy`](courier_core::runtime::RetryPolicy) enough attempts to
-/// outwait a lease.
+/// `InProgress` defers the message ([`HandlerError::deferred`]): the
+/// runtime tries again once the other worker's lease is over, without using
+/// up an attempt of its retry policy.
 ///
 /// # Examples
 ///
@@ -295,7 +295,7 @@ impl<H: Handler> Idempotent<H> {
                     key: key.to_string(),
                     until,
                 };
-                return Err(HandlerError::transient(busy).retry_after(delay));
+                return Err(HandlerError::deferred(busy, delay));
             }
             Err(error @ Error::InvalidKey { .. }) => return Err(HandlerError::permanent(error)),
             Err(error) => {

@@ -22,6 +22,11 @@ pub enum FailureKind {
     /// The message itself is the problem (it does not decode, it breaks a
     /// business rule): the runtime dead-letters it at once.
     Permanent,
+    /// Not a failure of this message: something else holds it for now (an
+    /// idempotency store reports another worker on it). The runtime tries
+    /// again after the [`retry_after`](HandlerError::retry_after) delay
+    /// without using up an attempt of the retry policy.
+    Deferred,
 }
 
 /// Why a handler failed, and whether trying again may help.
@@ -75,6 +80,19 @@ impl HandlerError {
             kind: FailureKind::Permanent,
             source: source.into(),
             retry_after: None,
+        }
+    }
+
+    /// Handling must wait: try again after `delay`, without counting the
+    /// attempt against the retry policy (see [`FailureKind::Deferred`]). A
+    /// deferral that never ends holds the message (and its key's lane) until
+    /// the shutdown requeues it, so defer only on what ends by itself, such
+    /// as another worker's lease.
+    pub fn deferred(source: impl Into<BoxError>, delay: Duration) -> Self {
+        HandlerError {
+            kind: FailureKind::Deferred,
+            source: source.into(),
+            retry_after: Some(delay),
         }
     }
 

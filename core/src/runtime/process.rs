@@ -14,7 +14,10 @@ use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::consumer::Shared;
-use super::error::{HandlerError, HandlerResult, Panicked};
+use super::error::{FailureKind, HandlerError, HandlerResult, Panicked};
+
+/// Wait before trying a deferred message again when the deferral named no delay.
+const DEFERRAL: std::time::Duration = std::time::Duration::from_millis(100);
 use super::handler::{Handler, Request};
 use super::stats::Counters;
 use crate::delivery::{DeadLetter, Delivery, Nack};
@@ -145,15 +148,18 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
     let mut attempts = 1u32;
     Counters::add(&counters.failed);
     loop {
-        if error.is_permanent() {
-            break;
-        }
-        let Some(backoff) = delays.next() else {
-            break;
+        let delay = match error.kind() {
+            FailureKind::Permanent => break,
+            FailureKind::Deferred => error.retry_after_hint().unwrap_or(DEFERRAL),
+            _ => {
+                let Some(backoff) = delays.next() else {
+                    break;
+                };
+                error
+                    .retry_after_hint()
+                    .map_or(backoff, |hint| hint.max(backoff))
+            }
         };
-        let delay = error
-            .retry_after_hint()
-            .map_or(backoff, |hint| hint.max(backoff));
         Counters::add(&counters.retried);
         tracing::debug!(
             topic = %shared.topic, id = %delivery.message().id(), attempt = attempts, ?delay,
