@@ -22,7 +22,8 @@
 #
 # Environment:
 #   COURIER_TEST_STATE_DIR      where logs and scratch files go (/var/tmp/courier-test)
-#   COURIER_TEST_DEBIAN_MIRROR  mirror for debootstrap (http://deb.debian.org/debian)
+#   COURIER_TEST_DEBIAN_MIRROR  mirror for debootstrap (default: the first
+#                               Debian archive in this machine's apt sources)
 #   COURIER_TEST_SKIP_IMAGES=1  only make sure the daemon runs
 #   CARGO_HOME                  where the tansu binary is cached ($HOME/.cargo)
 set -Eeuo pipefail
@@ -31,7 +32,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IMAGES_DIR="$ROOT/testkit/images"
 STATE_DIR="${COURIER_TEST_STATE_DIR:-/var/tmp/courier-test}"
 DOCKERD_LOG="$STATE_DIR/dockerd.log"
-DEBIAN_MIRROR="${COURIER_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_MIRROR="${COURIER_TEST_DEBIAN_MIRROR:-}"
 DEBIAN_SUITE=bookworm
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 TANSU_VERSION=0.6.0
@@ -153,6 +154,19 @@ remove_leftovers() {
 
 # ------------------------------------------------------------------ images
 
+# The Debian archive this machine's apt uses (not its security archive):
+# deb822 sources first, then the one-line format.
+apt_mirror() {
+    local uri
+    uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+    if [ -z "$uri" ]; then
+        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($i !~ /security/) print $i; break } }' \
+            /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n 1)
+    fi
+    printf '%s\n' "$uri"
+}
+
 # Prints a short hash of the files under a directory plus extra strings.
 hash_inputs() {
     local dir=$1
@@ -180,6 +194,8 @@ build_base() {
         return
     fi
     need_root "debootstrap"
+    [ -n "$DEBIAN_MIRROR" ] || DEBIAN_MIRROR=$(apt_mirror)
+    [ -n "$DEBIAN_MIRROR" ] || die "no Debian mirror in this machine's apt sources; set COURIER_TEST_DEBIAN_MIRROR"
     [ -f /etc/apt/sources.list.d/debian.sources ] ||
         die "/etc/apt/sources.list.d/debian.sources is missing; the base image copies it"
     dir="$STATE_DIR/rootfs"
