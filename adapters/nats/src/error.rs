@@ -6,6 +6,25 @@ use courier_core::{BrokerErrorKind, ConnectErrorKind, Error};
 /// The adapter's name in errors.
 pub(crate) const BROKER: &str = "nats";
 
+/// Failures the NATS adapter finds itself. They reach callers as the
+/// source of a courier [`Error`] (`Error::Broker { broker: "nats", .. }`),
+/// so `downcast_ref::<NatsError>()` on the source tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// A stream with the topic's name exists but does not capture the
+    /// topic's subject: courier will not share it with something else.
+    #[error("stream {stream} exists with subjects {subjects:?}, not topic {topic:?}")]
+    StreamConflict {
+        /// The stream's name.
+        stream: String,
+        /// The subjects it captures.
+        subjects: Vec<String>,
+        /// The topic courier wanted it for.
+        topic: String,
+    },
+}
+
 /// A connection failure, typed, naming the URL without its password.
 pub(crate) fn connect_error(url: &str, err: async_nats::ConnectError) -> Error {
     let kind = match err.kind() {

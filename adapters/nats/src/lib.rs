@@ -78,6 +78,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{NatsConfig, Storage, consumer_name, stream_name};
+pub use error::NatsError;
 use error::connect_error;
 
 /// A connection to a NATS server with JetStream, as publisher and subscriber.
@@ -238,10 +239,11 @@ impl Inner {
                 error::BROKER,
                 "create stream",
                 BrokerErrorKind::Conflict,
-                format!(
-                    "stream {} exists with subjects {:?}, not topic {topic:?}",
-                    info.config.name, info.config.subjects
-                ),
+                NatsError::StreamConflict {
+                    stream: info.config.name.clone(),
+                    subjects: info.config.subjects.clone(),
+                    topic: topic.to_owned(),
+                },
             ));
         }
         self.streams.lock().insert(topic.to_owned());
