@@ -46,10 +46,11 @@ async fn refused_port_is_refused() {
     let err = NatsBroker::connect(url).await.unwrap_err();
     assert_eq!(connect_kind(&err), ConnectErrorKind::Refused, "{err:?}");
     let text = err.to_string();
-    assert_eq!(
-        text,
-        "cannot connect to nats://app:***@127.0.0.1:1: connection refused"
+    assert!(
+        text.starts_with("cannot connect to nats://app:***@127.0.0.1:1: connection refused: "),
+        "the kind, then the cause: {text}"
     );
+    assert!(!text.contains("s3cret"), "{text}");
     assert!(err.is_retryable());
 }
 
@@ -104,7 +105,7 @@ async fn server_without_jetstream_is_unsupported() {
 }
 
 #[tokio::test]
-async fn stream_limit_reached_is_a_permanent_publish_error() {
+async fn stream_limit_reached_is_a_retryable_limit_error() {
     let server = courier_testkit::fixtures::nats()
         .await
         .expect("nats fixture");
@@ -145,5 +146,43 @@ async fn stream_limit_reached_is_a_permanent_publish_error() {
         courier_core::error::chain(&err).contains("maximum messages exceeded"),
         "{err:?}"
     );
+    broker.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_stream_of_another_subject_is_a_conflict_not_shared() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let topic = courier_testkit::fixtures::unique_name("taken");
+    // An operator-made stream with the name courier would use for the
+    // topic, capturing another subject.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: courier_nats::stream_name(&topic),
+            subjects: vec![format!("{topic}.other")],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let err = broker
+        .publish(&topic, courier_core::Message::new("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.broker_kind(),
+        Some(courier_core::BrokerErrorKind::Conflict),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    let Error::Broker { source, .. } = &err else {
+        panic!("expected a broker error, got {err:?}");
+    };
+    match source.downcast_ref::<courier_nats::NatsError>() {
+        Some(courier_nats::NatsError::StreamConflict { topic: t, .. }) => assert_eq!(t, &topic),
+        other => panic!("expected a stream conflict, got {other:?}"),
+    }
     broker.close().await.expect("close");
 }
