@@ -187,8 +187,7 @@
 //!
 //! ```no_run
 //! use courier_amqp::AmqpBroker;
-//! use courier_core::{Message, Subscription};
-//! use futures::StreamExt;
+//! use courier_core::prelude::*;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> courier_core::Result<()> {
