@@ -113,8 +113,11 @@ mod urls {
     struct Adapter {
         schemes: &'static [&'static str],
         rest: &'static str,
-        parse: fn(&str) -> courier::Result<Option<Shared>>,
+        parse: ParseShared,
     }
+
+    /// An adapter's config parser, as far as the shared options go.
+    type ParseShared = fn(&str) -> courier::Result<Option<Shared>>;
 
     fn adapters() -> Vec<Adapter> {
         let mut adapters = Vec::new();
@@ -168,7 +171,7 @@ mod urls {
 
     /// `scheme://rest` with `query` (which starts with `?`) for every
     /// compiled-in scheme, with the adapter's config parser.
-    fn every_scheme(query: &str) -> Vec<(String, fn(&str) -> courier::Result<Option<Shared>>)> {
+    fn every_scheme(query: &str) -> Vec<(String, ParseShared)> {
         adapters()
             .into_iter()
             .flat_map(|a| {

@@ -148,7 +148,7 @@ pub struct AmqpConfig {
     /// `heartbeat` (default 10 s): a dead peer is noticed within two intervals.
     pub heartbeat: Duration,
     /// Longest wait for a publisher confirm (default 30 s); then `publish`
-    /// fails with [`Error::Timeout`] (the message may have been stored).
+    /// fails with [`Error::Timeout`](courier_core::Error::Timeout) (the message may have been stored).
     pub confirm_timeout: Duration,
     /// Reconnection after a lost connection.
     pub reconnect: Reconnect,

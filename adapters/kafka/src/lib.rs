@@ -19,7 +19,7 @@
 //! - **Message fields**: the record key is the courier key; the id, content
 //!   type, timestamp (also the record's timestamp), correlation and
 //!   causation ids and the user's headers are record headers
-//!   ([`courier_core::wire`]) and come back exactly. A record from another
+//!   ([`courier_core::adapter::wire`]) and come back exactly. A record from another
 //!   producer gets the id `<topic>-<partition>-<offset>` and the record's
 //!   timestamp; one courier cannot represent (a key or header value that is
 //!   not UTF-8) is copied to the dead-letter topic as it is, with the

@@ -21,7 +21,7 @@
 //!   (2 minutes by default) is stored once.
 //! - **Message fields** (id, key, content type, timestamp, correlation and
 //!   causation ids, user headers) travel as NATS headers
-//!   ([`courier_core::wire`]; the id as `Nats-Msg-Id`) and come back
+//!   ([`courier_core::adapter::wire`]; the id as `Nats-Msg-Id`) and come back
 //!   exactly. Values NATS would alter (empty, or with leading or trailing
 //!   white space) travel quoted. A message from another producer keeps its
 //!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`; one courier
@@ -68,9 +68,8 @@
 //! | `max_deliver` | [`NatsConfig::max_deliver`] of the consumers courier creates | no limit |
 //! | `max_ack_pending` | [`NatsConfig::max_ack_pending`] of the consumers courier creates | 10,000 |
 //!
-//! Any other option is an [`Error::InvalidUrl`](courier_core::Error::InvalidUrl)
-//! naming it. A default prefetch is not an option: each
-//! [`Subscription`](courier_core::Subscription) carries its own.
+//! Any other option is an [`Error::InvalidUrl`] naming it. A default
+//! prefetch is not an option: each [`Subscription`] carries its own.
 //!
 //! # Request/reply
 //!
