@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use courier_core::Result;
-use courier_core::adapter::url::{self as broker_url, UrlOption};
+use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
 
 /// The URL schemes of the AMQP adapter: `amqp://` and `amqps://` (TLS).
 pub const SCHEMES: &[&str] = &["amqp", "amqps"];
@@ -290,10 +290,15 @@ impl AmqpConfig {
     }
 
     fn apply(&mut self, option: &UrlOption<'_>) -> Result<()> {
+        let shared = SharedOptions {
+            connect_timeout: Some(&mut self.connect_timeout),
+            client_name: Some(&mut self.connection_name),
+            publish_timeout: Some(&mut self.confirm_timeout),
+        };
+        if shared.apply(option)? {
+            return Ok(());
+        }
         match option.key() {
-            broker_url::CONNECT_TIMEOUT => self.connect_timeout = option.duration()?,
-            broker_url::CLIENT_NAME => self.connection_name = option.text()?.to_owned(),
-            broker_url::PUBLISH_TIMEOUT => self.confirm_timeout = option.duration()?,
             "queue_type" => {
                 self.queue_type = option.choice(&[
                     ("quorum", QueueType::Quorum),

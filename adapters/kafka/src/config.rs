@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use courier_core::Result;
-use courier_core::adapter::url::{self as broker_url, UrlOption};
+use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
 use courier_core::error::is_secret_option;
 
 /// The URL scheme of the Kafka adapter.
@@ -192,10 +192,15 @@ impl KafkaConfig {
     }
 
     fn apply(&mut self, option: &UrlOption<'_>) -> Result<()> {
+        let shared = SharedOptions {
+            connect_timeout: Some(&mut self.connect_timeout),
+            client_name: Some(&mut self.client_id),
+            publish_timeout: Some(&mut self.publish_timeout),
+        };
+        if shared.apply(option)? {
+            return Ok(());
+        }
         match option.key() {
-            broker_url::CONNECT_TIMEOUT => self.connect_timeout = option.duration()?,
-            broker_url::CLIENT_NAME => self.client_id = option.text()?.to_owned(),
-            broker_url::PUBLISH_TIMEOUT => self.publish_timeout = option.duration()?,
             "partitions" => self.partitions = option.number(1..)?,
             // Kafka's replication factor is a 16-bit number.
             "replication_factor" => {

@@ -3,7 +3,7 @@
 use std::str::FromStr;
 
 use courier_core::Result;
-use courier_core::adapter::url::{self as broker_url, UrlOption};
+use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
 
 /// The URL schemes of the in-process broker.
 pub const SCHEMES: &[&str] = &["memory"];
@@ -115,17 +115,14 @@ pub(crate) fn parse_url(url: &str) -> Result<(Option<String>, MemoryConfig)> {
 }
 
 fn apply(config: &mut MemoryConfig, option: &UrlOption<'_>) -> Result<()> {
+    // Nothing to connect to, name, or wait for: the shared options are
+    // checked, then unused, so that one URL's options work on every broker.
+    if SharedOptions::default().apply(option)? {
+        return Ok(());
+    }
     match option.key() {
         "max_payload" => config.max_payload = option.number(1..)?,
         "retention" => config.retention = option.number(0..)?,
-        // Nothing to connect to, name, or wait for: checked, then unused,
-        // so that one URL's options work on every broker.
-        broker_url::CONNECT_TIMEOUT | broker_url::PUBLISH_TIMEOUT => {
-            option.duration()?;
-        }
-        broker_url::CLIENT_NAME => {
-            option.text()?;
-        }
         _ => return Err(option.unknown(URL_OPTIONS)),
     }
     Ok(())

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use courier_core::Result;
-use courier_core::adapter::url::{self as broker_url, UrlOption};
+use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
 
 /// The URL schemes of the NATS adapter: `nats://` and `tls://` (TLS
 /// required).
@@ -146,10 +146,15 @@ impl NatsConfig {
     }
 
     fn apply(&mut self, option: &UrlOption<'_>) -> Result<()> {
+        let shared = SharedOptions {
+            connect_timeout: Some(&mut self.connect_timeout),
+            client_name: Some(&mut self.client_name),
+            publish_timeout: Some(&mut self.request_timeout),
+        };
+        if shared.apply(option)? {
+            return Ok(());
+        }
         match option.key() {
-            broker_url::CONNECT_TIMEOUT => self.connect_timeout = option.duration()?,
-            broker_url::CLIENT_NAME => self.client_name = option.text()?.to_owned(),
-            broker_url::PUBLISH_TIMEOUT => self.request_timeout = option.duration()?,
             "storage" => {
                 self.storage =
                     option.choice(&[("file", Storage::File), ("memory", Storage::Memory)])?;

@@ -23,30 +23,38 @@
 //! | [`publish_timeout`](PUBLISH_TIMEOUT) | longest wait for the broker to confirm a publish |
 //!
 //! Durations are written `500ms`, `10s`, `2m`, `1h` or as plain seconds
-//! (`30`); zero is refused.
+//! (`30`); zero is refused. [`SharedOptions`] reads them into an adapter's
+//! config.
 //!
 //! # Examples
 //!
 //! ```
 //! use std::time::Duration;
-//! use courier_core::adapter::url::{self, CONNECT_TIMEOUT, CLIENT_NAME};
+//! use courier_core::adapter::url::{self, SharedOptions};
 //!
 //! # fn main() -> courier_core::Result<()> {
-//! let address = "nats://localhost:4222?connect_timeout=500ms&client_id=billing%20v2";
-//! let (mut timeout, mut name) = (Duration::from_secs(5), String::new());
+//! let address = "nats://localhost:4222?connect_timeout=500ms&client_id=billing%20v2&retries=3";
+//! let (mut timeout, mut name, mut retries) = (Duration::from_secs(5), String::new(), 0u32);
 //! for option in url::options(address)? {
+//!     let shared = SharedOptions {
+//!         connect_timeout: Some(&mut timeout),
+//!         client_name: Some(&mut name),
+//!         publish_timeout: None,
+//!     };
+//!     if shared.apply(&option)? {
+//!         continue;
+//!     }
 //!     match option.key() {
-//!         CONNECT_TIMEOUT => timeout = option.duration()?,
-//!         CLIENT_NAME => name = option.text()?.to_owned(),
-//!         _ => return Err(option.unknown(&[CONNECT_TIMEOUT, CLIENT_NAME])),
+//!         "retries" => retries = option.number(0..=10)?,
+//!         _ => return Err(option.unknown(&["retries"])),
 //!     }
 //! }
-//! assert_eq!((timeout, name.as_str()), (Duration::from_millis(500), "billing v2"));
+//! assert_eq!((timeout, name.as_str(), retries), (Duration::from_millis(500), "billing v2", 3));
 //!
-//! let err = url::options("nats://h?colour=blue")?[0].unknown(&[CONNECT_TIMEOUT]);
+//! let err = url::options("nats://h?colour=blue")?[0].unknown(&["retries"]);
 //! assert_eq!(
 //!     err.to_string(),
-//!     "invalid broker URL nats://h?colour=blue: unknown option \"colour\"; known: connect_timeout"
+//!     "invalid broker URL nats://h?colour=blue: unknown option \"colour\"; known: retries"
 //! );
 //! # Ok(()) }
 //! ```
@@ -237,6 +245,44 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     (!duration.is_zero()).then_some(duration)
+}
+
+/// Where an adapter's config keeps the shared options, so that every
+/// adapter reads them alike; `None` for one the adapter has no use for
+/// (its value is checked, then unused, so that one URL's options work on
+/// every broker).
+#[derive(Debug, Default)]
+pub struct SharedOptions<'c> {
+    /// Set by [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Option<&'c mut Duration>,
+    /// Set by [`CLIENT_NAME`] (or [`CLIENT_ID`]).
+    pub client_name: Option<&'c mut String>,
+    /// Set by [`PUBLISH_TIMEOUT`].
+    pub publish_timeout: Option<&'c mut Duration>,
+}
+
+impl SharedOptions<'_> {
+    /// Sets the field `option` names when it is a shared option (`true`);
+    /// `false` for any other option.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a malformed value: a duration that
+    /// [`parse_duration`] refuses, an empty client name.
+    pub fn apply(self, option: &UrlOption<'_>) -> Result<bool> {
+        fn set<T>(field: Option<&mut T>, value: T) {
+            if let Some(field) = field {
+                *field = value;
+            }
+        }
+        match option.key() {
+            CONNECT_TIMEOUT => set(self.connect_timeout, option.duration()?),
+            CLIENT_NAME => set(self.client_name, option.text()?.to_owned()),
+            PUBLISH_TIMEOUT => set(self.publish_timeout, option.duration()?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// The name an option is matched by: its own, or [`CLIENT_NAME`] for
@@ -465,6 +511,27 @@ mod tests {
         let shown = format!("{err} {err:?} {secret:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("sasl_password"), "{shown}");
+    }
+
+    #[test]
+    fn shared_options_fill_their_fields_or_are_only_checked() {
+        let all =
+            options("x://h?client_id=a%20b&publish_timeout=2m&connect_timeout=x&other=1").unwrap();
+        let (mut connect, mut name, mut publish) = (Duration::ZERO, String::new(), Duration::ZERO);
+        for option in &all[..2] {
+            let shared = SharedOptions {
+                connect_timeout: Some(&mut connect),
+                client_name: Some(&mut name),
+                publish_timeout: Some(&mut publish),
+            };
+            assert!(shared.apply(option).unwrap(), "{option:?}");
+        }
+        assert_eq!((name.as_str(), publish), ("a b", Duration::from_secs(120)));
+        assert_eq!(connect, Duration::ZERO);
+        // Without a field the value is still checked.
+        let err = SharedOptions::default().apply(&all[2]).unwrap_err();
+        assert!(reason(err).starts_with("option connect_timeout: expected a duration"));
+        assert!(!SharedOptions::default().apply(&all[3]).unwrap());
     }
 
     #[test]
