@@ -12,6 +12,33 @@
 //! | `kafka://host:9092,host:9092` | Kafka | `kafka` |
 //! | `nats://host:4222`, `tls://…` | NATS JetStream | `nats` |
 //!
+//! # URL options
+//!
+//! Every adapter reads its URL the same way: user, password, virtual host
+//! and option values are percent-decoded, and an option the adapter does
+//! not know is an [`Error::InvalidUrl`] naming it, never ignored. Each
+//! adapter's documentation has the table of its options (`queue_type` for
+//! RabbitMQ, `partitions` for Kafka, `storage` for NATS, `retention` for the
+//! in-process broker, ...). These are shared, parsed alike everywhere
+//! (durations as `500ms`, `10s`, `2m` or plain seconds):
+//!
+//! | option | meaning | RabbitMQ | Kafka | NATS |
+//! |---|---|---|---|---|
+//! | `connect_timeout` | longest wait for the connection | `AmqpConfig::connect_timeout`, 10 s | `KafkaConfig::connect_timeout`, 10 s | `NatsConfig::connect_timeout`, 5 s |
+//! | `client_name` (or `client_id`) | the name the broker shows for the connection | `AmqpConfig::connection_name`, `courier` | `KafkaConfig::client_id` (`client.id`), `courier` | `NatsConfig::client_name`, `courier` |
+//! | `publish_timeout` | longest wait for the broker to confirm a publish | `AmqpConfig::confirm_timeout`, 30 s | `KafkaConfig::publish_timeout`, 30 s | `NatsConfig::request_timeout` (settlements too), 10 s |
+//!
+//! The in-process broker accepts them and has no use for them. A default
+//! prefetch is not a URL option: each [`Subscription`] carries its own
+//! (the consumer runtime sets it from its concurrency).
+//!
+//! [`connect_with`] takes the shared options in code as well
+//! ([`ConnectOptions`]); those set there win over the URL's.
+//!
+//! Passwords, NATS tokens and the values of secret options (`*password*`,
+//! `*token*`, `*secret*`, `*key*`, ...) are masked in every error and log
+//! line ([`error::redact_url`]).
+//!
 //! The transactional outbox is `courier::outbox` (feature `outbox`, with
 //! the backends `outbox-postgres` and `outbox-sqlite`) and the idempotency
 //! store for consumers is `courier::idempotency` (feature `idempotency`,
@@ -62,45 +89,166 @@ pub use courier_nats as nats;
 #[cfg(feature = "outbox")]
 pub use courier_outbox as outbox;
 
+use std::time::Duration;
+
+use courier_core::adapter::url::{
+    self as broker_url, CLIENT_NAME, CONNECT_TIMEOUT, PUBLISH_TIMEOUT,
+};
 use courier_core::error::redact_url;
 
-/// The schemes `connect` understands, with the feature each needs.
-const SCHEMES: &[(&str, &str)] = &[
-    ("memory", "memory"),
-    ("amqp", "amqp"),
-    ("amqps", "amqp"),
-    ("kafka", "kafka"),
-    ("nats", "nats"),
-    ("tls", "nats"),
+/// Every adapter's URL schemes, with the Cargo feature that compiles it in.
+const ADAPTERS: &[(&str, &[&str])] = &[
+    ("memory", MEMORY_SCHEMES),
+    ("amqp", AMQP_SCHEMES),
+    ("kafka", KAFKA_SCHEMES),
+    ("nats", NATS_SCHEMES),
 ];
+
+// An adapter owns its schemes; the facade knows them without the adapter
+// only to name the feature that is missing.
+#[cfg(feature = "memory")]
+const MEMORY_SCHEMES: &[&str] = memory::SCHEMES;
+#[cfg(not(feature = "memory"))]
+const MEMORY_SCHEMES: &[&str] = &["memory"];
+#[cfg(feature = "amqp")]
+const AMQP_SCHEMES: &[&str] = amqp::SCHEMES;
+#[cfg(not(feature = "amqp"))]
+const AMQP_SCHEMES: &[&str] = &["amqp", "amqps"];
+#[cfg(feature = "kafka")]
+const KAFKA_SCHEMES: &[&str] = kafka::SCHEMES;
+#[cfg(not(feature = "kafka"))]
+const KAFKA_SCHEMES: &[&str] = &["kafka"];
+#[cfg(feature = "nats")]
+const NATS_SCHEMES: &[&str] = nats::SCHEMES;
+#[cfg(not(feature = "nats"))]
+const NATS_SCHEMES: &[&str] = &["nats", "tls"];
+
+/// The shared URL options, set in code for [`connect_with`]: an option set
+/// here replaces the URL's option of that name; one left unset leaves the
+/// URL's (or the adapter's default). See [URL options](crate#url-options).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use courier::ConnectOptions;
+///
+/// let options = ConnectOptions::new()
+///     .connect_timeout(Duration::from_secs(3))
+///     .client_name("billing");
+/// assert_eq!(
+///     options.apply_to("nats://localhost:4222?client_id=old&storage=memory"),
+///     "nats://localhost:4222?storage=memory&connect_timeout=3s&client_name=billing"
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// `connect_timeout`: longest wait for the connection.
+    pub connect_timeout: Option<Duration>,
+    /// `client_name`: the name the broker shows for the connection.
+    pub client_name: Option<String>,
+    /// `publish_timeout`: longest wait for the broker to confirm a publish.
+    pub publish_timeout: Option<Duration>,
+}
+
+impl ConnectOptions {
+    /// No options: the URL's apply as they are.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`ConnectOptions::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets [`ConnectOptions::client_name`].
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = Some(name.into());
+        self
+    }
+
+    /// Sets [`ConnectOptions::publish_timeout`].
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = Some(timeout);
+        self
+    }
+
+    /// `url` with the options set here in place of its own of the same name
+    /// (`client_name` also replaces `client_id`); `url` unchanged when none
+    /// is set.
+    pub fn apply_to(&self, url: &str) -> String {
+        let connect_timeout = self.connect_timeout.map(broker_url::format_duration);
+        let publish_timeout = self.publish_timeout.map(broker_url::format_duration);
+        let set: Vec<(&str, &str)> = [
+            (CONNECT_TIMEOUT, connect_timeout.as_deref()),
+            (CLIENT_NAME, self.client_name.as_deref()),
+            (PUBLISH_TIMEOUT, publish_timeout.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect();
+        broker_url::set_options(url, &set)
+    }
+}
 
 /// Connects to the broker named by `url` and returns it as a [`Broker`].
 ///
 /// # Errors
 ///
-/// [`Error::InvalidUrl`] for a malformed URL or an unknown scheme,
-/// [`Error::FeatureDisabled`] naming the Cargo feature when the scheme's
-/// adapter is not compiled in, and the adapter's [`Error::Connect`] (URL
-/// shown without its password) when the broker cannot be reached.
+/// [`Error::InvalidUrl`] for a malformed URL, an unknown scheme, or an
+/// unknown or malformed option, [`Error::FeatureDisabled`] naming the Cargo
+/// feature when the scheme's adapter is not compiled in, and the adapter's
+/// [`Error::Connect`] (URL shown without its password) when the broker
+/// cannot be reached.
 pub async fn connect(url: &str) -> Result<Broker> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(Error::InvalidUrl {
-            url: redact_url(url),
-            reason: "expected scheme://…".into(),
-        });
+    connect_with(url, ConnectOptions::new()).await
+}
+
+/// Connects as [`connect`] does, with `options` in place of the URL's
+/// options of the same names.
+///
+/// # Errors
+///
+/// As [`connect`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use courier::ConnectOptions;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier::Result<()> {
+/// let options = ConnectOptions::new().connect_timeout(Duration::from_secs(3));
+/// let broker = courier::connect_with("memory://?retention=100", options).await?;
+/// broker.close().await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Broker> {
+    let Some((scheme, _)) = url.split_once("://") else {
+        return Err(broker_url::invalid(url, "expected scheme://…"));
     };
-    let Some(&(_, feature)) = SCHEMES.iter().find(|(s, _)| *s == scheme) else {
-        let known: Vec<&str> = SCHEMES.iter().map(|(s, _)| *s).collect();
-        return Err(Error::InvalidUrl {
-            url: redact_url(url),
-            reason: format!("unknown scheme {scheme:?}; known: {}", known.join(", ")),
-        });
+    let Some(&(feature, _)) = ADAPTERS
+        .iter()
+        .find(|(_, schemes)| schemes.contains(&scheme))
+    else {
+        let known: Vec<&str> = ADAPTERS
+            .iter()
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect();
+        return Err(broker_url::invalid(
+            url,
+            format!("unknown scheme {scheme:?}; known: {}", known.join(", ")),
+        ));
     };
-    #[cfg(not(feature = "memory"))]
-    let _ = rest;
+    let url = options.apply_to(url);
+    let url = url.as_str();
     match feature {
         #[cfg(feature = "memory")]
-        "memory" => Ok(connect_memory(rest)),
+        "memory" => Ok(memory::MemoryBroker::connect(url)?.into_broker()),
         #[cfg(feature = "amqp")]
         "amqp" => Ok(amqp::AmqpBroker::connect(url).await?.into_broker()),
         #[cfg(feature = "kafka")]
@@ -111,16 +259,6 @@ pub async fn connect(url: &str) -> Result<Broker> {
             url: redact_url(url),
             feature,
         }),
-    }
-}
-
-#[cfg(feature = "memory")]
-fn connect_memory(name: &str) -> Broker {
-    let name = name.trim_end_matches('/');
-    if name.is_empty() {
-        memory::MemoryBroker::new().into_broker()
-    } else {
-        memory::MemoryBroker::named(name).into_broker()
     }
 }
 

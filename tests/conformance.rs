@@ -32,13 +32,15 @@ fn main() -> std::process::ExitCode {
         .with_patience(std::time::Duration::from_secs(30)),
     );
     // Kafka keeps history (a group can start at the earliest offset); the
-    // adapter counts deliveries within a consumer session.
+    // adapter counts deliveries within a consumer session. The test broker
+    // answers metadata slowly under load, hence the longer connect timeout.
     #[cfg(feature = "kafka")]
     adapters.push(on_server!(
         "kafka",
         &[Capability::History, Capability::DeliveryCount],
         fixtures::kafka,
-        fixtures::fresh_kafka
+        fixtures::fresh_kafka,
+        "?connect_timeout=30s"
     ));
     #[cfg(feature = "nats")]
     adapters.push(on_server!(
@@ -51,10 +53,14 @@ fn main() -> std::process::ExitCode {
 }
 
 /// An adapter on a real server: the cases share this binary's `$shared`
-/// server; the restart cases use one `$fresh` server of their own.
+/// server; the restart cases use one `$fresh` server of their own. URL
+/// options (`$options`, starting with `?`) are added to the servers' URLs.
 #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 macro_rules! on_server {
-    ($name:literal, $capabilities:expr, $shared:path, $fresh:path) => {{
+    ($name:literal, $capabilities:expr, $shared:path, $fresh:path) => {
+        on_server!($name, $capabilities, $shared, $fresh, "")
+    };
+    ($name:literal, $capabilities:expr, $shared:path, $fresh:path, $options:literal) => {{
         use courier_testkit::fixtures::{BrokerFixture, FixtureError};
         use tokio::sync::OnceCell;
 
@@ -73,10 +79,14 @@ macro_rules! on_server {
         }
 
         Adapter::new($name, $capabilities, || async {
-            courier::connect($shared().await.map_err(fixture_error)?.url()).await
+            let server = $shared().await.map_err(fixture_error)?;
+            courier::connect(&format!("{}{}", server.url(), $options)).await
         })
         .with_restart(
-            || async { courier::connect(restartable().await?.url()).await },
+            || async {
+                let server = restartable().await?;
+                courier::connect(&format!("{}{}", server.url(), $options)).await
+            },
             || async {
                 let server = restartable().await.map_err(|e| e.to_string())?;
                 server.restart().await.map_err(|e| e.to_string())

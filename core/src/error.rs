@@ -302,10 +302,14 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// The URL with its password, and the values of query options that hold
 /// secrets, replaced by `***`, for error messages and logs.
 ///
-/// Works on lists too (`kafka://a:1,b:2`). A NATS URL's lone user part is a
-/// token and is masked whole. A query option is secret when its name
-/// contains `password`, `passwd`, `secret`, `token`, `credential`, `nkey` or
-/// `key` (as in `sasl_password`, `api_key`, `ssl_key_password`).
+/// Works on lists too (`kafka://a:1,b:2`). A NATS URL's (`nats://`,
+/// `tls://`) lone user part is a token and is masked whole. A query option
+/// is secret when its name (percent-decoded) contains `password`, `passwd`,
+/// `secret`, `token`, `credential`, `nkey` or `key` (as in `sasl_password`,
+/// `api_key`, `ssl_key_password`). A password holding an unencoded `/`, `?`
+/// or `#` hides the end of the user part; when an `@` follows such a
+/// character in a URL that does not parse, or in its path, everything
+/// between `://` and the last `@` is masked.
 ///
 /// # Examples
 ///
@@ -319,6 +323,9 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// );
 /// ```
 pub fn redact_url(url: &str) -> String {
+    if let Some(masked) = redact_hidden_userinfo(url) {
+        return masked;
+    }
     let (base, fragment) = match url.find('#') {
         Some(hash) => url.split_at(hash),
         None => (url, ""),
@@ -333,7 +340,9 @@ pub fn redact_url(url: &str) -> String {
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if is_secret_option(name) => format!("{name}=***"),
+                Some((name, _)) if is_secret_option(&decoded_name(name)) => {
+                    format!("{name}=***")
+                }
                 _ => pair.to_owned(),
             })
             .collect();
@@ -359,6 +368,33 @@ pub fn is_secret_option(name: &str) -> bool {
     .any(|word| name.contains(word))
 }
 
+/// A query option's name, percent-decoded.
+fn decoded_name(name: &str) -> String {
+    ::url::form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map(|(name, _)| name.into_owned())
+        .unwrap_or_default()
+}
+
+/// The URL masked from `://` to its last `@` when an `@` stands where the
+/// user part would be had the password not held a `/`, `?` or `#`: after
+/// the authority, in a URL that does not parse or in its path.
+fn redact_hidden_userinfo(url: &str) -> Option<String> {
+    let authority_start = url.find("://")? + 3;
+    let rest = &url[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if rest[..authority_len].contains('@') {
+        return None;
+    }
+    let at = authority_len + rest[authority_len..].rfind('@')?;
+    let path_len = rest.find(['?', '#']).unwrap_or(rest.len());
+    let in_path = at < path_len;
+    if !in_path && ::url::Url::parse(url).is_ok() {
+        return None;
+    }
+    Some(format!("{}***{}", &url[..authority_start], &rest[at..]))
+}
+
 fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
@@ -374,7 +410,7 @@ fn redact_userinfo(url: &str) -> String {
     let masked = match userinfo.find(':') {
         Some(colon) => format!("{}:***", &userinfo[..colon]),
         // A NATS URL's user part alone is a token: a secret.
-        None if url.starts_with("nats") => "***".to_owned(),
+        None if url.starts_with("nats:") || url.starts_with("tls:") => "***".to_owned(),
         None => userinfo.to_owned(),
     };
     format!(
@@ -402,6 +438,26 @@ mod tests {
             "amqp://u:***@h/v?auth_token=***&heartbeat=5#frag"
         );
         assert_eq!(redact_url("nats://h?nkey=SU123"), "nats://h?nkey=***");
+        assert_eq!(redact_url("tls://token@h:4222"), "tls://***@h:4222");
+        assert_eq!(
+            redact_url("kafka://h:1?sasl_pass%77ord=x&a%5Fkey=y"),
+            "kafka://h:1?sasl_pass%77ord=***&a%5Fkey=***"
+        );
+    }
+
+    #[test]
+    fn redaction_finds_a_password_that_hides_the_user_part() {
+        // An unencoded '/', '?' or '#' in the password ends the authority early.
+        assert_eq!(redact_url("amqp://u:p/ss@h/v"), "amqp://***@h/v");
+        assert_eq!(redact_url("amqp://u:p?ss@h"), "amqp://***@h");
+        assert_eq!(redact_url("amqp://u:p#ss@h"), "amqp://***@h");
+        assert_eq!(redact_url("amqp://u:12/ss@h"), "amqp://***@h");
+        assert_eq!(redact_url("nats://to/ken@h:4222"), "nats://***@h:4222");
+        // An '@' in an option of a URL that parses is no user part.
+        assert_eq!(
+            redact_url("amqp://h/?client_name=me@x"),
+            "amqp://h/?client_name=me@x"
+        );
     }
 
     #[test]

@@ -1,9 +1,38 @@
-//! Settings of the AMQP adapter.
+//! Settings of the AMQP adapter and the `amqp://` URL.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use courier_core::error::redact_url;
-use courier_core::{Error, Result};
+use courier_core::Result;
+use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
+
+/// The URL schemes of the AMQP adapter: `amqp://` and `amqps://` (TLS).
+pub const SCHEMES: &[&str] = &["amqp", "amqps"];
+
+/// The URL options lapin reads itself; courier checks their values and
+/// hands them on unchanged ([`AmqpConfig::lapin_options`]).
+pub const LAPIN_URL_OPTIONS: &[&str] = &[
+    "heartbeat",
+    "channel_max",
+    "frame_max",
+    "connection_timeout",
+    "auth_mechanism",
+];
+
+/// The options an `amqp://` URL may carry (see the crate documentation).
+pub const URL_OPTIONS: &[&str] = &[
+    broker_url::CONNECT_TIMEOUT,
+    broker_url::CLIENT_NAME,
+    broker_url::CLIENT_ID,
+    broker_url::PUBLISH_TIMEOUT,
+    "queue_type",
+    "single_active_consumer",
+    "heartbeat",
+    "channel_max",
+    "frame_max",
+    "connection_timeout",
+    "auth_mechanism",
+];
 
 /// The kind of queue created for each consumer group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,10 +122,9 @@ impl Reconnect {
 
 /// Settings of an [`AmqpBroker`](crate::AmqpBroker).
 ///
-/// Every field has a default that suits RabbitMQ 3.10 and later; the URL
-/// given to `courier::connect` may set [`AmqpConfig::queue_type`] and
-/// [`AmqpConfig::single_active_consumer`] with the query parameters
-/// `queue_type=classic|quorum` and `single_active_consumer=true|false`.
+/// Every field has a default that suits RabbitMQ 3.10 and later; the URL's
+/// options set several of them ([`AmqpConfig::from_url`], and the table in
+/// the [crate documentation](crate#url)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AmqpConfig {
@@ -120,7 +148,7 @@ pub struct AmqpConfig {
     /// `heartbeat` (default 10 s): a dead peer is noticed within two intervals.
     pub heartbeat: Duration,
     /// Longest wait for a publisher confirm (default 30 s); then `publish`
-    /// fails with [`Error::Timeout`] (the message may have been stored).
+    /// fails with [`Error::Timeout`](courier_core::Error::Timeout) (the message may have been stored).
     pub confirm_timeout: Duration,
     /// Reconnection after a lost connection.
     pub reconnect: Reconnect,
@@ -130,6 +158,10 @@ pub struct AmqpConfig {
     /// Name shown for the connections in RabbitMQ's management UI (default
     /// `courier`; `-publisher` and `-subscriber` are appended).
     pub connection_name: String,
+    /// Options of the URL that lapin reads itself (one of
+    /// [`LAPIN_URL_OPTIONS`]), name and value, handed to it as they are
+    /// (default none).
+    pub lapin_options: Vec<(String, String)>,
 }
 
 /// Default [`AmqpConfig::max_payload`]: 128 MiB.
@@ -148,6 +180,7 @@ impl Default for AmqpConfig {
             reconnect: Reconnect::default(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             connection_name: "courier".to_owned(),
+            lapin_options: Vec::new(),
         }
     }
 }
@@ -213,99 +246,207 @@ impl AmqpConfig {
         self
     }
 
-    /// Takes courier's own query parameters (`queue_type`,
-    /// `single_active_consumer`) out of `url` into this configuration and
-    /// returns the URL for the AMQP client.
+    /// The default settings with the options of an `amqp://` or `amqps://`
+    /// URL applied.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidUrl`] for an unknown value of one of these parameters.
-    pub fn apply_url_options(&mut self, url: &str) -> Result<String> {
-        let Some((base, query)) = url.split_once('?') else {
-            return Ok(url.to_owned());
+    /// As [`AmqpConfig::apply_url`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use courier_amqp::{AmqpConfig, QueueType};
+    /// let config = AmqpConfig::from_url("amqp://app:pw@rabbit/%2f?queue_type=classic&publish_timeout=5s")?;
+    /// assert_eq!(config.queue_type, QueueType::Classic);
+    /// assert_eq!(config.confirm_timeout, Duration::from_secs(5));
+    /// # Ok::<(), courier_core::Error>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self> {
+        AmqpConfig::default().apply_url(url)
+    }
+
+    /// These settings with the options of `url` applied over them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) for another
+    /// scheme, a user, password or virtual host that does not decode, or an
+    /// unknown or malformed option.
+    pub fn apply_url(mut self, url: &str) -> Result<Self> {
+        let parsed = broker_url::parse(url, SCHEMES)?;
+        broker_url::decode(url, "user", parsed.username())?;
+        broker_url::decode(url, "password", parsed.password().unwrap_or_default())?;
+        broker_url::decode(
+            url,
+            "virtual host",
+            parsed.path().get(1..).unwrap_or_default(),
+        )?;
+        for option in broker_url::options(url)? {
+            self.apply(&option)?;
+        }
+        Ok(self)
+    }
+
+    fn apply(&mut self, option: &UrlOption<'_>) -> Result<()> {
+        let shared = SharedOptions {
+            connect_timeout: Some(&mut self.connect_timeout),
+            client_name: Some(&mut self.connection_name),
+            publish_timeout: Some(&mut self.confirm_timeout),
         };
-        let (query, fragment) = match query.split_once('#') {
-            Some((q, f)) => (q, Some(f)),
-            None => (query, None),
-        };
-        let invalid = |reason: String| Error::InvalidUrl {
-            url: redact_url(url),
-            reason,
-        };
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "queue_type" => {
-                    self.queue_type = match value {
-                        "quorum" => QueueType::Quorum,
-                        "classic" => QueueType::Classic,
-                        other => {
-                            return Err(invalid(format!(
-                                "queue_type must be quorum or classic, not {other:?}"
-                            )));
-                        }
-                    }
-                }
-                "single_active_consumer" => {
-                    self.single_active_consumer = match value {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        other => {
-                            return Err(invalid(format!(
-                                "single_active_consumer must be true or false, not {other:?}"
-                            )));
-                        }
-                    }
-                }
-                _ => kept.push(pair),
+        if shared.apply(option)? {
+            return Ok(());
+        }
+        match option.key() {
+            "queue_type" => {
+                self.queue_type = option.choice(&[
+                    ("quorum", QueueType::Quorum),
+                    ("classic", QueueType::Classic),
+                ])?;
             }
+            "single_active_consumer" => self.single_active_consumer = option.flag()?,
+            "heartbeat" | "channel_max" => {
+                self.pass_to_lapin(option, option.number(0..=u16::MAX))?;
+            }
+            "frame_max" => self.pass_to_lapin(option, option.number(0..=u32::MAX))?,
+            "connection_timeout" => self.pass_to_lapin(option, option.number::<u64>(1..))?,
+            "auth_mechanism" => {
+                let mechanism = option
+                    .value()
+                    .parse::<lapin::uri::SASLMechanism>()
+                    .map_err(|_| {
+                        option
+                            .invalid("one of plain, amqplain, external, anonymous, rabbit-cr-demo")
+                    });
+                self.pass_to_lapin(option, mechanism)?;
+            }
+            _ => return Err(option.unknown(URL_OPTIONS)),
         }
-        let mut out = base.to_owned();
-        if !kept.is_empty() {
-            out.push('?');
-            out.push_str(&kept.join("&"));
-        }
-        if let Some(fragment) = fragment {
-            out.push('#');
-            out.push_str(fragment);
-        }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Keeps a lapin option whose value `checked` found good.
+    fn pass_to_lapin<T>(&mut self, option: &UrlOption<'_>, checked: Result<T>) -> Result<()> {
+        checked?;
+        self.lapin_options.retain(|(name, _)| name != option.name());
+        self.lapin_options
+            .push((option.name().to_owned(), option.value().to_owned()));
+        Ok(())
+    }
+
+    /// The URL lapin connects with: `url` with [`AmqpConfig::lapin_options`]
+    /// set (lapin passes over courier's own options).
+    pub(crate) fn lapin_url(&self, url: &str) -> String {
+        let options: Vec<(&str, &str)> = self
+            .lapin_options
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        broker_url::set_options(url, &options)
+    }
+}
+
+impl FromStr for AmqpConfig {
+    type Err = courier_core::Error;
+
+    fn from_str(url: &str) -> Result<Self> {
+        Self::from_url(url)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use courier_core::Error;
+    use lapin::uri::AMQPUri;
 
     #[test]
-    fn url_options_are_taken_out() {
-        let mut config = AmqpConfig::default();
-        let url = config
-            .apply_url_options(
-                "amqp://u:p@h/%2f?heartbeat=5&queue_type=classic&single_active_consumer=true",
-            )
+    fn url_options_set_the_config() {
+        let config = AmqpConfig::from_url(
+            "amqp://u:p@h/%2f?heartbeat=5&queue_type=classic&single_active_consumer=true\
+             &connect_timeout=2m&client_name=svc%20a&publish_timeout=500ms&frame_max=131072",
+        )
+        .unwrap();
+        let mut expected = AmqpConfig::default()
+            .queue_type(QueueType::Classic)
+            .single_active_consumer(true)
+            .connect_timeout(Duration::from_secs(120))
+            .connection_name("svc a")
+            .confirm_timeout(Duration::from_millis(500));
+        expected.lapin_options = vec![
+            ("heartbeat".into(), "5".into()),
+            ("frame_max".into(), "131072".into()),
+        ];
+        assert_eq!(config, expected);
+        let config = AmqpConfig::default()
+            .queue_type(QueueType::Classic)
+            .apply_url("amqps://h?client_id=x")
             .unwrap();
-        assert_eq!(url, "amqp://u:p@h/%2f?heartbeat=5");
-        assert_eq!(config.queue_type, QueueType::Classic);
-        assert!(config.single_active_consumer);
-        let url = config
-            .apply_url_options("amqp://h?queue_type=quorum")
-            .unwrap();
-        assert_eq!(url, "amqp://h");
-        assert_eq!(config.queue_type, QueueType::Quorum);
+        assert_eq!(
+            config.queue_type,
+            QueueType::Classic,
+            "kept where the URL is silent"
+        );
+        assert_eq!(config.connection_name, "x");
+        assert_eq!(
+            "amqp://h".parse::<AmqpConfig>().unwrap(),
+            AmqpConfig::default()
+        );
     }
 
     #[test]
-    fn bad_url_options_name_the_url_without_password() {
-        let err = AmqpConfig::default()
-            .apply_url_options("amqp://u:secret@h?queue_type=stream")
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+    fn lapin_gets_the_decoded_url_and_its_own_options() {
+        let url = "amqp://us%65r:p%40ss@h:5673/my%2fvhost?queue_type=classic&channel_max=9";
+        let mut config = AmqpConfig::from_url(url).unwrap();
+        config.lapin_options.push(("heartbeat".into(), "7".into()));
+        let lapin_url = config.lapin_url(url);
+        assert_eq!(lapin_url, format!("{url}&heartbeat=7"));
+        let uri: AMQPUri = lapin_url.parse().unwrap();
+        assert_eq!(uri.authority.userinfo.username, "user");
+        assert_eq!(uri.authority.userinfo.password, "p@ss");
+        assert_eq!(uri.vhost, "my/vhost");
+        assert_eq!(
+            (uri.query.channel_max, uri.query.heartbeat),
+            (Some(9), Some(7))
+        );
+        assert_eq!(
+            AmqpConfig::default().lapin_url("amqp://h/%2f"),
+            "amqp://h/%2f"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_invalid_and_name_what_is_wrong() {
+        for (url, needle) in [
+            ("amqp://h?colour=blue", "unknown option \"colour\""),
+            ("amqp://h?x=1", "unknown option \"x\""),
+            (
+                "amqp://h?queue_type=stream",
+                "option queue_type: expected one of quorum, classic",
+            ),
+            (
+                "amqp://h?single_active_consumer=yes",
+                "option single_active_consumer",
+            ),
+            ("amqp://h?heartbeat=70000", "option heartbeat"),
+            ("amqp://h?auth_mechanism=kerberos", "option auth_mechanism"),
+            ("amqp://h?connect_timeout=-1", "option connect_timeout"),
+            ("amqp://h/%ff", "virtual host is not UTF-8"),
+            ("nats://h", "expected the scheme amqp or amqps"),
+        ] {
+            match AmqpConfig::from_url(url) {
+                Err(Error::InvalidUrl { reason, .. }) => {
+                    assert!(reason.contains(needle), "{url}: {reason}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let err = AmqpConfig::from_url("amqp://u:s3cret@h?queue_type=stream").unwrap_err();
+        let shown = format!("{err} {err:?}");
         assert!(
-            !text.contains("secret") && text.contains("stream"),
-            "{text}"
+            !shown.contains("s3cret") && shown.contains("stream"),
+            "{shown}"
         );
     }
 

@@ -4,6 +4,32 @@
 //! reaches it through the facade; [`AmqpBroker::connect_with`] takes an
 //! [`AmqpConfig`].
 //!
+//! # URL
+//!
+//! `amqp://user:password@host:port/vhost?options` (`amqps://` for TLS).
+//! User, password and virtual host are percent-decoded (`%2f` is the
+//! virtual host `/`); the URL in errors and logs has the password masked.
+//! Options ([`AmqpConfig::from_url`]; durations as `500ms`, `10s`, `2m` or
+//! plain seconds):
+//!
+//! | option | meaning | default |
+//! |---|---|---|
+//! | `connect_timeout` | [`AmqpConfig::connect_timeout`]: TCP and AMQP handshake together | 10 s |
+//! | `client_name` (or `client_id`) | [`AmqpConfig::connection_name`], shown in the management UI | `courier` |
+//! | `publish_timeout` | [`AmqpConfig::confirm_timeout`]: the wait for a publisher confirm | 30 s |
+//! | `queue_type` | [`AmqpConfig::queue_type`] of group queues: `quorum` or `classic` | `quorum` |
+//! | `single_active_consumer` | [`AmqpConfig::single_active_consumer`]: `true` or `false` | `false` |
+//! | `heartbeat` | lapin: heartbeat interval asked of the server, seconds (0: none) | [`AmqpConfig::heartbeat`], 10 s |
+//! | `channel_max` | lapin: most channels per connection | the server's |
+//! | `frame_max` | lapin: largest frame, bytes | the server's |
+//! | `connection_timeout` | lapin: TCP connect timeout, milliseconds | none (`connect_timeout` bounds it) |
+//! | `auth_mechanism` | lapin: `plain`, `amqplain`, `external`, `anonymous` or `rabbit-cr-demo` | `plain` |
+//!
+//! The lapin options ([`LAPIN_URL_OPTIONS`]) are checked and handed to lapin
+//! unchanged; lapin reads no TLS options from the URL. Any other option is
+//! an [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) naming it. A
+//! default prefetch is not an option: each [`Subscription`] carries its own.
+//!
 //! # Topology
 //!
 //! - A **topic** is a durable **fanout** exchange of the same name. Fanout,
@@ -195,17 +221,19 @@ use courier_core::{
     async_trait,
 };
 
-pub use config::{AmqpConfig, DEFAULT_MAX_PAYLOAD, QueueType, Reconnect};
+pub use config::{
+    AmqpConfig, DEFAULT_MAX_PAYLOAD, LAPIN_URL_OPTIONS, QueueType, Reconnect, SCHEMES, URL_OPTIONS,
+};
 pub use error::AmqpError;
 pub use publisher::AmqpPublisher;
 pub use subscriber::AmqpSubscriber;
 
 use connection::Link;
 
-/// Applies the URL's courier options to `config`.
-fn prepare(url: &str, mut config: AmqpConfig) -> Result<(String, AmqpConfig)> {
-    let url = config.apply_url_options(url)?;
-    Ok((url, config))
+/// `config` with the URL's options applied, and the URL for lapin.
+fn prepare(url: &str, config: AmqpConfig) -> Result<(String, AmqpConfig)> {
+    let config = config.apply_url(url)?;
+    Ok((config.lapin_url(url), config))
 }
 
 /// A RabbitMQ broker: an [`AmqpPublisher`] and an [`AmqpSubscriber`], each
@@ -220,13 +248,13 @@ pub struct AmqpBroker {
 }
 
 impl AmqpBroker {
-    /// Connects with the default [`AmqpConfig`] (plus the URL's
-    /// `queue_type` and `single_active_consumer` options).
+    /// Connects with the default [`AmqpConfig`] and the URL's options (see
+    /// [URL](crate#url)).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) for a URL
-    /// lapin cannot read, and [`Error::Connect`](courier_core::Error::Connect)
+    /// [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) for a
+    /// malformed URL or an unknown or malformed option, and [`Error::Connect`](courier_core::Error::Connect)
     /// with the kind of failure: [`Unreachable`](courier_core::ConnectErrorKind::Unreachable)
     /// (the host name does not resolve), [`Refused`](courier_core::ConnectErrorKind::Refused),
     /// [`TimedOut`](courier_core::ConnectErrorKind::TimedOut),
@@ -238,7 +266,7 @@ impl AmqpBroker {
         Self::connect_with(url, AmqpConfig::default()).await
     }
 
-    /// Connects with `config` (the URL's options override it).
+    /// Connects with `config`; the URL's options override it.
     ///
     /// # Errors
     ///

@@ -166,3 +166,46 @@ async fn tls_against_a_plain_port_is_a_tls_error() {
     assert_eq!(kind, ConnectErrorKind::Tls, "{text}");
     assert!(shown.starts_with("amqps://guest:***@"), "{shown}");
 }
+
+/// The URL's options reach the broker: the connection name (shared
+/// `client_name`, percent-decoded) and lapin's `heartbeat`.
+#[tokio::test]
+async fn url_options_reach_the_broker() {
+    let fixture = common::shared().await;
+    let name = common::name("url-options");
+    let url = format!(
+        "{}?client_name={}%20x&heartbeat=7&queue_type=classic&publish_timeout=20s",
+        fixture.url(),
+        name
+    );
+    let broker = AmqpBroker::connect(&url).await.expect("connect");
+    if let Some(listing) = common::rabbitmqctl(
+        &fixture,
+        &[
+            "list_connections",
+            "--no-table-headers",
+            "-q",
+            "timeout",
+            "client_properties",
+        ],
+    ) {
+        let ours: Vec<&str> = listing
+            .lines()
+            .filter(|line| line.contains(&format!("{name} x-")))
+            .collect();
+        assert_eq!(ours.len(), 2, "publisher and subscriber: {listing}");
+        for line in &ours {
+            assert!(
+                line.contains(&format!("{name} x-publisher"))
+                    || line.contains(&format!("{name} x-subscriber")),
+                "{line}"
+            );
+            assert_eq!(
+                line.split_whitespace().next(),
+                Some("7"),
+                "heartbeat: {line}"
+            );
+        }
+    }
+    courier_core::Close::close(&broker).await.expect("close");
+}

@@ -1,17 +1,36 @@
 //! Settings of the Kafka adapter and the `kafka://` URL.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
-use courier_core::error::redact_url;
-use courier_core::{Error, Result};
+use courier_core::Result;
+use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
+use courier_core::error::is_secret_option;
+
+/// The URL scheme of the Kafka adapter.
+pub const SCHEMES: &[&str] = &["kafka"];
+
+/// The options a `kafka://` URL may carry (see the crate documentation).
+pub const URL_OPTIONS: &[&str] = &[
+    broker_url::CONNECT_TIMEOUT,
+    broker_url::CLIENT_NAME,
+    broker_url::CLIENT_ID,
+    broker_url::PUBLISH_TIMEOUT,
+    "partitions",
+    "replication_factor",
+    "create_topics",
+];
 
 /// Settings of a [`KafkaBroker`](crate::KafkaBroker).
 ///
 /// `kafka://host:port,host:port?partitions=3&create_topics=false` sets the
-/// bootstrap servers and, optionally, [`KafkaConfig::partitions`],
-/// [`KafkaConfig::replication_factor`], [`KafkaConfig::create_topics`] and
-/// [`KafkaConfig::client_id`] (`client_id=`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// bootstrap servers and, optionally, the options in the table of the
+/// [crate documentation](crate#url) ([`KafkaConfig::from_url`]).
+///
+/// `Debug` masks the values of [`KafkaConfig::rdkafka`] properties that
+/// hold secrets (`sasl.password`, `ssl.key.password`, ...).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`, as rdkafka's `bootstrap.servers`.
@@ -20,7 +39,7 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Create a topic that does not exist when it is first published to or
     /// subscribed (default `true`). When `false`, such a topic is
-    /// [`Error::TopicNotFound`].
+    /// [`Error::TopicNotFound`](courier_core::Error::TopicNotFound).
     pub create_topics: bool,
     /// Partitions of the topics courier creates (default 1). One partition
     /// keeps every message of a topic in publish order, keyed or not; more
@@ -37,10 +56,11 @@ pub struct KafkaConfig {
     /// How long a publish may wait for the broker's confirmation, retries
     /// included (rdkafka's `message.timeout.ms`, default 30 s). A broker
     /// outage shorter than this delays publishes; a longer one fails them
-    /// with [`Error::Timeout`].
+    /// with [`Error::Timeout`](courier_core::Error::Timeout).
     pub publish_timeout: Duration,
     /// Largest payload accepted (default 8 MiB). Larger payloads fail with
-    /// [`Error::PayloadTooLarge`] before anything is sent. The broker has
+    /// [`Error::PayloadTooLarge`](courier_core::Error::PayloadTooLarge)
+    /// before anything is sent. The broker has
     /// its own limit (`message.max.bytes`); a record it refuses fails the
     /// same way.
     pub max_payload: usize,
@@ -61,6 +81,33 @@ pub struct KafkaConfig {
     /// Extra rdkafka properties for every client, applied last
     /// (`("security.protocol", "ssl")`, ...).
     pub rdkafka: Vec<(String, String)>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rdkafka: Vec<(&str, &str)> = self
+            .rdkafka
+            .iter()
+            .map(|(name, value)| {
+                let shown = if is_secret_option(name) { "***" } else { value };
+                (name.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("client_id", &self.client_id)
+            .field("create_topics", &self.create_topics)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("max_payload", &self.max_payload)
+            .field("commit_interval", &self.commit_interval)
+            .field("revoke_timeout", &self.revoke_timeout)
+            .field("session_timeout", &self.session_timeout)
+            .field("rdkafka", &rdkafka)
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -91,25 +138,35 @@ impl KafkaConfig {
         }
     }
 
-    /// Settings from a `kafka://host:port,host:port[?option=value&...]` URL.
+    /// Settings from a `kafka://host:port[,host:port...][?options]` URL:
+    /// the host list is read as written, the options percent-decoded.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidUrl`] for another scheme, no host, a host without a
-    /// port, credentials (SASL is configured through
-    /// [`KafkaConfig::rdkafka`]), or an unknown or malformed option.
+    /// [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) for another
+    /// scheme, no host, a host without a port, credentials (SASL is
+    /// configured through [`KafkaConfig::rdkafka`]), or an unknown or
+    /// malformed option.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use courier_kafka::KafkaConfig;
+    /// let config = KafkaConfig::from_url("kafka://k1:9092,k2:9092?partitions=6&connect_timeout=30s")?;
+    /// assert_eq!(config.bootstrap_servers, "k1:9092,k2:9092");
+    /// assert_eq!((config.partitions, config.connect_timeout), (6, Duration::from_secs(30)));
+    /// # Ok::<(), courier_core::Error>(())
+    /// ```
     pub fn from_url(url: &str) -> Result<Self> {
-        let invalid = |reason: String| Error::InvalidUrl {
-            url: redact_url(url),
-            reason,
-        };
+        let invalid = |reason: String| broker_url::invalid(url, reason);
         let rest = url
-            .strip_prefix("kafka://")
+            .split_once("://")
+            .filter(|(scheme, _)| SCHEMES.contains(scheme))
+            .map(|(_, rest)| rest)
             .ok_or_else(|| invalid("expected kafka://host:port[,host:port...]".into()))?;
-        let (hosts, query) = match rest.split_once('?') {
-            Some((hosts, query)) => (hosts, Some(query)),
-            None => (rest, None),
-        };
+        let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
+        let hosts = rest.split_once('?').map_or(rest, |(hosts, _)| hosts);
         let hosts = hosts.trim_end_matches('/');
         if hosts.contains('@') {
             return Err(invalid(
@@ -128,26 +185,31 @@ impl KafkaConfig {
             }
         }
         let mut config = KafkaConfig::new(hosts);
-        for pair in query.into_iter().flat_map(|q| q.split('&')) {
-            if pair.is_empty() {
-                continue;
-            }
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let bad = || invalid(format!("bad value {value:?} for {name}"));
-            match name {
-                "partitions" => {
-                    config.partitions = value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
-                }
-                "replication_factor" => {
-                    config.replication_factor =
-                        value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
-                }
-                "create_topics" => config.create_topics = value.parse().map_err(|_| bad())?,
-                "client_id" if !value.is_empty() => config.client_id = value.to_owned(),
-                _ => return Err(invalid(format!("unknown option {name:?}"))),
-            }
+        for option in broker_url::options(url)? {
+            config.apply(&option)?;
         }
         Ok(config)
+    }
+
+    fn apply(&mut self, option: &UrlOption<'_>) -> Result<()> {
+        let shared = SharedOptions {
+            connect_timeout: Some(&mut self.connect_timeout),
+            client_name: Some(&mut self.client_id),
+            publish_timeout: Some(&mut self.publish_timeout),
+        };
+        if shared.apply(option)? {
+            return Ok(());
+        }
+        match option.key() {
+            "partitions" => self.partitions = option.number(1..)?,
+            // Kafka's replication factor is a 16-bit number.
+            "replication_factor" => {
+                self.replication_factor = option.number(1..=i32::from(i16::MAX))?
+            }
+            "create_topics" => self.create_topics = option.flag()?,
+            _ => return Err(option.unknown(URL_OPTIONS)),
+        }
+        Ok(())
     }
 
     /// Sets [`KafkaConfig::create_topics`].
@@ -217,9 +279,18 @@ impl KafkaConfig {
     }
 }
 
+impl FromStr for KafkaConfig {
+    type Err = courier_core::Error;
+
+    fn from_str(url: &str) -> Result<Self> {
+        Self::from_url(url)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use courier_core::Error;
 
     #[test]
     fn urls_give_servers_and_options() {
@@ -239,6 +310,34 @@ mod tests {
         );
         assert!(!config.create_topics);
         assert_eq!(config.client_id, "svc");
+        let config: KafkaConfig = "kafka://[::1]:9092?connect_timeout=2m&client_name=svc%20a%2Bb\
+                                   &publish_timeout=1500ms&create_topics=0#frag"
+            .parse()
+            .unwrap();
+        let expected = KafkaConfig::new("[::1]:9092")
+            .connect_timeout(Duration::from_secs(120))
+            .publish_timeout(Duration::from_millis(1500))
+            .create_topics(false);
+        assert_eq!(
+            config,
+            KafkaConfig {
+                client_id: "svc a+b".into(),
+                ..expected
+            }
+        );
+    }
+
+    #[test]
+    fn debug_masks_secret_rdkafka_properties() {
+        let config = KafkaConfig::new("a:1")
+            .rdkafka("sasl.password", "hunter2")
+            .rdkafka("security.protocol", "sasl_ssl");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("sasl_ssl") && shown.contains("sasl.password"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -250,10 +349,25 @@ mod tests {
             "kafka://a:1,:2",
             "kafka://a:1?partitions=0",
             "kafka://a:1?colour=blue",
+            "kafka://a:1?replication_factor=40000",
+            "kafka://a:1?create_topics=maybe",
+            "kafka://a:1?connect_timeout=0",
+            "kafka://a:1?client_id=",
+            "kafka://a:1/topic",
             "amqp://a:1",
         ] {
             let err = KafkaConfig::from_url(url).unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");
+        }
+        match KafkaConfig::from_url("kafka://a:1?sasl_password=hunter2") {
+            Err(Error::InvalidUrl { url, reason }) => {
+                assert_eq!(url, "kafka://a:1?sasl_password=***");
+                assert!(
+                    reason.starts_with("unknown option \"sasl_password\""),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
         }
         let err = KafkaConfig::from_url("kafka://user:secret@a:1").unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");

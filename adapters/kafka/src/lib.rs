@@ -123,6 +123,26 @@
 //! published between the two are then skipped by that group, so provision
 //! new groups from one place (a deployment step) when that matters.
 //!
+//! # URL
+//!
+//! `kafka://host:port[,host:port...][?options]`: the bootstrap servers as
+//! written, then options, percent-decoded ([`KafkaConfig::from_url`];
+//! durations as `500ms`, `10s`, `2m` or plain seconds):
+//!
+//! | option | meaning | default |
+//! |---|---|---|
+//! | `connect_timeout` | [`KafkaConfig::connect_timeout`]: first metadata fetch, and each metadata, offset and admin request | 10 s |
+//! | `client_name` (or `client_id`) | [`KafkaConfig::client_id`], rdkafka's `client.id` | `courier` |
+//! | `publish_timeout` | [`KafkaConfig::publish_timeout`]: the wait for the broker's confirmation, retries included | 30 s |
+//! | `partitions` | [`KafkaConfig::partitions`] of the topics courier creates | 1 |
+//! | `replication_factor` | [`KafkaConfig::replication_factor`] of the topics courier creates | 1 |
+//! | `create_topics` | [`KafkaConfig::create_topics`]: `true` or `false` | `true` |
+//!
+//! Any other option is an [`Error::InvalidUrl`] naming it; so are
+//! credentials in the URL (SASL and TLS are rdkafka properties,
+//! [`KafkaConfig::rdkafka`], whose secret values `Debug` masks). A default
+//! prefetch is not an option: each [`Subscription`] carries its own.
+//!
 //! # Errors and reconnection
 //!
 //! [`KafkaBroker::connect`] fetches the cluster metadata within
@@ -200,7 +220,7 @@ use parking_lot::Mutex;
 use rdkafka::admin::AdminClient;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, SCHEMES, URL_OPTIONS};
 pub use error::PartitionRevoked;
 
 use error::CourierContext;
@@ -226,7 +246,7 @@ struct Inner {
 
 impl KafkaBroker {
     /// Connects to `kafka://host:port[,host:port...][?options]` (see
-    /// [`KafkaConfig::from_url`]).
+    /// [URL](crate#url)).
     ///
     /// # Errors
     ///

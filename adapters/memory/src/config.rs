@@ -1,4 +1,22 @@
-//! Settings of the in-process broker.
+//! Settings of the in-process broker and the `memory://` URL.
+
+use std::str::FromStr;
+
+use courier_core::Result;
+use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
+
+/// The URL schemes of the in-process broker.
+pub const SCHEMES: &[&str] = &["memory"];
+
+/// The options a `memory://` URL may carry (see the crate documentation).
+pub const URL_OPTIONS: &[&str] = &[
+    "max_payload",
+    "retention",
+    broker_url::CONNECT_TIMEOUT,
+    broker_url::CLIENT_NAME,
+    broker_url::CLIENT_ID,
+    broker_url::PUBLISH_TIMEOUT,
+];
 
 /// Settings of a [`MemoryBroker`](crate::MemoryBroker).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,5 +55,137 @@ impl MemoryConfig {
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self
+    }
+
+    /// The default settings with the options of a `memory://[name][?options]`
+    /// URL applied.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) for another
+    /// scheme, a user, password, port or path, or an unknown or malformed
+    /// option.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use courier_memory::MemoryConfig;
+    /// let config = MemoryConfig::from_url("memory://tests?retention=10&max_payload=1024")?;
+    /// assert_eq!((config.retention, config.max_payload), (10, 1024));
+    /// # Ok::<(), courier_core::Error>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self> {
+        Ok(parse_url(url)?.1)
+    }
+}
+
+impl FromStr for MemoryConfig {
+    type Err = courier_core::Error;
+
+    fn from_str(url: &str) -> Result<Self> {
+        Self::from_url(url)
+    }
+}
+
+/// The broker name (decoded; `None` for `memory://`) and the settings of a
+/// `memory://` URL.
+pub(crate) fn parse_url(url: &str) -> Result<(Option<String>, MemoryConfig)> {
+    let parsed = broker_url::parse(url, SCHEMES)?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(broker_url::invalid(
+            url,
+            "an in-process broker takes no user or password",
+        ));
+    }
+    if parsed.port().is_some() || !matches!(parsed.path(), "" | "/") {
+        return Err(broker_url::invalid(
+            url,
+            "expected memory:// or memory://name, without port or path",
+        ));
+    }
+    let name = match parsed.host_str().unwrap_or_default() {
+        "" => None,
+        name => Some(broker_url::decode(url, "broker name", name)?),
+    };
+    let mut config = MemoryConfig::default();
+    for option in broker_url::options(url)? {
+        apply(&mut config, &option)?;
+    }
+    Ok((name, config))
+}
+
+fn apply(config: &mut MemoryConfig, option: &UrlOption<'_>) -> Result<()> {
+    // Nothing to connect to, name, or wait for: the shared options are
+    // checked, then unused, so that one URL's options work on every broker.
+    if SharedOptions::default().apply(option)? {
+        return Ok(());
+    }
+    match option.key() {
+        "max_payload" => config.max_payload = option.number(1..)?,
+        "retention" => config.retention = option.number(0..)?,
+        _ => return Err(option.unknown(URL_OPTIONS)),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use courier_core::Error;
+
+    #[test]
+    fn urls_name_a_broker_and_set_options() {
+        assert_eq!(
+            parse_url("memory://").unwrap(),
+            (None, MemoryConfig::default())
+        );
+        assert_eq!(parse_url("memory:///").unwrap().0, None);
+        assert_eq!(
+            parse_url("memory://a-b_c").unwrap().0.as_deref(),
+            Some("a-b_c")
+        );
+        assert_eq!(
+            parse_url("memory://my%20bus/").unwrap().0.as_deref(),
+            Some("my bus")
+        );
+        let (name, config) =
+            parse_url("memory://t?retention=0&max_payload=%31%30&connect_timeout=1s&client_id=x")
+                .unwrap();
+        assert_eq!(name.as_deref(), Some("t"));
+        assert_eq!(config, MemoryConfig::default().retention(0).max_payload(10));
+        assert_eq!(
+            "memory://?retention=3"
+                .parse::<MemoryConfig>()
+                .unwrap()
+                .retention,
+            3
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_invalid_and_name_what_is_wrong() {
+        for (url, needle) in [
+            ("memory://?colour=blue", "unknown option \"colour\""),
+            ("memory://?max_payload=0", "option max_payload"),
+            ("memory://?retention=-1", "option retention"),
+            ("memory://?connect_timeout=soon", "option connect_timeout"),
+            ("memory://u:p@name", "no user or password"),
+            ("memory://name:1", "without port or path"),
+            ("memory://name/sub", "without port or path"),
+            ("nats://name", "expected the scheme memory"),
+        ] {
+            match parse_url(url) {
+                Err(Error::InvalidUrl { reason, .. }) => {
+                    assert!(reason.contains(needle), "{url}: {reason}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let err = parse_url("memory://u:s3cret@name?token=t0ken").unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
     }
 }

@@ -18,6 +18,21 @@
 //! Nothing survives the process: it is for tests, examples and services
 //! that do not need a broker yet. Queues are unbounded.
 //!
+//! # URL
+//!
+//! `memory://` is a broker of its own; `memory://name` the process-wide
+//! broker called `name` (percent-decoded), shared by every connection that
+//! names it ([`MemoryBroker::connect`]). Options ([`MemoryConfig::from_url`]):
+//!
+//! | option | meaning | default |
+//! |---|---|---|
+//! | `max_payload` | [`MemoryConfig::max_payload`], bytes | 16 MiB |
+//! | `retention` | [`MemoryConfig::retention`], messages per topic | 10,000 |
+//! | `connect_timeout`, `client_name` (`client_id`), `publish_timeout` | courier's shared options: checked, no effect (nothing to connect to or wait for), so one URL's options work on every broker | |
+//!
+//! Any other option is an [`Error::InvalidUrl`]; so are a user, password,
+//! port or path.
+//!
 //! # Examples
 //!
 //! ```
@@ -52,7 +67,7 @@ use courier_core::{
 };
 use parking_lot::Mutex;
 
-pub use config::{DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, MemoryConfig};
+pub use config::{DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, MemoryConfig, SCHEMES, URL_OPTIONS};
 use state::State;
 use subscriber::MemoryStream;
 
@@ -111,9 +126,52 @@ impl MemoryBroker {
     }
 
     /// A connection to the process-wide broker called `name`, created on
-    /// first use and kept while any connection to it lives
-    /// (`memory://name` in `courier::connect`).
+    /// first use with default settings and kept while any connection to it
+    /// lives. An existing broker of that name is joined whatever its
+    /// settings.
     pub fn named(name: &str) -> Self {
+        Self::named_with(name, None)
+    }
+
+    /// The broker a `memory://[name][?options]` URL names: a new one for
+    /// `memory://`, else the process-wide broker called `name`, created
+    /// with the URL's settings on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] as [`MemoryConfig::from_url`], and when the
+    /// named broker exists with other settings than the URL's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use courier_memory::MemoryBroker;
+    /// let a = MemoryBroker::connect("memory://orders?retention=100")?;
+    /// let b = MemoryBroker::connect("memory://orders?retention=100")?;
+    /// assert!(MemoryBroker::connect("memory://orders").is_err());
+    /// # Ok::<(), courier_core::Error>(())
+    /// ```
+    pub fn connect(url: &str) -> Result<Self> {
+        let (name, config) = config::parse_url(url)?;
+        let Some(name) = name else {
+            return Ok(Self::with_config(config));
+        };
+        let broker = Self::named_with(&name, Some(config.clone()));
+        if broker.state.config != config {
+            return Err(courier_core::adapter::url::invalid(
+                url,
+                format!(
+                    "the in-process broker {name:?} exists with other settings: {:?}",
+                    broker.state.config
+                ),
+            ));
+        }
+        Ok(broker)
+    }
+
+    /// The process-wide broker `name`, created with `config` (default
+    /// settings for `None`) when it does not exist.
+    fn named_with(name: &str, config: Option<MemoryConfig>) -> Self {
         static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<State>>>> = OnceLock::new();
         let mut registry = REGISTRY.get_or_init(Default::default).lock();
         registry.retain(|_, state| state.strong_count() > 0);
@@ -123,7 +181,7 @@ impl MemoryBroker {
                 handle: Arc::default(),
             };
         }
-        let broker = Self::new();
+        let broker = Self::with_config(config.unwrap_or_default());
         registry.insert(name.to_owned(), Arc::downgrade(&broker.state));
         broker
     }

@@ -50,6 +50,27 @@
 //! restart, and a publish made during an outage either is acknowledged after
 //! the reconnect or fails with a timeout: never a silent drop.
 //!
+//! # URL
+//!
+//! `nats://[user:password@|token@]host[:port][?options]`, or `tls://` to
+//! require TLS. User, password and token are percent-decoded; the URL in
+//! errors has them masked. Options ([`NatsConfig::from_url`]; durations as
+//! `500ms`, `10s`, `2m` or plain seconds):
+//!
+//! | option | meaning | default |
+//! |---|---|---|
+//! | `connect_timeout` | [`NatsConfig::connect_timeout`] | 5 s |
+//! | `client_name` (or `client_id`) | [`NatsConfig::client_name`], the name the server shows | `courier` |
+//! | `publish_timeout` | [`NatsConfig::request_timeout`]: the wait for a publish's JetStream ack, and for the server's confirmation of a settlement | 10 s |
+//! | `storage` | [`NatsConfig::storage`] of the streams courier creates: `file` or `memory` | `file` |
+//! | `duplicate_window` | [`NatsConfig::duplicate_window`] of the streams courier creates | 2 min |
+//! | `ack_wait` | [`NatsConfig::ack_wait`] of the consumers courier creates | 30 s |
+//! | `max_deliver` | [`NatsConfig::max_deliver`] of the consumers courier creates | no limit |
+//! | `max_ack_pending` | [`NatsConfig::max_ack_pending`] of the consumers courier creates | 10,000 |
+//!
+//! Any other option is an [`Error::InvalidUrl`] naming it. A default
+//! prefetch is not an option: each [`Subscription`] carries its own.
+//!
 //! # Request/reply
 //!
 //! Core NATS request/reply is not used for messaging: it is at-most-once.
@@ -77,8 +98,10 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{NatsConfig, Storage, consumer_name, stream_name};
+pub use config::{NatsConfig, SCHEMES, Storage, URL_OPTIONS, consumer_name, stream_name};
 pub use error::NatsError;
+
+use config::{Credentials, Endpoint};
 use error::connect_error;
 
 /// A connection to a NATS server with JetStream, as publisher and subscriber.
@@ -106,34 +129,39 @@ pub(crate) struct Inner {
 }
 
 impl NatsBroker {
-    /// Connects with default settings.
+    /// Connects to `nats://[user:password@|token@]host[:port][?options]`
+    /// (or `tls://`) with the default settings and the URL's options (see
+    /// [URL](crate#url)).
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] naming the URL (without password) and the kind:
+    /// [`Error::InvalidUrl`] for a malformed URL or an unknown or malformed
+    /// option; [`Error::Connect`] naming the URL (without password) and the kind:
     /// unreachable, refused, timed out, authentication failed, or
     /// `Unsupported` when JetStream is not enabled on the server.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, NatsConfig::default()).await
     }
 
-    /// Connects with `config`.
+    /// Connects with `config`; the URL's options override it.
     ///
     /// # Errors
     ///
     /// As [`NatsBroker::connect`].
     pub async fn connect_with(url: &str, config: NatsConfig) -> Result<Self> {
-        let (address, credentials) = split_credentials(url)?;
+        let config = config.apply_url(url)?;
+        let endpoint = Endpoint::parse(url)?;
         let mut options = async_nats::ConnectOptions::new()
+            .name(&config.client_name)
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.request_timeout));
-        options = match credentials {
+        options = match endpoint.credentials {
             Credentials::None => options,
             Credentials::Token(token) => options.token(token),
             Credentials::UserPassword(user, password) => options.user_and_password(user, password),
         };
         let client = options
-            .connect(address.as_str())
+            .connect(endpoint.address.as_str())
             .await
             .map_err(|e| connect_error(url, e))?;
         check_jetstream(&client, url).await?;
@@ -249,39 +277,6 @@ impl Inner {
         self.streams.lock().insert(topic.to_owned());
         Ok(())
     }
-}
-
-enum Credentials {
-    None,
-    Token(String),
-    UserPassword(String, String),
-}
-
-/// The URL without its user part, and what that part held: `user:password`,
-/// or a lone token (`nats://TOKEN@host`).
-fn split_credentials(url: &str) -> Result<(String, Credentials)> {
-    let invalid = |reason: String| Error::InvalidUrl {
-        url: courier_core::error::redact_url(url),
-        reason,
-    };
-    let mut parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
-    let decode = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    let user = decode(parsed.username());
-    let credentials = match parsed.password() {
-        Some(password) => Credentials::UserPassword(user, decode(password)),
-        None if !user.is_empty() => Credentials::Token(user),
-        None => Credentials::None,
-    };
-    parsed
-        .set_username("")
-        .and_then(|()| parsed.set_password(None))
-        .map_err(|()| invalid("cannot remove the credentials".into()))?;
-    Ok((parsed.to_string(), credentials))
 }
 
 /// Fails with `Unsupported` when the server does not run JetStream. The raw

@@ -45,6 +45,7 @@ async fn refused_port_is_refused() {
     let url = "nats://app:s3cret@127.0.0.1:1";
     let err = NatsBroker::connect(url).await.unwrap_err();
     assert_eq!(connect_kind(&err), ConnectErrorKind::Refused, "{err:?}");
+    // The kind, then the client's cause (the OS's words for it).
     let text = err.to_string();
     assert!(
         text.starts_with("cannot connect to nats://app:***@127.0.0.1:1: connection refused: "),
@@ -184,5 +185,36 @@ async fn a_stream_of_another_subject_is_a_conflict_not_shared() {
         Some(courier_nats::NatsError::StreamConflict { topic: t, .. }) => assert_eq!(t, &topic),
         other => panic!("expected a stream conflict, got {other:?}"),
     }
+    broker.close().await.expect("close");
+}
+
+/// The URL's options reach the server: the streams courier creates have the
+/// storage and duplicate window the URL asks for.
+#[tokio::test]
+async fn url_options_reach_the_server() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let topic = courier_testkit::fixtures::unique_name("url.options");
+    let url = format!(
+        "{}?storage=memory&duplicate_window=30s&client_name=url%20test&connect_timeout=10s",
+        server.url()
+    );
+    let broker = NatsBroker::connect(&url).await.expect("connect");
+    broker
+        .provision(&Subscription::new(&topic, "g"))
+        .await
+        .expect("provision");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(courier_nats::stream_name(&topic))
+        .await
+        .expect("the topic's stream");
+    let config = stream.info().await.expect("stream info").config.clone();
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::Memory
+    );
+    assert_eq!(config.duplicate_window, Duration::from_secs(30));
     broker.close().await.expect("close");
 }

@@ -8,11 +8,14 @@
 //!   headers on a received message (applications cannot set them; a header
 //!   named `courier-*` is refused by [`Headers::insert`]).
 //! - [`check_payloads`]: the payload-size check of a publish.
+//! - [`url`]: reading a broker URL and its options the same way on every
+//!   adapter (the shared option names, durations, unknown options refused).
 //!
 //! The facade crate `courier` re-exports this module without documenting
 //! it. Adapters are held to the contract by the conformance suite in
 //! `courier-testkit`.
 
+pub mod url;
 pub mod wire;
 
 use std::sync::Arc;
