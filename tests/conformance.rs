@@ -33,15 +33,19 @@ fn main() -> std::process::ExitCode {
     );
     // Kafka keeps history (a group can start at the earliest offset); the
     // adapter counts deliveries within a consumer session. The test broker
-    // answers metadata slowly under load, hence the longer connect timeout.
+    // answers slowly under load (metadata, group joins), hence the longer
+    // connect timeout and patience.
     #[cfg(feature = "kafka")]
-    adapters.push(on_server!(
-        "kafka",
-        &[Capability::History, Capability::DeliveryCount],
-        fixtures::kafka,
-        fixtures::fresh_kafka,
-        "?connect_timeout=30s"
-    ));
+    adapters.push(
+        on_server!(
+            "kafka",
+            &[Capability::History, Capability::DeliveryCount],
+            fixtures::kafka,
+            fixtures::fresh_kafka,
+            "?connect_timeout=30s"
+        )
+        .with_patience(std::time::Duration::from_secs(30)),
+    );
     #[cfg(feature = "nats")]
     adapters.push(on_server!(
         "nats",
