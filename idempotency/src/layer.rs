@@ -502,7 +502,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_held_key_asks_for_a_retry_after_the_lease() {
+    async fn a_held_key_defers_the_message_until_the_lease_ends() {
         let store = Arc::new(MemoryStore::default());
         let message = Message::new("m");
         let key = IdempotencyKey::new("g", message.id().to_string());
@@ -514,7 +514,7 @@ mod tests {
         let error = call(&layer.layer(counting(&calls, false)), &message, "g")
             .await
             .unwrap_err();
-        assert_eq!(error.kind(), FailureKind::Transient);
+        assert_eq!(error.kind(), FailureKind::Deferred);
         assert!(error.source().is::<ClaimedElsewhere>(), "{error}");
         let hint = error.retry_after_hint().expect("hint");
         assert!(
