@@ -50,7 +50,7 @@ features() {
 
 unused() {
     local have=""
-    command -v cargo-machete >/dev/null 2>&1 && have=$(cargo-machete --version 2>/dev/null | awk '{print $2}')
+    command -v cargo-machete >/dev/null 2>&1 && have=$(cargo-machete --version 2>/dev/null | awk '{print $NF}')
     if [ "$have" != "$MACHETE_VERSION" ]; then
         echo "[checks]   installing cargo-machete $MACHETE_VERSION" >&2
         cargo install cargo-machete --version "$MACHETE_VERSION" --locked --root "$CARGO_HOME" --quiet
