@@ -323,9 +323,18 @@ fn unique_prefix(adapter: &str, case: &str) -> String {
 
 /// Runs `cases` against `adapters` as a test binary (`harness = false`):
 /// parses the usual `cargo test` arguments, prints each adapter's declared
-/// capabilities, runs, and prints the summary.
+/// capabilities, runs, and prints the summary. Cases run one at a time
+/// unless `--test-threads` is given.
 pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // One case at a time unless `--test-threads` says otherwise: on a
+    // small machine, cases running side by side against the same servers
+    // starve each other (the Kafka-protocol test broker then stalled a
+    // consumer group for over 30 s), and a case's waits measure the broker,
+    // not its neighbour.
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
     for adapter in adapters {
         let declared: HashMap<_, _> = adapter.capabilities.iter().map(|c| (*c, ())).collect();
         let all = [
