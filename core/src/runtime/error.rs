@@ -132,18 +132,7 @@ impl HandlerError {
     /// The cause's message followed by its own causes, `: `-separated, as
     /// written into the dead-letter reason header.
     pub fn reason(&self) -> String {
-        let mut text = self.source.to_string();
-        let mut next = self.source.source();
-        while let Some(cause) = next {
-            let cause_text = cause.to_string();
-            // Wrappers often repeat their cause's text; say it once.
-            if !text.ends_with(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            next = cause.source();
-        }
-        text
+        crate::error::chain(&*self.source)
     }
 
     fn classify(source: BoxError) -> Self {
