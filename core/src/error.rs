@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::headers::HeaderError;
-use crate::message::MessageId;
+use crate::id::MessageId;
 use crate::name::InvalidName;
 
 /// A boxed error from a broker client or other dependency.

@@ -35,6 +35,7 @@ pub mod adapter;
 pub mod delivery;
 pub mod error;
 pub mod headers;
+mod id;
 pub mod message;
 pub mod name;
 pub mod prelude;

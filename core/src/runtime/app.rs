@@ -5,14 +5,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::consumer::{ConsumerBuilder, RunningConsumer};
-use super::handler::BoxHandler;
+use super::handler::{BoxHandler, SharedLayer};
 use super::middleware::Layer;
 use super::shutdown::signal;
 use super::stats::ConsumerStats;
 use crate::error::Result;
 use crate::pubsub::Subscription;
 
-pub(crate) type SharedLayer = Arc<dyn Fn(BoxHandler) -> BoxHandler + Send + Sync>;
 
 /// A service's consumers, run together: shared layers around every
 /// handler, one start, one shutdown (the shape of Watermill's router or

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use crate::headers::Headers;
 use crate::message::{Message, MessageId};
 
-use super::handler::Request;
+use super::request::Request;
 
 /// A message's body together with its context, owned by the handler.
 ///
@@ -91,16 +91,6 @@ impl Meta {
         }
     }
 
-    /// The context of a runtime request.
-    pub(crate) fn from_request(request: &Request<'_>) -> Self {
-        Meta {
-            message: request.message().clone(),
-            topic: request.topic().into(),
-            group: request.group().into(),
-            attempt: request.attempt(),
-            delivery_count: request.delivery_count(),
-        }
-    }
 
     /// Sets the attempt number; for testing handlers.
     pub fn with_attempt(mut self, attempt: u32) -> Self {
@@ -180,5 +170,18 @@ impl Meta {
     /// See [`Message::caused_by`].
     pub fn follow_up(&self, next: Message) -> Message {
         next.caused_by(&self.message)
+    }
+}
+
+/// The owned context of a handler attempt, as typed handlers receive it.
+impl From<&Request<'_>> for Meta {
+    fn from(request: &Request<'_>) -> Self {
+        Meta {
+            message: request.message().clone(),
+            topic: request.topic().into(),
+            group: request.group().into(),
+            attempt: request.attempt(),
+            delivery_count: request.delivery_count(),
+        }
     }
 }

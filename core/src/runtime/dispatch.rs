@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::task::TaskTracker;
 
-use super::consumer::Shared;
+use super::shared::Shared;
 use super::process::{process, requeue};
 use super::stats::Counters;
 use crate::delivery::Delivery;

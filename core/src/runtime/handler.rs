@@ -11,74 +11,9 @@ use serde::de::DeserializeOwned;
 
 use super::context::{Envelope, Meta};
 use super::error::{HandlerError, HandlerResult};
+use super::request::Request;
 use crate::message::Message;
 
-/// One attempt at handling one delivered message: the message and where it
-/// came from. Cheap to copy; borrowed from the runtime for the attempt.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    message: &'a Message,
-    topic: &'a str,
-    group: &'a str,
-    attempt: u32,
-    delivery_count: Option<u32>,
-}
-
-impl<'a> Request<'a> {
-    /// A request, for the runtime and for testing handlers and middleware.
-    pub fn new(message: &'a Message, topic: &'a str, group: &'a str) -> Self {
-        Request {
-            message,
-            topic,
-            group,
-            attempt: 1,
-            delivery_count: None,
-        }
-    }
-
-    /// Sets the attempt number (1 for the first attempt).
-    pub fn with_attempt(mut self, attempt: u32) -> Self {
-        self.attempt = attempt;
-        self
-    }
-
-    /// Sets the broker's delivery count.
-    pub fn with_delivery_count(mut self, count: Option<u32>) -> Self {
-        self.delivery_count = count;
-        self
-    }
-
-    /// The message.
-    pub fn message(&self) -> &'a Message {
-        self.message
-    }
-
-    /// The topic it was consumed from.
-    pub fn topic(&self) -> &'a str {
-        self.topic
-    }
-
-    /// The consumer group.
-    pub fn group(&self) -> &'a str {
-        self.group
-    }
-
-    /// Which attempt this is within the current delivery, starting at 1.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// How many times the broker has delivered the message, when it tells;
-    /// see [`Delivery::delivery_count`](crate::Delivery::delivery_count).
-    pub fn delivery_count(&self) -> Option<u32> {
-        self.delivery_count
-    }
-
-    /// The owned context of this attempt, as typed handlers receive it.
-    pub fn meta(&self) -> Meta {
-        Meta::from_request(self)
-    }
-}
 
 /// Handles messages. The runtime calls it once per attempt; middleware
 /// ([`Layer`](super::Layer)s) wrap one handler in another.
@@ -114,6 +49,10 @@ pub trait Handler: Send + Sync + 'static {
 
 /// A shared, type-erased handler: what [`Layer`](super::Layer)s stack on.
 pub type BoxHandler = Arc<dyn Handler>;
+
+/// A layer shared by several consumers (an [`App`](super::App)'s), applied
+/// to each consumer's handler.
+pub(crate) type SharedLayer = Arc<dyn Fn(BoxHandler) -> BoxHandler + Send + Sync>;
 
 impl<H: Handler + ?Sized> Handler for Arc<H> {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
@@ -329,7 +268,7 @@ where
         match request.message().json::<T>() {
             Ok(body) => Box::pin(self.consume.consume(Envelope {
                 body,
-                meta: request.meta(),
+                meta: Meta::from(&request),
             })),
             Err(e) => Box::pin(std::future::ready(Err(HandlerError::permanent(e)))),
         }
@@ -371,7 +310,7 @@ impl<C: Consume<Bytes>> Handler for RawEnvelopeFn<C> {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
         Box::pin(self.consume.consume(Envelope {
             body: request.message().payload().clone(),
-            meta: request.meta(),
+            meta: Meta::from(&request),
         }))
     }
 }

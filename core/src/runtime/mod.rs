@@ -113,7 +113,9 @@ mod error;
 mod handler;
 pub mod middleware;
 mod process;
+mod request;
 mod retry;
+mod shared;
 mod shutdown;
 mod stats;
 
@@ -125,9 +127,10 @@ pub use consumer::{
 pub use context::{Envelope, Meta};
 pub use error::{CircuitOpen, FailureKind, HandlerError, HandlerResult, Panicked, TimedOut};
 pub use handler::{
-    BoxHandler, Consume, EnvelopeFn, Handler, RawEnvelopeFn, RawFn, Request, TypedFn, envelope,
-    raw, raw_envelope, typed,
+    BoxHandler, Consume, EnvelopeFn, Handler, RawEnvelopeFn, RawFn, TypedFn, envelope, raw,
+    raw_envelope, typed,
 };
+pub use request::Request;
 pub use middleware::{
     CatchPanic, CatchPanicLayer, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer,
     CircuitState, ConcurrencyLimit, ConcurrencyLimitLayer, GuardedByBreaker, Hook, HookLayer,

@@ -13,12 +13,13 @@ use std::time::SystemTime;
 use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::consumer::Shared;
+use super::shared::Shared;
 use super::error::{FailureKind, HandlerError, HandlerResult, Panicked};
 
 /// Wait before trying a deferred message again when the deferral named no delay.
 const DEFERRAL: std::time::Duration = std::time::Duration::from_millis(100);
-use super::handler::{Handler, Request};
+use super::handler::Handler;
+use super::request::Request;
 use super::stats::Counters;
 use crate::delivery::{DeadLetter, Delivery, Nack};
 use crate::message::MessageId;

@@ -7,7 +7,8 @@ use futures::future::BoxFuture;
 
 use super::Layer;
 use crate::runtime::error::{HandlerError, HandlerResult, Panicked};
-use crate::runtime::handler::{Handler, Request};
+use crate::runtime::handler::Handler;
+use crate::runtime::request::Request;
 
 /// Turns a panic of the inner handler (while creating or polling its
 /// future) into a transient [`Panicked`] failure.

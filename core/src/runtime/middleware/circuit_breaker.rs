@@ -8,7 +8,8 @@ use tokio::time::Instant;
 
 use super::Layer;
 use crate::runtime::error::{CircuitOpen, FailureKind, HandlerError, HandlerResult};
-use crate::runtime::handler::{Handler, Request};
+use crate::runtime::handler::Handler;
+use crate::runtime::request::Request;
 
 /// Settings of a [`CircuitBreaker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use tokio::sync::Semaphore;
 
 use super::Layer;
 use crate::runtime::error::HandlerResult;
-use crate::runtime::handler::{Handler, Request};
+use crate::runtime::handler::Handler;
+use crate::runtime::request::Request;
 
 /// Lets at most a fixed number of attempts run the inner handler at once;
 /// the others wait their turn.

@@ -7,7 +7,8 @@ use futures::future::BoxFuture;
 
 use super::Layer;
 use crate::runtime::error::{HandlerError, HandlerResult};
-use crate::runtime::handler::{Handler, Request};
+use crate::runtime::handler::Handler;
+use crate::runtime::request::Request;
 
 /// What to do with an attempt after [`Hook::before`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,8 @@ use futures::future::BoxFuture;
 
 use super::Layer;
 use crate::runtime::error::{HandlerError, HandlerResult, TimedOut};
-use crate::runtime::handler::{Handler, Request};
+use crate::runtime::handler::Handler;
+use crate::runtime::request::Request;
 
 /// Fails an attempt that takes longer than a limit with a transient
 /// [`TimedOut`]; the inner future is dropped.

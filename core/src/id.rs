@@ -1,0 +1,99 @@
+//! [`MessageId`]: what identifies a message across retries and relays.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+use crate::headers::HeaderError;
+
+/// A message id: a UUID v7 for messages courier creates, or any other text a
+/// foreign producer used.
+///
+/// Ids are what deduplication keys on (JetStream's `Nats-Msg-Id`, the
+/// idempotency store), so a message keeps its id across retries and relays.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Repr {
+    Uuid(Uuid),
+    Text(Arc<str>),
+}
+
+impl MessageId {
+    /// A new time-ordered UUID v7 id (ordered by creation within a thread;
+    /// by millisecond across threads).
+    pub fn new() -> Self {
+        Self::at(SystemTime::now())
+    }
+
+    /// A UUID v7 id for the time `now`, from this thread's v7 context (one
+    /// shared context would be a lock every message contends on).
+    pub(crate) fn at(now: SystemTime) -> Self {
+        thread_local! {
+            static CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
+        }
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let uuid = CONTEXT.with(|context| {
+            Uuid::new_v7(uuid::Timestamp::from_unix(
+                context,
+                since_epoch.as_secs(),
+                since_epoch.subsec_nanos(),
+            ))
+        });
+        MessageId(Repr::Uuid(uuid))
+    }
+
+    /// Reads an id from its text form. A UUID is stored as one; anything else
+    /// non-empty without line breaks and at most 256 bytes is kept as text.
+    ///
+    /// # Errors
+    ///
+    /// [`HeaderError::InvalidValue`] for an empty, overlong or multi-line id.
+    pub fn parse(text: &str) -> Result<Self, HeaderError> {
+        if let Ok(uuid) = Uuid::try_parse(text) {
+            return Ok(MessageId(Repr::Uuid(uuid)));
+        }
+        if text.is_empty() || text.len() > 256 || text.contains(['\r', '\n']) {
+            return Err(HeaderError::InvalidValue("message id".into()));
+        }
+        Ok(MessageId(Repr::Text(text.into())))
+    }
+
+    /// The UUID, when the id is one.
+    pub fn as_uuid(&self) -> Option<Uuid> {
+        match &self.0 {
+            Repr::Uuid(u) => Some(*u),
+            Repr::Text(_) => None,
+        }
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for MessageId {
+    fn from(uuid: Uuid) -> Self {
+        MessageId(Repr::Uuid(uuid))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Uuid(u) => fmt::Display::fmt(&u.hyphenated(), f),
+            Repr::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}

@@ -1,0 +1,74 @@
+//! What every task of a running consumer shares: the handler, the slots,
+//! the ordering lanes, the shutdown triggers and the counters.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::BoxHandler;
+use super::retry::RetryPolicy;
+use super::stats::Counters;
+use crate::delivery::Delivery;
+
+/// What every task of a running consumer shares.
+pub(crate) struct Shared {
+    pub(crate) handler: BoxHandler,
+    pub(crate) topic: Arc<str>,
+    pub(crate) group: Arc<str>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) dead_letter_topic: Option<String>,
+    pub(crate) ordered_by_key: bool,
+    /// Concurrency 1: the dispatcher handles each delivery itself.
+    pub(crate) serial: bool,
+    /// One permit per handler attempt allowed to run.
+    pub(crate) slots: Arc<Semaphore>,
+    /// Per key: the deliveries waiting behind the one being handled.
+    pub(crate) lanes: Mutex<HashMap<Arc<str>, VecDeque<Delivery>>>,
+    /// Phase 1 of the shutdown: take nothing more.
+    pub(crate) stop: Stop,
+    /// Phase 2's deadline passed: cancel what runs.
+    pub(crate) abort: CancellationToken,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// The trigger of phase 1, for this consumer: its handle's (which may be
+/// shared) or its own (the stream ended, `Consumer::run_until`).
+pub(crate) struct Stop {
+    handle: Arc<AtomicBool>,
+    own: AtomicBool,
+    /// A child of the handle's token, cancelled with either flag.
+    pub(crate) token: CancellationToken,
+}
+
+impl Stop {
+    /// A trigger raised by `handle` (the shutdown handle's flag, maybe
+    /// shared with other consumers) or by [`Stop::trigger`]; `token` is
+    /// cancelled with either.
+    pub(crate) fn new(handle: Arc<AtomicBool>, token: CancellationToken) -> Self {
+        Stop {
+            handle,
+            own: AtomicBool::new(false),
+            token,
+        }
+    }
+
+    /// Whether phase 1 began. Cheap: two atomic loads.
+    pub(crate) fn is_triggered(&self) -> bool {
+        self.own.load(Ordering::Acquire) || self.handle.load(Ordering::Acquire)
+    }
+
+    /// Begins phase 1 for this consumer only.
+    pub(crate) fn trigger(&self) {
+        self.own.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock_lanes(&self) -> MutexGuard<'_, HashMap<Arc<str>, VecDeque<Delivery>>> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
