@@ -332,7 +332,11 @@ fn is_ident(c: char) -> bool {
 
 /// `path` as named in `module`, made absolute; `None` for paths outside the
 /// crate (other crates, std, local types).
-fn resolve(module: &[String], path: &[String], known: &BTreeSet<Vec<String>>) -> Option<Vec<String>> {
+fn resolve(
+    module: &[String],
+    path: &[String],
+    known: &BTreeSet<Vec<String>>,
+) -> Option<Vec<String>> {
     let first = path.first()?;
     let mut base: Vec<String> = match first.as_str() {
         "crate" => Vec::new(),

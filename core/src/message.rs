@@ -19,7 +19,6 @@ pub const CAUSATION_ID: &str = "courier-causation-id";
 /// Content type set by [`Message::from_json`].
 pub const JSON: &str = "application/json";
 
-
 /// A message: id, optional ordering key, headers, payload, content type and
 /// timestamp.
 ///

@@ -255,5 +255,6 @@ pub use config::RelayConfig;
 pub use error::{Error, Result};
 pub use relay::{Relay, RelayHandle};
 pub use stats::RelayStats;
-pub use store::{Backlog, FailedRow};
+pub use row::FailedRow;
+pub use store::Backlog;
 pub use table::{DEFAULT_TABLE, MAX_TABLE_LEN, TableName};

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::relay::Relay;
 use crate::row::{Columns, Row, read_failed_row, read_row, split_readable};
-use crate::store::{Backlog, Claim, FailedRow, Outcome, Store};
+use crate::row::FailedRow;
+use crate::store::{Backlog, Claim, Outcome, Store};
 use crate::table::TableName;
 
 /// The shipped schema (see `migrations/postgres/` in the crate).

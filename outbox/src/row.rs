@@ -1,13 +1,12 @@
 //! A message as the outbox's columns, and back.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use courier_core::message::{CAUSATION_ID, CORRELATION_ID};
 use courier_core::{Message, MessageId};
 
 use crate::error::Error;
-use crate::store::FailedRow;
 
 /// The columns one message is stored in.
 #[derive(Debug, Clone)]
@@ -87,6 +86,26 @@ impl Columns {
         }
         Ok(message)
     }
+}
+
+/// A row the broker refused for good, or that could not be read back.
+/// Operators list them with `failed()` and put them back with
+/// `retry_failed()`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FailedRow {
+    /// The row's id (the `seq` column).
+    pub row: i64,
+    /// The topic it was enqueued for.
+    pub topic: String,
+    /// The message, when the row can still be read as one.
+    pub message: Option<Message>,
+    /// Why it failed: the broker's error with its causes.
+    pub reason: String,
+    /// Publish attempts made.
+    pub attempts: i32,
+    /// When it was marked failed.
+    pub failed_at: SystemTime,
 }
 
 /// A pending row claimed by the relay.

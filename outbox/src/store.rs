@@ -2,9 +2,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use courier_core::Message;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,25 +20,6 @@ pub struct Backlog {
     pub oldest_pending_age: Duration,
 }
 
-/// A row the broker refused for good, or that could not be read back.
-/// Operators list them with `failed()` and put them back with
-/// `retry_failed()`.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct FailedRow {
-    /// The row's id (the `seq` column).
-    pub row: i64,
-    /// The topic it was enqueued for.
-    pub topic: String,
-    /// The message, when the row can still be read as one.
-    pub message: Option<Message>,
-    /// Why it failed: the broker's error with its causes.
-    pub reason: String,
-    /// Publish attempts made.
-    pub attempts: i32,
-    /// When it was marked failed.
-    pub failed_at: SystemTime,
-}
 
 /// What became of the rows of one claim.
 #[derive(Debug, Default)]

@@ -12,7 +12,6 @@ use super::stats::ConsumerStats;
 use crate::error::Result;
 use crate::pubsub::Subscription;
 
-
 /// A service's consumers, run together: shared layers around every
 /// handler, one start, one shutdown (the shape of Watermill's router or
 /// MassTransit's bus).

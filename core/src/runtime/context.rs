@@ -91,7 +91,6 @@ impl Meta {
         }
     }
 
-
     /// Sets the attempt number; for testing handlers.
     pub fn with_attempt(mut self, attempt: u32) -> Self {
         self.attempt = attempt;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::task::TaskTracker;
 
-use super::shared::Shared;
 use super::process::{process, requeue};
+use super::shared::Shared;
 use super::stats::Counters;
 use crate::delivery::Delivery;
 use crate::error::Result;

@@ -14,7 +14,6 @@ use super::error::{HandlerError, HandlerResult};
 use super::request::Request;
 use crate::message::Message;
 
-
 /// Handles messages. The runtime calls it once per attempt; middleware
 /// ([`Layer`](super::Layer)s) wrap one handler in another.
 ///

@@ -130,12 +130,12 @@ pub use handler::{
     BoxHandler, Consume, EnvelopeFn, Handler, RawEnvelopeFn, RawFn, TypedFn, envelope, raw,
     raw_envelope, typed,
 };
-pub use request::Request;
 pub use middleware::{
     CatchPanic, CatchPanicLayer, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer,
     CircuitState, ConcurrencyLimit, ConcurrencyLimitLayer, GuardedByBreaker, Hook, HookLayer,
     Hooked, Layer, Proceed, Timeout, TimeoutLayer,
 };
+pub use request::Request;
 pub use retry::{Delays, RetryPolicy};
 pub use shutdown::{ShutdownHandle, signal};
 pub use stats::{ConsumerMetrics, ConsumerStats};

@@ -13,8 +13,8 @@ use std::time::SystemTime;
 use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::shared::Shared;
 use super::error::{FailureKind, HandlerError, HandlerResult, Panicked};
+use super::shared::Shared;
 
 /// Wait before trying a deferred message again when the deferral named no delay.
 const DEFERRAL: std::time::Duration = std::time::Duration::from_millis(100);
