@@ -58,7 +58,7 @@ mod state;
 mod subscriber;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
 use courier_core::{
@@ -68,21 +68,8 @@ use courier_core::{
 use parking_lot::Mutex;
 
 pub use config::{DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, MemoryConfig, SCHEMES, URL_OPTIONS};
-use state::State;
+use state::{Handle, State};
 use subscriber::MemoryStream;
-
-/// One connection to a broker's state: closing it ends its own streams and
-/// publishers only.
-#[derive(Debug, Default)]
-struct Handle {
-    closed: AtomicBool,
-}
-
-impl Handle {
-    fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-}
 
 /// A connection to an in-process broker.
 ///

@@ -6,12 +6,26 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Waker;
 
 use courier_core::{Message, Result, StartPosition};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::MemoryConfig;
+
+/// One connection to a broker's state: closing it ends its own streams and
+/// publishers only.
+#[derive(Debug, Default)]
+pub(crate) struct Handle {
+    pub(crate) closed: AtomicBool,
+}
+
+impl Handle {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
 
 /// A message waiting in a group's queue, with how often it was handed out.
 #[derive(Debug)]

@@ -10,9 +10,8 @@ use courier_core::{Delivery, Result};
 use futures::Stream;
 use futures::task::AtomicWaker;
 
-use crate::Handle;
 use crate::delivery::{Flow, MemoryAcker};
-use crate::state::{Group, Pending, State};
+use crate::state::{Group, Handle, Pending, State};
 
 /// How many messages a stream takes from its group's queue per lock.
 const TAKE_PER_LOCK: usize = 256;
