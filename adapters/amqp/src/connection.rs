@@ -19,9 +19,6 @@ use crate::error::{self, AmqpError};
 pub(crate) use crate::session::{Session, connection_lost};
 pub(crate) use crate::watch::{Watch, unless_dead};
 
-/// How long `close` waits for outstanding publisher confirms.
-pub(crate) const CLOSE_FLUSH: Duration = Duration::from_secs(5);
-
 /// A connection to the broker that is re-established when lost.
 pub(crate) struct Link {
     uri: AMQPUri,

@@ -5,16 +5,19 @@ use std::collections::HashSet;
 use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use parking_lot::Mutex;
 
-use crate::connection::CLOSE_FLUSH;
 use crate::error::is_connection_error;
 use crate::topology;
 use crate::watch::unless_dead;
+
+/// How long `close` waits for outstanding publisher confirms.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 /// The error of an operation whose connection died under it.
 pub(crate) fn connection_lost() -> lapin::Error {
