@@ -6,9 +6,9 @@ use async_nats::jetstream::AckKind;
 use courier_core::adapter::Acknowledger;
 use courier_core::{Error, Message, Nack, Result, async_trait};
 
-use crate::Inner;
+use crate::connection::Inner;
 use crate::error::op_error;
-use crate::subscriber::Flow;
+use crate::flow::Flow;
 
 /// Settles one delivery through its reply subject.
 #[derive(Debug)]

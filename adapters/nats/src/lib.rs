@@ -68,7 +68,7 @@
 //! | `max_deliver` | [`NatsConfig::max_deliver`] of the consumers courier creates | no limit |
 //! | `max_ack_pending` | [`NatsConfig::max_ack_pending`] of the consumers courier creates | 10,000 |
 //!
-//! Any other option is an [`Error::InvalidUrl`] naming it. A default
+//! Any other option is an [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) naming it. A default
 //! prefetch is not an option: each [`Subscription`] carries its own.
 //!
 //! # Request/reply
@@ -78,31 +78,24 @@
 //! publish/subscribe contract.
 
 mod config;
+mod connection;
 mod delivery;
 mod error;
+mod flow;
 mod publisher;
 mod subscriber;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-use async_nats::jetstream;
-use async_nats::jetstream::stream;
 use courier_core::{
-    Broker, BrokerErrorKind, Close, ConnectErrorKind, DeliveryStream, Error, Message, Publisher,
-    Result, Subscriber, Subscription, async_trait,
+    Broker, Close, DeliveryStream, Message, Publisher, Result, Subscriber, Subscription,
+    async_trait,
 };
-use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::{NatsConfig, SCHEMES, Storage, URL_OPTIONS, consumer_name, stream_name};
 pub use error::NatsError;
 
-use config::{Credentials, Endpoint};
-use error::connect_error;
+use connection::Inner;
 
 /// A connection to a NATS server with JetStream, as publisher and subscriber.
 ///
@@ -112,22 +105,6 @@ pub struct NatsBroker {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) client: async_nats::Client,
-    pub(crate) js: jetstream::Context,
-    pub(crate) config: NatsConfig,
-    streams: Mutex<HashSet<String>>,
-    closed: AtomicBool,
-    pub(crate) shutdown: CancellationToken,
-    /// The pull loops, which close waits for (see `subscriber::drain`).
-    pub(crate) pull_loops: TaskTracker,
-    /// Reply subjects of deliveries handed out and not yet settled, so that
-    /// closing can NAK them at once instead of waiting for `ack_wait`.
-    pub(crate) outstanding: Mutex<HashMap<u64, async_nats::Subject>>,
-    pub(crate) next_token: AtomicU64,
-}
-
 impl NatsBroker {
     /// Connects to `nats://[user:password@|token@]host[:port][?options]`
     /// (or `tls://`) with the default settings and the URL's options (see
@@ -135,8 +112,8 @@ impl NatsBroker {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidUrl`] for a malformed URL or an unknown or malformed
-    /// option; [`Error::Connect`] naming the URL (without password) and the kind:
+    /// [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) for a malformed URL or an unknown or malformed
+    /// option; [`Error::Connect`](courier_core::Error::Connect) naming the URL (without password) and the kind:
     /// unreachable, refused, timed out, authentication failed, or
     /// `Unsupported` when JetStream is not enabled on the server.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -149,36 +126,8 @@ impl NatsBroker {
     ///
     /// As [`NatsBroker::connect`].
     pub async fn connect_with(url: &str, config: NatsConfig) -> Result<Self> {
-        let config = config.apply_url(url)?;
-        let endpoint = Endpoint::parse(url)?;
-        let mut options = async_nats::ConnectOptions::new()
-            .name(&config.client_name)
-            .connection_timeout(config.connect_timeout)
-            .request_timeout(Some(config.request_timeout));
-        options = match endpoint.credentials {
-            Credentials::None => options,
-            Credentials::Token(token) => options.token(token),
-            Credentials::UserPassword(user, password) => options.user_and_password(user, password),
-        };
-        let client = options
-            .connect(endpoint.address.as_str())
-            .await
-            .map_err(|e| connect_error(url, e))?;
-        check_jetstream(&client, url).await?;
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(config.request_timeout);
         Ok(NatsBroker {
-            inner: Arc::new(Inner {
-                client,
-                js,
-                config,
-                streams: Mutex::new(HashSet::new()),
-                closed: AtomicBool::new(false),
-                shutdown: CancellationToken::new(),
-                pull_loops: TaskTracker::new(),
-                outstanding: Mutex::new(HashMap::new()),
-                next_token: AtomicU64::new(0),
-            }),
+            inner: Arc::new(Inner::connect(url, config).await?),
         })
     }
 
@@ -196,116 +145,8 @@ impl NatsBroker {
     /// Closes the connection: streams end, unsettled deliveries are NAKed so
     /// they come back at once, pending publishes are flushed. Idempotent.
     async fn close_connection(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        self.inner.shutdown.cancel();
-        // Pull requests end within their expiry; NAKs sent before they end
-        // would be redelivered into them.
-        self.inner.pull_loops.close();
-        let expiry = self.inner.config.pull_expiry;
-        let _ = tokio::time::timeout(
-            expiry * 2 + Duration::from_secs(1),
-            self.inner.pull_loops.wait(),
-        )
-        .await;
-        let pending: Vec<async_nats::Subject> = self
-            .inner
-            .outstanding
-            .lock()
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
-        let naks = pending.into_iter().map(|reply| {
-            self.inner
-                .client
-                .request(reply, bytes::Bytes::from_static(b"-NAK"))
-        });
-        let _ = futures::future::join_all(naks).await;
-        self.inner
-            .client
-            .drain()
-            .await
-            .map_err(|e| error::op_error("close", e))
+        self.inner.close().await
     }
-}
-
-impl Inner {
-    pub(crate) fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed("nats connection"));
-        }
-        Ok(())
-    }
-
-    /// The topic's stream, created if missing.
-    pub(crate) async fn ensure_stream(&self, topic: &str) -> Result<()> {
-        if self.streams.lock().contains(topic) {
-            return Ok(());
-        }
-        let config = stream::Config {
-            name: stream_name(topic),
-            subjects: vec![topic.to_owned()],
-            storage: match self.config.storage {
-                Storage::File => stream::StorageType::File,
-                Storage::Memory => stream::StorageType::Memory,
-            },
-            duplicate_window: self.config.duplicate_window,
-            ..Default::default()
-        };
-        let mut stream = self
-            .js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| error::op_error("create stream", e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| error::op_error("stream info", e))?;
-        if !info.config.subjects.iter().any(|s| s == topic) {
-            return Err(Error::broker(
-                error::BROKER,
-                "create stream",
-                BrokerErrorKind::Conflict,
-                NatsError::StreamConflict {
-                    stream: info.config.name.clone(),
-                    subjects: info.config.subjects.clone(),
-                    topic: topic.to_owned(),
-                },
-            ));
-        }
-        self.streams.lock().insert(topic.to_owned());
-        Ok(())
-    }
-}
-
-/// Fails with `Unsupported` when the server does not run JetStream. The raw
-/// account-info request is used because the typed one does not parse every
-/// server version's answer.
-async fn check_jetstream(client: &async_nats::Client, url: &str) -> Result<()> {
-    let unsupported = |why: String| Error::Connect {
-        url: courier_core::error::redact_url(url),
-        kind: ConnectErrorKind::Unsupported,
-        source: Some(why.into()),
-    };
-    let answer = client
-        .request("$JS.API.INFO", bytes::Bytes::new())
-        .await
-        .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => {
-                unsupported("JetStream is not enabled on the server".to_owned())
-            }
-            _ => Error::Connect {
-                url: courier_core::error::redact_url(url),
-                kind: ConnectErrorKind::TimedOut,
-                source: Some(Box::new(e)),
-            },
-        })?;
-    let text = String::from_utf8_lossy(&answer.payload);
-    if text.contains("\"error\"") {
-        return Err(unsupported(format!("JetStream answered {text}")));
-    }
-    Ok(())
 }
 
 #[async_trait]

@@ -7,7 +7,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use courier_core::adapter::wire::{self, Native};
 use courier_core::{BrokerErrorKind, Error, Message, Result};
 
-use crate::Inner;
+use crate::connection::Inner;
 use crate::error::op_error;
 
 /// The header JetStream deduplicates on.

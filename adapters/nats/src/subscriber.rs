@@ -14,21 +14,9 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::delivery::NatsAcker;
 use crate::error::op_error;
-use crate::{Inner, consumer_name, stream_name};
-
-/// Flow control of one subscription: deliveries handed out and not settled.
-#[derive(Debug)]
-pub(crate) struct Flow {
-    pub(crate) in_flight: AtomicUsize,
-    pub(crate) settled: Notify,
-}
-
-impl Flow {
-    pub(crate) fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.settled.notify_one();
-    }
-}
+use crate::config::{consumer_name, stream_name};
+use crate::connection::Inner;
+use crate::flow::Flow;
 
 /// The group's durable consumer, created if missing.
 pub(crate) async fn provision(

@@ -1,0 +1,177 @@
+//! The connection a [`NatsBroker`](crate::NatsBroker) and its clones share:
+//! the client, the JetStream context, the streams known to exist, and what
+//! closing must wait for.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::stream;
+use courier_core::{BrokerErrorKind, ConnectErrorKind, Error, Result};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Credentials, Endpoint, NatsConfig, Storage, stream_name};
+use crate::error::{self, NatsError, connect_error};
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) config: NatsConfig,
+    streams: Mutex<HashSet<String>>,
+    closed: AtomicBool,
+    pub(crate) shutdown: CancellationToken,
+    /// The pull loops, which close waits for (see `subscriber::drain`).
+    pub(crate) pull_loops: TaskTracker,
+    /// Reply subjects of deliveries handed out and not yet settled, so that
+    /// closing can NAK them at once instead of waiting for `ack_wait`.
+    pub(crate) outstanding: Mutex<HashMap<u64, async_nats::Subject>>,
+    pub(crate) next_token: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("nats connection"));
+        }
+        Ok(())
+    }
+
+    /// The topic's stream, created if missing.
+    pub(crate) async fn ensure_stream(&self, topic: &str) -> Result<()> {
+        if self.streams.lock().contains(topic) {
+            return Ok(());
+        }
+        let config = stream::Config {
+            name: stream_name(topic),
+            subjects: vec![topic.to_owned()],
+            storage: match self.config.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            duplicate_window: self.config.duplicate_window,
+            ..Default::default()
+        };
+        let mut stream = self
+            .js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| error::op_error("create stream", e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| error::op_error("stream info", e))?;
+        if !info.config.subjects.iter().any(|s| s == topic) {
+            return Err(Error::broker(
+                error::BROKER,
+                "create stream",
+                BrokerErrorKind::Conflict,
+                NatsError::StreamConflict {
+                    stream: info.config.name.clone(),
+                    subjects: info.config.subjects.clone(),
+                    topic: topic.to_owned(),
+                },
+            ));
+        }
+        self.streams.lock().insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Connects to `url` with `config` (the URL's options override it).
+    pub(crate) async fn connect(url: &str, config: NatsConfig) -> Result<Self> {
+        let config = config.apply_url(url)?;
+        let endpoint = Endpoint::parse(url)?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name(&config.client_name)
+            .connection_timeout(config.connect_timeout)
+            .request_timeout(Some(config.request_timeout));
+        options = match endpoint.credentials {
+            Credentials::None => options,
+            Credentials::Token(token) => options.token(token),
+            Credentials::UserPassword(user, password) => options.user_and_password(user, password),
+        };
+        let client = options
+            .connect(endpoint.address.as_str())
+            .await
+            .map_err(|e| connect_error(url, e))?;
+        check_jetstream(&client, url).await?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.request_timeout);
+        Ok(Inner {
+            client,
+            js,
+            config,
+            streams: Mutex::new(HashSet::new()),
+            closed: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            pull_loops: TaskTracker::new(),
+            outstanding: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(0),
+        })
+    }
+
+    /// Closes the connection: streams end, unsettled deliveries are NAKed so
+    /// they come back at once, pending publishes are flushed. Idempotent.
+    pub(crate) async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.shutdown.cancel();
+        // Pull requests end within their expiry; NAKs sent before they end
+        // would be redelivered into them.
+        self.pull_loops.close();
+        let expiry = self.config.pull_expiry;
+        let _ = tokio::time::timeout(
+            expiry * 2 + Duration::from_secs(1),
+            self.pull_loops.wait(),
+        )
+        .await;
+        let pending: Vec<async_nats::Subject> = self
+            .outstanding
+            .lock()
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        let naks = pending.into_iter().map(|reply| {
+            self.client
+                .request(reply, bytes::Bytes::from_static(b"-NAK"))
+        });
+        let _ = futures::future::join_all(naks).await;
+        self.client
+            .drain()
+            .await
+            .map_err(|e| error::op_error("close", e))
+    }
+}
+
+/// Fails with `Unsupported` when the server does not run JetStream. The raw
+/// account-info request is used because the typed one does not parse every
+/// server version's answer.
+async fn check_jetstream(client: &async_nats::Client, url: &str) -> Result<()> {
+    let unsupported = |why: String| Error::Connect {
+        url: courier_core::error::redact_url(url),
+        kind: ConnectErrorKind::Unsupported,
+        source: Some(why.into()),
+    };
+    let answer = client
+        .request("$JS.API.INFO", bytes::Bytes::new())
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => {
+                unsupported("JetStream is not enabled on the server".to_owned())
+            }
+            _ => Error::Connect {
+                url: courier_core::error::redact_url(url),
+                kind: ConnectErrorKind::TimedOut,
+                source: Some(Box::new(e)),
+            },
+        })?;
+    let text = String::from_utf8_lossy(&answer.payload);
+    if text.contains("\"error\"") {
+        return Err(unsupported(format!("JetStream answered {text}")));
+    }
+    Ok(())
+}
