@@ -25,12 +25,13 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHead
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use crate::client::CourierContext;
 use crate::config::KafkaConfig;
-use crate::error::{BROKER, CourierContext};
+use crate::error::BROKER;
+use crate::flow::{Fetched, Flow, Pending};
 use crate::partition::Partition;
 use crate::publisher::Record;
 use crate::settled;
-use crate::subscriber::{Fetched, Flow, Pending};
 use crate::watermark::{Received, skipped_offsets};
 
 /// How long one `poll` blocks when nothing arrives; bounds how quickly the

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use courier_core::adapter::Acknowledger;
-use courier_core::{Error, Message, Nack, Result, async_trait};
+use courier_core::{Delivery, Error, Message, Nack, Result, async_trait};
 
 use crate::error::{BROKER, PartitionRevoked};
+use crate::flow::{Flow, Pending};
 use crate::partition::{Partition, Revoked};
-use crate::subscriber::{Flow, Pending};
 
 /// Settles one delivery. An ack marks its offset settled (committed once
 /// every earlier offset of the partition is settled too); a nack or a
@@ -108,4 +108,22 @@ impl Acknowledger for KafkaAcker {
     fn abandon(self: Box<Self>, message: &Message) {
         self.requeue(message);
     }
+}
+
+/// Hands `pending` out as a delivery of `flow`.
+pub(crate) fn deliver(flow: &Arc<Flow>, mut pending: Pending) -> Delivery {
+    pending.deliveries += 1;
+    flow.add_in_flight();
+    let acker = KafkaAcker {
+        flow: flow.clone(),
+        partition: pending.partition,
+        offset: pending.offset,
+        deliveries: pending.deliveries,
+    };
+    courier_core::adapter::delivery(
+        pending.message,
+        flow.topic.clone(),
+        Box::new(acker),
+        Some(pending.deliveries),
+    )
 }

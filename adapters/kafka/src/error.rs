@@ -1,93 +1,13 @@
-//! How rdkafka errors become courier errors, and the client context that
-//! remembers transport failures so connection errors can say what happened.
+//! How rdkafka errors become courier errors.
 
 use std::time::Duration;
 
 use courier_core::error::redact_url;
 use courier_core::{BrokerErrorKind, ConnectErrorKind, Error};
-use parking_lot::Mutex;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 /// The adapter's name in errors.
 pub(crate) const BROKER: &str = "kafka";
-
-/// The client context of the producer, the admin client and short-lived
-/// consumers: logs through `tracing` and keeps the last broker-connection
-/// error, which rdkafka reports only through this callback.
-#[derive(Debug, Default)]
-pub(crate) struct CourierContext {
-    transport: Mutex<Transport>,
-}
-
-#[derive(Debug, Default)]
-struct Transport {
-    /// The last connection-level error and its reason.
-    last: Option<(RDKafkaErrorCode, String)>,
-    /// Whether rdkafka said every bootstrap server is down.
-    all_down: bool,
-}
-
-impl CourierContext {
-    /// The last connection error seen, and whether all brokers are down.
-    pub(crate) fn transport_error(&self) -> (Option<(RDKafkaErrorCode, String)>, bool) {
-        let t = self.transport.lock();
-        (t.last.clone(), t.all_down)
-    }
-
-    fn record(&self, error: &KafkaError, reason: &str) {
-        let Some(code) = error.rdkafka_error_code() else {
-            return;
-        };
-        let mut t = self.transport.lock();
-        if code == RDKafkaErrorCode::AllBrokersDown {
-            t.all_down = true;
-        } else {
-            t.last = Some((code, reason.to_owned()));
-        }
-    }
-}
-
-impl ClientContext for CourierContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.record(&error, reason);
-        tracing::debug!(%error, reason, "kafka client error");
-    }
-}
-
-impl ConsumerContext for CourierContext {}
-
-/// rdkafka's log level: as verbose as `tracing` currently wants.
-pub(crate) fn log_level() -> RDKafkaLogLevel {
-    use tracing::level_filters::LevelFilter;
-    match LevelFilter::current() {
-        LevelFilter::OFF | LevelFilter::ERROR => RDKafkaLogLevel::Error,
-        LevelFilter::WARN => RDKafkaLogLevel::Warning,
-        LevelFilter::INFO => RDKafkaLogLevel::Info,
-        _ => RDKafkaLogLevel::Debug,
-    }
-}
-
-/// Forwards rdkafka's log lines to `tracing`.
-pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg
-        | RDKafkaLogLevel::Alert
-        | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => tracing::error!(target: "rdkafka", fac, "{message}"),
-        RDKafkaLogLevel::Warning => tracing::warn!(target: "rdkafka", fac, "{message}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            tracing::info!(target: "rdkafka", fac, "{message}")
-        }
-        RDKafkaLogLevel::Debug => tracing::debug!(target: "rdkafka", fac, "{message}"),
-    }
-}
 
 /// A failed connection attempt, typed from the last transport error the
 /// client reported (or `TimedOut` when there was none).

@@ -197,10 +197,13 @@
 //! # Ok(()) }
 //! ```
 
+mod client;
 mod config;
 mod consumer;
 mod delivery;
 mod error;
+mod flow;
+mod group;
 mod partition;
 mod publisher;
 mod settled;
@@ -223,10 +226,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 pub use config::{KafkaConfig, SCHEMES, URL_OPTIONS};
 pub use error::PartitionRevoked;
 
-use error::CourierContext;
+use client::{CourierContext, blocking, client_config};
 use publisher::Producer;
 use subscriber::Running;
-use topics::{Topics, blocking, client_config};
+use topics::Topics;
 
 /// A connection to a Kafka cluster, as publisher and subscriber.
 ///

@@ -12,9 +12,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
+use crate::client::CourierContext;
+use crate::client::{blocking, client_config, millis};
 use crate::config::KafkaConfig;
-use crate::error::{BROKER, CourierContext, publish_error};
-use crate::topics::{Topics, blocking, client_config, millis};
+use crate::error::{BROKER, publish_error};
+use crate::topics::Topics;
 
 /// How long `close` waits for queued records to be confirmed.
 const FLUSH_TIMEOUT_CAP: std::time::Duration = std::time::Duration::from_secs(30);

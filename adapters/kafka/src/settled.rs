@@ -27,10 +27,10 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::client::CourierContext;
+use crate::client::client_config;
 use crate::config::KafkaConfig;
-use crate::error::CourierContext;
 use crate::publisher::Producer;
-use crate::topics::client_config;
 
 /// How long a rebalance waits for the companion offsets and records (it
 /// runs while the group waits for this member).

@@ -1,188 +1,25 @@
 //! Subscriptions: provisioning a group, and the stream that hands out
 //! deliveries within the prefetch limit, redeliveries first.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use courier_core::{Delivery, DeliveryStream, Error, Message, Result, Subscription};
+use courier_core::{Delivery, DeliveryStream, Error, Result, Subscription};
 use futures::Stream;
-use futures::task::AtomicWaker;
-use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::{mpsc, watch};
 
+use crate::client::{blocking, client_config, millis};
 use crate::config::KafkaConfig;
 use crate::consumer::{self, SessionContext};
-use crate::delivery::KafkaAcker;
+use crate::delivery::deliver;
 use crate::error::op_error;
-use crate::partition::Partition;
+use crate::flow::{Fetched, Flow};
+use crate::group::{group_client, pin_group_start};
 use crate::publisher::Producer;
-use crate::topics::{blocking, client_config, group_client, millis, pin_group_start};
-
-/// A fetched record on its way to the application.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub(crate) partition: Arc<Partition>,
-    pub(crate) offset: i64,
-    pub(crate) message: Message,
-    /// Deliveries so far in this session (0 before the first).
-    pub(crate) deliveries: u32,
-}
-
-/// What the poll thread sends the stream.
-#[derive(Debug)]
-pub(crate) enum Fetched {
-    /// A record to hand out.
-    Record(Pending),
-    /// The consumer failed for good; the stream ends after this.
-    Failed(Error),
-}
-
-/// What one subscription's stream, poll thread and deliveries share.
-#[derive(Debug)]
-pub(crate) struct Flow {
-    pub(crate) topic: Arc<str>,
-    pub(crate) group: Arc<str>,
-    pub(crate) producer: Arc<Producer>,
-    prefetch: usize,
-    /// Deliveries handed out and not yet settled or given back.
-    in_flight: AtomicUsize,
-    /// Records fetched and sent to the stream but not yet taken by it.
-    buffered: AtomicUsize,
-    /// Deliveries given back (nack, drop), delivered before new records.
-    redeliver: Mutex<VecDeque<Pending>>,
-    waker: AtomicWaker,
-    /// The subscription is ending (closed, or its stream dropped).
-    ending: AtomicBool,
-    /// The connection is closing: the subscription ends without waiting
-    /// for its deliveries to be settled.
-    closing: AtomicBool,
-    /// The poll thread, woken when the stream takes records.
-    poller: Mutex<Option<std::thread::Thread>>,
-    /// Becomes `true` when the poll thread has committed and left the group.
-    finished: watch::Sender<bool>,
-}
-
-impl Flow {
-    fn new(
-        topic: &str,
-        group: &str,
-        producer: Arc<Producer>,
-        prefetch: usize,
-    ) -> (Arc<Self>, watch::Receiver<bool>) {
-        let (finished, done) = watch::channel(false);
-        let flow = Flow {
-            topic: Arc::from(topic),
-            group: Arc::from(group),
-            producer,
-            prefetch,
-            in_flight: AtomicUsize::new(0),
-            buffered: AtomicUsize::new(0),
-            redeliver: Mutex::new(VecDeque::new()),
-            waker: AtomicWaker::new(),
-            ending: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            poller: Mutex::new(None),
-            finished,
-        };
-        (Arc::new(flow), done)
-    }
-
-    /// At most this many records wait in the stream's buffer before the
-    /// poll thread stops fetching.
-    pub(crate) fn high_water(&self) -> usize {
-        (self.prefetch * 2).max(64)
-    }
-
-    /// The poll thread fetches again once the buffer is down to this.
-    pub(crate) fn low_water(&self) -> usize {
-        self.high_water() / 2
-    }
-
-    pub(crate) fn buffered(&self) -> usize {
-        self.buffered.load(Ordering::Acquire)
-    }
-
-    /// Counts a record sent to the stream.
-    pub(crate) fn add_buffered(&self) {
-        self.buffered.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn take_buffered(&self) {
-        let before = self.buffered.fetch_sub(1, Ordering::AcqRel);
-        if before == self.low_water() + 1 {
-            self.wake_poller();
-        }
-    }
-
-    pub(crate) fn set_poller(&self, thread: std::thread::Thread) {
-        *self.poller.lock() = Some(thread);
-    }
-
-    fn wake_poller(&self) {
-        if let Some(thread) = &*self.poller.lock() {
-            thread.unpark();
-        }
-    }
-
-    pub(crate) fn is_ending(&self) -> bool {
-        self.ending.load(Ordering::Acquire)
-    }
-
-    /// Whether the connection is closing (see [`Running::stop`]).
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// Ends the subscription: the stream ends, the poll thread commits and
-    /// leaves the group.
-    pub(crate) fn end(&self) {
-        if !self.ending.swap(true, Ordering::AcqRel) {
-            self.waker.wake();
-            self.wake_poller();
-        }
-    }
-
-    /// Called by the poll thread when it is done.
-    pub(crate) fn set_finished(&self) {
-        self.finished.send_replace(true);
-        self.waker.wake();
-    }
-
-    /// A settled or given-back delivery frees a prefetch slot.
-    pub(crate) fn release(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.prefetch {
-            self.waker.wake();
-        }
-    }
-
-    /// Queues a given-back delivery to come next.
-    pub(crate) fn redeliver_front(&self, pending: Pending) {
-        self.redeliver.lock().push_front(pending);
-        self.waker.wake();
-    }
-
-    fn deliver(self: &Arc<Self>, mut pending: Pending) -> Delivery {
-        pending.deliveries += 1;
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let acker = KafkaAcker {
-            flow: self.clone(),
-            partition: pending.partition,
-            offset: pending.offset,
-            deliveries: pending.deliveries,
-        };
-        courier_core::adapter::delivery(
-            pending.message,
-            self.topic.clone(),
-            Box::new(acker),
-            Some(pending.deliveries),
-        )
-    }
-}
 
 /// The delivery stream of one subscription. Dropping it ends the
 /// subscription like closing does.
@@ -210,7 +47,7 @@ impl Stream for KafkaStream {
             let again = this.flow.redeliver.lock().pop_front();
             if let Some(pending) = again {
                 if pending.partition.hand_out(pending.offset) {
-                    return Poll::Ready(Some(Ok(this.flow.deliver(pending))));
+                    return Poll::Ready(Some(Ok(deliver(&this.flow, pending))));
                 }
                 continue;
             }
@@ -218,7 +55,7 @@ impl Stream for KafkaStream {
                 Poll::Ready(Some(Fetched::Record(pending))) => {
                     this.flow.take_buffered();
                     if pending.partition.hand_out(pending.offset) {
-                        return Poll::Ready(Some(Ok(this.flow.deliver(pending))));
+                        return Poll::Ready(Some(Ok(deliver(&this.flow, pending))));
                     }
                 }
                 Poll::Ready(Some(Fetched::Failed(error))) => {

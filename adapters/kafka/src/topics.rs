@@ -1,19 +1,18 @@
-//! Topics and groups: existence checks, creation, and the offsets that
-//! make a newly provisioned group start where its start position says.
+//! Topics: existence checks and creation, with their partition counts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::{Error, Result, StartPosition};
+use courier_core::{Error, Result};
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use crate::client::{CourierContext, blocking};
 use crate::config::KafkaConfig;
-use crate::error::{CourierContext, op_error};
+use crate::error::op_error;
 
 /// Creates and looks up topics; remembers those known to exist.
 pub(crate) struct Topics {
@@ -147,105 +146,4 @@ impl Topics {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// Runs a blocking rdkafka call off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
-) -> std::result::Result<T, KafkaError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
-}
-
-/// Makes a group that has no committed offset for some partitions of the
-/// topic start where `start` says: commits the partition's end
-/// ([`StartPosition::Latest`]) or beginning ([`StartPosition::Earliest`]).
-/// From then on the group keeps every message published after this call,
-/// even before anyone subscribes. Partitions with a committed offset are
-/// left alone, so provisioning is idempotent.
-///
-/// Blocking: call it off the async threads.
-pub(crate) fn pin_group_start<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partitions: i32,
-    start: StartPosition,
-    timeout: Duration,
-) -> std::result::Result<(), KafkaError> {
-    let mut all = TopicPartitionList::new();
-    for partition in 0..partitions {
-        all.add_partition(topic, partition);
-    }
-    let committed = consumer.committed_offsets(all, timeout)?;
-    let mut pin = TopicPartitionList::new();
-    for element in committed.elements() {
-        if matches!(element.offset(), Offset::Offset(_)) {
-            continue;
-        }
-        let partition = element.partition();
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        let offset = match start {
-            StartPosition::Earliest => low,
-            _ => high,
-        };
-        pin.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    }
-    if pin.count() == 0 {
-        return Ok(());
-    }
-    match consumer.commit(&pin, CommitMode::Sync) {
-        Ok(()) => Ok(()),
-        // The group has active members: it exists already, and they commit.
-        Err(KafkaError::ConsumerCommit(
-            RDKafkaErrorCode::IllegalGeneration
-            | RDKafkaErrorCode::UnknownMemberId
-            | RDKafkaErrorCode::RebalanceInProgress,
-        )) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// A short-lived consumer of `group`, for provisioning.
-pub(crate) fn group_client(
-    config: &KafkaConfig,
-    group: &str,
-) -> std::result::Result<BaseConsumer<CourierContext>, KafkaError> {
-    client_config(
-        config,
-        [
-            ("group.id", group.to_owned()),
-            ("enable.auto.commit", "false".to_owned()),
-        ],
-    )
-    .create_with_context(CourierContext::default())
-}
-
-/// Settings every client shares, then the client's own `settings`, then
-/// [`KafkaConfig::rdkafka`].
-pub(crate) fn client_config<'a>(
-    config: &KafkaConfig,
-    settings: impl IntoIterator<Item = (&'a str, String)>,
-) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("client.id", &config.client_id)
-        .set(
-            "socket.connection.setup.timeout.ms",
-            millis(config.connect_timeout).to_string(),
-        );
-    for (name, value) in settings {
-        client.set(name, value);
-    }
-    client.set_log_level(crate::error::log_level());
-    for (name, value) in &config.rdkafka {
-        client.set(name, value);
-    }
-    client
-}
-
-/// A duration in whole milliseconds, at least 1.
-pub(crate) fn millis(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
 }
