@@ -102,3 +102,31 @@ async fn a_closed_subscriber_ends_the_run_cleanly() {
         .unwrap();
     assert_eq!(stats.in_flight, 0);
 }
+
+#[tokio::test]
+async fn an_app_whose_consumers_all_end_returns_without_its_trigger() {
+    let broker = MemoryBroker::new().into_broker();
+    let mut app = runtime::App::new();
+    for topic in ["first", "second"] {
+        app = app.consumer(Consumer::builder(
+            &broker,
+            Subscription::new(topic, "g"),
+            runtime::raw(|_m| async { Ok(()) }),
+        ));
+    }
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run_until(async move {
+        let _ = started_tx.send(());
+        std::future::pending::<()>().await
+    }));
+    // The trigger is polled once both consumers are subscribed.
+    started_rx.await.unwrap();
+    broker.close().await.unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the app returns once every consumer has ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.len(), 2);
+    assert!(stats.iter().all(|s| s.in_flight == 0 && s.handled == 0));
+}

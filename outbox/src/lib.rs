@@ -254,7 +254,7 @@ pub mod sqlite;
 pub use config::RelayConfig;
 pub use error::{Error, Result};
 pub use relay::{Relay, RelayHandle};
-pub use stats::RelayStats;
 pub use row::FailedRow;
+pub use stats::RelayStats;
 pub use store::Backlog;
 pub use table::{DEFAULT_TABLE, MAX_TABLE_LEN, TableName};

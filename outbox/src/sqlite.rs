@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::relay::Relay;
-use crate::row::{Columns, Row, read_failed_row, read_row, split_readable};
 use crate::row::FailedRow;
+use crate::row::{Columns, Row, read_failed_row, read_row, split_readable};
 use crate::store::{Backlog, Claim, Outcome, Store};
 use crate::table::TableName;
 

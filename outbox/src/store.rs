@@ -20,7 +20,6 @@ pub struct Backlog {
     pub oldest_pending_age: Duration,
 }
 
-
 /// What became of the rows of one claim.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {

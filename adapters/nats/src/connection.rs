@@ -124,17 +124,10 @@ impl Inner {
         // would be redelivered into them.
         self.pull_loops.close();
         let expiry = self.config.pull_expiry;
-        let _ = tokio::time::timeout(
-            expiry * 2 + Duration::from_secs(1),
-            self.pull_loops.wait(),
-        )
-        .await;
-        let pending: Vec<async_nats::Subject> = self
-            .outstanding
-            .lock()
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let _ =
+            tokio::time::timeout(expiry * 2 + Duration::from_secs(1), self.pull_loops.wait()).await;
+        let pending: Vec<async_nats::Subject> =
+            self.outstanding.lock().drain().map(|(_, s)| s).collect();
         let naks = pending.into_iter().map(|reply| {
             self.client
                 .request(reply, bytes::Bytes::from_static(b"-NAK"))

@@ -12,10 +12,10 @@ use courier_core::{
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
-use crate::delivery::NatsAcker;
-use crate::error::op_error;
 use crate::config::{consumer_name, stream_name};
 use crate::connection::Inner;
+use crate::delivery::NatsAcker;
+use crate::error::op_error;
 use crate::flow::Flow;
 
 /// The group's durable consumer, created if missing.

@@ -112,14 +112,11 @@ impl App {
     /// As [`App::start`] and [`RunningApp::shutdown`].
     pub async fn run_until(self, trigger: impl Future<Output = ()>) -> Result<Vec<ConsumerStats>> {
         let running = self.start().await?;
-        let all_stopped = async {
-            while !running.consumers.iter().all(RunningConsumer::is_finished) {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        };
+        let all_stopped =
+            futures::future::join_all(running.consumers.iter().map(RunningConsumer::stopped));
         tokio::select! {
             () = trigger => {}
-            () = all_stopped => {}
+            _ = all_stopped => {}
         }
         running.shutdown().await
     }

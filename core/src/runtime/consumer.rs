@@ -387,9 +387,13 @@ impl Consumer {
             () = shared.stop.token.cancelled() => None,
             stream = subscriber.subscribe(subscription.clone()) => Some(stream?),
         };
+        let stopped = CancellationToken::new();
         let task = tokio::spawn({
             let shared = shared.clone();
+            // Cancelled when the task ends, however it ends (panic included).
+            let stopped = stopped.clone().drop_guard();
             async move {
+                let _stopped = stopped;
                 match stream {
                     Some(stream) => super::dispatch::run(shared, stream, shutdown_deadline).await,
                     None => Ok(()),
@@ -398,6 +402,7 @@ impl Consumer {
         });
         Ok(RunningConsumer {
             task: Some(task),
+            stopped,
             shared,
             metrics,
             subscription,
@@ -465,6 +470,8 @@ impl Consumer {
 #[must_use = "dropping a RunningConsumer stops the consumer"]
 pub struct RunningConsumer {
     task: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// Cancelled when the consumer's task has ended.
+    stopped: CancellationToken,
     shared: Arc<Shared>,
     metrics: ConsumerMetrics,
     subscription: Subscription,
@@ -495,6 +502,18 @@ impl RunningConsumer {
     /// stream ended and it drained).
     pub fn is_finished(&self) -> bool {
         self.task.as_ref().is_none_or(|task| task.is_finished())
+    }
+
+    /// Waits until the consumer has stopped (as [`is_finished`](Self::is_finished)
+    /// turns true), without taking the handle: for waiting on several
+    /// consumers at once. The outcome is still [`shutdown`](Self::shutdown)'s
+    /// or [`wait`](Self::wait)'s to return.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future changes nothing.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
     }
 
     /// Starts the graceful shutdown of this consumer alone (even if its
