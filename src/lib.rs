@@ -64,6 +64,7 @@
 //! broker.close().await?;
 //! # Ok(()) }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(hidden)]
 pub use courier_core::adapter;
