@@ -234,7 +234,6 @@
 //! Both need sqlx 0.8 with the tokio runtime; TLS for PostgreSQL comes
 //! from the application's own sqlx features.
 #![cfg_attr(docsrs, feature(doc_cfg))]
-
 // Without a backend there is nothing to relay from: the shared parts are unused.
 #![cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 
