@@ -56,8 +56,15 @@ fn main() -> std::process::ExitCode {
     courier_testkit::run(&adapters, &courier_testkit::all_cases())
 }
 
+/// The bound the fault cases hold every operation to, and the URL options
+/// (shared by every adapter) that set it.
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
+const FAULT_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
+const FAULT_OPTIONS: &str = "publish_timeout=3s";
+
 /// An adapter on a real server: the cases share this binary's `$shared`
-/// server; the restart cases use one `$fresh` server of their own. URL
+/// server; the restart and fault cases use one `$fresh` server of their own. URL
 /// options (`$options`, starting with `?`) are added to the servers' URLs.
 #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 macro_rules! on_server {
@@ -94,6 +101,26 @@ macro_rules! on_server {
             || async {
                 let server = restartable().await.map_err(|e| e.to_string())?;
                 server.restart().await.map_err(|e| e.to_string())
+            },
+        )
+        .with_freeze(
+            FAULT_BOUND,
+            || async {
+                let server = restartable().await?;
+                let options = if $options.is_empty() {
+                    "?"
+                } else {
+                    concat!($options, "&")
+                };
+                courier::connect(&format!("{}{options}{FAULT_OPTIONS}", server.url())).await
+            },
+            || async {
+                let server = restartable().await.map_err(|e| e.to_string())?;
+                server.pause().await.map_err(|e| e.to_string())
+            },
+            || async {
+                let server = restartable().await.map_err(|e| e.to_string())?;
+                server.unpause().await.map_err(|e| e.to_string())
             },
         )
     }};

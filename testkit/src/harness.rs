@@ -37,6 +37,9 @@ pub enum Capability {
     DeliveryCount,
     /// The test can stop and restart the broker (see [`Adapter::with_restart`]).
     Restart,
+    /// The test can freeze the broker without closing its connections and
+    /// let it go on (see [`Adapter::with_freeze`]).
+    Freeze,
 }
 
 impl fmt::Display for Capability {
@@ -45,8 +48,19 @@ impl fmt::Display for Capability {
             Capability::History => "history",
             Capability::DeliveryCount => "delivery-count",
             Capability::Restart => "restart",
+            Capability::Freeze => "freeze",
         })
     }
+}
+
+/// A server the tests may freeze (`docker pause`) and thaw, and how to
+/// connect to it with the short time bounds the fault cases check.
+#[derive(Clone)]
+struct Freezable {
+    connect: Arc<ConnectFn>,
+    freeze: Arc<RestartFn>,
+    thaw: Arc<RestartFn>,
+    bound: Duration,
 }
 
 /// An adapter under test: how to connect, what it can do, and how patient
@@ -57,6 +71,7 @@ pub struct Adapter {
     capabilities: Vec<Capability>,
     connect: Arc<ConnectFn>,
     restart: Option<Restartable>,
+    freeze: Option<Freezable>,
     patience: Duration,
     quiet: Duration,
 }
@@ -84,6 +99,7 @@ impl Adapter {
             capabilities: capabilities.to_vec(),
             connect: Arc::new(move || Box::pin(connect())),
             restart: None,
+            freeze: None,
             patience: Duration::from_secs(15),
             quiet: Duration::from_millis(500),
         }
@@ -104,6 +120,37 @@ impl Adapter {
         });
         if !self.capabilities.contains(&Capability::Restart) {
             self.capabilities.push(Capability::Restart);
+        }
+        self
+    }
+
+    /// Lets fault cases run on a server of their own: `connect` reaches it
+    /// with every operation bounded by `bound` (the URL's timeouts),
+    /// `freeze` makes the server stop answering without closing its
+    /// connections and `thaw` lets it go on. Declares [`Capability::Freeze`].
+    pub fn with_freeze<C, CFut, F, FFut, T, TFut>(
+        mut self,
+        bound: Duration,
+        connect: C,
+        freeze: F,
+        thaw: T,
+    ) -> Self
+    where
+        C: Fn() -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = Result<Broker>> + Send + 'static,
+        F: Fn() -> FFut + Send + Sync + 'static,
+        FFut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+        T: Fn() -> TFut + Send + Sync + 'static,
+        TFut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
+        self.freeze = Some(Freezable {
+            connect: Arc::new(move || Box::pin(connect())),
+            freeze: Arc::new(move || Box::pin(freeze())),
+            thaw: Arc::new(move || Box::pin(thaw())),
+            bound,
+        });
+        if !self.capabilities.contains(&Capability::Freeze) {
+            self.capabilities.push(Capability::Freeze);
         }
         self
     }
@@ -174,6 +221,8 @@ pub struct Ctx {
     prefix: String,
     /// The case restarts its server, so it runs on the restartable one.
     restarts: bool,
+    /// The case freezes its server, so it runs on the freezable one.
+    freezes: bool,
 }
 
 impl Ctx {
@@ -188,8 +237,9 @@ impl Ctx {
     ///
     /// When connecting fails.
     pub async fn broker(&self) -> Broker {
-        let connect = match (&self.adapter.restart, self.restarts) {
-            (Some(restartable), true) => &restartable.connect,
+        let connect = match (&self.adapter.restart, &self.adapter.freeze) {
+            (Some(restartable), _) if self.restarts => &restartable.connect,
+            (_, Some(freezable)) if self.freezes => &freezable.connect,
             _ => &self.adapter.connect,
         };
         connect()
@@ -226,6 +276,47 @@ impl Ctx {
         (restartable.restart)()
             .await
             .unwrap_or_else(|e| panic!("{}: restart failed: {e}", self.adapter.name));
+    }
+
+    /// Freezes the broker: it stops answering, its connections stay open.
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no freeze hook or freezing fails.
+    pub async fn freeze_broker(&self) {
+        let freezable = self.freezable();
+        (freezable.freeze)()
+            .await
+            .unwrap_or_else(|e| panic!("{}: freeze failed: {e}", self.adapter.name));
+    }
+
+    /// Lets a frozen broker go on.
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no freeze hook or thawing fails.
+    pub async fn thaw_broker(&self) {
+        let freezable = self.freezable();
+        (freezable.thaw)()
+            .await
+            .unwrap_or_else(|e| panic!("{}: thaw failed: {e}", self.adapter.name));
+    }
+
+    /// The bound every broker operation keeps on the freezable server's
+    /// connections (see [`Adapter::with_freeze`]).
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no freeze hook.
+    pub fn fault_bound(&self) -> Duration {
+        self.freezable().bound
+    }
+
+    fn freezable(&self) -> &Freezable {
+        self.adapter
+            .freeze
+            .as_ref()
+            .expect("case declares Capability::Freeze")
     }
 
     /// The next delivery, within the adapter's patience.
@@ -278,6 +369,7 @@ pub fn trials(adapters: &[Adapter], cases: &[Case]) -> Vec<Trial> {
                 adapter: adapter.clone(),
                 prefix: unique_prefix(adapter.name, case.name),
                 restarts: case.needs.contains(&Capability::Restart),
+                freezes: case.needs.contains(&Capability::Freeze),
             };
             let run = case.run;
             let lacks = missing.join(", ");
@@ -341,6 +433,7 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::History,
             Capability::DeliveryCount,
             Capability::Restart,
+            Capability::Freeze,
         ];
         let lacks: Vec<String> = all
             .iter()

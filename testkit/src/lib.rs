@@ -24,6 +24,7 @@
 //! Test names are `adapter::case`, so a run shows per adapter what passed.
 
 pub mod conformance;
+pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
@@ -32,10 +33,11 @@ pub mod runtime_cases;
 
 pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
-/// Every case of the suite: the conformance cases and the consumer
-/// runtime's cases.
+/// Every case of the suite: the conformance cases, the consumer runtime's
+/// cases and the fault cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
+    cases.extend(fault_cases::cases());
     cases
 }

@@ -33,6 +33,22 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Runs `operation` within the request timeout: the whole operation,
+    /// however many requests it makes, ends in [`Error::Timeout`] naming it
+    /// when the server does not answer in time.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let after = self.config.request_timeout;
+        match tokio::time::timeout(after, work).await {
+            Ok(Err(e)) if error::is_timeout(&e) => Err(Error::Timeout { operation, after }),
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::Timeout { operation, after }),
+        }
+    }
+
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("nats connection"));

@@ -37,7 +37,13 @@ impl NatsAcker {
                     .request(reply, kind.into())
                     .await
                     .map(drop)
-                    .map_err(|e| op_error(operation, e)),
+                    .map_err(|e| match e.kind() {
+                        async_nats::RequestErrorKind::TimedOut => Error::Timeout {
+                            operation,
+                            after: self.inner.config.request_timeout,
+                        },
+                        _ => op_error(operation, e),
+                    }),
                 None => Err(op_error(
                     operation,
                     std::io::Error::other("no reply subject"),

@@ -70,3 +70,20 @@ pub(crate) fn op_error(
 ) -> Error {
     Error::broker(BROKER, operation, BrokerErrorKind::Unavailable, err)
 }
+
+/// Whether `error` is a request the client gave up waiting for.
+pub(crate) fn is_timeout(error: &Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<tokio::time::error::Elapsed>()
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.downcast_ref::<async_nats::RequestError>()
+                .is_some_and(|r| r.kind() == async_nats::RequestErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}

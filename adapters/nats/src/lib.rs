@@ -170,12 +170,21 @@ impl Close for NatsBroker {
 #[async_trait]
 impl Subscriber for NatsBroker {
     async fn provision(&self, subscription: &Subscription) -> Result<()> {
-        subscriber::provision(&self.inner, subscription)
+        self.inner
+            .bounded(
+                "provision",
+                subscriber::provision(&self.inner, subscription),
+            )
             .await
             .map(drop)
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
-        subscriber::subscribe(self.inner.clone(), subscription).await
+        self.inner
+            .bounded(
+                "subscribe",
+                subscriber::subscribe(self.inner.clone(), subscription),
+            )
+            .await
     }
 }
