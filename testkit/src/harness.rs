@@ -377,7 +377,13 @@ pub fn trials(adapters: &[Adapter], cases: &[Case]) -> Vec<Trial> {
                 if !lacks.is_empty() {
                     return Err(Failed::from(format!("adapter lacks: {lacks}")));
                 }
-                run_case(ctx, run)
+                let thaw = ctx.freezes.then(|| ctx.adapter.freeze.clone()).flatten();
+                let outcome = run_case(ctx, run);
+                if let (Err(_), Some(freezable)) = (&outcome, thaw) {
+                    // A failed fault case may have left its server frozen.
+                    thaw_after_failure(&freezable);
+                }
+                outcome
             });
             trials.push(if missing.is_empty() {
                 trial
@@ -400,6 +406,18 @@ fn run_case(ctx: Ctx, run: fn(Ctx) -> BoxFuture<'static, ()>) -> std::result::Re
     let outcome = runtime.block_on(async { tokio::time::timeout(CASE_LIMIT, run(ctx)).await });
     runtime.shutdown_timeout(Duration::from_secs(5));
     outcome.map_err(|_| Failed::from(format!("case did not finish within {CASE_LIMIT:?}")))
+}
+
+/// Lets the freezable server go on after a case that failed while it was
+/// frozen, so the next fault case finds it answering (an error because it
+/// was not frozen is expected and ignored).
+fn thaw_after_failure(freezable: &Freezable) {
+    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        let _ = runtime.block_on((freezable.thaw)());
+    }
 }
 
 fn unique_prefix(adapter: &str, case: &str) -> String {

@@ -149,6 +149,8 @@ pub struct AmqpConfig {
     pub heartbeat: Duration,
     /// Longest wait for a publisher confirm (default 30 s); then `publish`
     /// fails with [`Error::Timeout`](courier_core::Error::Timeout) (the message may have been stored).
+    /// `provision` and `subscribe` (their declarations and the consume,
+    /// reconnecting included) are bounded by it too.
     pub confirm_timeout: Duration,
     /// Reconnection after a lost connection.
     pub reconnect: Reconnect,

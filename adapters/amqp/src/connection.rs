@@ -218,8 +218,21 @@ impl Link {
 
     /// Runs `op` on the current session, reconnecting and trying again
     /// when the connection is lost, until the reconnect policy gives up. A
-    /// refusal by the broker is returned at once.
-    pub(crate) async fn run<T, F, Fut>(&self, operation: &'static str, mut op: F) -> Result<T>
+    /// refusal by the broker is returned at once. The whole run, reconnects
+    /// included, is bounded by [`AmqpConfig::confirm_timeout`]: a broker
+    /// that stops answering gives [`Error::Timeout`] naming `operation`.
+    pub(crate) async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T>
+    where
+        F: FnMut(Arc<Session>) -> Fut,
+        Fut: Future<Output = lapin::Result<T>>,
+    {
+        let after = self.config.confirm_timeout;
+        tokio::time::timeout(after, self.run_unbounded(operation, op))
+            .await
+            .unwrap_or(Err(Error::Timeout { operation, after }))
+    }
+
+    async fn run_unbounded<T, F, Fut>(&self, operation: &'static str, mut op: F) -> Result<T>
     where
         F: FnMut(Arc<Session>) -> Fut,
         Fut: Future<Output = lapin::Result<T>>,

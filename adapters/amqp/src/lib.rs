@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | `connect_timeout` | [`AmqpConfig::connect_timeout`]: TCP and AMQP handshake together | 10 s |
 //! | `client_name` (or `client_id`) | [`AmqpConfig::connection_name`], shown in the management UI | `courier` |
-//! | `publish_timeout` | [`AmqpConfig::confirm_timeout`]: the wait for a publisher confirm | 30 s |
+//! | `publish_timeout` | [`AmqpConfig::confirm_timeout`]: the wait for a publisher confirm, and the bound on `provision` and `subscribe` | 30 s |
 //! | `queue_type` | [`AmqpConfig::queue_type`] of group queues: `quorum` or `classic` | `quorum` |
 //! | `single_active_consumer` | [`AmqpConfig::single_active_consumer`]: `true` or `false` | `false` |
 //! | `heartbeat` | lapin: heartbeat interval asked of the server, seconds (0: none) | [`AmqpConfig::heartbeat`], 10 s |

@@ -193,14 +193,18 @@ impl Session {
         }
     }
 
-    /// Waits (briefly) for outstanding confirms, then closes the connection.
+    /// Waits for outstanding confirms, then closes the connection; both
+    /// together within [`CLOSE_FLUSH`], so a broker that stops answering
+    /// cannot hold `close` up for longer.
     pub(crate) async fn close(&self) {
         if !self.is_alive() {
             return;
         }
         let channel = self.publish.lock().clone();
-        let _ = tokio::time::timeout(CLOSE_FLUSH, channel.wait_for_confirms()).await;
-        let _ =
-            tokio::time::timeout(CLOSE_FLUSH, self.connection.close(200, "closing".into())).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+            let _ = channel.wait_for_confirms().await;
+            let _ = self.connection.close(200, "closing".into()).await;
+        })
+        .await;
     }
 }
