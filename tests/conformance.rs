@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     adapters.push(
         on_server!(
             "amqp",
-            &[Capability::DeliveryCount],
+            &[Capability::DeliveryCount, Capability::ThawRecovery],
             fixtures::rabbitmq,
             fixtures::fresh_rabbitmq
         )
@@ -42,14 +42,19 @@ fn main() -> std::process::ExitCode {
             &[Capability::History, Capability::DeliveryCount],
             fixtures::kafka,
             fixtures::fresh_kafka,
-            "?connect_timeout=30s"
+            "?connect_timeout=30s",
+            true
         )
         .with_patience(std::time::Duration::from_secs(30)),
     );
     #[cfg(feature = "nats")]
     adapters.push(on_server!(
         "nats",
-        &[Capability::History, Capability::DeliveryCount],
+        &[
+            Capability::History,
+            Capability::DeliveryCount,
+            Capability::ThawRecovery
+        ],
         fixtures::nats,
         fixtures::fresh_nats
     ));
@@ -69,9 +74,9 @@ const FAULT_OPTIONS: &str = "publish_timeout=3s";
 #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 macro_rules! on_server {
     ($name:literal, $capabilities:expr, $shared:path, $fresh:path) => {
-        on_server!($name, $capabilities, $shared, $fresh, "")
+        on_server!($name, $capabilities, $shared, $fresh, "", false)
     };
-    ($name:literal, $capabilities:expr, $shared:path, $fresh:path, $options:literal) => {{
+    ($name:literal, $capabilities:expr, $shared:path, $fresh:path, $options:literal, $restart_after_thaw:literal) => {{
         use courier_testkit::fixtures::{BrokerFixture, FixtureError};
         use tokio::sync::OnceCell;
 
@@ -120,7 +125,11 @@ macro_rules! on_server {
             },
             || async {
                 let server = restartable().await.map_err(|e| e.to_string())?;
-                server.unpause().await.map_err(|e| e.to_string())
+                server.unpause().await.map_err(|e| e.to_string())?;
+                if $restart_after_thaw {
+                    server.restart().await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
             },
         )
     }};

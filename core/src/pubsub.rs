@@ -272,14 +272,15 @@ impl Broker {
         self.subscriber.subscribe(subscription).await
     }
 
-    /// Closes the subscriber, then the publisher. Idempotent.
+    /// Closes the subscriber and the publisher, side by side. Idempotent.
     ///
     /// # Errors
     ///
     /// The first failure; both are closed regardless.
     pub async fn close(&self) -> Result<()> {
-        let sub = self.subscriber.close().await;
-        let publ = self.publisher.close().await;
+        // Side by side: each may wait out its own bound on a broker that
+        // stopped answering, and the caller should wait for one, not both.
+        let (sub, publ) = futures::join!(self.subscriber.close(), self.publisher.close());
         sub.and(publ)
     }
 }

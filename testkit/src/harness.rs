@@ -40,6 +40,10 @@ pub enum Capability {
     /// The test can freeze the broker without closing its connections and
     /// let it go on (see [`Adapter::with_freeze`]).
     Freeze,
+    /// After a freeze the broker serves the connections it had, so the
+    /// same handle publishes and consumes again (the Kafka-protocol test
+    /// broker does not: see the testing docs).
+    ThawRecovery,
 }
 
 impl fmt::Display for Capability {
@@ -49,6 +53,7 @@ impl fmt::Display for Capability {
             Capability::DeliveryCount => "delivery-count",
             Capability::Restart => "restart",
             Capability::Freeze => "freeze",
+            Capability::ThawRecovery => "thaw-recovery",
         })
     }
 }
@@ -452,6 +457,7 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::DeliveryCount,
             Capability::Restart,
             Capability::Freeze,
+            Capability::ThawRecovery,
         ];
         let lacks: Vec<String> = all
             .iter()

@@ -56,7 +56,8 @@ pub struct KafkaConfig {
     /// How long a publish may wait for the broker's confirmation, retries
     /// included (rdkafka's `message.timeout.ms`, default 30 s). A broker
     /// outage shorter than this delays publishes; a longer one fails them
-    /// with [`Error::Timeout`](courier_core::Error::Timeout).
+    /// with [`Error::Timeout`](courier_core::Error::Timeout). It also bounds
+    /// `provision` and `subscribe` as a whole.
     pub publish_timeout: Duration,
     /// Largest payload accepted (default 8 MiB). Larger payloads fail with
     /// [`Error::PayloadTooLarge`](courier_core::Error::PayloadTooLarge)

@@ -133,7 +133,7 @@
 //! |---|---|---|
 //! | `connect_timeout` | [`KafkaConfig::connect_timeout`]: first metadata fetch, and each metadata, offset and admin request | 10 s |
 //! | `client_name` (or `client_id`) | [`KafkaConfig::client_id`], rdkafka's `client.id` | `courier` |
-//! | `publish_timeout` | [`KafkaConfig::publish_timeout`]: the wait for the broker's confirmation, retries included | 30 s |
+//! | `publish_timeout` | [`KafkaConfig::publish_timeout`]: the wait for the broker's confirmation, retries included; also the bound on `provision`, `subscribe` and `close` as a whole | 30 s |
 //! | `partitions` | [`KafkaConfig::partitions`] of the topics courier creates | 1 |
 //! | `replication_factor` | [`KafkaConfig::replication_factor`] of the topics courier creates | 1 |
 //! | `create_topics` | [`KafkaConfig::create_topics`]: `true` or `false` | `true` |
@@ -348,10 +348,16 @@ impl Close for KafkaBroker {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // Subscriptions commit and leave their groups, then queued records
+        // are flushed: all of it within the publish timeout, past which
+        // the close is reported incomplete.
         let subscriptions = std::mem::take(&mut *self.inner.subscriptions.lock());
-        let wait = self.inner.config.connect_timeout * 2;
-        futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(wait))).await;
-        self.inner.producer.close().await
+        let after = self.inner.config.publish_timeout;
+        bounded("close", after, async {
+            futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(after))).await;
+            self.inner.producer.close().await
+        })
+        .await
     }
 }
 
@@ -374,16 +380,38 @@ impl Publisher for KafkaBroker {
 impl Subscriber for KafkaBroker {
     async fn provision(&self, subscription: &Subscription) -> Result<()> {
         self.check_open()?;
-        subscriber::provision(&self.inner.config, &self.inner.producer, subscription).await
+        bounded(
+            "provision",
+            self.inner.config.publish_timeout,
+            subscriber::provision(&self.inner.config, &self.inner.producer, subscription),
+        )
+        .await
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         self.check_open()?;
-        let (stream, running) =
-            subscriber::subscribe(&self.inner.config, &self.inner.producer, subscription).await?;
+        let (stream, running) = bounded(
+            "subscribe",
+            self.inner.config.publish_timeout,
+            subscriber::subscribe(&self.inner.config, &self.inner.producer, subscription),
+        )
+        .await?;
         let mut subscriptions = self.inner.subscriptions.lock();
         subscriptions.retain(|r| r.flow.strong_count() > 0);
         subscriptions.push(running);
         Ok(stream)
     }
+}
+
+/// `work` within `after`, or [`Error::Timeout`] naming `operation`: the
+/// bound of the operations that wait for the broker, whatever they wait on
+/// (metadata, admin requests, committed offsets, the group join).
+async fn bounded<T>(
+    operation: &'static str,
+    after: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(after, work)
+        .await
+        .unwrap_or(Err(Error::Timeout { operation, after }))
 }
