@@ -23,6 +23,7 @@ pub(crate) struct Flow {
 
 impl Flow {
     fn release(&self) {
+        self.group.settled();
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.prefetch {
             self.waker.wake();
         }

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Waker;
 
 use courier_core::{Message, Result, StartPosition};
@@ -46,6 +46,15 @@ pub(crate) struct Group {
     pub(crate) name: Arc<str>,
     pub(crate) topic: Arc<str>,
     pub(crate) queue: Mutex<GroupQueue>,
+    /// Open streams of the group: each holds at most its share of the
+    /// group's messages, so one member cannot take a backlog the others
+    /// could handle (see `subscriber::fair_take`).
+    pub(crate) members: AtomicUsize,
+    /// Messages the members hold: taken from the queue and not yet settled.
+    pub(crate) held: AtomicUsize,
+    /// A member is waiting for its share to grow: settlements wake the
+    /// group's waiters.
+    pub(crate) starved: AtomicBool,
 }
 
 impl Group {
@@ -59,6 +68,16 @@ impl Group {
             std::mem::take(&mut q.waiters)
         };
         waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// A member settled a message it held: one fewer held, and a member
+    /// waiting for its share may take more.
+    pub(crate) fn settled(&self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        if self.starved.swap(false, Ordering::AcqRel) {
+            let waiters = std::mem::take(&mut self.queue.lock().waiters);
+            waiters.into_iter().for_each(Waker::wake);
+        }
     }
 
     /// Registers a stream to be woken when messages arrive or the broker closes.
@@ -186,6 +205,9 @@ impl State {
             name: Arc::from(group),
             topic: topic.name.clone(),
             queue: Mutex::new(queue),
+            members: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            starved: AtomicBool::new(false),
         });
         state.groups.push(g.clone());
         g
