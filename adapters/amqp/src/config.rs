@@ -27,12 +27,28 @@ pub const URL_OPTIONS: &[&str] = &[
     broker_url::PUBLISH_TIMEOUT,
     "queue_type",
     "single_active_consumer",
+    "queue_naming",
     "heartbeat",
     "channel_max",
     "frame_max",
     "connection_timeout",
     "auth_mechanism",
 ];
+
+/// How a consumer group's queue is named after its topic and group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueNaming {
+    /// `<topic>:<group>` (the default). `:` cannot occur in a topic or a
+    /// group name, so no two (topic, group) pairs share a queue.
+    #[default]
+    Separated,
+    /// `<topic>.<group>`, the naming of earlier versions, kept for queues
+    /// that already exist. Not one-to-one: topic `orders.eu` with group
+    /// `billing` and topic `orders` with group `eu.billing` share a queue,
+    /// and so each other's messages.
+    Dotted,
+}
 
 /// The kind of queue created for each consumer group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,11 +151,14 @@ pub struct AmqpConfig {
     /// take over when it goes), so a group keeps publish order even with
     /// standby consumers. Default `false` (competing consumers).
     pub single_active_consumer: bool,
+    /// How group queues are named (default [`QueueNaming::Separated`],
+    /// `<topic>:<group>`; URL option `queue_naming=separated|dotted`).
+    pub queue_naming: QueueNaming,
     /// Prefix of every exchange name (default empty: the exchange of topic
     /// `orders` is `orders`).
     pub exchange_prefix: String,
     /// Prefix of every queue name (default empty: the queue of group
-    /// `billing` on topic `orders` is `orders.billing`).
+    /// `billing` on topic `orders` is `orders:billing`).
     pub queue_prefix: String,
     /// Longest wait for a connection to open, TCP and AMQP handshake
     /// together (default 10 s).
@@ -174,6 +193,7 @@ impl Default for AmqpConfig {
         AmqpConfig {
             queue_type: QueueType::default(),
             single_active_consumer: false,
+            queue_naming: QueueNaming::Separated,
             exchange_prefix: String::new(),
             queue_prefix: String::new(),
             connect_timeout: Duration::from_secs(10),
@@ -203,6 +223,12 @@ impl AmqpConfig {
     /// Sets [`AmqpConfig::exchange_prefix`].
     pub fn exchange_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.exchange_prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`AmqpConfig::queue_naming`].
+    pub fn queue_naming(mut self, naming: QueueNaming) -> Self {
+        self.queue_naming = naming;
         self
     }
 
@@ -308,6 +334,12 @@ impl AmqpConfig {
                 ])?;
             }
             "single_active_consumer" => self.single_active_consumer = option.flag()?,
+            "queue_naming" => {
+                self.queue_naming = option.choice(&[
+                    ("separated", QueueNaming::Separated),
+                    ("dotted", QueueNaming::Dotted),
+                ])?;
+            }
             "heartbeat" | "channel_max" => {
                 self.pass_to_lapin(option, option.number(0..=u16::MAX))?;
             }

@@ -4,6 +4,20 @@
 //! reaches it through the facade; [`AmqpBroker::connect_with`] takes an
 //! [`AmqpConfig`].
 //!
+//! # Upgrading from `<topic>.<group>` queues
+//!
+//! Earlier versions named group queues `<topic>.<group>`, which lets topic
+//! `orders.eu` with group `billing` and topic `orders` with group
+//! `eu.billing` share one queue. Queues are now `<topic>:<group>`. A
+//! deployment upgrading with queues of the old names either
+//!
+//! - keeps them: `queue_naming=dotted` in the URL (or
+//!   [`AmqpConfig::queue_naming`]) names queues as before; or
+//! - moves: stop publishing, let the consumers empty the old queues, start
+//!   the new version (it declares and binds the new queues), then delete the
+//!   old queues (`rabbitmqctl delete_queue <topic>.<group>`), which otherwise
+//!   keep receiving a copy of every message.
+//!
 //! # URL
 //!
 //! `amqp://user:password@host:port/vhost?options` (`amqps://` for TLS).
@@ -18,6 +32,7 @@
 //! | `client_name` (or `client_id`) | [`AmqpConfig::connection_name`], shown in the management UI | `courier` |
 //! | `publish_timeout` | [`AmqpConfig::confirm_timeout`]: the wait for a publisher confirm, and the bound on `provision` and `subscribe` | 30 s |
 //! | `queue_type` | [`AmqpConfig::queue_type`] of group queues: `quorum` or `classic` | `quorum` |
+//! | `queue_naming` | [`AmqpConfig::queue_naming`]: `separated` (`<topic>:<group>`) or `dotted` (`<topic>.<group>`, earlier versions) | `separated` |
 //! | `single_active_consumer` | [`AmqpConfig::single_active_consumer`]: `true` or `false` | `false` |
 //! | `heartbeat` | lapin: heartbeat interval asked of the server, seconds (0: none) | [`AmqpConfig::heartbeat`], 10 s |
 //! | `channel_max` | lapin: most channels per connection | the server's |
@@ -36,9 +51,11 @@
 //!   because every group of a topic receives every message, and courier
 //!   routes by topic alone; a message's key travels in a header, not as the
 //!   routing key.
-//! - A **consumer group** is a durable queue `<topic>.<group>` bound to the
+//! - A **consumer group** is a durable queue `<topic>:<group>` bound to the
 //!   topic's exchange: subscriptions of one group compete for its messages,
-//!   and every group gets its own copy. Prefixes for exchange and queue
+//!   and every group gets its own copy. `:` cannot occur in topic or group
+//!   names, so every (topic, group) pair has a queue of its own; its retry
+//!   queues are `<topic>:<group>:retry:<delay>ms`. Prefixes for exchange and queue
 //!   names are configurable; names over AMQP's 255 bytes are shortened with
 //!   a hash. Names starting with `amq.` are reserved by RabbitMQ and refused
 //!   by it.
@@ -222,7 +239,8 @@ use courier_core::{
 };
 
 pub use config::{
-    AmqpConfig, DEFAULT_MAX_PAYLOAD, LAPIN_URL_OPTIONS, QueueType, Reconnect, SCHEMES, URL_OPTIONS,
+    AmqpConfig, DEFAULT_MAX_PAYLOAD, LAPIN_URL_OPTIONS, QueueNaming, QueueType, Reconnect, SCHEMES,
+    URL_OPTIONS,
 };
 pub use error::AmqpError;
 pub use publisher::AmqpPublisher;

@@ -18,7 +18,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::{AmqpConfig, QueueType};
+use crate::config::{AmqpConfig, QueueNaming, QueueType};
 use crate::error::AmqpError;
 
 /// The longest AMQP exchange or queue name, in bytes.
@@ -42,14 +42,19 @@ pub(crate) fn exchange_name(config: &AmqpConfig, topic: &str) -> String {
     fit(format!("{}{topic}", config.exchange_prefix))
 }
 
-/// The queue of a consumer group.
+/// The queue of a consumer group (see [`QueueNaming`]).
 pub(crate) fn queue_name(config: &AmqpConfig, topic: &str, group: &str) -> String {
-    fit(format!("{}{topic}.{group}", config.queue_prefix))
+    let separator = match config.queue_naming {
+        QueueNaming::Separated => ':',
+        QueueNaming::Dotted => '.',
+    };
+    fit(format!("{}{topic}{separator}{group}", config.queue_prefix))
 }
 
-/// The retry queue of a group's queue for one delay bucket.
+/// The retry queue of a group's queue for one delay bucket. Its two `:`
+/// keep it apart from every group queue, which has one.
 pub(crate) fn retry_queue_name(queue: &str, bucket_ms: u64) -> String {
-    fit(format!("{queue}.retry.{bucket_ms}ms"))
+    fit(format!("{queue}:retry:{bucket_ms}ms"))
 }
 
 /// The delay bucket for `delay`, in milliseconds: the smallest of 10 ms,
@@ -192,15 +197,42 @@ mod tests {
     fn default_names_follow_topic_and_group() {
         let config = AmqpConfig::default();
         assert_eq!(exchange_name(&config, "orders"), "orders");
-        assert_eq!(queue_name(&config, "orders", "billing"), "orders.billing");
+        assert_eq!(queue_name(&config, "orders", "billing"), "orders:billing");
         let config = AmqpConfig::default()
             .exchange_prefix("x.")
             .queue_prefix("q.");
         assert_eq!(exchange_name(&config, "orders"), "x.orders");
-        assert_eq!(queue_name(&config, "orders", "billing"), "q.orders.billing");
+        assert_eq!(queue_name(&config, "orders", "billing"), "q.orders:billing");
         assert_eq!(
-            retry_queue_name("orders.billing", 200),
-            "orders.billing.retry.200ms"
+            retry_queue_name("orders:billing", 200),
+            "orders:billing:retry:200ms"
+        );
+        let dotted = AmqpConfig::default().queue_naming(QueueNaming::Dotted);
+        assert_eq!(queue_name(&dotted, "orders", "billing"), "orders.billing");
+    }
+
+    #[test]
+    fn look_alike_topics_and_groups_get_queues_of_their_own() {
+        let config = AmqpConfig::default();
+        let pairs = [
+            ("orders.eu", "billing"),
+            ("orders", "eu.billing"),
+            ("orders", "billing.retry.200ms"),
+        ];
+        let names: std::collections::HashSet<String> = pairs
+            .iter()
+            .map(|(topic, group)| queue_name(&config, topic, group))
+            .chain(std::iter::once(retry_queue_name(
+                &queue_name(&config, "orders", "billing"),
+                200,
+            )))
+            .collect();
+        assert_eq!(names.len(), pairs.len() + 1, "{names:?}");
+        // The dotted naming of earlier versions merges the first two.
+        let dotted = AmqpConfig::default().queue_naming(QueueNaming::Dotted);
+        assert_eq!(
+            queue_name(&dotted, "orders.eu", "billing"),
+            queue_name(&dotted, "orders", "eu.billing")
         );
     }
 
