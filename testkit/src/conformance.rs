@@ -39,6 +39,7 @@ pub fn cases() -> Vec<Case> {
         case!(many_topics),
         case!(topic_isolation),
         case!(consumer_groups_each_get_everything),
+        case!(look_alike_names_are_never_merged),
         case!(competing_consumers_share_the_group),
         case!(redelivery_after_nack),
         case!(delivery_count_grows, needs DeliveryCount),
@@ -346,6 +347,59 @@ async fn competing_consumers_share_the_group(ctx: Ctx) {
     assert_exactly(&seen, 0..N);
     ctx.expect_nothing(&mut first).await;
     ctx.expect_nothing(&mut second).await;
+    broker.close().await.expect("close");
+}
+
+/// Names that a broker's naming could map to one queue or consumer
+/// (`.` joins topic and group in some, `.` becomes `_` in others) either
+/// stay apart, each group getting exactly its own topic's messages, or the
+/// second is refused with a typed `Conflict` error. Never merged.
+async fn look_alike_names_are_never_merged(ctx: Ctx) {
+    const N: usize = 5;
+    let broker = ctx.broker().await;
+    let base = ctx.name("t");
+    // (topic, group) pairs whose `<topic>.<group>` is the same, and two
+    // groups of one topic whose names differ only in `.` and `_`.
+    let pairs = [
+        (format!("{base}.eu"), "billing".to_owned()),
+        (base.clone(), "eu.billing".to_owned()),
+        (base.clone(), "audit.log".to_owned()),
+        (base.clone(), "audit_log".to_owned()),
+    ];
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for (topic, group) in &pairs {
+        let sub = Subscription::new(topic.clone(), group.clone());
+        match broker.provision(&sub).await {
+            Ok(()) => streams.push((topic.clone(), subscribe(&broker, sub).await)),
+            Err(e @ courier_core::Error::Broker { .. })
+                if e.broker_kind() == Some(courier_core::BrokerErrorKind::Conflict) =>
+            {
+                eprintln!("look-alike: {topic}/{group} refused: {e}");
+                refused += 1;
+            }
+            Err(e) => panic!("provision {topic}/{group}: {e} ({e:?})"),
+        }
+    }
+    // The first two pairs must never be refused: different topics.
+    assert!(streams.len() >= 3, "only {} of 4 subscribed", streams.len());
+    publish_seq(&broker, &format!("{base}.eu"), 0..N).await;
+    publish_seq(&broker, &base, 100..100 + N).await;
+    for (topic, stream) in &mut streams {
+        let expected = if *topic == base { 100..100 + N } else { 0..N };
+        let mut seen = Vec::new();
+        while seen.len() < N {
+            let d = ctx.next(stream).await;
+            seen.push(seq_of(d.message()));
+            d.ack().await.expect("ack");
+        }
+        assert_exactly(&seen, expected);
+        ctx.expect_nothing(stream).await;
+    }
+    eprintln!(
+        "look-alike: {} subscribed, {refused} refused",
+        streams.len()
+    );
     broker.close().await.expect("close");
 }
 

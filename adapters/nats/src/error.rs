@@ -23,6 +23,20 @@ pub enum NatsError {
         /// The topic courier wanted it for.
         topic: String,
     },
+    /// A durable consumer with the group's name exists but was created for
+    /// another group (group names `a.b` and `a_b` map to the same consumer
+    /// name): courier will not let two groups share it.
+    #[error("consumer {consumer} of stream {stream} belongs to {found:?}, not group {group:?}")]
+    ConsumerConflict {
+        /// The stream.
+        stream: String,
+        /// The consumer's name.
+        consumer: String,
+        /// What the existing consumer's description says it is for.
+        found: String,
+        /// The group courier wanted it for.
+        group: String,
+    },
 }
 
 /// A connection failure, typed, naming the URL without its password.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use courier_core::{
-    Delivery, DeliveryStream, MessageId, Result, StartPosition, Subscription, adapter,
+    BrokerErrorKind, Delivery, DeliveryStream, Error, MessageId, Result, StartPosition,
+    Subscription, adapter,
 };
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
@@ -15,7 +16,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::config::{consumer_name, stream_name};
 use crate::connection::Inner;
 use crate::delivery::NatsAcker;
-use crate::error::op_error;
+use crate::error::{BROKER, NatsError, op_error};
 use crate::flow::Flow;
 
 /// The group's durable consumer, created if missing.
@@ -33,9 +34,10 @@ pub(crate) async fn provision(
         .await
         .map_err(|e| op_error("get stream", e))?;
     let durable = consumer_name(subscription.group());
+    let description = format!("courier group {}", subscription.group());
     let config = pull::Config {
         durable_name: Some(durable.clone()),
-        description: Some(format!("courier group {}", subscription.group())),
+        description: Some(description.clone()),
         deliver_policy: match subscription.start_position() {
             StartPosition::Earliest => DeliverPolicy::All,
             _ => DeliverPolicy::New,
@@ -46,10 +48,27 @@ pub(crate) async fn provision(
         max_ack_pending: i64::from(inner.config.max_ack_pending),
         ..Default::default()
     };
-    stream
+    let consumer = stream
         .get_or_create_consumer(&durable, config)
         .await
-        .map_err(|e| op_error("create consumer", e))
+        .map_err(|e| op_error("create consumer", e))?;
+    // Consumer names cannot hold `.`: groups `a.b` and `a_b` share a name.
+    // The description says which group a consumer was created for.
+    let found = consumer.cached_info().config.description.clone();
+    if found.as_deref() != Some(description.as_str()) {
+        return Err(Error::broker(
+            BROKER,
+            "create consumer",
+            BrokerErrorKind::Conflict,
+            NatsError::ConsumerConflict {
+                stream: stream_name(topic),
+                consumer: durable,
+                found: found.unwrap_or_default(),
+                group: subscription.group().to_owned(),
+            },
+        ));
+    }
+    Ok(consumer)
 }
 
 /// Starts the pull loop and returns the stream it feeds.
