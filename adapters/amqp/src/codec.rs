@@ -11,7 +11,8 @@
 //! | payload            | body, persistent (`delivery_mode` 2)                              |
 //!
 //! Decoding is lenient so that messages of other producers are delivered:
-//! the properties fill in what the headers lack, non-string header values
+//! the properties fill in what the headers lack (a message without any id
+//! gets one derived from its content, see `content_id`), non-string header values
 //! become text, nested tables and arrays and names courier cannot carry are
 //! left out, and the headers RabbitMQ adds while dead-lettering or counting
 //! deliveries (`x-death`, `x-first-death-*`, `x-last-death-*`,
@@ -28,6 +29,7 @@ use courier_core::message::CORRELATION_ID;
 use courier_core::{BrokerErrorKind, Error, Headers, Message, MessageId, Result};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use sha2::{Digest, Sha256};
 
 use crate::error::{AmqpError, broker};
 
@@ -139,6 +141,10 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
     let mut millis = None;
     let mut prior_deliveries = 0;
     let mut broker_redeliveries = 0;
+    // What a message without any id is identified by: everything its
+    // producer set, nothing the broker or a redelivery adds.
+    let mut content = Sha256::new();
+    content.update(message.payload());
     if let Some(table) = properties.headers() {
         for (name, value) in table.inner() {
             let name = name.as_str();
@@ -146,20 +152,32 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
                 broker_redeliveries = as_u32(value).unwrap_or(0);
                 continue;
             }
-            if BROKER_HEADERS.contains(&name) {
+            if BROKER_HEADERS.contains(&name) || name == PRIOR_DELIVERIES {
+                if name == PRIOR_DELIVERIES {
+                    prior_deliveries = as_text(value).and_then(|t| t.parse().ok()).unwrap_or(0);
+                }
                 continue;
             }
-            let Some(text) = as_text(value) else { continue };
+            content.update(name.as_bytes());
+            content.update(format!("{value:?}").as_bytes());
+            let Some(text) = as_text(value) else {
+                tracing::debug!(
+                    header = name,
+                    "amqp: header value courier cannot carry, left out"
+                );
+                continue;
+            };
             match name {
                 ID => id = MessageId::parse(&text).ok(),
                 KEY => key = Some(text),
                 CONTENT_TYPE => content_type = Some(text),
                 TIMESTAMP => millis = text.parse::<u64>().ok(),
-                PRIOR_DELIVERIES => prior_deliveries = text.parse().unwrap_or(0),
                 // A name or value courier cannot carry is left out rather
                 // than failing the whole delivery.
                 _ => {
-                    let _ = adapter::restore_header(&mut headers, name, text);
+                    if let Err(e) = adapter::restore_header(&mut headers, name, text) {
+                        tracing::debug!(header = name, error = %e, "amqp: header left out");
+                    }
                 }
             }
         }
@@ -181,8 +199,9 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
                 .as_ref()
                 .and_then(|id| MessageId::parse(id.as_str()).ok())
         })
-        // A foreign message without an id gets a fresh one.
-        .unwrap_or_default();
+        // A foreign message without an id gets one derived from its
+        // content, the same on every delivery.
+        .unwrap_or_else(|| content_id(content, properties));
     message = message.with_id(id);
     if let Some(key) = key {
         message = message.with_key(key);
@@ -209,6 +228,27 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
         prior_deliveries,
         broker_redeliveries,
     }
+}
+
+/// The id of a message whose producer set none: `amqp-` and 32 hex digits
+/// of a SHA-256 of its body, headers and properties. Stable across
+/// redeliveries, so deduplication by id works for it; byte-identical
+/// messages (same body, headers and properties) share it.
+fn content_id(mut content: Sha256, properties: &BasicProperties) -> MessageId {
+    for property in [
+        properties.correlation_id().as_ref().map(|s| s.as_str()),
+        properties.content_type().as_ref().map(|s| s.as_str()),
+        properties.kind().as_ref().map(|s| s.as_str()),
+        properties.app_id().as_ref().map(|s| s.as_str()),
+        properties.user_id().as_ref().map(|s| s.as_str()),
+    ] {
+        content.update(property.unwrap_or("").as_bytes());
+        content.update([0]);
+    }
+    content.update(properties.timestamp().unwrap_or(0).to_be_bytes());
+    let digest = content.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    MessageId::parse(&format!("amqp-{hex}")).expect("a valid id")
 }
 
 /// The creation time, in milliseconds since the Unix epoch, of a UUID v7
@@ -330,6 +370,33 @@ mod tests {
         let properties = encode(&original, None).unwrap();
         assert!(properties.message_id().is_none());
         assert_eq!(round_trip(&original), original);
+    }
+
+    #[test]
+    fn a_foreign_message_without_an_id_gets_the_same_id_on_every_delivery() {
+        let properties = |deliveries: i64, body_header: &str| {
+            let mut headers = FieldTable::default();
+            headers.insert("tenant".into(), AMQPValue::LongString(body_header.into()));
+            headers.insert(
+                "x-delivery-count".into(),
+                AMQPValue::LongLongInt(deliveries),
+            );
+            BasicProperties::default()
+                .with_timestamp(1_700_000_000)
+                .with_headers(headers)
+        };
+        let first = decode(&properties(0, "a"), b"{}".to_vec()).message;
+        let again = decode(&properties(3, "a"), b"{}".to_vec()).message;
+        assert!(
+            first.id().to_string().starts_with("amqp-"),
+            "{}",
+            first.id()
+        );
+        assert_eq!(first.id(), again.id(), "the broker's count is not content");
+        let other_header = decode(&properties(0, "b"), b"{}".to_vec()).message;
+        let other_body = decode(&properties(0, "a"), b"[]".to_vec()).message;
+        assert_ne!(first.id(), other_header.id());
+        assert_ne!(first.id(), other_body.id());
     }
 
     #[test]

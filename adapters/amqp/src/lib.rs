@@ -147,9 +147,11 @@
 //! | causation id, other headers | headers, as long strings |
 //!
 //! Messages of other producers are delivered too: the properties fill in
-//! what the headers lack (a message without any id gets a new one),
-//! scalar header values become text, nested tables and arrays are left
-//! out, and the headers RabbitMQ adds itself (`x-death`,
+//! what the headers lack; a message without any id gets `amqp-` and a hash
+//! of its body, headers and properties, the same on every delivery, so
+//! deduplication by id works for it (byte-identical messages then share an
+//! id). Scalar header values become text, nested tables and arrays are left
+//! out (with a debug log line), and the headers RabbitMQ adds itself (`x-death`,
 //! `x-first-death-*`, `x-last-death-*`, `x-delivery-count`) are not shown
 //! as message headers. Header names are limited to AMQP's 255 bytes
 //! (courier allows 256): a longer one fails the publish.
