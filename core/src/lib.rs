@@ -40,6 +40,7 @@ pub mod name;
 pub mod prelude;
 mod pubsub;
 pub mod runtime;
+pub mod telemetry;
 
 pub use delivery::{DeadLetter, Delivery, Nack};
 pub use error::{BoxError, BrokerErrorKind, ConnectErrorKind, Error, Result};

@@ -192,6 +192,13 @@ pub trait Subscriber: Close {
     ///
     /// Invalid names, a closed subscriber, or broker failures.
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream>;
+
+    /// The `messaging.system` of spans and metrics: `"memory"`,
+    /// `"rabbitmq"`, `"kafka"`, `"nats"`; `"unknown"` unless the adapter
+    /// says.
+    fn messaging_system(&self) -> &'static str {
+        "unknown"
+    }
 }
 
 /// A publisher and a subscriber of one broker, chosen at run time.
@@ -310,6 +317,10 @@ impl Subscriber for Broker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         self.subscriber.subscribe(subscription).await
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        self.subscriber.messaging_system()
     }
 }
 

@@ -214,6 +214,9 @@ mod subscriber;
 mod topology;
 mod watch;
 
+/// The `messaging.system` of spans and metrics.
+const MESSAGING_SYSTEM: &str = "rabbitmq";
+
 use std::sync::Arc;
 
 use courier_core::{
@@ -350,5 +353,9 @@ impl Subscriber for AmqpBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         self.subscriber.subscribe(subscription).await
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        MESSAGING_SYSTEM
     }
 }

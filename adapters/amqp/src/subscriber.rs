@@ -378,6 +378,10 @@ impl Subscriber for AmqpSubscriber {
             _stop: stop.drop_guard(),
         }))
     }
+
+    fn messaging_system(&self) -> &'static str {
+        crate::MESSAGING_SYSTEM
+    }
 }
 
 #[async_trait]

@@ -108,4 +108,12 @@ impl Acknowledger for KafkaAcker {
     fn abandon(self: Box<Self>, message: &Message) {
         self.requeue(message);
     }
+
+    fn partition(&self) -> Option<i32> {
+        Some(self.partition.id)
+    }
+
+    fn offset(&self) -> Option<i64> {
+        Some(self.offset)
+    }
 }

@@ -359,11 +359,14 @@ impl Close for KafkaBroker {
 #[async_trait]
 impl Publisher for KafkaBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        self.inner.producer.publish(topic, vec![message]).await
+        self.publish_batch(topic, vec![message]).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        self.inner.producer.publish(topic, messages).await
+        courier_core::adapter::instrumented_publish("kafka", topic, messages, |messages| {
+            self.inner.producer.publish(topic, messages)
+        })
+        .await
     }
 }
 
@@ -382,5 +385,9 @@ impl Subscriber for KafkaBroker {
         subscriptions.retain(|r| r.flow.strong_count() > 0);
         subscriptions.push(running);
         Ok(stream)
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        "kafka"
     }
 }

@@ -61,6 +61,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use courier_core::adapter::instrumented_publish;
 use courier_core::{
     Broker, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
     async_trait,
@@ -224,11 +225,14 @@ impl Close for MemoryBroker {
 #[async_trait]
 impl Publisher for MemoryBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        self.publish_all(topic, vec![message])
+        self.publish_batch(topic, vec![message]).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        self.publish_all(topic, messages)
+        instrumented_publish("memory", topic, messages, |messages| {
+            std::future::ready(self.publish_all(topic, messages))
+        })
+        .await
     }
 }
 
@@ -260,5 +264,9 @@ impl Subscriber for MemoryBroker {
             group,
             prefetch,
         )))
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        "memory"
     }
 }

@@ -311,11 +311,14 @@ async fn check_jetstream(client: &async_nats::Client, url: &str) -> Result<()> {
 #[async_trait]
 impl Publisher for NatsBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        publisher::publish(&self.inner, topic, vec![message]).await
+        self.publish_batch(topic, vec![message]).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        publisher::publish(&self.inner, topic, messages).await
+        courier_core::adapter::instrumented_publish("nats", topic, messages, |messages| {
+            publisher::publish(&self.inner, topic, messages)
+        })
+        .await
     }
 }
 
@@ -336,5 +339,9 @@ impl Subscriber for NatsBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         subscriber::subscribe(self.inner.clone(), subscription).await
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        "nats"
     }
 }

@@ -19,6 +19,7 @@ use super::stats::{ConsumerMetrics, ConsumerStats, Counters};
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::pubsub::{Broker, Subscriber, Subscription};
+use crate::telemetry::ConsumerTelemetry;
 
 /// Default [`ConsumerBuilder::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -218,6 +219,11 @@ impl ConsumerBuilder {
             stop,
             abort: CancellationToken::new(),
             counters: Arc::new(Counters::default()),
+            telemetry: ConsumerTelemetry::new(
+                self.subscriber.messaging_system(),
+                self.subscription.topic().into(),
+                self.subscription.group().into(),
+            ),
         };
         Consumer {
             subscriber: self.subscriber,
@@ -248,6 +254,8 @@ pub(crate) struct Shared {
     /// Phase 2's deadline passed: cancel what runs.
     pub(crate) abort: CancellationToken,
     pub(crate) counters: Arc<Counters>,
+    /// Spans and metrics.
+    pub(crate) telemetry: ConsumerTelemetry,
 }
 
 /// The trigger of phase 1, for this consumer: its handle's (which may be

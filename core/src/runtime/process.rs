@@ -8,10 +8,11 @@
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::consumer::Shared;
 use super::error::{FailureKind, HandlerError, HandlerResult, Panicked};
@@ -61,6 +62,20 @@ where
     S: Deref<Target = Shared> + Send,
 {
     let shared = &*shared;
+    let traced = shared.telemetry.begin(&delivery);
+    let outcome = traced
+        .run(process_traced(shared, delivery, first_permit))
+        .await;
+    shared.telemetry.end();
+    outcome
+}
+
+/// [`process`] inside the delivery's process span.
+async fn process_traced(
+    shared: &Shared,
+    delivery: Delivery,
+    first_permit: Option<OwnedSemaphorePermit>,
+) -> Option<Delivery> {
     let slot = match first_permit {
         Some(permit) => Some(permit),
         None if shared.serial => None,
@@ -84,7 +99,8 @@ where
     match attempt(shared, &delivery, 1, slot).await {
         Some(Ok(())) => {
             let id = delivery.message().id().clone();
-            let outcome = delivery.ack().await;
+            let span = shared.telemetry.settle_span("ack", delivery.message());
+            let outcome = delivery.ack().instrument(span).await;
             record(shared, outcome, &shared.counters.handled, &id);
         }
         Some(Err(error)) => Box::pin(retry(shared, delivery, error)).await,
@@ -127,6 +143,7 @@ async fn attempt(
         .with_attempt(attempt)
         .with_delivery_count(delivery.delivery_count());
     let call = AssertUnwindSafe(async { shared.handler.call(request).await }).catch_unwind();
+    let started = Instant::now();
     let outcome = tokio::select! {
         biased;
         outcome = call => Some(outcome.unwrap_or_else(|payload| {
@@ -135,6 +152,11 @@ async fn attempt(
         () = shared.abort.cancelled() => None,
     };
     Counters::sub(&counters.running);
+    if let Some(result) = &outcome {
+        shared
+            .telemetry
+            .attempt_finished(started.elapsed(), result.is_err());
+    }
     drop(slot);
     outcome
 }
@@ -161,6 +183,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
             }
         };
         Counters::add(&counters.retried);
+        shared.telemetry.retried();
         tracing::debug!(
             topic = %shared.topic, id = %delivery.message().id(), attempt = attempts, ?delay,
             error = %error, "handler failed; retrying"
@@ -221,14 +244,25 @@ enum Settle {
 async fn settle(shared: &Shared, delivery: Delivery, how: Settle) {
     let counters = &shared.counters;
     let id = delivery.message().id().clone();
+    let telemetry = &shared.telemetry;
     let (outcome, counter) = match how {
-        Settle::Ack => (delivery.ack().await, &counters.handled),
+        Settle::Ack => {
+            let span = telemetry.settle_span("ack", delivery.message());
+            (delivery.ack().instrument(span).await, &counters.handled)
+        }
         Settle::Nack(nack) => {
-            let counter = match nack {
-                Nack::DeadLetter(_) => &counters.dead_lettered,
-                _ => &counters.requeued,
+            let dead_letter = matches!(nack, Nack::DeadLetter(_));
+            let (counter, operation) = if dead_letter {
+                (&counters.dead_lettered, "dead_letter")
+            } else {
+                (&counters.requeued, "nack")
             };
-            (delivery.nack(nack).await, counter)
+            let span = telemetry.settle_span(operation, delivery.message());
+            let outcome = delivery.nack(nack).instrument(span).await;
+            if dead_letter && outcome.is_ok() {
+                telemetry.dead_lettered();
+            }
+            (outcome, counter)
         }
     };
     record(shared, outcome, counter, &id);
