@@ -12,6 +12,7 @@ use futures::Stream;
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::message::Message;
+use crate::telemetry::{DEFAULT_LAG_TIMEOUT, Health, Lag, lag_within};
 
 /// Releases a connection: the one method publishers and subscribers share,
 /// so `close()` is never ambiguous when both traits are in scope.
@@ -28,6 +29,13 @@ pub trait Close: Send + Sync + fmt::Debug {
     /// Pending work could not be flushed, or the connection could not be
     /// closed cleanly.
     async fn close(&self) -> Result<()>;
+
+    /// Whether the connection is usable now, from what the client knows
+    /// (no round trip to the broker): for readiness probes. See
+    /// [`Health`]. [`Health::Unknown`] unless the adapter says.
+    fn health(&self) -> Health {
+        Health::Unknown
+    }
 }
 
 /// Publishes messages to topics.
@@ -199,6 +207,22 @@ pub trait Subscriber: Close {
     fn messaging_system(&self) -> &'static str {
         "unknown"
     }
+
+    /// How many messages `group` has not yet settled on `topic`; see
+    /// [`Lag`] for what each broker counts. Not bounded by itself: call it
+    /// through [`Broker::lag`] or [`lag_within`](crate::telemetry::lag_within).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`](crate::Error::Unsupported) unless the adapter
+    /// implements it; the group or topic does not exist; broker failures.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        let _ = (topic, group);
+        Err(crate::Error::Unsupported {
+            broker: self.messaging_system(),
+            feature: "consumer lag",
+        })
+    }
 }
 
 /// A publisher and a subscriber of one broker, chosen at run time.
@@ -279,6 +303,37 @@ impl Broker {
         self.subscriber.subscribe(subscription).await
     }
 
+    /// How many messages `group` has not yet settled on `topic` (see
+    /// [`Lag`]), waiting at most [`DEFAULT_LAG_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`](crate::Error::Timeout) past the bound; otherwise
+    /// as [`Subscriber::lag`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier_core::Result<()> {
+    /// use courier_core::{Message, Subscription};
+    /// let broker = courier_memory::MemoryBroker::new().into_broker();
+    /// broker.provision(&Subscription::new("orders", "billing")).await?;
+    /// broker.publish("orders", Message::new("a")).await?;
+    /// assert_eq!(broker.lag("orders", "billing").await?.total, 1);
+    /// assert!(broker.health().is_usable());
+    /// # Ok(()) }
+    /// ```
+    pub async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        lag_within(&*self.subscriber, topic, group, DEFAULT_LAG_TIMEOUT).await
+    }
+
+    /// Whether both the publisher's and the subscriber's connections are
+    /// usable now (the worse of the two); no round trip to the broker.
+    pub fn health(&self) -> Health {
+        self.publisher.health().and(self.subscriber.health())
+    }
+
     /// Closes the subscriber, then the publisher. Idempotent.
     ///
     /// # Errors
@@ -295,6 +350,10 @@ impl Broker {
 impl Close for Broker {
     async fn close(&self) -> Result<()> {
         Broker::close(self).await
+    }
+
+    fn health(&self) -> Health {
+        Broker::health(self)
     }
 }
 
@@ -321,6 +380,10 @@ impl Subscriber for Broker {
 
     fn messaging_system(&self) -> &'static str {
         self.subscriber.messaging_system()
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        self.subscriber.lag(topic, group).await
     }
 }
 

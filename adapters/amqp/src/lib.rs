@@ -208,6 +208,7 @@ mod config;
 mod connection;
 mod delivery;
 mod error;
+mod lag;
 mod publisher;
 mod session;
 mod subscriber;
@@ -320,6 +321,10 @@ impl AmqpBroker {
 /// their queues), then the publisher (after outstanding confirms).
 #[async_trait]
 impl Close for AmqpBroker {
+    fn health(&self) -> courier_core::telemetry::Health {
+        self.publisher.health().and(self.subscriber.health())
+    }
+
     async fn close(&self) -> Result<()> {
         let subscribing = self.subscriber.close().await;
         let publishing = self.publisher.close().await;
@@ -357,5 +362,9 @@ impl Subscriber for AmqpBroker {
 
     fn messaging_system(&self) -> &'static str {
         MESSAGING_SYSTEM
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
+        self.subscriber.lag(topic, group).await
     }
 }

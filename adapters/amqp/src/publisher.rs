@@ -332,6 +332,10 @@ impl Publisher for AmqpPublisher {
 
 #[async_trait]
 impl Close for AmqpPublisher {
+    fn health(&self) -> courier_core::telemetry::Health {
+        crate::lag::health(&self.link)
+    }
+
     async fn close(&self) -> Result<()> {
         self.link.close().await;
         Ok(())

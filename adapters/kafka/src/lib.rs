@@ -201,6 +201,7 @@ mod config;
 mod consumer;
 mod delivery;
 mod error;
+mod lag;
 mod partition;
 mod publisher;
 mod settled;
@@ -242,6 +243,7 @@ struct Inner {
     producer: Arc<Producer>,
     subscriptions: Mutex<Vec<Running>>,
     closed: AtomicBool,
+    liveness: lag::Liveness,
 }
 
 impl KafkaBroker {
@@ -283,6 +285,7 @@ impl KafkaBroker {
                 producer: Arc::new(producer),
                 subscriptions: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
+                liveness: lag::Liveness::default(),
             }),
         })
     }
@@ -341,6 +344,12 @@ async fn probe(
 /// group), streams end, queued publishes are flushed.
 #[async_trait]
 impl Close for KafkaBroker {
+    fn health(&self) -> courier_core::telemetry::Health {
+        self.inner
+            .liveness
+            .health(self.inner.closed.load(Ordering::Acquire))
+    }
+
     async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -363,10 +372,13 @@ impl Publisher for KafkaBroker {
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        courier_core::adapter::instrumented_publish("kafka", topic, messages, |messages| {
-            self.inner.producer.publish(topic, messages)
-        })
-        .await
+        let outcome =
+            courier_core::adapter::instrumented_publish("kafka", topic, messages, |messages| {
+                self.inner.producer.publish(topic, messages)
+            })
+            .await;
+        self.inner.liveness.record(&outcome);
+        outcome
     }
 }
 
@@ -389,5 +401,13 @@ impl Subscriber for KafkaBroker {
 
     fn messaging_system(&self) -> &'static str {
         "kafka"
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
+        self.check_open()?;
+        let config = &self.inner.config;
+        let outcome = lag::lag(config, topic, group, config.connect_timeout).await;
+        self.inner.liveness.record(&outcome);
+        outcome
     }
 }

@@ -64,6 +64,7 @@ impl MemoryAcker {
 #[async_trait]
 impl Acknowledger for MemoryAcker {
     async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+        self.flow.group.settled();
         self.flow.release();
         Ok(())
     }
@@ -85,6 +86,7 @@ impl Acknowledger for MemoryAcker {
                     let copy = vec![copy];
                     self.flow.state.check_publish(&topic, &copy)?;
                     self.flow.state.append(&topic, copy);
+                    self.flow.group.settled();
                     Ok(())
                 })
                 .inspect_err(|_| self.requeue(message)),

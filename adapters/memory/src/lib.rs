@@ -62,9 +62,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use courier_core::adapter::instrumented_publish;
+use courier_core::telemetry::{Health, Lag};
 use courier_core::{
-    Broker, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
-    async_trait,
+    Broker, BrokerErrorKind, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber,
+    Subscription, async_trait,
 };
 use parking_lot::Mutex;
 
@@ -214,6 +215,14 @@ impl MemoryBroker {
 /// groups. Never fails.
 #[async_trait]
 impl Close for MemoryBroker {
+    fn health(&self) -> Health {
+        if self.handle.is_closed() {
+            Health::Unusable("closed".into())
+        } else {
+            Health::Usable
+        }
+    }
+
     async fn close(&self) -> Result<()> {
         if !self.handle.closed.swap(true, Ordering::AcqRel) {
             self.state.wake_all();
@@ -268,5 +277,21 @@ impl Subscriber for MemoryBroker {
 
     fn messaging_system(&self) -> &'static str {
         "memory"
+    }
+
+    /// Exact: the group's queue plus the messages delivered (or taken for
+    /// delivery) and not yet settled.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        self.check_open()?;
+        let Some(group) = self.state.find_group(topic, group) else {
+            return Err(Error::broker(
+                "memory",
+                "lag",
+                BrokerErrorKind::NotFound,
+                format!("no group {group:?} on topic {topic:?}"),
+            ));
+        };
+        let (ready, out) = group.backlog();
+        Ok(Lag::new(ready as u64, Some(out as u64)))
     }
 }

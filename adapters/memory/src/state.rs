@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Waker;
 
 use courier_core::{Message, Result, StartPosition};
@@ -32,6 +33,8 @@ pub(crate) struct Group {
     pub(crate) name: Arc<str>,
     pub(crate) topic: Arc<str>,
     pub(crate) queue: Mutex<GroupQueue>,
+    /// Messages taken out of `queue` and not yet settled or given back.
+    pub(crate) out: AtomicUsize,
 }
 
 impl Group {
@@ -41,6 +44,7 @@ impl Group {
             let mut q = self.queue.lock();
             for p in pending.rev() {
                 q.ready.push_front(p);
+                self.settled();
             }
             std::mem::take(&mut q.waiters)
         };
@@ -48,6 +52,22 @@ impl Group {
     }
 
     /// Registers a stream to be woken when messages arrive or the broker closes.
+    /// Counts messages taken out of the queue for delivery.
+    pub(crate) fn taken(&self, count: usize) {
+        self.out.fetch_add(count, Ordering::AcqRel);
+    }
+
+    /// One message taken out was settled or given back.
+    pub(crate) fn settled(&self) {
+        self.out.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Messages waiting in the queue and messages out for delivery.
+    pub(crate) fn backlog(&self) -> (usize, usize) {
+        let ready = self.queue.lock().ready.len();
+        (ready, self.out.load(Ordering::Acquire))
+    }
+
     pub(crate) fn register(q: &mut GroupQueue, waker: &Waker) {
         if !q.waiters.iter().any(|w| w.will_wake(waker)) {
             q.waiters.push(waker.clone());
@@ -155,6 +175,13 @@ impl State {
 
     /// The group, created if missing; a new group starting at `Earliest` is
     /// filled from the topic's history.
+    /// The group if it exists.
+    pub(crate) fn find_group(&self, topic: &str, group: &str) -> Option<Arc<Group>> {
+        let topic = self.topics.read().get(topic)?.clone();
+        let state = topic.state.lock();
+        state.groups.iter().find(|g| &*g.name == group).cloned()
+    }
+
     pub(crate) fn group(&self, topic: &str, group: &str, start: StartPosition) -> Arc<Group> {
         let topic = self.topic(topic);
         let mut state = topic.state.lock();
@@ -172,6 +199,7 @@ impl State {
             name: Arc::from(group),
             topic: topic.name.clone(),
             queue: Mutex::new(queue),
+            out: AtomicUsize::new(0),
         });
         state.groups.push(g.clone());
         g

@@ -100,6 +100,7 @@ impl Stream for MemoryStream {
                 };
             }
             this.taken.extend(q.ready.drain(..n));
+            this.flow.group.taken(n);
         }
         let pending = self.taken.pop_front().expect("taken is not empty");
         Poll::Ready(Some(Ok(self.deliver(pending))))

@@ -80,6 +80,7 @@
 mod config;
 mod delivery;
 mod error;
+mod lag;
 mod publisher;
 mod subscriber;
 
@@ -324,6 +325,10 @@ impl Publisher for NatsBroker {
 
 #[async_trait]
 impl Close for NatsBroker {
+    fn health(&self) -> courier_core::telemetry::Health {
+        lag::health(&self.inner)
+    }
+
     async fn close(&self) -> Result<()> {
         self.close_connection().await
     }
@@ -343,5 +348,9 @@ impl Subscriber for NatsBroker {
 
     fn messaging_system(&self) -> &'static str {
         "nats"
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
+        lag::lag(&self.inner, topic, group).await
     }
 }

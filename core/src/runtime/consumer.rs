@@ -16,10 +16,11 @@ use super::middleware::{CatchPanic, Layer};
 use super::retry::RetryPolicy;
 use super::shutdown::{ShutdownHandle, signal};
 use super::stats::{ConsumerMetrics, ConsumerStats, Counters};
+use super::status::ConsumerStatus;
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::pubsub::{Broker, Subscriber, Subscription};
-use crate::telemetry::ConsumerTelemetry;
+use crate::telemetry::{ConsumerTelemetry, LagReport};
 
 /// Default [`ConsumerBuilder::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -74,6 +75,7 @@ pub struct ConsumerBuilder {
     dead_letter_topic: Option<String>,
     shutdown_deadline: Duration,
     shutdown: ShutdownHandle,
+    lag_report: Option<LagReport>,
 }
 
 impl fmt::Debug for ConsumerBuilder {
@@ -144,6 +146,17 @@ impl ConsumerBuilder {
     /// [`App`](super::App) stops its consumers together without one.)
     pub fn shutdown_on(mut self, handle: ShutdownHandle) -> Self {
         self.shutdown = handle;
+        self
+    }
+
+    /// Reads the group's lag every `every` in the background while the
+    /// consumer runs, each read bounded by `timeout`, into the
+    /// [`LAG`](crate::telemetry::metrics::LAG) gauge and
+    /// [`RunningConsumer::status`]. A read that fails or times out leaves
+    /// the last value, so a metrics scrape never waits on the broker. Off
+    /// by default.
+    pub fn report_lag(mut self, every: Duration, timeout: Duration) -> Self {
+        self.lag_report = Some(LagReport { every, timeout });
         self
     }
 
@@ -224,6 +237,7 @@ impl ConsumerBuilder {
                 self.subscription.topic().into(),
                 self.subscription.group().into(),
             ),
+            lag_report: self.lag_report,
         };
         Consumer {
             subscriber: self.subscriber,
@@ -256,6 +270,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Spans and metrics.
     pub(crate) telemetry: ConsumerTelemetry,
+    /// Whether and how the group's lag is read in the background.
+    pub(crate) lag_report: Option<LagReport>,
 }
 
 /// The trigger of phase 1, for this consumer: its handle's (which may be
@@ -375,6 +391,7 @@ impl Consumer {
             dead_letter_topic: None,
             shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
             shutdown: ShutdownHandle::new(),
+            lag_report: None,
         }
     }
 
@@ -447,6 +464,12 @@ impl Consumer {
             () = shared.stop.token.cancelled() => None,
             stream = subscriber.subscribe(subscription.clone()) => Some(stream?),
         };
+        if let (Some(report), Some(_)) = (shared.lag_report, &stream) {
+            let stop = shared.stop.token.clone();
+            shared
+                .telemetry
+                .report_lag(subscriber.clone(), &subscription, report, stop);
+        }
         let task = tokio::spawn({
             let shared = shared.clone();
             async move {
@@ -549,6 +572,12 @@ impl RunningConsumer {
     /// The subscription as the consumer uses it (with its prefetch).
     pub fn subscription(&self) -> &Subscription {
         &self.subscription
+    }
+
+    /// What the consumer is doing now: running or stopping, its load, and
+    /// the last lag read in the background. Cheap: a few atomic loads.
+    pub fn status(&self) -> ConsumerStatus {
+        ConsumerStatus::of(&self.shared, self.is_finished())
     }
 
     /// Whether the consumer has stopped (its shutdown completed or its

@@ -116,6 +116,7 @@ mod process;
 mod retry;
 mod shutdown;
 mod stats;
+mod status;
 
 pub use app::{App, RunningApp};
 pub use consumer::{
@@ -136,3 +137,4 @@ pub use middleware::{
 pub use retry::{Delays, RetryPolicy};
 pub use shutdown::{ShutdownHandle, signal};
 pub use stats::{ConsumerMetrics, ConsumerStats};
+pub use status::{ConsumerState, ConsumerStatus};

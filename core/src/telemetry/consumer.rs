@@ -12,9 +12,12 @@ use tracing::instrument::Instrumented;
 use super::trace_context::Scoped;
 
 use super::TraceContext;
+use super::lag::{LagReport, LastLag, spawn_reporter};
 use super::metrics as names;
 use crate::delivery::Delivery;
 use crate::message::Message;
+use crate::pubsub::{Subscriber, Subscription};
+use tokio_util::sync::CancellationToken;
 
 /// What a consumer records about its deliveries; made when it is built.
 pub(crate) struct ConsumerTelemetry {
@@ -28,6 +31,8 @@ pub(crate) struct ConsumerTelemetry {
     retries: Counter,
     dead_lettered: Counter,
     message_age: Histogram,
+    lag: Gauge,
+    last_lag: Arc<LastLag>,
 }
 
 impl ConsumerTelemetry {
@@ -60,6 +65,8 @@ impl ConsumerTelemetry {
             retries: ::metrics::counter!(names::RETRIES, with(&[])),
             dead_lettered: ::metrics::counter!(names::DEAD_LETTERED, with(&[])),
             message_age: ::metrics::histogram!(names::MESSAGE_AGE, with(&[])),
+            lag: ::metrics::gauge!(names::LAG, with(&[])),
+            last_lag: Arc::default(),
             topic,
             group,
         }
@@ -107,6 +114,30 @@ impl ConsumerTelemetry {
             messaging.message.delivery_count = delivery.delivery_count(),
             error.type = tracing::field::Empty,
         )
+    }
+
+    /// Starts reading the group's lag in the background until `stop`.
+    pub(crate) fn report_lag(
+        &self,
+        subscriber: Arc<dyn Subscriber>,
+        subscription: &Subscription,
+        report: LagReport,
+        stop: CancellationToken,
+    ) {
+        spawn_reporter(
+            subscriber,
+            subscription.topic().to_owned(),
+            subscription.group().to_owned(),
+            report,
+            self.lag.clone(),
+            self.last_lag.clone(),
+            stop,
+        );
+    }
+
+    /// The lag last read in the background, if any.
+    pub(crate) fn last_lag(&self) -> Option<u64> {
+        self.last_lag.get()
     }
 
     /// One handler attempt took `took`; `failed` tells how it ended.

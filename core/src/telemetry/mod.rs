@@ -72,8 +72,29 @@
 //! # Metrics
 //!
 //! See [`metrics`] for the names, units and labels.
+//!
+//! # Consumer lag
+//!
+//! [`Broker::lag`](crate::Broker::lag) (bounded by
+//! [`DEFAULT_LAG_TIMEOUT`]) or [`lag_within`] with a bound of one's own
+//! asks the broker how many messages a group has not yet settled; [`Lag`]
+//! says what each broker counts and where the count is exact. A consumer
+//! built with
+//! [`ConsumerBuilder::report_lag`](crate::runtime::ConsumerBuilder::report_lag)
+//! refreshes its group's lag in the background into the
+//! [`LAG`](metrics::LAG) gauge and its [status](crate::runtime::RunningConsumer::status),
+//! so a metrics scrape reads the last value and never waits on a broker.
+//!
+//! # Health
+//!
+//! [`Broker::health`](crate::Broker::health) says from the client's own
+//! state, without a round trip, whether the connection is usable now
+//! ([`Health`]); [`RunningConsumer::status`](crate::runtime::RunningConsumer::status)
+//! says what a consumer is doing.
 
 mod consumer;
+mod health;
+mod lag;
 pub mod metrics;
 #[cfg(feature = "otel")]
 mod otel;
@@ -81,5 +102,8 @@ mod publish;
 mod trace_context;
 
 pub(crate) use consumer::ConsumerTelemetry;
+pub use health::Health;
+pub(crate) use lag::LagReport;
+pub use lag::{DEFAULT_LAG_TIMEOUT, Lag, PartitionLag, lag_within};
 pub use publish::instrumented_publish;
 pub use trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
