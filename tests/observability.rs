@@ -3,6 +3,10 @@
 //! follow-up (`Meta::follow_up`) -> consume gives one trace, each span the
 //! child of the one before, with the messaging attributes set.
 //!
+//! Then, on a server of its own that stops answering (its container is
+//! stopped): a lag read returns a typed timeout within its bound, health
+//! turns unusable, and nothing hangs.
+//!
 //! The binary installs one global `tracing` subscriber with an
 //! OpenTelemetry layer; each case finds its own spans by its unique topics.
 
@@ -47,9 +51,14 @@ fn main() -> std::process::ExitCode {
     );
     #[cfg(feature = "nats")]
     adapters.push(on_server!("nats", fixtures::nats, ""));
-    let cases = [Case::new("a_flow_is_one_trace", &[], |ctx| {
-        a_flow_is_one_trace(ctx).boxed()
-    })];
+    let cases = [
+        Case::new("a_flow_is_one_trace", &[], |ctx| {
+            a_flow_is_one_trace(ctx).boxed()
+        }),
+        Case::new("a_stopped_broker_times_out_and_is_unusable", &[], |ctx| {
+            a_stopped_broker_times_out_and_is_unusable(ctx).boxed()
+        }),
+    ];
     courier_testkit::run(&adapters, &cases)
 }
 
@@ -271,6 +280,85 @@ async fn a_flow_is_one_trace(ctx: Ctx) {
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
     broker.close().await.unwrap();
+}
+
+/// A server of the adapter's own, to stop, with the URL options to reach
+/// it; `None` for the in-process broker, which cannot stop answering.
+mod own {
+    #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
+    pub(crate) type Server = courier_testkit::fixtures::BrokerFixture;
+    #[cfg(not(any(feature = "amqp", feature = "kafka", feature = "nats")))]
+    pub(crate) type Server = std::convert::Infallible;
+
+    pub(crate) async fn server(adapter: &str) -> Option<(Server, &'static str)> {
+        #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
+        use courier_testkit::fixtures;
+        let started = match adapter {
+            #[cfg(feature = "amqp")]
+            "amqp" => (fixtures::fresh_rabbitmq().await, ""),
+            #[cfg(feature = "kafka")]
+            "kafka" => (fixtures::fresh_kafka().await, "?connect_timeout=10s"),
+            #[cfg(feature = "nats")]
+            "nats" => (fixtures::fresh_nats().await, ""),
+            _ => return None,
+        };
+        #[allow(unreachable_code)]
+        match started {
+            (Ok(server), options) => Some((server, options)),
+            (Err(e), _) => panic!("{adapter}: server of its own: {e}"),
+        }
+    }
+}
+
+/// Stops the adapter's own server: the lag read ends in a typed timeout
+/// within its bound, health turns unusable, and closing does not hang.
+async fn a_stopped_broker_times_out_and_is_unusable(ctx: Ctx) {
+    let adapter = ctx.adapter().name();
+    let Some((server, options)) = own::server(adapter).await else {
+        eprintln!("{adapter}: the in-process broker cannot stop answering; nothing to check");
+        return;
+    };
+    let url = format!("{}{options}", server.url());
+    let broker = courier::connect(&url).await.expect("connect");
+    let (topic, group) = (ctx.name("silent"), ctx.name("probe"));
+    broker
+        .provision(&Subscription::new(&topic, &group))
+        .await
+        .expect("provision");
+    broker
+        .publish(&topic, Message::new("x"))
+        .await
+        .expect("publish");
+    assert_eq!(broker.lag(&topic, &group).await.expect("lag").total, 1);
+    assert!(broker.health().is_usable(), "{}", broker.health());
+
+    server.stop().await.expect("stop the server");
+    let bound = Duration::from_secs(2);
+    let started = Instant::now();
+    let read = courier::telemetry::lag_within(&*broker.subscriber(), &topic, &group, bound).await;
+    let took = started.elapsed();
+    match read {
+        Err(courier::Error::Timeout { operation, after }) => {
+            assert_eq!((operation, after), ("lag", bound));
+        }
+        other => panic!("{adapter}: expected a lag timeout, got {other:?}"),
+    }
+    eprintln!("{adapter}: lag read on a stopped server: timeout after {took:?} (bound {bound:?})");
+
+    let deadline = Instant::now() + ctx.patience();
+    while broker.health().is_usable() {
+        assert!(
+            Instant::now() < deadline,
+            "{adapter}: still usable {:?} after the server stopped",
+            ctx.patience()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{adapter}: health after the stop: {}", broker.health());
+    // Closing must not hang on a server that is gone; its outcome is not
+    // the point here.
+    let closed = tokio::time::timeout(Duration::from_secs(30), broker.close()).await;
+    assert!(closed.is_ok(), "{adapter}: close hung on a stopped server");
 }
 
 /// Waits until the exporter holds exactly one span of each name in `names`,

@@ -403,11 +403,21 @@ impl Subscriber for KafkaBroker {
         "kafka"
     }
 
+    /// Each request to the cluster waits at most
+    /// [`KafkaConfig::connect_timeout`]. The read runs on a task of its own,
+    /// so its outcome reaches [`Close::health`] even when the caller stopped
+    /// waiting.
     async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
         self.check_open()?;
-        let config = &self.inner.config;
-        let outcome = lag::lag(config, topic, group, config.connect_timeout).await;
-        self.inner.liveness.record(&outcome);
-        outcome
+        let inner = self.inner.clone();
+        let (topic, group) = (topic.to_owned(), group.to_owned());
+        tokio::spawn(async move {
+            let config = &inner.config;
+            let outcome = lag::lag(config, &topic, &group, config.connect_timeout).await;
+            inner.liveness.record(&outcome);
+            outcome
+        })
+        .await
+        .map_err(|_| Error::Closed("kafka lag read"))?
     }
 }
