@@ -62,12 +62,11 @@ where
     S: Deref<Target = Shared> + Send,
 {
     let shared = &*shared;
-    let traced = shared.telemetry.begin(&delivery);
-    let outcome = traced
-        .run(process_traced(shared, delivery, first_permit))
-        .await;
-    shared.telemetry.end();
-    outcome
+    let telemetry = &shared.telemetry;
+    let traced = telemetry.begin(&delivery);
+    traced
+        .run(telemetry, process_traced(shared, delivery, first_permit))
+        .await
 }
 
 /// [`process`] inside the delivery's process span.

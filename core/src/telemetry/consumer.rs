@@ -7,9 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram};
 use tracing::Instrument;
-use tracing::instrument::Instrumented;
-
-use super::trace_context::Scoped;
 
 use super::TraceContext;
 use super::lag::{LagReport, LastLag, spawn_reporter};
@@ -75,6 +72,12 @@ impl ConsumerTelemetry {
     /// Starts the processing of `delivery`: counts it, and makes its
     /// `process {topic}` span and the trace context its handler runs in.
     pub(crate) fn begin(&self, delivery: &Delivery) -> Traced {
+        if !super::is_enabled() {
+            return Traced {
+                span: tracing::Span::none(),
+                context: None,
+            };
+        }
         let message = delivery.message();
         self.consumed.increment(1);
         self.message_age.record(age(message));
@@ -86,12 +89,10 @@ impl ConsumerTelemetry {
             super::otel::set_parent(&span, parent);
         }
         let context = received.map_or_else(TraceContext::new_root, |parent| parent.new_child());
-        Traced { span, context }
-    }
-
-    /// The processing [begun](Self::begin) has ended.
-    pub(crate) fn end(&self) {
-        self.in_flight.decrement(1.0);
+        Traced {
+            span,
+            context: Some(context),
+        }
     }
 
     fn process_span(&self, delivery: &Delivery) -> tracing::Span {
@@ -142,6 +143,9 @@ impl ConsumerTelemetry {
 
     /// One handler attempt took `took`; `failed` tells how it ended.
     pub(crate) fn attempt_finished(&self, took: Duration, failed: bool) {
+        if !super::is_enabled() {
+            return;
+        }
         if failed {
             self.process_failed.record(took);
         } else {
@@ -151,11 +155,17 @@ impl ConsumerTelemetry {
 
     /// A retry was scheduled.
     pub(crate) fn retried(&self) {
+        if !super::is_enabled() {
+            return;
+        }
         self.retries.increment(1);
     }
 
     /// A message was dead-lettered; marks the process span as failed.
     pub(crate) fn dead_lettered(&self) {
+        if !super::is_enabled() {
+            return;
+        }
         self.dead_lettered.increment(1);
         let span = tracing::Span::current();
         span.record("error.type", "dead_lettered");
@@ -165,6 +175,9 @@ impl ConsumerTelemetry {
     /// A span for settling a delivery of this consumer: `ack {topic}`,
     /// `nack {topic}` or `dead_letter {topic}` (operation type `settle`).
     pub(crate) fn settle_span(&self, operation: &'static str, message: &Message) -> tracing::Span {
+        if !super::is_enabled() {
+            return tracing::Span::none();
+        }
         tracing::info_span!(
             "settle",
             otel.name = %format_args!("{operation} {}", self.topic),
@@ -179,16 +192,36 @@ impl ConsumerTelemetry {
     }
 }
 
-/// The span and trace context of one delivery's processing.
+/// The span and trace context of one delivery's processing; no context
+/// when telemetry is [off](super::set_enabled).
 pub(crate) struct Traced {
     span: tracing::Span,
-    context: TraceContext,
+    context: Option<TraceContext>,
 }
 
 impl Traced {
-    /// Runs `processing` in the span, with the context current.
-    pub(crate) fn run<F: Future>(self, processing: F) -> Instrumented<Scoped<F>> {
-        self.context.scope(processing).instrument(self.span)
+    /// Runs `processing` in the span, with the context current, counted in
+    /// flight meanwhile.
+    pub(crate) async fn run<F: Future>(
+        self,
+        telemetry: &ConsumerTelemetry,
+        processing: F,
+    ) -> F::Output {
+        let Some(context) = self.context else {
+            return processing.await;
+        };
+        // Counted out even when the processing is dropped half-way.
+        let _in_flight = InFlight(&telemetry.in_flight);
+        context.scope(processing).instrument(self.span).await
+    }
+}
+
+/// Takes one delivery off the in-flight gauge when dropped.
+struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

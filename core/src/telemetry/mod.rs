@@ -101,9 +101,28 @@ mod otel;
 mod publish;
 mod trace_context;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub(crate) use consumer::ConsumerTelemetry;
 pub use health::Health;
 pub(crate) use lag::LagReport;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns courier's spans, trace-context headers and metrics on or off for
+/// the whole process (on by default). Off, publishes write no
+/// `traceparent` and the runtime records nothing; lag, health and the
+/// consumer's own [stats](crate::runtime::ConsumerStats) are unaffected.
+/// Meant for measuring what telemetry costs, and for services that want
+/// none of it.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether courier's telemetry is on; see [`set_enabled`].
+pub fn is_enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 pub use lag::{DEFAULT_LAG_TIMEOUT, Lag, PartitionLag, lag_within};
 pub use publish::instrumented_publish;
 pub use trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
