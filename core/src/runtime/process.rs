@@ -23,6 +23,7 @@ use super::handler::{Handler, Request};
 use super::stats::Counters;
 use crate::delivery::{DeadLetter, Delivery, Nack};
 use crate::message::MessageId;
+use crate::telemetry::Traced;
 
 /// First and last failure time of a delivery's attempts.
 #[derive(Clone, Copy)]
@@ -62,19 +63,7 @@ where
     S: Deref<Target = Shared> + Send,
 {
     let shared = &*shared;
-    let telemetry = &shared.telemetry;
-    let traced = telemetry.begin(&delivery);
-    traced
-        .run(telemetry, process_traced(shared, delivery, first_permit))
-        .await
-}
-
-/// [`process`] inside the delivery's process span.
-async fn process_traced(
-    shared: &Shared,
-    delivery: Delivery,
-    first_permit: Option<OwnedSemaphorePermit>,
-) -> Option<Delivery> {
+    let traced = shared.telemetry.begin(&delivery);
     let slot = match first_permit {
         Some(permit) => Some(permit),
         None if shared.serial => None,
@@ -95,14 +84,16 @@ async fn process_traced(
             }
         }),
     };
-    match attempt(shared, &delivery, 1, slot).await {
+    match attempt(shared, &delivery, 1, slot, &traced).await {
         Some(Ok(())) => {
             let id = delivery.message().id().clone();
-            let span = shared.telemetry.settle_span("ack", delivery.message());
+            let span = shared
+                .telemetry
+                .settle_span(Some(&traced), "ack", delivery.message());
             let outcome = delivery.ack().instrument(span).await;
             record(shared, outcome, &shared.counters.handled, &id);
         }
-        Some(Err(error)) => Box::pin(retry(shared, delivery, error)).await,
+        Some(Err(error)) => Box::pin(retry(shared, delivery, error, &traced)).await,
         None => Box::pin(requeue(shared, [delivery])).await,
     }
     None
@@ -135,13 +126,14 @@ async fn attempt(
     delivery: &Delivery,
     attempt: u32,
     slot: Option<OwnedSemaphorePermit>,
+    traced: &Traced,
 ) -> Option<HandlerResult> {
     let counters = &shared.counters;
     Counters::add(&counters.running);
     let request = Request::new(delivery.message(), &shared.topic, &shared.group)
         .with_attempt(attempt)
         .with_delivery_count(delivery.delivery_count());
-    let call = AssertUnwindSafe(async { shared.handler.call(request).await }).catch_unwind();
+    let call = AssertUnwindSafe(traced.instrument(shared.handler.call(request))).catch_unwind();
     let started = Instant::now();
     let outcome = tokio::select! {
         biased;
@@ -161,7 +153,7 @@ async fn attempt(
 }
 
 /// After a failed first attempt: retries with backoff, then settles.
-async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
+async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, traced: &Traced) {
     let counters = &shared.counters;
     let mut delays = shared.retry.delays();
     let mut failures = Failures::now();
@@ -206,8 +198,8 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
             return requeue(shared, [delivery]).await;
         };
         attempts += 1;
-        match attempt(shared, &delivery, attempts, slot).await {
-            Some(Ok(())) => return settle(shared, delivery, Settle::Ack).await,
+        match attempt(shared, &delivery, attempts, slot, traced).await {
+            Some(Ok(())) => return settle(shared, delivery, Settle::Ack, Some(traced)).await,
             Some(Err(next)) => {
                 Counters::add(&counters.failed);
                 failures.last = SystemTime::now();
@@ -229,6 +221,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
         shared,
         delivery,
         Settle::Nack(Nack::DeadLetter(dead_letter)),
+        Some(traced),
     )
     .await;
 }
@@ -239,14 +232,15 @@ enum Settle {
     Nack(Nack),
 }
 
-/// Settles the delivery and counts the outcome.
-async fn settle(shared: &Shared, delivery: Delivery, how: Settle) {
+/// Settles the delivery and counts the outcome; the settle span is a child
+/// of the delivery's process span, when it has one.
+async fn settle(shared: &Shared, delivery: Delivery, how: Settle, traced: Option<&Traced>) {
     let counters = &shared.counters;
     let id = delivery.message().id().clone();
     let telemetry = &shared.telemetry;
     let (outcome, counter) = match how {
         Settle::Ack => {
-            let span = telemetry.settle_span("ack", delivery.message());
+            let span = telemetry.settle_span(traced, "ack", delivery.message());
             (delivery.ack().instrument(span).await, &counters.handled)
         }
         Settle::Nack(nack) => {
@@ -256,10 +250,10 @@ async fn settle(shared: &Shared, delivery: Delivery, how: Settle) {
             } else {
                 (&counters.requeued, "nack")
             };
-            let span = telemetry.settle_span(operation, delivery.message());
+            let span = telemetry.settle_span(traced, operation, delivery.message());
             let outcome = delivery.nack(nack).instrument(span).await;
             if dead_letter && outcome.is_ok() {
-                telemetry.dead_lettered();
+                telemetry.dead_lettered(traced);
             }
             (outcome, counter)
         }
@@ -286,6 +280,6 @@ fn record(shared: &Shared, outcome: crate::Result<()>, counter: &AtomicU64, id: 
 /// Gives deliveries back unhandled, in the order given.
 pub(crate) async fn requeue(shared: &Shared, deliveries: impl IntoIterator<Item = Delivery>) {
     for delivery in deliveries {
-        Box::pin(settle(shared, delivery, Settle::Nack(Nack::Requeue))).await;
+        Box::pin(settle(shared, delivery, Settle::Nack(Nack::Requeue), None)).await;
     }
 }

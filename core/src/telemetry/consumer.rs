@@ -7,6 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
+
+use super::trace_context::{Scoped, scoped};
 
 use super::TraceContext;
 use super::lag::{LagReport, LastLag, spawn_reporter};
@@ -76,6 +79,7 @@ impl ConsumerTelemetry {
             return Traced {
                 span: tracing::Span::none(),
                 context: None,
+                in_flight: None,
             };
         }
         let message = delivery.message();
@@ -92,6 +96,7 @@ impl ConsumerTelemetry {
         Traced {
             span,
             context: Some(context),
+            in_flight: Some(self.in_flight.clone()),
         }
     }
 
@@ -162,23 +167,31 @@ impl ConsumerTelemetry {
     }
 
     /// A message was dead-lettered; marks the process span as failed.
-    pub(crate) fn dead_lettered(&self) {
+    pub(crate) fn dead_lettered(&self, traced: Option<&Traced>) {
         if !super::is_enabled() {
             return;
         }
         self.dead_lettered.increment(1);
-        let span = tracing::Span::current();
-        span.record("error.type", "dead_lettered");
-        span.record("otel.status_code", "ERROR");
+        if let Some(traced) = traced {
+            traced.span.record("error.type", "dead_lettered");
+            traced.span.record("otel.status_code", "ERROR");
+        }
     }
 
     /// A span for settling a delivery of this consumer: `ack {topic}`,
     /// `nack {topic}` or `dead_letter {topic}` (operation type `settle`).
-    pub(crate) fn settle_span(&self, operation: &'static str, message: &Message) -> tracing::Span {
+    pub(crate) fn settle_span(
+        &self,
+        parent: Option<&Traced>,
+        operation: &'static str,
+        message: &Message,
+    ) -> tracing::Span {
         if !super::is_enabled() {
             return tracing::Span::none();
         }
+        let parent = parent.and_then(|traced| traced.span.id());
         tracing::info_span!(
+            parent: parent,
             "settle",
             otel.name = %format_args!("{operation} {}", self.topic),
             otel.kind = "client",
@@ -192,36 +205,29 @@ impl ConsumerTelemetry {
     }
 }
 
-/// The span and trace context of one delivery's processing; no context
-/// when telemetry is [off](super::set_enabled).
+/// The process span and trace context of one delivery, held while the
+/// runtime processes it; counted in flight until dropped. Empty when
+/// telemetry is [off](super::set_enabled).
+#[derive(Debug)]
 pub(crate) struct Traced {
     span: tracing::Span,
     context: Option<TraceContext>,
+    in_flight: Option<Gauge>,
 }
 
 impl Traced {
-    /// Runs `processing` in the span, with the context current, counted in
-    /// flight meanwhile.
-    pub(crate) async fn run<F: Future>(
-        self,
-        telemetry: &ConsumerTelemetry,
-        processing: F,
-    ) -> F::Output {
-        let Some(context) = self.context else {
-            return processing.await;
-        };
-        // Counted out even when the processing is dropped half-way.
-        let _in_flight = InFlight(&telemetry.in_flight);
-        context.scope(processing).instrument(self.span).await
+    /// `future` (a handler call) run inside the process span, with the
+    /// delivery's trace context current.
+    pub(crate) fn instrument<F: Future>(&self, future: F) -> Instrumented<Scoped<F>> {
+        scoped(self.context.clone(), future).instrument(self.span.clone())
     }
 }
 
-/// Takes one delivery off the in-flight gauge when dropped.
-struct InFlight<'a>(&'a Gauge);
-
-impl Drop for InFlight<'_> {
+impl Drop for Traced {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.decrement(1.0);
+        }
     }
 }
 

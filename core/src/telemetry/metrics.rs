@@ -23,7 +23,10 @@
 
 use std::time::Duration;
 
-use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use std::collections::HashMap;
+use std::sync::{OnceLock, PoisonError, RwLock};
+
+use ::metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 
 use crate::error::Result;
 
@@ -112,15 +115,13 @@ pub(crate) fn record_publish(
     took: Duration,
     outcome: &Result<()>,
 ) {
-    let destination = topic.to_owned();
     match outcome {
-        Ok(()) => {
-            ::metrics::counter!(SENT_MESSAGES, SYSTEM => system, DESTINATION => destination.clone(), OPERATION_NAME => "publish")
-                .increment(count as u64);
-            ::metrics::histogram!(OPERATION_DURATION, SYSTEM => system, DESTINATION => destination, OPERATION_NAME => "publish")
-                .record(took);
-        }
+        Ok(()) => with_publish_instruments(system, topic, |sent, duration| {
+            sent.increment(count as u64);
+            duration.record(took);
+        }),
         Err(error) => {
+            let destination = topic.to_owned();
             let error_type = error_type(error);
             ::metrics::counter!(SENT_MESSAGES, SYSTEM => system, DESTINATION => destination.clone(), OPERATION_NAME => "publish", ERROR_TYPE => error_type)
                 .increment(count as u64);
@@ -146,5 +147,41 @@ pub(crate) fn error_type(error: &crate::Error) -> &'static str {
         Error::Connect { .. } => "connect",
         Error::Broker { .. } => "broker",
         _ => "_OTHER",
+    }
+}
+
+/// The success instruments of publishes per system and topic, registered
+/// once: building a metric key per publish (labels, strings) would cost
+/// more than the in-process broker's whole publish.
+type PublishInstruments = HashMap<&'static str, HashMap<Box<str>, (Counter, Histogram)>>;
+
+/// Topics beyond this many per system are registered on every publish
+/// instead of kept, so a service publishing to endless topic names does
+/// not grow the table without bound.
+const MAX_CACHED_TOPICS: usize = 4096;
+
+fn with_publish_instruments(
+    system: &'static str,
+    topic: &str,
+    record: impl FnOnce(&Counter, &Histogram),
+) {
+    static CACHE: OnceLock<RwLock<PublishInstruments>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some((sent, duration)) = cache
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(system)
+        .and_then(|topics| topics.get(topic))
+    {
+        return record(sent, duration);
+    }
+    let destination = topic.to_owned();
+    let sent = ::metrics::counter!(SENT_MESSAGES, SYSTEM => system, DESTINATION => destination.clone(), OPERATION_NAME => "publish");
+    let duration = ::metrics::histogram!(OPERATION_DURATION, SYSTEM => system, DESTINATION => destination, OPERATION_NAME => "publish");
+    record(&sent, &duration);
+    let mut cache = cache.write().unwrap_or_else(PoisonError::into_inner);
+    let topics = cache.entry(system).or_default();
+    if topics.len() < MAX_CACHED_TOPICS {
+        topics.insert(topic.into(), (sent, duration));
     }
 }

@@ -103,7 +103,7 @@ mod trace_context;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub(crate) use consumer::ConsumerTelemetry;
+pub(crate) use consumer::{ConsumerTelemetry, Traced};
 pub use health::Health;
 pub(crate) use lag::LagReport;
 

@@ -91,7 +91,7 @@ impl TraceContext {
         if bytes.len() < 55 {
             return None;
         }
-        let version = hex_u8(&bytes[0..2])?;
+        let version = hex(&bytes[0..2])?;
         if version == 0xff || (version == 0 && bytes.len() != 55) {
             return None;
         }
@@ -101,12 +101,9 @@ impl TraceContext {
         if bytes.len() > 55 && bytes[55] != b'-' {
             return None;
         }
-        let trace_id = u128::from_str_radix(std::str::from_utf8(&bytes[3..35]).ok()?, 16).ok()?;
-        let span_id = u64::from_str_radix(std::str::from_utf8(&bytes[36..52]).ok()?, 16).ok()?;
-        let flags = hex_u8(&bytes[53..55])?;
-        if !all_lower_hex(&bytes[3..35]) || !all_lower_hex(&bytes[36..52]) {
-            return None;
-        }
+        let trace_id = hex(&bytes[3..35])?;
+        let span_id = u64::try_from(hex(&bytes[36..52])?).ok()?;
+        let flags = u8::try_from(hex(&bytes[53..55])?).ok()?;
         let mut context = TraceContext::new(trace_id, span_id, false)?;
         context.flags = flags;
         context.state = tracestate
@@ -177,10 +174,11 @@ impl TraceContext {
 
     /// The `traceparent` value (version `00`).
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        put_hex(&mut text[3..35], self.trace_id);
+        put_hex(&mut text[36..52], u128::from(self.span_id));
+        put_hex(&mut text[53..55], u128::from(self.flags));
+        String::from_utf8(text.to_vec()).expect("hex digits and dashes are ASCII")
     }
 
     /// Writes [`TRACEPARENT`] (and [`TRACESTATE`] when there is a state)
@@ -203,12 +201,16 @@ impl TraceContext {
 
     /// Runs `future` with this context as [`TraceContext::current`] while it
     /// is polled (on whatever thread polls it).
-    pub(crate) fn scope<F: Future>(self, future: F) -> Scoped<F> {
-        Scoped {
-            context: Some(self),
-            future,
-        }
+    #[cfg(test)]
+    fn scope<F: Future>(self, future: F) -> Scoped<F> {
+        scoped(Some(self), future)
     }
+}
+
+/// Runs `future` with `context` as [`TraceContext::current`] while it is
+/// polled (on whatever thread polls it); with `None`, with none.
+pub(crate) fn scoped<F: Future>(context: Option<TraceContext>, future: F) -> Scoped<F> {
+    Scoped { context, future }
 }
 
 impl fmt::Debug for TraceContext {
@@ -267,9 +269,34 @@ impl Drop for Restore<'_> {
     }
 }
 
+/// Writes the low hex digits of `value` into `digits`, lower case,
+/// zero-padded.
+fn put_hex(digits: &mut [u8], value: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut value = value;
+    for digit in digits.iter_mut().rev() {
+        *digit = HEX[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// The value of at most 32 lower-case hex digits; `None` for anything
+/// else (upper case included, as W3C asks).
+fn hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |value, &digit| {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(nibble))
+    })
+}
+
 fn nonzero_u128() -> u128 {
+    let mut rng = rand::rng();
     loop {
-        let id = rand::random::<u128>();
+        let id = rand::Rng::random::<u128>(&mut rng);
         if id != 0 {
             return id;
         }
@@ -277,25 +304,13 @@ fn nonzero_u128() -> u128 {
 }
 
 fn nonzero_u64() -> u64 {
+    let mut rng = rand::rng();
     loop {
-        let id = rand::random::<u64>();
+        let id = rand::Rng::random::<u64>(&mut rng);
         if id != 0 {
             return id;
         }
     }
-}
-
-fn hex_u8(two: &[u8]) -> Option<u8> {
-    if !all_lower_hex(two) {
-        return None;
-    }
-    u8::from_str_radix(std::str::from_utf8(two).ok()?, 16).ok()
-}
-
-fn all_lower_hex(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 #[cfg(test)]
