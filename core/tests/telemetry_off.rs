@@ -1,39 +1,51 @@
-//! With telemetry turned off, publishes carry no trace context and the
-//! runtime still handles messages. (A binary of its own: the switch is
-//! process-wide.)
+//! With telemetry turned off, even a follow-up published from a handler
+//! carries no trace context, and the runtime still handles messages. (A
+//! binary of its own: the switch is process-wide.)
 
 use std::time::Duration;
 
-use courier_core::runtime::{self, Consumer};
-use courier_core::telemetry::{self, TRACEPARENT};
-use courier_core::{Message, Subscription};
+use courier_core::runtime::{self, Consumer, Envelope};
+use courier_core::telemetry::{self, TRACEPARENT, TraceContext};
+use courier_core::{Bytes, Message, Subscription};
 use courier_memory::MemoryBroker;
+
+mod common;
 
 #[tokio::test]
 async fn off_means_no_trace_context_and_handling_goes_on() {
     telemetry::set_enabled(false);
     assert!(!telemetry::is_enabled());
     let broker = MemoryBroker::new().into_broker();
-    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = Consumer::builder(
+    let first = Consumer::builder(
         &broker,
         Subscription::new("orders", "billing"),
-        runtime::raw(move |message: Message| {
-            let seen = seen.clone();
-            async move {
-                seen.send(message)?;
-                Ok(())
+        runtime::raw_envelope({
+            let broker = broker.clone();
+            move |envelope: Envelope<Bytes>| {
+                let broker = broker.clone();
+                async move {
+                    assert_eq!(TraceContext::current(), None, "no context while off");
+                    let next = envelope.meta.follow_up(Message::new("invoice"));
+                    broker.publish("invoices", next).await?;
+                    Ok(())
+                }
             }
         }),
     )
     .start()
     .await
     .unwrap();
+    let (forwarding, mut seen_rx) = common::forwarding();
+    let second = Consumer::builder(&broker, Subscription::new("invoices", "mailer"), forwarding)
+        .start()
+        .await
+        .unwrap();
     broker.publish("orders", Message::new("x")).await.unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+    let invoice = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
         .await
         .expect("handled")
         .unwrap();
-    assert_eq!(message.header(TRACEPARENT), None);
-    assert_eq!(consumer.shutdown().await.unwrap().handled, 1);
+    assert_eq!(invoice.header(TRACEPARENT), None);
+    assert_eq!(first.shutdown().await.unwrap().handled, 1);
+    assert_eq!(second.shutdown().await.unwrap().handled, 1);
 }

@@ -1,6 +1,6 @@
 //! W3C trace context through the in-memory broker without OpenTelemetry:
-//! publish -> consume -> publish a follow-up -> consume keeps one trace id,
-//! with a new span id at every hop.
+//! consume -> publish a follow-up -> consume keeps one trace id, with a new
+//! span id at every hop; a publish outside any trace writes no header.
 
 use std::time::Duration;
 
@@ -10,18 +10,23 @@ use courier_core::{Broker, Bytes, Message, Subscription};
 use courier_memory::MemoryBroker;
 use tokio::sync::mpsc;
 
+mod common;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_up_carries_the_trace_of_the_message_that_caused_it() {
     let broker = MemoryBroker::new().into_broker();
-    let (seen, mut seen_rx) = mpsc::unbounded_channel::<Message>();
+    // The first handler reports the trace context it runs in, and publishes
+    // a follow-up.
+    let (contexts, mut contexts_rx) = mpsc::unbounded_channel::<Option<TraceContext>>();
     let first = Consumer::builder(
         &broker,
         Subscription::new("orders", "billing"),
         runtime::raw_envelope({
             let broker = broker.clone();
             move |envelope: Envelope<Bytes>| {
-                let broker = broker.clone();
+                let (broker, contexts) = (broker.clone(), contexts.clone());
                 async move {
+                    contexts.send(TraceContext::current())?;
                     let next = envelope.meta.follow_up(Message::new("invoice"));
                     broker.publish("invoices", next).await?;
                     Ok(())
@@ -32,61 +37,80 @@ async fn a_follow_up_carries_the_trace_of_the_message_that_caused_it() {
     .start()
     .await
     .unwrap();
-    let second = Consumer::builder(
-        &broker,
-        Subscription::new("invoices", "mailer"),
-        runtime::raw(move |message: Message| {
-            let seen = seen.clone();
-            async move {
-                seen.send(message)?;
-                Ok(())
-            }
-        }),
-    )
-    .start()
-    .await
-    .unwrap();
-
-    // A message published outside any trace starts one.
+    let (forwarding, mut invoices) = common::forwarding();
+    let second = Consumer::builder(&broker, Subscription::new("invoices", "mailer"), forwarding)
+        .start()
+        .await
+        .unwrap();
     let mut orders = broker_subscribe(&broker, "orders", "audit").await;
+
+    // Outside any trace, a publish names no parent; the consumer starts the
+    // trace and its follow-up carries it.
     broker
         .publish("orders", Message::new("order"))
         .await
         .unwrap();
-    let order = tokio::time::timeout(
-        Duration::from_secs(10),
-        futures::StreamExt::next(&mut orders),
-    )
-    .await
-    .expect("the order arrives")
-    .unwrap()
-    .unwrap();
-    let sent = TraceContext::from_message(order.message()).expect("publish wrote a traceparent");
-    assert_eq!(
-        order.message().header(TRACEPARENT),
-        Some(sent.traceparent().as_str())
-    );
+    let order = next(&mut orders).await;
+    assert_eq!(order.message().header(TRACEPARENT), None);
     order.ack().await.unwrap();
-
-    let invoice = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+    let handler = recv(&mut contexts_rx)
         .await
-        .expect("the follow-up arrives")
-        .unwrap();
+        .expect("the handler runs in a trace");
+    let invoice = recv(&mut invoices).await;
     let followed = TraceContext::from_message(&invoice).expect("the follow-up has a traceparent");
     assert_eq!(
         followed.trace_id(),
-        sent.trace_id(),
+        handler.trace_id(),
         "one trace across the flow"
     );
     assert_ne!(
         followed.span_id(),
-        sent.span_id(),
-        "the follow-up names a span of its own"
+        handler.span_id(),
+        "the publish is a span of its own"
+    );
+
+    // A message that arrives in a trace: the handler, and so the follow-up,
+    // join it, each hop with a span id of its own.
+    let upstream = TraceContext::new_root();
+    let traced = Message::new("order")
+        .with_header(TRACEPARENT, upstream.traceparent())
+        .unwrap();
+    broker.publish("orders", traced).await.unwrap();
+    next(&mut orders).await.ack().await.unwrap();
+    let handler = recv(&mut contexts_rx)
+        .await
+        .expect("the handler runs in a trace");
+    assert_eq!(handler.trace_id(), upstream.trace_id());
+    assert_ne!(handler.span_id(), upstream.span_id());
+    let followed = TraceContext::from_message(&recv(&mut invoices).await).unwrap();
+    assert_eq!(
+        followed.trace_id(),
+        upstream.trace_id(),
+        "one trace across the flow"
     );
     assert!(followed.is_sampled());
+    assert!(
+        ![upstream.span_id(), handler.span_id()].contains(&followed.span_id()),
+        "every hop names a span of its own"
+    );
 
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
+}
+
+async fn next(stream: &mut courier_core::DeliveryStream) -> courier_core::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(stream))
+        .await
+        .expect("a delivery in time")
+        .expect("open stream")
+        .expect("no stream error")
+}
+
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("in time")
+        .expect("open channel")
 }
 
 #[tokio::test]

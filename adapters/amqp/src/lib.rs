@@ -178,6 +178,18 @@
 //! authentication, a missing virtual host or missing permissions apart, and
 //! whose URL has no password.
 //!
+//! # Observability
+//!
+//! Spans, `traceparent` headers and metrics come from core
+//! ([`courier_core::telemetry`]); `messaging.system` is `rabbitmq`. Lag
+//! ([`Subscriber::lag`]) is the group queue's ready count from a passive
+//! `queue.declare`: AMQP 0-9-1 does not report delivered-but-unacked
+//! messages, so [`Lag::unacked`](courier_core::telemetry::Lag::unacked) is
+//! `None` and the total leaves them out (the management API would know;
+//! courier does not depend on it). Health is usable while the link has a
+//! live connection; after a lost connection it stays unusable until the
+//! next operation reconnects.
+//!
 //! # Capabilities in the conformance suite
 //!
 //! Delivery count: yes with quorum queues (the default), no with classic

@@ -181,6 +181,19 @@
 //!   [`KafkaConfig::max_payload`] and rdkafka's `message.max.bytes` are.
 //! - **Topics are not created on first use**; courier creates them.
 //!
+//! # Observability
+//!
+//! Spans, `traceparent` headers and metrics come from core
+//! ([`courier_core::telemetry`]); `messaging.system` is `kafka`, and
+//! process spans carry `messaging.destination.partition.id` and
+//! `messaging.kafka.offset`. Lag ([`Subscriber::lag`]) is, per partition,
+//! the high watermark minus the group's committed offset (the low
+//! watermark where it committed none), summed: exact for what the group
+//! committed, so it trails acks by up to the commit interval. rdkafka
+//! reports brokers going down but never coming back, so health follows the
+//! outcome of the last publish or lag read: unusable after one that found
+//! the cluster unreachable, until one succeeds.
+//!
 //! # Examples
 //!
 //! ```no_run

@@ -18,6 +18,13 @@
 //! Nothing survives the process: it is for tests, examples and services
 //! that do not need a broker yet. Queues are unbounded.
 //!
+//! # Observability
+//!
+//! Spans, `traceparent` headers and metrics come from core
+//! ([`courier_core::telemetry`]); `messaging.system` is `memory`. Lag
+//! ([`Subscriber::lag`]) is exact: the group's queue plus the messages
+//! handed out and not yet settled. Health is usable until closed.
+//!
 //! # URL
 //!
 //! `memory://` is a broker of its own; `memory://name` the process-wide

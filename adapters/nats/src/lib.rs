@@ -50,6 +50,14 @@
 //! restart, and a publish made during an outage either is acknowledged after
 //! the reconnect or fails with a timeout: never a silent drop.
 //!
+//! # Observability
+//!
+//! Spans, `traceparent` headers and metrics come from core
+//! ([`courier_core::telemetry`]); `messaging.system` is `nats`. Lag
+//! ([`Subscriber::lag`]) is the durable consumer's `num_pending` +
+//! `num_ack_pending`, exact as the server counts it. Health follows the
+//! client's connection state (usable only while connected).
+//!
 //! # URL
 //!
 //! `nats://[user:password@|token@]host[:port][?options]`, or `tls://` to

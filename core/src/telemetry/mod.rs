@@ -33,9 +33,15 @@
 //!
 //! # Trace context in headers
 //!
-//! Every publish writes the W3C [`TRACEPARENT`] header (and [`TRACESTATE`]
-//! when there is one) into each message that does not carry one already,
-//! naming the publish span as the parent. A message that already has a
+//! A publish made in a trace writes the W3C [`TRACEPARENT`] header (and
+//! [`TRACESTATE`] when there is one) into each message that does not carry
+//! one already, naming the publish span as the parent. "In a trace" means
+//! the publish span has an OpenTelemetry context (feature `otel` with a
+//! layer installed), or [`TraceContext::current`] has one: a handler's
+//! message, or the current OpenTelemetry span. A publish outside any trace
+//! writes no header, rather than name a parent span that nobody recorded;
+//! the consumer's process span then starts the trace, and everything its
+//! handler publishes carries it. A message that already has a
 //! `traceparent` keeps it: it names the context the message was created in
 //! (an outbox row, a dead-letter copy, a relayed message), which is the one
 //! the conventions propagate. On receive, the runtime reads the header and
@@ -44,7 +50,8 @@
 //! Without the `otel` feature nothing about the trace context needs an
 //! OpenTelemetry SDK: courier generates random trace and span ids, and
 //! while a handler runs, [`TraceContext::current`] is the received context
-//! with a span id of its own, so a follow-up published from the handler
+//! with a span id of its own (or a new trace when the message carried
+//! none), so a follow-up published from the handler
 //! (see [`Meta::follow_up`](crate::runtime::Meta::follow_up)) carries the
 //! same trace id. The context follows the handler's future; work it spawns
 //! onto other tasks does not inherit it (as with `tracing` spans).

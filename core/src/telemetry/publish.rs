@@ -12,9 +12,10 @@ use crate::error::Result;
 use crate::message::Message;
 
 /// Publishes `messages` to `topic` through `send` inside a `publish {topic}`
-/// span (kind producer), after writing the trace context into every message
-/// that does not carry one yet; records [`SENT_MESSAGES`](super::metrics::SENT_MESSAGES)
-/// and [`OPERATION_DURATION`](super::metrics::OPERATION_DURATION).
+/// span (kind producer), after writing the trace context, when there is
+/// one, into every message that does not carry one yet; records
+/// [`SENT_MESSAGES`](super::metrics::SENT_MESSAGES) and
+/// [`OPERATION_DURATION`](super::metrics::OPERATION_DURATION).
 ///
 /// Adapters call this from `Publisher::publish` and `publish_batch`, so
 /// every broker gets the same spans, headers and metrics; `system` is the
@@ -22,7 +23,8 @@ use crate::message::Message;
 /// context written is the publish span's: with the `otel` feature and an
 /// OpenTelemetry layer, its OpenTelemetry context; otherwise a new span id
 /// under [`TraceContext::current`] (the handler's message when publishing
-/// from a consumer), or a new trace.
+/// from a consumer). With neither, nothing is written: courier does not
+/// name a parent span that nobody recorded.
 ///
 /// # Errors
 ///
@@ -41,11 +43,12 @@ where
         return send(messages).await;
     }
     let span = publish_span(system, topic, &messages);
-    let context = publish_context(&span);
-    for message in &mut messages {
-        let headers = message.headers_mut();
-        if headers.get(TRACEPARENT).is_none() {
-            context.inject(headers);
+    if let Some(context) = publish_context(&span) {
+        for message in &mut messages {
+            let headers = message.headers_mut();
+            if headers.get(TRACEPARENT).is_none() {
+                context.inject(headers);
+            }
         }
     }
     let count = messages.len();
@@ -81,12 +84,12 @@ fn publish_span(system: &'static str, topic: &str, messages: &[Message]) -> trac
     )
 }
 
-/// The context the publish span gives its messages.
-fn publish_context(span: &tracing::Span) -> TraceContext {
+/// The context the publish span gives its messages, if it is in a trace.
+fn publish_context(span: &tracing::Span) -> Option<TraceContext> {
     #[cfg(feature = "otel")]
     if let Some(context) = super::otel::span_context(span) {
-        return context;
+        return Some(context);
     }
     let _ = span;
-    TraceContext::current().map_or_else(TraceContext::new_root, |parent| parent.new_child())
+    TraceContext::current().map(|parent| parent.new_child())
 }

@@ -59,8 +59,8 @@ impl TraceContext {
     /// A new trace: random trace and span ids, sampled.
     pub fn new_root() -> Self {
         TraceContext {
-            trace_id: nonzero_u128(),
-            span_id: nonzero_u64(),
+            trace_id: nonzero(),
+            span_id: nonzero(),
             flags: SAMPLED,
             state: None,
         }
@@ -70,7 +70,7 @@ impl TraceContext {
     /// state, a new random span id.
     pub fn new_child(&self) -> Self {
         TraceContext {
-            span_id: nonzero_u64(),
+            span_id: nonzero(),
             ..self.clone()
         }
     }
@@ -293,21 +293,16 @@ fn hex(digits: &[u8]) -> Option<u128> {
     })
 }
 
-fn nonzero_u128() -> u128 {
+/// A random id other than zero (W3C's invalid id).
+fn nonzero<T>() -> T
+where
+    T: Default + PartialEq,
+    rand::distr::StandardUniform: rand::distr::Distribution<T>,
+{
     let mut rng = rand::rng();
     loop {
-        let id = rand::Rng::random::<u128>(&mut rng);
-        if id != 0 {
-            return id;
-        }
-    }
-}
-
-fn nonzero_u64() -> u64 {
-    let mut rng = rand::rng();
-    loop {
-        let id = rand::Rng::random::<u64>(&mut rng);
-        if id != 0 {
+        let id: T = rand::Rng::random(&mut rng);
+        if id != T::default() {
             return id;
         }
     }
