@@ -19,16 +19,18 @@
 //! Each round runs every scenario once, in a rotated order (each scenario
 //! goes first in some rounds), on a current-thread runtime so the scoped
 //! subscriber sees every task. A scenario publishes the messages one at a
-//! time (a publish span and a `traceparent` each), then a consumer runtime
-//! (concurrency 8, no-op handler) consumes them (a process span, the trace
-//! context scope and an ack span each). The figures are medians over the
-//! rounds.
+//! time inside a trace ([`TraceContext::scope`], as a service handling a
+//! traced request would: a publish span and a `traceparent` written into
+//! each), then a consumer runtime (concurrency 8, no-op handler) consumes
+//! them (the `traceparent` read, a process span, the trace context scope
+//! and an ack span each). The figures are medians over the rounds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_core::runtime::{self, Consumer, RetryPolicy};
+use courier_core::telemetry::TraceContext;
 use courier_core::{Message, Subscription, telemetry};
 use courier_memory::{MemoryBroker, MemoryConfig};
 use tokio::sync::Notify;
@@ -79,12 +81,16 @@ fn run(scenario: Scenario, messages: usize) -> Times {
         let sub = Subscription::new("bench", "bench");
         broker.provision(&sub).await.expect("provision");
         let started = Instant::now();
-        for _ in 0..messages {
-            broker
-                .publish("bench", Message::new(&PAYLOAD[..]))
-                .await
-                .expect("publish");
-        }
+        TraceContext::new_root()
+            .scope(async {
+                for _ in 0..messages {
+                    broker
+                        .publish("bench", Message::new(&PAYLOAD[..]))
+                        .await
+                        .expect("publish");
+                }
+            })
+            .await;
         let publish = started.elapsed();
 
         let seen = Arc::new(AtomicU64::new(0));

@@ -201,8 +201,33 @@ impl TraceContext {
 
     /// Runs `future` with this context as [`TraceContext::current`] while it
     /// is polled (on whatever thread polls it).
-    #[cfg(test)]
-    fn scope<F: Future>(self, future: F) -> Scoped<F> {
+    /// Runs `future` with this context as [`TraceContext::current`] while
+    /// it is polled, so what it publishes joins this trace. For code outside
+    /// courier's consumer runtime that learned its trace some other way (an
+    /// incoming HTTP request's `traceparent`, say) and does not use
+    /// OpenTelemetry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier_core::Result<()> {
+    /// use courier_core::telemetry::{TRACEPARENT, TraceContext};
+    /// use courier_core::{Message, Subscription};
+    ///
+    /// let broker = courier_memory::MemoryBroker::new().into_broker();
+    /// let mut stream = broker.subscribe(Subscription::new("orders", "audit")).await?;
+    /// let incoming = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None)
+    ///     .expect("valid");
+    /// incoming.clone().scope(broker.publish("orders", Message::new("x"))).await?;
+    ///
+    /// let delivery = futures::StreamExt::next(&mut stream).await.expect("open")?;
+    /// let sent = TraceContext::from_message(delivery.message()).expect("a traceparent");
+    /// assert_eq!(sent.trace_id(), incoming.trace_id());
+    /// assert_ne!(sent.span_id(), incoming.span_id()); // the publish's own span
+    /// # Ok(()) }
+    /// ```
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
         scoped(Some(self), future)
     }
 }
