@@ -2,7 +2,7 @@
 //! conventions where they name one (`messaging.*`) and courier's own
 //! (`courier.*`) where they do not.
 //!
-//! Everything is recorded through the [`metrics`](::metrics) facade: install
+//! Everything is recorded through the [`metrics`] facade: install
 //! any recorder (a Prometheus exporter, an OpenTelemetry bridge, a test
 //! recorder) and the numbers appear; without one they cost next to nothing.
 //! Consumers register their instruments when they are built, so install the

@@ -48,7 +48,7 @@ const SAMPLED: u8 = 0x01;
 impl TraceContext {
     /// A context from its parts; `None` when an id is zero (invalid in W3C).
     pub fn new(trace_id: u128, span_id: u64, sampled: bool) -> Option<Self> {
-        (trace_id != 0 && span_id != 0).then(|| TraceContext {
+        (trace_id != 0 && span_id != 0).then_some(TraceContext {
             trace_id,
             span_id,
             flags: if sampled { SAMPLED } else { 0 },
