@@ -6,18 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
-
-use super::trace_context::{Scoped, scoped};
 
 use super::TraceContext;
 use super::lag::{LagReport, LastLag, spawn_reporter};
 use super::metrics as names;
+use super::trace_context::{Scoped, scoped};
 use crate::delivery::Delivery;
 use crate::message::Message;
 use crate::pubsub::{Subscriber, Subscription};
-use tokio_util::sync::CancellationToken;
 
 /// What a consumer records about its deliveries; made when it is built.
 pub(crate) struct ConsumerTelemetry {
