@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use courier_core::runtime::{self, Consumer, Envelope};
-use courier_core::telemetry::{self, TRACEPARENT, TraceContext};
-use courier_core::{Bytes, Message, Subscription};
+use courier_core::runtime::Consumer;
+use courier_core::telemetry::{self, TRACEPARENT};
+use courier_core::{Message, Subscription};
 use courier_memory::MemoryBroker;
 
 mod common;
@@ -16,21 +16,11 @@ async fn off_means_no_trace_context_and_handling_goes_on() {
     telemetry::set_enabled(false);
     assert!(!telemetry::is_enabled());
     let broker = MemoryBroker::new().into_broker();
+    let (following_up, mut contexts_rx) = common::publishing_follow_ups(broker.clone(), "invoices");
     let first = Consumer::builder(
         &broker,
         Subscription::new("orders", "billing"),
-        runtime::raw_envelope({
-            let broker = broker.clone();
-            move |envelope: Envelope<Bytes>| {
-                let broker = broker.clone();
-                async move {
-                    assert_eq!(TraceContext::current(), None, "no context while off");
-                    let next = envelope.meta.follow_up(Message::new("invoice"));
-                    broker.publish("invoices", next).await?;
-                    Ok(())
-                }
-            }
-        }),
+        following_up,
     )
     .start()
     .await
@@ -46,6 +36,7 @@ async fn off_means_no_trace_context_and_handling_goes_on() {
         .expect("handled")
         .unwrap();
     assert_eq!(invoice.header(TRACEPARENT), None);
+    assert_eq!(contexts_rx.recv().await, Some(None), "no context while off");
     assert_eq!(first.shutdown().await.unwrap().handled, 1);
     assert_eq!(second.shutdown().await.unwrap().handled, 1);
 }

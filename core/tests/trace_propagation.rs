@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use courier_core::runtime::{self, Consumer, Envelope};
+use courier_core::runtime::Consumer;
 use courier_core::telemetry::{TRACEPARENT, TraceContext};
-use courier_core::{Broker, Bytes, Message, Subscription};
+use courier_core::{Broker, Message, Subscription};
 use courier_memory::MemoryBroker;
 use tokio::sync::mpsc;
 
@@ -17,22 +17,11 @@ async fn a_follow_up_carries_the_trace_of_the_message_that_caused_it() {
     let broker = MemoryBroker::new().into_broker();
     // The first handler reports the trace context it runs in, and publishes
     // a follow-up.
-    let (contexts, mut contexts_rx) = mpsc::unbounded_channel::<Option<TraceContext>>();
+    let (following_up, mut contexts_rx) = common::publishing_follow_ups(broker.clone(), "invoices");
     let first = Consumer::builder(
         &broker,
         Subscription::new("orders", "billing"),
-        runtime::raw_envelope({
-            let broker = broker.clone();
-            move |envelope: Envelope<Bytes>| {
-                let (broker, contexts) = (broker.clone(), contexts.clone());
-                async move {
-                    contexts.send(TraceContext::current())?;
-                    let next = envelope.meta.follow_up(Message::new("invoice"));
-                    broker.publish("invoices", next).await?;
-                    Ok(())
-                }
-            }
-        }),
+        following_up,
     )
     .start()
     .await
