@@ -306,16 +306,39 @@ fn put_hex(digits: &mut [u8], value: u128) {
 }
 
 /// The value of at most 32 lower-case hex digits; `None` for anything
-/// else (upper case included, as W3C asks).
+/// else (upper case included, as W3C asks). Read in 64-bit halves: a
+/// message's trace context is read on every receive.
 fn hex(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |value, &digit| {
-        let nibble = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            _ => return None,
-        };
-        Some(value << 4 | u128::from(nibble))
-    })
+    let split = digits.len().saturating_sub(16);
+    let (high, low) = digits.split_at(split);
+    Some(u128::from(hex64(high)?) << 64 | u128::from(hex64(low)?))
+}
+
+/// The value of at most 16 lower-case hex digits.
+fn hex64(digits: &[u8]) -> Option<u64> {
+    /// Each byte's digit value; 0xff for a byte that is not a digit.
+    const VALUES: [u8; 256] = {
+        let mut values = [0xff; 256];
+        let mut i = 0;
+        while i < 10 {
+            values[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            values[b'a' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        values
+    };
+    let mut value = 0u64;
+    let mut invalid = 0u8;
+    for &digit in digits {
+        let nibble = VALUES[usize::from(digit)];
+        invalid |= nibble;
+        value = value << 4 | u64::from(nibble & 0xf);
+    }
+    (invalid & 0xf0 == 0).then_some(value)
 }
 
 /// A random id other than zero (W3C's invalid id).
