@@ -45,6 +45,16 @@
 //! with `idempotency-redis`, `idempotency-postgres` and
 //! `idempotency-sqlite`); `full` has them all.
 //!
+//! # Observability
+//!
+//! Every adapter emits `tracing` spans after the OpenTelemetry messaging
+//! conventions, carries the W3C `traceparent` in message headers, records
+//! metrics through the `metrics` facade, and answers
+//! [`Broker::lag`] and [`Broker::health`]; see [`telemetry`]. The `otel`
+//! feature makes the trace context read from a message the OpenTelemetry
+//! parent of its process span (it pulls the OpenTelemetry API and
+//! `tracing-opentelemetry`, never an SDK).
+//!
 //! # Examples
 //!
 //! ```

@@ -7,8 +7,9 @@
 //! The graph is read from the sources: an edge `a -> b` for every path into
 //! `b` that `a` names (`crate::b::..`, `super::b::..`, `self::b::..` or a
 //! child module's name), from `use` items and from paths in code alike.
-//! Comments, `mod` declarations, re-exports (`pub use`, which only give a
-//! child's items a shorter name) and `#[cfg(test)]` modules are not edges.
+//! Comments, `mod` declarations, re-exports (`pub use`, `pub(crate) use`:
+//! they only give a child's items a shorter name) and `#[cfg(test)]`
+//! modules are not edges.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -179,6 +180,8 @@ fn named_modules(
             || trimmed.starts_with("pub mod ")
             || trimmed.starts_with("pub(crate) mod ")
             || trimmed.starts_with("pub use ")
+            || trimmed.starts_with("pub(crate) use ")
+            || trimmed.starts_with("pub(super) use ")
         {
             continue;
         }

@@ -162,6 +162,17 @@ pub trait Acknowledger: Send + Sync + fmt::Debug {
     /// The delivery was dropped without being settled: make the message come
     /// back, as a [`Nack::Requeue`] would. Must not block; may spawn.
     fn abandon(self: Box<Self>, message: &Message);
+
+    /// The partition the message was read from, on brokers with
+    /// partitions (Kafka); for spans.
+    fn partition(&self) -> Option<i32> {
+        None
+    }
+
+    /// The message's offset in its partition (Kafka); for spans.
+    fn offset(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// A message received from a subscription, to be settled exactly once.
@@ -207,6 +218,17 @@ impl Delivery {
     /// RabbitMQ quorum queues). `None` when it does not.
     pub fn delivery_count(&self) -> Option<u32> {
         self.delivery_count
+    }
+
+    /// The partition the message was read from, on brokers with partitions
+    /// (Kafka); `None` elsewhere.
+    pub fn partition(&self) -> Option<i32> {
+        self.acker.as_ref().and_then(|acker| acker.partition())
+    }
+
+    /// The message's offset in its partition (Kafka); `None` elsewhere.
+    pub fn offset(&self) -> Option<i64> {
+        self.acker.as_ref().and_then(|acker| acker.offset())
     }
 
     /// Whether the broker has delivered this message before, as far as it knows.

@@ -13,6 +13,9 @@
 //! - [`runtime`]: the consumer runtime that runs handlers over a
 //!   subscription: concurrency, per-key ordering, retries with backoff,
 //!   dead-lettering, middleware, graceful shutdown, metrics.
+//! - [`telemetry`]: spans after the OpenTelemetry messaging conventions,
+//!   W3C trace context in headers, metrics through the `metrics` facade,
+//!   consumer lag and connection health, the same on every adapter.
 //!
 //! This crate knows no broker. Adapters (`courier-memory`, `courier-amqp`,
 //! `courier-kafka`, `courier-nats`) implement the traits, and the conformance
@@ -41,6 +44,7 @@ pub mod name;
 pub mod prelude;
 mod pubsub;
 pub mod runtime;
+pub mod telemetry;
 
 pub use delivery::{DeadLetter, Delivery, Nack};
 pub use error::{BoxError, BrokerErrorKind, ConnectErrorKind, Error, Result};

@@ -12,6 +12,8 @@ use futures::Stream;
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::message::Message;
+use crate::telemetry::health::Health;
+use crate::telemetry::lag::{DEFAULT_LAG_TIMEOUT, Lag};
 
 /// Releases a connection: the one method publishers and subscribers share,
 /// so `close()` is never ambiguous when both traits are in scope.
@@ -28,6 +30,13 @@ pub trait Close: Send + Sync + fmt::Debug {
     /// Pending work could not be flushed, or the connection could not be
     /// closed cleanly.
     async fn close(&self) -> Result<()>;
+
+    /// Whether the connection is usable now, from what the client knows
+    /// (no round trip to the broker): for readiness probes. See
+    /// [`Health`]. [`Health::Unknown`] unless the adapter says.
+    fn health(&self) -> Health {
+        Health::Unknown
+    }
 }
 
 /// Publishes messages to topics.
@@ -192,6 +201,29 @@ pub trait Subscriber: Close {
     ///
     /// Invalid names, a closed subscriber, or broker failures.
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream>;
+
+    /// The `messaging.system` of spans and metrics: `"memory"`,
+    /// `"rabbitmq"`, `"kafka"`, `"nats"`; `"unknown"` unless the adapter
+    /// says.
+    fn messaging_system(&self) -> &'static str {
+        "unknown"
+    }
+
+    /// How many messages `group` has not yet settled on `topic`; see
+    /// [`Lag`] for what each broker counts. Not bounded by itself: call it
+    /// through [`Broker::lag`] or [`lag_within`](crate::telemetry::lag_within).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`](crate::Error::Unsupported) unless the adapter
+    /// implements it; the group or topic does not exist; broker failures.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        let _ = (topic, group);
+        Err(crate::Error::Unsupported {
+            broker: self.messaging_system(),
+            feature: "consumer lag",
+        })
+    }
 }
 
 /// A publisher and a subscriber of one broker, chosen at run time.
@@ -272,6 +304,45 @@ impl Broker {
         self.subscriber.subscribe(subscription).await
     }
 
+    /// How many messages `group` has not yet settled on `topic` (see
+    /// [`Lag`]), waiting at most [`DEFAULT_LAG_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`](crate::Error::Timeout) past the bound; otherwise
+    /// as [`Subscriber::lag`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier_core::Result<()> {
+    /// use courier_core::{Message, Subscription};
+    /// let broker = courier_memory::MemoryBroker::new().into_broker();
+    /// broker.provision(&Subscription::new("orders", "billing")).await?;
+    /// broker.publish("orders", Message::new("a")).await?;
+    /// assert_eq!(broker.lag("orders", "billing").await?.total, 1);
+    /// assert!(broker.health().is_usable());
+    /// # Ok(()) }
+    /// ```
+    pub async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        // As `telemetry::lag_within`, which cannot be called from here
+        // (it reads through this module's `Subscriber`).
+        let after = DEFAULT_LAG_TIMEOUT;
+        tokio::time::timeout(after, self.subscriber.lag(topic, group))
+            .await
+            .unwrap_or(Err(crate::Error::Timeout {
+                operation: "lag",
+                after,
+            }))
+    }
+
+    /// Whether both the publisher's and the subscriber's connections are
+    /// usable now (the worse of the two); no round trip to the broker.
+    pub fn health(&self) -> Health {
+        self.publisher.health().and(self.subscriber.health())
+    }
+
     /// Closes the subscriber and the publisher, side by side. Idempotent.
     ///
     /// # Errors
@@ -289,6 +360,10 @@ impl Broker {
 impl Close for Broker {
     async fn close(&self) -> Result<()> {
         Broker::close(self).await
+    }
+
+    fn health(&self) -> Health {
+        Broker::health(self)
     }
 }
 
@@ -311,6 +386,14 @@ impl Subscriber for Broker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         self.subscriber.subscribe(subscription).await
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        self.subscriber.messaging_system()
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        self.subscriber.lag(topic, group).await
     }
 }
 

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use courier_core::message::{CAUSATION_ID, CORRELATION_ID};
+use courier_core::telemetry::{TRACEPARENT, TRACESTATE, TraceContext};
 use courier_core::{Message, MessageId};
 
 use crate::error::Error;
@@ -24,13 +25,25 @@ pub(crate) struct Columns {
 }
 
 impl Columns {
+    /// The columns of `message`. A message enqueued in a trace (a handler's,
+    /// or the current OpenTelemetry span's) that carries no trace context
+    /// gets that trace's: the row keeps the context of the transaction that
+    /// wrote it, and the relay's publish passes it on unchanged.
     pub(crate) fn of(message: &Message) -> Self {
-        let headers: serde_json::Map<String, serde_json::Value> = message
+        let mut headers: serde_json::Map<String, serde_json::Value> = message
             .headers()
             .iter()
             .filter(|(name, _)| *name != CORRELATION_ID && *name != CAUSATION_ID)
             .map(|(name, value)| (name.to_owned(), value.into()))
             .collect();
+        if !headers.contains_key(TRACEPARENT)
+            && let Some(context) = TraceContext::current()
+        {
+            headers.insert(TRACEPARENT.to_owned(), context.traceparent().into());
+            if let Some(state) = context.state() {
+                headers.insert(TRACESTATE.to_owned(), state.into());
+            }
+        }
         Columns {
             message_id: message.id().to_string(),
             message_key: message.key().map(str::to_owned),

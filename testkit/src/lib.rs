@@ -29,15 +29,17 @@ pub mod fault_cases;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 mod harness;
+pub mod observability_cases;
 pub mod runtime_cases;
 
 pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
 /// Every case of the suite: the conformance cases, the consumer runtime's
-/// cases and the fault cases.
+/// cases, the observability cases (lag, health) and the fault cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
+    cases.extend(observability_cases::cases());
     cases.extend(fault_cases::cases());
     cases
 }

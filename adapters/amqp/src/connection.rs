@@ -126,6 +126,11 @@ impl Link {
         }
     }
 
+    /// Whether the link has a live connection now.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.live().is_some()
+    }
+
     fn live(&self) -> Option<Arc<Session>> {
         self.current
             .lock()

@@ -197,6 +197,18 @@
 //! authentication, a missing virtual host or missing permissions apart, and
 //! whose URL has no password.
 //!
+//! # Observability
+//!
+//! Spans, `traceparent` headers and metrics come from core
+//! ([`courier_core::telemetry`]); `messaging.system` is `rabbitmq`. Lag
+//! ([`Subscriber::lag`]) is the group queue's ready count from a passive
+//! `queue.declare`: AMQP 0-9-1 does not report delivered-but-unacked
+//! messages, so [`Lag::unacked`](courier_core::telemetry::Lag::unacked) is
+//! `None` and the total leaves them out (the management API would know;
+//! courier does not depend on it). Health is usable while the link has a
+//! live connection; after a lost connection it stays unusable until the
+//! next operation reconnects.
+//!
 //! # Capabilities in the conformance suite
 //!
 //! Delivery count: yes with quorum queues (the default), no with classic
@@ -227,11 +239,15 @@ mod config;
 mod connection;
 mod delivery;
 mod error;
+mod lag;
 mod publisher;
 mod session;
 mod subscriber;
 mod topology;
 mod watch;
+
+/// The `messaging.system` of spans and metrics.
+const MESSAGING_SYSTEM: &str = "rabbitmq";
 
 use std::sync::Arc;
 
@@ -337,6 +353,10 @@ impl AmqpBroker {
 /// their queues), then the publisher (after outstanding confirms).
 #[async_trait]
 impl Close for AmqpBroker {
+    fn health(&self) -> courier_core::telemetry::Health {
+        self.publisher.health().and(self.subscriber.health())
+    }
+
     async fn close(&self) -> Result<()> {
         let subscribing = self.subscriber.close().await;
         let publishing = self.publisher.close().await;
@@ -370,5 +390,13 @@ impl Subscriber for AmqpBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         self.subscriber.subscribe(subscription).await
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        MESSAGING_SYSTEM
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
+        self.subscriber.lag(topic, group).await
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use courier_core::adapter::instrumented_publish;
 use courier_core::{BrokerErrorKind, Close, Error, Message, Publisher, Result, async_trait};
 use lapin::Confirmation;
 use lapin::types::ShortString;
@@ -305,26 +306,25 @@ impl AmqpPublisher {
 #[async_trait]
 impl Publisher for AmqpPublisher {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        let messages = std::slice::from_ref(&message);
-        let exchange = self.prepare(topic, messages)?;
-        send(
-            &self.link,
-            Route::Exchange(&exchange),
-            false,
-            messages,
-            None,
-        )
-        .await
+        self.publish_batch(topic, vec![message]).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        let exchange = self.prepare(topic, &messages)?;
-        send(
-            &self.link,
-            Route::Exchange(&exchange),
-            false,
-            &messages,
-            None,
+        instrumented_publish(
+            crate::MESSAGING_SYSTEM,
+            topic,
+            messages,
+            |messages| async move {
+                let exchange = self.prepare(topic, &messages)?;
+                send(
+                    &self.link,
+                    Route::Exchange(&exchange),
+                    false,
+                    &messages,
+                    None,
+                )
+                .await
+            },
         )
         .await
     }
@@ -332,6 +332,10 @@ impl Publisher for AmqpPublisher {
 
 #[async_trait]
 impl Close for AmqpPublisher {
+    fn health(&self) -> courier_core::telemetry::Health {
+        crate::lag::health(&self.link)
+    }
+
     async fn close(&self) -> Result<()> {
         self.link.close().await;
         Ok(())

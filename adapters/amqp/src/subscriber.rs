@@ -378,10 +378,22 @@ impl Subscriber for AmqpSubscriber {
             _stop: stop.drop_guard(),
         }))
     }
+
+    fn messaging_system(&self) -> &'static str {
+        crate::MESSAGING_SYSTEM
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
+        crate::lag::lag(&self.link, topic, group).await
+    }
 }
 
 #[async_trait]
 impl Close for AmqpSubscriber {
+    fn health(&self) -> courier_core::telemetry::Health {
+        crate::lag::health(&self.link)
+    }
+
     async fn close(&self) -> Result<()> {
         self.link.close().await;
         Ok(())

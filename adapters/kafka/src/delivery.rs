@@ -108,6 +108,14 @@ impl Acknowledger for KafkaAcker {
     fn abandon(self: Box<Self>, message: &Message) {
         self.requeue(message);
     }
+
+    fn partition(&self) -> Option<i32> {
+        Some(self.partition.id)
+    }
+
+    fn offset(&self) -> Option<i64> {
+        Some(self.offset)
+    }
 }
 
 /// Hands `pending` out as a delivery of `flow`.

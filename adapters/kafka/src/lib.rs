@@ -181,6 +181,19 @@
 //!   [`KafkaConfig::max_payload`] and rdkafka's `message.max.bytes` are.
 //! - **Topics are not created on first use**; courier creates them.
 //!
+//! # Observability
+//!
+//! Spans, `traceparent` headers and metrics come from core
+//! ([`courier_core::telemetry`]); `messaging.system` is `kafka`, and
+//! process spans carry `messaging.destination.partition.id` and
+//! `messaging.kafka.offset`. Lag ([`Subscriber::lag`]) is, per partition,
+//! the high watermark minus the group's committed offset (the low
+//! watermark where it committed none), summed: exact for what the group
+//! committed, so it trails acks by up to the commit interval. rdkafka
+//! reports brokers going down but never coming back, so health follows the
+//! outcome of the last publish or lag read: unusable after one that found
+//! the cluster unreachable, until one succeeds.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -204,6 +217,7 @@ mod delivery;
 mod error;
 mod flow;
 mod group;
+mod lag;
 mod partition;
 mod publisher;
 mod settled;
@@ -245,6 +259,7 @@ struct Inner {
     producer: Arc<Producer>,
     subscriptions: Mutex<Vec<Running>>,
     closed: AtomicBool,
+    liveness: lag::Liveness,
 }
 
 impl KafkaBroker {
@@ -286,6 +301,7 @@ impl KafkaBroker {
                 producer: Arc::new(producer),
                 subscriptions: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
+                liveness: lag::Liveness::default(),
             }),
         })
     }
@@ -344,6 +360,12 @@ async fn probe(
 /// group), streams end, queued publishes are flushed.
 #[async_trait]
 impl Close for KafkaBroker {
+    fn health(&self) -> courier_core::telemetry::Health {
+        self.inner
+            .liveness
+            .health(self.inner.closed.load(Ordering::Acquire))
+    }
+
     async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -368,11 +390,17 @@ impl Close for KafkaBroker {
 #[async_trait]
 impl Publisher for KafkaBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        self.inner.producer.publish(topic, vec![message]).await
+        self.publish_batch(topic, vec![message]).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        self.inner.producer.publish(topic, messages).await
+        let outcome =
+            courier_core::adapter::instrumented_publish("kafka", topic, messages, |messages| {
+                self.inner.producer.publish(topic, messages)
+            })
+            .await;
+        self.inner.liveness.record(&outcome);
+        outcome
     }
 }
 
@@ -400,6 +428,28 @@ impl Subscriber for KafkaBroker {
         subscriptions.retain(|r| r.flow.strong_count() > 0);
         subscriptions.push(running);
         Ok(stream)
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        "kafka"
+    }
+
+    /// Each request to the cluster waits at most
+    /// [`KafkaConfig::connect_timeout`]. The read runs on a task of its own,
+    /// so its outcome reaches [`Close::health`] even when the caller stopped
+    /// waiting.
+    async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
+        self.check_open()?;
+        let inner = self.inner.clone();
+        let (topic, group) = (topic.to_owned(), group.to_owned());
+        tokio::spawn(async move {
+            let config = &inner.config;
+            let outcome = lag::lag(config, &topic, &group, config.connect_timeout).await;
+            inner.liveness.record(&outcome);
+            outcome
+        })
+        .await
+        .map_err(|_| Error::Closed("kafka lag read"))?
     }
 }
 

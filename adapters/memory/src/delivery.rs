@@ -23,7 +23,6 @@ pub(crate) struct Flow {
 
 impl Flow {
     fn release(&self) {
-        self.group.settled();
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.prefetch {
             self.waker.wake();
         }
@@ -65,6 +64,7 @@ impl MemoryAcker {
 #[async_trait]
 impl Acknowledger for MemoryAcker {
     async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+        self.flow.group.settled();
         self.flow.release();
         Ok(())
     }
@@ -86,6 +86,7 @@ impl Acknowledger for MemoryAcker {
                     let copy = vec![copy];
                     self.flow.state.check_publish(&topic, &copy)?;
                     self.flow.state.append(&topic, copy);
+                    self.flow.group.settled();
                     Ok(())
                 })
                 .inspect_err(|_| self.requeue(message)),

@@ -18,6 +18,13 @@
 //! Nothing survives the process: it is for tests, examples and services
 //! that do not need a broker yet. Queues are unbounded.
 //!
+//! # Observability
+//!
+//! Spans, `traceparent` headers and metrics come from core
+//! ([`courier_core::telemetry`]); `messaging.system` is `memory`. Lag
+//! ([`Subscriber::lag`]) is exact: the group's queue plus the messages
+//! handed out and not yet settled. Health is usable until closed.
+//!
 //! # URL
 //!
 //! `memory://` is a broker of its own; `memory://name` the process-wide
@@ -61,9 +68,11 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
+use courier_core::adapter::instrumented_publish;
+use courier_core::telemetry::{Health, Lag};
 use courier_core::{
-    Broker, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
-    async_trait,
+    Broker, BrokerErrorKind, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber,
+    Subscription, async_trait,
 };
 use parking_lot::Mutex;
 
@@ -200,6 +209,14 @@ impl MemoryBroker {
 /// groups. Never fails.
 #[async_trait]
 impl Close for MemoryBroker {
+    fn health(&self) -> Health {
+        if self.handle.is_closed() {
+            Health::Unusable("closed".into())
+        } else {
+            Health::Usable
+        }
+    }
+
     async fn close(&self) -> Result<()> {
         if !self.handle.closed.swap(true, Ordering::AcqRel) {
             self.state.wake_all();
@@ -211,11 +228,14 @@ impl Close for MemoryBroker {
 #[async_trait]
 impl Publisher for MemoryBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        self.publish_all(topic, vec![message])
+        self.publish_batch(topic, vec![message]).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        self.publish_all(topic, messages)
+        instrumented_publish("memory", topic, messages, |messages| {
+            std::future::ready(self.publish_all(topic, messages))
+        })
+        .await
     }
 }
 
@@ -247,5 +267,25 @@ impl Subscriber for MemoryBroker {
             group,
             prefetch,
         )))
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        "memory"
+    }
+
+    /// Exact: the group's queue plus the messages delivered (or taken for
+    /// delivery) and not yet settled.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        self.check_open()?;
+        let Some(group) = self.state.find_group(topic, group) else {
+            return Err(Error::broker(
+                "memory",
+                "lag",
+                BrokerErrorKind::NotFound,
+                format!("no group {group:?} on topic {topic:?}"),
+            ));
+        };
+        let (ready, out) = group.backlog();
+        Ok(Lag::new(ready as u64, Some(out as u64)))
     }
 }

@@ -50,7 +50,8 @@ pub(crate) struct Group {
     /// group's messages, so one member cannot take a backlog the others
     /// could handle (see `subscriber::fair_take`).
     pub(crate) members: AtomicUsize,
-    /// Messages the members hold: taken from the queue and not yet settled.
+    /// Messages taken out of `queue` and not yet settled or given back
+    /// (a delayed requeue counts until the message is back in the queue).
     pub(crate) held: AtomicUsize,
     /// A member is waiting for its share to grow: settlements wake the
     /// group's waiters.
@@ -64,20 +65,34 @@ impl Group {
             let mut q = self.queue.lock();
             for p in pending.rev() {
                 q.ready.push_front(p);
+                self.held.fetch_sub(1, Ordering::AcqRel);
             }
+            // Every waiter is woken, a starved member included.
+            self.starved.store(false, Ordering::Release);
             std::mem::take(&mut q.waiters)
         };
         waiters.into_iter().for_each(Waker::wake);
     }
 
-    /// A member settled a message it held: one fewer held, and a member
-    /// waiting for its share may take more.
+    /// Counts messages taken out of the queue for delivery.
+    pub(crate) fn taken(&self, count: usize) {
+        self.held.fetch_add(count, Ordering::AcqRel);
+    }
+
+    /// One message taken out was settled for good: one fewer held, and a
+    /// member waiting for its share may take more.
     pub(crate) fn settled(&self) {
         self.held.fetch_sub(1, Ordering::AcqRel);
         if self.starved.swap(false, Ordering::AcqRel) {
             let waiters = std::mem::take(&mut self.queue.lock().waiters);
             waiters.into_iter().for_each(Waker::wake);
         }
+    }
+
+    /// Messages waiting in the queue and messages out for delivery.
+    pub(crate) fn backlog(&self) -> (usize, usize) {
+        let ready = self.queue.lock().ready.len();
+        (ready, self.held.load(Ordering::Acquire))
     }
 
     /// Registers a stream to be woken when messages arrive or the broker closes.
@@ -188,6 +203,13 @@ impl State {
 
     /// The group, created if missing; a new group starting at `Earliest` is
     /// filled from the topic's history.
+    /// The group if it exists.
+    pub(crate) fn find_group(&self, topic: &str, group: &str) -> Option<Arc<Group>> {
+        let topic = self.topics.read().get(topic)?.clone();
+        let state = topic.state.lock();
+        state.groups.iter().find(|g| &*g.name == group).cloned()
+    }
+
     pub(crate) fn group(&self, topic: &str, group: &str, start: StartPosition) -> Arc<Group> {
         let topic = self.topic(topic);
         let mut state = topic.state.lock();

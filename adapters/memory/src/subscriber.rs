@@ -126,8 +126,8 @@ impl Stream for MemoryStream {
                     Poll::Pending
                 };
             }
-            this.flow.group.held.fetch_add(n, Ordering::AcqRel);
             this.taken.extend(q.ready.drain(..n));
+            this.flow.group.taken(n);
         }
         let pending = self.taken.pop_front().expect("taken is not empty");
         Poll::Ready(Some(Ok(self.deliver(pending))))
@@ -138,10 +138,6 @@ impl Drop for MemoryStream {
     fn drop(&mut self) {
         self.flow.group.members.fetch_sub(1, Ordering::AcqRel);
         if !self.taken.is_empty() {
-            self.flow
-                .group
-                .held
-                .fetch_sub(self.taken.len(), Ordering::AcqRel);
             self.flow.group.requeue_front(self.taken.drain(..));
         }
     }

@@ -50,6 +50,14 @@
 //! restart, and a publish made during an outage either is acknowledged after
 //! the reconnect or fails with a timeout: never a silent drop.
 //!
+//! # Observability
+//!
+//! Spans, `traceparent` headers and metrics come from core
+//! ([`courier_core::telemetry`]); `messaging.system` is `nats`. Lag
+//! ([`Subscriber::lag`]) is the durable consumer's `num_pending` +
+//! `num_ack_pending`, exact as the server counts it. Health follows the
+//! client's connection state (usable only while connected).
+//!
 //! # URL
 //!
 //! `nats://[user:password@|token@]host[:port][?options]`, or `tls://` to
@@ -82,6 +90,7 @@ mod connection;
 mod delivery;
 mod error;
 mod flow;
+mod lag;
 mod publisher;
 mod subscriber;
 
@@ -152,16 +161,23 @@ impl NatsBroker {
 #[async_trait]
 impl Publisher for NatsBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        publisher::publish(&self.inner, topic, vec![message]).await
+        self.publish_batch(topic, vec![message]).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        publisher::publish(&self.inner, topic, messages).await
+        courier_core::adapter::instrumented_publish("nats", topic, messages, |messages| {
+            publisher::publish(&self.inner, topic, messages)
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl Close for NatsBroker {
+    fn health(&self) -> courier_core::telemetry::Health {
+        lag::health(&self.inner)
+    }
+
     async fn close(&self) -> Result<()> {
         self.close_connection().await
     }
@@ -186,5 +202,13 @@ impl Subscriber for NatsBroker {
                 subscriber::subscribe(self.inner.clone(), subscription),
             )
             .await
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
+        lag::lag(&self.inner, topic, group).await
     }
 }

@@ -25,6 +25,7 @@ use crate::delivery::Delivery;
 use crate::error::{Error, Result};
 use crate::headers::{HeaderError, Headers};
 use crate::message::Message;
+pub use crate::telemetry::instrumented_publish;
 
 /// A delivery of `message` from `topic`, settled through `acker`, with the
 /// broker's delivery count (this delivery included) when the broker tells.

@@ -15,8 +15,10 @@ use super::retry::RetryPolicy;
 use super::shared::{Shared, Stop};
 use super::shutdown::{ShutdownHandle, signal};
 use super::stats::{ConsumerMetrics, ConsumerStats, Counters};
+use super::status::ConsumerStatus;
 use crate::error::Result;
 use crate::pubsub::{Broker, Subscriber, Subscription};
+use crate::telemetry::{ConsumerTelemetry, LagReport};
 
 /// Default [`ConsumerBuilder::concurrency`].
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -71,6 +73,7 @@ pub struct ConsumerBuilder {
     dead_letter_topic: Option<String>,
     shutdown_deadline: Duration,
     shutdown: ShutdownHandle,
+    lag_report: Option<LagReport>,
 }
 
 impl fmt::Debug for ConsumerBuilder {
@@ -141,6 +144,17 @@ impl ConsumerBuilder {
     /// [`App`](super::App) stops its consumers together without one.)
     pub fn shutdown_on(mut self, handle: ShutdownHandle) -> Self {
         self.shutdown = handle;
+        self
+    }
+
+    /// Reads the group's lag every `every` in the background while the
+    /// consumer runs, each read bounded by `timeout`, into the
+    /// [`LAG`](crate::telemetry::metrics::LAG) gauge and
+    /// [`RunningConsumer::status`]. A read that fails or times out leaves
+    /// the last value, so a metrics scrape never waits on the broker. Off
+    /// by default.
+    pub fn report_lag(mut self, every: Duration, timeout: Duration) -> Self {
+        self.lag_report = Some(LagReport { every, timeout });
         self
     }
 
@@ -215,6 +229,12 @@ impl ConsumerBuilder {
             stop,
             abort: CancellationToken::new(),
             counters: Arc::new(Counters::default()),
+            telemetry: ConsumerTelemetry::new(
+                self.subscriber.messaging_system(),
+                self.subscription.topic().into(),
+                self.subscription.group().into(),
+            ),
+            lag_report: self.lag_report,
         };
         Consumer {
             subscriber: self.subscriber,
@@ -315,6 +335,7 @@ impl Consumer {
             dead_letter_topic: None,
             shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
             shutdown: ShutdownHandle::new(),
+            lag_report: None,
         }
     }
 
@@ -387,6 +408,12 @@ impl Consumer {
             () = shared.stop.token.cancelled() => None,
             stream = subscriber.subscribe(subscription.clone()) => Some(stream?),
         };
+        if let (Some(report), Some(_)) = (shared.lag_report, &stream) {
+            let stop = shared.stop.token.clone();
+            shared
+                .telemetry
+                .report_lag(subscriber.clone(), &subscription, report, stop);
+        }
         let stopped = CancellationToken::new();
         let task = tokio::spawn({
             let shared = shared.clone();
@@ -496,6 +523,12 @@ impl RunningConsumer {
     /// The subscription as the consumer uses it (with its prefetch).
     pub fn subscription(&self) -> &Subscription {
         &self.subscription
+    }
+
+    /// What the consumer is doing now: running or stopping, its load, and
+    /// the last lag read in the background. Cheap: a few atomic loads.
+    pub fn status(&self) -> ConsumerStatus {
+        ConsumerStatus::of(&self.shared, self.is_finished())
     }
 
     /// Whether the consumer has stopped (its shutdown completed or its

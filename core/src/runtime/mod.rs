@@ -58,6 +58,13 @@
 //!   shutdown is triggered.
 //! - **Metrics** ([`ConsumerMetrics`]): in-flight and running counts, active
 //!   lanes, handled/failed/retried/dead-lettered counters.
+//! - **Telemetry** ([`crate::telemetry`]): each delivery gets a
+//!   `process {topic}` span (the handler runs inside it, with the message's
+//!   trace context current, so follow-ups stay in the trace) and an
+//!   `ack`/`nack`/`dead_letter` span; the messaging metrics are recorded
+//!   through the `metrics` facade; [`ConsumerBuilder::report_lag`] reads
+//!   the group's lag in the background and [`RunningConsumer::status`]
+//!   says what the consumer is doing.
 //!
 //! # Why retry is built in, not a layer
 //!
@@ -118,6 +125,7 @@ mod retry;
 mod shared;
 mod shutdown;
 mod stats;
+mod status;
 
 pub use app::{App, RunningApp};
 pub use consumer::{
@@ -139,3 +147,4 @@ pub use request::Request;
 pub use retry::{Delays, RetryPolicy};
 pub use shutdown::{ShutdownHandle, signal};
 pub use stats::{ConsumerMetrics, ConsumerStats};
+pub use status::{ConsumerState, ConsumerStatus};

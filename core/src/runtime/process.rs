@@ -8,10 +8,11 @@
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::error::{FailureKind, HandlerError, HandlerResult, Panicked};
 use super::shared::Shared;
@@ -23,6 +24,7 @@ use super::request::Request;
 use super::stats::Counters;
 use crate::delivery::{DeadLetter, Delivery, Nack};
 use crate::message::MessageId;
+use crate::telemetry::Traced;
 
 /// First and last failure time of a delivery's attempts.
 #[derive(Clone, Copy)]
@@ -62,6 +64,7 @@ where
     S: Deref<Target = Shared> + Send,
 {
     let shared = &*shared;
+    let traced = shared.telemetry.begin(&delivery);
     let slot = match first_permit {
         Some(permit) => Some(permit),
         None if shared.serial => None,
@@ -82,13 +85,16 @@ where
             }
         }),
     };
-    match attempt(shared, &delivery, 1, slot).await {
+    match attempt(shared, &delivery, 1, slot, &traced).await {
         Some(Ok(())) => {
             let id = delivery.message().id().clone();
-            let outcome = delivery.ack().await;
+            let span = shared
+                .telemetry
+                .settle_span(Some(&traced), "ack", delivery.message());
+            let outcome = delivery.ack().instrument(span).await;
             record(shared, outcome, &shared.counters.handled, &id);
         }
-        Some(Err(error)) => Box::pin(retry(shared, delivery, error)).await,
+        Some(Err(error)) => Box::pin(retry(shared, delivery, error, &traced)).await,
         None => Box::pin(requeue(shared, [delivery])).await,
     }
     None
@@ -121,13 +127,15 @@ async fn attempt(
     delivery: &Delivery,
     attempt: u32,
     slot: Option<OwnedSemaphorePermit>,
+    traced: &Traced,
 ) -> Option<HandlerResult> {
     let counters = &shared.counters;
     Counters::add(&counters.running);
     let request = Request::new(delivery.message(), &shared.topic, &shared.group)
         .with_attempt(attempt)
         .with_delivery_count(delivery.delivery_count());
-    let call = AssertUnwindSafe(async { shared.handler.call(request).await }).catch_unwind();
+    let call = AssertUnwindSafe(traced.instrument(shared.handler.call(request))).catch_unwind();
+    let started = Instant::now();
     let outcome = tokio::select! {
         biased;
         outcome = call => Some(outcome.unwrap_or_else(|payload| {
@@ -136,12 +144,17 @@ async fn attempt(
         () = shared.abort.cancelled() => None,
     };
     Counters::sub(&counters.running);
+    if let Some(result) = &outcome {
+        shared
+            .telemetry
+            .attempt_finished(started.elapsed(), result.is_err());
+    }
     drop(slot);
     outcome
 }
 
 /// After a failed first attempt: retries with backoff, then settles.
-async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
+async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, traced: &Traced) {
     let counters = &shared.counters;
     let mut delays = shared.retry.delays();
     let mut failures = Failures::now();
@@ -162,6 +175,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
             }
         };
         Counters::add(&counters.retried);
+        shared.telemetry.retried();
         tracing::debug!(
             topic = %shared.topic, id = %delivery.message().id(), attempt = attempts, ?delay,
             error = %error, "handler failed; retrying"
@@ -185,8 +199,8 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
             return requeue(shared, [delivery]).await;
         };
         attempts += 1;
-        match attempt(shared, &delivery, attempts, slot).await {
-            Some(Ok(())) => return settle(shared, delivery, Settle::Ack).await,
+        match attempt(shared, &delivery, attempts, slot, traced).await {
+            Some(Ok(())) => return settle(shared, delivery, Settle::Ack, Some(traced)).await,
             Some(Err(next)) => {
                 Counters::add(&counters.failed);
                 failures.last = SystemTime::now();
@@ -208,6 +222,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError) {
         shared,
         delivery,
         Settle::Nack(Nack::DeadLetter(dead_letter)),
+        Some(traced),
     )
     .await;
 }
@@ -218,18 +233,30 @@ enum Settle {
     Nack(Nack),
 }
 
-/// Settles the delivery and counts the outcome.
-async fn settle(shared: &Shared, delivery: Delivery, how: Settle) {
+/// Settles the delivery and counts the outcome; the settle span is a child
+/// of the delivery's process span, when it has one.
+async fn settle(shared: &Shared, delivery: Delivery, how: Settle, traced: Option<&Traced>) {
     let counters = &shared.counters;
     let id = delivery.message().id().clone();
+    let telemetry = &shared.telemetry;
     let (outcome, counter) = match how {
-        Settle::Ack => (delivery.ack().await, &counters.handled),
+        Settle::Ack => {
+            let span = telemetry.settle_span(traced, "ack", delivery.message());
+            (delivery.ack().instrument(span).await, &counters.handled)
+        }
         Settle::Nack(nack) => {
-            let counter = match nack {
-                Nack::DeadLetter(_) => &counters.dead_lettered,
-                _ => &counters.requeued,
+            let dead_letter = matches!(nack, Nack::DeadLetter(_));
+            let (counter, operation) = if dead_letter {
+                (&counters.dead_lettered, "dead_letter")
+            } else {
+                (&counters.requeued, "nack")
             };
-            (delivery.nack(nack).await, counter)
+            let span = telemetry.settle_span(traced, operation, delivery.message());
+            let outcome = delivery.nack(nack).instrument(span).await;
+            if dead_letter && outcome.is_ok() {
+                telemetry.dead_lettered(traced);
+            }
+            (outcome, counter)
         }
     };
     record(shared, outcome, counter, &id);
@@ -254,6 +281,6 @@ fn record(shared: &Shared, outcome: crate::Result<()>, counter: &AtomicU64, id: 
 /// Gives deliveries back unhandled, in the order given.
 pub(crate) async fn requeue(shared: &Shared, deliveries: impl IntoIterator<Item = Delivery>) {
     for delivery in deliveries {
-        Box::pin(settle(shared, delivery, Settle::Nack(Nack::Requeue))).await;
+        Box::pin(settle(shared, delivery, Settle::Nack(Nack::Requeue), None)).await;
     }
 }

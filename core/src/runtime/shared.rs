@@ -12,6 +12,7 @@ use super::handler::BoxHandler;
 use super::retry::RetryPolicy;
 use super::stats::Counters;
 use crate::delivery::Delivery;
+use crate::telemetry::{ConsumerTelemetry, LagReport};
 
 /// What every task of a running consumer shares.
 pub(crate) struct Shared {
@@ -32,6 +33,10 @@ pub(crate) struct Shared {
     /// Phase 2's deadline passed: cancel what runs.
     pub(crate) abort: CancellationToken,
     pub(crate) counters: Arc<Counters>,
+    /// Spans and metrics.
+    pub(crate) telemetry: ConsumerTelemetry,
+    /// Whether and how the group's lag is read in the background.
+    pub(crate) lag_report: Option<LagReport>,
 }
 
 /// The trigger of phase 1, for this consumer: its handle's (which may be

@@ -1,0 +1,238 @@
+//! The consumer runtime's spans and metrics: one `process {topic}` span per
+//! delivery, a settle span per ack or nack, and the consumer instruments.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ::metrics::{Counter, Gauge, Histogram};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
+
+use super::lag_report::{LagReport, LastLag, spawn_reporter};
+use super::metrics as names;
+use super::trace_context::TraceContext;
+use super::trace_context::{Scoped, scoped};
+use crate::delivery::Delivery;
+use crate::message::Message;
+use crate::pubsub::{Subscriber, Subscription};
+
+/// What a consumer records about its deliveries; made when it is built.
+pub(crate) struct ConsumerTelemetry {
+    system: &'static str,
+    topic: Arc<str>,
+    group: Arc<str>,
+    consumed: Counter,
+    process_ok: Histogram,
+    process_failed: Histogram,
+    in_flight: Gauge,
+    retries: Counter,
+    dead_lettered: Counter,
+    message_age: Histogram,
+    lag: Gauge,
+    last_lag: Arc<LastLag>,
+}
+
+impl ConsumerTelemetry {
+    /// Registers the consumer's instruments with the installed recorder.
+    pub(crate) fn new(system: &'static str, topic: Arc<str>, group: Arc<str>) -> Self {
+        let labels = [
+            (names::SYSTEM, system.to_owned()),
+            (names::DESTINATION, topic.to_string()),
+            (names::CONSUMER_GROUP, group.to_string()),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            labels
+                .iter()
+                .map(|(k, v)| ::metrics::Label::new(*k, v.clone()))
+                .chain(extra.iter().map(|(k, v)| ::metrics::Label::new(*k, *v)))
+                .collect::<Vec<_>>()
+        };
+        ConsumerTelemetry {
+            system,
+            consumed: ::metrics::counter!(
+                names::CONSUMED_MESSAGES,
+                with(&[(names::OPERATION_NAME, "process")])
+            ),
+            process_ok: ::metrics::histogram!(names::PROCESS_DURATION, with(&[])),
+            process_failed: ::metrics::histogram!(
+                names::PROCESS_DURATION,
+                with(&[(names::ERROR_TYPE, "handler_failed")])
+            ),
+            in_flight: ::metrics::gauge!(names::IN_FLIGHT, with(&[])),
+            retries: ::metrics::counter!(names::RETRIES, with(&[])),
+            dead_lettered: ::metrics::counter!(names::DEAD_LETTERED, with(&[])),
+            message_age: ::metrics::histogram!(names::MESSAGE_AGE, with(&[])),
+            lag: ::metrics::gauge!(names::LAG, with(&[])),
+            last_lag: Arc::default(),
+            topic,
+            group,
+        }
+    }
+
+    /// Starts the processing of `delivery`: counts it, and makes its
+    /// `process {topic}` span and the trace context its handler runs in.
+    pub(crate) fn begin(&self, delivery: &Delivery) -> Traced {
+        if !super::is_enabled() {
+            return Traced {
+                span: tracing::Span::none(),
+                context: None,
+                in_flight: None,
+            };
+        }
+        let message = delivery.message();
+        self.consumed.increment(1);
+        self.message_age.record(age(message));
+        self.in_flight.increment(1.0);
+        let received = TraceContext::from_message(message);
+        let span = self.process_span(delivery);
+        #[cfg(feature = "otel")]
+        if let Some(parent) = &received {
+            super::otel::set_parent(&span, &parent.parts());
+        }
+        let context = received.map_or_else(TraceContext::new_root, |parent| parent.new_child());
+        Traced {
+            span,
+            context: Some(context),
+            in_flight: Some(self.in_flight.clone()),
+        }
+    }
+
+    fn process_span(&self, delivery: &Delivery) -> tracing::Span {
+        let message = delivery.message();
+        tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", self.topic),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = self.system,
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = &*self.topic,
+            messaging.consumer.group.name = &*self.group,
+            messaging.message.id = %message.id(),
+            messaging.message.conversation_id = message.correlation_id(),
+            messaging.message.body.size = message.payload().len(),
+            messaging.destination.partition.id = delivery.partition().map(tracing::field::display),
+            messaging.kafka.offset = delivery.offset(),
+            messaging.message.delivery_count = delivery.delivery_count(),
+            error.type = tracing::field::Empty,
+        )
+    }
+
+    /// Starts reading the group's lag in the background until `stop`.
+    pub(crate) fn report_lag(
+        &self,
+        subscriber: Arc<dyn Subscriber>,
+        subscription: &Subscription,
+        report: LagReport,
+        stop: CancellationToken,
+    ) {
+        spawn_reporter(
+            subscriber,
+            subscription.topic().to_owned(),
+            subscription.group().to_owned(),
+            report,
+            self.lag.clone(),
+            self.last_lag.clone(),
+            stop,
+        );
+    }
+
+    /// The lag last read in the background, if any.
+    pub(crate) fn last_lag(&self) -> Option<u64> {
+        self.last_lag.get()
+    }
+
+    /// One handler attempt took `took`; `failed` tells how it ended.
+    pub(crate) fn attempt_finished(&self, took: Duration, failed: bool) {
+        if !super::is_enabled() {
+            return;
+        }
+        if failed {
+            self.process_failed.record(took);
+        } else {
+            self.process_ok.record(took);
+        }
+    }
+
+    /// A retry was scheduled.
+    pub(crate) fn retried(&self) {
+        if !super::is_enabled() {
+            return;
+        }
+        self.retries.increment(1);
+    }
+
+    /// A message was dead-lettered; marks the process span as failed.
+    pub(crate) fn dead_lettered(&self, traced: Option<&Traced>) {
+        if !super::is_enabled() {
+            return;
+        }
+        self.dead_lettered.increment(1);
+        if let Some(traced) = traced {
+            traced.span.record("error.type", "dead_lettered");
+            traced.span.record("otel.status_code", "ERROR");
+        }
+    }
+
+    /// A span for settling a delivery of this consumer: `ack {topic}`,
+    /// `nack {topic}` or `dead_letter {topic}` (operation type `settle`).
+    pub(crate) fn settle_span(
+        &self,
+        parent: Option<&Traced>,
+        operation: &'static str,
+        message: &Message,
+    ) -> tracing::Span {
+        if !super::is_enabled() {
+            return tracing::Span::none();
+        }
+        let parent = parent.and_then(|traced| traced.span.id());
+        tracing::info_span!(
+            parent: parent,
+            "settle",
+            otel.name = %format_args!("{operation} {}", self.topic),
+            otel.kind = "client",
+            messaging.system = self.system,
+            messaging.operation.type = "settle",
+            messaging.operation.name = operation,
+            messaging.destination.name = &*self.topic,
+            messaging.consumer.group.name = &*self.group,
+            messaging.message.id = %message.id(),
+        )
+    }
+}
+
+/// The process span and trace context of one delivery, held while the
+/// runtime processes it; counted in flight until dropped. Empty when
+/// telemetry is [off](super::set_enabled).
+#[derive(Debug)]
+pub(crate) struct Traced {
+    span: tracing::Span,
+    context: Option<TraceContext>,
+    in_flight: Option<Gauge>,
+}
+
+impl Traced {
+    /// `future` (a handler call) run inside the process span, with the
+    /// delivery's trace context current.
+    pub(crate) fn instrument<F: Future>(&self, future: F) -> Instrumented<Scoped<F>> {
+        scoped(self.context.clone(), future).instrument(self.span.clone())
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.decrement(1.0);
+        }
+    }
+}
+
+/// How old `message` is now; zero if its timestamp is in the future.
+fn age(message: &Message) -> Duration {
+    SystemTime::now()
+        .duration_since(message.timestamp())
+        .unwrap_or_default()
+}

@@ -1,0 +1,95 @@
+//! The publish span and trace-context injection every adapter's publish
+//! goes through.
+
+use std::future::Future;
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use super::TraceContext;
+use super::trace_context::TRACEPARENT;
+use crate::error::Result;
+use crate::message::Message;
+
+/// Publishes `messages` to `topic` through `send` inside a `publish {topic}`
+/// span (kind producer), after writing the trace context, when there is
+/// one, into every message that does not carry one yet; records
+/// [`SENT_MESSAGES`](super::metrics::SENT_MESSAGES) and
+/// [`OPERATION_DURATION`](super::metrics::OPERATION_DURATION).
+///
+/// Adapters call this from `Publisher::publish` and `publish_batch`, so
+/// every broker gets the same spans, headers and metrics; `system` is the
+/// `messaging.system` value (`"rabbitmq"`, `"kafka"`, ...). The trace
+/// context written is the publish span's: with the `otel` feature and an
+/// OpenTelemetry layer, its OpenTelemetry context; otherwise a new span id
+/// under [`TraceContext::current`] (the handler's message when publishing
+/// from a consumer). With neither, nothing is written: courier does not
+/// name a parent span that nobody recorded.
+///
+/// # Errors
+///
+/// What `send` returns.
+pub async fn instrumented_publish<F, Fut>(
+    system: &'static str,
+    topic: &str,
+    mut messages: Vec<Message>,
+    send: F,
+) -> Result<()>
+where
+    F: FnOnce(Vec<Message>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    if !super::is_enabled() {
+        return send(messages).await;
+    }
+    let span = publish_span(system, topic, &messages);
+    if let Some(context) = publish_context(&span) {
+        for message in &mut messages {
+            let headers = message.headers_mut();
+            if headers.get(TRACEPARENT).is_none() {
+                context.inject(headers);
+            }
+        }
+    }
+    let count = messages.len();
+    let started = Instant::now();
+    let outcome = send(messages).instrument(span.clone()).await;
+    if let Err(error) = &outcome {
+        span.record("error.type", super::metrics::error_type(error));
+        span.record("otel.status_code", "ERROR");
+    }
+    super::metrics::record_publish(system, topic, count, started.elapsed(), &outcome);
+    outcome
+}
+
+fn publish_span(system: &'static str, topic: &str, messages: &[Message]) -> tracing::Span {
+    let single = match messages {
+        [message] => Some(message),
+        _ => None,
+    };
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("publish {topic}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = system,
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = topic,
+        messaging.message.id = single.map(|m| tracing::field::display(m.id())),
+        messaging.message.conversation_id = single.and_then(Message::correlation_id),
+        messaging.message.body.size = single.map(|m| m.payload().len()),
+        messaging.batch.message_count = (messages.len() != 1).then_some(messages.len()),
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// The context the publish span gives its messages, if it is in a trace.
+fn publish_context(span: &tracing::Span) -> Option<TraceContext> {
+    #[cfg(feature = "otel")]
+    if let Some(context) = TraceContext::of_span(span) {
+        return Some(context);
+    }
+    let _ = span;
+    TraceContext::current().map(|parent| parent.new_child())
+}
