@@ -170,10 +170,13 @@ async fn fault_frozen_broker_times_out_provision_and_subscribe(ctx: Ctx) {
     ctx.freeze_broker().await;
     let provisioned = timed(&ctx, "provision", broker.provision(&sub)).await;
     let subscribed = timed(&ctx, "subscribe", broker.subscribe(sub.clone())).await;
+    // Lag has a bound of its own (DEFAULT_LAG_TIMEOUT), under the hang limit.
+    let lag = timed(&ctx, "lag", broker.lag(warm.topic(), warm.group())).await;
     let closed = timed(&ctx, "close", broker.close()).await;
     ctx.thaw_broker().await;
     assert_timed_out("provision", provisioned);
     assert_timed_out("subscribe", subscribed.map(drop));
+    assert_timed_out("lag", lag);
     assert_ok_or_timed_out("close", closed);
 }
 

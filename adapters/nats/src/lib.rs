@@ -209,6 +209,8 @@ impl Subscriber for NatsBroker {
     }
 
     async fn lag(&self, topic: &str, group: &str) -> Result<courier_core::telemetry::Lag> {
-        lag::lag(&self.inner, topic, group).await
+        self.inner
+            .bounded("lag", lag::lag(&self.inner, topic, group))
+            .await
     }
 }
