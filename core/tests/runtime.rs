@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use courier_core::runtime::{
-    self, Consumer, HandlerError, HandlerResult, Hook, HookLayer, Request, RetryPolicy,
-    TimeoutLayer,
+    self, Consumer, HandlerResult, Hook, HookLayer, Request, RetryPolicy, TimeoutLayer,
 };
 use courier_core::{Message, Subscription, async_trait};
 use courier_memory::MemoryBroker;
@@ -71,7 +70,13 @@ async fn concurrency_one_handles_in_publish_order_through_layers() {
         .map(|n| Message::from_json(&n).unwrap())
         .collect();
     broker.publish_batch(sub.topic(), batch).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while metrics.snapshot().handled < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 100 handled within 30 s",
+            metrics.snapshot().handled
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     done_tx.send(()).unwrap();
@@ -86,21 +91,26 @@ async fn concurrency_one_handles_in_publish_order_through_layers() {
 #[tokio::test]
 async fn a_closed_subscriber_ends_the_run_cleanly() {
     let broker = MemoryBroker::new().into_broker();
-    let consumer = Consumer::builder(
-        &broker,
-        Subscription::new("ends", "g"),
-        runtime::raw(|_m| async { Err(HandlerError::transient("unused")) }),
-    )
-    .build();
+    let sub = Subscription::new("ends", "g");
+    let consumer =
+        Consumer::builder(&broker, sub.clone(), runtime::raw(|_m| async { Ok(()) })).build();
+    broker.provision(consumer.subscription()).await.unwrap();
+    let metrics = consumer.metrics();
     let running = tokio::spawn(consumer.run());
-    tokio::task::yield_now().await;
+    let batch = (0..3).map(|n| Message::new(n.to_string())).collect();
+    broker.publish_batch(sub.topic(), batch).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.snapshot().handled < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "3 handled");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     broker.close().await.unwrap();
     let stats = tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .expect("the run ends with the stream")
         .unwrap()
         .unwrap();
-    assert_eq!(stats.in_flight, 0);
+    assert_eq!((stats.handled, stats.in_flight), (3, 0));
 }
 
 #[tokio::test]
