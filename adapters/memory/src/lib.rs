@@ -18,6 +18,16 @@
 //! Nothing survives the process: it is for tests, examples and services
 //! that do not need a broker yet. Queues are unbounded.
 //!
+//! # Request/reply
+//!
+//! [`Broker::request`](courier_core::Broker::request) publishes the request
+//! to the topic like any message, so a responder consuming it as a group
+//! answers it; the reply goes straight into the requester's in-process
+//! inbox. A topic without any group is
+//! [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)
+//! at once; a group without a running responder keeps the request until
+//! one runs or its deadline passes (the requester sees a timeout).
+//!
 //! # URL
 //!
 //! `memory://` is a broker of its own; `memory://name` the process-wide
@@ -54,6 +64,7 @@
 
 mod config;
 mod delivery;
+mod request;
 mod state;
 mod subscriber;
 
@@ -76,6 +87,7 @@ use subscriber::MemoryStream;
 #[derive(Debug, Default)]
 struct Handle {
     closed: AtomicBool,
+    inbox: request::Inbox,
 }
 
 impl Handle {
@@ -189,7 +201,7 @@ impl MemoryBroker {
     /// This connection as a run-time chosen [`Broker`].
     pub fn into_broker(self) -> Broker {
         let this = Arc::new(self);
-        Broker::new("memory", this.clone(), this)
+        Broker::new("memory", this.clone(), this.clone()).with_requester(this)
     }
 
     fn check_open(&self) -> Result<()> {

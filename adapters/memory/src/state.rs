@@ -118,6 +118,12 @@ impl State {
         courier_core::adapter::check_payloads(messages, self.config.max_payload)
     }
 
+    /// Whether any group receives the topic's messages.
+    pub(crate) fn has_groups(&self, topic: &str) -> bool {
+        let topic = self.topics.read().get(topic).cloned();
+        topic.is_some_and(|t| !t.state.lock().groups.is_empty())
+    }
+
     /// Appends messages to the topic's history and to every group's queue.
     /// Call [`State::check_publish`] first.
     pub(crate) fn append(&self, topic: &str, messages: Vec<Message>) {

@@ -113,6 +113,7 @@ mod error;
 mod handler;
 pub mod middleware;
 mod process;
+mod responder;
 mod retry;
 mod shutdown;
 mod stats;
@@ -133,6 +134,7 @@ pub use middleware::{
     CircuitState, ConcurrencyLimit, ConcurrencyLimitLayer, GuardedByBreaker, Hook, HookLayer,
     Hooked, Layer, Proceed, Timeout, TimeoutLayer,
 };
+pub use responder::{Responder, responder};
 pub use retry::{Delays, RetryPolicy};
 pub use shutdown::{ShutdownHandle, signal};
 pub use stats::{ConsumerMetrics, ConsumerStats};
