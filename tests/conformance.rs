@@ -14,7 +14,11 @@ fn main() -> std::process::ExitCode {
     if cfg!(feature = "memory") {
         adapters.push(Adapter::new(
             "memory",
-            &[Capability::History, Capability::DeliveryCount],
+            &[
+                Capability::History,
+                Capability::DeliveryCount,
+                Capability::NoResponders,
+            ],
             || courier::connect("memory://conformance"),
         ));
     }

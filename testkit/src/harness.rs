@@ -37,6 +37,10 @@ pub enum Capability {
     DeliveryCount,
     /// The test can stop and restart the broker (see [`Adapter::with_restart`]).
     Restart,
+    /// A request nobody can receive fails at once with
+    /// `RequestError::NoResponders` (memory, RabbitMQ, NATS; not Kafka,
+    /// where it times out).
+    NoResponders,
 }
 
 impl fmt::Display for Capability {
@@ -45,6 +49,7 @@ impl fmt::Display for Capability {
             Capability::History => "history",
             Capability::DeliveryCount => "delivery-count",
             Capability::Restart => "restart",
+            Capability::NoResponders => "no-responders",
         })
     }
 }
@@ -341,6 +346,7 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::History,
             Capability::DeliveryCount,
             Capability::Restart,
+            Capability::NoResponders,
         ];
         let lacks: Vec<String> = all
             .iter()

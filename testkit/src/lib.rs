@@ -28,14 +28,16 @@ pub mod conformance;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 mod harness;
+pub mod request_cases;
 pub mod runtime_cases;
 
 pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
-/// Every case of the suite: the conformance cases and the consumer
-/// runtime's cases.
+/// Every case of the suite: the conformance cases, the consumer
+/// runtime's cases and the request/reply cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
+    cases.extend(request_cases::cases());
     cases
 }
