@@ -53,7 +53,11 @@ fn main() -> std::process::ExitCode {
     #[cfg(feature = "nats")]
     adapters.push(on_server!(
         "nats",
-        &[Capability::History, Capability::DeliveryCount],
+        &[
+            Capability::History,
+            Capability::DeliveryCount,
+            Capability::NoResponders
+        ],
         fixtures::nats,
         fixtures::fresh_nats
     ));

@@ -73,14 +73,27 @@
 //!
 //! # Request/reply
 //!
-//! Core NATS request/reply is not used for messaging: it is at-most-once.
-//! It fits a later request/reply API of courier, not the at-least-once
-//! publish/subscribe contract.
+//! [`Broker::request`] publishes the request to the topic's stream like any
+//! message (waiting for the JetStream ack), so a responder is an ordinary
+//! consumer of the topic: its group's durable consumer, its redelivery and
+//! its shutdown. The reply travels over core NATS to the requester's inbox
+//! subject (one subscription per connection, made on its first request),
+//! and is therefore delivered at most once: a requester that reconnects
+//! while its reply is in flight misses it and times out. A topic that no
+//! stream holds gets no-responders from JetStream, which is
+//! [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)
+//! at once; a stream without a running responder keeps the request until
+//! one runs or the request's deadline passes (the requester sees a timeout,
+//! the responder later skips the request).
+//!
+//! At-least-once publish/subscribe never uses core NATS: only replies do,
+//! where waiting requesters make at-most-once the right contract.
 
 mod config;
 mod delivery;
 mod error;
 mod publisher;
+mod request;
 mod subscriber;
 
 use std::collections::{HashMap, HashSet};
@@ -126,6 +139,8 @@ pub(crate) struct Inner {
     /// closing can NAK them at once instead of waiting for `ack_wait`.
     pub(crate) outstanding: Mutex<HashMap<u64, async_nats::Subject>>,
     pub(crate) next_token: AtomicU64,
+    /// The reply inbox of this connection's requests.
+    pub(crate) inbox: request::Inbox,
 }
 
 impl NatsBroker {
@@ -178,6 +193,7 @@ impl NatsBroker {
                 pull_loops: TaskTracker::new(),
                 outstanding: Mutex::new(HashMap::new()),
                 next_token: AtomicU64::new(0),
+                inbox: request::Inbox::default(),
             }),
         })
     }
@@ -185,7 +201,7 @@ impl NatsBroker {
     /// This connection as a run-time chosen [`Broker`].
     pub fn into_broker(self) -> Broker {
         let this = Arc::new(self);
-        Broker::new("nats", this.clone(), this)
+        Broker::new("nats", this.clone(), this.clone()).with_requester(this)
     }
 
     /// The underlying async-nats client, for what courier does not cover.

@@ -84,7 +84,7 @@ pub(crate) fn unquote(value: &str) -> &str {
 }
 
 /// A failed publish of a message with `size` payload bytes.
-fn publish_error(
+pub(crate) fn publish_error(
     inner: &Inner,
     err: async_nats::jetstream::context::PublishError,
     size: usize,

@@ -205,21 +205,7 @@ fn to_delivery(
         group: Arc::from(subscription.group()),
     };
     let sequence = info.map_or(0, |(_, seq)| seq);
-    let headers = message
-        .headers
-        .iter()
-        .flat_map(|h| h.iter())
-        .map(|(name, values)| (<async_nats::HeaderName as AsRef<str>>::as_ref(name), values))
-        .map(|(name, values)| match name {
-            crate::publisher::NATS_MSG_ID => (adapter::wire::ID, values),
-            _ => (name, values),
-        })
-        .filter(|(name, _)| !name.starts_with("Nats-"))
-        .filter_map(|(name, values)| {
-            values
-                .first()
-                .map(|v| (name, crate::publisher::unquote(v.as_str()).as_bytes()))
-        });
+    let headers = crate::request::wire_headers(message.headers.as_ref());
     let decoded = adapter::wire::decode(headers, message.payload.clone(), None, || {
         MessageId::parse(&format!("{topic}-{sequence}")).unwrap_or_default()
     });
