@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
     adapters.push(
         on_server!(
             "amqp",
-            &[Capability::DeliveryCount],
+            &[Capability::DeliveryCount, Capability::NoResponders],
             fixtures::rabbitmq,
             fixtures::fresh_rabbitmq
         )

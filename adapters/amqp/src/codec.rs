@@ -101,6 +101,12 @@ pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result
     {
         properties = properties.with_correlation_id(correlation);
     }
+    if let Some(reply_to) = message
+        .header(courier_core::request::headers::REPLY_TO)
+        .and_then(|r| ShortString::try_new(r).ok())
+    {
+        properties = properties.with_reply_to(reply_to);
+    }
     if let Some(prior) = prior_deliveries {
         put(PRIOR_DELIVERIES, &prior.to_string())?;
     }
@@ -171,6 +177,15 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
             &mut headers,
             CORRELATION_ID,
             clean(correlation.as_str().to_owned()),
+        );
+    }
+    // Direct reply-to: the broker put the requester's channel into the
+    // property; it replaces the placeholder the header carried.
+    if let Some(reply_to) = properties.reply_to() {
+        let _ = adapter::restore_header(
+            &mut headers,
+            courier_core::request::headers::REPLY_TO,
+            reply_to.as_str(),
         );
     }
     *adapter::headers_mut(&mut message) = headers;
