@@ -123,6 +123,22 @@
 //! published between the two are then skipped by that group, so provision
 //! new groups from one place (a deployment step) when that matters.
 //!
+//! # Request/reply
+//!
+//! [`Broker::request`](courier_core::Broker::request) produces the request
+//! to the topic like any record, so a responder is an ordinary consumer
+//! group of the topic. Each connection has a reply topic of its own
+//! (`courier-replies.<id>`, one partition, created on its first request)
+//! that it reads by assignment from the beginning: no consumer group, so
+//! no rebalancing and no join delay. Replies are records: stored, and read
+//! once by their requester while it runs. Kafka cannot tell whether anyone
+//! consumes a topic, so a request nobody answers times out (only a topic
+//! that is missing and may not be created is
+//! [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)).
+//! Reply topics are not deleted when the connection closes (a requester
+//! may be restarted while replies are still in flight); let the broker's
+//! retention, or an operator, remove old `courier-replies.*` topics.
+//!
 //! # URL
 //!
 //! `kafka://host:port[,host:port...][?options]`: the bootstrap servers as
@@ -203,6 +219,7 @@ mod delivery;
 mod error;
 mod partition;
 mod publisher;
+mod request;
 mod settled;
 mod subscriber;
 mod topics;
@@ -242,6 +259,8 @@ struct Inner {
     producer: Arc<Producer>,
     subscriptions: Mutex<Vec<Running>>,
     closed: AtomicBool,
+    /// The reply topic of this connection's requests.
+    inbox: request::Inbox,
 }
 
 impl KafkaBroker {
@@ -283,6 +302,7 @@ impl KafkaBroker {
                 producer: Arc::new(producer),
                 subscriptions: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
+                inbox: request::Inbox::default(),
             }),
         })
     }
@@ -290,7 +310,7 @@ impl KafkaBroker {
     /// This connection as a run-time chosen [`Broker`].
     pub fn into_broker(self) -> Broker {
         let this = Arc::new(self);
-        Broker::new("kafka", this.clone(), this)
+        Broker::new("kafka", this.clone(), this.clone()).with_requester(this)
     }
 
     /// The settings in use.
@@ -345,6 +365,7 @@ impl Close for KafkaBroker {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.inner.inbox.stop();
         let subscriptions = std::mem::take(&mut *self.inner.subscriptions.lock());
         let wait = self.inner.config.connect_timeout * 2;
         futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(wait))).await;
