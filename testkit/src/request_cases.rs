@@ -420,10 +420,19 @@ async fn request_unanswered_times_out_and_expired_is_not_processed(ctx: Ctx) {
         .expect("provision");
     let timeout = ctx.patience() / 10;
     let expired = Ask::new(1, 1, "expired").message().with_key("k");
-    match broker.request(&topic, expired, timeout).await {
-        Err(RequestError::Timeout { elapsed }) => assert!(elapsed >= timeout, "{elapsed:?}"),
+    // Where the broker keeps requests for the group, the requester times
+    // out; where requests go only to running responders (NATS core), the
+    // broker says at once that none runs.
+    let kept = match broker.request(&topic, expired, timeout).await {
+        Err(RequestError::Timeout { elapsed }) => {
+            assert!(elapsed >= timeout, "{elapsed:?}");
+            true
+        }
+        Err(RequestError::NoResponders { .. }) if ctx.adapter().has(Capability::NoResponders) => {
+            false
+        }
         other => panic!("expected a timeout, got {other:?}"),
-    }
+    };
 
     // A responder started now skips the expired request and answers the next.
     let calls = Arc::new(AtomicU64::new(0));
@@ -435,16 +444,17 @@ async fn request_unanswered_times_out_and_expired_is_not_processed(ctx: Ctx) {
         .expect("answered");
     assert_eq!(answer_of(&reply).ask, fresh);
     let metrics = responder.metrics.clone();
+    let settled = 1 + u64::from(kept);
     wait_for(
         &ctx,
-        "both requests settled",
+        "the requests settled",
         || metrics.snapshot().handled,
-        || metrics.snapshot().handled == 2,
+        || metrics.snapshot().handled == settled,
     )
     .await;
     let stats = responder.stop(&ctx).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the expired request was not processed");
-    assert_eq!((stats.handled, stats.dead_lettered), (2, 0));
+    assert_eq!((stats.handled, stats.dead_lettered), (settled, 0));
 }
 
 async fn request_responder_restart_answers_or_fails_typed(ctx: Ctx) {

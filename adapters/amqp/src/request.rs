@@ -165,6 +165,7 @@ impl Requester for AmqpRequester {
         let exchange = topology::exchange_name(self.link.config(), topic);
         request::exchange(
             &self.pending,
+            topic,
             DIRECT_REPLY_TO,
             message,
             timeout,

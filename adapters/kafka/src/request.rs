@@ -147,6 +147,7 @@ impl Requester for KafkaBroker {
         let inbox = self.inner.inbox.get(&self.inner.config, producer).await?;
         request::exchange(
             &inbox.pending,
+            topic,
             &inbox.topic,
             message,
             timeout,

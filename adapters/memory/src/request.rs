@@ -63,7 +63,7 @@ impl Requester for MemoryBroker {
             });
         }
         let (inbox, pending) = self.handle.inbox.get();
-        request::exchange(pending, inbox, message, timeout, |request| async move {
+        request::exchange(pending, topic, inbox, message, timeout, |request| async move {
             self.publish_all(topic, vec![request])
                 .map_err(RequestError::Transport)
         })

@@ -73,21 +73,35 @@
 //!
 //! # Request/reply
 //!
-//! [`Broker::request`] publishes the request to the topic's stream like any
-//! message (waiting for the JetStream ack), so a responder is an ordinary
-//! consumer of the topic: its group's durable consumer, its redelivery and
-//! its shutdown. The reply travels over core NATS to the requester's inbox
-//! subject (one subscription per connection, made on its first request),
-//! and is therefore delivered at most once: a requester that reconnects
-//! while its reply is in flight misses it and times out. A topic that no
-//! stream holds gets no-responders from JetStream, which is
-//! [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)
-//! at once; a stream without a running responder keeps the request until
-//! one runs or the request's deadline passes (the requester sees a timeout,
-//! the responder later skips the request).
+//! Requests and replies use core NATS request/reply with inboxes, not
+//! JetStream: [`Broker::request`] publishes the request to the topic's
+//! request subject ([`request_subject`]: `_courier.request.<topic>`, which
+//! no stream captures) with a reply subject in the connection's inbox
+//! (`<inbox>.<request id>`, one wildcard subscription per connection, made
+//! on its first request). Every subscription of the topic also listens on
+//! that subject as a member of its group's queue group, so a responder is
+//! an ordinary consumer of the topic and each request reaches one member
+//! of one group; its reply goes over core NATS to the reply subject.
 //!
-//! At-least-once publish/subscribe never uses core NATS: only replies do,
-//! where waiting requesters make at-most-once the right contract.
+//! - When no subscription of the topic runs, the server answers with its
+//!   no-responders status:
+//!   [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)
+//!   at once.
+//! - Requests and replies are delivered at most once: nothing stores them.
+//!   A responder that dies while handling a request leaves its requester
+//!   to its timeout; a responder that stops (shutdown) before handling a
+//!   request it received, or nacks it, answers it at once with an error
+//!   reply ([`RemoteErrorKind::Transient`](courier_core::request::RemoteErrorKind::Transient)),
+//!   since it cannot come back. Retry on the requester's side
+//!   ([`courier_core::resilience::Retry`]) where a request must get
+//!   through.
+//! - A request that travelled through JetStream instead (published with
+//!   a reply address, or bridged from elsewhere) is answered the same way,
+//!   over core NATS.
+//!
+//! Plain clients can answer or send courier requests: a NATS request to
+//! `_courier.request.<topic>` is answered to its reply subject.
+//! At-least-once publish/subscribe never uses core NATS.
 
 mod config;
 mod delivery;
@@ -113,6 +127,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{NatsConfig, SCHEMES, Storage, URL_OPTIONS, consumer_name, stream_name};
 pub use error::NatsError;
+pub use request::request_subject;
 
 use config::{Credentials, Endpoint};
 use error::connect_error;

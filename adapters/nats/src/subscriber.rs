@@ -71,16 +71,16 @@ pub(crate) async fn subscribe(
 ) -> Result<DeliveryStream> {
     let consumer = provision(&inner, &subscription).await?;
     let prefetch = usize::from(subscription.prefetch_count());
-    let (tx, mut rx) = mpsc::channel(prefetch);
+    let (tx, rx) = mpsc::channel(prefetch);
     let flow = Arc::new(Flow {
         in_flight: AtomicUsize::new(0),
         settled: Notify::new(),
     });
+    let requests = crate::request::listen(&inner, &subscription).await?;
+    let topic: Arc<str> = Arc::from(subscription.topic());
     let tracker = inner.pull_loops.clone();
-    tracker.spawn(pull_loop(inner, subscription, consumer, prefetch, flow, tx));
-    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-    })))
+    tracker.spawn(pull_loop(inner.clone(), subscription, consumer, prefetch, flow, tx));
+    Ok(crate::request::merge(inner, topic, rx, requests))
 }
 
 /// Pulls at most `prefetch - in_flight` messages at a time and hands them

@@ -102,7 +102,7 @@ use crate::error::Error;
 use crate::message::Message;
 
 pub use error::{RemoteErrorKind, RequestError};
-pub use pending::{PendingReplies, PendingReply};
+pub use pending::{Answer, PendingReplies, PendingReply};
 
 /// Sends requests and replies over one broker connection; every adapter
 /// implements it with its broker's native mechanism (see the
@@ -148,11 +148,12 @@ pub trait Requester: Send + Sync + fmt::Debug {
     }
 }
 
-/// Sends a request and waits for its reply, for adapters: gives `message`
-/// a request id, the reply address `reply_to` and the deadline, registers
-/// it in `pending`, calls `send` with it, and waits for the reply that the
-/// adapter hands to [`PendingReplies::deliver`]. The whole exchange is
-/// bounded by `timeout`.
+/// Sends a request to `topic` and waits for its reply, for adapters: gives
+/// `message` a request id, the reply address `reply_to` and the deadline,
+/// registers it in `pending`, calls `send` with it, and waits for the reply
+/// that the adapter hands to [`PendingReplies::deliver`] (or the refusal
+/// it hands to [`PendingReplies::refuse`]). The whole exchange is bounded
+/// by `timeout`.
 ///
 /// # Errors
 ///
@@ -163,6 +164,7 @@ pub trait Requester: Send + Sync + fmt::Debug {
 /// Dropping the future unregisters the request.
 pub async fn exchange<F, Fut>(
     pending: &Arc<PendingReplies>,
+    topic: &str,
     reply_to: &str,
     message: Message,
     timeout: Duration,
@@ -177,10 +179,13 @@ where
     let waiting = pending.register(&id);
     let work = async move {
         send(request).await?;
-        waiting
-            .reply()
-            .await
-            .ok_or(RequestError::Transport(Error::Closed("reply path")))
+        match waiting.reply().await {
+            Some(Answer::Reply(reply)) => Ok(reply),
+            Some(Answer::NoResponders) => Err(RequestError::NoResponders {
+                topic: topic.to_owned(),
+            }),
+            None => Err(RequestError::Transport(Error::Closed("reply path"))),
+        }
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(Ok(reply)) => headers::outcome(reply),

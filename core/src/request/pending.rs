@@ -18,7 +18,7 @@ use crate::message::Message;
 /// a duplicate) is dropped and counted in [`PendingReplies::late`].
 #[derive(Default)]
 pub struct PendingReplies {
-    waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
     late: AtomicU64,
 }
 
@@ -37,7 +37,7 @@ impl PendingReplies {
         Arc::default()
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Message>>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Answer>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -60,11 +60,19 @@ impl PendingReplies {
         let sender = reply
             .header(REQUEST_ID)
             .and_then(|id| self.waiting().remove(id));
-        let delivered = sender.is_some_and(|tx| tx.send(reply).is_ok());
+        let delivered = sender.is_some_and(|tx| tx.send(Answer::Reply(reply)).is_ok());
         if !delivered {
             self.late.fetch_add(1, Ordering::Relaxed);
         }
         delivered
+    }
+
+    /// Tells request `id` that the broker found nobody to receive it
+    /// (NATS's no-responders status). Returns `false` when it no longer
+    /// waits.
+    pub fn refuse(&self, id: &str) -> bool {
+        let sender = self.waiting().remove(id);
+        sender.is_some_and(|tx| tx.send(Answer::NoResponders).is_ok())
     }
 
     /// Replies dropped because nobody waited for them any more.
@@ -84,22 +92,32 @@ impl PendingReplies {
     }
 }
 
+/// What a waiting request learns.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Answer {
+    /// Its reply ([`PendingReplies::deliver`]).
+    Reply(Message),
+    /// The broker found nobody to receive it ([`PendingReplies::refuse`]).
+    NoResponders,
+}
+
 /// One request waiting for its reply; see [`PendingReplies::register`].
 #[derive(Debug)]
 pub struct PendingReply {
     owner: Arc<PendingReplies>,
     id: String,
-    rx: oneshot::Receiver<Message>,
+    rx: oneshot::Receiver<Answer>,
 }
 
 impl PendingReply {
-    /// The reply, or `None` when the requester's reply path closed.
+    /// The answer, or `None` when the requester's reply path closed.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future stops waiting; the reply, if it comes, counts
     /// as late.
-    pub async fn reply(mut self) -> Option<Message> {
+    pub async fn reply(mut self) -> Option<Answer> {
         (&mut self.rx).await.ok()
     }
 }
@@ -125,13 +143,22 @@ mod tests {
         let wait_b = pending.register(&b);
         assert!(pending.deliver(headers::success(&req_b, Message::new("B"))));
         assert!(pending.deliver(headers::success(&req_a, Message::new("A"))));
-        assert_eq!(wait_a.reply().await.unwrap().payload().as_ref(), b"A");
-        assert_eq!(wait_b.reply().await.unwrap().payload().as_ref(), b"B");
+        for (wait, expected) in [(wait_a, b"A"), (wait_b, b"B")] {
+            match wait.reply().await {
+                Some(Answer::Reply(reply)) => assert_eq!(reply.payload().as_ref(), expected),
+                other => panic!("{other:?}"),
+            }
+        }
 
         let (c, req_c) = headers::prepare(Message::new("c"), "x", Duration::from_secs(1));
         drop(pending.register(&c));
         assert_eq!(pending.in_flight(), 0);
         assert!(!pending.deliver(headers::success(&req_c, Message::new("C"))));
         assert_eq!(pending.late(), 1);
+
+        let (d, _) = headers::prepare(Message::new("d"), "x", Duration::from_secs(1));
+        let wait_d = pending.register(&d);
+        assert!(pending.refuse(&d));
+        assert!(matches!(wait_d.reply().await, Some(Answer::NoResponders)));
     }
 }
