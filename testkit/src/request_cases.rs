@@ -147,8 +147,16 @@ async fn request_reply_matches_the_request_and_keeps_the_flow(ctx: Ctx) {
     assert_eq!(reply.correlation_id(), Some(flow.as_str()));
     assert_eq!(reply.causation_id(), Some(request_id.as_str()));
     assert_eq!(reply.content_type(), Some(courier_core::message::JSON));
-    for name in [headers::REQUEST_ID, headers::REPLY_TO, headers::REPLY_STATUS] {
-        assert_eq!(reply.header(name), None, "{name} is stripped from the reply");
+    for name in [
+        headers::REQUEST_ID,
+        headers::REPLY_TO,
+        headers::REPLY_STATUS,
+    ] {
+        assert_eq!(
+            reply.header(name),
+            None,
+            "{name} is stripped from the reply"
+        );
     }
 
     // The typed form; without a correlation id the flow starts at the request.
@@ -279,7 +287,11 @@ async fn request_times_out_in_bound_and_late_replies_do_not_leak(ctx: Ctx) {
         let (broker, topic) = (broker.clone(), topic.clone());
         tokio::spawn(async move {
             broker
-                .request(&topic, Ask::new(1, 2, "slow").message(), Duration::from_secs(600))
+                .request(
+                    &topic,
+                    Ask::new(1, 2, "slow").message(),
+                    Duration::from_secs(600),
+                )
                 .await
         })
     };
@@ -303,7 +315,10 @@ async fn request_times_out_in_bound_and_late_replies_do_not_leak(ctx: Ctx) {
         })
     };
     gate.add_permits(2);
-    let reply = next.await.expect("join").expect("the next request is answered");
+    let reply = next
+        .await
+        .expect("join")
+        .expect("the next request is answered");
     assert_eq!(reply.json::<Ask>().expect("decode"), Ask::new(1, 3, "fast"));
     wait_for(
         &ctx,
@@ -377,7 +392,10 @@ async fn request_many_requesters_and_responders_never_cross(ctx: Ctx) {
         answered.load(Ordering::SeqCst),
     );
     eprintln!("answered {answered}, crossed {crossed}, lost {lost}");
-    assert_eq!((answered, crossed, lost), (REQUESTERS * PER_REQUESTER, 0, 0));
+    assert_eq!(
+        (answered, crossed, lost),
+        (REQUESTERS * PER_REQUESTER, 0, 0)
+    );
     let mut handled = 0;
     for responder in responders {
         handled += responder.stop(&ctx).await.handled;
@@ -453,7 +471,11 @@ async fn request_unanswered_times_out_and_expired_is_not_processed(ctx: Ctx) {
     )
     .await;
     let stats = responder.stop(&ctx).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the expired request was not processed");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the expired request was not processed"
+    );
     assert_eq!((stats.handled, stats.dead_lettered), (settled, 0));
 }
 
@@ -463,7 +485,14 @@ async fn request_responder_restart_answers_or_fails_typed(ctx: Ctx) {
     let topic = ctx.name("ask");
     let calls = Arc::new(AtomicU64::new(0));
     let first_broker = ctx.broker().await;
-    let first = start(&ctx, &first_broker, &topic, 4, echo(&first_broker, 0, calls.clone())).await;
+    let first = start(
+        &ctx,
+        &first_broker,
+        &topic,
+        4,
+        echo(&first_broker, 0, calls.clone()),
+    )
+    .await;
 
     let timeout = ctx.patience() / 3;
     let answered = Arc::new(AtomicU32::new(0));
@@ -521,7 +550,14 @@ async fn request_responder_restart_answers_or_fails_typed(ctx: Ctx) {
     first.stop(&ctx).await;
     first_broker.close().await.expect("close");
     let second_broker = ctx.broker().await;
-    let second = start(&ctx, &second_broker, &topic, 4, echo(&second_broker, 1, calls)).await;
+    let second = start(
+        &ctx,
+        &second_broker,
+        &topic,
+        4,
+        echo(&second_broker, 1, calls),
+    )
+    .await;
     requests.await.expect("requests");
     let (answered, typed_errors, crossed) = (
         answered.load(Ordering::SeqCst),

@@ -99,7 +99,12 @@ impl Running {
 
 /// Waits until `done` holds, failing when `progress` stops changing for
 /// the adapter's patience.
-pub(crate) async fn wait_for(ctx: &Ctx, what: &str, progress: impl Fn() -> u64, done: impl Fn() -> bool) {
+pub(crate) async fn wait_for(
+    ctx: &Ctx,
+    what: &str,
+    progress: impl Fn() -> u64,
+    done: impl Fn() -> bool,
+) {
     let mut last = progress();
     let mut since = Instant::now();
     while !done() {

@@ -56,17 +56,25 @@ impl Requester for MemoryBroker {
         timeout: Duration,
     ) -> std::result::Result<Message, RequestError> {
         self.check_open()?;
-        self.state.check_publish(topic, std::slice::from_ref(&message))?;
+        self.state
+            .check_publish(topic, std::slice::from_ref(&message))?;
         if !self.state.has_groups(topic) {
             return Err(RequestError::NoResponders {
                 topic: topic.to_owned(),
             });
         }
         let (inbox, pending) = self.handle.inbox.get();
-        request::exchange(pending, topic, inbox, message, timeout, |request| async move {
-            self.publish_all(topic, vec![request])
-                .map_err(RequestError::Transport)
-        })
+        request::exchange(
+            pending,
+            topic,
+            inbox,
+            message,
+            timeout,
+            |request| async move {
+                self.publish_all(topic, vec![request])
+                    .map_err(RequestError::Transport)
+            },
+        )
         .await
     }
 

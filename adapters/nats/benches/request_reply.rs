@@ -170,14 +170,20 @@ impl RawSide {
     async fn start(url: &str) -> Self {
         let subject = courier_testkit::fixtures::unique_name("bench-raw-rr");
         let responder = async_nats::connect(url).await.expect("connect");
-        let mut requests = responder.subscribe(subject.clone()).await.expect("subscribe");
+        let mut requests = responder
+            .subscribe(subject.clone())
+            .await
+            .expect("subscribe");
         responder.flush().await.expect("flush");
         tokio::spawn(async move {
             while let Some(request) = requests.next().await {
                 let Some(reply) = request.reply else { continue };
                 let body: Ping = serde_json::from_slice(&request.payload).expect("decode");
                 let answer = serde_json::to_vec(&body).expect("encode");
-                responder.publish(reply, answer.into()).await.expect("reply");
+                responder
+                    .publish(reply, answer.into())
+                    .await
+                    .expect("reply");
             }
         });
         let client = async_nats::connect(url).await.expect("connect");
@@ -210,9 +216,15 @@ struct CourierSide {
 impl CourierSide {
     async fn start(url: &str) -> Self {
         let topic = courier_testkit::fixtures::unique_name("bench-courier-rr");
-        let responding = NatsBroker::connect(url).await.expect("connect").into_broker();
+        let responding = NatsBroker::connect(url)
+            .await
+            .expect("connect")
+            .into_broker();
         let answer =
-            runtime::responder(&responding, |ping: Envelope<Ping>| async move { Ok(ping.body) });
+            runtime::responder(
+                &responding,
+                |ping: Envelope<Ping>| async move { Ok(ping.body) },
+            );
         let responder = Consumer::builder(
             responding.clone(),
             Subscription::new(&topic, "bench"),
@@ -222,7 +234,10 @@ impl CourierSide {
         .start()
         .await
         .expect("responder");
-        let requester = NatsBroker::connect(url).await.expect("connect").into_broker();
+        let requester = NatsBroker::connect(url)
+            .await
+            .expect("connect")
+            .into_broker();
         CourierSide {
             requester,
             topic,

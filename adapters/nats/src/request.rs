@@ -102,7 +102,11 @@ pub(crate) fn wire_headers(headers: Option<&HeaderMap>) -> impl Iterator<Item = 
             _ => (name, values),
         })
         .filter(|(name, _)| !name.starts_with("Nats-"))
-        .filter_map(|(name, values)| values.first().map(|v| (name, unquote(v.as_str()).as_bytes())))
+        .filter_map(|(name, values)| {
+            values
+                .first()
+                .map(|v| (name, unquote(v.as_str()).as_bytes()))
+        })
 }
 
 /// The topic's requests for `subscription`'s group: a queue subscription

@@ -79,7 +79,14 @@ pub(crate) async fn subscribe(
     let requests = crate::request::listen(&inner, &subscription).await?;
     let topic: Arc<str> = Arc::from(subscription.topic());
     let tracker = inner.pull_loops.clone();
-    tracker.spawn(pull_loop(inner.clone(), subscription, consumer, prefetch, flow, tx));
+    tracker.spawn(pull_loop(
+        inner.clone(),
+        subscription,
+        consumer,
+        prefetch,
+        flow,
+        tx,
+    ));
     Ok(crate::request::merge(inner, topic, rx, requests))
 }
 

@@ -36,9 +36,7 @@ impl Broker {
         message: Message,
         timeout: Duration,
     ) -> Result<Message, RequestError> {
-        self.request_path()?
-            .request(topic, message, timeout)
-            .await
+        self.request_path()?.request(topic, message, timeout).await
     }
 
     /// Sends `body` as a JSON request to `topic` and decodes the JSON reply

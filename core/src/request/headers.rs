@@ -154,7 +154,10 @@ mod tests {
         let reply = success(&request, Message::new("a"));
         assert_eq!(reply.header(REQUEST_ID), Some(id.as_str()));
         assert_eq!(reply.correlation_id(), Some("flow-1"));
-        assert_eq!(reply.causation_id(), Some(request.id().to_string().as_str()));
+        assert_eq!(
+            reply.causation_id(),
+            Some(request.id().to_string().as_str())
+        );
         let reply = outcome(reply).unwrap();
         assert_eq!(reply.header(REQUEST_ID), None);
         assert_eq!(reply.payload().as_ref(), b"a");
@@ -163,7 +166,11 @@ mod tests {
     #[test]
     fn an_error_reply_becomes_a_remote_error() {
         let (_, request) = prepare(Message::new("q"), "inbox", Duration::from_secs(1));
-        let reply = failure(&request, RemoteErrorKind::Permanent, "out of stock\nfor sku 7");
+        let reply = failure(
+            &request,
+            RemoteErrorKind::Permanent,
+            "out of stock\nfor sku 7",
+        );
         match outcome(reply) {
             Err(RequestError::Remote { kind, message }) => {
                 assert_eq!(kind, RemoteErrorKind::Permanent);

@@ -127,7 +127,13 @@ mod tests {
 
         // Open: refused without calling, counted, on every clone.
         for _ in 0..4 {
-            assert!(breaker.call(|| healthy(&calls)).await.unwrap_err().is_open());
+            assert!(
+                breaker
+                    .call(|| healthy(&calls))
+                    .await
+                    .unwrap_err()
+                    .is_open()
+            );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(shared.rejected(), 4);
@@ -135,7 +141,13 @@ mod tests {
         // After the cool-down one probe passes; its failure opens it again.
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(breaker.state(), CircuitState::HalfOpen);
-        assert!(!breaker.call(|| failing(&calls)).await.unwrap_err().is_open());
+        assert!(
+            !breaker
+                .call(|| failing(&calls))
+                .await
+                .unwrap_err()
+                .is_open()
+        );
         assert_eq!(breaker.state(), CircuitState::Open);
         assert_eq!(calls.load(Ordering::SeqCst), 4);
 
@@ -153,7 +165,10 @@ mod tests {
         let breaker = CircuitBreaker::new(CircuitBreakerConfig::default().failure_threshold(1));
         let calls = AtomicU32::new(0);
         for _ in 0..5 {
-            let e = breaker.call_if(|| failing(&calls), |_| false).await.unwrap_err();
+            let e = breaker
+                .call_if(|| failing(&calls), |_| false)
+                .await
+                .unwrap_err();
             assert!(!e.is_open());
         }
         assert_eq!(breaker.state(), CircuitState::Closed);
@@ -170,7 +185,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let _ = breaker.call(|| failing(&calls)).await;
         tokio::time::advance(Duration::from_secs(1)).await;
-        let probe = breaker.call(|| std::future::pending::<Result<(), Down>>());
+        let probe = breaker.call(std::future::pending::<Result<(), Down>>);
         assert!(
             tokio::time::timeout(Duration::from_millis(10), probe)
                 .await

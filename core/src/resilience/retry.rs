@@ -74,7 +74,11 @@ impl Retry {
     /// # Cancel safety
     ///
     /// As [`Retry::run`].
-    pub async fn run_if<T, E, F, Fut>(&self, mut call: F, retry_if: impl Fn(&E) -> bool) -> Result<T, E>
+    pub async fn run_if<T, E, F, Fut>(
+        &self,
+        mut call: F,
+        retry_if: impl Fn(&E) -> bool,
+    ) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,

@@ -138,7 +138,8 @@ where
             Ok(outcome) => outcome,
             Err(panic) => Err(HandlerError::transient(Panicked::from_payload(&*panic))),
         };
-        let encoded = outcome.and_then(|reply| Message::from_json(&reply).map_err(HandlerError::permanent));
+        let encoded =
+            outcome.and_then(|reply| Message::from_json(&reply).map_err(HandlerError::permanent));
         match encoded {
             Ok(reply) => headers::success(message, reply),
             Err(error) => {
