@@ -204,6 +204,24 @@ fn core_delivery(
     ))
 }
 
+/// Publishes `reply` over core NATS to `subject` (at most once).
+async fn send_reply(
+    inner: &Inner,
+    subject: &str,
+    reply: &Message,
+    operation: &'static str,
+) -> Result<()> {
+    inner
+        .client
+        .publish_with_headers(
+            subject.to_owned(),
+            crate::publisher::headers(reply),
+            reply.payload().clone(),
+        )
+        .await
+        .map_err(|e| op_error(operation, e))
+}
+
 /// Settles a request that came over core NATS. Nothing stores it, so an
 /// ack has nothing to confirm, and a request that is not handled (nacked,
 /// or dropped in a shutdown) cannot come back: its requester is told at
@@ -230,15 +248,7 @@ impl CoreAcker {
             return Ok(());
         };
         let refusal = Self::refusal(message, nack);
-        inner
-            .client
-            .publish_with_headers(
-                subject.to_owned(),
-                crate::publisher::headers(&refusal),
-                refusal.payload().clone(),
-            )
-            .await
-            .map_err(|e| op_error("refuse a request", e))
+        send_reply(inner, subject, &refusal, "refuse a request").await
     }
 }
 
@@ -306,15 +316,7 @@ impl Requester for NatsBroker {
     async fn reply(&self, request: &Message, reply: Message) -> Result<()> {
         let subject = headers::reply_address_of(crate::error::BROKER, request)?;
         self.inner.check_open()?;
-        self.inner
-            .client
-            .publish_with_headers(
-                subject.to_owned(),
-                crate::publisher::headers(&reply),
-                reply.payload().clone(),
-            )
-            .await
-            .map_err(|e| op_error("reply", e))
+        send_reply(&self.inner, subject, &reply, "reply").await
     }
 
     fn late_replies(&self) -> u64 {
