@@ -98,7 +98,13 @@ fn echo(broker: &Broker, responder: u32, calls: Arc<AtomicU64>) -> impl runtime:
     })
 }
 
-/// Starts a responder consuming `topic` as group `responders`.
+/// The responders' group: a name of the case's own, since on Kafka a
+/// group is shared by every topic it consumes.
+fn responders(ctx: &Ctx) -> String {
+    ctx.name("responders")
+}
+
+/// Starts a responder consuming `topic` as the case's responders' group.
 async fn start(
     ctx: &Ctx,
     broker: &Broker,
@@ -108,12 +114,20 @@ async fn start(
 ) -> Running {
     let consumer = Consumer::builder(
         broker.clone(),
-        Subscription::new(topic, "responders"),
+        Subscription::new(topic, responders(ctx)),
         handler,
     )
     .concurrency(concurrency)
     .build();
     Running::start(ctx, consumer).await
+}
+
+/// How long a request may wait for a responder that has just started (or
+/// restarted): a consumer group that has just changed members may take a
+/// while to hand out its partitions (the Kafka-protocol test broker takes
+/// seconds to rebalance under load).
+fn after_start(ctx: &Ctx) -> Duration {
+    ctx.patience() * 3
 }
 
 fn answer_of(reply: &Message) -> Answer {
@@ -433,7 +447,7 @@ async fn request_unanswered_times_out_and_expired_is_not_processed(ctx: Ctx) {
     let topic = ctx.name("ask");
     // The group exists, so the broker keeps the request; nobody runs yet.
     broker
-        .provision(&Subscription::new(&topic, "responders"))
+        .provision(&Subscription::new(&topic, responders(&ctx)))
         .await
         .expect("provision");
     let timeout = ctx.patience() / 10;
@@ -457,7 +471,7 @@ async fn request_unanswered_times_out_and_expired_is_not_processed(ctx: Ctx) {
     let responder = start(&ctx, &broker, &topic, 4, echo(&broker, 0, calls.clone())).await;
     let fresh = Ask::new(1, 2, "fresh");
     let reply = broker
-        .request(&topic, fresh.message().with_key("k"), ctx.patience())
+        .request(&topic, fresh.message().with_key("k"), after_start(&ctx))
         .await
         .expect("answered");
     assert_eq!(answer_of(&reply).ask, fresh);
@@ -572,7 +586,7 @@ async fn request_responder_restart_answers_or_fails_typed(ctx: Ctx) {
     for seq in 0..5 {
         let ask = Ask::new(2, seq, "after");
         let reply = requester
-            .request(&topic, ask.message(), ctx.patience())
+            .request(&topic, ask.message(), after_start(&ctx))
             .await
             .expect("answered after the restart");
         let answer = answer_of(&reply);

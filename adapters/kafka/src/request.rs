@@ -64,6 +64,10 @@ impl Inbox {
                         ("group.id", format!("courier-replies.{id}")),
                         ("enable.auto.commit", "false".to_owned()),
                         ("enable.auto.offset.store", "false".to_owned()),
+                        // The topic is this connection's own: should the
+                        // position ever be lost, everything in it is still
+                        // worth reading (late replies are counted).
+                        ("auto.offset.reset", "earliest".to_owned()),
                         ("fetch.wait.max.ms", REPLY_FETCH_WAIT.to_owned()),
                     ],
                 )
