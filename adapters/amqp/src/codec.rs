@@ -318,6 +318,26 @@ mod tests {
     }
 
     #[test]
+    fn the_reply_address_travels_as_the_reply_to_property_which_wins() {
+        use courier_core::request::headers::{self, REPLY_TO};
+        let (_, request) = headers::prepare(
+            Message::new("q"),
+            crate::request::DIRECT_REPLY_TO,
+            Duration::from_secs(1),
+        );
+        let properties = encode(&request, None).unwrap();
+        assert_eq!(
+            properties.reply_to().as_ref().map(|r| r.as_str()),
+            Some(crate::request::DIRECT_REPLY_TO)
+        );
+        // The broker puts the requester's channel into the property.
+        let routed = properties.with_reply_to("amq.rabbitmq.reply-to.g1h2".into());
+        let decoded = decode(&routed, b"q".to_vec()).message;
+        assert_eq!(decoded.header(REPLY_TO), Some("amq.rabbitmq.reply-to.g1h2"));
+        assert_eq!(round_trip(&Message::new("plain")).header(REPLY_TO), None);
+    }
+
+    #[test]
     fn every_attribute_round_trips() {
         let original = Message::new("payload")
             .with_key("k-ü")
