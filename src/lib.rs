@@ -39,6 +39,12 @@
 //! `*token*`, `*secret*`, `*key*`, ...) are masked in every error and log
 //! line ([`error::redact_url`]).
 //!
+//! Request/reply works on every broker through the same URL:
+//! [`Broker::request`] and [`Broker::request_json`], answered by a
+//! [`runtime::responder`] run as an ordinary consumer; [`request`] says
+//! what each broker guarantees. [`resilience`] has the circuit breaker,
+//! retry with backoff and jitter, and timeout for any async call.
+//!
 //! The transactional outbox is `courier::outbox` (feature `outbox`, with
 //! the backends `outbox-postgres` and `outbox-sqlite`) and the idempotency
 //! store for consumers is `courier::idempotency` (feature `idempotency`,

@@ -14,7 +14,11 @@ fn main() -> std::process::ExitCode {
     if cfg!(feature = "memory") {
         adapters.push(Adapter::new(
             "memory",
-            &[Capability::History, Capability::DeliveryCount],
+            &[
+                Capability::History,
+                Capability::DeliveryCount,
+                Capability::NoResponders,
+            ],
             || courier::connect("memory://conformance"),
         ));
     }
@@ -25,7 +29,11 @@ fn main() -> std::process::ExitCode {
     adapters.push(
         on_server!(
             "amqp",
-            &[Capability::DeliveryCount, Capability::ThawRecovery],
+            &[
+                Capability::DeliveryCount,
+                Capability::ThawRecovery,
+                Capability::NoResponders
+            ],
             fixtures::rabbitmq,
             fixtures::fresh_rabbitmq
         )
@@ -53,7 +61,8 @@ fn main() -> std::process::ExitCode {
         &[
             Capability::History,
             Capability::DeliveryCount,
-            Capability::ThawRecovery
+            Capability::ThawRecovery,
+            Capability::NoResponders
         ],
         fixtures::nats,
         fixtures::fresh_nats

@@ -10,6 +10,10 @@
 //!   dropping it unsettled makes the message come back.
 //! - [`Broker`]: a publisher and a subscriber chosen at run time.
 //! - [`Error`]: one `#[non_exhaustive]` enum with [`Error::is_retryable`].
+//! - [`request`]: request/reply on every broker ([`Broker::request`],
+//!   answered by a [`runtime::responder`]).
+//! - [`resilience`]: circuit breaker, retry with backoff and jitter, and
+//!   timeout around any async call.
 //! - [`runtime`]: the consumer runtime that runs handlers over a
 //!   subscription: concurrency, per-key ordering, retries with backoff,
 //!   dead-lettering, middleware, graceful shutdown, metrics.
@@ -43,6 +47,8 @@ pub mod message;
 pub mod name;
 pub mod prelude;
 mod pubsub;
+pub mod request;
+pub mod resilience;
 pub mod runtime;
 pub mod telemetry;
 

@@ -236,6 +236,7 @@ pub struct Broker {
     name: &'static str,
     publisher: Arc<dyn Publisher>,
     subscriber: Arc<dyn Subscriber>,
+    requester: Option<Arc<dyn crate::request::Requester>>,
 }
 
 impl Broker {
@@ -250,7 +251,20 @@ impl Broker {
             name,
             publisher,
             subscriber,
+            requester: None,
         }
+    }
+
+    /// The broker with `requester` answering [`Broker::request`]: the
+    /// adapter's request/reply (see [`crate::request`]).
+    pub fn with_requester(mut self, requester: Arc<dyn crate::request::Requester>) -> Self {
+        self.requester = Some(requester);
+        self
+    }
+
+    /// The requester, if the adapter offers request/reply.
+    pub fn requester(&self) -> Option<Arc<dyn crate::request::Requester>> {
+        self.requester.clone()
     }
 
     /// The adapter's name.
@@ -403,6 +417,7 @@ impl fmt::Debug for Broker {
             .field("name", &self.name)
             .field("publisher", &self.publisher)
             .field("subscriber", &self.subscriber)
+            .field("requester", &self.requester)
             .finish()
     }
 }

@@ -44,6 +44,10 @@ pub enum Capability {
     /// same handle publishes and consumes again (the Kafka-protocol test
     /// broker does not: see the testing docs).
     ThawRecovery,
+    /// A request nobody can receive fails at once with
+    /// `RequestError::NoResponders` (memory, RabbitMQ, NATS; not Kafka,
+    /// where it times out).
+    NoResponders,
 }
 
 impl fmt::Display for Capability {
@@ -54,6 +58,7 @@ impl fmt::Display for Capability {
             Capability::Restart => "restart",
             Capability::Freeze => "freeze",
             Capability::ThawRecovery => "thaw-recovery",
+            Capability::NoResponders => "no-responders",
         })
     }
 }
@@ -458,6 +463,7 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::Restart,
             Capability::Freeze,
             Capability::ThawRecovery,
+            Capability::NoResponders,
         ];
         let lacks: Vec<String> = all
             .iter()

@@ -30,16 +30,19 @@ pub mod fault_cases;
 pub mod fixtures;
 mod harness;
 pub mod observability_cases;
+pub mod request_cases;
 pub mod runtime_cases;
 
 pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
 /// Every case of the suite: the conformance cases, the consumer runtime's
-/// cases, the observability cases (lag, health) and the fault cases.
+/// cases, the observability cases (lag, health), the request/reply cases
+/// and the fault cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
     cases.extend(observability_cases::cases());
+    cases.extend(request_cases::cases());
     cases.extend(fault_cases::cases());
     cases
 }

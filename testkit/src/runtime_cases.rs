@@ -71,14 +71,14 @@ async fn publish_items(broker: &Broker, topic: &str, items: &[(Item, bool)]) {
 }
 
 /// A running consumer.
-struct Running {
-    metrics: ConsumerMetrics,
+pub(crate) struct Running {
+    pub(crate) metrics: ConsumerMetrics,
     consumer: RunningConsumer,
 }
 
 impl Running {
     /// Starts the consumer: it is subscribed when this returns.
-    async fn start(ctx: &Ctx, consumer: Consumer) -> Self {
+    pub(crate) async fn start(ctx: &Ctx, consumer: Consumer) -> Self {
         let metrics = consumer.metrics();
         let consumer = tokio::time::timeout(ctx.patience(), consumer.start())
             .await
@@ -88,7 +88,7 @@ impl Running {
     }
 
     /// Shuts the consumer down and waits for it.
-    async fn stop(self, ctx: &Ctx) -> ConsumerStats {
+    pub(crate) async fn stop(self, ctx: &Ctx) -> ConsumerStats {
         match tokio::time::timeout(ctx.patience() * 2, self.consumer.shutdown()).await {
             Ok(Ok(stats)) => stats,
             Ok(Err(e)) => panic!("consumer failed: {e} ({e:?})"),
@@ -99,7 +99,12 @@ impl Running {
 
 /// Waits until `done` holds, failing when `progress` stops changing for
 /// the adapter's patience.
-async fn wait_for(ctx: &Ctx, what: &str, progress: impl Fn() -> u64, done: impl Fn() -> bool) {
+pub(crate) async fn wait_for(
+    ctx: &Ctx,
+    what: &str,
+    progress: impl Fn() -> u64,
+    done: impl Fn() -> bool,
+) {
     let mut last = progress();
     let mut since = Instant::now();
     while !done() {

@@ -103,6 +103,12 @@ pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result
     {
         properties = properties.with_correlation_id(correlation);
     }
+    if let Some(reply_to) = message
+        .header(courier_core::request::headers::REPLY_TO)
+        .and_then(|r| ShortString::try_new(r).ok())
+    {
+        properties = properties.with_reply_to(reply_to);
+    }
     if let Some(prior) = prior_deliveries {
         put(PRIOR_DELIVERIES, &prior.to_string())?;
     }
@@ -189,6 +195,15 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
             &mut headers,
             CORRELATION_ID,
             clean(correlation.as_str().to_owned()),
+        );
+    }
+    // Direct reply-to: the broker put the requester's channel into the
+    // property; it replaces the placeholder the header carried.
+    if let Some(reply_to) = properties.reply_to() {
+        let _ = adapter::restore_header(
+            &mut headers,
+            courier_core::request::headers::REPLY_TO,
+            reply_to.as_str(),
         );
     }
     *adapter::headers_mut(&mut message) = headers;
@@ -340,6 +355,26 @@ mod tests {
     fn round_trip(message: &Message) -> Message {
         let properties = encode(message, None).unwrap();
         decode(&properties, message.payload().to_vec()).message
+    }
+
+    #[test]
+    fn the_reply_address_travels_as_the_reply_to_property_which_wins() {
+        use courier_core::request::headers::{self, REPLY_TO};
+        let (_, request) = headers::prepare(
+            Message::new("q"),
+            crate::request::DIRECT_REPLY_TO,
+            Duration::from_secs(1),
+        );
+        let properties = encode(&request, None).unwrap();
+        assert_eq!(
+            properties.reply_to().as_ref().map(|r| r.as_str()),
+            Some(crate::request::DIRECT_REPLY_TO)
+        );
+        // The broker puts the requester's channel into the property.
+        let routed = properties.with_reply_to("amq.rabbitmq.reply-to.g1h2".into());
+        let decoded = decode(&routed, b"q".to_vec()).message;
+        assert_eq!(decoded.header(REPLY_TO), Some("amq.rabbitmq.reply-to.g1h2"));
+        assert_eq!(round_trip(&Message::new("plain")).header(REPLY_TO), None);
     }
 
     #[test]

@@ -209,6 +209,24 @@
 //! live connection; after a lost connection it stays unusable until the
 //! next operation reconnects.
 //!
+//! # Request/reply
+//!
+//! [`Broker::request`](courier_core::Broker::request) uses RabbitMQ's
+//! direct reply-to: the request is published to the topic's exchange on a
+//! channel of the publishing connection that consumes
+//! `amq.rabbitmq.reply-to` without acks, with the `reply_to` property set;
+//! the broker routes replies straight back to that channel, with no reply
+//! queue. The request is published with `mandatory` and confirmed: when no
+//! queue is bound (no group exists for the topic) the broker returns it,
+//! which is [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)
+//! at once. A bound queue without a running responder keeps the request
+//! until one runs or its deadline passes (the requester times out).
+//!
+//! Replies are delivered at most once: a reply to a channel that closed
+//! (a requester that reconnected or went away) is dropped by the broker.
+//! The responder sends its reply on its own connection's reply channel,
+//! through the default exchange.
+//!
 //! # Capabilities in the conformance suite
 //!
 //! Delivery count: yes with quorum queues (the default), no with classic
@@ -241,6 +259,7 @@ mod delivery;
 mod error;
 mod lag;
 mod publisher;
+mod request;
 mod session;
 mod subscriber;
 mod topology;
@@ -281,6 +300,7 @@ fn prepare(url: &str, config: AmqpConfig) -> Result<(String, AmqpConfig)> {
 pub struct AmqpBroker {
     publisher: Arc<AmqpPublisher>,
     subscriber: Arc<AmqpSubscriber>,
+    requester: Arc<request::AmqpRequester>,
 }
 
 impl AmqpBroker {
@@ -328,6 +348,7 @@ impl AmqpBroker {
             }
         };
         Ok(AmqpBroker {
+            requester: Arc::new(request::AmqpRequester::new(publishing.clone())),
             publisher: Arc::new(AmqpPublisher::new(publishing)),
             subscriber: Arc::new(AmqpSubscriber::new(subscribing)),
         })
@@ -345,7 +366,7 @@ impl AmqpBroker {
 
     /// This broker as a run-time chosen [`Broker`].
     pub fn into_broker(self) -> Broker {
-        Broker::new("amqp", self.publisher, self.subscriber)
+        Broker::new("amqp", self.publisher, self.subscriber).with_requester(self.requester)
     }
 }
 

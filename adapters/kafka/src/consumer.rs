@@ -383,7 +383,10 @@ impl ConsumerContext for SessionContext {
 
 /// Turns a record into a courier message. Records from other producers get
 /// the id `<topic>-<partition>-<offset>` and the record's timestamp.
-fn decode(message: &BorrowedMessage<'_>, topic: &str) -> Result<courier_core::Message, String> {
+pub(crate) fn decode(
+    message: &BorrowedMessage<'_>,
+    topic: &str,
+) -> Result<courier_core::Message, String> {
     let key = match message.key() {
         Some(key) => Some(
             std::str::from_utf8(key)

@@ -123,6 +123,22 @@
 //! published between the two are then skipped by that group, so provision
 //! new groups from one place (a deployment step) when that matters.
 //!
+//! # Request/reply
+//!
+//! [`Broker::request`](courier_core::Broker::request) produces the request
+//! to the topic like any record, so a responder is an ordinary consumer
+//! group of the topic. Each connection has a reply topic of its own
+//! (`courier-replies.<id>`, one partition, created on its first request)
+//! that it reads by assignment from the beginning: no consumer group, so
+//! no rebalancing and no join delay. Replies are records: stored, and read
+//! once by their requester while it runs. Kafka cannot tell whether anyone
+//! consumes a topic, so a request nobody answers times out (only a topic
+//! that is missing and may not be created is
+//! [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)).
+//! Reply topics are not deleted when the connection closes (a requester
+//! may be restarted while replies are still in flight); let the broker's
+//! retention, or an operator, remove old `courier-replies.*` topics.
+//!
 //! # URL
 //!
 //! `kafka://host:port[,host:port...][?options]`: the bootstrap servers as
@@ -220,6 +236,7 @@ mod group;
 mod lag;
 mod partition;
 mod publisher;
+mod request;
 mod settled;
 mod subscriber;
 mod topics;
@@ -260,6 +277,8 @@ struct Inner {
     subscriptions: Mutex<Vec<Running>>,
     closed: AtomicBool,
     liveness: lag::Liveness,
+    /// The reply topic of this connection's requests.
+    inbox: request::Inbox,
 }
 
 impl KafkaBroker {
@@ -302,6 +321,7 @@ impl KafkaBroker {
                 subscriptions: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 liveness: lag::Liveness::default(),
+                inbox: request::Inbox::default(),
             }),
         })
     }
@@ -309,7 +329,7 @@ impl KafkaBroker {
     /// This connection as a run-time chosen [`Broker`].
     pub fn into_broker(self) -> Broker {
         let this = Arc::new(self);
-        Broker::new("kafka", this.clone(), this)
+        Broker::new("kafka", this.clone(), this.clone()).with_requester(this)
     }
 
     /// The settings in use.
@@ -370,6 +390,7 @@ impl Close for KafkaBroker {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.inner.inbox.stop();
         // Subscriptions commit and leave their groups, then queued records
         // are flushed: all of it within the publish timeout, past which
         // the close is reported incomplete.
@@ -464,4 +485,56 @@ async fn bounded<T>(
     tokio::time::timeout(after, work)
         .await
         .unwrap_or(Err(Error::Timeout { operation, after }))
+}
+
+#[async_trait]
+impl courier_core::request::Requester for KafkaBroker {
+    /// Produces the request to `topic` (waiting for its delivery report)
+    /// and waits for the reply on this connection's reply topic. Kafka
+    /// cannot tell whether anyone consumes a topic: a request nobody
+    /// answers times out, except that a missing topic courier may not
+    /// create ([`KafkaConfig::create_topics`](crate::KafkaConfig::create_topics))
+    /// is [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders).
+    async fn request(
+        &self,
+        topic: &str,
+        message: Message,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<Message, courier_core::request::RequestError> {
+        self.check_open()?;
+        let producer = &self.inner.producer;
+        let inbox = self.inner.inbox.get(&self.inner.config, producer).await?;
+        courier_core::request::exchange(
+            &inbox.pending,
+            topic,
+            &inbox.topic,
+            message,
+            timeout,
+            |request| async move {
+                producer
+                    .publish(topic, vec![request])
+                    .await
+                    .map_err(|e| match e {
+                        Error::TopicNotFound(_) => {
+                            courier_core::request::RequestError::NoResponders {
+                                topic: topic.to_owned(),
+                            }
+                        }
+                        e => courier_core::request::RequestError::Transport(e),
+                    })
+            },
+        )
+        .await
+    }
+
+    /// Produces the reply to the requester's reply topic.
+    async fn reply(&self, request: &Message, reply: Message) -> Result<()> {
+        let topic = courier_core::request::headers::reply_address_of(error::BROKER, request)?;
+        self.check_open()?;
+        self.inner.producer.publish(topic, vec![reply]).await
+    }
+
+    fn late_replies(&self) -> u64 {
+        self.inner.inbox.late_replies()
+    }
 }

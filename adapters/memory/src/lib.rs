@@ -25,6 +25,16 @@
 //! ([`Subscriber::lag`]) is exact: the group's queue plus the messages
 //! handed out and not yet settled. Health is usable until closed.
 //!
+//! # Request/reply
+//!
+//! [`Broker::request`](courier_core::Broker::request) publishes the request
+//! to the topic like any message, so a responder consuming it as a group
+//! answers it; the reply goes straight into the requester's in-process
+//! inbox. A topic without any group is
+//! [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)
+//! at once; a group without a running responder keeps the request until
+//! one runs or its deadline passes (the requester sees a timeout).
+//!
 //! # URL
 //!
 //! `memory://` is a broker of its own; `memory://name` the process-wide
@@ -61,6 +71,8 @@
 
 mod config;
 mod delivery;
+mod inbox;
+mod request;
 mod state;
 mod subscriber;
 
@@ -185,7 +197,7 @@ impl MemoryBroker {
     /// This connection as a run-time chosen [`Broker`].
     pub fn into_broker(self) -> Broker {
         let this = Arc::new(self);
-        Broker::new("memory", this.clone(), this)
+        Broker::new("memory", this.clone(), this.clone()).with_requester(this)
     }
 
     fn check_open(&self) -> Result<()> {

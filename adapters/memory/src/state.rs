@@ -13,12 +13,15 @@ use courier_core::{Message, Result, StartPosition};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::MemoryConfig;
+use crate::inbox::Inbox;
 
 /// One connection to a broker's state: closing it ends its own streams and
 /// publishers only.
 #[derive(Debug, Default)]
 pub(crate) struct Handle {
     pub(crate) closed: AtomicBool,
+    /// Where replies to this connection's requests arrive.
+    pub(crate) inbox: Inbox,
 }
 
 impl Handle {
@@ -164,6 +167,12 @@ impl State {
     pub(crate) fn check_publish(&self, topic: &str, messages: &[Message]) -> Result<()> {
         courier_core::name::validate_topic(topic)?;
         courier_core::adapter::check_payloads(messages, self.config.max_payload)
+    }
+
+    /// Whether any group receives the topic's messages.
+    pub(crate) fn has_groups(&self, topic: &str) -> bool {
+        let topic = self.topics.read().get(topic).cloned();
+        topic.is_some_and(|t| !t.state.lock().groups.is_empty())
     }
 
     /// Appends messages to the topic's history and to every group's queue.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Credentials, Endpoint, NatsConfig, Storage, stream_name};
 use crate::error::{self, NatsError, connect_error};
+use crate::inbox::Inbox;
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -30,6 +31,8 @@ pub(crate) struct Inner {
     /// closing can NAK them at once instead of waiting for `ack_wait`.
     pub(crate) outstanding: Mutex<HashMap<u64, async_nats::Subject>>,
     pub(crate) next_token: AtomicU64,
+    /// The reply inbox of this connection's requests.
+    pub(crate) inbox: Inbox,
 }
 
 impl Inner {
@@ -126,6 +129,7 @@ impl Inner {
             pull_loops: TaskTracker::new(),
             outstanding: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(0),
+            inbox: Inbox::default(),
         })
     }
 

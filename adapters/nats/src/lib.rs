@@ -81,17 +81,46 @@
 //!
 //! # Request/reply
 //!
-//! Core NATS request/reply is not used for messaging: it is at-most-once.
-//! It fits a later request/reply API of courier, not the at-least-once
-//! publish/subscribe contract.
+//! Requests and replies use core NATS request/reply with inboxes, not
+//! JetStream: [`Broker::request`] publishes the request to the topic's
+//! request subject ([`request_subject`]: `_courier.request.<topic>`, which
+//! no stream captures) with a reply subject in the connection's inbox
+//! (`<inbox>.<request id>`, one wildcard subscription per connection, made
+//! on its first request). Every subscription of the topic also listens on
+//! that subject as a member of its group's queue group, so a responder is
+//! an ordinary consumer of the topic and each request reaches one member
+//! of one group; its reply goes over core NATS to the reply subject.
+//!
+//! - When no subscription of the topic runs, the server answers with its
+//!   no-responders status:
+//!   [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)
+//!   at once.
+//! - Requests and replies are delivered at most once: nothing stores them.
+//!   A responder that dies while handling a request leaves its requester
+//!   to its timeout; a responder that stops (shutdown) before handling a
+//!   request it received, or nacks it, answers it at once with an error
+//!   reply ([`RemoteErrorKind::Transient`](courier_core::request::RemoteErrorKind::Transient)),
+//!   since it cannot come back. Retry on the requester's side
+//!   ([`courier_core::resilience::Retry`]) where a request must get
+//!   through.
+//! - A request that travelled through JetStream instead (published with
+//!   a reply address, or bridged from elsewhere) is answered the same way,
+//!   over core NATS.
+//!
+//! Plain clients can answer or send courier requests: a NATS request to
+//! `_courier.request.<topic>` is answered to its reply subject.
+//! At-least-once publish/subscribe never uses core NATS.
 
+mod codec;
 mod config;
 mod connection;
 mod delivery;
 mod error;
 mod flow;
+mod inbox;
 mod lag;
 mod publisher;
+mod request;
 mod subscriber;
 
 use std::sync::Arc;
@@ -103,6 +132,7 @@ use courier_core::{
 
 pub use config::{NatsConfig, SCHEMES, Storage, URL_OPTIONS, consumer_name, stream_name};
 pub use error::NatsError;
+pub use request::request_subject;
 
 use connection::Inner;
 
@@ -143,7 +173,7 @@ impl NatsBroker {
     /// This connection as a run-time chosen [`Broker`].
     pub fn into_broker(self) -> Broker {
         let this = Arc::new(self);
-        Broker::new("nats", this.clone(), this)
+        Broker::new("nats", this.clone(), this.clone()).with_requester(this)
     }
 
     /// The underlying async-nats client, for what courier does not cover.
@@ -212,5 +242,65 @@ impl Subscriber for NatsBroker {
         self.inner
             .bounded("lag", lag::lag(&self.inner, topic, group))
             .await
+    }
+}
+
+#[async_trait]
+impl courier_core::request::Requester for NatsBroker {
+    /// Publishes the request over core NATS to the topic's request subject
+    /// and waits for the reply on this connection's inbox. When no
+    /// subscription of the topic runs, the server answers no-responders:
+    /// [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders).
+    async fn request(
+        &self,
+        topic: &str,
+        message: Message,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<Message, courier_core::request::RequestError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        courier_core::name::validate_topic(topic).map_err(courier_core::Error::from)?;
+        let limit = inner.client.server_info().max_payload;
+        courier_core::adapter::check_payloads(std::slice::from_ref(&message), limit)?;
+        let (inbox, pending) = inner.inbox.get(&inner.client, &inner.shutdown).await?;
+        courier_core::request::exchange(
+            pending,
+            topic,
+            inbox,
+            message,
+            timeout,
+            |request| async move {
+                let id = request
+                    .header(courier_core::request::headers::REQUEST_ID)
+                    .unwrap_or_default();
+                inner
+                    .client
+                    .publish_with_reply_and_headers(
+                        request::request_subject(topic),
+                        format!("{inbox}.{id}"),
+                        crate::publisher::headers(&request),
+                        request.payload().clone(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        courier_core::request::RequestError::Transport(error::op_error(
+                            "request", e,
+                        ))
+                    })
+            },
+        )
+        .await
+    }
+
+    /// Publishes the reply over core NATS to the request's reply subject:
+    /// at most once.
+    async fn reply(&self, request: &Message, reply: Message) -> Result<()> {
+        let subject = courier_core::request::headers::reply_address_of(error::BROKER, request)?;
+        self.inner.check_open()?;
+        request::send_reply(&self.inner, subject, &reply, "reply").await
+    }
+
+    fn late_replies(&self) -> u64 {
+        self.inner.inbox.late_replies()
     }
 }

@@ -7,11 +7,9 @@ use async_nats::jetstream::context::PublishErrorKind;
 use courier_core::adapter::wire::{self, Native};
 use courier_core::{BrokerErrorKind, Error, Message, Result};
 
+use crate::codec::{NATS_MSG_ID, quote};
 use crate::connection::Inner;
 use crate::error::op_error;
-
-/// The header JetStream deduplicates on.
-pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// Publishes `messages` in order, then waits for every publish ack.
 pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) -> Result<()> {
@@ -60,31 +58,8 @@ pub(crate) fn headers(message: &Message) -> HeaderMap {
     headers
 }
 
-/// NATS header values lose leading and trailing white space, and an empty
-/// value is dropped. Such values, and any starting with `"`, travel quoted;
-/// [`unquote`] restores them.
-pub(crate) fn quote(value: &str) -> std::borrow::Cow<'_, str> {
-    let needs = value.is_empty()
-        || value.starts_with(char::is_whitespace)
-        || value.ends_with(char::is_whitespace)
-        || value.starts_with('"');
-    if needs {
-        format!("\"{value}\"").into()
-    } else {
-        value.into()
-    }
-}
-
-/// The value [`quote`] was given.
-pub(crate) fn unquote(value: &str) -> &str {
-    match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        Some(inner) if value.len() >= 2 => inner,
-        _ => value,
-    }
-}
-
 /// A failed publish of a message with `size` payload bytes.
-fn publish_error(
+pub(crate) fn publish_error(
     inner: &Inner,
     err: async_nats::jetstream::context::PublishError,
     size: usize,
@@ -111,27 +86,5 @@ fn publish_error(
             err,
         ),
         _ => op_error("publish", err),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{quote, unquote};
-
-    #[test]
-    fn quoting_round_trips_values_nats_would_change() {
-        for value in [
-            "",
-            " ",
-            "  padded  ",
-            "\"",
-            "\"quoted\"",
-            "\"x",
-            "plain",
-            "ü ✓",
-        ] {
-            assert_eq!(unquote(&quote(value)), value, "{value:?}");
-        }
-        assert_eq!(quote("plain"), "plain");
     }
 }

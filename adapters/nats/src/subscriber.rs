@@ -78,16 +78,23 @@ pub(crate) async fn subscribe(
 ) -> Result<DeliveryStream> {
     let consumer = provision(&inner, &subscription).await?;
     let prefetch = usize::from(subscription.prefetch_count());
-    let (tx, mut rx) = mpsc::channel(prefetch);
+    let (tx, rx) = mpsc::channel(prefetch);
     let flow = Arc::new(Flow {
         in_flight: AtomicUsize::new(0),
         settled: Notify::new(),
     });
+    let requests = crate::request::listen(&inner, &subscription).await?;
+    let topic: Arc<str> = Arc::from(subscription.topic());
     let tracker = inner.pull_loops.clone();
-    tracker.spawn(pull_loop(inner, subscription, consumer, prefetch, flow, tx));
-    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-    })))
+    tracker.spawn(pull_loop(
+        inner.clone(),
+        subscription,
+        consumer,
+        prefetch,
+        flow,
+        tx,
+    ));
+    Ok(crate::request::merge(inner, topic, rx, requests))
 }
 
 /// Pulls at most `prefetch - in_flight` messages at a time and hands them
@@ -212,21 +219,7 @@ fn to_delivery(
         group: Arc::from(subscription.group()),
     };
     let sequence = info.map_or(0, |(_, seq)| seq);
-    let headers = message
-        .headers
-        .iter()
-        .flat_map(|h| h.iter())
-        .map(|(name, values)| (<async_nats::HeaderName as AsRef<str>>::as_ref(name), values))
-        .map(|(name, values)| match name {
-            crate::publisher::NATS_MSG_ID => (adapter::wire::ID, values),
-            _ => (name, values),
-        })
-        .filter(|(name, _)| !name.starts_with("Nats-"))
-        .filter_map(|(name, values)| {
-            values
-                .first()
-                .map(|v| (name, crate::publisher::unquote(v.as_str()).as_bytes()))
-        });
+    let headers = crate::codec::wire_headers(message.headers.as_ref());
     let decoded = adapter::wire::decode(headers, message.payload.clone(), None, || {
         MessageId::parse(&format!("{topic}-{sequence}")).unwrap_or_default()
     });

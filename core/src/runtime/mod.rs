@@ -121,6 +121,7 @@ mod handler;
 pub mod middleware;
 mod process;
 mod request;
+mod responder;
 mod retry;
 mod shared;
 mod shutdown;
@@ -144,6 +145,7 @@ pub use middleware::{
     Hooked, Layer, Proceed, Timeout, TimeoutLayer,
 };
 pub use request::Request;
+pub use responder::{Responder, responder};
 pub use retry::{Delays, RetryPolicy};
 pub use shutdown::{ShutdownHandle, signal};
 pub use stats::{ConsumerMetrics, ConsumerStats};

@@ -1,5 +1,6 @@
 //! Stop calling a failing dependency for a while.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -98,11 +99,12 @@ enum State {
 pub struct CircuitBreaker {
     config: CircuitBreakerConfig,
     state: Arc<Mutex<State>>,
+    rejected: Arc<AtomicU64>,
 }
 
 /// Whether an admitted attempt is the half-open probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admission {
+pub(crate) enum Admission {
     Normal,
     Probe,
 }
@@ -113,7 +115,19 @@ impl CircuitBreaker {
         CircuitBreaker {
             config,
             state: Arc::new(Mutex::new(State::Closed { failures: 0 })),
+            rejected: Arc::default(),
         }
+    }
+
+    /// Calls and attempts refused without being made because the breaker
+    /// was open (or its probe was under way), over the breaker's life.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> CircuitBreakerConfig {
+        self.config
     }
 
     /// The current state. An open breaker whose cool-down has ended reports
@@ -135,6 +149,21 @@ impl CircuitBreaker {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a call (counting a refusal), arming a probe guard for the
+    /// half-open probe; see [`ProbeGuard`].
+    pub(crate) fn admit_guarded(&self) -> Result<(Admission, ProbeGuard<'_>), CircuitOpen> {
+        let admission = self.admit().inspect_err(|_| {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        })?;
+        Ok((
+            admission,
+            ProbeGuard {
+                breaker: self,
+                armed: admission == Admission::Probe,
+            },
+        ))
     }
 
     fn admit(&self) -> Result<Admission, CircuitOpen> {
@@ -162,7 +191,7 @@ impl CircuitBreaker {
         }
     }
 
-    fn record(&self, admission: Admission, failed: bool) {
+    pub(crate) fn record(&self, admission: Admission, failed: bool) {
         let mut state = self.lock();
         let open = State::Open {
             until: Instant::now() + self.config.cool_down,
@@ -188,9 +217,16 @@ impl CircuitBreaker {
 }
 
 /// Lets another probe through if the probe's attempt was dropped unfinished.
-struct ProbeGuard<'a> {
+pub(crate) struct ProbeGuard<'a> {
     breaker: &'a CircuitBreaker,
     armed: bool,
+}
+
+impl ProbeGuard<'_> {
+    /// The attempt finished: its outcome is recorded instead.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for ProbeGuard<'_> {
@@ -214,19 +250,15 @@ pub struct GuardedByBreaker<H> {
 impl<H: Handler> Handler for GuardedByBreaker<H> {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
         Box::pin(async move {
-            let admission = match self.breaker.admit() {
-                Ok(admission) => admission,
+            let (admission, mut guard) = match self.breaker.admit_guarded() {
+                Ok(admitted) => admitted,
                 Err(open) => {
                     let retry_in = open.retry_in;
                     return Err(HandlerError::transient(open).retry_after(retry_in));
                 }
             };
-            let mut guard = ProbeGuard {
-                breaker: &self.breaker,
-                armed: admission == Admission::Probe,
-            };
             let outcome = self.inner.call(request).await;
-            guard.armed = false;
+            guard.disarm();
             let failed = outcome
                 .as_ref()
                 .is_err_and(|e| e.kind() == FailureKind::Transient);

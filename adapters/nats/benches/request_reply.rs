@@ -1,0 +1,269 @@
+//! Request/reply round trips: courier (`Broker::request` answered by a
+//! `runtime::responder` consumer) against async-nats's own idiom
+//! (`Client::request` answered by a core subscriber), on the same server,
+//! in one run.
+//!
+//! courier's request goes through JetStream (stored, acked, pulled and
+//! acked by the responder's durable consumer: at least once) and its reply
+//! over core NATS; the raw idiom is core NATS both ways (at most once, lost
+//! if no responder runs at that moment). The table shows what that
+//! durability costs per round trip.
+//!
+//! `cargo bench -p courier-nats --bench request_reply` (starts its own
+//! NATS container; `COURIER_TEST_NATS_URL` uses a running server instead).
+//! `-- ROUNDS` sets the rounds per concurrency (default 5); the sides
+//! alternate who goes first, and the medians of the rounds are shown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_core::runtime::{self, Consumer, Envelope};
+use courier_core::{Broker, Message, Subscription};
+use courier_nats::NatsBroker;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Requests per requester task per round.
+const PER_TASK: [(usize, usize); 2] = [(1, 1_000), (64, 60)];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ping {
+    seq: u64,
+    pad: String,
+}
+
+fn ping(seq: u64) -> Ping {
+    Ping {
+        seq,
+        pad: "x".repeat(40),
+    }
+}
+
+/// One round's figures.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    p50: Duration,
+    p99: Duration,
+    per_second: f64,
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
+        let url = server.url().to_owned();
+        let raw = RawSide::start(&url).await;
+        let courier = CourierSide::start(&url).await;
+        // Warm-up: connections, streams, consumers, inboxes.
+        raw.round(8, 20).await;
+        courier.round(8, 20).await;
+
+        println!(
+            "NATS request/reply, {} B JSON bodies, {rounds} rounds per concurrency, sides alternating, medians of rounds, 2 worker threads",
+            serde_json::to_vec(&ping(0)).expect("encode").len()
+        );
+        println!(
+            "{:<12} {:<26} {:>10} {:>10} {:>12}",
+            "concurrency", "side", "p50", "p99", "requests/s"
+        );
+        for (concurrency, per_task) in PER_TASK {
+            let mut raw_rounds = Vec::new();
+            let mut courier_rounds = Vec::new();
+            for round in 0..rounds {
+                if round % 2 == 0 {
+                    raw_rounds.push(raw.round(concurrency, per_task).await);
+                    courier_rounds.push(courier.round(concurrency, per_task).await);
+                } else {
+                    courier_rounds.push(courier.round(concurrency, per_task).await);
+                    raw_rounds.push(raw.round(concurrency, per_task).await);
+                }
+            }
+            let raw = median(&raw_rounds);
+            let courier = median(&courier_rounds);
+            for (side, r) in [
+                ("raw async-nats request", raw),
+                ("courier request", courier),
+            ] {
+                println!(
+                    "{:<12} {:<26} {:>10.1?} {:>10.1?} {:>12.0}",
+                    concurrency, side, r.p50, r.p99, r.per_second
+                );
+            }
+            println!(
+                "{:<12} {:<26} {:>10.2} {:>10.2} {:>12.2}",
+                concurrency,
+                "ratio courier / raw",
+                courier.p50.as_secs_f64() / raw.p50.as_secs_f64(),
+                courier.p99.as_secs_f64() / raw.p99.as_secs_f64(),
+                courier.per_second / raw.per_second,
+            );
+        }
+        courier.stop().await;
+    });
+}
+
+/// The median of each figure over the rounds.
+fn median(rounds: &[Round]) -> Round {
+    fn mid<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+        values.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
+        values[values.len() / 2]
+    }
+    Round {
+        p50: mid(rounds.iter().map(|r| r.p50).collect()),
+        p99: mid(rounds.iter().map(|r| r.p99).collect()),
+        per_second: mid(rounds.iter().map(|r| r.per_second).collect()),
+    }
+}
+
+/// Runs `concurrency` tasks of `per_task` sequential round trips each.
+async fn measure<F, Fut>(concurrency: usize, per_task: usize, call: F) -> Round
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|task| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    let at = Instant::now();
+                    call((task * per_task + i) as u64).await;
+                    latencies.push(at.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("task"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Round {
+        p50: at(0.50),
+        p99: at(0.99),
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+/// async-nats's idiom: `Client::request` to a core subscriber that answers
+/// each message's reply subject.
+struct RawSide {
+    client: async_nats::Client,
+    subject: String,
+}
+
+impl RawSide {
+    async fn start(url: &str) -> Self {
+        let subject = courier_testkit::fixtures::unique_name("bench-raw-rr");
+        let responder = async_nats::connect(url).await.expect("connect");
+        let mut requests = responder
+            .subscribe(subject.clone())
+            .await
+            .expect("subscribe");
+        responder.flush().await.expect("flush");
+        tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                let Some(reply) = request.reply else { continue };
+                let body: Ping = serde_json::from_slice(&request.payload).expect("decode");
+                let answer = serde_json::to_vec(&body).expect("encode");
+                responder
+                    .publish(reply, answer.into())
+                    .await
+                    .expect("reply");
+            }
+        });
+        let client = async_nats::connect(url).await.expect("connect");
+        RawSide { client, subject }
+    }
+
+    async fn round(&self, concurrency: usize, per_task: usize) -> Round {
+        let client = self.client.clone();
+        let subject = self.subject.clone();
+        measure(concurrency, per_task, move |seq| {
+            let (client, subject) = (client.clone(), subject.clone());
+            async move {
+                let body = serde_json::to_vec(&ping(seq)).expect("encode");
+                let reply = client.request(subject, body.into()).await.expect("reply");
+                let answer: Ping = serde_json::from_slice(&reply.payload).expect("decode");
+                assert_eq!(answer.seq, seq);
+            }
+        })
+        .await
+    }
+}
+
+/// courier: `Broker::request` to a `runtime::responder` consumer.
+struct CourierSide {
+    requester: Broker,
+    topic: String,
+    responder: runtime::RunningConsumer,
+}
+
+impl CourierSide {
+    async fn start(url: &str) -> Self {
+        let topic = courier_testkit::fixtures::unique_name("bench-courier-rr");
+        let responding = NatsBroker::connect(url)
+            .await
+            .expect("connect")
+            .into_broker();
+        let answer =
+            runtime::responder(
+                &responding,
+                |ping: Envelope<Ping>| async move { Ok(ping.body) },
+            );
+        let responder = Consumer::builder(
+            responding.clone(),
+            Subscription::new(&topic, "bench"),
+            answer,
+        )
+        .concurrency(64)
+        .start()
+        .await
+        .expect("responder");
+        let requester = NatsBroker::connect(url)
+            .await
+            .expect("connect")
+            .into_broker();
+        CourierSide {
+            requester,
+            topic,
+            responder,
+        }
+    }
+
+    async fn round(&self, concurrency: usize, per_task: usize) -> Round {
+        let requester = self.requester.clone();
+        let topic: Arc<str> = self.topic.as_str().into();
+        measure(concurrency, per_task, move |seq| {
+            let (requester, topic) = (requester.clone(), topic.clone());
+            async move {
+                let message = Message::from_json(&ping(seq)).expect("encode");
+                let reply = requester
+                    .request(&topic, message, Duration::from_secs(30))
+                    .await
+                    .expect("reply");
+                assert_eq!(reply.json::<Ping>().expect("decode").seq, seq);
+            }
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.responder.shutdown().await.expect("shutdown");
+        self.requester.close().await.expect("close");
+    }
+}

@@ -1,0 +1,73 @@
+//! A connection's reply inbox for its requests.
+
+use std::sync::Arc;
+
+use async_nats::StatusCode;
+use courier_core::Result;
+use courier_core::request::PendingReplies;
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::decode;
+use crate::error::op_error;
+
+/// A connection's reply inbox: one core NATS subscription to
+/// `<inbox>.*`, started on the connection's first request; each request
+/// gets the reply subject `<inbox>.<request id>`.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    started: OnceCell<(String, Arc<PendingReplies>)>,
+}
+
+impl Inbox {
+    /// Replies that came after their request had given up.
+    pub(crate) fn late_replies(&self) -> u64 {
+        self.started.get().map_or(0, |(_, pending)| pending.late())
+    }
+
+    pub(crate) async fn get(
+        &self,
+        client: &async_nats::Client,
+        shutdown: &CancellationToken,
+    ) -> Result<&(String, Arc<PendingReplies>)> {
+        self.started
+            .get_or_try_init(|| async {
+                let prefix = client.new_inbox();
+                let mut replies = client
+                    .subscribe(format!("{prefix}.*"))
+                    .await
+                    .map_err(|e| op_error("subscribe to the reply inbox", e))?;
+                let pending = PendingReplies::new();
+                let feed = pending.clone();
+                let shutdown = shutdown.clone();
+                let id_start = prefix.len() + 1;
+                tokio::spawn(async move {
+                    loop {
+                        let reply = tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            reply = replies.next() => match reply {
+                                Some(reply) => reply,
+                                None => break,
+                            },
+                        };
+                        if reply.status == Some(StatusCode::NO_RESPONDERS) {
+                            if let Some(id) = reply.subject.get(id_start..) {
+                                feed.refuse(id);
+                            }
+                            continue;
+                        }
+                        match decode(reply.headers.as_ref(), reply.payload) {
+                            Ok(message) => {
+                                feed.deliver(message);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "undecodable reply dropped"),
+                        }
+                    }
+                    feed.close_all();
+                });
+                Ok((prefix, pending))
+            })
+            .await
+    }
+}

@@ -1,0 +1,187 @@
+//! Request/reply over core NATS: requests go to the topic's request
+//! subject, where every subscription of the topic listens as a queue group
+//! (one member per group answers); replies come back to the requester's
+//! inbox. A request nobody listens for gets the server's no-responders
+//! status.
+
+use std::sync::Arc;
+use std::task::Poll;
+
+use async_nats::RequestErrorKind;
+use courier_core::adapter::{self, Acknowledger};
+use courier_core::request::{RemoteErrorKind, headers};
+use courier_core::{Delivery, DeliveryStream, Message, Nack, Result, Subscription, async_trait};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::codec::decode;
+use crate::config::consumer_name;
+use crate::connection::Inner;
+use crate::error::op_error;
+
+/// The core NATS subject the requests of `topic` go to. It is not a
+/// subject of the topic's stream, so requests are not stored.
+pub fn request_subject(topic: &str) -> String {
+    format!("_courier.request.{topic}")
+}
+
+/// The topic's requests for `subscription`'s group: a queue subscription
+/// to the request subject, in place on the server when this returns.
+pub(crate) async fn listen(
+    inner: &Inner,
+    subscription: &Subscription,
+) -> Result<async_nats::Subscriber> {
+    let requests = inner
+        .client
+        .queue_subscribe(
+            request_subject(subscription.topic()),
+            consumer_name(subscription.group()),
+        )
+        .await
+        .map_err(|e| op_error("subscribe to requests", e))?;
+    // `flush` only writes the subscription out; a round trip on the same
+    // connection proves the server has it (it handles a connection's
+    // commands in order), so a request sent right after finds it.
+    match inner
+        .client
+        .request(inner.client.new_inbox(), bytes::Bytes::new())
+        .await
+    {
+        Ok(_) => Ok(requests),
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(requests),
+        Err(e) => Err(op_error("subscribe to requests", e)),
+    }
+}
+
+/// The delivery stream of a subscription: what its pull loop sends into
+/// `pulled`, and the requests of `requests`, turned into deliveries as
+/// they are polled (no task in between). It ends when the pull loop ends;
+/// dropping it unsubscribes from the requests.
+pub(crate) fn merge(
+    inner: Arc<Inner>,
+    topic: Arc<str>,
+    mut pulled: mpsc::Receiver<Result<Delivery>>,
+    requests: async_nats::Subscriber,
+) -> DeliveryStream {
+    let mut requests = Some(requests);
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        match pulled.poll_recv(cx) {
+            Poll::Ready(None) => {
+                requests = None;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+            Poll::Pending => {}
+        }
+        while let Some(listening) = requests.as_mut() {
+            match listening.poll_next_unpin(cx) {
+                Poll::Ready(Some(request)) => {
+                    if let Some(delivery) = core_delivery(&inner, &topic, request) {
+                        return Poll::Ready(Some(Ok(delivery)));
+                    }
+                }
+                Poll::Ready(None) => requests = None,
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    }))
+}
+
+/// A request received over core NATS as a delivery: its reply subject is
+/// the reply address, and settling it sends nothing but a refusal.
+fn core_delivery(
+    inner: &Arc<Inner>,
+    topic: &Arc<str>,
+    request: async_nats::Message,
+) -> Option<Delivery> {
+    let mut message = match decode(request.headers.as_ref(), request.payload) {
+        Ok(message) => message,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable request dropped");
+            return None;
+        }
+    };
+    if let Some(reply) = &request.reply {
+        let _ = adapter::restore_header(
+            adapter::headers_mut(&mut message),
+            headers::REPLY_TO,
+            reply.as_str(),
+        );
+    }
+    let acker = CoreAcker {
+        inner: inner.clone(),
+    };
+    Some(adapter::delivery(
+        message,
+        topic.clone(),
+        Box::new(acker),
+        Some(1),
+    ))
+}
+
+/// Publishes `reply` over core NATS to `subject` (at most once).
+pub(crate) async fn send_reply(
+    inner: &Inner,
+    subject: &str,
+    reply: &Message,
+    operation: &'static str,
+) -> Result<()> {
+    inner
+        .client
+        .publish_with_headers(
+            subject.to_owned(),
+            crate::publisher::headers(reply),
+            reply.payload().clone(),
+        )
+        .await
+        .map_err(|e| op_error(operation, e))
+}
+
+/// Settles a request that came over core NATS. Nothing stores it, so an
+/// ack has nothing to confirm, and a request that is not handled (nacked,
+/// or dropped in a shutdown) cannot come back: its requester is told at
+/// once with an error reply instead of waiting for its timeout.
+#[derive(Debug)]
+struct CoreAcker {
+    inner: Arc<Inner>,
+}
+
+impl CoreAcker {
+    fn refusal(message: &Message, nack: &Nack) -> Message {
+        let (kind, reason) = match nack {
+            Nack::DeadLetter(reason) => (RemoteErrorKind::Permanent, reason.reason().to_owned()),
+            _ => (
+                RemoteErrorKind::Transient,
+                "the responder stopped before handling the request".to_owned(),
+            ),
+        };
+        headers::failure(message, kind, &reason)
+    }
+
+    async fn refuse(inner: &Inner, message: &Message, nack: &Nack) -> Result<()> {
+        let Some(subject) = headers::reply_address(message) else {
+            return Ok(());
+        };
+        let refusal = Self::refusal(message, nack);
+        send_reply(inner, subject, &refusal, "refuse a request").await
+    }
+}
+
+#[async_trait]
+impl Acknowledger for CoreAcker {
+    async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {
+        Self::refuse(&self.inner, message, &nack).await
+    }
+
+    fn abandon(self: Box<Self>, message: &Message) {
+        let message = message.clone();
+        tokio::spawn(async move {
+            let _ = Self::refuse(&self.inner, &message, &Nack::Requeue).await;
+        });
+    }
+}

@@ -1,0 +1,103 @@
+//! Request/reply with plain NATS clients on the other side: a request that
+//! travelled through JetStream is answered over core NATS to its reply
+//! address, and a plain core NATS request to a topic's request subject is
+//! answered by a courier responder.
+
+use std::time::Duration;
+
+use courier_core::request::headers::{REPLY_STATUS, REPLY_TO, REQUEST_ID};
+use courier_core::runtime::{self, Consumer, Envelope};
+use courier_core::{Subscriber, Subscription};
+use courier_nats::{NatsBroker, request_subject};
+use futures::StreamExt;
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u32,
+}
+
+async fn responder(broker: &NatsBroker, topic: &str) -> runtime::RunningConsumer {
+    let answer = runtime::responder(broker, |order: Envelope<Order>| async move {
+        Ok(Order {
+            id: order.body.id + 1000,
+        })
+    });
+    Consumer::builder(
+        std::sync::Arc::new(broker.clone()),
+        Subscription::new(topic, "answers"),
+        answer,
+    )
+    .start()
+    .await
+    .expect("responder")
+}
+
+#[tokio::test]
+async fn a_request_stored_in_jetstream_is_answered_over_core_nats() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let topic = courier_testkit::fixtures::unique_name("rr-stored");
+    Subscriber::provision(&broker, &Subscription::new(&topic, "answers"))
+        .await
+        .expect("provision");
+    let running = responder(&broker, &topic).await;
+
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(REPLY_TO, inbox.as_str());
+    headers.insert(REQUEST_ID, "stored-1");
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish_with_headers(topic.clone(), headers, br#"{"id":7}"#.as_slice().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    let reply = tokio::time::timeout(Duration::from_secs(15), replies.next())
+        .await
+        .expect("a reply within 15 s")
+        .expect("subscription open");
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    assert_eq!(header(REQUEST_ID).as_deref(), Some("stored-1"));
+    assert_eq!(header(REPLY_STATUS).as_deref(), Some("ok"));
+    let order: Order = serde_json::from_slice(&reply.payload).expect("decode");
+    assert_eq!(order, Order { id: 1007 });
+    let stats = running.shutdown().await.expect("shutdown");
+    assert_eq!((stats.handled, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test]
+async fn a_plain_nats_request_is_answered_and_unheard_ones_get_no_responders() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let topic = courier_testkit::fixtures::unique_name("rr-plain");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+
+    let unheard = client
+        .request(request_subject(&topic), br#"{"id":1}"#.as_slice().into())
+        .await
+        .expect_err("nobody listens yet");
+    assert_eq!(unheard.kind(), async_nats::RequestErrorKind::NoResponders);
+
+    let running = responder(&broker, &topic).await;
+    let reply = client
+        .request(request_subject(&topic), br#"{"id":2}"#.as_slice().into())
+        .await
+        .expect("answered");
+    let order: Order = serde_json::from_slice(&reply.payload).expect("decode");
+    assert_eq!(order, Order { id: 1002 });
+    running.shutdown().await.expect("shutdown");
+}
