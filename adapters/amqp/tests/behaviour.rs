@@ -381,7 +381,7 @@ async fn other_clients_read_the_amqp_properties() {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let queue = format!("{}.g", sub.topic());
+    let queue = format!("{}:g", sub.topic());
     let got = channel
         .basic_get(
             queue.as_str().into(),
