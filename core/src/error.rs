@@ -299,6 +299,27 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// `work` within `after`, or [`Error::Timeout`] naming `operation`: the
+/// bound adapters put on an operation that waits for the broker, however
+/// many round trips it makes.
+///
+/// # Errors
+///
+/// [`Error::Timeout`] past `after`; otherwise what `work` returns.
+///
+/// # Cancel safety
+///
+/// As cancel safe as `work`: past the bound, `work` is dropped.
+pub async fn within<T>(
+    operation: &'static str,
+    after: Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(after, work)
+        .await
+        .unwrap_or(Err(Error::Timeout { operation, after }))
+}
+
 /// The URL with its password, and the values of query options that hold
 /// secrets, replaced by `***`, for error messages and logs.
 ///

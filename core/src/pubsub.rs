@@ -340,15 +340,12 @@ impl Broker {
     /// # Ok(()) }
     /// ```
     pub async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
-        // As `telemetry::lag_within`, which cannot be called from here
-        // (it reads through this module's `Subscriber`).
-        let after = DEFAULT_LAG_TIMEOUT;
-        tokio::time::timeout(after, self.subscriber.lag(topic, group))
-            .await
-            .unwrap_or(Err(crate::Error::Timeout {
-                operation: "lag",
-                after,
-            }))
+        crate::error::within(
+            "lag",
+            DEFAULT_LAG_TIMEOUT,
+            self.subscriber.lag(topic, group),
+        )
+        .await
     }
 
     /// Whether both the publisher's and the subscriber's connections are

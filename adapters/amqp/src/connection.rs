@@ -232,9 +232,7 @@ impl Link {
         Fut: Future<Output = lapin::Result<T>>,
     {
         let after = self.config.confirm_timeout;
-        tokio::time::timeout(after, self.run_unbounded(operation, op))
-            .await
-            .unwrap_or(Err(Error::Timeout { operation, after }))
+        courier_core::error::within(operation, after, self.run_unbounded(operation, op)).await
     }
 
     async fn run_unbounded<T, F, Fut>(&self, operation: &'static str, mut op: F) -> Result<T>

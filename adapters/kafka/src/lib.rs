@@ -396,7 +396,7 @@ impl Close for KafkaBroker {
         // the close is reported incomplete.
         let subscriptions = std::mem::take(&mut *self.inner.subscriptions.lock());
         let after = self.inner.config.publish_timeout;
-        bounded("close", after, async {
+        courier_core::error::within("close", after, async {
             futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(after))).await;
             self.inner.producer.close().await
         })
@@ -429,7 +429,7 @@ impl Publisher for KafkaBroker {
 impl Subscriber for KafkaBroker {
     async fn provision(&self, subscription: &Subscription) -> Result<()> {
         self.check_open()?;
-        bounded(
+        courier_core::error::within(
             "provision",
             self.inner.config.publish_timeout,
             subscriber::provision(&self.inner.config, &self.inner.producer, subscription),
@@ -439,7 +439,7 @@ impl Subscriber for KafkaBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         self.check_open()?;
-        let (stream, running) = bounded(
+        let (stream, running) = courier_core::error::within(
             "subscribe",
             self.inner.config.publish_timeout,
             subscriber::subscribe(&self.inner.config, &self.inner.producer, subscription),
@@ -472,19 +472,6 @@ impl Subscriber for KafkaBroker {
         .await
         .map_err(|_| Error::Closed("kafka lag read"))?
     }
-}
-
-/// `work` within `after`, or [`Error::Timeout`] naming `operation`: the
-/// bound of the operations that wait for the broker, whatever they wait on
-/// (metadata, admin requests, committed offsets, the group join).
-async fn bounded<T>(
-    operation: &'static str,
-    after: std::time::Duration,
-    work: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    tokio::time::timeout(after, work)
-        .await
-        .unwrap_or(Err(Error::Timeout { operation, after }))
 }
 
 #[async_trait]

@@ -45,10 +45,9 @@ impl Inner {
         work: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         let after = self.config.request_timeout;
-        match tokio::time::timeout(after, work).await {
-            Ok(Err(e)) if error::is_timeout(&e) => Err(Error::Timeout { operation, after }),
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::Timeout { operation, after }),
+        match courier_core::error::within(operation, after, work).await {
+            Err(e) if error::is_timeout(&e) => Err(Error::Timeout { operation, after }),
+            outcome => outcome,
         }
     }
 

@@ -8,14 +8,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::lag::Lag;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pubsub::Subscriber;
 
 /// [`Subscriber::lag`] bounded by `timeout`.
 ///
 /// # Errors
 ///
-/// [`Error::Timeout`] (operation `"lag"`) when the broker did not answer
+/// [`Error::Timeout`](crate::Error::Timeout) (operation `"lag"`) when the broker did not answer
 /// within `timeout`; otherwise what the adapter reports.
 ///
 /// # Cancel safety
@@ -27,13 +27,7 @@ pub async fn lag_within(
     group: &str,
     timeout: Duration,
 ) -> Result<Lag> {
-    match tokio::time::timeout(timeout, subscriber.lag(topic, group)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(Error::Timeout {
-            operation: "lag",
-            after: timeout,
-        }),
-    }
+    crate::error::within("lag", timeout, subscriber.lag(topic, group)).await
 }
 
 /// How a running consumer refreshes its group's lag in the background; see
