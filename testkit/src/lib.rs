@@ -31,6 +31,7 @@ pub mod fault_cases;
 pub mod fixtures;
 mod harness;
 pub mod observability_cases;
+pub mod proxy;
 pub mod request_cases;
 pub mod runtime_cases;
 
