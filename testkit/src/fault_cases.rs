@@ -51,6 +51,7 @@ pub fn cases() -> Vec<Case> {
         case!(fault_black_hole_on_the_link_bounds_publish_and_heals, needs Proxy),
         case!(fault_connection_resets_lose_nothing_confirmed, needs Proxy),
         case!(fault_slow_narrow_link_delivers_everything_once, needs Proxy),
+        case!(fault_subscription_keeps_delivering_across_resets, needs Proxy),
     ]
 }
 
@@ -436,4 +437,56 @@ async fn fault_slow_narrow_link_delivers_everything_once(ctx: Ctx) {
     );
     drop(stream);
     broker.close().await.expect("close");
+}
+
+/// Messages the resubscribe case consumes; a reset comes after each
+/// quarter.
+const RESUBSCRIBE_LOAD: usize = 100;
+
+async fn fault_subscription_keeps_delivering_across_resets(ctx: Ctx) {
+    let direct = ctx.broker().await;
+    let (broker, proxy) = ctx.proxied_broker().await;
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g")).prefetch(10);
+    broker.provision(&sub).await.expect("provision");
+    let mut expected = Vec::new();
+    for n in 0..RESUBSCRIBE_LOAD {
+        let message = Message::new(format!("{n}"));
+        expected.push(message.id().clone());
+        direct
+            .publish(sub.topic(), message)
+            .await
+            .expect("publish on the direct connection");
+    }
+    // One stream, through three resets of its connection: the adapter
+    // reconnects and resubscribes behind it; unsettled deliveries come
+    // back (duplicates), nothing is lost and the stream does not end.
+    let mut stream = broker.subscribe(sub.clone()).await.expect("subscribe");
+    let mut counts: std::collections::HashMap<MessageId, usize> = std::collections::HashMap::new();
+    let mut resets = Vec::new();
+    let mut failed_acks = 0;
+    while !expected.iter().all(|id| counts.contains_key(id)) {
+        let delivery = ctx.next(&mut stream).await;
+        *counts.entry(delivery.message().id().clone()).or_default() += 1;
+        if delivery.ack().await.is_err() {
+            // Its connection went; the message comes back.
+            failed_acks += 1;
+        }
+        if resets.len() < 3 && counts.len() >= RESUBSCRIBE_LOAD * (resets.len() + 1) / 4 {
+            resets.push(proxy.reset_all());
+        }
+    }
+    assert!(
+        resets.iter().all(|&open| open > 0),
+        "a reset found no open connection to close ({resets:?}): the broker is not behind the proxy"
+    );
+    let unknown: Vec<_> = counts.keys().filter(|id| !expected.contains(id)).collect();
+    assert!(unknown.is_empty(), "messages nobody published: {unknown:?}");
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!(
+        "fault: one stream through 3 resets (connections reset: {resets:?}): all {RESUBSCRIBE_LOAD} \
+         received, {duplicates} duplicates, {failed_acks} acks failed with their connection"
+    );
+    drop(stream);
+    broker.close().await.expect("close");
+    direct.close().await.expect("close direct");
 }
