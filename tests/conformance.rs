@@ -150,6 +150,10 @@ macro_rules! on_server {
                 server.restart().await.map_err(|e| e.to_string())
             },
         )
+        .with_kill(|| async {
+            let server = restartable().await.map_err(|e| e.to_string())?;
+            server.kill_and_start().await.map_err(|e| e.to_string())
+        })
         .with_freeze(
             FAULT_BOUND,
             || async {

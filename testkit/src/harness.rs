@@ -24,6 +24,7 @@ type RestartFn = dyn Fn() -> BoxFuture<'static, std::result::Result<(), String>>
 struct Restartable {
     connect: Arc<ConnectFn>,
     restart: Arc<RestartFn>,
+    kill: Option<Arc<RestartFn>>,
 }
 
 /// A behaviour some brokers have and others lack. A case that needs a
@@ -50,6 +51,9 @@ pub enum Capability {
     /// `RequestError::NoResponders` (memory, RabbitMQ, NATS; not Kafka,
     /// where it times out).
     NoResponders,
+    /// The test can kill the restartable server (no clean shutdown) and
+    /// start it again (see [`Adapter::with_kill`]).
+    Kill,
     /// The test can put a [`FaultProxy`] between the adapter and its
     /// broker (see [`Adapter::with_proxy`]). Not Kafka: its clients reach
     /// the brokers at the addresses the metadata advertises, past any
@@ -67,6 +71,7 @@ impl fmt::Display for Capability {
             Capability::ThawRecovery => "thaw-recovery",
             Capability::NoResponders => "no-responders",
             Capability::Proxy => "proxy",
+            Capability::Kill => "kill",
         })
     }
 }
@@ -148,6 +153,7 @@ impl Adapter {
         self.restart = Some(Restartable {
             connect: Arc::new(move || Box::pin(connect())),
             restart: Arc::new(move || Box::pin(restart())),
+            kill: None,
         });
         if !self.capabilities.contains(&Capability::Restart) {
             self.capabilities.push(Capability::Restart);
@@ -182,6 +188,29 @@ impl Adapter {
         });
         if !self.capabilities.contains(&Capability::Freeze) {
             self.capabilities.push(Capability::Freeze);
+        }
+        self
+    }
+
+    /// Lets cases kill the restartable server (see [`Adapter::with_restart`],
+    /// which must come first) with `kill`, which also starts it again.
+    /// Declares [`Capability::Kill`].
+    ///
+    /// # Panics
+    ///
+    /// Without [`Adapter::with_restart`] before it.
+    pub fn with_kill<K, KFut>(mut self, kill: K) -> Self
+    where
+        K: Fn() -> KFut + Send + Sync + 'static,
+        KFut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
+        let restartable = self
+            .restart
+            .as_mut()
+            .expect("with_kill needs with_restart first: it kills the restartable server");
+        restartable.kill = Some(Arc::new(move || Box::pin(kill())));
+        if !self.capabilities.contains(&Capability::Kill) {
+            self.capabilities.push(Capability::Kill);
         }
         self
     }
@@ -333,6 +362,24 @@ impl Ctx {
             .unwrap_or_else(|e| panic!("{}: restart failed: {e}", self.adapter.name));
     }
 
+    /// Kills the broker (no clean shutdown) and starts it again; returns
+    /// once it answers.
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no kill hook or the kill or start fails.
+    pub async fn kill_and_start_broker(&self) {
+        let kill = self
+            .adapter
+            .restart
+            .as_ref()
+            .and_then(|restartable| restartable.kill.as_ref())
+            .expect("case declares Capability::Kill");
+        kill()
+            .await
+            .unwrap_or_else(|e| panic!("{}: kill failed: {e}", self.adapter.name));
+    }
+
     /// Freezes the broker: it stops answering, its connections stay open.
     ///
     /// # Panics
@@ -459,7 +506,8 @@ pub fn trials(adapters: &[Adapter], cases: &[Case]) -> Vec<Trial> {
             let ctx = Ctx {
                 adapter: adapter.clone(),
                 prefix: unique_prefix(adapter.name, case.name),
-                restarts: case.needs.contains(&Capability::Restart),
+                restarts: case.needs.contains(&Capability::Restart)
+                    || case.needs.contains(&Capability::Kill),
                 freezes: case.needs.contains(&Capability::Freeze),
             };
             let run = case.run;
@@ -546,6 +594,7 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::ThawRecovery,
             Capability::NoResponders,
             Capability::Proxy,
+            Capability::Kill,
         ];
         let lacks: Vec<String> = all
             .iter()
