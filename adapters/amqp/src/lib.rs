@@ -93,7 +93,7 @@
 //! every message in it is then lost and publishes to it time out after
 //! `confirm_timeout` until the queue is deleted and declared again. Seen
 //! on RabbitMQ 3.10 and 4.0; a client cannot close it. Provision queues
-//! when a service is deployed ([`Subscriber::provision`](courier_core::Subscriber::provision)),
+//! when a service is deployed ([`Subscriber::provision`]),
 //! not in the first second of a crash-prone start, or use classic queues
 //! where that window matters.
 //!
