@@ -39,6 +39,7 @@
 //! every broker can carry unchanged.
 
 pub mod adapter;
+mod deadline;
 pub mod delivery;
 pub mod error;
 pub mod headers;

@@ -154,19 +154,19 @@ async fn run(
         .with_jitter()
         .without_max_times();
     let mut backoff = backoff_builder.build();
-    let mut next_cleanup = Instant::now() + config.cleanup_interval;
+    let mut next_cleanup = later(config.cleanup_interval);
     let mut next_backlog = Instant::now();
 
     while !stop.is_cancelled() {
         if Instant::now() >= next_backlog {
-            next_backlog = Instant::now() + config.backlog_interval;
+            next_backlog = later(config.backlog_interval);
             match store.backlog().await {
                 Ok(backlog) => counters.set_backlog(backlog),
                 Err(e) => tracing::warn!(error = %e, "outbox: cannot read the backlog"),
             }
         }
         if Instant::now() >= next_cleanup {
-            next_cleanup = Instant::now() + config.cleanup_interval;
+            next_cleanup = later(config.cleanup_interval);
             cleanup(&*store, &config, &counters, &stop).await;
         }
 
@@ -293,4 +293,13 @@ async fn cleanup(
 async fn deadline_after(stop: &CancellationToken, timeout: Duration) {
     stop.cancelled().await;
     tokio::time::sleep(timeout).await;
+}
+
+/// When something `interval` from now is due; an endless interval is a
+/// far deadline, not a panic.
+fn later(interval: Duration) -> Instant {
+    Instant::from_std(courier_core::resilience::deadline_after(
+        std::time::Instant::now(),
+        interval,
+    ))
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use courier_core::resilience::deadline_after;
+
 use bytes::Bytes;
 use courier_core::MessageId;
 use courier_core::adapter::wire;
@@ -165,7 +167,7 @@ impl SessionContext {
             partition.start_revoking();
         }
         if !self.flow.is_closing() {
-            let deadline = Instant::now() + self.config.revoke_timeout;
+            let deadline = deadline_after(Instant::now(), self.config.revoke_timeout);
             for partition in &revoked {
                 partition.wait_idle(deadline, || self.flow.is_closing());
             }

@@ -246,6 +246,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use courier_core::resilience::deadline_after;
+
 use courier_core::{
     Broker, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber, Subscription,
     async_trait,
@@ -353,7 +355,7 @@ async fn probe(
     client: &Arc<BaseConsumer<CourierContext>>,
 ) -> Result<()> {
     const ATTEMPT: Duration = Duration::from_millis(500);
-    let deadline = Instant::now() + config.connect_timeout;
+    let deadline = deadline_after(Instant::now(), config.connect_timeout);
     loop {
         let attempt = client.clone();
         let outcome = blocking(move || {

@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use courier_core::resilience::deadline_after;
+
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::Message as _;
 use rdkafka::producer::FutureRecord;
@@ -151,7 +153,7 @@ pub(crate) fn load(
         tracing::warn!(%side, error = %e, "cannot read settled offsets");
         return found;
     }
-    let deadline = Instant::now() + WAIT.min(config.connect_timeout);
+    let deadline = deadline_after(Instant::now(), WAIT.min(config.connect_timeout));
     while found.len() < offsets.len() && Instant::now() < deadline {
         match reader.poll(Duration::from_millis(100)) {
             Some(Ok(record)) if offsets.get(&record.partition()) == Some(&record.offset()) => {

@@ -34,7 +34,7 @@ const MAX_REASON: usize = 4096;
 /// replaced.
 pub fn prepare(mut message: Message, reply_to: &str, timeout: Duration) -> (String, Message) {
     let id = MessageId::new().to_string();
-    let deadline = SystemTime::now() + timeout;
+    let deadline = crate::deadline::system_deadline_after(SystemTime::now(), timeout);
     let deadline_ms = deadline
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -185,5 +185,11 @@ mod tests {
         let (_, request) = prepare(Message::new("q"), "inbox", Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));
         assert!(deadline_passed(&request));
+    }
+
+    #[test]
+    fn an_endless_timeout_is_a_far_deadline_not_a_panic() {
+        let (_, request) = prepare(Message::new("q"), "inbox", Duration::MAX);
+        assert!(!deadline_passed(&request));
     }
 }

@@ -161,6 +161,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_endless_cool_down_keeps_it_open_without_panicking() {
+        let breaker = CircuitBreaker::new(
+            CircuitBreakerConfig::default()
+                .failure_threshold(1)
+                .cool_down(Duration::MAX),
+        );
+        let calls = AtomicU32::new(0);
+        assert!(
+            !breaker
+                .call(|| failing(&calls))
+                .await
+                .unwrap_err()
+                .is_open()
+        );
+        assert_eq!(breaker.state(), CircuitState::Open);
+        tokio::time::advance(Duration::from_secs(365 * 86_400)).await;
+        assert!(
+            breaker
+                .call(|| healthy(&calls))
+                .await
+                .unwrap_err()
+                .is_open()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn errors_that_are_not_failures_keep_it_closed() {
         let breaker = CircuitBreaker::new(CircuitBreakerConfig::default().failure_threshold(1));
         let calls = AtomicU32::new(0);

@@ -65,6 +65,7 @@ mod breaker;
 mod retry;
 mod timeout;
 
+pub use crate::deadline::{deadline_after, system_deadline_after};
 pub use crate::runtime::{
     CircuitBreaker, CircuitBreakerConfig, CircuitOpen, CircuitState, Delays, RetryPolicy,
 };

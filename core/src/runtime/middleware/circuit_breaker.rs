@@ -194,7 +194,10 @@ impl CircuitBreaker {
     pub(crate) fn record(&self, admission: Admission, failed: bool) {
         let mut state = self.lock();
         let open = State::Open {
-            until: Instant::now() + self.config.cool_down,
+            until: Instant::from_std(crate::deadline::deadline_after(
+                Instant::now().into_std(),
+                self.config.cool_down,
+            )),
         };
         *state = match (&*state, failed) {
             (_, false) => State::Closed { failures: 0 },
