@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::{BoxHandler, Handler, SharedLayer};
 use super::middleware::{CatchPanic, Layer};
+use super::resubscribe::{Resubscribe, resubscribing};
 use super::retry::RetryPolicy;
 use super::shared::{Shared, Stop};
 use super::shutdown::{ShutdownHandle, signal};
@@ -74,6 +76,7 @@ pub struct ConsumerBuilder {
     shutdown_deadline: Duration,
     shutdown: ShutdownHandle,
     lag_report: Option<LagReport>,
+    resubscribe: bool,
 }
 
 impl fmt::Debug for ConsumerBuilder {
@@ -242,7 +245,19 @@ impl ConsumerBuilder {
             shutdown_deadline: self.shutdown_deadline,
             shutdown: self.shutdown,
             shared: Arc::new(shared),
+            resubscribe: self.resubscribe,
         }
+    }
+
+    /// Whether the consumer subscribes again, with a jittered exponential
+    /// backoff, when its subscription fails or ends while it runs (default
+    /// `true`): an outage longer than the adapter's own reconnect budget
+    /// then pauses the consumer instead of ending it. See
+    /// [`RESUBSCRIBE_MIN_DELAY`](super::RESUBSCRIBE_MIN_DELAY). With
+    /// `false`, the consumer ends with the subscription's error.
+    pub fn resubscribe(mut self, resubscribe: bool) -> Self {
+        self.resubscribe = resubscribe;
+        self
     }
 }
 
@@ -303,6 +318,7 @@ pub struct Consumer {
     shutdown_deadline: Duration,
     shutdown: ShutdownHandle,
     shared: Arc<Shared>,
+    resubscribe: bool,
 }
 
 impl fmt::Debug for Consumer {
@@ -336,6 +352,7 @@ impl Consumer {
             shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
             shutdown: ShutdownHandle::new(),
             lag_report: None,
+            resubscribe: true,
         }
     }
 
@@ -363,8 +380,9 @@ impl Consumer {
     /// it.
     ///
     /// The consumer stops when [`RunningConsumer::shutdown`] is called, its
-    /// [`ShutdownHandle`] is triggered, or the subscription's stream ends
-    /// (the broker was closed, or failed for good), in two phases:
+    /// [`ShutdownHandle`] is triggered, or its subscriber was closed, in
+    /// two phases (a subscription that fails or ends otherwise is
+    /// subscribed again, see [`ConsumerBuilder::resubscribe`]):
     ///
     /// 1. Take nothing more: stop polling and drop the stream, so deliveries
     ///    the broker had sent ahead come back for the group; deliveries
@@ -398,6 +416,7 @@ impl Consumer {
             subscription,
             shutdown_deadline,
             shared,
+            resubscribe,
             ..
         } = self;
         let metrics = ConsumerMetrics {
@@ -407,6 +426,19 @@ impl Consumer {
             biased;
             () = shared.stop.token.cancelled() => None,
             stream = subscriber.subscribe(subscription.clone()) => Some(stream?),
+        };
+        let resubscribes = Arc::new(AtomicU64::new(0));
+        let stream = match stream {
+            Some(first) if resubscribe => Some(resubscribing(
+                first,
+                Resubscribe {
+                    subscriber: subscriber.clone(),
+                    subscription: subscription.clone(),
+                    stop: shared.stop.token.clone(),
+                    resubscribes: resubscribes.clone(),
+                },
+            )),
+            other => other,
         };
         if let (Some(report), Some(_)) = (shared.lag_report, &stream) {
             let stop = shared.stop.token.clone();
@@ -433,6 +465,7 @@ impl Consumer {
             shared,
             metrics,
             subscription,
+            resubscribes,
         })
     }
 
@@ -502,6 +535,7 @@ pub struct RunningConsumer {
     shared: Arc<Shared>,
     metrics: ConsumerMetrics,
     subscription: Subscription,
+    resubscribes: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for RunningConsumer {
@@ -515,6 +549,12 @@ impl fmt::Debug for RunningConsumer {
 }
 
 impl RunningConsumer {
+    /// How often the consumer has subscribed again after its subscription
+    /// failed or ended (see [`ConsumerBuilder::resubscribe`]).
+    pub fn resubscribes(&self) -> u64 {
+        self.resubscribes.load(Ordering::Acquire)
+    }
+
     /// A live view of the consumer's numbers.
     pub fn metrics(&self) -> ConsumerMetrics {
         self.metrics.clone()

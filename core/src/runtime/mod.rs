@@ -122,6 +122,7 @@ pub mod middleware;
 mod process;
 mod request;
 mod responder;
+mod resubscribe;
 mod retry;
 mod shared;
 mod shutdown;
@@ -146,6 +147,7 @@ pub use middleware::{
 };
 pub use request::Request;
 pub use responder::{Responder, responder};
+pub use resubscribe::{RESUBSCRIBE_MAX_DELAY, RESUBSCRIBE_MIN_DELAY};
 pub use retry::{Delays, RetryPolicy};
 pub use shutdown::{ShutdownHandle, signal};
 pub use stats::{ConsumerMetrics, ConsumerStats};
