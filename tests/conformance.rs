@@ -41,7 +41,13 @@ fn main() -> std::process::ExitCode {
         .with_proxy(
             FAULT_BOUND,
             || upstream("amqp", fixtures::rabbitmq()),
-            |url| async move { courier::connect(&format!("{url}?{FAULT_OPTIONS}")).await },
+            // A short reconnect budget: the long-outage case outlasts it.
+            |url| async move {
+                courier::connect(&format!(
+                    "{url}?{FAULT_OPTIONS}&reconnect_give_up=3s&connect_timeout=2s"
+                ))
+                .await
+            },
         ),
     );
     // Kafka keeps history (a group can start at the earliest offset); the

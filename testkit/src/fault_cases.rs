@@ -53,6 +53,7 @@ pub fn cases() -> Vec<Case> {
         case!(fault_slow_narrow_link_delivers_everything_once, needs Proxy),
         case!(fault_subscription_keeps_delivering_across_resets, needs Proxy),
         case!(fault_hard_kill_loses_nothing_confirmed, needs Kill),
+        case!(fault_runtime_keeps_consuming_across_a_long_outage, needs Proxy),
     ]
 }
 
@@ -628,4 +629,78 @@ mod confirmations {
             }
         }
     }
+}
+
+/// How long the link stays a black hole in the long-outage case: longer
+/// than the reconnect budget the proxied URLs set (see
+/// `tests/conformance.rs`), so an adapter that gives up does so.
+const LONG_OUTAGE: Duration = Duration::from_secs(10);
+
+async fn fault_runtime_keeps_consuming_across_a_long_outage(ctx: Ctx) {
+    use courier_core::runtime::{self, Consumer};
+
+    let direct = ctx.broker().await;
+    let (broker, proxy) = ctx.proxied_broker().await;
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
+    broker.provision(&sub).await.expect("provision");
+    let seen: std::sync::Arc<std::sync::Mutex<HashSet<MessageId>>> = std::sync::Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        runtime::raw(move |message: Message| {
+            seen.lock().expect("seen").insert(message.id().clone());
+            async { Ok(()) }
+        })
+    };
+    let running = Consumer::builder(&broker, sub.clone(), handler)
+        .build()
+        .start()
+        .await
+        .expect("start");
+    let wait_for = |count: usize, what: &'static str| {
+        let seen = seen.clone();
+        let patience = ctx.patience() * 4;
+        async move {
+            let deadline = Instant::now() + patience;
+            while seen.lock().expect("seen").len() < count {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {} of {count} handled",
+                    seen.lock().expect("seen").len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut expected = HashSet::new();
+    for n in 0..20 {
+        let message = Message::new(format!("before {n}"));
+        expected.insert(message.id().clone());
+        direct.publish(sub.topic(), message).await.expect("publish");
+    }
+    wait_for(20, "before the outage").await;
+
+    // The consumer's connection goes, and every new one hangs.
+    proxy.black_hole();
+    let reset = proxy.reset_all();
+    assert!(reset > 0, "the consumer is not behind the proxy");
+    for n in 0..20 {
+        let message = Message::new(format!("during {n}"));
+        expected.insert(message.id().clone());
+        direct.publish(sub.topic(), message).await.expect("publish");
+    }
+    tokio::time::sleep(LONG_OUTAGE).await;
+    assert!(
+        !running.is_finished(),
+        "the consumer ended during the outage"
+    );
+    proxy.heal();
+    wait_for(40, "after the outage").await;
+    assert_eq!(*seen.lock().expect("seen"), expected);
+    eprintln!(
+        "fault: runtime across a {LONG_OUTAGE:?} outage: 40 of 40 handled, {} resubscribes",
+        running.resubscribes()
+    );
+    running.shutdown().await.expect("a clean shutdown");
+    broker.close().await.expect("close");
+    direct.close().await.expect("close direct");
 }

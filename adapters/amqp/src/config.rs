@@ -28,6 +28,7 @@ pub const URL_OPTIONS: &[&str] = &[
     "queue_type",
     "single_active_consumer",
     "queue_naming",
+    "reconnect_give_up",
     "heartbeat",
     "channel_max",
     "frame_max",
@@ -334,6 +335,7 @@ impl AmqpConfig {
                 ])?;
             }
             "single_active_consumer" => self.single_active_consumer = option.flag()?,
+            "reconnect_give_up" => self.reconnect.give_up_after = option.duration()?,
             "queue_naming" => {
                 self.queue_naming = option.choice(&[
                     ("separated", QueueNaming::Separated),
@@ -399,10 +401,12 @@ mod tests {
     fn url_options_set_the_config() {
         let config = AmqpConfig::from_url(
             "amqp://u:p@h/%2f?heartbeat=5&queue_type=classic&single_active_consumer=true\
-             &connect_timeout=2m&client_name=svc%20a&publish_timeout=500ms&frame_max=131072",
+             &connect_timeout=2m&client_name=svc%20a&publish_timeout=500ms&frame_max=131072\
+             &reconnect_give_up=5s",
         )
         .unwrap();
         let mut expected = AmqpConfig::default()
+            .reconnect(Reconnect::default().give_up_after(Duration::from_secs(5)))
             .queue_type(QueueType::Classic)
             .single_active_consumer(true)
             .connect_timeout(Duration::from_secs(120))

@@ -34,6 +34,7 @@
 //! | `queue_type` | [`AmqpConfig::queue_type`] of group queues: `quorum` or `classic` | `quorum` |
 //! | `queue_naming` | [`AmqpConfig::queue_naming`]: `separated` (`<topic>:<group>`) or `dotted` (`<topic>.<group>`, earlier versions) | `separated` |
 //! | `single_active_consumer` | [`AmqpConfig::single_active_consumer`]: `true` or `false` | `false` |
+//! | `reconnect_give_up` | [`Reconnect::give_up_after`]: how long a lost connection is retried before operations fail (a consumer run by the runtime then subscribes again) | 2 min |
 //! | `heartbeat` | lapin: heartbeat interval asked of the server, seconds (0: none) | [`AmqpConfig::heartbeat`], 10 s |
 //! | `channel_max` | lapin: most channels per connection | the server's |
 //! | `frame_max` | lapin: largest frame, bytes | the server's |
