@@ -1,6 +1,5 @@
 //! The consumer: a handler run over a subscription.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -10,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::{BoxHandler, Handler, SharedLayer};
+use super::lanes::LaneIds;
 use super::middleware::{CatchPanic, Layer};
 use super::retry::RetryPolicy;
 use super::shared::{Shared, Stop};
@@ -225,10 +225,15 @@ impl ConsumerBuilder {
             ordered_by_key: self.ordered_by_key,
             serial: self.concurrency == 1,
             slots: Arc::new(Semaphore::new(self.concurrency)),
-            lanes: Mutex::new(HashMap::new()),
+            lanes: Mutex::default(),
+            lane_ids: LaneIds::default(),
             stop,
             abort: CancellationToken::new(),
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(if self.concurrency == 1 {
+                Counters::single_writer()
+            } else {
+                Counters::default()
+            }),
             telemetry: ConsumerTelemetry::new(
                 self.subscriber.messaging_system(),
                 self.subscription.topic().into(),

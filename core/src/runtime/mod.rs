@@ -118,6 +118,7 @@ mod context;
 mod dispatch;
 mod error;
 mod handler;
+mod lanes;
 pub mod middleware;
 mod process;
 mod request;
