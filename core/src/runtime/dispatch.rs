@@ -102,14 +102,20 @@ pub(crate) async fn run(
 /// over a bare receive loop. The price: a handler that computes for long
 /// before its first wait holds up dispatching meanwhile (such work belongs
 /// in `spawn_blocking` anyway).
-async fn start<O: Send + 'static>(
+///
+/// The job goes to the heap before anything else, so it is copied once:
+/// the returned future holds only the box, not the job itself.
+fn start<O: Send + 'static>(
     tasks: &TaskTracker,
     job: impl Future<Output = O> + Send + 'static,
-) {
+) -> impl Future<Output = ()> + '_ {
     let mut job = Box::pin(job);
-    let finished = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx).is_ready())).await;
-    if !finished {
-        tasks.spawn(job);
+    async move {
+        let finished =
+            std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx).is_ready())).await;
+        if !finished {
+            tasks.spawn(job);
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //! dead-lettering live in boxed futures of their own, allocated only when
 //! an attempt fails.
 
+use std::future::Future;
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
+use std::task::Poll;
 use std::time::SystemTime;
 
 use futures::FutureExt;
@@ -135,13 +137,22 @@ async fn attempt(
         .with_delivery_count(delivery.delivery_count());
     let call = AssertUnwindSafe(traced.instrument(shared.handler.call(request))).catch_unwind();
     let started = shared.telemetry.attempt_started();
-    let outcome = tokio::select! {
-        biased;
-        outcome = call => Some(outcome.unwrap_or_else(|payload| {
+    tokio::pin!(call);
+    // Most attempts finish on their first poll; only one that waits needs
+    // to watch the shutdown deadline too.
+    let outcome = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        Poll::Ready(outcome) => Some(outcome),
+        Poll::Pending => tokio::select! {
+            biased;
+            outcome = &mut call => Some(outcome),
+            () = shared.abort.cancelled() => None,
+        },
+    }
+    .map(|outcome| {
+        outcome.unwrap_or_else(|payload| {
             Err(HandlerError::transient(Panicked::from_payload(&*payload)))
-        })),
-        () = shared.abort.cancelled() => None,
-    };
+        })
+    });
     counters.sub(&counters.running);
     if let Some(result) = &outcome {
         shared
