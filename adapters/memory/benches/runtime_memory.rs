@@ -113,16 +113,13 @@ async fn allocations(case: Case) -> f64 {
         Case::Runtime { concurrency, .. } => {
             let seen = Arc::new(AtomicU64::new(0));
             let last = Arc::new(Notify::new());
-            let consumer = Consumer::builder(
-                &broker,
-                sub,
-                counting_handler(COUNTED, seen, last.clone()),
-            )
-            .concurrency(concurrency)
-            .retry(RetryPolicy::none())
-            .start()
-            .await
-            .expect("start");
+            let consumer =
+                Consumer::builder(&broker, sub, counting_handler(COUNTED, seen, last.clone()))
+                    .concurrency(concurrency)
+                    .retry(RetryPolicy::none())
+                    .start()
+                    .await
+                    .expect("start");
             last.notified().await;
             while consumer.metrics().snapshot().handled < COUNTED as u64 {
                 tokio::task::yield_now().await;
@@ -230,7 +227,10 @@ fn main() {
     let samples = rt.block_on(resident_over_run(messages));
     let elapsed = started.elapsed();
     for (handled, bytes) in &samples {
-        println!("  {handled:>9} messages  {:>8.1} MiB", *bytes as f64 / 1048576.0);
+        println!(
+            "  {handled:>9} messages  {:>8.1} MiB",
+            *bytes as f64 / 1048576.0
+        );
     }
     let baseline = samples
         .iter()

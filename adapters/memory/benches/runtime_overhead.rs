@@ -18,8 +18,6 @@
 //! it), `runtime c=8` (no keys), `runtime c=16 keys=16` (ordering lanes,
 //! against a bare loop over the same keyed messages).
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,8 +25,8 @@ use std::time::{Duration, Instant};
 use courier_core::runtime::{self, Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
 use courier_memory::{MemoryBroker, MemoryConfig};
+use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
-use support::{Report, Row, Side, Unit, interleaved};
 use tokio::sync::Notify;
 
 const ROUNDS: usize = 7;
@@ -113,10 +111,6 @@ async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> Du
     shutdown.shutdown();
     task.await.expect("consumer task").expect("consumer");
     elapsed
-}
-
-fn rate(messages: usize, elapsed: Duration) -> f64 {
-    messages as f64 / elapsed.as_secs_f64()
 }
 
 fn main() {

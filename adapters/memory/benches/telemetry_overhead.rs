@@ -38,8 +38,6 @@
 //! Each round runs on a current-thread runtime of its own, so the scoped
 //! subscriber sees every task.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -48,7 +46,7 @@ use courier_core::runtime::{self, Consumer, RetryPolicy};
 use courier_core::telemetry::{TRACEPARENT, TraceContext};
 use courier_core::{Message, Subscription, telemetry};
 use courier_memory::{MemoryBroker, MemoryConfig};
-use support::{Report, Row, Side, Unit, interleaved};
+use courier_testkit::bench::{Report, Row, Side, Unit, interleaved};
 use tokio::sync::Notify;
 
 const ROUNDS: usize = 7;

@@ -13,8 +13,6 @@
 //! keys), `publish+consume e2e c=1`, and `publish+consume e2e keys=16`
 //! (default concurrency, 16 keys: ordering lanes).
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,8 +21,8 @@ use courier_core::prelude::*;
 use courier_core::runtime::{self, Consumer, DEFAULT_CONCURRENCY, RetryPolicy};
 use courier_core::{Message, Subscription};
 use courier_memory::{MemoryBroker, MemoryConfig};
+use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
-use support::{Report, Row, Side, Unit, interleaved};
 use tokio::sync::Notify;
 
 const ROUNDS: usize = 5;
@@ -45,10 +43,7 @@ async fn publish_all(broker: MemoryBroker, messages: usize, keyed: bool) {
                 }
             })
             .collect();
-        broker
-            .publish_batch("bench", batch)
-            .await
-            .expect("publish");
+        broker.publish_batch("bench", batch).await.expect("publish");
     }
 }
 
@@ -128,14 +123,20 @@ fn main() {
          runtime, median of {ROUNDS} interleaved rounds"
     ));
     rt.block_on(async {
-        run(Side::Courier, messages.min(100_000), DEFAULT_CONCURRENCY, false).await;
+        run(
+            Side::Courier,
+            messages.min(100_000),
+            DEFAULT_CONCURRENCY,
+            false,
+        )
+        .await;
         for (case, concurrency, keyed) in [
             ("publish+consume e2e", DEFAULT_CONCURRENCY, false),
             ("publish+consume e2e c=1", 1, false),
             ("publish+consume e2e keys=16", DEFAULT_CONCURRENCY, true),
         ] {
             let rounds = interleaved(ROUNDS, |side| async move {
-                messages as f64 / run(side, messages, concurrency, keyed).await.as_secs_f64()
+                rate(messages, run(side, messages, concurrency, keyed).await)
             })
             .await;
             report.push(Row::new(

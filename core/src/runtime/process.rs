@@ -155,9 +155,7 @@ async fn attempt(
     });
     counters.sub(&counters.running);
     if let Some(result) = &outcome {
-        shared
-            .telemetry
-            .attempt_finished(started, result.is_err());
+        shared.telemetry.attempt_finished(started, result.is_err());
     }
     drop(slot);
     outcome
