@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench -p courier-memory --bench telemetry_overhead             # 100,000 messages, 7 rounds
 //! cargo bench -p courier-memory --bench telemetry_overhead -- 400000   # or any count
-//! cargo bench -p courier-memory --bench telemetry_overhead -- nosub    # without the subscriber case
+//! cargo bench -p courier-memory --bench telemetry_overhead -- nosub    # without the subscriber cases
 //! ```
 //!
 //! A round publishes the messages one at a time, then a consumer runtime
@@ -22,8 +22,12 @@
 //!   the difference is the telemetry work alone: spans, reading the trace
 //!   context and running the handler in it.
 //! - `tracing dropping-subscriber`: the same with a subscriber that drops
-//!   every span (a bare `tracing_subscriber::Registry`, scoped to the
-//!   round): spans are then really created.
+//!   courier's spans (a `tracing_subscriber::Registry` filtered at `WARN`,
+//!   as a service that wants warnings but no spans runs; courier's spans
+//!   are at `INFO`), scoped to the round.
+//! - `tracing registry-subscriber`: the same with a bare
+//!   `tracing_subscriber::Registry`: it enables every span, so the spans
+//!   are really created, entered and closed, and then nothing reads them.
 //! - `publish in trace`: telemetry on, no subscriber, the messages carry
 //!   no `traceparent` and are published inside a trace
 //!   ([`TraceContext::scope`]): each publish writes one into the message,
@@ -33,7 +37,7 @@
 //! Once a scoped subscriber has existed, `tracing` asks the current
 //! dispatcher at every span site instead of remembering that nobody
 //! listens, so the no-subscriber cases cost a little more in a run that
-//! also has the subscriber case; `nosub` runs without it.
+//! also has the subscriber cases; `nosub` runs without them.
 //!
 //! Each round runs on a current-thread runtime of its own, so the scoped
 //! subscriber sees every task.
@@ -48,6 +52,8 @@ use courier_core::{Message, Subscription, telemetry};
 use courier_memory::{MemoryBroker, MemoryConfig};
 use courier_testkit::bench::{Report, Row, Side, Unit, interleaved};
 use tokio::sync::Notify;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
 
 const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
@@ -57,6 +63,7 @@ const UPSTREAM: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 enum Case {
     NoSubscriber,
     DroppingSubscriber,
+    RegistrySubscriber,
     PublishInTrace,
 }
 
@@ -65,6 +72,7 @@ impl Case {
         match self {
             Case::NoSubscriber => "tracing no-subscriber",
             Case::DroppingSubscriber => "tracing dropping-subscriber",
+            Case::RegistrySubscriber => "tracing registry-subscriber",
             Case::PublishInTrace => "publish in trace",
         }
     }
@@ -73,8 +81,15 @@ impl Case {
 /// Publishes and consumes `messages`; returns messages per second.
 fn run(case: Case, side: Side, messages: usize) -> f64 {
     telemetry::set_enabled(side == Side::Courier);
-    let _subscriber = (side == Side::Courier && case == Case::DroppingSubscriber)
-        .then(|| tracing::subscriber::set_default(tracing_subscriber::registry()));
+    let _subscriber = match (side, case) {
+        (Side::Courier, Case::DroppingSubscriber) => Some(tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(LevelFilter::WARN),
+        )),
+        (Side::Courier, Case::RegistrySubscriber) => Some(tracing::subscriber::set_default(
+            tracing_subscriber::registry(),
+        )),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -142,6 +157,7 @@ fn main() {
             Case::NoSubscriber,
             Case::PublishInTrace,
             Case::DroppingSubscriber,
+            Case::RegistrySubscriber,
         ]
     };
     let mut report = Report::new(&format!(

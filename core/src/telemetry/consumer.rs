@@ -2,13 +2,13 @@
 //! delivery, a settle span per ack or nack, and the consumer instruments.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use tracing::instrument::Instrumented;
 
 use super::lag_report::{LagReport, LastLag, spawn_reporter};
 use super::metrics as names;
@@ -229,9 +229,32 @@ pub(crate) struct Traced {
 
 impl Traced {
     /// `future` (a handler call) run inside the process span, with the
-    /// delivery's trace context current.
-    pub(crate) fn instrument<F: Future>(&self, future: F) -> Instrumented<Scoped<F>> {
-        scoped(self.context.clone(), future).instrument(self.span.clone())
+    /// delivery's trace context current. The span is borrowed, not cloned:
+    /// a clone and its drop are two calls into the subscriber per attempt.
+    pub(crate) fn instrument<F: Future>(&self, future: F) -> InSpan<'_, Scoped<F>> {
+        InSpan {
+            span: &self.span,
+            inner: scoped(self.context.clone(), future),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled inside a span it borrows.
+    pub(crate) struct InSpan<'s, F> {
+        span: &'s tracing::Span,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for InSpan<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        this.inner.poll(cx)
     }
 }
 
