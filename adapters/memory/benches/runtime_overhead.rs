@@ -14,10 +14,15 @@
 //! are messages per second, medians of interleaved rounds (the raw side
 //! first in even rounds, courier first in odd ones).
 //!
+//! Each case has a second row, `<case> cpu`: messages per second of CPU
+//! time (all threads of the process, from the scheduler's account), which
+//! a busy machine moves far less than wall-clock rates.
+//!
 //! Cases: `runtime c=1` (one message at a time, the dispatch task handles
 //! it), `runtime c=8` (no keys), `runtime c=16 keys=16` (ordering lanes,
 //! against a bare loop over the same keyed messages).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,9 +30,11 @@ use std::time::{Duration, Instant};
 use courier_core::runtime::{self, Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
 use courier_memory::{MemoryBroker, MemoryConfig};
-use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
+use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
 use tokio::sync::Notify;
+
+mod cpu_time;
 
 const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
@@ -62,9 +69,17 @@ async fn loaded_broker(messages: usize, keyed: bool) -> (Broker, Subscription) {
     (broker, sub)
 }
 
+/// Wall-clock and CPU time of one run.
+#[derive(Debug, Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+}
+
 /// Consumes `messages` with a bare loop and returns how long it took.
-async fn bare(messages: usize, concurrency: usize, keyed: bool) -> Duration {
+async fn bare(messages: usize, concurrency: usize, keyed: bool) -> Took {
     let (broker, sub) = loaded_broker(messages, keyed).await;
+    let cpu = cpu_time::used();
     let start = Instant::now();
     let task = tokio::spawn(async move {
         let mut stream = broker
@@ -77,11 +92,14 @@ async fn bare(messages: usize, concurrency: usize, keyed: bool) -> Duration {
         }
     });
     task.await.expect("bare loop");
-    start.elapsed()
+    Took {
+        wall: start.elapsed(),
+        cpu: cpu_time::used() - cpu,
+    }
 }
 
 /// Consumes `messages` with the runtime and returns how long it took.
-async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> Duration {
+async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> Took {
     let (broker, sub) = loaded_broker(messages, keyed).await;
     let seen = Arc::new(AtomicU64::new(0));
     let last = Arc::new(Notify::new());
@@ -100,6 +118,7 @@ async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> Du
         .build();
     let metrics = consumer.metrics();
     let shutdown = consumer.shutdown_handle();
+    let cpu = cpu_time::used();
     let start = Instant::now();
     let task = tokio::spawn(consumer.run());
     last.notified().await;
@@ -107,10 +126,13 @@ async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> Du
     while metrics.snapshot().handled < messages as u64 {
         tokio::task::yield_now().await;
     }
-    let elapsed = start.elapsed();
+    let took = Took {
+        wall: start.elapsed(),
+        cpu: cpu_time::used() - cpu,
+    };
     shutdown.shutdown();
     task.await.expect("consumer task").expect("consumer");
-    elapsed
+    took
 }
 
 fn main() {
@@ -135,8 +157,8 @@ fn main() {
     ));
     rt.block_on(async {
         // Warm up allocator and scheduler.
-        bare(messages.min(20_000), 1, false).await;
-        through_runtime(messages.min(20_000), 16, true).await;
+        let _ = bare(messages.min(20_000), 1, false).await;
+        let _ = through_runtime(messages.min(20_000), 16, true).await;
         for (concurrency, keyed) in [(1, false), (8, false), (16, true)] {
             if !only.is_empty() && !only.contains(&concurrency) {
                 continue;
@@ -146,19 +168,34 @@ fn main() {
             } else {
                 format!("runtime c={concurrency}")
             };
-            let rounds = interleaved(ROUNDS, |side| async move {
-                let elapsed = match side {
-                    Side::Raw => bare(messages, concurrency, keyed).await,
-                    Side::Courier => through_runtime(messages, concurrency, keyed).await,
-                };
-                rate(messages, elapsed)
+            let per_cpu = RefCell::new(Rounds::default());
+            let rounds = interleaved(ROUNDS, |side| {
+                let per_cpu = &per_cpu;
+                async move {
+                    let took = match side {
+                        Side::Raw => bare(messages, concurrency, keyed).await,
+                        Side::Courier => through_runtime(messages, concurrency, keyed).await,
+                    };
+                    let mut per_cpu = per_cpu.borrow_mut();
+                    match side {
+                        Side::Raw => per_cpu.raw.push(rate(messages, took.cpu)),
+                        Side::Courier => per_cpu.courier.push(rate(messages, took.cpu)),
+                    }
+                    rate(messages, took.wall)
+                }
             })
             .await;
+            let per_cpu = per_cpu.into_inner();
             // Throughput ratio below 1: the overhead is its inverse minus 1.
             println!(
                 "{case}: overhead {:+.1} % ({:.0} ns a message)",
                 (1.0 / rounds.ratio() - 1.0) * 100.0,
                 (1.0 / rounds.courier_median() - 1.0 / rounds.raw_median()) * 1e9
+            );
+            println!(
+                "{case}, CPU time: overhead {:+.1} % ({:.0} ns a message)",
+                (1.0 / per_cpu.ratio() - 1.0) * 100.0,
+                (1.0 / per_cpu.courier_median() - 1.0 / per_cpu.raw_median()) * 1e9
             );
             report.push(Row::new(
                 "memory",
@@ -166,6 +203,13 @@ fn main() {
                 PAYLOAD.len(),
                 Unit::MessagesPerSecond,
                 &rounds,
+            ));
+            report.push(Row::new(
+                "memory",
+                format!("{case} cpu"),
+                PAYLOAD.len(),
+                Unit::MessagesPerSecond,
+                &per_cpu,
             ));
         }
     });

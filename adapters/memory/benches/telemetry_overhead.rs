@@ -34,6 +34,10 @@
 //!   which is then carried, cloned and read with it. That header is work
 //!   telemetry off does not do at all.
 //!
+//! Each case has a second row, `<case> cpu`: messages per second of the
+//! process's CPU time (the round's thread does all the work), which a busy machine moves far less than
+//! wall-clock rates.
+//!
 //! Once a scoped subscriber has existed, `tracing` asks the current
 //! dispatcher at every span site instead of remembering that nobody
 //! listens, so the no-subscriber cases cost a little more in a run that
@@ -50,10 +54,12 @@ use courier_core::runtime::{self, Consumer, RetryPolicy};
 use courier_core::telemetry::{TRACEPARENT, TraceContext};
 use courier_core::{Message, Subscription, telemetry};
 use courier_memory::{MemoryBroker, MemoryConfig};
-use courier_testkit::bench::{Report, Row, Side, Unit, interleaved};
+use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
 use tokio::sync::Notify;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
+
+mod cpu_time;
 
 const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
@@ -78,8 +84,9 @@ impl Case {
     }
 }
 
-/// Publishes and consumes `messages`; returns messages per second.
-fn run(case: Case, side: Side, messages: usize) -> f64 {
+/// Publishes and consumes `messages`; returns messages per second of
+/// wall-clock time and of CPU time.
+fn run(case: Case, side: Side, messages: usize) -> (f64, f64) {
     telemetry::set_enabled(side == Side::Courier);
     let _subscriber = match (side, case) {
         (Side::Courier, Case::DroppingSubscriber) => Some(tracing::subscriber::set_default(
@@ -98,6 +105,7 @@ fn run(case: Case, side: Side, messages: usize) -> f64 {
         let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0)).into_broker();
         let sub = Subscription::new("bench", "bench");
         broker.provision(&sub).await.expect("provision");
+        let cpu = cpu_time::used();
         let started = Instant::now();
         let publish = async {
             for _ in 0..messages {
@@ -139,9 +147,10 @@ fn run(case: Case, side: Side, messages: usize) -> f64 {
             tokio::task::yield_now().await;
         }
         let elapsed = started.elapsed();
+        let cpu = cpu_time::used() - cpu;
         shutdown.shutdown();
         task.await.expect("consumer task").expect("consumer");
-        messages as f64 / elapsed.as_secs_f64()
+        (rate(messages, elapsed), rate(messages, cpu))
     })
 }
 
@@ -178,10 +187,16 @@ fn main() {
     for &case in cases {
         // Each round builds a runtime of its own: drive the rounds from
         // outside any runtime.
+        let mut per_cpu = Rounds::default();
         let rounds = driver.block_on(interleaved(ROUNDS, |side| {
-            std::future::ready(std::thread::scope(|s| {
+            let (wall, cpu) = std::thread::scope(|s| {
                 s.spawn(|| run(case, side, messages)).join().expect("round")
-            }))
+            });
+            match side {
+                Side::Raw => per_cpu.raw.push(cpu),
+                Side::Courier => per_cpu.courier.push(cpu),
+            }
+            std::future::ready(wall)
         }));
         println!(
             "{}: overhead {:+.1} % ({:.0} ns a message)",
@@ -189,12 +204,25 @@ fn main() {
             (1.0 / rounds.ratio() - 1.0) * 100.0,
             (1.0 / rounds.courier_median() - 1.0 / rounds.raw_median()) * 1e9
         );
+        println!(
+            "{}, CPU time: overhead {:+.1} % ({:.0} ns a message)",
+            case.label(),
+            (1.0 / per_cpu.ratio() - 1.0) * 100.0,
+            (1.0 / per_cpu.courier_median() - 1.0 / per_cpu.raw_median()) * 1e9
+        );
         report.push(Row::new(
             "memory",
             case.label(),
             PAYLOAD.len(),
             Unit::MessagesPerSecond,
             &rounds,
+        ));
+        report.push(Row::new(
+            "memory",
+            format!("{} cpu", case.label()),
+            PAYLOAD.len(),
+            Unit::MessagesPerSecond,
+            &per_cpu,
         ));
     }
     telemetry::set_enabled(true);
