@@ -18,16 +18,18 @@
 //! within what the prefetch can hold; the bench exits with an error if it
 //! grows by more than 16 MiB.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use courier_core::runtime::{self, Consumer, RetryPolicy};
+use courier_core::runtime::{Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
 use courier_memory::{MemoryBroker, MemoryConfig};
 use futures::StreamExt;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use tokio::sync::Notify;
+
+mod common;
+
+use common::{Counting, message_count, multi_thread};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
@@ -83,20 +85,6 @@ async fn loaded_broker(messages: usize, keyed: bool) -> (Broker, Subscription) {
     (broker, sub)
 }
 
-/// A no-op raw handler that counts, and wakes `last` at the `messages`th.
-fn counting_handler(
-    messages: usize,
-    seen: Arc<AtomicU64>,
-    last: Arc<Notify>,
-) -> impl runtime::Handler {
-    runtime::raw(move |_message| {
-        if seen.fetch_add(1, Ordering::Relaxed) + 1 == messages as u64 {
-            last.notify_one();
-        }
-        std::future::ready(Ok(()))
-    })
-}
-
 /// Heap allocations per consumed message.
 async fn allocations(case: Case) -> f64 {
     let keyed = matches!(case, Case::Runtime { keyed: true, .. });
@@ -111,16 +99,14 @@ async fn allocations(case: Case) -> f64 {
             }
         }
         Case::Runtime { concurrency, .. } => {
-            let seen = Arc::new(AtomicU64::new(0));
-            let last = Arc::new(Notify::new());
-            let consumer =
-                Consumer::builder(&broker, sub, counting_handler(COUNTED, seen, last.clone()))
-                    .concurrency(concurrency)
-                    .retry(RetryPolicy::none())
-                    .start()
-                    .await
-                    .expect("start");
-            last.notified().await;
+            let (counting, handler) = Counting::handler(COUNTED);
+            let consumer = Consumer::builder(&broker, sub, handler)
+                .concurrency(concurrency)
+                .retry(RetryPolicy::none())
+                .start()
+                .await
+                .expect("start");
+            counting.last.notified().await;
             while consumer.metrics().snapshot().handled < COUNTED as u64 {
                 tokio::task::yield_now().await;
             }
@@ -146,22 +132,17 @@ fn resident_bytes() -> i64 {
 async fn resident_over_run(messages: usize) -> Vec<(usize, i64)> {
     let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0)).into_broker();
     let sub = Subscription::new("bench", "bench");
-    let seen = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(Notify::new());
-    let consumer = Consumer::builder(
-        &broker,
-        sub,
-        counting_handler(messages, seen.clone(), last.clone()),
-    )
-    .concurrency(16)
-    .retry(RetryPolicy::none())
-    .start()
-    .await
-    .expect("start");
+    let (counting, handler) = Counting::handler(messages);
+    let consumer = Consumer::builder(&broker, sub, handler)
+        .concurrency(16)
+        .retry(RetryPolicy::none())
+        .start()
+        .await
+        .expect("start");
     let tenth = (messages / 10).max(BATCH);
     let mut samples = vec![(0, resident_bytes())];
     for start in (0..messages).step_by(BATCH) {
-        while seen.load(Ordering::Relaxed) + (2 * BATCH) as u64 <= start as u64 {
+        while counting.seen.load(Ordering::Relaxed) + (2 * BATCH) as u64 <= start as u64 {
             tokio::task::yield_now().await;
         }
         let batch = (start..(start + BATCH).min(messages))
@@ -172,22 +153,15 @@ async fn resident_over_run(messages: usize) -> Vec<(usize, i64)> {
             samples.push((start + BATCH, resident_bytes()));
         }
     }
-    last.notified().await;
+    counting.last.notified().await;
     samples.push((messages, resident_bytes()));
     consumer.shutdown().await.expect("shutdown");
     samples
 }
 
 fn main() {
-    let messages: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.replace('_', "").parse().ok())
-        .unwrap_or(1_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let messages = message_count(1_000_000);
+    let rt = multi_thread(2);
     println!(
         "heap allocations per consumed message (courier-memory, {COUNTED} messages of {} bytes, \
          no-op handler)",

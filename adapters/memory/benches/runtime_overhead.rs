@@ -23,8 +23,6 @@
 //! against a bare loop over the same keyed messages).
 
 use std::cell::RefCell;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_core::runtime::{self, Consumer, RetryPolicy};
@@ -32,9 +30,10 @@ use courier_core::{Broker, Message, Subscription};
 use courier_memory::{MemoryBroker, MemoryConfig};
 use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
-use tokio::sync::Notify;
 
-mod cpu_time;
+mod common;
+
+use common::{Counting, cpu_used, message_count, multi_thread};
 
 const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
@@ -79,7 +78,7 @@ struct Took {
 /// Consumes `messages` with a bare loop and returns how long it took.
 async fn bare(messages: usize, concurrency: usize, keyed: bool) -> Took {
     let (broker, sub) = loaded_broker(messages, keyed).await;
-    let cpu = cpu_time::used();
+    let cpu = cpu_used();
     let start = Instant::now();
     let task = tokio::spawn(async move {
         let mut stream = broker
@@ -94,41 +93,31 @@ async fn bare(messages: usize, concurrency: usize, keyed: bool) -> Took {
     task.await.expect("bare loop");
     Took {
         wall: start.elapsed(),
-        cpu: cpu_time::used() - cpu,
+        cpu: cpu_used() - cpu,
     }
 }
 
 /// Consumes `messages` with the runtime and returns how long it took.
 async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> Took {
     let (broker, sub) = loaded_broker(messages, keyed).await;
-    let seen = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(Notify::new());
-    let handler = {
-        let (seen, last) = (seen.clone(), last.clone());
-        runtime::raw(move |_message| {
-            if seen.fetch_add(1, Ordering::Relaxed) + 1 == messages as u64 {
-                last.notify_one();
-            }
-            std::future::ready(Ok(()))
-        })
-    };
+    let (counting, handler) = Counting::handler(messages);
     let consumer = Consumer::builder(&broker, sub, handler)
         .concurrency(concurrency)
         .retry(RetryPolicy::none())
         .build();
     let metrics = consumer.metrics();
     let shutdown = consumer.shutdown_handle();
-    let cpu = cpu_time::used();
+    let cpu = cpu_used();
     let start = Instant::now();
     let task = tokio::spawn(consumer.run());
-    last.notified().await;
+    counting.last.notified().await;
     // The last ack follows the last handler call closely.
     while metrics.snapshot().handled < messages as u64 {
         tokio::task::yield_now().await;
     }
     let took = Took {
         wall: start.elapsed(),
-        cpu: cpu_time::used() - cpu,
+        cpu: cpu_used() - cpu,
     };
     shutdown.shutdown();
     task.await.expect("consumer task").expect("consumer");
@@ -136,21 +125,14 @@ async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> To
 }
 
 fn main() {
-    let messages: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.replace('_', "").parse().ok())
-        .unwrap_or(200_000);
+    let messages = message_count(200_000);
     // `c1`, `c8`, `c16`: only these concurrencies.
     let only: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.strip_prefix('c').and_then(|c| c.parse().ok()))
         .collect();
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = multi_thread(workers);
     let mut report = Report::new(&format!(
         "runtime overhead on courier-memory: {messages} messages, no-op handler, {workers} worker \
          threads, raw = bare subscribe+ack loop, median of {ROUNDS} interleaved rounds"

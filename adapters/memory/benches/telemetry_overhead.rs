@@ -46,20 +46,19 @@
 //! Each round runs on a current-thread runtime of its own, so the scoped
 //! subscriber sees every task.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use courier_core::runtime::{self, Consumer, RetryPolicy};
+use courier_core::runtime::{Consumer, RetryPolicy};
 use courier_core::telemetry::{TRACEPARENT, TraceContext};
 use courier_core::{Message, Subscription, telemetry};
 use courier_memory::{MemoryBroker, MemoryConfig};
 use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
-use tokio::sync::Notify;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 
-mod cpu_time;
+mod common;
+
+use common::{Counting, cpu_used, message_count};
 
 const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
@@ -105,7 +104,7 @@ fn run(case: Case, side: Side, messages: usize) -> (f64, f64) {
         let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0)).into_broker();
         let sub = Subscription::new("bench", "bench");
         broker.provision(&sub).await.expect("provision");
-        let cpu = cpu_time::used();
+        let cpu = cpu_used();
         let started = Instant::now();
         let publish = async {
             for _ in 0..messages {
@@ -124,17 +123,7 @@ fn run(case: Case, side: Side, messages: usize) -> (f64, f64) {
             publish.await;
         }
 
-        let seen = Arc::new(AtomicU64::new(0));
-        let last = Arc::new(Notify::new());
-        let handler = {
-            let (seen, last) = (seen.clone(), last.clone());
-            runtime::raw(move |_message| {
-                if seen.fetch_add(1, Ordering::Relaxed) + 1 == messages as u64 {
-                    last.notify_one();
-                }
-                std::future::ready(Ok(()))
-            })
-        };
+        let (counting, handler) = Counting::handler(messages);
         let consumer = Consumer::builder(&broker, sub, handler)
             .concurrency(8)
             .retry(RetryPolicy::none())
@@ -142,12 +131,12 @@ fn run(case: Case, side: Side, messages: usize) -> (f64, f64) {
         let metrics = consumer.metrics();
         let shutdown = consumer.shutdown_handle();
         let task = tokio::spawn(consumer.run());
-        last.notified().await;
+        counting.last.notified().await;
         while metrics.snapshot().handled < messages as u64 {
             tokio::task::yield_now().await;
         }
         let elapsed = started.elapsed();
-        let cpu = cpu_time::used() - cpu;
+        let cpu = cpu_used() - cpu;
         shutdown.shutdown();
         task.await.expect("consumer task").expect("consumer");
         (rate(messages, elapsed), rate(messages, cpu))
@@ -155,10 +144,7 @@ fn run(case: Case, side: Side, messages: usize) -> (f64, f64) {
 }
 
 fn main() {
-    let messages: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.replace('_', "").parse().ok())
-        .unwrap_or(100_000);
+    let messages = message_count(100_000);
     let cases: &[Case] = if std::env::args().any(|a| a == "nosub") {
         &[Case::NoSubscriber, Case::PublishInTrace]
     } else {

@@ -13,17 +13,17 @@
 //! keys), `publish+consume e2e c=1`, and `publish+consume e2e keys=16`
 //! (default concurrency, 16 keys: ordering lanes).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_core::prelude::*;
 use courier_core::runtime::{self, Consumer, DEFAULT_CONCURRENCY, RetryPolicy};
 use courier_core::{Message, Subscription};
 use courier_memory::{MemoryBroker, MemoryConfig};
+mod common;
+
+use common::{Counting, message_count, multi_thread};
 use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
-use tokio::sync::Notify;
 
 const ROUNDS: usize = 5;
 const BATCH: usize = 1_000;
@@ -72,17 +72,7 @@ async fn run(side: Side, messages: usize, concurrency: usize, keyed: bool) -> Du
             consumer.await.expect("consumer");
         }
         Side::Courier => {
-            let seen = Arc::new(AtomicU64::new(0));
-            let last = Arc::new(Notify::new());
-            let handler = {
-                let (seen, last) = (seen.clone(), last.clone());
-                runtime::raw(move |_message| {
-                    if seen.fetch_add(1, Ordering::Relaxed) + 1 == messages as u64 {
-                        last.notify_one();
-                    }
-                    std::future::ready(Ok(()))
-                })
-            };
+            let (counting, handler) = Counting::handler(messages);
             let consumer = Consumer::builder(broker.clone().into_broker(), sub, handler)
                 .concurrency(concurrency)
                 .retry(RetryPolicy::none())
@@ -91,7 +81,7 @@ async fn run(side: Side, messages: usize, concurrency: usize, keyed: bool) -> Du
                 .expect("start");
             started = Instant::now();
             let producer = tokio::spawn(publish_all(broker.clone(), messages, keyed));
-            last.notified().await;
+            counting.last.notified().await;
             while consumer.metrics().snapshot().handled < messages as u64 {
                 tokio::task::yield_now().await;
             }
@@ -108,15 +98,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let messages: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.replace('_', "").parse().ok())
-        .unwrap_or(1_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let messages = message_count(1_000_000);
+    let rt = multi_thread(2);
     let mut report = Report::new(&format!(
         "courier-memory end to end: publish_batch({BATCH}) + consume + ack, {messages} messages \
          of {PAYLOAD} bytes, 2 worker threads, raw = bare subscribe+ack loop, courier = consumer \
