@@ -103,7 +103,7 @@
 //! - **Copies share.** A handler gets its own [`Message`](crate::Message)
 //!   (raw handlers) or [`Meta`] (envelope handlers), but the payload,
 //!   headers and key are shared with the delivery's copy, not duplicated:
-//!   cloning a message allocates nothing.
+//!   cloning a message counts references instead of copying bytes.
 //! - **Lanes cost nothing for keyless messages** and little for keyed
 //!   ones: a key is found in the lane table by a seeded 64-bit hash, and a
 //!   lane is registered only when its message waits, so a keyed message
