@@ -149,7 +149,7 @@ async fn resident_over_run(messages: usize) -> Vec<(usize, i64)> {
             .map(|i| message(i, true))
             .collect();
         broker.publish_batch("bench", batch).await.expect("publish");
-        if (start + BATCH) % tenth == 0 {
+        if (start + BATCH).is_multiple_of(tenth) {
             samples.push((start + BATCH, resident_bytes()));
         }
     }

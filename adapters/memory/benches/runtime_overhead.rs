@@ -133,7 +133,7 @@ fn main() {
         .collect();
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
     let rt = multi_thread(workers);
-    let mut report = Report::new(&format!(
+    let mut report = Report::new(format!(
         "runtime overhead on courier-memory: {messages} messages, no-op handler, {workers} worker \
          threads, raw = bare subscribe+ack loop, median of {ROUNDS} interleaved rounds"
     ));

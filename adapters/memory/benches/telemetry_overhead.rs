@@ -155,7 +155,7 @@ fn main() {
             Case::RegistrySubscriber,
         ]
     };
-    let mut report = Report::new(&format!(
+    let mut report = Report::new(format!(
         "telemetry overhead on courier-memory: {messages} messages of {} bytes published one at \
          a time and consumed by the runtime (concurrency 8, no-op handler), current-thread \
          runtime, raw = telemetry off, courier = telemetry on, median of {ROUNDS} interleaved \

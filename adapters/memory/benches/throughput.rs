@@ -100,7 +100,7 @@ fn main() {
     }
     let messages = message_count(1_000_000);
     let rt = multi_thread(2);
-    let mut report = Report::new(&format!(
+    let mut report = Report::new(format!(
         "courier-memory end to end: publish_batch({BATCH}) + consume + ack, {messages} messages \
          of {PAYLOAD} bytes, 2 worker threads, raw = bare subscribe+ack loop, courier = consumer \
          runtime, median of {ROUNDS} interleaved rounds"
