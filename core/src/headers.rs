@@ -8,9 +8,14 @@
 //! ASCII characters other than `:`; a value is any UTF-8 without `\r` or `\n`
 //! (NATS headers are line-based), and may be empty; all names and values
 //! together take at most [`MAX_TOTAL_LEN`] bytes.
+//!
+//! Headers are shared between clones until one of them is changed (copy on
+//! write), so cloning a message (for a handler, a retry, each group of a
+//! topic) copies no header.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// Prefix of header names reserved for courier itself.
 pub const RESERVED_PREFIX: &str = "courier-";
@@ -49,17 +54,15 @@ pub enum HeaderError {
 /// An ordered map of header names to values with courier's limits enforced.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    map: BTreeMap<String, String>,
+    /// `None` when empty (so equal headers compare equal), shared by clones.
+    map: Option<Arc<BTreeMap<String, String>>>,
     size: usize,
 }
 
 impl Headers {
     /// Empty headers (no allocation).
     pub const fn new() -> Self {
-        Headers {
-            map: BTreeMap::new(),
-            size: 0,
-        }
+        Headers { map: None, size: 0 }
     }
 
     /// Inserts a user header, replacing an earlier value of the same name.
@@ -106,7 +109,7 @@ impl Headers {
         if value.contains(['\r', '\n']) {
             return Err(HeaderError::InvalidValue(name));
         }
-        let old = self.map.get(&name).map_or(0, |v| name.len() + v.len());
+        let old = self.get(&name).map_or(0, |v| name.len() + v.len());
         let size = self.size - old + name.len() + value.len();
         if size > MAX_TOTAL_LEN {
             return Err(HeaderError::TooLarge {
@@ -115,30 +118,35 @@ impl Headers {
             });
         }
         self.size = size;
-        self.map.insert(name, value);
+        Arc::make_mut(self.map.get_or_insert_default()).insert(name, value);
         Ok(())
     }
 
     /// The value of a header.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.map.get(name).map(String::as_str)
+        self.map.as_deref()?.get(name).map(String::as_str)
     }
 
     /// Removes a header and returns its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        let value = self.map.remove(name)?;
+        self.get(name)?;
+        let map = Arc::make_mut(self.map.as_mut()?);
+        let value = map.remove(name)?;
+        if map.is_empty() {
+            self.map = None;
+        }
         self.size -= name.len() + value.len();
         Some(value)
     }
 
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.as_deref().map_or(0, BTreeMap::len)
     }
 
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.is_none()
     }
 
     /// Total bytes of all names and values.
@@ -148,7 +156,10 @@ impl Headers {
 
     /// All headers, in name order, reserved ones included.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.map
+            .iter()
+            .flat_map(|map| map.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// The headers an application set, without courier's reserved ones.
@@ -159,7 +170,7 @@ impl Headers {
 
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.map.iter()).finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -175,6 +186,21 @@ impl<'a> IntoIterator for &'a Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clones_share_until_one_is_changed() {
+        let mut original = Headers::new();
+        original.insert("tenant", "acme").unwrap();
+        let mut copy = original.clone();
+        copy.insert("tenant", "globex").unwrap();
+        assert_eq!(original.get("tenant"), Some("acme"));
+        assert_eq!(copy.get("tenant"), Some("globex"));
+        assert_eq!(copy.remove("tenant").as_deref(), Some("globex"));
+        assert_eq!(copy, Headers::new());
+        assert_eq!((copy.len(), copy.byte_size()), (0, 0));
+        assert_eq!(original.len(), 1);
+        assert_eq!(original.remove("absent"), None);
+    }
 
     #[test]
     fn reserved_names_are_refused() {

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -48,7 +49,8 @@ pub const JSON: &str = "application/json";
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message {
     id: MessageId,
-    key: Option<String>,
+    /// Shared by clones: a message is cloned for each handler attempt.
+    key: Option<Arc<str>>,
     headers: Headers,
     payload: Bytes,
     content_type: Option<Cow<'static, str>>,
@@ -116,7 +118,7 @@ impl Message {
 
     /// Sets the ordering key.
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
+        self.key = Some(key.into().into());
         self
     }
 

@@ -2,43 +2,47 @@
 //! the in-process broker, in one run.
 //!
 //! ```text
-//! cargo bench -p courier-memory --bench runtime_overhead            # 200,000 messages
-//! cargo bench -p courier-memory --bench runtime_overhead -- 1000000 # or any count
-//! cargo bench -p courier-memory --bench runtime_overhead -- c1       # concurrency 1 only
+//! cargo bench -p courier-memory --bench runtime_overhead              # 200,000 messages, 7 rounds
+//! cargo bench -p courier-memory --bench runtime_overhead -- 1000000   # or any count
+//! cargo bench -p courier-memory --bench runtime_overhead -- c1        # only `runtime c=1`
 //! ```
 //!
-//! Each scenario consumes the same number of 64-byte messages that were
+//! Each case consumes the same number of 64-byte messages that were
 //! published before the clock starts; the handler does nothing. The bare
-//! loop uses the prefetch the runtime would choose for the compared
-//! concurrency, so both see the same broker behaviour. Each figure is the
-//! best of several rounds.
+//! loop (the raw side) uses the prefetch the runtime would choose for the
+//! compared concurrency, so both see the same broker behaviour. Figures
+//! are messages per second, medians of interleaved rounds (the raw side
+//! first in even rounds, courier first in odd ones).
+//!
+//! Each case has a second row, `<case> cpu`: messages per second of CPU
+//! time (all threads of the process, from the scheduler's account), which
+//! a busy machine moves far less than wall-clock rates.
+//!
+//! Cases: `runtime c=1` (one message at a time, the dispatch task handles
+//! it), `runtime c=8` (no keys), `runtime c=16 keys=16` (ordering lanes,
+//! against a bare loop over the same keyed messages).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use courier_core::runtime::{self, Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
 use courier_memory::{MemoryBroker, MemoryConfig};
+use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
-use tokio::sync::Notify;
 
-const ROUNDS: usize = 3;
+mod common;
+
+use common::{Counting, cpu_used, message_count, multi_thread};
+
+const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
 const KEYS: usize = 16;
 
-#[derive(Debug, Clone, Copy)]
-enum Scenario {
-    Bare { prefetch: u16, keyed: bool },
-    Runtime { concurrency: usize, keyed: bool },
-}
-
-impl Scenario {
-    fn prefetch(concurrency: usize) -> u16 {
-        u16::try_from(concurrency * 2)
-            .unwrap_or(u16::MAX)
-            .max(runtime::MIN_PREFETCH)
-    }
+fn prefetch(concurrency: usize) -> u16 {
+    u16::try_from(concurrency * 2)
+        .unwrap_or(u16::MAX)
+        .max(runtime::MIN_PREFETCH)
 }
 
 async fn loaded_broker(messages: usize, keyed: bool) -> (Broker, Subscription) {
@@ -64,135 +68,132 @@ async fn loaded_broker(messages: usize, keyed: bool) -> (Broker, Subscription) {
     (broker, sub)
 }
 
-/// Consumes `messages` and returns how long it took.
-async fn consume(scenario: Scenario, messages: usize) -> Duration {
-    let keyed = matches!(
-        scenario,
-        Scenario::Runtime { keyed: true, .. } | Scenario::Bare { keyed: true, .. }
-    );
+/// Wall-clock and CPU time of one run.
+#[derive(Debug, Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// Consumes `messages` with a bare loop and returns how long it took.
+async fn bare(messages: usize, concurrency: usize, keyed: bool) -> Took {
     let (broker, sub) = loaded_broker(messages, keyed).await;
-    match scenario {
-        Scenario::Bare { prefetch, .. } => {
-            let start = Instant::now();
-            let task = tokio::spawn(async move {
-                let mut stream = broker.subscribe(sub.prefetch(prefetch)).await.unwrap();
-                for _ in 0..messages {
-                    let delivery = stream.next().await.expect("open").expect("delivery");
-                    delivery.ack().await.expect("ack");
-                }
-            });
-            task.await.expect("bare loop");
-            start.elapsed()
+    let cpu = cpu_used();
+    let start = Instant::now();
+    let task = tokio::spawn(async move {
+        let mut stream = broker
+            .subscribe(sub.prefetch(prefetch(concurrency)))
+            .await
+            .unwrap();
+        for _ in 0..messages {
+            let delivery = stream.next().await.expect("open").expect("delivery");
+            delivery.ack().await.expect("ack");
         }
-        Scenario::Runtime { concurrency, .. } => {
-            let seen = Arc::new(AtomicU64::new(0));
-            let last = Arc::new(Notify::new());
-            let handler = {
-                let (seen, last) = (seen.clone(), last.clone());
-                runtime::raw(move |_message| {
-                    if seen.fetch_add(1, Ordering::Relaxed) + 1 == messages as u64 {
-                        last.notify_one();
-                    }
-                    std::future::ready(Ok(()))
-                })
-            };
-            let consumer = Consumer::builder(&broker, sub, handler)
-                .concurrency(concurrency)
-                .retry(RetryPolicy::none())
-                .build();
-            let metrics = consumer.metrics();
-            let shutdown = consumer.shutdown_handle();
-            let start = Instant::now();
-            let task = tokio::spawn(consumer.run());
-            last.notified().await;
-            // The last ack follows the last handler call closely.
-            while metrics.snapshot().handled < messages as u64 {
-                tokio::task::yield_now().await;
-            }
-            let elapsed = start.elapsed();
-            shutdown.shutdown();
-            task.await.expect("consumer task").expect("consumer");
-            elapsed
-        }
+    });
+    task.await.expect("bare loop");
+    Took {
+        wall: start.elapsed(),
+        cpu: cpu_used() - cpu,
     }
 }
 
-async fn best_of(scenario: Scenario, messages: usize) -> Duration {
-    let mut best = Duration::MAX;
-    for _ in 0..ROUNDS {
-        best = best.min(consume(scenario, messages).await);
+/// Consumes `messages` with the runtime and returns how long it took.
+async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> Took {
+    let (broker, sub) = loaded_broker(messages, keyed).await;
+    let (counting, handler) = Counting::handler(messages);
+    let consumer = Consumer::builder(&broker, sub, handler)
+        .concurrency(concurrency)
+        .retry(RetryPolicy::none())
+        .build();
+    let metrics = consumer.metrics();
+    let shutdown = consumer.shutdown_handle();
+    let cpu = cpu_used();
+    let start = Instant::now();
+    let task = tokio::spawn(consumer.run());
+    counting.last.notified().await;
+    // The last ack follows the last handler call closely.
+    while metrics.snapshot().handled < messages as u64 {
+        tokio::task::yield_now().await;
     }
-    best
-}
-
-fn rate(messages: usize, elapsed: Duration) -> f64 {
-    messages as f64 / elapsed.as_secs_f64()
+    let took = Took {
+        wall: start.elapsed(),
+        cpu: cpu_used() - cpu,
+    };
+    shutdown.shutdown();
+    task.await.expect("consumer task").expect("consumer");
+    took
 }
 
 fn main() {
-    let messages: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.replace('_', "").parse().ok())
-        .unwrap_or(200_000);
-    // Any other argument picks the concurrencies to run (`-- 1 8` style
-    // numbers are message counts, so concurrencies are given as `c1`, `c8`, `c16`).
+    let messages = message_count(200_000);
+    // `c1`, `c8`, `c16`: only these concurrencies.
     let only: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.strip_prefix('c').and_then(|c| c.parse().ok()))
         .collect();
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    println!(
-        "runtime overhead on courier-memory: {messages} messages of {} bytes, no-op handler, \
-         {workers} worker threads, best of {ROUNDS}",
-        PAYLOAD.len()
-    );
-    println!(
-        "{:<40} {:>10} {:>12} {:>9} {:>12}",
-        "scenario", "time", "msg/s", "vs bare", "ns/msg added"
-    );
+    let rt = multi_thread(workers);
+    let mut report = Report::new(format!(
+        "runtime overhead on courier-memory: {messages} messages, no-op handler, {workers} worker \
+         threads, raw = bare subscribe+ack loop, median of {ROUNDS} interleaved rounds"
+    ));
     rt.block_on(async {
         // Warm up allocator and scheduler.
-        consume(
-            Scenario::Bare {
-                prefetch: 16,
-                keyed: false,
-            },
-            messages.min(20_000),
-        )
-        .await;
+        let _ = bare(messages.min(20_000), 1, false).await;
+        let _ = through_runtime(messages.min(20_000), 16, true).await;
         for (concurrency, keyed) in [(1, false), (8, false), (16, true)] {
             if !only.is_empty() && !only.contains(&concurrency) {
                 continue;
             }
-            let prefetch = Scenario::prefetch(concurrency);
-            let bare = best_of(Scenario::Bare { prefetch, keyed }, messages).await;
-            let run = best_of(Scenario::Runtime { concurrency, keyed }, messages).await;
+            let case = if keyed {
+                format!("runtime c={concurrency} keys={KEYS}")
+            } else {
+                format!("runtime c={concurrency}")
+            };
+            let per_cpu = RefCell::new(Rounds::default());
+            let rounds = interleaved(ROUNDS, |side| {
+                let per_cpu = &per_cpu;
+                async move {
+                    let took = match side {
+                        Side::Raw => bare(messages, concurrency, keyed).await,
+                        Side::Courier => through_runtime(messages, concurrency, keyed).await,
+                    };
+                    let mut per_cpu = per_cpu.borrow_mut();
+                    match side {
+                        Side::Raw => per_cpu.raw.push(rate(messages, took.cpu)),
+                        Side::Courier => per_cpu.courier.push(rate(messages, took.cpu)),
+                    }
+                    rate(messages, took.wall)
+                }
+            })
+            .await;
+            let per_cpu = per_cpu.into_inner();
+            // Throughput ratio below 1: the overhead is its inverse minus 1.
             println!(
-                "{:<40} {:>8.1}ms {:>12.0} {:>9}",
-                format!(
-                    "bare subscribe+ack, prefetch {prefetch}{}",
-                    if keyed { ", keyed" } else { "" }
-                ),
-                bare.as_secs_f64() * 1e3,
-                rate(messages, bare),
-                "-"
+                "{case}: overhead {:+.1} % ({:.0} ns a message)",
+                (1.0 / rounds.ratio() - 1.0) * 100.0,
+                (1.0 / rounds.courier_median() - 1.0 / rounds.raw_median()) * 1e9
             );
             println!(
-                "{:<40} {:>8.1}ms {:>12.0} {:>+8.1}% {:>12.0}",
-                format!(
-                    "Consumer, concurrency {concurrency}{}",
-                    if keyed { ", 16 keys" } else { "" }
-                ),
-                run.as_secs_f64() * 1e3,
-                rate(messages, run),
-                (run.as_secs_f64() / bare.as_secs_f64() - 1.0) * 100.0,
-                (run.as_secs_f64() - bare.as_secs_f64()) * 1e9 / messages as f64
+                "{case}, CPU time: overhead {:+.1} % ({:.0} ns a message)",
+                (1.0 / per_cpu.ratio() - 1.0) * 100.0,
+                (1.0 / per_cpu.courier_median() - 1.0 / per_cpu.raw_median()) * 1e9
             );
+            report.push(Row::new(
+                "memory",
+                &case,
+                PAYLOAD.len(),
+                Unit::MessagesPerSecond,
+                &rounds,
+            ));
+            report.push(Row::new(
+                "memory",
+                format!("{case} cpu"),
+                PAYLOAD.len(),
+                Unit::MessagesPerSecond,
+                &per_cpu,
+            ));
         }
     });
+    report.finish();
 }

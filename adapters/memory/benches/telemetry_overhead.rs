@@ -1,77 +1,101 @@
-//! What courier's telemetry (spans, trace-context headers, metrics) costs
-//! per message on the in-process broker, in one run: telemetry off
-//! ([`courier_core::telemetry::set_enabled`]) against telemetry on with no
-//! `tracing` subscriber, and on with a subscriber that drops every span
-//! (a bare `tracing_subscriber::Registry`). No metrics recorder is
-//! installed, so metrics go to the facade's no-op recorder.
+//! What courier's telemetry (spans, trace context, metrics) costs per
+//! message on the in-process broker when nobody listens, in one run.
 //!
 //! ```text
-//! cargo bench -p courier-memory --bench telemetry_overhead              # 100,000 messages
-//! cargo bench -p courier-memory --bench telemetry_overhead -- 400000    # or any count
-//! cargo bench -p courier-memory --bench telemetry_overhead -- nosub     # without the subscriber scenario
+//! cargo bench -p courier-memory --bench telemetry_overhead             # 100,000 messages, 7 rounds
+//! cargo bench -p courier-memory --bench telemetry_overhead -- 400000   # or any count
+//! cargo bench -p courier-memory --bench telemetry_overhead -- nosub    # without the subscriber cases
 //! ```
+//!
+//! A round publishes the messages one at a time, then a consumer runtime
+//! (concurrency 8, no-op raw handler) consumes them; the figure is
+//! messages per second over both. The raw side runs with telemetry off
+//! ([`courier_core::telemetry::set_enabled`]): no span is created, no
+//! trace context read or written, no metric touched. No metrics recorder
+//! is installed on either side.
+//!
+//! What "off" is compared with, per case:
+//!
+//! - `tracing no-subscriber`: telemetry on, no `tracing` subscriber. The
+//!   messages carry a `traceparent` already on both sides (as messages from
+//!   a traced upstream service do), so both sides move the same bytes and
+//!   the difference is the telemetry work alone: spans, reading the trace
+//!   context and running the handler in it.
+//! - `tracing dropping-subscriber`: the same with a subscriber that drops
+//!   courier's spans (a `tracing_subscriber::Registry` filtered at `WARN`,
+//!   as a service that wants warnings but no spans runs; courier's spans
+//!   are at `INFO`), scoped to the round.
+//! - `tracing registry-subscriber`: the same with a bare
+//!   `tracing_subscriber::Registry`: it enables every span, so the spans
+//!   are really created, entered and closed, and then nothing reads them.
+//! - `publish in trace`: telemetry on, no subscriber, the messages carry
+//!   no `traceparent` and are published inside a trace
+//!   ([`TraceContext::scope`]): each publish writes one into the message,
+//!   which is then carried, cloned and read with it. That header is work
+//!   telemetry off does not do at all.
+//!
+//! Each case has a second row, `<case> cpu`: messages per second of the
+//! process's CPU time (the round's thread does all the work), which a busy machine moves far less than
+//! wall-clock rates.
 //!
 //! Once a scoped subscriber has existed, `tracing` asks the current
 //! dispatcher at every span site instead of remembering that nobody
-//! listens, so "no subscriber" costs a little more in a run that also has
-//! the subscriber scenario; `nosub` measures it alone.
+//! listens, so the no-subscriber cases cost a little more in a run that
+//! also has the subscriber cases; `nosub` runs without them.
 //!
-//! Each round runs every scenario once, in a rotated order (each scenario
-//! goes first in some rounds), on a current-thread runtime so the scoped
-//! subscriber sees every task. A scenario publishes the messages one at a
-//! time inside a trace ([`TraceContext::scope`], as a service handling a
-//! traced request would: a publish span and a `traceparent` written into
-//! each), then a consumer runtime (concurrency 8, no-op handler) consumes
-//! them (the `traceparent` read, a process span, the trace context scope
-//! and an ack span each). The figures are medians over the rounds.
+//! Each round runs on a current-thread runtime of its own, so the scoped
+//! subscriber sees every task.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use courier_core::runtime::{self, Consumer, RetryPolicy};
-use courier_core::telemetry::TraceContext;
+use courier_core::runtime::{Consumer, RetryPolicy};
+use courier_core::telemetry::{TRACEPARENT, TraceContext};
 use courier_core::{Message, Subscription, telemetry};
 use courier_memory::{MemoryBroker, MemoryConfig};
-use tokio::sync::Notify;
+use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+
+mod common;
+
+use common::{Counting, cpu_used, message_count};
 
 const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
+const UPSTREAM: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scenario {
-    Off,
+enum Case {
     NoSubscriber,
     DroppingSubscriber,
+    RegistrySubscriber,
+    PublishInTrace,
 }
 
-impl Scenario {
-    const ALL: [Scenario; 3] = [
-        Scenario::Off,
-        Scenario::NoSubscriber,
-        Scenario::DroppingSubscriber,
-    ];
-
+impl Case {
     fn label(self) -> &'static str {
         match self {
-            Scenario::Off => "telemetry off",
-            Scenario::NoSubscriber => "on, no subscriber",
-            Scenario::DroppingSubscriber => "on, subscriber dropping spans",
+            Case::NoSubscriber => "tracing no-subscriber",
+            Case::DroppingSubscriber => "tracing dropping-subscriber",
+            Case::RegistrySubscriber => "tracing registry-subscriber",
+            Case::PublishInTrace => "publish in trace",
         }
     }
 }
 
-/// Publish and consume times of one scenario's run.
-#[derive(Debug, Clone, Copy)]
-struct Times {
-    publish: Duration,
-    consume: Duration,
-}
-
-fn run(scenario: Scenario, messages: usize) -> Times {
-    telemetry::set_enabled(scenario != Scenario::Off);
-    let _subscriber = (scenario == Scenario::DroppingSubscriber)
-        .then(|| tracing::subscriber::set_default(tracing_subscriber::registry()));
+/// Publishes and consumes `messages`; returns messages per second of
+/// wall-clock time and of CPU time.
+fn run(case: Case, side: Side, messages: usize) -> (f64, f64) {
+    telemetry::set_enabled(side == Side::Courier);
+    let _subscriber = match (side, case) {
+        (Side::Courier, Case::DroppingSubscriber) => Some(tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(LevelFilter::WARN),
+        )),
+        (Side::Courier, Case::RegistrySubscriber) => Some(tracing::subscriber::set_default(
+            tracing_subscriber::registry(),
+        )),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,111 +104,113 @@ fn run(scenario: Scenario, messages: usize) -> Times {
         let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0)).into_broker();
         let sub = Subscription::new("bench", "bench");
         broker.provision(&sub).await.expect("provision");
+        let cpu = cpu_used();
         let started = Instant::now();
-        TraceContext::new_root()
-            .scope(async {
-                for _ in 0..messages {
-                    broker
-                        .publish("bench", Message::new(&PAYLOAD[..]))
-                        .await
-                        .expect("publish");
-                }
-            })
-            .await;
-        let publish = started.elapsed();
-
-        let seen = Arc::new(AtomicU64::new(0));
-        let last = Arc::new(Notify::new());
-        let handler = {
-            let (seen, last) = (seen.clone(), last.clone());
-            runtime::raw(move |_message| {
-                if seen.fetch_add(1, Ordering::Relaxed) + 1 == messages as u64 {
-                    last.notify_one();
-                }
-                std::future::ready(Ok(()))
-            })
+        let publish = async {
+            for _ in 0..messages {
+                let message = Message::new(&PAYLOAD[..]);
+                let message = if case == Case::PublishInTrace {
+                    message
+                } else {
+                    message.with_header(TRACEPARENT, UPSTREAM).expect("header")
+                };
+                broker.publish("bench", message).await.expect("publish");
+            }
         };
+        if case == Case::PublishInTrace {
+            TraceContext::new_root().scope(publish).await;
+        } else {
+            publish.await;
+        }
+
+        let (counting, handler) = Counting::handler(messages);
         let consumer = Consumer::builder(&broker, sub, handler)
             .concurrency(8)
             .retry(RetryPolicy::none())
             .build();
         let metrics = consumer.metrics();
         let shutdown = consumer.shutdown_handle();
-        let started = Instant::now();
         let task = tokio::spawn(consumer.run());
-        last.notified().await;
+        counting.last.notified().await;
         while metrics.snapshot().handled < messages as u64 {
             tokio::task::yield_now().await;
         }
-        let consume = started.elapsed();
+        let elapsed = started.elapsed();
+        let cpu = cpu_used() - cpu;
         shutdown.shutdown();
         task.await.expect("consumer task").expect("consumer");
-        Times { publish, consume }
+        (rate(messages, elapsed), rate(messages, cpu))
     })
 }
 
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-fn per_message(d: Duration, messages: usize) -> f64 {
-    d.as_secs_f64() * 1e9 / messages as f64
-}
-
 fn main() {
-    let messages: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.replace('_', "").parse().ok())
-        .unwrap_or(100_000);
-    println!(
-        "telemetry overhead on courier-memory: {messages} messages of {} bytes, \
-         published one at a time, consumed by the runtime (concurrency 8, no-op handler), \
-         current-thread runtime, median of {ROUNDS} interleaved rounds",
-        PAYLOAD.len()
-    );
-    let scenarios: &[Scenario] = if std::env::args().any(|a| a == "nosub") {
-        &Scenario::ALL[..2]
+    let messages = message_count(100_000);
+    let cases: &[Case] = if std::env::args().any(|a| a == "nosub") {
+        &[Case::NoSubscriber, Case::PublishInTrace]
     } else {
-        &Scenario::ALL
+        &[
+            Case::NoSubscriber,
+            Case::PublishInTrace,
+            Case::DroppingSubscriber,
+            Case::RegistrySubscriber,
+        ]
     };
+    let mut report = Report::new(format!(
+        "telemetry overhead on courier-memory: {messages} messages of {} bytes published one at \
+         a time and consumed by the runtime (concurrency 8, no-op handler), current-thread \
+         runtime, raw = telemetry off, courier = telemetry on, median of {ROUNDS} interleaved \
+         rounds",
+        PAYLOAD.len()
+    ));
     // Warm-up: allocator, callsite registration.
-    for &scenario in scenarios {
-        run(scenario, messages.min(10_000));
+    for &case in cases {
+        run(case, Side::Raw, messages.min(10_000));
+        run(case, Side::Courier, messages.min(10_000));
     }
-    let mut times: Vec<Vec<Times>> = vec![Vec::new(); scenarios.len()];
-    for round in 0..ROUNDS {
-        for offset in 0..scenarios.len() {
-            let index = (round + offset) % scenarios.len();
-            times[index].push(run(scenarios[index], messages));
-        }
+    let driver = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for &case in cases {
+        // Each round builds a runtime of its own: drive the rounds from
+        // outside any runtime.
+        let mut per_cpu = Rounds::default();
+        let rounds = driver.block_on(interleaved(ROUNDS, |side| {
+            let (wall, cpu) = std::thread::scope(|s| {
+                s.spawn(|| run(case, side, messages)).join().expect("round")
+            });
+            match side {
+                Side::Raw => per_cpu.raw.push(cpu),
+                Side::Courier => per_cpu.courier.push(cpu),
+            }
+            std::future::ready(wall)
+        }));
+        println!(
+            "{}: overhead {:+.1} % ({:.0} ns a message)",
+            case.label(),
+            (1.0 / rounds.ratio() - 1.0) * 100.0,
+            (1.0 / rounds.courier_median() - 1.0 / rounds.raw_median()) * 1e9
+        );
+        println!(
+            "{}, CPU time: overhead {:+.1} % ({:.0} ns a message)",
+            case.label(),
+            (1.0 / per_cpu.ratio() - 1.0) * 100.0,
+            (1.0 / per_cpu.courier_median() - 1.0 / per_cpu.raw_median()) * 1e9
+        );
+        report.push(Row::new(
+            "memory",
+            case.label(),
+            PAYLOAD.len(),
+            Unit::MessagesPerSecond,
+            &rounds,
+        ));
+        report.push(Row::new(
+            "memory",
+            format!("{} cpu", case.label()),
+            PAYLOAD.len(),
+            Unit::MessagesPerSecond,
+            &per_cpu,
+        ));
     }
     telemetry::set_enabled(true);
-    let medians: Vec<(Duration, Duration)> = times
-        .iter()
-        .map(|t| {
-            (
-                median(t.iter().map(|t| t.publish).collect()),
-                median(t.iter().map(|t| t.consume).collect()),
-            )
-        })
-        .collect();
-    let (off_publish, off_consume) = medians[0];
-    let off_total = per_message(off_publish + off_consume, messages);
-    println!(
-        "{:<32} {:>12} {:>12} {:>12} {:>14} {:>9}",
-        "scenario", "publish ns", "consume ns", "total ns", "added ns/msg", "vs off"
-    );
-    for (scenario, (publish, consume)) in scenarios.iter().zip(&medians) {
-        let total = per_message(*publish + *consume, messages);
-        println!(
-            "{:<32} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>+8.1}%",
-            scenario.label(),
-            per_message(*publish, messages),
-            per_message(*consume, messages),
-            total,
-            total - off_total,
-            (total / off_total - 1.0) * 100.0,
-        );
-    }
+    report.finish();
 }

@@ -1,51 +1,96 @@
-//! End-to-end throughput of the in-process broker: publish, consume and ack
-//! one million 64-byte messages, with batched and with single publishes.
+//! End-to-end throughput on the in-process broker: a publisher sends
+//! 64-byte messages in batches of 1,000 while a consumer takes and acks
+//! them, for one million messages; the consumer is a bare subscribe-and-ack
+//! loop (the raw side) or the consumer runtime with a no-op handler
+//! (courier). Medians of interleaved rounds.
 //!
-//! `cargo bench -p courier-memory --bench throughput`
+//! ```text
+//! cargo bench -p courier-memory --bench throughput             # 1,000,000 messages, 5 rounds
+//! cargo bench -p courier-memory --bench throughput -- 200000   # or any count
+//! ```
+//!
+//! Cases: `publish+consume e2e` (runtime at its default concurrency, no
+//! keys), `publish+consume e2e c=1`, and `publish+consume e2e keys=16`
+//! (default concurrency, 16 keys: ordering lanes).
 
-use courier_core::prelude::*;
 use std::time::{Duration, Instant};
 
+use courier_core::prelude::*;
+use courier_core::runtime::{self, Consumer, DEFAULT_CONCURRENCY, RetryPolicy};
 use courier_core::{Message, Subscription};
-use courier_memory::MemoryBroker;
+use courier_memory::{MemoryBroker, MemoryConfig};
+mod common;
+
+use common::{Counting, message_count, multi_thread};
+use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
 
-const MESSAGES: usize = 1_000_000;
+const ROUNDS: usize = 5;
 const BATCH: usize = 1_000;
+const PAYLOAD: usize = 64;
+const KEYS: usize = 16;
 
-async fn run(batched: bool) -> Duration {
-    let broker = MemoryBroker::new();
-    let sub = Subscription::new("bench", "bench").prefetch(4096);
-    let mut stream = broker.subscribe(sub).await.expect("subscribe");
-    let payload = bytes::Bytes::from(vec![7u8; 64]);
-    let started = Instant::now();
-    let consumer = tokio::spawn(async move {
-        for _ in 0..MESSAGES {
-            let delivery = stream.next().await.expect("open").expect("delivery");
-            delivery.ack().await.expect("ack");
+async fn publish_all(broker: MemoryBroker, messages: usize, keyed: bool) {
+    let payload = bytes::Bytes::from(vec![7u8; PAYLOAD]);
+    for start in (0..messages).step_by(BATCH) {
+        let batch = (start..(start + BATCH).min(messages))
+            .map(|i| {
+                let message = Message::new(payload.clone());
+                if keyed {
+                    message.with_key(format!("key-{}", i % KEYS))
+                } else {
+                    message
+                }
+            })
+            .collect();
+        broker.publish_batch("bench", batch).await.expect("publish");
+    }
+}
+
+async fn run(side: Side, messages: usize, concurrency: usize, keyed: bool) -> Duration {
+    let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0));
+    let sub = Subscription::new("bench", "bench");
+    let started;
+    match side {
+        Side::Raw => {
+            let prefetch = u16::try_from(concurrency * 2)
+                .unwrap_or(u16::MAX)
+                .max(runtime::MIN_PREFETCH);
+            let mut stream = broker
+                .subscribe(sub.prefetch(prefetch))
+                .await
+                .expect("subscribe");
+            started = Instant::now();
+            let consumer = tokio::spawn(async move {
+                for _ in 0..messages {
+                    let delivery = stream.next().await.expect("open").expect("delivery");
+                    delivery.ack().await.expect("ack");
+                }
+            });
+            let producer = tokio::spawn(publish_all(broker.clone(), messages, keyed));
+            producer.await.expect("producer");
+            consumer.await.expect("consumer");
         }
-    });
-    let publisher = broker.clone();
-    let producer = tokio::spawn(async move {
-        if batched {
-            for _ in 0..MESSAGES / BATCH {
-                let batch = (0..BATCH).map(|_| Message::new(payload.clone())).collect();
-                publisher
-                    .publish_batch("bench", batch)
-                    .await
-                    .expect("publish");
+        Side::Courier => {
+            let (counting, handler) = Counting::handler(messages);
+            let consumer = Consumer::builder(broker.clone().into_broker(), sub, handler)
+                .concurrency(concurrency)
+                .retry(RetryPolicy::none())
+                .start()
+                .await
+                .expect("start");
+            started = Instant::now();
+            let producer = tokio::spawn(publish_all(broker.clone(), messages, keyed));
+            counting.last.notified().await;
+            while consumer.metrics().snapshot().handled < messages as u64 {
+                tokio::task::yield_now().await;
             }
-        } else {
-            for _ in 0..MESSAGES {
-                publisher
-                    .publish("bench", Message::new(payload.clone()))
-                    .await
-                    .expect("publish");
-            }
+            let elapsed = started.elapsed();
+            producer.await.expect("producer");
+            consumer.shutdown().await.expect("shutdown");
+            return elapsed;
         }
-    });
-    producer.await.expect("producer");
-    consumer.await.expect("consumer");
+    }
     started.elapsed()
 }
 
@@ -53,26 +98,38 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    println!(
-        "courier-memory: publish + consume + ack, {MESSAGES} messages of 64 bytes, 2 worker threads"
-    );
-    for (label, batched) in [
-        ("publish_batch(1000)", true),
-        ("publish (one by one)", false),
-    ] {
-        // One warm-up round, then the measured one.
-        runtime.block_on(run(batched));
-        let elapsed = runtime.block_on(run(batched));
-        let rate = MESSAGES as f64 / elapsed.as_secs_f64();
-        println!(
-            "  {label:<22} {:>8.0} ms  {:>12.0} msg/s",
-            elapsed.as_secs_f64() * 1e3,
-            rate
-        );
-    }
+    let messages = message_count(1_000_000);
+    let rt = multi_thread(2);
+    let mut report = Report::new(format!(
+        "courier-memory end to end: publish_batch({BATCH}) + consume + ack, {messages} messages \
+         of {PAYLOAD} bytes, 2 worker threads, raw = bare subscribe+ack loop, courier = consumer \
+         runtime, median of {ROUNDS} interleaved rounds"
+    ));
+    rt.block_on(async {
+        run(
+            Side::Courier,
+            messages.min(100_000),
+            DEFAULT_CONCURRENCY,
+            false,
+        )
+        .await;
+        for (case, concurrency, keyed) in [
+            ("publish+consume e2e", DEFAULT_CONCURRENCY, false),
+            ("publish+consume e2e c=1", 1, false),
+            ("publish+consume e2e keys=16", DEFAULT_CONCURRENCY, true),
+        ] {
+            let rounds = interleaved(ROUNDS, |side| async move {
+                rate(messages, run(side, messages, concurrency, keyed).await)
+            })
+            .await;
+            report.push(Row::new(
+                "memory",
+                case,
+                PAYLOAD,
+                Unit::MessagesPerSecond,
+                &rounds,
+            ));
+        }
+    });
+    report.finish();
 }

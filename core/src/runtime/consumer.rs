@@ -1,6 +1,5 @@
 //! The consumer: a handler run over a subscription.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::{BoxHandler, Handler, SharedLayer};
+use super::lanes::LaneIds;
 use super::middleware::{CatchPanic, Layer};
 use super::resubscribe::{Resubscribe, resubscribing};
 use super::retry::RetryPolicy;
@@ -228,10 +228,15 @@ impl ConsumerBuilder {
             ordered_by_key: self.ordered_by_key,
             serial: self.concurrency == 1,
             slots: Arc::new(Semaphore::new(self.concurrency)),
-            lanes: Mutex::new(HashMap::new()),
+            lanes: Mutex::default(),
+            lane_ids: LaneIds::default(),
             stop,
             abort: CancellationToken::new(),
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(if self.concurrency == 1 {
+                Counters::single_writer()
+            } else {
+                Counters::default()
+            }),
             telemetry: ConsumerTelemetry::new(
                 self.subscriber.messaging_system(),
                 self.subscription.topic().into(),

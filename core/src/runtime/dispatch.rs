@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::task::TaskTracker;
 
+use super::lanes::LaneId;
 use super::process::{process, requeue};
 use super::shared::Shared;
-use super::stats::Counters;
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::pubsub::DeliveryStream;
@@ -56,7 +56,7 @@ pub(crate) async fn run(
             Some(Some(Err(error))) => break Err(error),
             Some(None) => break Ok(()),
         };
-        Counters::add(&shared.counters.in_flight);
+        shared.counters.add(&shared.counters.in_flight);
         if !shared.serial && shared.ordered_by_key && delivery.message().key().is_some() {
             dispatch_keyed(&shared, &tasks, delivery).await;
             continue;
@@ -102,14 +102,20 @@ pub(crate) async fn run(
 /// over a bare receive loop. The price: a handler that computes for long
 /// before its first wait holds up dispatching meanwhile (such work belongs
 /// in `spawn_blocking` anyway).
-async fn start<O: Send + 'static>(
+///
+/// The job goes to the heap before anything else, so it is copied once:
+/// the returned future holds only the box, not the job itself.
+fn start<O: Send + 'static>(
     tasks: &TaskTracker,
     job: impl Future<Output = O> + Send + 'static,
-) {
+) -> impl Future<Output = ()> + '_ {
     let mut job = Box::pin(job);
-    let finished = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx).is_ready())).await;
-    if !finished {
-        tasks.spawn(job);
+    async move {
+        let finished =
+            std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx).is_ready())).await;
+        if !finished {
+            tasks.spawn(job);
+        }
     }
 }
 
@@ -121,16 +127,16 @@ async fn start<O: Send + 'static>(
 /// whose message finishes at once is never registered at all.
 async fn dispatch_keyed(shared: &Arc<Shared>, tasks: &TaskTracker, delivery: Delivery) {
     let key = delivery.message().key().expect("keyed delivery");
-    if let Some(queue) = shared.lock_lanes().get_mut(key) {
+    let lane_id = shared.lane_ids.of(key);
+    if let Some(queue) = shared.lock_lanes().get_mut(&lane_id) {
         queue.push_back(delivery);
         return;
     }
-    let key: Arc<str> = Arc::from(key);
-    let mut lane = Box::pin(run_lane(shared.clone(), key.clone(), delivery));
+    let mut lane = Box::pin(run_lane(shared.clone(), lane_id, delivery));
     let finished = std::future::poll_fn(|cx| Poll::Ready(lane.as_mut().poll(cx).is_ready())).await;
     if !finished {
         let mut lanes = shared.lock_lanes();
-        lanes.insert(key, VecDeque::new());
+        lanes.insert(lane_id, VecDeque::new());
         shared.counters.set_lanes(lanes.len());
         drop(lanes);
         tasks.spawn(lane);
@@ -138,40 +144,40 @@ async fn dispatch_keyed(shared: &Arc<Shared>, tasks: &TaskTracker, delivery: Del
 }
 
 /// Removes a key's lane, returning what was queued in it.
-fn take_lane(shared: &Shared, key: &str) -> Option<VecDeque<Delivery>> {
+fn take_lane(shared: &Shared, lane_id: LaneId) -> Option<VecDeque<Delivery>> {
     let mut lanes = shared.lock_lanes();
-    let queue = lanes.remove(key);
+    let queue = lanes.remove(&lane_id);
     shared.counters.set_lanes(lanes.len());
     queue
 }
 
 /// Handles one key's deliveries one at a time, in arrival order (a retrying
 /// delivery holds the lane), until the lane is empty or the shutdown starts.
-async fn run_lane(shared: Arc<Shared>, key: Arc<str>, first: Delivery) {
+async fn run_lane(shared: Arc<Shared>, lane_id: LaneId, first: Delivery) {
     let mut next = first;
     loop {
         if let Some(unstarted) = process(&*shared, next, None).await {
             // Shutdown: give back this delivery and the ones behind it. The
             // last is nacked first, so brokers that requeue at the head of
             // the queue (the in-process one) keep the key's order.
-            let mut rest = take_lane(&shared, &key).unwrap_or_default();
+            let mut rest = take_lane(&shared, lane_id).unwrap_or_default();
             rest.push_front(unstarted);
             requeue(&shared, rest.into_iter().rev()).await;
             // Registered while the requeue waited? The dispatcher stops
             // with the trigger, so that lane holds nothing or next to it.
-            if let Some(late) = take_lane(&shared, &key) {
+            if let Some(late) = take_lane(&shared, lane_id) {
                 requeue(&shared, late.into_iter().rev()).await;
             }
             return;
         }
         let mut lanes = shared.lock_lanes();
-        let Some(queue) = lanes.get_mut(&*key) else {
+        let Some(queue) = lanes.get_mut(&lane_id) else {
             return; // never registered: finished on the dispatcher
         };
         match queue.pop_front() {
             Some(delivery) => next = delivery,
             None => {
-                lanes.remove(&*key);
+                lanes.remove(&lane_id);
                 shared.counters.set_lanes(lanes.len());
                 return;
             }

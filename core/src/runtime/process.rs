@@ -5,10 +5,12 @@
 //! dead-lettering live in boxed futures of their own, allocated only when
 //! an attempt fails.
 
+use std::future::Future;
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
-use std::time::{Instant, SystemTime};
+use std::task::Poll;
+use std::time::SystemTime;
 
 use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -21,7 +23,6 @@ use super::shared::Shared;
 const DEFERRAL: std::time::Duration = std::time::Duration::from_millis(100);
 use super::handler::Handler;
 use super::request::Request;
-use super::stats::Counters;
 use crate::delivery::{DeadLetter, Delivery, Nack};
 use crate::message::MessageId;
 use crate::telemetry::Traced;
@@ -130,24 +131,31 @@ async fn attempt(
     traced: &Traced,
 ) -> Option<HandlerResult> {
     let counters = &shared.counters;
-    Counters::add(&counters.running);
+    counters.add(&counters.running);
     let request = Request::new(delivery.message(), &shared.topic, &shared.group)
         .with_attempt(attempt)
         .with_delivery_count(delivery.delivery_count());
     let call = AssertUnwindSafe(traced.instrument(shared.handler.call(request))).catch_unwind();
-    let started = Instant::now();
-    let outcome = tokio::select! {
-        biased;
-        outcome = call => Some(outcome.unwrap_or_else(|payload| {
+    let started = shared.telemetry.attempt_started();
+    tokio::pin!(call);
+    // Most attempts finish on their first poll; only one that waits needs
+    // to watch the shutdown deadline too.
+    let outcome = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        Poll::Ready(outcome) => Some(outcome),
+        Poll::Pending => tokio::select! {
+            biased;
+            outcome = &mut call => Some(outcome),
+            () = shared.abort.cancelled() => None,
+        },
+    }
+    .map(|outcome| {
+        outcome.unwrap_or_else(|payload| {
             Err(HandlerError::transient(Panicked::from_payload(&*payload)))
-        })),
-        () = shared.abort.cancelled() => None,
-    };
-    Counters::sub(&counters.running);
+        })
+    });
+    counters.sub(&counters.running);
     if let Some(result) = &outcome {
-        shared
-            .telemetry
-            .attempt_finished(started.elapsed(), result.is_err());
+        shared.telemetry.attempt_finished(started, result.is_err());
     }
     drop(slot);
     outcome
@@ -160,7 +168,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, t
     let mut failures = Failures::now();
     let mut error = first_error;
     let mut attempts = 1u32;
-    Counters::add(&counters.failed);
+    counters.add(&counters.failed);
     loop {
         let delay = match error.kind() {
             FailureKind::Permanent => break,
@@ -174,7 +182,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, t
                     .map_or(backoff, |hint| hint.max(backoff))
             }
         };
-        Counters::add(&counters.retried);
+        counters.add(&counters.retried);
         shared.telemetry.retried();
         tracing::debug!(
             topic = %shared.topic, id = %delivery.message().id(), attempt = attempts, ?delay,
@@ -202,7 +210,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, t
         match attempt(shared, &delivery, attempts, slot, traced).await {
             Some(Ok(())) => return settle(shared, delivery, Settle::Ack, Some(traced)).await,
             Some(Err(next)) => {
-                Counters::add(&counters.failed);
+                counters.add(&counters.failed);
                 failures.last = SystemTime::now();
                 error = next;
             }
@@ -266,16 +274,16 @@ async fn settle(shared: &Shared, delivery: Delivery, how: Settle, traced: Option
 fn record(shared: &Shared, outcome: crate::Result<()>, counter: &AtomicU64, id: &MessageId) {
     let counters = &shared.counters;
     match outcome {
-        Ok(()) => Counters::add(counter),
+        Ok(()) => counters.add(counter),
         Err(error) => {
-            Counters::add(&counters.settle_errors);
+            counters.add(&counters.settle_errors);
             tracing::warn!(
                 topic = %shared.topic, %id, %error,
                 "settling a delivery failed; it will come back"
             );
         }
     }
-    Counters::sub(&counters.in_flight);
+    counters.sub(&counters.in_flight);
 }
 
 /// Gives deliveries back unhandled, in the order given.

@@ -1,7 +1,6 @@
 //! What every task of a running consumer shares: the handler, the slots,
 //! the ordering lanes, the shutdown triggers and the counters.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -9,9 +8,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::BoxHandler;
+use super::lanes::{LaneIds, LaneTable};
 use super::retry::RetryPolicy;
 use super::stats::Counters;
-use crate::delivery::Delivery;
 use crate::telemetry::{ConsumerTelemetry, LagReport};
 
 /// What every task of a running consumer shares.
@@ -27,7 +26,9 @@ pub(crate) struct Shared {
     /// One permit per handler attempt allowed to run.
     pub(crate) slots: Arc<Semaphore>,
     /// Per key: the deliveries waiting behind the one being handled.
-    pub(crate) lanes: Mutex<HashMap<Arc<str>, VecDeque<Delivery>>>,
+    pub(crate) lanes: Mutex<LaneTable>,
+    /// Which lane a key belongs to.
+    pub(crate) lane_ids: LaneIds,
     /// Phase 1 of the shutdown: take nothing more.
     pub(crate) stop: Stop,
     /// Phase 2's deadline passed: cancel what runs.
@@ -73,7 +74,7 @@ impl Stop {
 }
 
 impl Shared {
-    pub(crate) fn lock_lanes(&self) -> MutexGuard<'_, HashMap<Arc<str>, VecDeque<Delivery>>> {
+    pub(crate) fn lock_lanes(&self) -> MutexGuard<'_, LaneTable> {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

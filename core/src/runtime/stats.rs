@@ -31,6 +31,11 @@ pub struct ConsumerStats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Only one task ever changes the numbers (a consumer of concurrency
+    /// 1 handles everything on its dispatch task): they are then changed
+    /// by a plain load and store instead of a locked read-modify-write.
+    /// Readers on other threads see each value whole either way.
+    single_writer: bool,
     pub(crate) in_flight: AtomicU64,
     pub(crate) running: AtomicU64,
     pub(crate) lanes_active: AtomicU64,
@@ -43,12 +48,28 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counters changed by one task only; see `single_writer`.
+    pub(crate) fn single_writer() -> Self {
+        Counters {
+            single_writer: true,
+            ..Counters::default()
+        }
     }
 
-    pub(crate) fn sub(counter: &AtomicU64) {
-        counter.fetch_sub(1, Ordering::Relaxed);
+    pub(crate) fn add(&self, counter: &AtomicU64) {
+        if self.single_writer {
+            counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        } else {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn sub(&self, counter: &AtomicU64) {
+        if self.single_writer {
+            counter.store(counter.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Sets the lane gauge; called with the lane table locked.

@@ -2,13 +2,13 @@
 //! delivery, a settle span per ack or nack, and the consumer instruments.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use tracing::instrument::Instrumented;
 
 use super::lag_report::{LagReport, LastLag, spawn_reporter};
 use super::metrics as names;
@@ -32,6 +32,9 @@ pub(crate) struct ConsumerTelemetry {
     message_age: Histogram,
     lag: Gauge,
     last_lag: Arc<LastLag>,
+    /// A recorder was installed when the instruments were registered; if
+    /// not, they are no-ops for good and no clock is read for them.
+    recorded: bool,
 }
 
 impl ConsumerTelemetry {
@@ -66,6 +69,7 @@ impl ConsumerTelemetry {
             message_age: ::metrics::histogram!(names::MESSAGE_AGE, with(&[])),
             lag: ::metrics::gauge!(names::LAG, with(&[])),
             last_lag: Arc::default(),
+            recorded: super::recorder::installed(),
             topic,
             group,
         }
@@ -82,9 +86,11 @@ impl ConsumerTelemetry {
             };
         }
         let message = delivery.message();
-        self.consumed.increment(1);
-        self.message_age.record(age(message));
-        self.in_flight.increment(1.0);
+        if self.recorded {
+            self.consumed.increment(1);
+            self.message_age.record(age(message));
+            self.in_flight.increment(1.0);
+        }
         let received = TraceContext::from_message(message);
         let span = self.process_span(delivery);
         #[cfg(feature = "otel")]
@@ -95,7 +101,7 @@ impl ConsumerTelemetry {
         Traced {
             span,
             context: Some(context),
-            in_flight: Some(self.in_flight.clone()),
+            in_flight: self.recorded.then(|| self.in_flight.clone()),
         }
     }
 
@@ -145,11 +151,18 @@ impl ConsumerTelemetry {
         self.last_lag.get()
     }
 
-    /// One handler attempt took `took`; `failed` tells how it ended.
-    pub(crate) fn attempt_finished(&self, took: Duration, failed: bool) {
-        if !super::is_enabled() {
+    /// When a handler attempt starts, if its duration is recorded.
+    pub(crate) fn attempt_started(&self) -> Option<Instant> {
+        (self.recorded && super::is_enabled()).then(Instant::now)
+    }
+
+    /// One handler attempt that began at `started` (from
+    /// [`attempt_started`](Self::attempt_started)) ended; `failed` tells how.
+    pub(crate) fn attempt_finished(&self, started: Option<Instant>, failed: bool) {
+        let Some(started) = started else {
             return;
-        }
+        };
+        let took = started.elapsed();
         if failed {
             self.process_failed.record(took);
         } else {
@@ -216,9 +229,32 @@ pub(crate) struct Traced {
 
 impl Traced {
     /// `future` (a handler call) run inside the process span, with the
-    /// delivery's trace context current.
-    pub(crate) fn instrument<F: Future>(&self, future: F) -> Instrumented<Scoped<F>> {
-        scoped(self.context.clone(), future).instrument(self.span.clone())
+    /// delivery's trace context current. The span is borrowed, not cloned:
+    /// a clone and its drop are two calls into the subscriber per attempt.
+    pub(crate) fn instrument<F: Future>(&self, future: F) -> InSpan<'_, Scoped<F>> {
+        InSpan {
+            span: &self.span,
+            inner: scoped(self.context.clone(), future),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled inside a span it borrows.
+    pub(crate) struct InSpan<'s, F> {
+        span: &'s tracing::Span,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for InSpan<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        this.inner.poll(cx)
     }
 }
 

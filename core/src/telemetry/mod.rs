@@ -107,6 +107,7 @@ pub mod metrics;
 #[cfg(feature = "otel")]
 mod otel;
 mod publish;
+pub(crate) mod recorder;
 mod trace_context;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -52,13 +52,15 @@ where
         }
     }
     let count = messages.len();
-    let started = Instant::now();
+    let started = super::recorder::installed().then(Instant::now);
     let outcome = send(messages).instrument(span.clone()).await;
     if let Err(error) = &outcome {
         span.record("error.type", super::metrics::error_type(error));
         span.record("otel.status_code", "ERROR");
     }
-    super::metrics::record_publish(system, topic, count, started.elapsed(), &outcome);
+    if let Some(started) = started {
+        super::metrics::record_publish(system, topic, count, started.elapsed(), &outcome);
+    }
     outcome
 }
 

@@ -36,7 +36,9 @@ pub const TRACESTATE: &str = "tracestate";
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TraceContext {
-    trace_id: u128,
+    /// High and low halves: kept 8-aligned rather than as a `u128`, so a
+    /// context (held per delivery by the runtime) takes 48 bytes, not 64.
+    trace_id: [u64; 2],
     span_id: u64,
     flags: u8,
     state: Option<Arc<str>>,
@@ -49,7 +51,7 @@ impl TraceContext {
     /// A context from its parts; `None` when an id is zero (invalid in W3C).
     pub fn new(trace_id: u128, span_id: u64, sampled: bool) -> Option<Self> {
         (trace_id != 0 && span_id != 0).then_some(TraceContext {
-            trace_id,
+            trace_id: split(trace_id),
             span_id,
             flags: if sampled { SAMPLED } else { 0 },
             state: None,
@@ -59,8 +61,8 @@ impl TraceContext {
     /// A new trace: random trace and span ids, sampled.
     pub fn new_root() -> Self {
         TraceContext {
-            trace_id: nonzero(),
-            span_id: nonzero(),
+            trace_id: split(nonzero_u128()),
+            span_id: nonzero_u64(),
             flags: SAMPLED,
             state: None,
         }
@@ -70,7 +72,7 @@ impl TraceContext {
     /// state, a new random span id.
     pub fn new_child(&self) -> Self {
         TraceContext {
-            span_id: nonzero(),
+            span_id: nonzero_u64(),
             ..self.clone()
         }
     }
@@ -162,7 +164,7 @@ impl TraceContext {
 
     /// The trace id.
     pub fn trace_id(&self) -> u128 {
-        self.trace_id
+        u128::from(self.trace_id[0]) << 64 | u128::from(self.trace_id[1])
     }
 
     /// The span id: the span that sent the message.
@@ -187,7 +189,7 @@ impl TraceContext {
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        format!("{:032x}", self.trace_id())
     }
 
     /// The span id as 16 lower-case hex digits.
@@ -198,7 +200,7 @@ impl TraceContext {
     /// The `traceparent` value (version `00`).
     pub fn traceparent(&self) -> String {
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        put_hex(&mut text[3..35], self.trace_id);
+        put_hex(&mut text[3..35], self.trace_id());
         put_hex(&mut text[36..52], u128::from(self.span_id));
         put_hex(&mut text[53..55], u128::from(self.flags));
         String::from_utf8(text.to_vec()).expect("hex digits and dashes are ASCII")
@@ -364,19 +366,46 @@ fn hex64(digits: &[u8]) -> Option<u64> {
     (invalid & 0xf0 == 0).then_some(value)
 }
 
-/// A random id other than zero (W3C's invalid id).
-fn nonzero<T>() -> T
-where
-    T: Default + PartialEq,
-    rand::distr::StandardUniform: rand::distr::Distribution<T>,
-{
-    let mut rng = rand::rng();
+/// A trace id's high and low halves.
+fn split(trace_id: u128) -> [u64; 2] {
+    [(trace_id >> 64) as u64, trace_id as u64]
+}
+
+/// A random span id other than zero (W3C's invalid id).
+fn nonzero_u64() -> u64 {
     loop {
-        let id: T = rand::Rng::random(&mut rng);
-        if id != T::default() {
+        let id = random_u64();
+        if id != 0 {
             return id;
         }
     }
+}
+
+/// A random trace id other than zero.
+fn nonzero_u128() -> u128 {
+    loop {
+        let id = u128::from(random_u64()) << 64 | u128::from(random_u64());
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A random 64-bit number from a per-thread wyrand generator, seeded from
+/// the operating system's randomness. Ids need to be unpredictable enough
+/// not to collide, not secret; a process span makes one or two, so they
+/// come from a generator that costs a multiplication rather than a block
+/// cipher.
+fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(next);
+        let product = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
+        (product >> 64) as u64 ^ product as u64
+    })
 }
 
 #[cfg(test)]
@@ -414,6 +443,16 @@ mod tests {
         assert_eq!(child.trace_id(), root.trace_id());
         assert_ne!(child.span_id(), root.span_id());
         assert!(child.is_sampled());
+    }
+
+    #[test]
+    fn ids_do_not_repeat() {
+        let ids: std::collections::HashSet<_> = (0..10_000)
+            .map(|_| TraceContext::new_root())
+            .flat_map(|c| [c.trace_id(), u128::from(c.span_id())])
+            .collect();
+        assert_eq!(ids.len(), 20_000);
+        assert!(!ids.contains(&0));
     }
 
     #[test]
