@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use courier_core::runtime::{Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
-use courier_memory::{MemoryBroker, MemoryConfig};
+use courier_memory::MemoryBroker;
 use futures::StreamExt;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -73,7 +73,7 @@ fn message(i: usize, keyed: bool) -> Message {
 }
 
 async fn loaded_broker(messages: usize, keyed: bool) -> (Broker, Subscription) {
-    let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0)).into_broker();
+    let broker = MemoryBroker::with_config(common::bench_config()).into_broker();
     let sub = Subscription::new("bench", "bench");
     broker.provision(&sub).await.expect("provision");
     for start in (0..messages).step_by(BATCH) {
@@ -130,7 +130,7 @@ fn resident_bytes() -> i64 {
 /// Pushes `messages` through the runtime with the publisher at most two
 /// batches ahead; returns the resident memory sampled every tenth.
 async fn resident_over_run(messages: usize) -> Vec<(usize, i64)> {
-    let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0)).into_broker();
+    let broker = MemoryBroker::with_config(common::bench_config()).into_broker();
     let sub = Subscription::new("bench", "bench");
     let (counting, handler) = Counting::handler(messages);
     let consumer = Consumer::builder(&broker, sub, handler)

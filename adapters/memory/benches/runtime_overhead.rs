@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use courier_core::runtime::{self, Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
-use courier_memory::{MemoryBroker, MemoryConfig};
+use courier_memory::MemoryBroker;
 use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
 
@@ -46,7 +46,7 @@ fn prefetch(concurrency: usize) -> u16 {
 }
 
 async fn loaded_broker(messages: usize, keyed: bool) -> (Broker, Subscription) {
-    let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0)).into_broker();
+    let broker = MemoryBroker::with_config(common::bench_config()).into_broker();
     let sub = Subscription::new("bench", "bench");
     broker.provision(&sub).await.expect("provision");
     let mut sent = 0;

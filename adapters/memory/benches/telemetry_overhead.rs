@@ -51,7 +51,7 @@ use std::time::Instant;
 use courier_core::runtime::{Consumer, RetryPolicy};
 use courier_core::telemetry::{TRACEPARENT, TraceContext};
 use courier_core::{Message, Subscription, telemetry};
-use courier_memory::{MemoryBroker, MemoryConfig};
+use courier_memory::MemoryBroker;
 use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -101,7 +101,7 @@ fn run(case: Case, side: Side, messages: usize) -> (f64, f64) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0)).into_broker();
+        let broker = MemoryBroker::with_config(common::bench_config()).into_broker();
         let sub = Subscription::new("bench", "bench");
         broker.provision(&sub).await.expect("provision");
         let cpu = cpu_used();

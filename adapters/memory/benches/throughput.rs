@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use courier_core::prelude::*;
 use courier_core::runtime::{self, Consumer, DEFAULT_CONCURRENCY, RetryPolicy};
 use courier_core::{Message, Subscription};
-use courier_memory::{MemoryBroker, MemoryConfig};
+use courier_memory::MemoryBroker;
 mod common;
 
 use common::{Counting, message_count, multi_thread};
@@ -48,7 +48,7 @@ async fn publish_all(broker: MemoryBroker, messages: usize, keyed: bool) {
 }
 
 async fn run(side: Side, messages: usize, concurrency: usize, keyed: bool) -> Duration {
-    let broker = MemoryBroker::with_config(MemoryConfig::default().retention(0));
+    let broker = MemoryBroker::with_config(common::bench_config());
     let sub = Subscription::new("bench", "bench");
     let started;
     match side {

@@ -75,3 +75,12 @@ pub(crate) fn cpu_used() -> Duration {
     }
     Duration::from_nanos(nanos)
 }
+
+/// The broker settings of every memory bench: no history kept, and no
+/// bound on a group's queue, since the benches load the whole run before
+/// consuming it.
+pub(crate) fn bench_config() -> courier_memory::MemoryConfig {
+    courier_memory::MemoryConfig::default()
+        .retention(0)
+        .max_queue_len(usize::MAX)
+}
