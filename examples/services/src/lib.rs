@@ -92,6 +92,7 @@ pub mod cli;
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod faults;
 pub mod flow_trace;
 pub mod http;
 pub mod loans;

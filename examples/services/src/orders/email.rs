@@ -66,6 +66,7 @@ pub async fn start(flow: &OrderFlow) -> courier::Result<(RunningConsumer, Idempo
     let idempotency = IdempotencyLayer::new(flow.db.store()).lease(Duration::from_secs(30));
     let subscription = Subscription::new(&flow.topics.order_placed, EMAIL_GROUP);
     let running = Consumer::builder(&flow.broker, subscription, handler)
+        .layer(flow.faults.email.layer("email", flow.timeline.clone()))
         .concurrency(16)
         .retry(RetryPolicy::exponential().max_attempts(8))
         .layer(idempotency.clone())

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU64;
 use courier::{Broker, Subscription};
 
 use crate::db::Database;
+use crate::faults::LostAcks;
 use crate::timeline::Timeline;
 
 /// The consumer group of the stock service (request/reply).
@@ -49,6 +50,15 @@ pub struct FlowCounters {
     pub inventory_duplicates: AtomicU64,
 }
 
+/// Faults the scenario and the tests switch on.
+#[derive(Debug, Default)]
+pub struct OrderFaults {
+    /// Acks the inventory consumer loses after reserving.
+    pub inventory: Arc<LostAcks>,
+    /// Acks the email consumer loses after mailing.
+    pub email: Arc<LostAcks>,
+}
+
 /// The handles every service of the flow needs. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct OrderFlow {
@@ -62,6 +72,8 @@ pub struct OrderFlow {
     pub timeline: Timeline,
     /// What the services skipped.
     pub counters: Arc<FlowCounters>,
+    /// Faults to simulate.
+    pub faults: Arc<OrderFaults>,
 }
 
 impl OrderFlow {
@@ -73,6 +85,7 @@ impl OrderFlow {
             topics: OrderTopics::default(),
             timeline: Timeline::silent(),
             counters: Arc::default(),
+            faults: Arc::default(),
         }
     }
 

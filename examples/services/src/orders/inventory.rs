@@ -120,6 +120,11 @@ pub async fn start(flow: &OrderFlow) -> courier::Result<RunningConsumer> {
     });
     let subscription = Subscription::new(&flow.topics.order_placed, INVENTORY_GROUP);
     Consumer::builder(&flow.broker, subscription, handler)
+        .layer(
+            flow.faults
+                .inventory
+                .layer("inventory", flow.timeline.clone()),
+        )
         .concurrency(16)
         .retry(RetryPolicy::exponential().max_attempts(8))
         .start()
