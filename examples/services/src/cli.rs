@@ -1,7 +1,14 @@
 //! The command line both binaries share.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
 
+use courier::Broker;
+use courier::error::redact_url;
+
+use crate::db::Database;
 use crate::error::{Error, Result};
 
 /// What to run, read from the command line.
@@ -100,4 +107,55 @@ pub fn remove_database_file(file: &std::path::Path) {
         name.push(suffix);
         let _ = std::fs::remove_file(name);
     }
+}
+
+impl Options {
+    /// The services `--service` names: `all` is every one of `all`; `None`
+    /// without `--service`.
+    pub fn services<'a>(&'a self, all: &[&'a str]) -> Option<Vec<&'a str>> {
+        self.service.as_deref().map(|service| match service {
+            "all" => all.to_vec(),
+            one => vec![one],
+        })
+    }
+}
+
+/// A binary's `main`: reads the options, connects the broker and the
+/// database, runs `serve`, closes both (and removes a run's own SQLite
+/// file), and turns an error into a message and a failure exit code.
+pub async fn run_program<F, Fut>(program: &str, serve: F) -> ExitCode
+where
+    F: FnOnce(Options, Broker, Arc<Database>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    match run(program, serve).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run<F, Fut>(program: &str, serve: F) -> Result<()>
+where
+    F: FnOnce(Options, Broker, Arc<Database>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let options = Options::from_env()?;
+    let (database, file) = options.database_url(program);
+    println!(
+        "{program} on {} and {}",
+        redact_url(&options.broker),
+        redact_url(&database)
+    );
+    let broker = courier::connect(&options.broker).await?;
+    let db = Database::connect(&database).await?;
+    let result = serve(options, broker.clone(), db.clone()).await;
+    db.close().await;
+    broker.close().await?;
+    if let Some(file) = file {
+        remove_database_file(&file);
+    }
+    result
 }

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use axum::http::HeaderMap;
+use courier::telemetry::{TRACEPARENT, TraceContext};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -58,4 +60,14 @@ impl HttpServer {
         }
         let _ = (&mut self.task).await;
     }
+}
+
+/// The trace a request belongs to: the caller's W3C `traceparent`
+/// header, or a new trace started here.
+pub fn trace_of(headers: &HeaderMap) -> TraceContext {
+    headers
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| TraceContext::parse(value, None))
+        .unwrap_or_else(TraceContext::new_root)
 }

@@ -98,6 +98,7 @@ pub mod http;
 pub mod loans;
 pub mod orders;
 pub mod timeline;
+pub mod topology;
 
 pub use db::Database;
 pub use error::{Error, Result};

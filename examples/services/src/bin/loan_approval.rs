@@ -8,9 +8,10 @@
 //! database. See the crate docs.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use courier::error::redact_url;
-use courier_examples::cli::{Options, remove_database_file};
+use courier::Broker;
+use courier_examples::cli::{Options, run_program};
 use courier_examples::loans::services::SERVICES;
 use courier_examples::loans::{LoanFlow, LoanServices, scenario};
 use courier_examples::timeline::Timeline;
@@ -18,45 +19,15 @@ use courier_examples::{Database, Error, Result};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("loan-approval: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    run_program("loan-approval", serve).await
 }
 
-async fn run() -> Result<()> {
-    let options = Options::from_env()?;
+async fn serve(options: Options, broker: Broker, db: Arc<Database>) -> Result<()> {
     if options.load.is_some() {
         return Err(Error::Usage("--load is for order-flow".into()));
     }
-    let (database, file) = options.database_url("loan-approval");
-    println!(
-        "loan-approval on {} and {}",
-        redact_url(&options.broker),
-        redact_url(&database)
-    );
-    let broker = courier::connect(&options.broker).await?;
-    let db = Database::connect(&database).await?;
-    let flow = LoanFlow::new(broker.clone(), db.clone()).timeline(Timeline::printing());
-    let result = serve(&options, flow).await;
-    db.close().await;
-    broker.close().await?;
-    if let Some(file) = file {
-        remove_database_file(&file);
-    }
-    result
-}
-
-async fn serve(options: &Options, flow: LoanFlow) -> Result<()> {
-    if let Some(service) = &options.service {
-        let services: Vec<&str> = if service == "all" {
-            SERVICES.to_vec()
-        } else {
-            vec![service.as_str()]
-        };
+    let flow = LoanFlow::new(broker, db).timeline(Timeline::printing());
+    if let Some(services) = options.services(&SERVICES) {
         let http = options.http.as_deref().unwrap_or("127.0.0.1:8081");
         let running = LoanServices::start(&flow, &services, http).await?;
         match running.api_url() {

@@ -8,9 +8,10 @@
 //! `--load N` places N orders and prints the figures. See the crate docs.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use courier::error::redact_url;
-use courier_examples::cli::{Options, remove_database_file};
+use courier::Broker;
+use courier_examples::cli::{Options, run_program};
 use courier_examples::orders::api::StockGuard;
 use courier_examples::orders::services::SERVICES;
 use courier_examples::orders::{OrderFlow, OrderServices, load, scenario, stock};
@@ -19,43 +20,14 @@ use courier_examples::{Database, Result};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("order-flow: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    run_program("order-flow", serve).await
 }
 
-async fn run() -> Result<()> {
-    let options = Options::from_env()?;
-    let (database, file) = options.database_url("order-flow");
-    println!(
-        "order-flow on {} and {}",
-        redact_url(&options.broker),
-        redact_url(&database)
-    );
-    let broker = courier::connect(&options.broker).await?;
-    let db = Database::connect(&database).await?;
-    let result = serve(&options, OrderFlow::new(broker.clone(), db.clone())).await;
-    db.close().await;
-    broker.close().await?;
-    if let Some(file) = file {
-        remove_database_file(&file);
-    }
-    result
-}
-
-async fn serve(options: &Options, flow: OrderFlow) -> Result<()> {
+async fn serve(options: Options, broker: Broker, db: Arc<Database>) -> Result<()> {
+    let flow = OrderFlow::new(broker, db);
     let guard = StockGuard::default();
-    if let Some(service) = &options.service {
+    if let Some(services) = options.services(&SERVICES) {
         let flow = flow.timeline(Timeline::printing());
-        let services: Vec<&str> = if service == "all" {
-            SERVICES.to_vec()
-        } else {
-            vec![service.as_str()]
-        };
         let http = options.http.as_deref().unwrap_or("127.0.0.1:8080");
         let running = OrderServices::start(&flow, &services, http, guard).await?;
         if services.contains(&"stock") {

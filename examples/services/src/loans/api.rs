@@ -11,13 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use courier::Message;
-use courier::telemetry::{TRACEPARENT, TraceContext};
 
 use super::events::{Accepted, LoanApplication, LoanView, NewLoan, Step};
 use super::flow::LoanFlow;
 use crate::clock::now_ms;
 use crate::db::with_backend;
 use crate::flow_trace;
+use crate::http;
 
 /// Writes the application.
 const INSERT_LOAN: &str = "INSERT INTO loans (reference, applicant, amount, status, created_at_ms)
@@ -56,11 +56,7 @@ async fn submit(
     headers: HeaderMap,
     Json(loan): Json<NewLoan>,
 ) -> Response {
-    let trace = headers
-        .get(TRACEPARENT)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| TraceContext::parse(value, None))
-        .unwrap_or_else(TraceContext::new_root);
+    let trace = http::trace_of(&headers);
     let trace_id = trace.trace_id_hex();
     match trace.scope(accept(&flow, loan, trace_id)).await {
         Ok(response) | Err(response) => response,

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
-use courier::{Broker, Subscription};
+use courier::Broker;
 
 use crate::db::Database;
 use crate::timeline::Timeline;
+use crate::topology;
 
 /// The credit check's consumer group.
 pub const CREDIT_GROUP: &str = "credit-check";
@@ -101,17 +102,13 @@ impl LoanFlow {
     /// The broker's error.
     pub async fn provision(&self) -> courier::Result<()> {
         let t = &self.topics;
-        for (topic, group) in [
-            (&t.submitted, CREDIT_GROUP),
+        let subscriptions = [
+            (t.submitted.as_str(), CREDIT_GROUP),
             (&t.credit_checked, RISK_GROUP),
             (&t.risk_assessed, MANAGER_GROUP),
             (&t.decided, DECISIONS_GROUP),
             (&t.submitted_dead_letters, DECISIONS_GROUP),
-        ] {
-            self.broker
-                .provision(&Subscription::new(topic, group))
-                .await?;
-        }
-        Ok(())
+        ];
+        topology::provision(&self.broker, subscriptions).await
     }
 }

@@ -176,38 +176,23 @@ async fn handle(
             return Err(failure);
         }
     };
+    let decision = |approved: bool, reason: &str| {
+        let decided = LoanDecided {
+            reference: loan.reference.clone(),
+            approved,
+            level: name.into(),
+            reason: reason.to_owned(),
+        };
+        Message::from_json(&decided).map(|m| (flow.topics.decided.as_str(), m))
+    };
     let (outcome, status, next) = match (&verdict, level.next(flow)) {
         (Verdict::Pass, Some((topic, status))) => (
             "passed".to_owned(),
             Some(status),
             Message::from_json(&loan).map(|m| (topic, m)),
         ),
-        (Verdict::Pass, None) => {
-            let decided = LoanDecided {
-                reference: loan.reference.clone(),
-                approved: true,
-                level: name.into(),
-                reason: "approved".into(),
-            };
-            (
-                "approved".to_owned(),
-                None,
-                Message::from_json(&decided).map(|m| (flow.topics.decided.as_str(), m)),
-            )
-        }
-        (Verdict::Reject(reason), _) => {
-            let decided = LoanDecided {
-                reference: loan.reference.clone(),
-                approved: false,
-                level: name.into(),
-                reason: reason.clone(),
-            };
-            (
-                reason.clone(),
-                None,
-                Message::from_json(&decided).map(|m| (flow.topics.decided.as_str(), m)),
-            )
-        }
+        (Verdict::Pass, None) => ("approved".to_owned(), None, decision(true, "approved")),
+        (Verdict::Reject(reason), _) => (reason.clone(), None, decision(false, reason)),
     };
     let (topic, next) = next.map_err(HandlerError::permanent)?;
     with_backend!(&*flow.db, b => {

@@ -25,6 +25,7 @@ use super::flow::OrderFlow;
 use crate::clock::now_ms;
 use crate::db::with_backend;
 use crate::flow_trace;
+use crate::http;
 use crate::timeline::short;
 
 /// How the API guards its call to the stock service.
@@ -70,10 +71,10 @@ struct Api {
 /// The API's routes, with their own circuit breaker (returned too, for
 /// whoever wants to watch it).
 pub fn router(flow: &OrderFlow, guard: StockGuard) -> (Router, CircuitBreaker) {
-    let breaker = CircuitBreaker::new(guard.breaker.clone());
+    let breaker = CircuitBreaker::new(guard.breaker);
     let api = Arc::new(Api {
         flow: flow.clone(),
-        retry: Retry::new(guard.retry.clone()),
+        retry: Retry::new(guard.retry),
         breaker: breaker.clone(),
         guard,
     });
@@ -91,11 +92,7 @@ async fn place(
     Json(order): Json<NewOrder>,
 ) -> Response {
     // The flow's trace: the caller's, or a new one started here.
-    let trace = headers
-        .get(TRACEPARENT)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| TraceContext::parse(value, None))
-        .unwrap_or_else(TraceContext::new_root);
+    let trace = http::trace_of(&headers);
     let trace_id = trace.trace_id_hex();
     match trace.scope(api.place(order, trace_id)).await {
         Ok(response) | Err(response) => response,

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use courier::{Broker, Subscription};
+use courier::Broker;
 
 use crate::db::Database;
 use crate::faults::LostAcks;
 use crate::timeline::Timeline;
+use crate::topology;
 
 /// The consumer group of the stock service (request/reply).
 pub const STOCK_GROUP: &str = "stock";
@@ -109,10 +110,11 @@ impl OrderFlow {
     ///
     /// The broker's error.
     pub async fn provision(&self) -> courier::Result<()> {
-        for group in [INVENTORY_GROUP, EMAIL_GROUP] {
-            let subscription = Subscription::new(&self.topics.order_placed, group);
-            self.broker.provision(&subscription).await?;
-        }
-        Ok(())
+        let topic = self.topics.order_placed.as_str();
+        topology::provision(
+            &self.broker,
+            [(topic, INVENTORY_GROUP), (topic, EMAIL_GROUP)],
+        )
+        .await
     }
 }
