@@ -5,7 +5,7 @@
 //!
 //! Two small backends rather than `sqlx::Any`: the outbox's `enqueue` and
 //! the idempotency store's `claim_in` take a transaction of a concrete
-//! database. The services' queries are written once ([`with_backend!`]
+//! database. The services' queries are written once (`with_backend!`
 //! expands the same code for each backend; the SQL uses `$1`-style
 //! parameters, which SQLite reads too) and the schema ships as two sets of
 //! migrations embedded with `sqlx::migrate!`.

@@ -6,7 +6,7 @@ use courier::Message;
 use courier::telemetry::TraceContext;
 
 /// The correlation id and trace id a message carries, as
-/// [`record!`] takes them.
+/// the `record!` macro takes them.
 pub fn ids(message: &Message) -> (Option<String>, Option<String>) {
     (
         message.correlation_id().map(str::to_owned),

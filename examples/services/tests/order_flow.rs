@@ -27,7 +27,7 @@ fn guard() -> StockGuard {
     StockGuard {
         breaker: courier::resilience::CircuitBreakerConfig::default()
             .failure_threshold(2)
-            .cool_down(Duration::from_millis(300)),
+            .cool_down(Duration::from_secs(2)),
         ..StockGuard::default()
     }
 }
