@@ -75,8 +75,14 @@ impl Setup {
     pub async fn close(self) {
         self.db.close().await;
         self.broker.close().await.expect("close broker");
-        if let Some(file) = self.sqlite_file {
-            courier_examples::cli::remove_database_file(&file);
+    }
+}
+
+impl Drop for Setup {
+    /// Removes the SQLite file, also after a failed test.
+    fn drop(&mut self) {
+        if let Some(file) = &self.sqlite_file {
+            courier_examples::cli::remove_database_file(file);
         }
     }
 }
