@@ -136,3 +136,42 @@ async fn broker_subscribe(
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_request_carries_the_trace_it_is_made_in() {
+    let broker = MemoryBroker::new().into_broker();
+    let mut requests = broker_subscribe(&broker, "stock", "responders").await;
+
+    // In a trace: the request names a span of its own in that trace.
+    let upstream = TraceContext::new_root();
+    let asking = tokio::spawn({
+        let broker = broker.clone();
+        upstream.clone().scope(async move {
+            broker
+                .request("stock", Message::new("sku-1"), Duration::from_millis(300))
+                .await
+        })
+    });
+    let request = next(&mut requests).await;
+    let carried =
+        TraceContext::from_message(request.message()).expect("the request has a traceparent");
+    assert_eq!(carried.trace_id(), upstream.trace_id());
+    assert_ne!(carried.span_id(), upstream.span_id());
+    request.ack().await.unwrap();
+    // Nobody answers: a timeout, as asked.
+    assert!(asking.await.unwrap().is_err());
+
+    // Outside any trace, no header.
+    let asking = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            broker
+                .request("stock", Message::new("sku-2"), Duration::from_millis(300))
+                .await
+        }
+    });
+    let request = next(&mut requests).await;
+    assert_eq!(request.message().header(TRACEPARENT), None);
+    request.ack().await.unwrap();
+    assert!(asking.await.unwrap().is_err());
+}

@@ -97,6 +97,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::message::Message;
@@ -175,7 +176,8 @@ where
     Fut: Future<Output = Result<(), RequestError>>,
 {
     let started = Instant::now();
-    let (id, request) = headers::prepare(message, reply_to, timeout);
+    let (id, mut request) = headers::prepare(message, reply_to, timeout);
+    let span = crate::telemetry::request_span(topic, &mut request);
     let waiting = pending.register(&id);
     let work = async move {
         send(request).await?;
@@ -187,7 +189,7 @@ where
             None => Err(RequestError::Transport(Error::Closed("reply path"))),
         }
     };
-    match tokio::time::timeout(timeout, work).await {
+    match tokio::time::timeout(timeout, work).instrument(span).await {
         Ok(Ok(reply)) => headers::outcome(reply),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(RequestError::Timeout {

@@ -135,4 +135,5 @@ pub fn is_enabled() -> bool {
 pub use lag::{DEFAULT_LAG_TIMEOUT, Lag, PartitionLag};
 pub use lag_report::lag_within;
 pub use publish::instrumented_publish;
+pub(crate) use publish::request_span;
 pub use trace_context::{TRACEPARENT, TRACESTATE, TraceContext};

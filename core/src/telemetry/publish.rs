@@ -86,6 +86,33 @@ fn publish_span(system: &'static str, topic: &str, messages: &[Message]) -> trac
     )
 }
 
+/// The span of a request (kind client), with the request's trace context
+/// written into it: a request made in a trace carries it to the responder,
+/// as a publish does.
+pub(crate) fn request_span(topic: &str, request: &mut Message) -> tracing::Span {
+    if !super::is_enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        messaging.operation.type = "send",
+        messaging.operation.name = "request",
+        messaging.destination.name = topic,
+        messaging.message.id = %request.id(),
+        messaging.message.conversation_id = request.correlation_id(),
+        error.type = tracing::field::Empty,
+    );
+    if request.header(TRACEPARENT).is_none()
+        && let Some(context) = publish_context(&span)
+    {
+        context.inject(request.headers_mut());
+    }
+    span
+}
+
 /// The context the publish span gives its messages, if it is in a trace.
 fn publish_context(span: &tracing::Span) -> Option<TraceContext> {
     #[cfg(feature = "otel")]
