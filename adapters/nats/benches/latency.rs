@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::{Latencies, OpenLoop, Report, Row, Rounds, Side, Unit, interleaved};
+use common::{Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved};
 use courier_core::prelude::*;
 use courier_core::{Message, Publisher, Subscriber, Subscription};
 use courier_nats::NatsBroker;
@@ -167,9 +167,7 @@ async fn raw_round(js: &jetstream::Context, size: usize) -> Latencies {
 async fn courier_round(broker: &NatsBroker, size: usize) -> Latencies {
     let topic = topic("courier");
     let sub = Subscription::new(&topic, "courier");
-    let mut stream = Subscriber::subscribe(broker, sub)
-        .await
-        .expect("subscribe");
+    let mut stream = Subscriber::subscribe(broker, sub).await.expect("subscribe");
     let schedule = Arc::new(OpenLoop::new(RATE));
     let publishing = tokio::spawn({
         let (broker, schedule, topic) = (broker.clone(), schedule.clone(), topic.clone());
@@ -192,7 +190,10 @@ async fn courier_round(broker: &NatsBroker, size: usize) -> Latencies {
     for _ in 0..MESSAGES {
         let delivery = stream.next().await.expect("open").expect("delivery");
         let received = Instant::now();
-        latencies.record(schedule.due(index_of(delivery.message().payload())), received);
+        latencies.record(
+            schedule.due(index_of(delivery.message().payload())),
+            received,
+        );
         acks.push(tokio::spawn(async move {
             delivery.ack().await.expect("ack");
         }));

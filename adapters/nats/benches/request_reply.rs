@@ -21,7 +21,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Report, Row, Rounds, Side, Unit, interleaved};
+use common::{Report, Rounds, Row, Side, Unit, interleaved};
 use courier_core::runtime::{self, Consumer, Envelope};
 use courier_core::{Broker, Message, Subscription};
 use courier_nats::NatsBroker;

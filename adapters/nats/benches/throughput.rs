@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p courier-nats --bench throughput` (starts its own NATS
 //! container; `COURIER_TEST_NATS_URL` uses a running server instead).
-//! `-- ROUNDS` sets the rounds per case (default 5); the sides alternate
-//! who goes first and the medians of the rounds are compared.
+//! `-- ROUNDS` sets the rounds per case (default 5), any other argument
+//! runs only the cases whose name contains it; the sides alternate who
+//! goes first and the medians of the rounds are compared.
 //!
 //! Cases, each side doing the same work with the same guarantees:
 //!
@@ -46,6 +47,12 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(5)
         .max(1);
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with("--"))
+        .collect();
+    let wanted =
+        move |case: &str| only.is_empty() || only.iter().any(|o| case.contains(o.as_str()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -68,26 +75,32 @@ fn main() {
         Publisher::publish(&courier, &courier_topic, Message::new("warm-up"))
             .await
             .expect("stream");
-        let rounds_of = interleaved(rounds, |side| {
-            let (js, courier) = (js.clone(), courier.clone());
-            let (raw_topic, courier_topic) = (raw_topic.clone(), courier_topic.clone());
-            async move {
-                match side {
-                    Side::Raw => raw_publish(&js, &raw_topic, PUBLISHED).await,
-                    Side::Courier => courier_publish(&courier, &courier_topic, PUBLISHED).await,
+        if wanted("publish confirmed") {
+            let rounds_of = interleaved(rounds, |side| {
+                let (js, courier) = (js.clone(), courier.clone());
+                let (raw_topic, courier_topic) = (raw_topic.clone(), courier_topic.clone());
+                async move {
+                    match side {
+                        Side::Raw => raw_publish(&js, &raw_topic, PUBLISHED).await,
+                        Side::Courier => {
+                            courier_publish(&courier, &courier_topic, PUBLISHED).await
+                        }
+                    }
                 }
-            }
-        })
-        .await;
-        report.push(Row::new(
-            "nats",
-            "publish confirmed",
-            PAYLOAD.len(),
-            Unit::MessagesPerSecond,
-            &rounds_of,
-        ));
+            })
+            .await;
+            report.push(Row::new(
+                "nats",
+                "publish confirmed",
+                PAYLOAD.len(),
+                Unit::MessagesPerSecond,
+                &rounds_of,
+            ));
+        }
 
         for (concurrency, count) in [(1, 2_000), (16, 10_000)] {
+            let case = format!("consume c={concurrency}");
+            if wanted(&case) {
             let rounds_of = interleaved(rounds, |side| {
                 let (js, courier) = (js.clone(), courier.clone());
                 async move {
@@ -103,11 +116,16 @@ fn main() {
             .await;
             report.push(Row::new(
                 "nats",
-                &format!("consume c={concurrency}"),
+                &case,
                 PAYLOAD.len(),
                 Unit::MessagesPerSecond,
                 &rounds_of,
             ));
+            }
+            let case = format!("runtime c={concurrency}");
+            if !wanted(&case) {
+                continue;
+            }
             let rounds_of = interleaved(rounds, |side| {
                 let (js, courier) = (js.clone(), courier.clone());
                 async move {
@@ -123,7 +141,7 @@ fn main() {
             .await;
             report.push(Row::new(
                 "nats",
-                &format!("runtime c={concurrency}"),
+                &case,
                 PAYLOAD.len(),
                 Unit::MessagesPerSecond,
                 &rounds_of,
@@ -216,7 +234,12 @@ async fn filled(js: &jetstream::Context, count: usize) -> String {
 
 /// async-nats's idiom: `consumer.messages()` with `concurrency` confirmed
 /// acks (`double_ack`) in flight.
-async fn raw_consume(js: &jetstream::Context, subject: &str, count: usize, concurrency: usize) -> f64 {
+async fn raw_consume(
+    js: &jetstream::Context,
+    subject: &str,
+    count: usize,
+    concurrency: usize,
+) -> f64 {
     let stream = js
         .get_stream(courier_nats::stream_name(subject))
         .await
@@ -252,14 +275,17 @@ async fn raw_consume(js: &jetstream::Context, subject: &str, count: usize, concu
 }
 
 /// The delivery stream with `concurrency` acks in flight.
-async fn courier_consume(broker: &NatsBroker, topic: &str, count: usize, concurrency: usize) -> f64 {
+async fn courier_consume(
+    broker: &NatsBroker,
+    topic: &str,
+    count: usize,
+    concurrency: usize,
+) -> f64 {
     let sub = Subscription::new(topic, "courier")
         .start_from(StartPosition::Earliest)
         .prefetch(PULL_BATCH as u16);
     let started = Instant::now();
-    let stream = Subscriber::subscribe(broker, sub)
-        .await
-        .expect("subscribe");
+    let stream = Subscriber::subscribe(broker, sub).await.expect("subscribe");
     stream
         .take(count)
         .for_each_concurrent(concurrency, |delivery| async move {
@@ -271,7 +297,12 @@ async fn courier_consume(broker: &NatsBroker, topic: &str, count: usize, concurr
 
 /// courier's consumer runtime with an empty handler at `concurrency`
 /// (its default prefetch), until it has handled and acked `count`.
-async fn courier_runtime(broker: &NatsBroker, topic: &str, count: usize, concurrency: usize) -> f64 {
+async fn courier_runtime(
+    broker: &NatsBroker,
+    topic: &str,
+    count: usize,
+    concurrency: usize,
+) -> f64 {
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
     let handler = runtime::raw(move |_message: Message| {
