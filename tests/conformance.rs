@@ -37,12 +37,18 @@ fn main() -> std::process::ExitCode {
             fixtures::rabbitmq,
             fixtures::fresh_rabbitmq
         )
-        .with_patience(std::time::Duration::from_secs(30)),
+        .with_patience(std::time::Duration::from_secs(30))
+        .with_proxy(
+            FAULT_BOUND,
+            || upstream("amqp", fixtures::rabbitmq()),
+            |url| async move { courier::connect(&format!("{url}?{FAULT_OPTIONS}")).await },
+        ),
     );
     // Kafka keeps history (a group can start at the earliest offset); the
     // adapter counts deliveries within a consumer session. The test broker
     // answers slowly under load (metadata, group joins), hence the longer
-    // connect timeout and patience.
+    // connect timeout and patience. No proxy cases: a Kafka client reaches
+    // the broker at the address its metadata advertises, past any proxy.
     #[cfg(feature = "kafka")]
     adapters.push(
         on_server!(
@@ -56,17 +62,24 @@ fn main() -> std::process::ExitCode {
         .with_patience(std::time::Duration::from_secs(30)),
     );
     #[cfg(feature = "nats")]
-    adapters.push(on_server!(
-        "nats",
-        &[
-            Capability::History,
-            Capability::DeliveryCount,
-            Capability::ThawRecovery,
-            Capability::NoResponders
-        ],
-        fixtures::nats,
-        fixtures::fresh_nats
-    ));
+    adapters.push(
+        on_server!(
+            "nats",
+            &[
+                Capability::History,
+                Capability::DeliveryCount,
+                Capability::ThawRecovery,
+                Capability::NoResponders
+            ],
+            fixtures::nats,
+            fixtures::fresh_nats
+        )
+        .with_proxy(
+            FAULT_BOUND,
+            || upstream("nats", fixtures::nats()),
+            |url| async move { courier::connect(&format!("{url}?{FAULT_OPTIONS}")).await },
+        ),
+    );
     courier_testkit::run(&adapters, &courier_testkit::all_cases())
 }
 
@@ -76,6 +89,26 @@ fn main() -> std::process::ExitCode {
 const FAULT_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 const FAULT_OPTIONS: &str = "publish_timeout=3s";
+
+/// The shared server's URL and the `host:port` in it, for a proxy in
+/// front of it.
+#[cfg(any(feature = "amqp", feature = "nats"))]
+async fn upstream(
+    adapter: &'static str,
+    server: impl std::future::Future<
+        Output = Result<std::sync::Arc<fixtures::BrokerFixture>, fixtures::FixtureError>,
+    >,
+) -> courier::Result<(String, String)> {
+    let server = server.await.map_err(|e| {
+        courier::Error::broker(
+            adapter,
+            "start test server",
+            courier::BrokerErrorKind::Unavailable,
+            e,
+        )
+    })?;
+    Ok((server.url().to_owned(), server.address().to_owned()))
+}
 
 /// An adapter on a real server: the cases share this binary's `$shared`
 /// server; the restart and fault cases use one `$fresh` server of their own. URL
@@ -117,6 +150,10 @@ macro_rules! on_server {
                 server.restart().await.map_err(|e| e.to_string())
             },
         )
+        .with_kill(|| async {
+            let server = restartable().await.map_err(|e| e.to_string())?;
+            server.kill_and_start().await.map_err(|e| e.to_string())
+        })
         .with_freeze(
             FAULT_BOUND,
             || async {

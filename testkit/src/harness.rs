@@ -13,6 +13,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use libtest_mimic::{Arguments, Failed, Trial};
 
+use crate::proxy::FaultProxy;
+
 type ConnectFn = dyn Fn() -> BoxFuture<'static, Result<Broker>> + Send + Sync;
 type RestartFn = dyn Fn() -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync;
 
@@ -22,6 +24,7 @@ type RestartFn = dyn Fn() -> BoxFuture<'static, std::result::Result<(), String>>
 struct Restartable {
     connect: Arc<ConnectFn>,
     restart: Arc<RestartFn>,
+    kill: Option<Arc<RestartFn>>,
 }
 
 /// A behaviour some brokers have and others lack. A case that needs a
@@ -48,6 +51,14 @@ pub enum Capability {
     /// `RequestError::NoResponders` (memory, RabbitMQ, NATS; not Kafka,
     /// where it times out).
     NoResponders,
+    /// The test can kill the restartable server (no clean shutdown) and
+    /// start it again (see [`Adapter::with_kill`]).
+    Kill,
+    /// The test can put a [`FaultProxy`] between the adapter and its
+    /// broker (see [`Adapter::with_proxy`]). Not Kafka: its clients reach
+    /// the brokers at the addresses the metadata advertises, past any
+    /// proxy.
+    Proxy,
 }
 
 impl fmt::Display for Capability {
@@ -59,6 +70,8 @@ impl fmt::Display for Capability {
             Capability::Freeze => "freeze",
             Capability::ThawRecovery => "thaw-recovery",
             Capability::NoResponders => "no-responders",
+            Capability::Proxy => "proxy",
+            Capability::Kill => "kill",
         })
     }
 }
@@ -73,6 +86,17 @@ struct Freezable {
     bound: Duration,
 }
 
+type UpstreamFn = dyn Fn() -> BoxFuture<'static, Result<(String, String)>> + Send + Sync;
+type ConnectUrlFn = dyn Fn(String) -> BoxFuture<'static, Result<Broker>> + Send + Sync;
+
+/// A server the tests may reach through a [`FaultProxy`] of their own.
+#[derive(Clone)]
+struct Proxied {
+    upstream: Arc<UpstreamFn>,
+    connect: Arc<ConnectUrlFn>,
+    bound: Duration,
+}
+
 /// An adapter under test: how to connect, what it can do, and how patient
 /// the tests must be with it.
 #[derive(Clone)]
@@ -82,6 +106,7 @@ pub struct Adapter {
     connect: Arc<ConnectFn>,
     restart: Option<Restartable>,
     freeze: Option<Freezable>,
+    proxy: Option<Proxied>,
     patience: Duration,
     quiet: Duration,
 }
@@ -110,6 +135,7 @@ impl Adapter {
             connect: Arc::new(move || Box::pin(connect())),
             restart: None,
             freeze: None,
+            proxy: None,
             patience: Duration::from_secs(15),
             quiet: Duration::from_millis(500),
         }
@@ -127,6 +153,7 @@ impl Adapter {
         self.restart = Some(Restartable {
             connect: Arc::new(move || Box::pin(connect())),
             restart: Arc::new(move || Box::pin(restart())),
+            kill: None,
         });
         if !self.capabilities.contains(&Capability::Restart) {
             self.capabilities.push(Capability::Restart);
@@ -161,6 +188,53 @@ impl Adapter {
         });
         if !self.capabilities.contains(&Capability::Freeze) {
             self.capabilities.push(Capability::Freeze);
+        }
+        self
+    }
+
+    /// Lets cases kill the restartable server (see [`Adapter::with_restart`],
+    /// which must come first) with `kill`, which also starts it again.
+    /// Declares [`Capability::Kill`].
+    ///
+    /// # Panics
+    ///
+    /// Without [`Adapter::with_restart`] before it.
+    pub fn with_kill<K, KFut>(mut self, kill: K) -> Self
+    where
+        K: Fn() -> KFut + Send + Sync + 'static,
+        KFut: Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
+        let restartable = self
+            .restart
+            .as_mut()
+            .expect("with_kill needs with_restart first: it kills the restartable server");
+        restartable.kill = Some(Arc::new(move || Box::pin(kill())));
+        if !self.capabilities.contains(&Capability::Kill) {
+            self.capabilities.push(Capability::Kill);
+        }
+        self
+    }
+
+    /// Lets fault cases put a [`FaultProxy`] of their own between the
+    /// adapter and a server: `upstream` gives the server's URL and the
+    /// `host:port` in it the proxy forwards to; `connect` connects to a URL
+    /// (the server's, with the proxy's address in place of the upstream
+    /// one) with every operation bounded by `bound`. Declares
+    /// [`Capability::Proxy`].
+    pub fn with_proxy<U, UFut, C, CFut>(mut self, bound: Duration, upstream: U, connect: C) -> Self
+    where
+        U: Fn() -> UFut + Send + Sync + 'static,
+        UFut: Future<Output = Result<(String, String)>> + Send + 'static,
+        C: Fn(String) -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = Result<Broker>> + Send + 'static,
+    {
+        self.proxy = Some(Proxied {
+            upstream: Arc::new(move || Box::pin(upstream())),
+            connect: Arc::new(move |url| Box::pin(connect(url))),
+            bound,
+        });
+        if !self.capabilities.contains(&Capability::Proxy) {
+            self.capabilities.push(Capability::Proxy);
         }
         self
     }
@@ -288,6 +362,24 @@ impl Ctx {
             .unwrap_or_else(|e| panic!("{}: restart failed: {e}", self.adapter.name));
     }
 
+    /// Kills the broker (no clean shutdown) and starts it again; returns
+    /// once it answers.
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no kill hook or the kill or start fails.
+    pub async fn kill_and_start_broker(&self) {
+        let kill = self
+            .adapter
+            .restart
+            .as_ref()
+            .and_then(|restartable| restartable.kill.as_ref())
+            .expect("case declares Capability::Kill");
+        kill()
+            .await
+            .unwrap_or_else(|e| panic!("{}: kill failed: {e}", self.adapter.name));
+    }
+
     /// Freezes the broker: it stops answering, its connections stay open.
     ///
     /// # Panics
@@ -313,13 +405,49 @@ impl Ctx {
     }
 
     /// The bound every broker operation keeps on the freezable server's
-    /// connections (see [`Adapter::with_freeze`]).
+    /// connections (see [`Adapter::with_freeze`]), or else on proxied ones
+    /// (see [`Adapter::with_proxy`]).
     ///
     /// # Panics
     ///
-    /// When the adapter has no freeze hook.
+    /// When the adapter has neither hook.
     pub fn fault_bound(&self) -> Duration {
-        self.freezable().bound
+        match (&self.adapter.freeze, &self.adapter.proxy) {
+            (Some(freezable), _) if self.freezes => freezable.bound,
+            (_, Some(proxied)) => proxied.bound,
+            (Some(freezable), None) => freezable.bound,
+            (None, None) => panic!("case declares Capability::Freeze or Capability::Proxy"),
+        }
+    }
+
+    /// A new broker connection through a [`FaultProxy`] of this case's own,
+    /// and the proxy. [`Ctx::broker`] reaches the same server directly.
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no proxy hook, or the proxy or the connection
+    /// cannot be set up.
+    pub async fn proxied_broker(&self) -> (Broker, FaultProxy) {
+        let proxied = self
+            .adapter
+            .proxy
+            .as_ref()
+            .expect("case declares Capability::Proxy");
+        let (url, upstream) = (proxied.upstream)()
+            .await
+            .unwrap_or_else(|e| panic!("{}: upstream failed: {e} ({e:?})", self.adapter.name));
+        let proxy = FaultProxy::start(upstream)
+            .await
+            .unwrap_or_else(|e| panic!("{}: proxy failed to start: {e}", self.adapter.name));
+        let broker = (proxied.connect)(proxy.proxied_url(&url))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: connect through the proxy failed: {e} ({e:?})",
+                    self.adapter.name
+                )
+            });
+        (broker, proxy)
     }
 
     fn freezable(&self) -> &Freezable {
@@ -378,7 +506,8 @@ pub fn trials(adapters: &[Adapter], cases: &[Case]) -> Vec<Trial> {
             let ctx = Ctx {
                 adapter: adapter.clone(),
                 prefix: unique_prefix(adapter.name, case.name),
-                restarts: case.needs.contains(&Capability::Restart),
+                restarts: case.needs.contains(&Capability::Restart)
+                    || case.needs.contains(&Capability::Kill),
                 freezes: case.needs.contains(&Capability::Freeze),
             };
             let run = case.run;
@@ -464,6 +593,8 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::Freeze,
             Capability::ThawRecovery,
             Capability::NoResponders,
+            Capability::Proxy,
+            Capability::Kill,
         ];
         let lacks: Vec<String> = all
             .iter()

@@ -82,6 +82,21 @@
 //! so the count is `None`. An existing queue keeps its type: declaring it
 //! with another type fails (`PRECONDITION_FAILED`).
 //!
+//! **What survives a crash.** A confirmed message survives a hard kill of
+//! the broker (`SIGKILL`, no clean shutdown) and its restart, in quorum and
+//! classic queues alike: the conformance suite kills RabbitMQ while a
+//! publisher runs, with one group's queue declared at the start and one
+//! declared 3 seconds before the kill, and every confirmed message is
+//! consumed afterwards from both. One window is not covered: a quorum
+//! queue killed within about a second of its declaration can come back
+//! without a leader (RabbitMQ writes its Raft name registry every 500 ms),
+//! every message in it is then lost and publishes to it time out after
+//! `confirm_timeout` until the queue is deleted and declared again. Seen
+//! on RabbitMQ 3.10 and 4.0; a client cannot close it. Provision queues
+//! when a service is deployed ([`Subscriber::provision`]),
+//! not in the first second of a crash-prone start, or use classic queues
+//! where that window matters.
+//!
 //! # Guarantees
 //!
 //! - **Publish**: publisher confirms are always on. `publish` returns after

@@ -1,6 +1,7 @@
 //! Settings of the in-process broker and the `memory://` URL.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use courier_core::Result;
 use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
@@ -12,6 +13,8 @@ pub const SCHEMES: &[&str] = &["memory"];
 pub const URL_OPTIONS: &[&str] = &[
     "max_payload",
     "retention",
+    "max_queue_len",
+    "when_full",
     broker_url::CONNECT_TIMEOUT,
     broker_url::CLIENT_NAME,
     broker_url::CLIENT_ID,
@@ -28,18 +31,52 @@ pub struct MemoryConfig {
     pub retention: usize,
     /// The largest payload accepted, in bytes.
     pub max_payload: usize,
+    /// The most messages a group may hold: waiting in its queue plus handed
+    /// out and not yet settled. A publish that would take a group past it
+    /// waits or fails, as [`MemoryConfig::when_full`] says. Topics without
+    /// groups are bounded by [`MemoryConfig::retention`] alone.
+    pub max_queue_len: usize,
+    /// What a publish does when a group of its topic is full.
+    pub when_full: WhenFull,
+    /// How long a publish waits for room when [`WhenFull::Wait`] (the
+    /// `publish_timeout` URL option); then it fails with
+    /// [`Error::Timeout`](courier_core::Error::Timeout).
+    pub publish_timeout: Duration,
+}
+
+/// What a publish does when a group of its topic holds
+/// [`MemoryConfig::max_queue_len`] messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Waits until the group's consumers settle enough messages, at most
+    /// [`MemoryConfig::publish_timeout`]: the publisher slows down to the
+    /// consumers' pace, as with a broker's flow control.
+    #[default]
+    Wait,
+    /// Fails at once with an [`Error::Broker`](courier_core::Error::Broker)
+    /// of kind [`LimitReached`](courier_core::BrokerErrorKind::LimitReached)
+    /// naming the topic and the group.
+    Reject,
 }
 
 /// Default [`MemoryConfig::retention`].
 pub const DEFAULT_RETENTION: usize = 10_000;
 /// Default [`MemoryConfig::max_payload`]: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+/// Default [`MemoryConfig::max_queue_len`]: 100,000 messages per group.
+pub const DEFAULT_MAX_QUEUE_LEN: usize = 100_000;
+/// Default [`MemoryConfig::publish_timeout`]: 30 seconds.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             retention: DEFAULT_RETENTION,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            max_queue_len: DEFAULT_MAX_QUEUE_LEN,
+            when_full: WhenFull::Wait,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
         }
     }
 }
@@ -54,6 +91,24 @@ impl MemoryConfig {
     /// Sets [`MemoryConfig::max_payload`].
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
+        self
+    }
+
+    /// Sets [`MemoryConfig::max_queue_len`].
+    pub fn max_queue_len(mut self, messages: usize) -> Self {
+        self.max_queue_len = messages;
+        self
+    }
+
+    /// Sets [`MemoryConfig::when_full`].
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// Sets [`MemoryConfig::publish_timeout`].
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
         self
     }
 
@@ -117,12 +172,24 @@ pub(crate) fn parse_url(url: &str) -> Result<(Option<String>, MemoryConfig)> {
 fn apply(config: &mut MemoryConfig, option: &UrlOption<'_>) -> Result<()> {
     // Nothing to connect to, name, or wait for: the shared options are
     // checked, then unused, so that one URL's options work on every broker.
-    if SharedOptions::default().apply(option)? {
+    let shared = SharedOptions {
+        publish_timeout: Some(&mut config.publish_timeout),
+        ..SharedOptions::default()
+    };
+    if shared.apply(option)? {
         return Ok(());
     }
     match option.key() {
         "max_payload" => config.max_payload = option.number(1..)?,
         "retention" => config.retention = option.number(0..)?,
+        "max_queue_len" => config.max_queue_len = option.number(1..)?,
+        "when_full" => {
+            config.when_full = match option.text()? {
+                "wait" => WhenFull::Wait,
+                "reject" => WhenFull::Reject,
+                _ => return Err(option.invalid("expected wait or reject")),
+            }
+        }
         _ => return Err(option.unknown(URL_OPTIONS)),
     }
     Ok(())
@@ -153,6 +220,16 @@ mod tests {
                 .unwrap();
         assert_eq!(name.as_deref(), Some("t"));
         assert_eq!(config, MemoryConfig::default().retention(0).max_payload(10));
+        let bounded =
+            MemoryConfig::from_url("memory://?max_queue_len=5&when_full=reject&publish_timeout=2s")
+                .unwrap();
+        assert_eq!(
+            bounded,
+            MemoryConfig::default()
+                .max_queue_len(5)
+                .when_full(WhenFull::Reject)
+                .publish_timeout(std::time::Duration::from_secs(2))
+        );
         assert_eq!(
             "memory://?retention=3"
                 .parse::<MemoryConfig>()
@@ -168,6 +245,8 @@ mod tests {
             ("memory://?colour=blue", "unknown option \"colour\""),
             ("memory://?max_payload=0", "option max_payload"),
             ("memory://?retention=-1", "option retention"),
+            ("memory://?max_queue_len=0", "option max_queue_len"),
+            ("memory://?when_full=drop", "expected wait or reject"),
             ("memory://?connect_timeout=soon", "option connect_timeout"),
             ("memory://u:p@name", "no user or password"),
             ("memory://name:1", "without port or path"),

@@ -84,8 +84,13 @@ impl Acknowledger for MemoryAcker {
                 .map_err(Into::into)
                 .and_then(|(topic, copy)| {
                     let copy = vec![copy];
-                    self.flow.state.check_publish(&topic, &copy)?;
-                    self.flow.state.append(&topic, copy);
+                    let state = &self.flow.state;
+                    state.check_publish(&topic, &copy)?;
+                    // A full dead-letter group refuses at once: the message
+                    // stays where it is, and the caller sees why.
+                    state.try_append(&topic, copy).map_err(|full| {
+                        crate::state::queue_full(&topic, &full.group, state.config.max_queue_len)
+                    })?;
                     self.flow.group.settled();
                     Ok(())
                 })

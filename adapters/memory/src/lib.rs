@@ -16,7 +16,24 @@
 //! - `publish` returns once the message is in every group's queue.
 //!
 //! Nothing survives the process: it is for tests, examples and services
-//! that do not need a broker yet. Queues are unbounded.
+//! that do not need a broker yet.
+//!
+//! # Bounded queues
+//!
+//! A group holds at most [`MemoryConfig::max_queue_len`] messages (waiting
+//! plus handed out and not yet settled; 100,000 by default), so a group
+//! whose consumers stopped cannot grow the process without bound. A publish
+//! that would take any group of its topic past it waits until the
+//! consumers settle enough, at most [`MemoryConfig::publish_timeout`], then
+//! fails with [`Error::Timeout`] ([`WhenFull::Wait`], the default: the
+//! publisher slows to the consumers' pace); with [`WhenFull::Reject`] it
+//! fails at once with an [`Error::Broker`] of kind
+//! [`LimitReached`](BrokerErrorKind::LimitReached) naming the topic and
+//! the group. Either way nothing is appended to any group (a publish is all
+//! or nothing), and a batch larger than the limit is refused at once. A
+//! dead letter to a full group is refused the same way, and the message
+//! stays in its own group. Topics without groups keep only their last
+//! [`MemoryConfig::retention`] messages.
 //!
 //! # Observability
 //!
@@ -45,7 +62,10 @@
 //! |---|---|---|
 //! | `max_payload` | [`MemoryConfig::max_payload`], bytes | 16 MiB |
 //! | `retention` | [`MemoryConfig::retention`], messages per topic | 10,000 |
-//! | `connect_timeout`, `client_name` (`client_id`), `publish_timeout` | courier's shared options: checked, no effect (nothing to connect to or wait for), so one URL's options work on every broker | |
+//! | `max_queue_len` | [`MemoryConfig::max_queue_len`], messages per group | 100,000 |
+//! | `when_full` | [`MemoryConfig::when_full`]: `wait` or `reject` | `wait` |
+//! | `publish_timeout` | [`MemoryConfig::publish_timeout`]: how long a publish waits for room | 30 s |
+//! | `connect_timeout`, `client_name` (`client_id`) | courier's shared options: checked, no effect (nothing to connect to), so one URL's options work on every broker | |
 //!
 //! Any other option is an [`Error::InvalidUrl`]; so are a user, password,
 //! port or path.
@@ -81,6 +101,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
 use courier_core::adapter::instrumented_publish;
+use courier_core::error::within;
 use courier_core::telemetry::{Health, Lag};
 use courier_core::{
     Broker, BrokerErrorKind, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber,
@@ -88,7 +109,10 @@ use courier_core::{
 };
 use parking_lot::Mutex;
 
-pub use config::{DEFAULT_MAX_PAYLOAD, DEFAULT_RETENTION, MemoryConfig, SCHEMES, URL_OPTIONS};
+pub use config::{
+    DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_QUEUE_LEN, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_RETENTION,
+    MemoryConfig, SCHEMES, URL_OPTIONS, WhenFull,
+};
 use state::{Handle, State};
 use subscriber::MemoryStream;
 
@@ -207,11 +231,52 @@ impl MemoryBroker {
         Ok(())
     }
 
-    fn publish_all(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+    async fn publish_all(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         self.state.check_publish(topic, &messages)?;
-        self.state.append(topic, messages);
-        Ok(())
+        let Err(full) = self.state.try_append(topic, messages) else {
+            return Ok(());
+        };
+        let config = &self.state.config;
+        if config.when_full == WhenFull::Reject || full.messages.len() > config.max_queue_len {
+            return Err(state::queue_full(topic, &full.group, config.max_queue_len));
+        }
+        within(
+            "memory publish (waiting for room in a full group)",
+            config.publish_timeout,
+            self.wait_for_room(topic, full.messages),
+        )
+        .await
+    }
+
+    /// Appends once every group of `topic` has room, waiting for
+    /// settlements meanwhile.
+    async fn wait_for_room(&self, topic: &str, mut messages: Vec<Message>) -> Result<()> {
+        let room = &self.state.room;
+        room.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = WaitingPublisher(room);
+        loop {
+            let freed = room.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check: a settlement between the check
+            // and the wait is not missed.
+            freed.as_mut().enable();
+            self.check_open()?;
+            match self.state.try_append(topic, messages) {
+                Ok(()) => return Ok(()),
+                Err(full) => messages = full.messages,
+            }
+            freed.await;
+        }
+    }
+}
+
+/// Counts a publisher waiting for room while it waits.
+struct WaitingPublisher<'a>(&'a state::Room);
+
+impl Drop for WaitingPublisher<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -232,6 +297,8 @@ impl Close for MemoryBroker {
     async fn close(&self) -> Result<()> {
         if !self.handle.closed.swap(true, Ordering::AcqRel) {
             self.state.wake_all();
+            // Publishers waiting for room find the connection closed.
+            self.state.room.freed.notify_waiters();
         }
         Ok(())
     }
@@ -245,7 +312,7 @@ impl Publisher for MemoryBroker {
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         instrumented_publish("memory", topic, messages, |messages| {
-            std::future::ready(self.publish_all(topic, messages))
+            self.publish_all(topic, messages)
         })
         .await
     }

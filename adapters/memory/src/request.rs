@@ -37,6 +37,7 @@ impl Requester for MemoryBroker {
             timeout,
             |request| async move {
                 self.publish_all(topic, vec![request])
+                    .await
                     .map_err(RequestError::Transport)
             },
         )

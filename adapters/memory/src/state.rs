@@ -43,6 +43,36 @@ pub(crate) struct GroupQueue {
     pub(crate) waiters: Vec<Waker>,
 }
 
+/// Publishers waiting for a full group to make room (see
+/// [`MemoryConfig::max_queue_len`]).
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    pub(crate) freed: tokio::sync::Notify,
+    /// How many publishers wait: settlements notify only when some do.
+    pub(crate) waiting: AtomicUsize,
+}
+
+/// A publish found a group of its topic full.
+#[derive(Debug)]
+pub(crate) struct Full {
+    /// The messages, not appended.
+    pub(crate) messages: Vec<Message>,
+    pub(crate) group: Arc<str>,
+}
+
+/// A group of `topic` holds `limit` messages.
+pub(crate) fn queue_full(topic: &str, group: &str, limit: usize) -> courier_core::Error {
+    courier_core::Error::broker(
+        "memory",
+        "publish",
+        courier_core::BrokerErrorKind::LimitReached,
+        format!(
+            "group {group:?} of topic {topic:?} holds {limit} messages \
+             (max_queue_len); its consumers must settle some first"
+        ),
+    )
+}
+
 /// One consumer group of one topic: the messages it has not yet taken.
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -59,6 +89,8 @@ pub(crate) struct Group {
     /// A member is waiting for its share to grow: settlements wake the
     /// group's waiters.
     pub(crate) starved: AtomicBool,
+    /// The broker's waiting publishers.
+    room: Arc<Room>,
 }
 
 impl Group {
@@ -86,6 +118,9 @@ impl Group {
     /// member waiting for its share may take more.
     pub(crate) fn settled(&self) {
         self.held.fetch_sub(1, Ordering::AcqRel);
+        if self.room.waiting.load(Ordering::Acquire) > 0 {
+            self.room.freed.notify_waiters();
+        }
         if self.starved.swap(false, Ordering::AcqRel) {
             let waiters = std::mem::take(&mut self.queue.lock().waiters);
             waiters.into_iter().for_each(Waker::wake);
@@ -128,6 +163,7 @@ struct Topic {
 pub(crate) struct State {
     pub(crate) config: MemoryConfig,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    pub(crate) room: Arc<Room>,
 }
 
 impl State {
@@ -135,6 +171,7 @@ impl State {
         State {
             config,
             topics: RwLock::new(HashMap::new()),
+            room: Arc::default(),
         }
     }
 
@@ -175,13 +212,24 @@ impl State {
         topic.is_some_and(|t| !t.state.lock().groups.is_empty())
     }
 
-    /// Appends messages to the topic's history and to every group's queue.
-    /// Call [`State::check_publish`] first.
-    pub(crate) fn append(&self, topic: &str, messages: Vec<Message>) {
+    /// Appends messages to the topic's history and to every group's queue,
+    /// or hands them back when that would take a group past
+    /// [`MemoryConfig::max_queue_len`]. Call [`State::check_publish`] first.
+    pub(crate) fn try_append(&self, topic: &str, messages: Vec<Message>) -> Result<(), Full> {
         let topic = self.topic(topic);
         let mut woken = Vec::new();
         {
             let mut state = topic.state.lock();
+            let limit = self.config.max_queue_len;
+            if let Some(full) = state.groups.iter().find(|group| {
+                let (ready, held) = group.backlog();
+                ready + held + messages.len() > limit
+            }) {
+                return Err(Full {
+                    messages,
+                    group: full.name.clone(),
+                });
+            }
             let retention = self.config.retention;
             if retention > 0 {
                 let keep = messages.len().min(retention);
@@ -208,6 +256,7 @@ impl State {
             }
         }
         woken.into_iter().for_each(Waker::wake);
+        Ok(())
     }
 
     /// The group, created if missing; a new group starting at `Earliest` is
@@ -239,6 +288,7 @@ impl State {
             members: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             starved: AtomicBool::new(false),
+            room: self.room.clone(),
         });
         state.groups.push(g.clone());
         g
