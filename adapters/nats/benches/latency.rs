@@ -13,16 +13,14 @@
 //! container; `COURIER_TEST_NATS_URL` uses a running server instead).
 //! `-- ROUNDS` sets the rounds per payload size (default 5).
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::{Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved};
 use courier_core::prelude::*;
 use courier_core::{Message, Publisher, Subscriber, Subscription};
 use courier_nats::NatsBroker;
+use courier_testkit::bench::{Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved};
 use futures::StreamExt;
 
 const RATE: u32 = 1_000;
@@ -61,19 +59,20 @@ fn main() {
                     };
                     // `interleaved` keeps one figure a round; all three
                     // percentiles are read from the kept latencies.
-                    let p50 = latencies.percentile(0.5);
+                    let mut latencies = latencies;
+                    let p50 = latencies.micros(0.5);
                     recorded.lock().expect("lock").push((side, latencies));
                     p50
                 }
             })
             .await;
-            let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
+            let mut recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
             for (name, q) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {
                 let mut rounds_of = Rounds::default();
-                for (side, latencies) in &recorded {
+                for (side, latencies) in &mut recorded {
                     match side {
-                        Side::Raw => rounds_of.raw.push(latencies.percentile(q)),
-                        Side::Courier => rounds_of.courier.push(latencies.percentile(q)),
+                        Side::Raw => rounds_of.raw.push(latencies.micros(q)),
+                        Side::Courier => rounds_of.courier.push(latencies.micros(q)),
                     }
                 }
                 report.push(Row::new(
@@ -147,7 +146,7 @@ async fn raw_round(js: &jetstream::Context, size: usize) -> Latencies {
             }
         }
     });
-    let mut latencies = Latencies::default();
+    let mut latencies = Latencies::with_capacity(MESSAGES);
     let mut acks = Vec::with_capacity(MESSAGES);
     for _ in 0..MESSAGES {
         let message = messages.next().await.expect("open").expect("message");
@@ -185,7 +184,7 @@ async fn courier_round(broker: &NatsBroker, size: usize) -> Latencies {
             }
         }
     });
-    let mut latencies = Latencies::default();
+    let mut latencies = Latencies::with_capacity(MESSAGES);
     let mut acks = Vec::with_capacity(MESSAGES);
     for _ in 0..MESSAGES {
         let delivery = stream.next().await.expect("open").expect("delivery");

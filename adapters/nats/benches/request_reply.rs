@@ -16,15 +16,13 @@
 //! (`request c=N p50`/`p99` in microseconds, `request c=N` in requests per
 //! second).
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Report, Rounds, Row, Side, Unit, interleaved};
 use courier_core::runtime::{self, Consumer, Envelope};
 use courier_core::{Broker, Message, Subscription};
 use courier_nats::NatsBroker;
+use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 

@@ -17,19 +17,17 @@
 //! - `runtime c=N`: courier's consumer runtime (an empty handler) at
 //!   concurrency N against the same raw loop.
 
-mod common;
-
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::{Report, Row, Side, Unit, interleaved};
 use courier_core::prelude::*;
 use courier_core::runtime::{self, Consumer};
 use courier_core::{Message, Publisher, StartPosition, Subscriber, Subscription};
 use courier_nats::NatsBroker;
+use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
 
 const PAYLOAD: [u8; 64] = [7; 64];
@@ -191,7 +189,7 @@ async fn raw_publish(js: &jetstream::Context, subject: &str, count: usize) -> f6
             ack.expect("publish ack");
         }
     }
-    rate(count.div_ceil(WINDOW) * WINDOW, started)
+    rate(count.div_ceil(WINDOW) * WINDOW, started.elapsed())
 }
 
 async fn courier_publish(broker: &NatsBroker, topic: &str, count: usize) -> f64 {
@@ -204,11 +202,7 @@ async fn courier_publish(broker: &NatsBroker, topic: &str, count: usize) -> f64 
             .await
             .expect("publish");
     }
-    rate(count.div_ceil(WINDOW) * WINDOW, started)
-}
-
-fn rate(count: usize, started: Instant) -> f64 {
-    count as f64 / started.elapsed().as_secs_f64()
+    rate(count.div_ceil(WINDOW) * WINDOW, started.elapsed())
 }
 
 /// A fresh topic holding `count` messages, and the durable consumer both
@@ -271,7 +265,7 @@ async fn raw_consume(
             message.expect("message").double_ack().await.expect("ack");
         })
         .await;
-    rate(count, started)
+    rate(count, started.elapsed())
 }
 
 /// The delivery stream with `concurrency` acks in flight.
@@ -292,7 +286,7 @@ async fn courier_consume(
             delivery.expect("delivery").ack().await.expect("ack");
         })
         .await;
-    rate(count, started)
+    rate(count, started.elapsed())
 }
 
 /// courier's consumer runtime with an empty handler at `concurrency`
@@ -320,7 +314,7 @@ async fn courier_runtime(
     while metrics.snapshot().handled < count as u64 {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    let per_second = rate(count, started);
+    let per_second = rate(count, started.elapsed());
     running.shutdown().await.expect("shutdown");
     assert_eq!(handled.load(Ordering::Relaxed), count);
     per_second
