@@ -42,7 +42,7 @@ fn main() {
     runtime.block_on(async move {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
         let url = server.url().to_owned();
-        let mut report = Report::new(&format!(
+        let mut report = Report::new(format!(
             "NATS JetStream publish → receive latency, open loop at {RATE}/s, {MESSAGES} messages a round, {rounds} rounds, 2 worker threads"
         ));
         let raw = async_nats::connect(&url).await.expect("connect");
@@ -77,7 +77,7 @@ fn main() {
                 }
                 report.push(Row::new(
                     "nats",
-                    &format!("latency {name} @{RATE}/s"),
+                    format!("latency {name} @{RATE}/s"),
                     size,
                     Unit::Micros,
                     &rounds_of,

@@ -73,7 +73,7 @@ fn main() {
         courier.round(8, 20).await;
 
         let body = serde_json::to_vec(&ping(0)).expect("encode").len();
-        let mut report = Report::new(&format!(
+        let mut report = Report::new(format!(
             "NATS request/reply, {body} B JSON bodies, {rounds} rounds per concurrency, 2 worker threads"
         ));
         for (concurrency, per_task) in PER_TASK {
@@ -104,7 +104,7 @@ fn main() {
                 }
                 report.push(Row::new(
                     "nats",
-                    &format!("request c={concurrency} {name}"),
+                    format!("request c={concurrency} {name}"),
                     body,
                     Unit::Micros,
                     &rounds_of,
@@ -112,7 +112,7 @@ fn main() {
             }
             report.push(Row::new(
                 "nats",
-                &format!("request c={concurrency}"),
+                format!("request c={concurrency}"),
                 body,
                 Unit::MessagesPerSecond,
                 &per_second,

@@ -59,7 +59,7 @@ fn main() {
     runtime.block_on(async move {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
         let url = server.url().to_owned();
-        let mut report = Report::new(&format!(
+        let mut report = Report::new(format!(
             "NATS JetStream throughput, {} B payloads, file storage, {rounds} rounds, 2 worker threads",
             PAYLOAD.len()
         ));

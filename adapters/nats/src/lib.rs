@@ -31,9 +31,8 @@
 //!   `RequeueAfter(d)` a NAK with delay, `DeadLetter` publishes the copy to
 //!   the dead-letter topic (confirmed) and then terminates the original
 //!   (`+TERM`). A delivery dropped unsettled is NAKed.
-//! - **Flow**: a stream never holds more than [`Subscription::prefetch`]
-//!   messages unsettled or asked for; pulls are pipelined (see
-//!   [Settlement](crate#settlement)). The consumer's `max_ack_pending`
+//! - **Flow**: a stream pulls at most [`Subscription::prefetch`] messages at
+//!   a time and never holds more unsettled than that; the consumer's `max_ack_pending`
 //!   ([`NatsConfig::max_ack_pending`]) bounds the group.
 //!
 //! # Settlement
@@ -60,12 +59,8 @@
 //! taking the next delivery still waits one round trip per message: that
 //! wait is what an `Ok` ack promises.
 //!
-//! Pulls are pipelined the same way: a subscription keeps pull requests
-//! outstanding for the room its prefetch leaves (at least a quarter of it
-//! at a time) while earlier messages are being handled, all answered to
-//! one inbox subscription so messages arrive in the order the server sent
-//! them. Requested plus unsettled never exceeds the prefetch, so a busy
-//! member of a group does not hold messages its peers could take.
+//! A subscription pulls at most the room its prefetch leaves
+//! (`prefetch - unsettled`) in one pull request at a time.
 //! - **Delivery count** comes from the message's JetStream metadata.
 //!
 //! # Ordering
@@ -151,7 +146,6 @@ mod error;
 mod flow;
 mod inbox;
 mod lag;
-mod pipeline;
 mod publisher;
 mod request;
 mod subscriber;

@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use courier_core::{
     BrokerErrorKind, Delivery, DeliveryStream, Error, MessageId, Result, StartPosition,
     Subscription, adapter,
 };
+use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::{consumer_name, stream_name};
@@ -83,7 +86,7 @@ pub(crate) async fn subscribe(
     let requests = crate::request::listen(&inner, &subscription).await?;
     let topic: Arc<str> = Arc::from(subscription.topic());
     let tracker = inner.pull_loops.clone();
-    tracker.spawn(crate::pipeline::pull_loop(
+    tracker.spawn(pull_loop(
         inner.clone(),
         subscription,
         consumer,
@@ -94,11 +97,105 @@ pub(crate) async fn subscribe(
     Ok(crate::request::merge(inner, topic, rx, requests))
 }
 
-/// A pulled message as a delivery, counted in flight until it is settled.
-pub(crate) fn to_delivery(
+/// Pulls at most `prefetch - in_flight` messages at a time and hands them
+/// out, until the connection closes or the stream is dropped. Errors (a
+/// server restart, say) are retried with a growing pause; the durable
+/// consumer is re-provisioned in case the server lost it.
+async fn pull_loop(
+    inner: Arc<Inner>,
+    subscription: Subscription,
+    mut consumer: consumer::Consumer<pull::Config>,
+    prefetch: usize,
+    flow: Arc<Flow>,
+    tx: mpsc::Sender<Result<Delivery>>,
+) {
+    let topic: Arc<str> = Arc::from(subscription.topic());
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let free = prefetch.saturating_sub(flow.in_flight.load(Ordering::Acquire));
+        if free == 0 {
+            tokio::select! {
+                () = flow.settled.notified() => continue,
+                () = inner.shutdown.cancelled() => return,
+                () = tx.closed() => return,
+            }
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(free)
+            .expires(inner.config.pull_expiry)
+            .messages();
+        let mut batch = tokio::select! {
+            batch = batch => batch,
+            () = inner.shutdown.cancelled() => return,
+            () = tx.closed() => return,
+        };
+        let mut failed = false;
+        match batch.as_mut() {
+            Ok(messages) => loop {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    () = inner.shutdown.cancelled() => return drain(messages).await,
+                    () = tx.closed() => return drain(messages).await,
+                };
+                match next {
+                    None => break,
+                    Some(Ok(message)) => {
+                        pause = Duration::from_millis(50);
+                        let Some(delivery) =
+                            to_delivery(&inner, &topic, &subscription, &flow, message)
+                        else {
+                            continue;
+                        };
+                        if tx.send(Ok(delivery)).await.is_err() {
+                            // The delivery dropped with the error is NAKed.
+                            return drain(messages).await;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(topic = %topic, error = %e, "nats pull interrupted");
+                        failed = true;
+                        break;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::debug!(topic = %topic, error = %e, "nats pull request failed");
+                failed = true;
+            }
+        }
+        if failed {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = inner.shutdown.cancelled() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+            if let Ok(c) = provision(&inner, &subscription).await {
+                consumer = c;
+            }
+        }
+    }
+}
+
+/// Keeps the pending pull request open until it expires, NAKing whatever
+/// it still brings. Abandoning the request instead (unsubscribing its inbox)
+/// makes nats-server 2.9 rewind the consumer when it next delivers to it,
+/// which can make already acknowledged messages pending again.
+async fn drain(messages: &mut pull::Batch) {
+    while let Some(next) = messages.next().await {
+        match next {
+            Ok(message) => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+fn to_delivery(
     inner: &Arc<Inner>,
     topic: &Arc<str>,
-    group: &Arc<str>,
+    subscription: &Subscription,
     flow: &Arc<Flow>,
     message: async_nats::jetstream::Message,
 ) -> Option<Delivery> {
@@ -119,7 +216,7 @@ pub(crate) fn to_delivery(
         reply,
         token,
         topic: topic.clone(),
-        group: group.clone(),
+        group: Arc::from(subscription.group()),
     };
     let sequence = info.map_or(0, |(_, seq)| seq);
     let headers = crate::codec::wire_headers(message.headers.as_ref());
