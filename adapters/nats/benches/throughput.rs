@@ -97,53 +97,38 @@ fn main() {
         }
 
         for (concurrency, count) in [(1, 2_000), (16, 10_000)] {
-            let case = format!("consume c={concurrency}");
-            if wanted(&case) {
-            let rounds_of = interleaved(rounds, |side| {
-                let (js, courier) = (js.clone(), courier.clone());
-                async move {
-                    let topic = filled(&js, count).await;
-                    match side {
-                        Side::Raw => raw_consume(&js, &topic, count, concurrency).await,
-                        Side::Courier => {
-                            courier_consume(&courier, &topic, count, concurrency).await
+            for through_runtime in [false, true] {
+                let case = match through_runtime {
+                    false => format!("consume c={concurrency}"),
+                    true => format!("runtime c={concurrency}"),
+                };
+                if !wanted(&case) {
+                    continue;
+                }
+                let rounds_of = interleaved(rounds, |side| {
+                    let (js, courier) = (js.clone(), courier.clone());
+                    async move {
+                        let topic = filled(&js, count).await;
+                        match (side, through_runtime) {
+                            (Side::Raw, _) => raw_consume(&js, &topic, count, concurrency).await,
+                            (Side::Courier, false) => {
+                                courier_consume(&courier, &topic, count, concurrency).await
+                            }
+                            (Side::Courier, true) => {
+                                courier_runtime(&courier, &topic, count, concurrency).await
+                            }
                         }
                     }
-                }
-            })
-            .await;
-            report.push(Row::new(
-                "nats",
-                &case,
-                PAYLOAD.len(),
-                Unit::MessagesPerSecond,
-                &rounds_of,
-            ));
+                })
+                .await;
+                report.push(Row::new(
+                    "nats",
+                    &case,
+                    PAYLOAD.len(),
+                    Unit::MessagesPerSecond,
+                    &rounds_of,
+                ));
             }
-            let case = format!("runtime c={concurrency}");
-            if !wanted(&case) {
-                continue;
-            }
-            let rounds_of = interleaved(rounds, |side| {
-                let (js, courier) = (js.clone(), courier.clone());
-                async move {
-                    let topic = filled(&js, count).await;
-                    match side {
-                        Side::Raw => raw_consume(&js, &topic, count, concurrency).await,
-                        Side::Courier => {
-                            courier_runtime(&courier, &topic, count, concurrency).await
-                        }
-                    }
-                }
-            })
-            .await;
-            report.push(Row::new(
-                "nats",
-                &case,
-                PAYLOAD.len(),
-                Unit::MessagesPerSecond,
-                &rounds_of,
-            ));
         }
         report.finish();
         courier.close().await.expect("close");
