@@ -3,23 +3,26 @@
 //! (`Client::request` answered by a core subscriber), on the same server,
 //! in one run.
 //!
-//! courier's request goes through JetStream (stored, acked, pulled and
-//! acked by the responder's durable consumer: at least once) and its reply
-//! over core NATS; the raw idiom is core NATS both ways (at most once, lost
-//! if no responder runs at that moment). The table shows what that
-//! durability costs per round trip.
+//! Both go over core NATS both ways (at most once): courier's request to
+//! the topic's request subject, where the responder listens as a queue
+//! group, its reply to the requester's inbox. The responder side differs
+//! in what it is: a consumer runtime at concurrency 64 (middleware, JSON
+//! envelopes, request headers) against a bare receive loop.
 //!
 //! `cargo bench -p courier-nats --bench request_reply` (starts its own
 //! NATS container; `COURIER_TEST_NATS_URL` uses a running server instead).
 //! `-- ROUNDS` sets the rounds per concurrency (default 5); the sides
-//! alternate who goes first, and the medians of the rounds are shown.
+//! alternate who goes first, and the medians of the rounds are compared
+//! (`request c=N p50`/`p99` in microseconds, `request c=N` in requests per
+//! second).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courier_core::runtime::{self, Consumer, Envelope};
 use courier_core::{Broker, Message, Subscription};
 use courier_nats::NatsBroker;
+use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -42,8 +45,10 @@ fn ping(seq: u64) -> Ping {
 /// One round's figures.
 #[derive(Debug, Clone, Copy)]
 struct Round {
-    p50: Duration,
-    p99: Duration,
+    /// Microseconds.
+    p50: f64,
+    /// Microseconds.
+    p99: f64,
     per_second: f64,
 }
 
@@ -67,61 +72,55 @@ fn main() {
         raw.round(8, 20).await;
         courier.round(8, 20).await;
 
-        println!(
-            "NATS request/reply, {} B JSON bodies, {rounds} rounds per concurrency, sides alternating, medians of rounds, 2 worker threads",
-            serde_json::to_vec(&ping(0)).expect("encode").len()
-        );
-        println!(
-            "{:<12} {:<26} {:>10} {:>10} {:>12}",
-            "concurrency", "side", "p50", "p99", "requests/s"
-        );
+        let body = serde_json::to_vec(&ping(0)).expect("encode").len();
+        let mut report = Report::new(format!(
+            "NATS request/reply, {body} B JSON bodies, {rounds} rounds per concurrency, 2 worker threads"
+        ));
         for (concurrency, per_task) in PER_TASK {
-            let mut raw_rounds = Vec::new();
-            let mut courier_rounds = Vec::new();
-            for round in 0..rounds {
-                if round % 2 == 0 {
-                    raw_rounds.push(raw.round(concurrency, per_task).await);
-                    courier_rounds.push(courier.round(concurrency, per_task).await);
-                } else {
-                    courier_rounds.push(courier.round(concurrency, per_task).await);
-                    raw_rounds.push(raw.round(concurrency, per_task).await);
+            let recorded = Arc::new(Mutex::new(Vec::new()));
+            let per_second = interleaved(rounds, |side| {
+                let (raw, courier, recorded) = (&raw, &courier, recorded.clone());
+                async move {
+                    let round = match side {
+                        Side::Raw => raw.round(concurrency, per_task).await,
+                        Side::Courier => courier.round(concurrency, per_task).await,
+                    };
+                    recorded.lock().expect("lock").push((side, round));
+                    round.per_second
                 }
-            }
-            let raw = median(&raw_rounds);
-            let courier = median(&courier_rounds);
-            for (side, r) in [
-                ("raw async-nats request", raw),
-                ("courier request", courier),
+            })
+            .await;
+            let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
+            for (name, figure) in [
+                ("p50", (|r: &Round| r.p50) as fn(&Round) -> f64),
+                ("p99", |r: &Round| r.p99),
             ] {
-                println!(
-                    "{:<12} {:<26} {:>10.1?} {:>10.1?} {:>12.0}",
-                    concurrency, side, r.p50, r.p99, r.per_second
-                );
+                let mut rounds_of = Rounds::default();
+                for (side, round) in &recorded {
+                    match side {
+                        Side::Raw => rounds_of.raw.push(figure(round)),
+                        Side::Courier => rounds_of.courier.push(figure(round)),
+                    }
+                }
+                report.push(Row::new(
+                    "nats",
+                    format!("request c={concurrency} {name}"),
+                    body,
+                    Unit::Micros,
+                    &rounds_of,
+                ));
             }
-            println!(
-                "{:<12} {:<26} {:>10.2} {:>10.2} {:>12.2}",
-                concurrency,
-                "ratio courier / raw",
-                courier.p50.as_secs_f64() / raw.p50.as_secs_f64(),
-                courier.p99.as_secs_f64() / raw.p99.as_secs_f64(),
-                courier.per_second / raw.per_second,
-            );
+            report.push(Row::new(
+                "nats",
+                format!("request c={concurrency}"),
+                body,
+                Unit::MessagesPerSecond,
+                &per_second,
+            ));
         }
+        report.finish();
         courier.stop().await;
     });
-}
-
-/// The median of each figure over the rounds.
-fn median(rounds: &[Round]) -> Round {
-    fn mid<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
-        values.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
-        values[values.len() / 2]
-    }
-    Round {
-        p50: mid(rounds.iter().map(|r| r.p50).collect()),
-        p99: mid(rounds.iter().map(|r| r.p99).collect()),
-        per_second: mid(rounds.iter().map(|r| r.per_second).collect()),
-    }
 }
 
 /// Runs `concurrency` tasks of `per_task` sequential round trips each.
@@ -153,8 +152,8 @@ where
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Round {
-        p50: at(0.50),
-        p99: at(0.99),
+        p50: at(0.50).as_secs_f64() * 1e6,
+        p99: at(0.99).as_secs_f64() * 1e6,
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
     }
 }

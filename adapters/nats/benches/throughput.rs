@@ -1,27 +1,56 @@
 //! courier-nats against raw async-nats on the same server, in one run:
-//! JetStream publish with acks pipelined, then pull-consume and ack.
+//! JetStream confirmed publish, then consume with confirmed acks.
 //!
 //! `cargo bench -p courier-nats --bench throughput` (starts its own NATS
 //! container; `COURIER_TEST_NATS_URL` uses a running server instead).
-//! `-- N` sets the message count (default 100,000).
+//! `-- ROUNDS` sets the rounds per case (default 5), any other argument
+//! runs only the cases whose name contains it; the sides alternate who
+//! goes first and the medians of the rounds are compared.
+//!
+//! Cases, each side doing the same work with the same guarantees:
+//!
+//! - `publish confirmed`: 256 publishes in flight, every JetStream publish
+//!   ack awaited; raw sends the same `Nats-Msg-Id` header courier does.
+//! - `consume c=N`: a pull stream read with N acks in flight, each ack
+//!   confirmed by the server (raw: `consumer.messages()` and `double_ack`;
+//!   courier: the delivery stream and `Delivery::ack`).
+//! - `runtime c=N`: courier's consumer runtime (an empty handler) at
+//!   concurrency N against the same raw loop.
 
-use courier_core::prelude::*;
 use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use courier_core::{Message, Publisher, Subscriber, Subscription};
+use courier_core::prelude::*;
+use courier_core::runtime::{self, Consumer};
+use courier_core::{Message, Publisher, StartPosition, Subscriber, Subscription};
 use courier_nats::NatsBroker;
+use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
 
 const PAYLOAD: [u8; 64] = [7; 64];
+/// Publishes in flight.
 const WINDOW: usize = 256;
+/// Messages per publish round.
+const PUBLISHED: usize = 30_000;
+/// What a consumer pulls at a time on both sides (async-nats's default
+/// batch is 200).
+const PULL_BATCH: usize = 200;
 
 fn main() {
-    let count: usize = std::env::args()
+    let rounds: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(5)
+        .max(1);
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with("--"))
+        .collect();
+    let wanted =
+        move |case: &str| only.is_empty() || only.iter().any(|o| case.contains(o.as_str()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -30,32 +59,79 @@ fn main() {
     runtime.block_on(async move {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
         let url = server.url().to_owned();
-        println!("NATS JetStream, {count} messages of 64 bytes, file storage, 2 worker threads");
-        let raw_pub = raw_publish(&url, count, false).await;
-        let raw_pub_id = raw_publish(&url, count, true).await;
-        let courier_pub = courier_publish(&url, count).await;
-        let raw_ack = raw_consume(&url, count, false).await;
-        let raw_confirmed = raw_consume(&url, count, true).await;
-        let courier_consume = courier_consume(&url, count).await;
-        let rate = |d: Duration| count as f64 / d.as_secs_f64();
-        println!("  publish (acks pipelined, {WINDOW} in flight)");
-        println!("    raw async-nats      {:>10.0} msg/s", rate(raw_pub));
-        println!("    raw + Nats-Msg-Id   {:>10.0} msg/s", rate(raw_pub_id));
-        println!(
-            "    courier-nats        {:>10.0} msg/s   ratio {:.2} vs raw + Nats-Msg-Id, {:.2} vs raw",
-            rate(courier_pub),
-            rate(courier_pub) / rate(raw_pub_id),
-            rate(courier_pub) / rate(raw_pub)
-        );
-        println!("  pull-consume + ack");
-        println!("    raw, ack unconfirmed    {:>10.0} msg/s", rate(raw_ack));
-        println!("    raw, ack confirmed      {:>10.0} msg/s", rate(raw_confirmed));
-        println!(
-            "    courier-nats (confirmed) {:>9.0} msg/s   ratio {:.2} vs raw confirmed, {:.2} vs raw unconfirmed",
-            rate(courier_consume),
-            rate(courier_consume) / rate(raw_confirmed),
-            rate(courier_consume) / rate(raw_ack)
-        );
+        let mut report = Report::new(format!(
+            "NATS JetStream throughput, {} B payloads, file storage, {rounds} rounds, 2 worker threads",
+            PAYLOAD.len()
+        ));
+        let raw = async_nats::connect(&url).await.expect("connect");
+        let js = jetstream::new(raw.clone());
+        let courier = NatsBroker::connect(&url).await.expect("connect");
+
+        let raw_topic = topic("raw-pub");
+        create_stream(&js, &raw_topic).await;
+        let courier_topic = topic("courier-pub");
+        Publisher::publish(&courier, &courier_topic, Message::new("warm-up"))
+            .await
+            .expect("stream");
+        if wanted("publish confirmed") {
+            let rounds_of = interleaved(rounds, |side| {
+                let (js, courier) = (js.clone(), courier.clone());
+                let (raw_topic, courier_topic) = (raw_topic.clone(), courier_topic.clone());
+                async move {
+                    match side {
+                        Side::Raw => raw_publish(&js, &raw_topic, PUBLISHED).await,
+                        Side::Courier => {
+                            courier_publish(&courier, &courier_topic, PUBLISHED).await
+                        }
+                    }
+                }
+            })
+            .await;
+            report.push(Row::new(
+                "nats",
+                "publish confirmed",
+                PAYLOAD.len(),
+                Unit::MessagesPerSecond,
+                &rounds_of,
+            ));
+        }
+
+        for (concurrency, count) in [(1, 2_000), (16, 10_000)] {
+            for through_runtime in [false, true] {
+                let case = match through_runtime {
+                    false => format!("consume c={concurrency}"),
+                    true => format!("runtime c={concurrency}"),
+                };
+                if !wanted(&case) {
+                    continue;
+                }
+                let rounds_of = interleaved(rounds, |side| {
+                    let (js, courier) = (js.clone(), courier.clone());
+                    async move {
+                        let topic = filled(&js, count).await;
+                        match (side, through_runtime) {
+                            (Side::Raw, _) => raw_consume(&js, &topic, count, concurrency).await,
+                            (Side::Courier, false) => {
+                                courier_consume(&courier, &topic, count, concurrency).await
+                            }
+                            (Side::Courier, true) => {
+                                courier_runtime(&courier, &topic, count, concurrency).await
+                            }
+                        }
+                    }
+                })
+                .await;
+                report.push(Row::new(
+                    "nats",
+                    &case,
+                    PAYLOAD.len(),
+                    Unit::MessagesPerSecond,
+                    &rounds_of,
+                ));
+            }
+        }
+        report.finish();
+        courier.close().await.expect("close");
     });
 }
 
@@ -63,119 +139,168 @@ fn topic(kind: &str) -> String {
     courier_testkit::fixtures::unique_name(&format!("bench-{kind}"))
 }
 
-async fn raw_publish(url: &str, count: usize, with_id: bool) -> Duration {
-    let client = async_nats::connect(url).await.expect("connect");
-    let js = jetstream::new(client);
-    let subject = topic("raw");
+/// The stream courier would create for `subject` (file storage, default
+/// duplicate window).
+async fn create_stream(js: &jetstream::Context, subject: &str) {
     js.get_or_create_stream(jetstream::stream::Config {
-        name: courier_nats::stream_name(&subject),
-        subjects: vec![subject.clone()],
+        name: courier_nats::stream_name(subject),
+        subjects: vec![subject.to_owned()],
+        duplicate_window: Duration::from_secs(120),
         ..Default::default()
     })
     .await
     .expect("stream");
+}
+
+/// Publishes `count` messages with `WINDOW` in flight; messages per second.
+async fn raw_publish(js: &jetstream::Context, subject: &str, count: usize) -> f64 {
     let started = Instant::now();
     let mut pending = Vec::with_capacity(WINDOW);
-    for _ in 0..count / WINDOW + 1 {
+    for _ in 0..count.div_ceil(WINDOW) {
         for _ in 0..WINDOW {
-            let payload = bytes::Bytes::from_static(&PAYLOAD);
-            let ack = if with_id {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", courier_core::MessageId::new().to_string());
-                js.publish_with_headers(subject.clone(), headers, payload)
-                    .await
-            } else {
-                js.publish(subject.clone(), payload).await
-            }
-            .expect("publish");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", courier_core::MessageId::new().to_string());
+            let ack = js
+                .publish_with_headers(
+                    subject.to_owned(),
+                    headers,
+                    bytes::Bytes::from_static(&PAYLOAD),
+                )
+                .await
+                .expect("publish");
             pending.push(ack.into_future());
         }
         for ack in futures::future::join_all(pending.drain(..)).await {
             ack.expect("publish ack");
         }
     }
-    started.elapsed() * count as u32 / ((count / WINDOW + 1) * WINDOW) as u32
+    rate(count.div_ceil(WINDOW) * WINDOW, started.elapsed())
 }
 
-async fn courier_publish(url: &str, count: usize) -> Duration {
-    let broker = NatsBroker::connect(url).await.expect("connect");
-    let subject = topic("courier");
-    Publisher::publish(&broker, &subject, Message::new("warm-up"))
-        .await
-        .expect("stream");
+async fn courier_publish(broker: &NatsBroker, topic: &str, count: usize) -> f64 {
     let started = Instant::now();
-    for _ in 0..count / WINDOW + 1 {
-        let batch = (0..WINDOW).map(|_| Message::new(&PAYLOAD[..])).collect();
-        Publisher::publish_batch(&broker, &subject, batch)
+    for _ in 0..count.div_ceil(WINDOW) {
+        let batch = (0..WINDOW)
+            .map(|_| Message::new(bytes::Bytes::from_static(&PAYLOAD)))
+            .collect();
+        Publisher::publish_batch(broker, topic, batch)
             .await
             .expect("publish");
     }
-    started.elapsed() * count as u32 / ((count / WINDOW + 1) * WINDOW) as u32
+    rate(count.div_ceil(WINDOW) * WINDOW, started.elapsed())
 }
 
-/// Fills a fresh topic with `count` messages for a consume run.
-async fn filled(url: &str, count: usize) -> String {
-    let broker = NatsBroker::connect(url).await.expect("connect");
+/// A fresh topic holding `count` messages, and the durable consumer both
+/// sides read it through (as courier provisions it).
+async fn filled(js: &jetstream::Context, count: usize) -> String {
     let subject = topic("consume");
-    let sub =
-        Subscription::new(&subject, "bench").start_from(courier_core::StartPosition::Earliest);
-    Subscriber::provision(&broker, &sub)
-        .await
-        .expect("provision");
-    for chunk in 0..count.div_ceil(1000) {
-        let n = 1000.min(count - chunk * 1000);
-        let batch = (0..n).map(|_| Message::new(&PAYLOAD[..])).collect();
-        Publisher::publish_batch(&broker, &subject, batch)
-            .await
-            .expect("fill");
+    create_stream(js, &subject).await;
+    let mut pending = Vec::with_capacity(1000);
+    for _ in 0..count.div_ceil(1000) {
+        for _ in 0..1000 {
+            let ack = js
+                .publish(subject.clone(), bytes::Bytes::from_static(&PAYLOAD))
+                .await
+                .expect("publish");
+            pending.push(ack.into_future());
+        }
+        for ack in futures::future::join_all(pending.drain(..)).await {
+            ack.expect("publish ack");
+        }
     }
-    broker.close().await.expect("close");
     subject
 }
 
-async fn raw_consume(url: &str, count: usize, confirmed: bool) -> Duration {
-    let subject = filled(url, count).await;
-    let client = async_nats::connect(url).await.expect("connect");
-    let js = jetstream::new(client);
+/// async-nats's idiom: `consumer.messages()` with `concurrency` confirmed
+/// acks (`double_ack`) in flight.
+async fn raw_consume(
+    js: &jetstream::Context,
+    subject: &str,
+    count: usize,
+    concurrency: usize,
+) -> f64 {
     let stream = js
-        .get_stream(courier_nats::stream_name(&subject))
+        .get_stream(courier_nats::stream_name(subject))
         .await
         .expect("stream");
     let consumer: jetstream::consumer::PullConsumer = stream
-        .get_consumer(&courier_nats::consumer_name("bench"))
+        .get_or_create_consumer(
+            "raw",
+            jetstream::consumer::pull::Config {
+                durable_name: Some("raw".to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
         .await
         .expect("consumer");
     let started = Instant::now();
-    let mut messages = consumer
+    let messages = consumer
         .stream()
-        .max_messages_per_batch(WINDOW)
+        .max_messages_per_batch(PULL_BATCH)
         .messages()
         .await
         .expect("messages");
-    for _ in 0..count {
-        let message = messages.next().await.expect("open").expect("message");
-        if confirmed {
-            message.double_ack().await.expect("ack");
-        } else {
-            message.ack().await.expect("ack");
-        }
-    }
-    started.elapsed()
+    messages
+        .take(count)
+        .for_each_concurrent(concurrency, |message| async move {
+            message.expect("message").double_ack().await.expect("ack");
+        })
+        .await;
+    rate(count, started.elapsed())
 }
 
-async fn courier_consume(url: &str, count: usize) -> Duration {
-    let subject = filled(url, count).await;
-    let broker = NatsBroker::connect(url).await.expect("connect");
-    let sub = Subscription::new(&subject, "bench").prefetch(WINDOW as u16);
+/// The delivery stream with `concurrency` acks in flight.
+async fn courier_consume(
+    broker: &NatsBroker,
+    topic: &str,
+    count: usize,
+    concurrency: usize,
+) -> f64 {
+    let sub = Subscription::new(topic, "courier")
+        .start_from(StartPosition::Earliest)
+        .prefetch(PULL_BATCH as u16);
     let started = Instant::now();
-    let mut stream = Subscriber::subscribe(&broker, sub)
+    let stream = Subscriber::subscribe(broker, sub).await.expect("subscribe");
+    stream
+        .take(count)
+        .for_each_concurrent(concurrency, |delivery| async move {
+            delivery.expect("delivery").ack().await.expect("ack");
+        })
+        .await;
+    rate(count, started.elapsed())
+}
+
+/// courier's consumer runtime with an empty handler at `concurrency`
+/// (its default prefetch), until it has handled and acked `count`.
+async fn courier_runtime(
+    broker: &NatsBroker,
+    topic: &str,
+    count: usize,
+    concurrency: usize,
+) -> f64 {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let handler = runtime::raw(move |_message: Message| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        async { Ok(()) }
+    });
+    let sub = Subscription::new(topic, "courier").start_from(StartPosition::Earliest);
+    let started = Instant::now();
+    let running = Consumer::builder(broker.clone().into_broker(), sub, handler)
+        .concurrency(concurrency)
+        .start()
         .await
-        .expect("subscribe");
-    for _ in 0..count {
-        let delivery = stream.next().await.expect("open").expect("delivery");
-        delivery.ack().await.expect("ack");
+        .expect("consumer");
+    let metrics = running.metrics();
+    while metrics.snapshot().handled < count as u64 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    let elapsed = started.elapsed();
-    broker.close().await.expect("close");
-    elapsed
+    let per_second = rate(count, started.elapsed());
+    running.shutdown().await.expect("shutdown");
+    assert_eq!(handled.load(Ordering::Relaxed), count);
+    per_second
 }

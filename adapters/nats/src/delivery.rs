@@ -15,7 +15,8 @@ use crate::flow::Flow;
 pub(crate) struct NatsAcker {
     pub(crate) inner: Arc<Inner>,
     pub(crate) flow: Arc<Flow>,
-    pub(crate) message: async_nats::jetstream::Message,
+    /// The subject settling this delivery answers to.
+    pub(crate) reply: async_nats::Subject,
     pub(crate) token: u64,
     pub(crate) topic: Arc<str>,
     pub(crate) group: Arc<str>,
@@ -30,25 +31,18 @@ impl NatsAcker {
             // A request: the server answers once it has recorded the
             // settlement (what `double_ack` does, over the client's shared
             // reply subscription instead of a new one per message).
-            match self.message.reply.clone() {
-                Some(reply) => self
-                    .inner
-                    .client
-                    .request(reply, kind.into())
-                    .await
-                    .map(drop)
-                    .map_err(|e| match e.kind() {
-                        async_nats::RequestErrorKind::TimedOut => Error::Timeout {
-                            operation,
-                            after: self.inner.config.request_timeout,
-                        },
-                        _ => op_error(operation, e),
-                    }),
-                None => Err(op_error(
-                    operation,
-                    std::io::Error::other("no reply subject"),
-                )),
-            }
+            self.inner
+                .client
+                .request(self.reply.clone(), kind.into())
+                .await
+                .map(drop)
+                .map_err(|e| match e.kind() {
+                    async_nats::RequestErrorKind::TimedOut => Error::Timeout {
+                        operation,
+                        after: self.inner.config.request_timeout,
+                    },
+                    _ => op_error(operation, e),
+                })
         } else {
             Err(Error::Closed(
                 "nats connection (the delivery was returned on close)",

@@ -26,14 +26,41 @@
 //!   white space) travel quoted. A message from another producer keeps its
 //!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`; one courier
 //!   cannot represent goes to the dead-letter topic with the reason.
-//! - **Settlement** is confirmed by the server: `ack` sends `+ACK` as a
-//!   request and returns once the server answers. `Nack::Requeue` is a NAK,
+//! - **Settlement** is confirmed by the server (see
+//!   [Settlement](crate#settlement)). `Nack::Requeue` is a NAK,
 //!   `RequeueAfter(d)` a NAK with delay, `DeadLetter` publishes the copy to
 //!   the dead-letter topic (confirmed) and then terminates the original
 //!   (`+TERM`). A delivery dropped unsettled is NAKed.
 //! - **Flow**: a stream pulls at most [`Subscription::prefetch`] messages at
-//!   a time and never holds more unsettled than that; the consumer's
-//!   `max_ack_pending` ([`NatsConfig::max_ack_pending`]) bounds the group.
+//!   a time and never holds more unsettled than that; the consumer's `max_ack_pending`
+//!   ([`NatsConfig::max_ack_pending`]) bounds the group.
+//!
+//! # Settlement
+//!
+//! `Delivery::ack` sends `+ACK` to the message's reply subject as a
+//! request, and its future resolves `Ok` only once the server has answered,
+//! which it does after its consumer has processed the ack: the message is
+//! then acknowledged for the whole group and is not delivered again, even
+//! if this process dies right after (what async-nats calls `double_ack`).
+//! An ack the server does not answer within
+//! [`NatsConfig::request_timeout`] is an [`Error::Timeout`](courier_core::Error::Timeout):
+//! it may or may not have been recorded, and the message may come back.
+//! The server keeps consumer state in memory and writes it to disk in the
+//! background, so a server crash right after an ack can still redeliver
+//! the message: at least once, as everywhere in courier. NAKs and `+TERM`
+//! are confirmed the same way.
+//!
+//! Settlements are pipelined, never serialised: each is its own request
+//! over the connection's one shared reply subscription (no subscription per
+//! ack), sent as soon as it is made, and the confirmations are awaited
+//! independently. `N` deliveries settled concurrently (a consumer runtime
+//! at concurrency `N`, or `for_each_concurrent(N, ..)` over the stream)
+//! cost about one round trip, not `N`. A loop that awaits each ack before
+//! taking the next delivery still waits one round trip per message: that
+//! wait is what an `Ok` ack promises.
+//!
+//! A subscription pulls at most the room its prefetch leaves
+//! (`prefetch - unsettled`) in one pull request at a time.
 //! - **Delivery count** comes from the message's JetStream metadata.
 //!
 //! # Ordering

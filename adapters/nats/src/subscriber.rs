@@ -213,7 +213,7 @@ fn to_delivery(
     let acker = NatsAcker {
         inner: inner.clone(),
         flow: flow.clone(),
-        message: message.clone(),
+        reply,
         token,
         topic: topic.clone(),
         group: Arc::from(subscription.group()),

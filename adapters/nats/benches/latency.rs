@@ -1,0 +1,205 @@
+//! Publish → receive latency at a fixed open-loop rate: courier-nats
+//! against raw async-nats on the same server, in one run.
+//!
+//! Messages are published at 1,000 per second on a schedule that does not
+//! wait for the previous publish (open loop, so a slow side cannot hide its
+//! latency by publishing less); the latency of message `i` runs from the
+//! moment it was due to the moment the subscriber has it. Both sides
+//! publish confirmed (JetStream publish ack awaited off the schedule) and
+//! ack confirmed (raw `double_ack`, courier `Delivery::ack`) off the
+//! receive path.
+//!
+//! `cargo bench -p courier-nats --bench latency` (starts its own NATS
+//! container; `COURIER_TEST_NATS_URL` uses a running server instead).
+//! `-- ROUNDS` sets the rounds per payload size (default 5).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use courier_core::prelude::*;
+use courier_core::{Message, Publisher, Subscriber, Subscription};
+use courier_nats::NatsBroker;
+use courier_testkit::bench::{Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved};
+use futures::StreamExt;
+
+const RATE: u32 = 1_000;
+/// Messages per round (2 seconds at the rate).
+const MESSAGES: usize = 2_000;
+const SIZES: [usize; 2] = [64, 16 * 1024];
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
+        let url = server.url().to_owned();
+        let mut report = Report::new(format!(
+            "NATS JetStream publish → receive latency, open loop at {RATE}/s, {MESSAGES} messages a round, {rounds} rounds, 2 worker threads"
+        ));
+        let raw = async_nats::connect(&url).await.expect("connect");
+        let js = jetstream::new(raw);
+        let courier = NatsBroker::connect(&url).await.expect("connect");
+        for size in SIZES {
+            let recorded = Arc::new(Mutex::new(Vec::new()));
+            interleaved(rounds, |side| {
+                let (js, courier, recorded) = (js.clone(), courier.clone(), recorded.clone());
+                async move {
+                    let latencies = match side {
+                        Side::Raw => raw_round(&js, size).await,
+                        Side::Courier => courier_round(&courier, size).await,
+                    };
+                    // `interleaved` keeps one figure a round; all three
+                    // percentiles are read from the kept latencies.
+                    let mut latencies = latencies;
+                    let p50 = latencies.micros(0.5);
+                    recorded.lock().expect("lock").push((side, latencies));
+                    p50
+                }
+            })
+            .await;
+            let mut recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
+            for (name, q) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {
+                let mut rounds_of = Rounds::default();
+                for (side, latencies) in &mut recorded {
+                    match side {
+                        Side::Raw => rounds_of.raw.push(latencies.micros(q)),
+                        Side::Courier => rounds_of.courier.push(latencies.micros(q)),
+                    }
+                }
+                report.push(Row::new(
+                    "nats",
+                    format!("latency {name} @{RATE}/s"),
+                    size,
+                    Unit::Micros,
+                    &rounds_of,
+                ));
+            }
+        }
+        report.finish();
+        courier.close().await.expect("close");
+    });
+}
+
+fn payload(i: usize, size: usize) -> bytes::Bytes {
+    let mut body = vec![0u8; size];
+    body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    body.into()
+}
+
+fn index_of(payload: &[u8]) -> usize {
+    u64::from_be_bytes(payload[..8].try_into().expect("8 bytes")) as usize
+}
+
+fn topic(kind: &str) -> String {
+    courier_testkit::fixtures::unique_name(&format!("bench-lat-{kind}"))
+}
+
+async fn raw_round(js: &jetstream::Context, size: usize) -> Latencies {
+    let subject = topic("raw");
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: courier_nats::stream_name(&subject),
+            subjects: vec![subject.clone()],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "raw",
+            jetstream::consumer::pull::Config {
+                durable_name: Some("raw".to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let schedule = Arc::new(OpenLoop::new(RATE));
+    let publishing = tokio::spawn({
+        let (js, schedule, subject) = (js.clone(), schedule.clone(), subject.clone());
+        async move {
+            let mut acks = Vec::with_capacity(MESSAGES);
+            for i in 0..MESSAGES {
+                schedule.wait_due(i).await;
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", courier_core::MessageId::new().to_string());
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, payload(i, size))
+                    .await
+                    .expect("publish");
+                acks.push(tokio::spawn(std::future::IntoFuture::into_future(ack)));
+            }
+            for ack in acks {
+                ack.await.expect("task").expect("publish ack");
+            }
+        }
+    });
+    let mut latencies = Latencies::with_capacity(MESSAGES);
+    let mut acks = Vec::with_capacity(MESSAGES);
+    for _ in 0..MESSAGES {
+        let message = messages.next().await.expect("open").expect("message");
+        let received = Instant::now();
+        latencies.record(schedule.due(index_of(&message.payload)), received);
+        acks.push(tokio::spawn(async move {
+            message.double_ack().await.expect("ack");
+        }));
+    }
+    publishing.await.expect("publisher");
+    for ack in acks {
+        ack.await.expect("ack task");
+    }
+    latencies
+}
+
+async fn courier_round(broker: &NatsBroker, size: usize) -> Latencies {
+    let topic = topic("courier");
+    let sub = Subscription::new(&topic, "courier");
+    let mut stream = Subscriber::subscribe(broker, sub).await.expect("subscribe");
+    let schedule = Arc::new(OpenLoop::new(RATE));
+    let publishing = tokio::spawn({
+        let (broker, schedule, topic) = (broker.clone(), schedule.clone(), topic.clone());
+        async move {
+            let mut acks = Vec::with_capacity(MESSAGES);
+            for i in 0..MESSAGES {
+                schedule.wait_due(i).await;
+                let (broker, topic) = (broker.clone(), topic.clone());
+                acks.push(tokio::spawn(async move {
+                    Publisher::publish(&broker, &topic, Message::new(payload(i, size))).await
+                }));
+            }
+            for ack in acks {
+                ack.await.expect("task").expect("publish");
+            }
+        }
+    });
+    let mut latencies = Latencies::with_capacity(MESSAGES);
+    let mut acks = Vec::with_capacity(MESSAGES);
+    for _ in 0..MESSAGES {
+        let delivery = stream.next().await.expect("open").expect("delivery");
+        let received = Instant::now();
+        latencies.record(
+            schedule.due(index_of(delivery.message().payload())),
+            received,
+        );
+        acks.push(tokio::spawn(async move {
+            delivery.ack().await.expect("ack");
+        }));
+    }
+    publishing.await.expect("publisher");
+    for ack in acks {
+        ack.await.expect("ack task");
+    }
+    latencies
+}
