@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS loans (
 
 -- Loan approval: what each level did, in order.
 CREATE TABLE IF NOT EXISTS loan_steps (
+    id BIGSERIAL PRIMARY KEY,
     reference TEXT NOT NULL,
     level TEXT NOT NULL,
     outcome TEXT NOT NULL,

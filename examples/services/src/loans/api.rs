@@ -26,7 +26,7 @@ const INSERT_LOAN: &str = "INSERT INTO loans (reference, applicant, amount, stat
 const SELECT_LOAN: &str = "SELECT reference, applicant, amount, status, reason, decided_at_ms FROM loans WHERE reference = $1";
 /// Its steps.
 const SELECT_STEPS: &str =
-    "SELECT level, outcome, attempt FROM loan_steps WHERE reference = $1 ORDER BY at_ms, attempt";
+    "SELECT level, outcome, attempt FROM loan_steps WHERE reference = $1 ORDER BY id";
 
 /// The API's routes.
 pub fn router(flow: &LoanFlow) -> Router {
