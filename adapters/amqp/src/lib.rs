@@ -257,6 +257,8 @@ mod config;
 mod connection;
 mod delivery;
 mod error;
+#[cfg(test)]
+mod first_publish_tests;
 mod lag;
 mod publisher;
 mod request;

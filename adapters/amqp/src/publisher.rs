@@ -278,6 +278,11 @@ impl AmqpPublisher {
         AmqpPublisher { link }
     }
 
+    #[cfg(test)]
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
     /// Connects a publisher of its own.
     ///
     /// # Errors
