@@ -23,6 +23,7 @@
 //!
 //! Test names are `adapter::case`, so a run shows per adapter what passed.
 
+pub mod bench;
 pub mod conformance;
 pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
@@ -30,6 +31,7 @@ pub mod fault_cases;
 pub mod fixtures;
 mod harness;
 pub mod observability_cases;
+pub mod proxy;
 pub mod request_cases;
 pub mod runtime_cases;
 
