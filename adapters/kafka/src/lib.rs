@@ -231,6 +231,8 @@ mod config;
 mod consumer;
 mod delivery;
 mod error;
+#[cfg(test)]
+mod first_publish_tests;
 mod flow;
 mod group;
 mod lag;

@@ -22,6 +22,16 @@ enum Slot<V, E> {
     Running(watch::Receiver<Outcome<V, E>>),
 }
 
+/// What a caller does next.
+enum Turn<V, E> {
+    /// Return the kept value.
+    Ready(V),
+    /// Wait for the caller running the setup.
+    Wait(watch::Receiver<Outcome<V, E>>),
+    /// Run the setup and send its outcome.
+    Lead(watch::Sender<Outcome<V, E>>, watch::Receiver<Outcome<V, E>>),
+}
+
 /// Runs a setup at most once at a time per key and keeps its successes.
 ///
 /// # Examples
@@ -126,17 +136,11 @@ impl<V: Clone, E> OncePerKey<V, E> {
         Fut: Future<Output = Result<V, E>>,
     {
         loop {
-            let mut waiting = {
-                let mut slots = self.lock();
-                match slots.get(key) {
-                    Some(Slot::Ready(value)) => return Ok(value.clone()),
-                    Some(Slot::Running(outcome)) => outcome.clone(),
-                    None => {
-                        let (sender, receiver) = watch::channel(None);
-                        slots.insert(key.to_owned(), Slot::Running(receiver.clone()));
-                        drop(slots);
-                        return self.run(key, &setup, &share, sender, receiver).await;
-                    }
+            let mut waiting = match self.join_or_lead(key) {
+                Turn::Ready(value) => return Ok(value),
+                Turn::Wait(outcome) => outcome,
+                Turn::Lead(sender, receiver) => {
+                    return self.run(key, &setup, &share, sender, receiver).await;
                 }
             };
             match waiting.wait_for(Option::is_some).await {
@@ -147,6 +151,19 @@ impl<V: Clone, E> OncePerKey<V, E> {
                 },
                 // The running caller was dropped: the slot is gone, try again.
                 Err(_) => continue,
+            }
+        }
+    }
+
+    fn join_or_lead(&self, key: &str) -> Turn<V, E> {
+        let mut slots = self.lock();
+        match slots.get(key) {
+            Some(Slot::Ready(value)) => Turn::Ready(value.clone()),
+            Some(Slot::Running(outcome)) => Turn::Wait(outcome.clone()),
+            None => {
+                let (sender, receiver) = watch::channel(None);
+                slots.insert(key.to_owned(), Slot::Running(receiver.clone()));
+                Turn::Lead(sender, receiver)
             }
         }
     }
