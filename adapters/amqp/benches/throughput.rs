@@ -44,7 +44,7 @@ use courier_core::prelude::*;
 use courier_core::runtime::{Consumer, raw};
 use courier_core::{Message, Subscription};
 use courier_testkit::bench::{
-    Latencies, OpenLoop, Report, Row, Rounds, Side, Unit, interleaved, rate,
+    Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved, rate,
 };
 use courier_testkit::fixtures::unique_name;
 use futures::StreamExt;
@@ -78,7 +78,12 @@ fn main() {
     let latency_messages = env_or("COURIER_BENCH_LATENCY_MESSAGES", 2_000);
     let prefetches: Vec<Option<u16>> = std::env::var("COURIER_BENCH_PREFETCH")
         .ok()
-        .map(|list| list.split(',').filter_map(|p| p.trim().parse().ok()).map(Some).collect())
+        .map(|list| {
+            list.split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .map(Some)
+                .collect()
+        })
         .unwrap_or_else(|| vec![None]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -105,7 +110,11 @@ fn main() {
             messages / 4
         ));
         for payload in [64, 16 * 1024] {
-            let count = if payload > 1024 { messages / 4 } else { messages };
+            let count = if payload > 1024 {
+                messages / 4
+            } else {
+                messages
+            };
             bench.publish(&mut report, payload, count).await;
             if payload == 64 {
                 bench.first_burst(&mut report, payload).await;
@@ -178,9 +187,8 @@ impl Bench {
                             .ingest_unconfirmed(&t.topic, &t.queue, payload, count)
                             .await,
                     ),
-                    1 => raw_confirmed.push(
-                        self.raw.publish_confirmed(&t.topic, payload, count).await,
-                    ),
+                    1 => raw_confirmed
+                        .push(self.raw.publish_confirmed(&t.topic, payload, count).await),
                     _ => courier_confirmed
                         .push(courier_publish(&self.courier, &t.topic, payload, count).await),
                 }
@@ -193,11 +201,29 @@ impl Bench {
         };
         let unit = Unit::MessagesPerSecond;
         let confirmed = pair(&raw_confirmed, &courier_confirmed);
-        report.push(Row::new(ADAPTER, format!("publish confirmed w={WINDOW}"), payload, unit, &confirmed));
+        report.push(Row::new(
+            ADAPTER,
+            format!("publish confirmed w={WINDOW}"),
+            payload,
+            unit,
+            &confirmed,
+        ));
         let against_ingest = pair(&unconfirmed, &courier_confirmed);
-        report.push(Row::new(ADAPTER, "confirmed / unconfirmed ingest", payload, unit, &against_ingest));
+        report.push(Row::new(
+            ADAPTER,
+            "confirmed / unconfirmed ingest",
+            payload,
+            unit,
+            &against_ingest,
+        ));
         let raw_against_ingest = pair(&unconfirmed, &raw_confirmed);
-        report.push(Row::new(ADAPTER, "raw confirmed / unconfirmed", payload, unit, &raw_against_ingest));
+        report.push(Row::new(
+            ADAPTER,
+            "raw confirmed / unconfirmed",
+            payload,
+            unit,
+            &raw_against_ingest,
+        ));
     }
 
     /// [`BURST`] concurrent publishes to a topic nobody published to yet
@@ -221,7 +247,13 @@ impl Bench {
         .await;
         self.raw.purge(&known.queue).await;
         let case = format!("first {BURST} publishes: new / known");
-        report.push(Row::new(ADAPTER, case, payload, Unit::MessagesPerSecond, &rounds));
+        report.push(Row::new(
+            ADAPTER,
+            case,
+            payload,
+            Unit::MessagesPerSecond,
+            &rounds,
+        ));
     }
 
     async fn consume(&self, report: &mut Report, payload: usize, count: usize) {
@@ -240,7 +272,13 @@ impl Bench {
         })
         .await;
         let case = format!("consume+ack p={PREFETCH}");
-        report.push(Row::new(ADAPTER, case, payload, Unit::MessagesPerSecond, &rounds));
+        report.push(Row::new(
+            ADAPTER,
+            case,
+            payload,
+            Unit::MessagesPerSecond,
+            &rounds,
+        ));
     }
 
     async fn runtime(
@@ -270,7 +308,13 @@ impl Bench {
             Some(p) => format!("runtime c={concurrency} prefetch={p}"),
             None => format!("runtime c={concurrency}"),
         };
-        report.push(Row::new(ADAPTER, case, payload, Unit::MessagesPerSecond, &rounds));
+        report.push(Row::new(
+            ADAPTER,
+            case,
+            payload,
+            Unit::MessagesPerSecond,
+            &rounds,
+        ));
     }
 
     async fn latency(&self, report: &mut Report, payload: usize, count: usize) {
@@ -372,7 +416,10 @@ impl Raw {
 
     async fn message_count(&self, queue: &str) -> u32 {
         let mut arguments = FieldTable::default();
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         self.unconfirmed
             .queue_declare(
                 queue.into(),
@@ -600,7 +647,8 @@ async fn runtime_consume(
         }
     });
     let started = Instant::now();
-    let mut builder = Consumer::builder(Arc::new(broker.clone()), sub, handler).concurrency(concurrency);
+    let mut builder =
+        Consumer::builder(Arc::new(broker.clone()), sub, handler).concurrency(concurrency);
     if let Some(prefetch) = prefetch {
         builder = builder.prefetch(prefetch);
     }

@@ -23,7 +23,12 @@ async fn racing_first_publishes_declare_the_exchange_once() {
     });
     let outcomes = futures::future::join_all(publishes).await;
     let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
-    assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
     let session_after = publisher.link().session().await.expect("session");
     assert_eq!(
         session_after.generation, session.generation,

@@ -6,9 +6,9 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier_core::adapter::OncePerKey;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use courier_core::adapter::OncePerKey;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use parking_lot::Mutex;
 
@@ -134,7 +134,9 @@ impl Session {
     /// declaration however many publishes ask at once.
     pub(crate) async fn ensure_exchange(&self, exchange: &str) -> lapin::Result<()> {
         let declare = || {
-            self.declare(|channel| async move { topology::declare_exchange(&channel, exchange).await })
+            self.declare(
+                |channel| async move { topology::declare_exchange(&channel, exchange).await },
+            )
         };
         self.exchanges
             .get_or_run(exchange, declare, lapin::Error::clone)

@@ -43,7 +43,7 @@ use courier_core::runtime::{Consumer, raw as raw_handler};
 use courier_core::{Message, StartPosition, Subscription};
 use courier_kafka::KafkaBroker;
 use courier_testkit::bench::{
-    Latencies, OpenLoop, Report, Row, Rounds, Side, Unit, interleaved, rate,
+    Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved, rate,
 };
 use futures::StreamExt;
 use rdkafka::ClientConfig;
@@ -107,7 +107,11 @@ fn main() {
             "Kafka ({}), {count} messages of 64 B / {} of 16 KiB per run, latency \
              {latency_count} messages at {latency_rate}/s, median of {rounds} interleaved \
              rounds, 2 worker threads",
-            if mock { "librdkafka mock cluster" } else { "tansu 0.6 test broker" },
+            if mock {
+                "librdkafka mock cluster"
+            } else {
+                "tansu 0.6 test broker"
+            },
             count / 4
         ));
         let unit = Unit::MessagesPerSecond;
@@ -457,7 +461,10 @@ async fn raw_latency(target: &Target, size: usize, count: usize, per_second: u32
     let joined = async {
         loop {
             let marker = FutureRecord::<[u8], [u8]>::to(&topic).payload(&b"join"[..]);
-            let report = producer.send_result(marker).map_err(|(e, _)| e).expect("queue");
+            let report = producer
+                .send_result(marker)
+                .map_err(|(e, _)| e)
+                .expect("queue");
             report.await.expect("report").expect("delivered");
             let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
             if let Ok(Some(Ok(_))) = next {
@@ -465,7 +472,9 @@ async fn raw_latency(target: &Target, size: usize, count: usize, per_second: u32
             }
         }
     };
-    tokio::time::timeout(STALL, joined).await.expect("raw consumer joined");
+    tokio::time::timeout(STALL, joined)
+        .await
+        .expect("raw consumer joined");
     let schedule = OpenLoop::new(per_second);
     let publishing = async {
         let mut reports: futures::stream::FuturesUnordered<rdkafka::producer::DeliveryFuture> =
@@ -502,7 +511,9 @@ async fn raw_latency(target: &Target, size: usize, count: usize, per_second: u32
             if payload.len() >= 8 {
                 latencies.record(schedule.due(index_of(payload)), Instant::now());
             }
-            consumer.store_offset_from_message(&record).expect("store offset");
+            consumer
+                .store_offset_from_message(&record)
+                .expect("store offset");
         }
         latencies
     };

@@ -15,10 +15,16 @@ async fn racing_first_publishes_create_the_topic_once() {
     let topics = broker.inner.producer.topics.clone();
     let before = topics.look_ups();
     let topic = unique_name("first-publish");
-    let publishes = (0..RACING_PUBLISHES).map(|i| broker.publish(&topic, Message::new(format!("m{i}"))));
+    let publishes =
+        (0..RACING_PUBLISHES).map(|i| broker.publish(&topic, Message::new(format!("m{i}"))));
     let outcomes = futures::future::join_all(publishes).await;
     let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
-    assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
     assert_eq!(topics.look_ups() - before, 1);
     broker
         .publish(&topic, Message::new("again"))

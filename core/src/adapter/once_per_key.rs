@@ -78,7 +78,9 @@ impl<V, E> Default for OncePerKey<V, E> {
 
 impl<V, E> OncePerKey<V, E> {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot<V, E>>> {
-        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// How many times a setup was started, for tests and metrics.
@@ -190,9 +192,7 @@ impl<V: Clone, E> OncePerKey<V, E> {
         };
         let outcome = setup().await;
         guard.armed = false;
-        let mine = |slots: &HashMap<String, Slot<V, E>>| {
-            matches!(slots.get(key), Some(Slot::Running(r)) if r.same_channel(&guard.receiver))
-        };
+        let mine = |slots: &HashMap<String, Slot<V, E>>| matches!(slots.get(key), Some(Slot::Running(r)) if r.same_channel(&guard.receiver));
         match outcome {
             Ok(value) => {
                 let mut slots = self.lock();
@@ -233,8 +233,7 @@ impl<V, E> Drop for SlotGuard<'_, V, E> {
             .slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if matches!(slots.get(self.key), Some(Slot::Running(r)) if r.same_channel(&self.receiver))
-        {
+        if matches!(slots.get(self.key), Some(Slot::Running(r)) if r.same_channel(&self.receiver)) {
             slots.remove(self.key);
         }
     }
@@ -284,7 +283,9 @@ mod tests {
         let outcomes = futures::future::join_all(callers).await;
         assert_eq!(setups.load(Ordering::Relaxed), 1);
         assert_eq!(outcomes[0], Err("refused".to_owned()));
-        let shared = outcomes.iter().filter(|o| **o == Err("shared: refused".to_owned()));
+        let shared = outcomes
+            .iter()
+            .filter(|o| **o == Err("shared: refused".to_owned()));
         assert_eq!(shared.count(), 99);
         assert_eq!(once.get("orders"), None);
         let succeeding = || async { Ok::<_, String>(3) };
