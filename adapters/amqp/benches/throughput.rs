@@ -36,15 +36,16 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_amqp::AmqpBroker;
 use courier_core::prelude::*;
-use courier_core::runtime::{Consumer, raw};
 use courier_core::{Message, Subscription};
 use courier_testkit::bench::{
     Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved, rate,
+};
+use courier_testkit::bench_runs::{
+    Percentiles, courier_open_loop, indexed_payload, payload_index, runtime_rate,
 };
 use courier_testkit::fixtures::unique_name;
 use futures::StreamExt;
@@ -298,7 +299,8 @@ impl Bench {
                     Side::Raw => self.raw.consume(&t.queue, count).await,
                     Side::Courier => {
                         let sub = t.subscription.clone();
-                        runtime_consume(&self.courier, sub, count, concurrency, prefetch).await
+                        let subscriber = Arc::new(self.courier.clone());
+                        runtime_rate(subscriber, sub, count, concurrency, prefetch, STALL).await
                     }
                 }
             }
@@ -319,35 +321,30 @@ impl Bench {
 
     async fn latency(&self, report: &mut Report, payload: usize, count: usize) {
         let t = self.topic("latency").await;
-        let mut p50 = Rounds::default();
-        let mut p99 = Rounds::default();
-        let mut p999 = Rounds::default();
-        let figures = std::cell::RefCell::new(Vec::new());
+        let percentiles = std::cell::RefCell::new(Percentiles::default());
         let _ = interleaved(self.rounds, |side| {
             let t = &t;
-            let figures = &figures;
+            let percentiles = &percentiles;
             async move {
                 let mut latencies = match side {
                     Side::Raw => self.raw.latency(&t.topic, &t.queue, payload, count).await,
-                    Side::Courier => courier_latency(&self.courier, t, payload, count).await,
+                    Side::Courier => {
+                        let sub = t.subscription.clone();
+                        let mut stream = self.courier.subscribe(sub).await.expect("subscribe");
+                        let (topic, rate) = (&t.topic, LATENCY_RATE);
+                        let courier = &self.courier;
+                        courier_open_loop(courier, topic, &mut stream, payload, count, rate, STALL)
+                            .await
+                    }
                 };
-                let quantiles = [0.5, 0.99, 0.999].map(|q| latencies.micros(q));
-                figures.borrow_mut().push((side, quantiles));
+                percentiles.borrow_mut().push(side, &mut latencies);
                 0.0
             }
         })
         .await;
-        for (side, quantiles) in figures.into_inner() {
-            for (rounds, figure) in [&mut p50, &mut p99, &mut p999].into_iter().zip(quantiles) {
-                match side {
-                    Side::Raw => rounds.raw.push(figure),
-                    Side::Courier => rounds.courier.push(figure),
-                }
-            }
-        }
-        for (name, rounds) in [("p50", p50), ("p99", p99), ("p999", p999)] {
-            let case = format!("latency {name} @{LATENCY_RATE}/s");
-            report.push(Row::new(ADAPTER, case, payload, Unit::Micros, &rounds));
+        let suffix = format!("@{LATENCY_RATE}/s");
+        for row in percentiles.into_inner().rows(ADAPTER, &suffix, payload) {
+            report.push(row);
         }
     }
 }
@@ -368,19 +365,6 @@ fn properties() -> BasicProperties {
         .with_delivery_mode(2)
         .with_message_id(courier_core::MessageId::new().to_string().into())
         .with_timestamp(now.as_secs())
-}
-
-/// A payload of `size` bytes that starts with `index`.
-fn payload_of(size: usize, index: usize) -> Vec<u8> {
-    let mut payload = vec![7u8; size.max(8)];
-    payload[..8].copy_from_slice(&(index as u64).to_le_bytes());
-    payload
-}
-
-fn index_of(payload: &[u8]) -> usize {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&payload[..8]);
-    u64::from_le_bytes(bytes) as usize
 }
 
 impl Raw {
@@ -438,7 +422,7 @@ impl Raw {
     /// Publishes `count` messages without confirms, then waits until the
     /// queue holds them all: what the broker ingests when nobody waits.
     async fn ingest_unconfirmed(&self, topic: &str, queue: &str, size: usize, count: usize) -> f64 {
-        let payload = payload_of(size, 0);
+        let payload = indexed_payload(size, 0);
         let started = Instant::now();
         for _ in 0..count {
             self.unconfirmed
@@ -463,7 +447,7 @@ impl Raw {
     /// Publishes `count` messages with at most [`WINDOW`] confirms
     /// outstanding.
     async fn publish_confirmed(&self, topic: &str, size: usize, count: usize) -> f64 {
-        let payload = payload_of(size, 0);
+        let payload = indexed_payload(size, 0);
         let started = Instant::now();
         let mut outstanding = VecDeque::with_capacity(WINDOW);
         for _ in 0..count {
@@ -552,7 +536,7 @@ impl Raw {
                         topic.into(),
                         "".into(),
                         BasicPublishOptions::default(),
-                        &payload_of(size, i),
+                        &indexed_payload(size, i),
                         properties(),
                     )
                     .await
@@ -571,7 +555,7 @@ impl Raw {
                     .expect("raw latency consume stalled")
                     .expect("open")
                     .expect("delivery");
-                latencies.record(schedule.due(index_of(&delivery.data)), Instant::now());
+                latencies.record(schedule.due(payload_index(&delivery.data)), Instant::now());
                 delivery.ack(BasicAckOptions::default()).await.expect("ack");
             }
             latencies
@@ -587,7 +571,7 @@ impl Raw {
 
 /// `count` concurrent-caller publishes, [`WINDOW`] at a time.
 async fn courier_publish(broker: &AmqpBroker, topic: &str, size: usize, count: usize) -> f64 {
-    let payload = bytes::Bytes::from(payload_of(size, 0));
+    let payload = bytes::Bytes::from(indexed_payload(size, 0));
     let started = Instant::now();
     let mut publishes = futures::stream::iter(0..count)
         .map(|_| broker.publish(topic, Message::new(payload.clone())))
@@ -600,7 +584,7 @@ async fn courier_publish(broker: &AmqpBroker, topic: &str, size: usize, count: u
 
 /// [`BURST`] publishes, all started at once.
 async fn burst(broker: &AmqpBroker, topic: &str, size: usize) -> f64 {
-    let payload = bytes::Bytes::from(payload_of(size, 0));
+    let payload = bytes::Bytes::from(indexed_payload(size, 0));
     let started = Instant::now();
     let publishes = (0..BURST).map(|_| broker.publish(topic, Message::new(payload.clone())));
     for outcome in futures::future::join_all(publishes).await {
@@ -621,84 +605,4 @@ async fn courier_consume(broker: &AmqpBroker, sub: Subscription, count: usize) -
         delivery.ack().await.expect("ack");
     }
     rate(count, started.elapsed())
-}
-
-async fn runtime_consume(
-    broker: &AmqpBroker,
-    sub: Subscription,
-    count: usize,
-    concurrency: usize,
-    prefetch: Option<u16>,
-) -> f64 {
-    let handled = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let handler = raw({
-        let handled = handled.clone();
-        let done = done.clone();
-        move |_message: Message| {
-            let handled = handled.clone();
-            let done = done.clone();
-            async move {
-                if handled.fetch_add(1, Ordering::Relaxed) + 1 == count {
-                    done.notify_one();
-                }
-                Ok(())
-            }
-        }
-    });
-    let started = Instant::now();
-    let mut builder =
-        Consumer::builder(Arc::new(broker.clone()), sub, handler).concurrency(concurrency);
-    if let Some(prefetch) = prefetch {
-        builder = builder.prefetch(prefetch);
-    }
-    let running = builder.start().await.expect("start consumer");
-    tokio::time::timeout(STALL, done.notified())
-        .await
-        .unwrap_or_else(|_| panic!("runtime stalled at {}", handled.load(Ordering::Relaxed)));
-    let elapsed = started.elapsed();
-    running.shutdown().await.expect("shutdown");
-    rate(count, elapsed)
-}
-
-async fn courier_latency(broker: &AmqpBroker, t: &Topic, size: usize, count: usize) -> Latencies {
-    let mut stream = broker
-        .subscribe(t.subscription.clone())
-        .await
-        .expect("subscribe");
-    let schedule = OpenLoop::new(LATENCY_RATE);
-    let publishing = async {
-        let mut publishes = futures::stream::FuturesUnordered::new();
-        for i in 0..count {
-            tokio::select! {
-                () = schedule.wait_due(i) => {}
-                Some(outcome) = publishes.next(), if !publishes.is_empty() => {
-                    let outcome: courier_core::Result<()> = outcome;
-                    outcome.expect("publish");
-                    schedule.wait_due(i).await;
-                }
-            }
-            let message = Message::new(payload_of(size, i));
-            publishes.push(broker.publish(&t.topic, message));
-        }
-        while let Some(outcome) = publishes.next().await {
-            outcome.expect("publish");
-        }
-    };
-    let consuming = async {
-        let mut latencies = Latencies::with_capacity(count);
-        for _ in 0..count {
-            let delivery = tokio::time::timeout(STALL, stream.next())
-                .await
-                .expect("courier latency consume stalled")
-                .expect("open")
-                .expect("delivery");
-            let index = index_of(delivery.message().payload());
-            latencies.record(schedule.due(index), Instant::now());
-            delivery.ack().await.expect("ack");
-        }
-        latencies
-    };
-    let ((), latencies) = futures::join!(publishing, consuming);
-    latencies
 }

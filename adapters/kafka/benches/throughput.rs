@@ -35,15 +35,14 @@
 //! API, so every topic is created up front, with 8 partitions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_core::prelude::*;
-use courier_core::runtime::{Consumer, raw as raw_handler};
 use courier_core::{Message, StartPosition, Subscription};
 use courier_kafka::KafkaBroker;
-use courier_testkit::bench::{
-    Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved, rate,
+use courier_testkit::bench::{Latencies, OpenLoop, Report, Row, Side, Unit, interleaved, rate};
+use courier_testkit::bench_runs::{
+    Percentiles, courier_open_loop, indexed_payload, payload_index, runtime_rate,
 };
 use futures::StreamExt;
 use rdkafka::ClientConfig;
@@ -147,9 +146,9 @@ fn main() {
             .await;
             let case = format!("publish confirmed w={WINDOW}");
             report.push(Row::new(adapter, case, payload, unit, &publish));
-            let figures = std::cell::RefCell::new(Vec::new());
+            let percentiles = std::cell::RefCell::new(Percentiles::default());
             let _ = interleaved(rounds, |side| {
-                let figures = &figures;
+                let percentiles = &percentiles;
                 async move {
                     let mut latencies = match side {
                         Side::Raw => raw_latency(t, payload, latency_count, latency_rate).await,
@@ -157,24 +156,14 @@ fn main() {
                             courier_latency(t, payload, latency_count, latency_rate).await
                         }
                     };
-                    let quantiles = [0.5, 0.99, 0.999].map(|q| latencies.micros(q));
-                    figures.borrow_mut().push((side, quantiles));
+                    percentiles.borrow_mut().push(side, &mut latencies);
                     0.0
                 }
             })
             .await;
-            let mut percentiles = [Rounds::default(), Rounds::default(), Rounds::default()];
-            for (side, quantiles) in figures.into_inner() {
-                for (rounds, figure) in percentiles.iter_mut().zip(quantiles) {
-                    match side {
-                        Side::Raw => rounds.raw.push(figure),
-                        Side::Courier => rounds.courier.push(figure),
-                    }
-                }
-            }
-            for (name, rounds) in ["p50", "p99", "p999"].iter().zip(&percentiles) {
-                let case = format!("latency {name} @{latency_rate}/s");
-                report.push(Row::new(adapter, case, payload, Unit::Micros, rounds));
+            let suffix = format!("@{latency_rate}/s");
+            for row in percentiles.into_inner().rows(adapter, &suffix, payload) {
+                report.push(row);
             }
         }
         report.finish();
@@ -235,19 +224,6 @@ async fn create_topic(bootstrap: &str, name: &str) {
         });
 }
 
-/// A payload of `size` bytes that starts with `index`.
-fn payload_of(size: usize, index: usize) -> Vec<u8> {
-    let mut payload = vec![7u8; size.max(8)];
-    payload[..8].copy_from_slice(&(index as u64).to_le_bytes());
-    payload
-}
-
-fn index_of(payload: &[u8]) -> usize {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&payload[..8]);
-    u64::from_le_bytes(bytes) as usize
-}
-
 /// A raw record carrying the headers courier writes for a plain message.
 fn raw_record<'a>(topic: &'a str, payload: &'a [u8]) -> FutureRecord<'a, [u8], [u8]> {
     let id = courier_core::MessageId::new().to_string();
@@ -273,7 +249,7 @@ fn raw_record<'a>(topic: &'a str, payload: &'a [u8]) -> FutureRecord<'a, [u8], [
 
 /// Sends `count` records in windows of [`WINDOW`], awaiting every report.
 async fn send_all(producer: &FutureProducer, topic: &str, size: usize, count: usize) {
-    let payload = payload_of(size, 0);
+    let payload = indexed_payload(size, 0);
     let mut sent = 0;
     while sent < count {
         let n = WINDOW.min(count - sent);
@@ -311,7 +287,7 @@ async fn courier_publish(target: &Target, size: usize, count: usize) -> f64 {
         .publish(&name, Message::new("warm-up"))
         .await
         .expect("topic and connection");
-    let payload = bytes::Bytes::from(payload_of(size, 0));
+    let payload = bytes::Bytes::from(indexed_payload(size, 0));
     let started = Instant::now();
     let mut sent = 0;
     while sent < count {
@@ -330,7 +306,7 @@ async fn courier_publish(target: &Target, size: usize, count: usize) -> f64 {
 async fn filled(target: &Target, size: usize, count: usize) -> String {
     let broker = KafkaBroker::connect(&target.url).await.expect("connect");
     let name = target.topic("consume");
-    let payload = bytes::Bytes::from(payload_of(size, 0));
+    let payload = bytes::Bytes::from(indexed_payload(size, 0));
     let mut sent = 0;
     while sent < count {
         let n = 500.min(count - sent);
@@ -412,35 +388,10 @@ async fn runtime_consume(target: &Target, topic: &str, count: usize, concurrency
     let broker = KafkaBroker::connect(&target.url).await.expect("connect");
     let sub = subscription(topic);
     broker.provision(&sub).await.expect("provision");
-    let handled = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let handler = raw_handler({
-        let handled = handled.clone();
-        let done = done.clone();
-        move |_message: Message| {
-            let handled = handled.clone();
-            let done = done.clone();
-            async move {
-                if handled.fetch_add(1, Ordering::Relaxed) + 1 == count {
-                    done.notify_one();
-                }
-                Ok(())
-            }
-        }
-    });
-    let started = Instant::now();
-    let running = Consumer::builder(Arc::new(broker.clone()), sub, handler)
-        .concurrency(concurrency)
-        .start()
-        .await
-        .expect("start consumer");
-    tokio::time::timeout(STALL, done.notified())
-        .await
-        .unwrap_or_else(|_| panic!("runtime stalled at {}", handled.load(Ordering::Relaxed)));
-    let elapsed = started.elapsed();
-    running.shutdown().await.expect("shutdown");
+    let subscriber = Arc::new(broker.clone());
+    let figure = runtime_rate(subscriber, sub, count, concurrency, None, STALL).await;
     broker.close().await.expect("close");
-    rate(count, elapsed)
+    figure
 }
 
 /// Open loop: `count` records at `per_second`, each published with its
@@ -487,7 +438,7 @@ async fn raw_latency(target: &Target, size: usize, count: usize, per_second: u32
                     schedule.wait_due(i).await;
                 }
             }
-            let payload = payload_of(size, i);
+            let payload = indexed_payload(size, i);
             let report = producer
                 .send_result(raw_record(&topic, &payload))
                 .map_err(|(e, _)| e)
@@ -509,7 +460,7 @@ async fn raw_latency(target: &Target, size: usize, count: usize, per_second: u32
             let payload = record.payload().expect("payload");
             // Join markers that arrived late are shorter than a timed record.
             if payload.len() >= 8 {
-                latencies.record(schedule.due(index_of(payload)), Instant::now());
+                latencies.record(schedule.due(payload_index(payload)), Instant::now());
             }
             consumer
                 .store_offset_from_message(&record)
@@ -527,39 +478,8 @@ async fn courier_latency(target: &Target, size: usize, count: usize, per_second:
     let sub = subscription(&topic).start_from(StartPosition::Latest);
     broker.provision(&sub).await.expect("provision");
     let mut stream = broker.subscribe(sub).await.expect("subscribe");
-    let schedule = OpenLoop::new(per_second);
-    let publishing = async {
-        let mut publishes = futures::stream::FuturesUnordered::new();
-        for i in 0..count {
-            tokio::select! {
-                () = schedule.wait_due(i) => {}
-                Some(outcome) = publishes.next(), if !publishes.is_empty() => {
-                    let outcome: courier_core::Result<()> = outcome;
-                    outcome.expect("publish");
-                    schedule.wait_due(i).await;
-                }
-            }
-            publishes.push(broker.publish(&topic, Message::new(payload_of(size, i))));
-        }
-        while let Some(outcome) = publishes.next().await {
-            outcome.expect("publish");
-        }
-    };
-    let consuming = async {
-        let mut latencies = Latencies::with_capacity(count);
-        for _ in 0..count {
-            let delivery = tokio::time::timeout(STALL, stream.next())
-                .await
-                .expect("courier latency consume stalled")
-                .expect("open")
-                .expect("delivery");
-            let index = index_of(delivery.message().payload());
-            latencies.record(schedule.due(index), Instant::now());
-            delivery.ack().await.expect("ack");
-        }
-        latencies
-    };
-    let ((), latencies) = futures::join!(publishing, consuming);
+    let latencies =
+        courier_open_loop(&broker, &topic, &mut stream, size, count, per_second, STALL).await;
     drop(stream);
     broker.close().await.expect("close");
     latencies
