@@ -13,6 +13,11 @@ use futures::StreamExt;
 
 use crate::bench::{Latencies, OpenLoop, Rounds, Row, Side, Unit, rate};
 
+/// The payload index of warm-up messages, which [`courier_open_loop`]
+/// skips: publish such messages until one arrives to know a consumer
+/// group has joined before the schedule starts.
+pub const WARM_UP_INDEX: usize = usize::MAX >> 1;
+
 /// A payload of `size` bytes (at least 8) that starts with `index`, for
 /// latency runs that find a message's due time from its payload.
 pub fn indexed_payload(size: usize, index: usize) -> Vec<u8> {
@@ -89,7 +94,9 @@ pub async fn runtime_rate(
 /// Open loop through courier: `count` messages of `size` bytes published
 /// to `topic` at `per_second` (each publish awaited without holding up the
 /// schedule), received and acked on `stream`; latency from when each was
-/// due to when it arrived.
+/// due to when it arrived. Messages on `stream` whose payload index is not
+/// below `count` (warm-up markers, see [`WARM_UP_INDEX`]) are acked and
+/// not counted.
 ///
 /// # Panics
 ///
@@ -123,14 +130,16 @@ pub async fn courier_open_loop(
     };
     let consuming = async {
         let mut latencies = Latencies::with_capacity(count);
-        for _ in 0..count {
+        while latencies.len() < count {
             let delivery = tokio::time::timeout(stall, stream.next())
                 .await
                 .expect("courier latency consume stalled")
                 .expect("open")
                 .expect("delivery");
             let index = payload_index(delivery.message().payload());
-            latencies.record(schedule.due(index), Instant::now());
+            if index < count {
+                latencies.record(schedule.due(index), Instant::now());
+            }
             delivery.ack().await.expect("ack");
         }
         latencies

@@ -42,7 +42,7 @@ use courier_core::{Message, StartPosition, Subscription};
 use courier_kafka::KafkaBroker;
 use courier_testkit::bench::{Latencies, OpenLoop, Report, Row, Side, Unit, interleaved, rate};
 use courier_testkit::bench_runs::{
-    Percentiles, courier_open_loop, indexed_payload, payload_index, runtime_rate,
+    Percentiles, WARM_UP_INDEX, courier_open_loop, indexed_payload, payload_index, runtime_rate,
 };
 use futures::StreamExt;
 use rdkafka::ClientConfig;
@@ -478,6 +478,22 @@ async fn courier_latency(target: &Target, size: usize, count: usize, per_second:
     let sub = subscription(&topic).start_from(StartPosition::Latest);
     broker.provision(&sub).await.expect("provision");
     let mut stream = broker.subscribe(sub).await.expect("subscribe");
+    // The group joins after `subscribe` returns: send warm-up messages
+    // until one arrives, so the schedule starts with a joined consumer.
+    let joined = async {
+        loop {
+            let warm_up = Message::new(indexed_payload(size, WARM_UP_INDEX));
+            broker.publish(&topic, warm_up).await.expect("publish");
+            let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+            if let Ok(Some(Ok(delivery))) = next {
+                delivery.ack().await.expect("ack");
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(STALL, joined)
+        .await
+        .expect("courier consumer joined");
     let latencies =
         courier_open_loop(&broker, &topic, &mut stream, size, count, per_second, STALL).await;
     drop(stream);
