@@ -258,28 +258,8 @@ impl Bench {
     }
 
     async fn consume(&self, report: &mut Report, payload: usize, count: usize) {
-        let t = self.topic("consume").await;
-        let rounds = interleaved(self.rounds, |side| {
-            let t = &t;
-            async move {
-                courier_publish(&self.courier, &t.topic, payload, count).await;
-                match side {
-                    Side::Raw => self.raw.consume(&t.queue, count).await,
-                    Side::Courier => {
-                        courier_consume(&self.courier, t.subscription.clone(), count).await
-                    }
-                }
-            }
-        })
-        .await;
         let case = format!("consume+ack p={PREFETCH}");
-        report.push(Row::new(
-            ADAPTER,
-            case,
-            payload,
-            Unit::MessagesPerSecond,
-            &rounds,
-        ));
+        self.drain(report, case, payload, count, None).await;
     }
 
     async fn runtime(
@@ -290,15 +270,35 @@ impl Bench {
         concurrency: usize,
         prefetch: Option<u16>,
     ) {
-        let t = self.topic("runtime").await;
+        let case = match prefetch {
+            Some(p) => format!("runtime c={concurrency} prefetch={p}"),
+            None => format!("runtime c={concurrency}"),
+        };
+        let runtime = Some((concurrency, prefetch));
+        self.drain(report, case, payload, count, runtime).await;
+    }
+
+    /// Fills a queue with `count` messages, then drains it: raw with the
+    /// lapin loop; courier with its bare stream, or with the consumer
+    /// runtime at `runtime` = (concurrency, prefetch).
+    async fn drain(
+        &self,
+        report: &mut Report,
+        case: String,
+        payload: usize,
+        count: usize,
+        runtime: Option<(usize, Option<u16>)>,
+    ) {
+        let t = self.topic("drain").await;
         let rounds = interleaved(self.rounds, |side| {
             let t = &t;
             async move {
                 courier_publish(&self.courier, &t.topic, payload, count).await;
-                match side {
-                    Side::Raw => self.raw.consume(&t.queue, count).await,
-                    Side::Courier => {
-                        let sub = t.subscription.clone();
+                let sub = t.subscription.clone();
+                match (side, runtime) {
+                    (Side::Raw, _) => self.raw.consume(&t.queue, count).await,
+                    (Side::Courier, None) => courier_consume(&self.courier, sub, count).await,
+                    (Side::Courier, Some((concurrency, prefetch))) => {
                         let subscriber = Arc::new(self.courier.clone());
                         runtime_rate(subscriber, sub, count, concurrency, prefetch, STALL).await
                     }
@@ -306,17 +306,8 @@ impl Bench {
             }
         })
         .await;
-        let case = match prefetch {
-            Some(p) => format!("runtime c={concurrency} prefetch={p}"),
-            None => format!("runtime c={concurrency}"),
-        };
-        report.push(Row::new(
-            ADAPTER,
-            case,
-            payload,
-            Unit::MessagesPerSecond,
-            &rounds,
-        ));
+        let unit = Unit::MessagesPerSecond;
+        report.push(Row::new(ADAPTER, case, payload, unit, &rounds));
     }
 
     async fn latency(&self, report: &mut Report, payload: usize, count: usize) {
