@@ -200,31 +200,33 @@ impl Bench {
             raw: raw.clone(),
             courier: courier.clone(),
         };
-        let unit = Unit::MessagesPerSecond;
-        let confirmed = pair(&raw_confirmed, &courier_confirmed);
-        report.push(Row::new(
-            ADAPTER,
-            format!("publish confirmed w={WINDOW}"),
-            payload,
-            unit,
-            &confirmed,
-        ));
-        let against_ingest = pair(&unconfirmed, &courier_confirmed);
-        report.push(Row::new(
-            ADAPTER,
-            "confirmed / unconfirmed ingest",
-            payload,
-            unit,
-            &against_ingest,
-        ));
-        let raw_against_ingest = pair(&unconfirmed, &raw_confirmed);
-        report.push(Row::new(
-            ADAPTER,
-            "raw confirmed / unconfirmed",
-            payload,
-            unit,
-            &raw_against_ingest,
-        ));
+        let rows = [
+            (
+                format!("publish confirmed w={WINDOW}"),
+                &raw_confirmed,
+                &courier_confirmed,
+            ),
+            (
+                "confirmed / unconfirmed ingest".into(),
+                &unconfirmed,
+                &courier_confirmed,
+            ),
+            (
+                "raw confirmed / unconfirmed".into(),
+                &unconfirmed,
+                &raw_confirmed,
+            ),
+        ];
+        for (case, raw, courier) in rows {
+            let rounds = pair(raw, courier);
+            report.push(Row::new(
+                ADAPTER,
+                case,
+                payload,
+                Unit::MessagesPerSecond,
+                &rounds,
+            ));
+        }
     }
 
     /// [`BURST`] concurrent publishes to a topic nobody published to yet
