@@ -24,6 +24,7 @@
 //! Test names are `adapter::case`, so a run shows per adapter what passed.
 
 pub mod bench;
+pub mod bench_runs;
 pub mod conformance;
 pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.

@@ -1,31 +1,70 @@
-//! Raw lapin against courier-amqp on the same RabbitMQ, in one run:
-//! publishing with confirms (pipelined, in batches) and consuming with acks,
-//! 100,000 messages of 64 bytes each way. Both sides use the same topology
-//! (a durable fanout exchange bound to a quorum queue), persistent messages
-//! and the same prefetch.
+//! Raw lapin against courier-amqp on the same RabbitMQ, in one run, with
+//! [`courier_testkit::bench`]: every figure is the median of interleaved
+//! rounds (the side going first alternates), with courier's ratio to raw.
 //!
-//! `cargo bench -p courier-amqp` starts the RabbitMQ fixture (or uses
-//! `COURIER_TEST_RABBITMQ_URL`). `COURIER_BENCH_MESSAGES` and
-//! `COURIER_BENCH_ROUNDS` (default 3) change the size. Each side publishes
-//! and then drains its own queue, the side going first alternates by round,
-//! and the best round of each side is reported.
+//! Cases, for payloads of 64 B and 16 KiB (persistent messages, durable
+//! fanout exchange bound to a quorum queue on both sides):
+//!
+//! - `publish confirmed w=256`: raw lapin keeps 256 publisher confirms
+//!   outstanding (a sliding window); courier runs 256 concurrent
+//!   `publish` calls, so concurrent callers share one confirm channel.
+//! - `confirmed / unconfirmed ingest`: raw is what the broker ingests
+//!   without confirms (publish everything, then wait until the queue holds
+//!   every message), courier is courier's confirmed publish above: how close
+//!   confirmed publishing comes to the broker's unconfirmed ingest.
+//! - `raw confirmed / unconfirmed`: the same for raw lapin's confirmed
+//!   publish.
+//! - `first 1000 publishes: new / known` (64 B): 1,000 concurrent courier
+//!   publishes to a topic nobody published to yet (courier column) against
+//!   the same burst to a topic already in use (raw column).
+//! - `consume+ack p=256`: a lapin consume-and-ack loop against courier's
+//!   delivery stream, both with prefetch 256.
+//! - `runtime c=1`, `runtime c=16`: the lapin loop (prefetch 256) against
+//!   the courier consumer runtime at that concurrency with its default
+//!   prefetch (`COURIER_BENCH_PREFETCH=16,64,256` runs the runtime cases
+//!   once per listed prefetch instead).
+//! - `latency p50|p99|p999 @1000/s`: open loop at 1,000 messages a second,
+//!   from when a message was due to when its consumer received it (publish
+//!   with confirm, consume with ack on both sides).
+//!
+//! `cargo bench -p courier-amqp --bench throughput` starts the RabbitMQ
+//! fixture (or uses `COURIER_TEST_RABBITMQ_URL`). Environment:
+//! `COURIER_BENCH_ROUNDS` (default 5), `COURIER_BENCH_MESSAGES` (messages
+//! of 64 B per run, default 20,000; 16 KiB runs use a quarter),
+//! `COURIER_BENCH_LATENCY_MESSAGES` (default 2,000), `COURIER_BENCH_OUT`
+//! (JSON-lines file the rows are appended to).
 
-use courier_core::prelude::*;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use courier_amqp::AmqpBroker;
-use courier_core::{Message, MessageId, Subscription};
+use courier_core::prelude::*;
+use courier_core::{Message, Subscription};
+use courier_testkit::bench::{
+    Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved, rate,
+};
+use courier_testkit::bench_runs::{
+    Percentiles, courier_open_loop, indexed_payload, payload_index, runtime_rate,
+};
+use courier_testkit::fixtures::unique_name;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-const PAYLOAD: usize = 64;
-const BATCH: usize = 1_000;
+const ADAPTER: &str = "amqp";
+/// Publisher confirms outstanding at once (raw window, courier callers).
+const WINDOW: usize = 256;
+/// Prefetch of the raw consumer and of courier's bare stream.
 const PREFETCH: u16 = 256;
+const LATENCY_RATE: u32 = 1_000;
+/// Concurrent publishes of the first-use case.
+const BURST: usize = 1_000;
+const STALL: Duration = Duration::from_secs(60);
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -34,15 +73,291 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn rate(n: usize, elapsed: Duration) -> f64 {
-    n as f64 / elapsed.as_secs_f64()
+fn main() {
+    let rounds = env_or("COURIER_BENCH_ROUNDS", 5).max(1);
+    let messages = env_or("COURIER_BENCH_MESSAGES", 20_000);
+    let latency_messages = env_or("COURIER_BENCH_LATENCY_MESSAGES", 2_000);
+    let prefetches: Vec<Option<u16>> = std::env::var("COURIER_BENCH_PREFETCH")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .map(Some)
+                .collect()
+        })
+        .unwrap_or_else(|| vec![None]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let fixture = courier_testkit::fixtures::rabbitmq()
+            .await
+            .expect("RabbitMQ fixture");
+        let url = fixture.url().to_owned();
+        let raw = Raw::connect(&url).await;
+        let courier = AmqpBroker::connect(&url).await.expect("courier connect");
+        let bench = Bench {
+            raw,
+            courier,
+            rounds,
+        };
+        bench.warm_up(messages.min(5_000)).await;
+        let mut report = Report::new(format!(
+            "AMQP (RabbitMQ fixture), {messages} messages of 64 B / {} of 16 KiB per run, \
+             latency {latency_messages} messages at {LATENCY_RATE}/s, median of {rounds} \
+             interleaved rounds, 2 worker threads",
+            messages / 4
+        ));
+        for payload in [64, 16 * 1024] {
+            let count = if payload > 1024 {
+                messages / 4
+            } else {
+                messages
+            };
+            bench.publish(&mut report, payload, count).await;
+            if payload == 64 {
+                bench.first_burst(&mut report, payload).await;
+            }
+            bench.consume(&mut report, payload, count).await;
+            for &prefetch in &prefetches {
+                for concurrency in [1, 16] {
+                    bench
+                        .runtime(&mut report, payload, count, concurrency, prefetch)
+                        .await;
+                }
+            }
+            bench.latency(&mut report, payload, latency_messages).await;
+        }
+        report.finish();
+        bench.courier.close().await.expect("close");
+        let _ = bench.raw.connection.close(200, "done".into()).await;
+    });
+}
+
+struct Bench {
+    raw: Raw,
+    courier: AmqpBroker,
+    rounds: usize,
+}
+
+/// A topic with its group queue, declared by courier's provisioning; the
+/// raw side uses the same names.
+struct Topic {
+    topic: String,
+    queue: String,
+    subscription: Subscription,
+}
+
+impl Bench {
+    async fn topic(&self, kind: &str) -> Topic {
+        let topic = unique_name(&format!("bench-{kind}"));
+        let subscription = Subscription::new(&topic, "g").prefetch(PREFETCH);
+        self.courier
+            .provision(&subscription)
+            .await
+            .expect("provision");
+        Topic {
+            queue: format!("{topic}:g"),
+            topic,
+            subscription,
+        }
+    }
+
+    async fn warm_up(&self, count: usize) {
+        let t = self.topic("warm").await;
+        self.raw.publish_confirmed(&t.topic, 64, count).await;
+        self.raw.consume(&t.queue, count).await;
+        courier_publish(&self.courier, &t.topic, 64, count).await;
+        courier_consume(&self.courier, t.subscription.clone(), count).await;
+    }
+
+    async fn publish(&self, report: &mut Report, payload: usize, count: usize) {
+        let t = self.topic("publish").await;
+        let mut unconfirmed = Vec::new();
+        let mut raw_confirmed = Vec::new();
+        let mut courier_confirmed = Vec::new();
+        for round in 0..self.rounds {
+            // Three measurements a round, each going first in turn.
+            for which in 0..3 {
+                self.raw.purge(&t.queue).await;
+                match (which + round) % 3 {
+                    0 => unconfirmed.push(
+                        self.raw
+                            .ingest_unconfirmed(&t.topic, &t.queue, payload, count)
+                            .await,
+                    ),
+                    1 => raw_confirmed
+                        .push(self.raw.publish_confirmed(&t.topic, payload, count).await),
+                    _ => courier_confirmed
+                        .push(courier_publish(&self.courier, &t.topic, payload, count).await),
+                }
+            }
+        }
+        self.raw.purge(&t.queue).await;
+        let pair = |raw: &Vec<f64>, courier: &Vec<f64>| Rounds {
+            raw: raw.clone(),
+            courier: courier.clone(),
+        };
+        let rows = [
+            (
+                format!("publish confirmed w={WINDOW}"),
+                &raw_confirmed,
+                &courier_confirmed,
+            ),
+            (
+                "confirmed / unconfirmed ingest".into(),
+                &unconfirmed,
+                &courier_confirmed,
+            ),
+            (
+                "raw confirmed / unconfirmed".into(),
+                &unconfirmed,
+                &raw_confirmed,
+            ),
+        ];
+        for (case, raw, courier) in rows {
+            let rounds = pair(raw, courier);
+            report.push(Row::new(
+                ADAPTER,
+                case,
+                payload,
+                Unit::MessagesPerSecond,
+                &rounds,
+            ));
+        }
+    }
+
+    /// [`BURST`] concurrent publishes to a topic nobody published to yet
+    /// (courier side) against the same burst to a topic already in use
+    /// (raw side): what the first use of a topic costs.
+    async fn first_burst(&self, report: &mut Report, payload: usize) {
+        let known = self.topic("burst-known").await;
+        courier_publish(&self.courier, &known.topic, payload, 1).await;
+        let rounds = interleaved(self.rounds, |side| {
+            let known = &known;
+            async move {
+                match side {
+                    Side::Raw => burst(&self.courier, &known.topic, payload).await,
+                    Side::Courier => {
+                        let fresh = self.topic("burst-new").await;
+                        burst(&self.courier, &fresh.topic, payload).await
+                    }
+                }
+            }
+        })
+        .await;
+        self.raw.purge(&known.queue).await;
+        let case = format!("first {BURST} publishes: new / known");
+        report.push(Row::new(
+            ADAPTER,
+            case,
+            payload,
+            Unit::MessagesPerSecond,
+            &rounds,
+        ));
+    }
+
+    async fn consume(&self, report: &mut Report, payload: usize, count: usize) {
+        let case = format!("consume+ack p={PREFETCH}");
+        self.drain(report, case, payload, count, None).await;
+    }
+
+    async fn runtime(
+        &self,
+        report: &mut Report,
+        payload: usize,
+        count: usize,
+        concurrency: usize,
+        prefetch: Option<u16>,
+    ) {
+        let case = match prefetch {
+            Some(p) => format!("runtime c={concurrency} prefetch={p}"),
+            None => format!("runtime c={concurrency}"),
+        };
+        let runtime = Some((concurrency, prefetch));
+        self.drain(report, case, payload, count, runtime).await;
+    }
+
+    /// Fills a queue with `count` messages, then drains it: raw with the
+    /// lapin loop; courier with its bare stream, or with the consumer
+    /// runtime at `runtime` = (concurrency, prefetch).
+    async fn drain(
+        &self,
+        report: &mut Report,
+        case: String,
+        payload: usize,
+        count: usize,
+        runtime: Option<(usize, Option<u16>)>,
+    ) {
+        let t = self.topic("drain").await;
+        let rounds = interleaved(self.rounds, |side| {
+            let t = &t;
+            async move {
+                courier_publish(&self.courier, &t.topic, payload, count).await;
+                let sub = t.subscription.clone();
+                match (side, runtime) {
+                    (Side::Raw, _) => self.raw.consume(&t.queue, count).await,
+                    (Side::Courier, None) => courier_consume(&self.courier, sub, count).await,
+                    (Side::Courier, Some((concurrency, prefetch))) => {
+                        let subscriber = Arc::new(self.courier.clone());
+                        runtime_rate(subscriber, sub, count, concurrency, prefetch, STALL).await
+                    }
+                }
+            }
+        })
+        .await;
+        let unit = Unit::MessagesPerSecond;
+        report.push(Row::new(ADAPTER, case, payload, unit, &rounds));
+    }
+
+    async fn latency(&self, report: &mut Report, payload: usize, count: usize) {
+        let t = self.topic("latency").await;
+        let percentiles = std::cell::RefCell::new(Percentiles::default());
+        let _ = interleaved(self.rounds, |side| {
+            let t = &t;
+            let percentiles = &percentiles;
+            async move {
+                let mut latencies = match side {
+                    Side::Raw => self.raw.latency(&t.topic, &t.queue, payload, count).await,
+                    Side::Courier => {
+                        let sub = t.subscription.clone();
+                        let mut stream = self.courier.subscribe(sub).await.expect("subscribe");
+                        let (topic, rate) = (&t.topic, LATENCY_RATE);
+                        let courier = &self.courier;
+                        courier_open_loop(courier, topic, &mut stream, payload, count, rate, STALL)
+                            .await
+                    }
+                };
+                percentiles.borrow_mut().push(side, &mut latencies);
+                0.0
+            }
+        })
+        .await;
+        let suffix = format!("@{LATENCY_RATE}/s");
+        for row in percentiles.into_inner().rows(ADAPTER, &suffix, payload) {
+            report.push(row);
+        }
+    }
 }
 
 /// The raw client, set up as courier-amqp sets itself up.
 struct Raw {
     connection: Connection,
-    publish: Channel,
+    confirmed: Channel,
+    unconfirmed: Channel,
     consume: Channel,
+}
+
+fn properties() -> BasicProperties {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(courier_core::MessageId::new().to_string().into())
+        .with_timestamp(now.as_secs())
 }
 
 impl Raw {
@@ -50,104 +365,112 @@ impl Raw {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("raw connect");
-        let publish = connection.create_channel().await.unwrap();
-        publish
+        let confirmed = connection.create_channel().await.expect("channel");
+        confirmed
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .unwrap();
-        let consume = connection.create_channel().await.unwrap();
+            .expect("confirm mode");
+        let unconfirmed = connection.create_channel().await.expect("channel");
+        let consume = connection.create_channel().await.expect("channel");
+        consume
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .expect("qos");
         Raw {
             connection,
-            publish,
+            confirmed,
+            unconfirmed,
             consume,
         }
     }
 
-    async fn declare(&self, topic: &str) -> String {
-        let queue = format!("{topic}.raw");
-        self.publish
-            .exchange_declare(
-                topic.into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+    async fn purge(&self, queue: &str) {
+        self.unconfirmed
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
             .await
-            .unwrap();
+            .expect("purge");
+    }
+
+    async fn message_count(&self, queue: &str) -> u32 {
         let mut arguments = FieldTable::default();
         arguments.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
-        self.publish
+        self.unconfirmed
             .queue_declare(
-                queue.as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
+                    passive: true,
                     durable: true,
                     ..Default::default()
                 },
                 arguments,
             )
             .await
-            .unwrap();
-        self.publish
-            .queue_bind(
-                queue.as_str().into(),
-                topic.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        queue
+            .expect("passive declare")
+            .message_count()
     }
 
-    /// Publishes `n` messages: each batch is sent, then its confirms awaited.
-    async fn publish(&self, topic: &str, n: usize) -> Duration {
-        let payload = vec![7u8; PAYLOAD];
+    /// Publishes `count` messages without confirms, then waits until the
+    /// queue holds them all: what the broker ingests when nobody waits.
+    async fn ingest_unconfirmed(&self, topic: &str, queue: &str, size: usize, count: usize) -> f64 {
+        let payload = indexed_payload(size, 0);
         let started = Instant::now();
-        let mut sent = 0;
-        while sent < n {
-            let batch = BATCH.min(n - sent);
-            let mut confirms = Vec::with_capacity(batch);
-            for _ in 0..batch {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(MessageId::new().to_string().into())
-                    .with_timestamp(now.as_secs());
-                let confirm = self
-                    .publish
-                    .basic_publish(
-                        topic.into(),
-                        "".into(),
-                        BasicPublishOptions::default(),
-                        &payload,
-                        properties,
-                    )
-                    .await
-                    .unwrap();
-                confirms.push(confirm);
-            }
-            for confirm in confirms {
-                assert!(confirm.await.unwrap().is_ack());
-            }
-            sent += batch;
+        for _ in 0..count {
+            self.unconfirmed
+                .basic_publish(
+                    topic.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    properties(),
+                )
+                .await
+                .expect("publish");
         }
-        started.elapsed()
+        let deadline = Instant::now() + STALL;
+        while (self.message_count(queue).await as usize) < count {
+            assert!(Instant::now() < deadline, "unconfirmed ingest stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rate(count, started.elapsed())
     }
 
-    /// Consumes and acks `n` messages.
-    async fn consume(&self, queue: &str, n: usize) -> Duration {
-        self.consume
-            .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await
-            .unwrap();
-        let tag = format!("raw-{}", MessageId::new());
+    /// Publishes `count` messages with at most [`WINDOW`] confirms
+    /// outstanding.
+    async fn publish_confirmed(&self, topic: &str, size: usize, count: usize) -> f64 {
+        let payload = indexed_payload(size, 0);
+        let started = Instant::now();
+        let mut outstanding = VecDeque::with_capacity(WINDOW);
+        for _ in 0..count {
+            if outstanding.len() == WINDOW {
+                let confirm: lapin::PublisherConfirm = outstanding.pop_front().expect("full");
+                assert!(confirm.await.expect("confirm").is_ack());
+            }
+            let confirm = self
+                .confirmed
+                .basic_publish(
+                    topic.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    properties(),
+                )
+                .await
+                .expect("publish");
+            outstanding.push_back(confirm);
+        }
+        for confirm in outstanding {
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+        rate(count, started.elapsed())
+    }
+
+    /// Consumes and acks `count` messages.
+    async fn consume(&self, queue: &str, count: usize) -> f64 {
+        let tag = unique_name("raw");
+        let started = Instant::now();
         let mut consumer = self
             .consume
             .basic_consume(
@@ -157,144 +480,122 @@ impl Raw {
                 FieldTable::default(),
             )
             .await
-            .unwrap();
-        let started = Instant::now();
-        for _ in 0..n {
-            let delivery = consumer.next().await.expect("open").expect("delivery");
-            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            .expect("consume");
+        for _ in 0..count {
+            let delivery = tokio::time::timeout(STALL, consumer.next())
+                .await
+                .expect("raw consume stalled")
+                .expect("open")
+                .expect("delivery");
+            delivery.ack(BasicAckOptions::default()).await.expect("ack");
         }
         let elapsed = started.elapsed();
         self.consume
             .basic_cancel(tag.as_str().into(), Default::default())
             .await
-            .unwrap();
-        elapsed
+            .expect("cancel");
+        rate(count, elapsed)
     }
-}
 
-/// courier-amqp, through the same API an application uses.
-async fn courier_publish(broker: &AmqpBroker, topic: &str, n: usize) -> Duration {
-    let payload = bytes::Bytes::from(vec![7u8; PAYLOAD]);
-    let started = Instant::now();
-    let mut sent = 0;
-    while sent < n {
-        let batch = BATCH.min(n - sent);
-        let messages = (0..batch).map(|_| Message::new(payload.clone())).collect();
-        broker.publish_batch(topic, messages).await.unwrap();
-        sent += batch;
-    }
-    started.elapsed()
-}
-
-async fn courier_consume(broker: &AmqpBroker, sub: Subscription, n: usize) -> Duration {
-    let mut stream = broker.subscribe(sub).await.unwrap();
-    let started = Instant::now();
-    for _ in 0..n {
-        let delivery = stream.next().await.expect("open").expect("delivery");
-        delivery.ack().await.unwrap();
-    }
-    started.elapsed()
-}
-
-/// Lets the broker finish background work (queue compaction) of the
-/// previous phase.
-async fn settle() {
-    tokio::time::sleep(Duration::from_secs(2)).await;
-}
-
-#[derive(Default)]
-struct Best {
-    raw_publish: f64,
-    courier_publish: f64,
-    raw_consume: f64,
-    courier_consume: f64,
-}
-
-fn main() {
-    let messages = env_or("COURIER_BENCH_MESSAGES", 100_000);
-    let rounds = env_or("COURIER_BENCH_ROUNDS", 3).max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let fixture = courier_testkit::fixtures::rabbitmq()
+    /// Open-loop publish (with confirms) and consume of `count` messages.
+    async fn latency(&self, topic: &str, queue: &str, size: usize, count: usize) -> Latencies {
+        let tag = unique_name("raw-latency");
+        let mut consumer = self
+            .consume
+            .basic_consume(
+                queue.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
-            .expect("RabbitMQ fixture");
-        let url = fixture.url().to_owned();
-        let raw = Raw::connect(&url).await;
-        let courier = AmqpBroker::connect(&url).await.expect("courier connect");
-        let run = MessageId::new().to_string();
-        let run = &run[run.len() - 12..];
-
-        // Warm up both sides (connections, channels, the broker's JIT).
-        let warm = messages.min(10_000);
-        let raw_queue = raw.declare(&format!("bench-warm-raw-{run}")).await;
-        raw.publish(&format!("bench-warm-raw-{run}"), warm).await;
-        raw.consume(&raw_queue, warm).await;
-        let sub = Subscription::new(format!("bench-warm-courier-{run}"), "g").prefetch(PREFETCH);
-        courier.provision(&sub).await.unwrap();
-        courier_publish(&courier, sub.topic(), warm).await;
-        courier_consume(&courier, sub, warm).await;
-
-        println!(
-            "AMQP throughput, {messages} messages of {PAYLOAD} bytes, persistent, quorum queue, \
-             confirms pipelined in batches of {BATCH}, prefetch {PREFETCH}, {rounds} round(s)"
-        );
-        let mut best = Best::default();
-        for round in 1..=rounds {
-            let raw_topic = format!("bench-raw-{run}-{round}");
-            let raw_queue = raw.declare(&raw_topic).await;
-            let sub =
-                Subscription::new(format!("bench-courier-{run}-{round}"), "g").prefetch(PREFETCH);
-            courier.provision(&sub).await.unwrap();
-            // Each side publishes, then drains its queue, on an otherwise
-            // idle broker; which side goes first alternates.
-            let mut raw_rates = (0.0, 0.0);
-            let mut courier_rates = (0.0, 0.0);
-            for side in 0..2 {
-                if (side + round) % 2 == 1 {
-                    settle().await;
-                    raw_rates.0 = rate(messages, raw.publish(&raw_topic, messages).await);
-                    settle().await;
-                    raw_rates.1 = rate(messages, raw.consume(&raw_queue, messages).await);
-                } else {
-                    settle().await;
-                    courier_rates.0 = rate(
-                        messages,
-                        courier_publish(&courier, sub.topic(), messages).await,
-                    );
-                    settle().await;
-                    courier_rates.1 = rate(
-                        messages,
-                        courier_consume(&courier, sub.clone(), messages).await,
-                    );
+            .expect("consume");
+        let schedule = OpenLoop::new(LATENCY_RATE);
+        let publishing = async {
+            let mut confirms = futures::stream::FuturesUnordered::new();
+            for i in 0..count {
+                tokio::select! {
+                    () = schedule.wait_due(i) => {}
+                    // Collect confirms while waiting for the next slot.
+                    Some(confirm) = confirms.next(), if !confirms.is_empty() => {
+                        let confirm: lapin::Result<lapin::Confirmation> = confirm;
+                        assert!(confirm.expect("confirm").is_ack());
+                        schedule.wait_due(i).await;
+                    }
                 }
+                let confirm = self
+                    .confirmed
+                    .basic_publish(
+                        topic.into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        &indexed_payload(size, i),
+                        properties(),
+                    )
+                    .await
+                    .expect("publish");
+                confirms.push(confirm);
             }
-            println!(
-                "round {round}: publish raw {:>7.0}/s courier {:>7.0}/s | \
-                 consume+ack raw {:>7.0}/s courier {:>7.0}/s",
-                raw_rates.0, courier_rates.0, raw_rates.1, courier_rates.1
-            );
-            best.raw_publish = best.raw_publish.max(raw_rates.0);
-            best.courier_publish = best.courier_publish.max(courier_rates.0);
-            best.raw_consume = best.raw_consume.max(raw_rates.1);
-            best.courier_consume = best.courier_consume.max(courier_rates.1);
-        }
-        println!(
-            "publish (confirms):  raw lapin {:>9.0} msg/s  courier-amqp {:>9.0} msg/s  ratio {:.3}",
-            best.raw_publish,
-            best.courier_publish,
-            best.courier_publish / best.raw_publish
-        );
-        println!(
-            "consume + ack:       raw lapin {:>9.0} msg/s  courier-amqp {:>9.0} msg/s  ratio {:.3}",
-            best.raw_consume,
-            best.courier_consume,
-            best.courier_consume / best.raw_consume
-        );
-        courier.close().await.unwrap();
-        let _ = raw.connection.close(200, "done".into()).await;
-    });
+            while let Some(confirm) = confirms.next().await {
+                assert!(confirm.expect("confirm").is_ack());
+            }
+        };
+        let consuming = async {
+            let mut latencies = Latencies::with_capacity(count);
+            for _ in 0..count {
+                let delivery = tokio::time::timeout(STALL, consumer.next())
+                    .await
+                    .expect("raw latency consume stalled")
+                    .expect("open")
+                    .expect("delivery");
+                latencies.record(schedule.due(payload_index(&delivery.data)), Instant::now());
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+            latencies
+        };
+        let ((), latencies) = futures::join!(publishing, consuming);
+        self.consume
+            .basic_cancel(tag.as_str().into(), Default::default())
+            .await
+            .expect("cancel");
+        latencies
+    }
+}
+
+/// `count` concurrent-caller publishes, [`WINDOW`] at a time.
+async fn courier_publish(broker: &AmqpBroker, topic: &str, size: usize, count: usize) -> f64 {
+    let payload = bytes::Bytes::from(indexed_payload(size, 0));
+    let started = Instant::now();
+    let mut publishes = futures::stream::iter(0..count)
+        .map(|_| broker.publish(topic, Message::new(payload.clone())))
+        .buffer_unordered(WINDOW);
+    while let Some(outcome) = publishes.next().await {
+        outcome.expect("publish");
+    }
+    rate(count, started.elapsed())
+}
+
+/// [`BURST`] publishes, all started at once.
+async fn burst(broker: &AmqpBroker, topic: &str, size: usize) -> f64 {
+    let payload = bytes::Bytes::from(indexed_payload(size, 0));
+    let started = Instant::now();
+    let publishes = (0..BURST).map(|_| broker.publish(topic, Message::new(payload.clone())));
+    for outcome in futures::future::join_all(publishes).await {
+        outcome.expect("publish");
+    }
+    rate(BURST, started.elapsed())
+}
+
+async fn courier_consume(broker: &AmqpBroker, sub: Subscription, count: usize) -> f64 {
+    let started = Instant::now();
+    let mut stream = broker.subscribe(sub).await.expect("subscribe");
+    for _ in 0..count {
+        let delivery = tokio::time::timeout(STALL, stream.next())
+            .await
+            .expect("courier consume stalled")
+            .expect("open")
+            .expect("delivery");
+        delivery.ack().await.expect("ack");
+    }
+    rate(count, started.elapsed())
 }

@@ -68,7 +68,10 @@
 //!   with `provision`) before publishing what they must not miss.
 //! - `publish` declares the topic's exchange on its first use over a
 //!   connection (remembered until the connection is replaced), so
-//!   publishing never fails for lack of an exchange; a message published to
+//!   publishing never fails for lack of an exchange. Publishes racing for
+//!   a new topic share one declaration: the first declares, the others
+//!   wait for its outcome (a failed declaration is reported to all of them
+//!   and tried again by the next publish). A message published to
 //!   a topic without groups is dropped by RabbitMQ, as with any fanout
 //!   exchange without queues.
 //!
@@ -107,7 +110,13 @@
 //!   once the adapter has reconnected (at least once: the broker may have
 //!   stored it before the loss), or fails if reconnecting gives up; it is
 //!   never dropped silently. A batch is resent from its first unconfirmed
-//!   message, so order is kept.
+//!   message, so order is kept. Every publish of a connection goes through
+//!   one channel in confirm mode and waits only for its own confirms, which
+//!   the broker sends cumulatively; so concurrent callers keep many
+//!   confirms outstanding at once, and confirmed publishing from a few
+//!   hundred concurrent callers runs about as fast as the broker ingests
+//!   unconfirmed messages (see `benches/throughput.rs`). A single caller
+//!   waits a round trip per `publish` (or per `publish_batch`).
 //! - **Message**: id, key, headers (user and courier's own), content type,
 //!   timestamp (to the millisecond), correlation and causation id and
 //!   payload arrive exactly as published (see [Wire format](#wire-format)).
@@ -273,6 +282,8 @@ mod config;
 mod connection;
 mod delivery;
 mod error;
+#[cfg(test)]
+mod first_publish_tests;
 mod lag;
 mod publisher;
 mod request;

@@ -261,9 +261,9 @@ fn short(name: &str) -> ShortString {
 /// Publishes to RabbitMQ with publisher confirms.
 ///
 /// Each topic is a durable fanout exchange, declared on the first publish
-/// to it over a connection. `publish` returns once the broker confirmed the
-/// message (it is then stored in every queue bound to the exchange: one per
-/// consumer group). A topic without groups takes messages and drops them,
+/// to it over a connection (once, however many publishes race for it).
+/// `publish` returns once the broker confirmed the message (it is then
+/// stored in every queue bound to the exchange: one per consumer group). A topic without groups takes messages and drops them,
 /// as RabbitMQ does; provision groups first (see the crate documentation).
 ///
 /// Cheap to share (`Arc`); publishes from many tasks are pipelined over one
@@ -276,6 +276,11 @@ pub struct AmqpPublisher {
 impl AmqpPublisher {
     pub(crate) fn new(link: Arc<Link>) -> Self {
         AmqpPublisher { link }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.link
     }
 
     /// Connects a publisher of its own.

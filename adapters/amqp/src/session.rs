@@ -1,12 +1,12 @@
 //! One incarnation of a [`Link`](crate::connection::Link)'s connection: the
 //! channels and the declaration cache that belong to it.
 
-use std::collections::HashSet;
 use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier_core::adapter::OncePerKey;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
@@ -43,8 +43,9 @@ pub(crate) struct Session {
     /// and it is replaced.
     topology: tokio::sync::Mutex<Channel>,
     reopen: tokio::sync::Mutex<()>,
-    /// Exchanges declared on this connection.
-    exchanges: Mutex<HashSet<String>>,
+    /// Exchanges declared on this connection: the first publish to a topic
+    /// declares its exchange, publishes racing it wait for that outcome.
+    exchanges: OncePerKey<(), lapin::Error>,
     /// Makes "take a delivery tag" and "queue the frames" one step, so that
     /// concurrent publishes on the channel get their confirms right.
     order: Mutex<()>,
@@ -71,7 +72,7 @@ impl Session {
             publish: Mutex::new(Arc::new(publish)),
             topology: tokio::sync::Mutex::new(topology),
             reopen: tokio::sync::Mutex::new(()),
-            exchanges: Mutex::new(HashSet::new()),
+            exchanges: OncePerKey::new(),
             order: Mutex::new(()),
         })
     }
@@ -129,20 +130,28 @@ impl Session {
         self.guard(declare(channel.clone())).await
     }
 
-    /// Declares the exchange unless this connection already did.
+    /// Declares the exchange unless this connection already did; one
+    /// declaration however many publishes ask at once.
     pub(crate) async fn ensure_exchange(&self, exchange: &str) -> lapin::Result<()> {
-        if self.exchanges.lock().contains(exchange) {
-            return Ok(());
-        }
-        self.declare(|channel| async move { topology::declare_exchange(&channel, exchange).await })
-            .await?;
-        self.exchanges.lock().insert(exchange.to_owned());
-        Ok(())
+        let declare = || {
+            self.declare(
+                |channel| async move { topology::declare_exchange(&channel, exchange).await },
+            )
+        };
+        self.exchanges
+            .get_or_run(exchange, declare, lapin::Error::clone)
+            .await
+    }
+
+    /// How many exchange declarations this connection started.
+    #[cfg(test)]
+    pub(crate) fn exchange_declarations(&self) -> u64 {
+        self.exchanges.runs()
     }
 
     /// Forgets which exchanges exist (one may have been deleted).
     pub(crate) fn forget_exchanges(&self) {
-        self.exchanges.lock().clear();
+        self.exchanges.forget_all();
     }
 
     /// Publishes on `channel` and returns the pending confirm once the

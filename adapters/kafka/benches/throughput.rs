@@ -1,56 +1,76 @@
-//! courier-kafka against raw rdkafka on the same broker, in one run:
-//! consuming with offsets committed, then confirmed publishing (idempotent
-//! producer, `acks=all`, delivery reports awaited in windows). The consume
-//! runs come first: on tansu, consumers joining after the publish runs
-//! sometimes receive nothing at all (the broker sits idle while the
-//! consumer fetches), whichever client consumes.
+//! courier-kafka against raw rdkafka on the same broker, in one run, with
+//! [`courier_testkit::bench`]: every figure is the median of interleaved
+//! rounds (the side going first alternates), with courier's ratio to raw.
 //!
-//! `cargo bench -p courier-kafka --bench throughput` (starts the Kafka
-//! fixture container; `COURIER_TEST_KAFKA_URL` uses a running broker
-//! instead). `-- N` sets the message count (default 100,000).
+//! Cases, for payloads of 64 B and 16 KiB:
 //!
-//! `-- --mock` runs both sides against librdkafka's in-process mock
-//! cluster instead. tansu, the broker of the tests, serves a few hundred
-//! fetched records a second and slows down with record headers, so on it
-//! the broker is the whole cost; on the mock cluster the clients' own cost
-//! shows, which is what the ratio is about. The mock cluster cannot create
-//! topics through the admin API, so every topic is created up front, with 8
-//! partitions: a mock partition stops serving fetches after about 33,000
-//! records (raw rdkafka and courier alike).
+//! - `publish confirmed w=1000`: idempotent producer, `acks=all`, delivery
+//!   reports awaited in windows of 1,000 (raw records carry the two
+//!   headers courier writes for a plain message, id and timestamp, the
+//!   like-for-like comparison on a broker whose cost grows with headers);
+//!   courier publishes the same windows with `publish_batch`.
+//! - `consume+commit`: a raw `StreamConsumer` storing each offset and
+//!   auto-committing every 100 ms against courier's delivery stream, whose
+//!   acks the commit watermark commits every 100 ms. Timed from subscribing
+//!   (joining the group included, the same for both) to the last record.
+//! - `runtime c=1`, `runtime c=16`: the raw consumer against the courier
+//!   consumer runtime at that concurrency with its default prefetch.
+//! - `latency p50|p99|p999 @R/s`: open loop at `COURIER_BENCH_KAFKA_RATE`
+//!   (default 1,000) messages a second, from when a message was due to
+//!   when its consumer received it.
 //!
-//! Consume runs are timed from subscribing (joining the group included, the
-//! same for both) to the last record settled; both sides commit in the
-//! background (raw: offsets stored per message and auto-committed every
-//! 100 ms; courier: acks committed every 100 ms by the watermark). The raw
-//! publisher runs twice: bare records, and records carrying the two headers
-//! courier writes for a plain message (id and timestamp), which is the
-//! like-for-like comparison on a broker whose cost grows with headers.
+//! `cargo bench -p courier-kafka --bench throughput` starts the Kafka
+//! fixture container (`COURIER_TEST_KAFKA_URL` uses a running broker
+//! instead). Environment: `COURIER_BENCH_ROUNDS` (default 5),
+//! `COURIER_BENCH_KAFKA_MESSAGES` (64 B messages per run, default 5,000;
+//! 16 KiB runs use a quarter), `COURIER_BENCH_LATENCY_MESSAGES` (default
+//! 2,000), `COURIER_BENCH_OUT` (JSON-lines file the rows are appended to).
+//!
+//! The test broker is tansu 0.6, a Kafka-protocol broker storing in
+//! SQLite: it is slow (a few thousand records a second at best), stalls
+//! under load at times, and its cost dominates both sides, so these ratios
+//! say little about the clients' own cost. `-- --mock` runs both sides
+//! against librdkafka's in-process mock cluster instead, where the clients'
+//! cost shows. The mock cluster cannot create topics through the admin
+//! API, so every topic is created up front, with 8 partitions.
 
-use courier_core::prelude::*;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use courier_core::prelude::*;
 use courier_core::{Message, StartPosition, Subscription};
 use courier_kafka::KafkaBroker;
+use courier_testkit::bench::{Latencies, OpenLoop, Report, Row, Side, Unit, interleaved, rate};
+use courier_testkit::bench_runs::{
+    Percentiles, WARM_UP_INDEX, courier_open_loop, indexed_payload, payload_index, runtime_rate,
+};
 use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-const PAYLOAD: [u8; 64] = [7; 64];
+const ADAPTER: &str = "kafka";
 /// Records handed to the producer before their reports are awaited.
 const WINDOW: usize = 1000;
 /// A consume run that receives nothing for this long is reported stalled.
 const STALL: Duration = Duration::from_secs(60);
 
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
-    let count: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let rounds = env_or("COURIER_BENCH_ROUNDS", 5).max(1);
+    let count = env_or("COURIER_BENCH_KAFKA_MESSAGES", 5_000);
+    let latency_count = env_or("COURIER_BENCH_LATENCY_MESSAGES", 2_000);
+    let latency_rate = env_or("COURIER_BENCH_KAFKA_RATE", 1_000) as u32;
     let mock = std::env::args().any(|a| a == "--mock");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -80,47 +100,73 @@ fn main() {
             };
             (target, Some(server))
         };
-        let bootstrap = target.bootstrap.as_str();
         let t = &target;
-        println!(
-            "{} at {bootstrap}, {count} messages of 64 bytes, {} partition(s), 2 worker threads",
+        let adapter = if mock { "kafka-mock" } else { ADAPTER };
+        let mut report = Report::new(format!(
+            "Kafka ({}), {count} messages of 64 B / {} of 16 KiB per run, latency \
+             {latency_count} messages at {latency_rate}/s, median of {rounds} interleaved \
+             rounds, 2 worker threads",
             if mock {
                 "librdkafka mock cluster"
             } else {
-                "Kafka protocol broker"
+                "tansu 0.6 test broker"
             },
-            target.partitions
-        );
-        let rate = |d: Duration| count as f64 / d.as_secs_f64();
-        let phase = |name: &str, d: Duration| {
-            eprintln!("  {name}: {:.1} s, {:.0} msg/s", d.as_secs_f64(), rate(d))
-        };
-        let courier_consume = courier_consume(t, count).await;
-        phase("courier consume", courier_consume);
-        let raw_consume = raw_consume(t, count).await;
-        phase("raw consume", raw_consume);
-        let raw_pub = raw_publish(t, count, false).await;
-        phase("raw publish", raw_pub);
-        let raw_pub_headers = raw_publish(t, count, true).await;
-        phase("raw publish with headers", raw_pub_headers);
-        let courier_pub = courier_publish(t, count).await;
-        phase("courier publish", courier_pub);
-        println!("  publish (idempotent, acks=all, {WINDOW} reports awaited per window)");
-        println!("    raw FutureProducer            {:>10.0} msg/s", rate(raw_pub));
-        println!("    raw, id + timestamp headers   {:>10.0} msg/s", rate(raw_pub_headers));
-        println!(
-            "    courier-kafka                 {:>10.0} msg/s   ratio {:.2} vs raw with headers, {:.2} vs bare raw",
-            rate(courier_pub),
-            rate(courier_pub) / rate(raw_pub_headers),
-            rate(courier_pub) / rate(raw_pub)
-        );
-        println!("  consume + commit");
-        println!("    raw StreamConsumer            {:>10.0} msg/s", rate(raw_consume));
-        println!(
-            "    courier-kafka (ack)           {:>10.0} msg/s   ratio {:.2}",
-            rate(courier_consume),
-            rate(courier_consume) / rate(raw_consume)
-        );
+            count / 4
+        ));
+        let unit = Unit::MessagesPerSecond;
+        for payload in [64, 16 * 1024] {
+            let n = if payload > 1024 { count / 4 } else { count };
+            let consume = interleaved(rounds, |side| async move {
+                let topic = filled(t, payload, n).await;
+                match side {
+                    Side::Raw => raw_consume(t, &topic, n).await,
+                    Side::Courier => courier_consume(t, &topic, n).await,
+                }
+            })
+            .await;
+            report.push(Row::new(adapter, "consume+commit", payload, unit, &consume));
+            for concurrency in [1, 16] {
+                let rounds = interleaved(rounds, |side| async move {
+                    let topic = filled(t, payload, n).await;
+                    match side {
+                        Side::Raw => raw_consume(t, &topic, n).await,
+                        Side::Courier => runtime_consume(t, &topic, n, concurrency).await,
+                    }
+                })
+                .await;
+                let case = format!("runtime c={concurrency}");
+                report.push(Row::new(adapter, case, payload, unit, &rounds));
+            }
+            let publish = interleaved(rounds, |side| async move {
+                match side {
+                    Side::Raw => raw_publish(t, payload, n).await,
+                    Side::Courier => courier_publish(t, payload, n).await,
+                }
+            })
+            .await;
+            let case = format!("publish confirmed w={WINDOW}");
+            report.push(Row::new(adapter, case, payload, unit, &publish));
+            let percentiles = std::cell::RefCell::new(Percentiles::default());
+            let _ = interleaved(rounds, |side| {
+                let percentiles = &percentiles;
+                async move {
+                    let mut latencies = match side {
+                        Side::Raw => raw_latency(t, payload, latency_count, latency_rate).await,
+                        Side::Courier => {
+                            courier_latency(t, payload, latency_count, latency_rate).await
+                        }
+                    };
+                    percentiles.borrow_mut().push(side, &mut latencies);
+                    0.0
+                }
+            })
+            .await;
+            let suffix = format!("@{latency_rate}/s");
+            for row in percentiles.into_inner().rows(adapter, &suffix, payload) {
+                report.push(row);
+            }
+        }
+        report.finish();
     });
 }
 
@@ -178,35 +224,39 @@ async fn create_topic(bootstrap: &str, name: &str) {
         });
 }
 
+/// A raw record carrying the headers courier writes for a plain message.
+fn raw_record<'a>(topic: &'a str, payload: &'a [u8]) -> FutureRecord<'a, [u8], [u8]> {
+    let id = courier_core::MessageId::new().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        .to_string();
+    FutureRecord::<[u8], [u8]>::to(topic)
+        .payload(payload)
+        .headers(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "courier-id",
+                    value: Some(&id),
+                })
+                .insert(Header {
+                    key: "courier-timestamp-ms",
+                    value: Some(&now),
+                }),
+        )
+}
+
 /// Sends `count` records in windows of [`WINDOW`], awaiting every report.
-async fn send_all(producer: &FutureProducer, topic: &str, count: usize, headers: bool) {
+async fn send_all(producer: &FutureProducer, topic: &str, size: usize, count: usize) {
+    let payload = indexed_payload(size, 0);
     let mut sent = 0;
     while sent < count {
         let n = WINDOW.min(count - sent);
         let reports: Vec<_> = (0..n)
             .map(|_| {
-                let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&PAYLOAD[..]);
-                if headers {
-                    let id = courier_core::MessageId::new().to_string();
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .expect("clock")
-                        .as_millis()
-                        .to_string();
-                    record = record.headers(
-                        OwnedHeaders::new()
-                            .insert(Header {
-                                key: "courier-id",
-                                value: Some(&id),
-                            })
-                            .insert(Header {
-                                key: "courier-timestamp-ms",
-                                value: Some(&now),
-                            }),
-                    );
-                }
                 producer
-                    .send_result(record)
+                    .send_result(raw_record(topic, &payload))
                     .map_err(|(e, _)| e)
                     .expect("queue")
             })
@@ -218,47 +268,49 @@ async fn send_all(producer: &FutureProducer, topic: &str, count: usize, headers:
     }
 }
 
-async fn raw_publish(target: &Target, count: usize, headers: bool) -> Duration {
+async fn raw_publish(target: &Target, size: usize, count: usize) -> f64 {
     let name = target.topic("raw-pub");
     if target.mock.is_none() {
         create_topic(&target.bootstrap, &name).await;
     }
     let producer = producer(&target.bootstrap);
-    send_all(&producer, &name, 1, headers).await; // connection and producer id
+    send_all(&producer, &name, size, 1).await; // connection and producer id
     let started = Instant::now();
-    send_all(&producer, &name, count, headers).await;
-    started.elapsed()
+    send_all(&producer, &name, size, count).await;
+    rate(count, started.elapsed())
 }
 
-async fn courier_publish(target: &Target, count: usize) -> Duration {
+async fn courier_publish(target: &Target, size: usize, count: usize) -> f64 {
     let broker = KafkaBroker::connect(&target.url).await.expect("connect");
     let name = target.topic("courier-pub");
     broker
         .publish(&name, Message::new("warm-up"))
         .await
         .expect("topic and connection");
+    let payload = bytes::Bytes::from(indexed_payload(size, 0));
     let started = Instant::now();
     let mut sent = 0;
     while sent < count {
         let n = WINDOW.min(count - sent);
-        let batch = (0..n).map(|_| Message::new(&PAYLOAD[..])).collect();
+        let batch = (0..n).map(|_| Message::new(payload.clone())).collect();
         broker.publish_batch(&name, batch).await.expect("publish");
         sent += n;
     }
     let elapsed = started.elapsed();
     broker.close().await.expect("close");
-    elapsed
+    rate(count, elapsed)
 }
 
 /// A fresh topic holding `count` courier messages (what both consumers
 /// read, so both decode the same records).
-async fn filled(target: &Target, count: usize) -> String {
+async fn filled(target: &Target, size: usize, count: usize) -> String {
     let broker = KafkaBroker::connect(&target.url).await.expect("connect");
     let name = target.topic("consume");
+    let payload = bytes::Bytes::from(indexed_payload(size, 0));
     let mut sent = 0;
     while sent < count {
         let n = 500.min(count - sent);
-        let batch = (0..n).map(|_| Message::new(&PAYLOAD[..])).collect();
+        let batch = (0..n).map(|_| Message::new(payload.clone())).collect();
         broker.publish_batch(&name, batch).await.expect("fill");
         sent += n;
     }
@@ -266,23 +318,26 @@ async fn filled(target: &Target, count: usize) -> String {
     name
 }
 
-async fn raw_consume(target: &Target, count: usize) -> Duration {
-    let name = filled(target, count).await;
-    let consumer: StreamConsumer = ClientConfig::new()
+fn raw_consumer(target: &Target, offset_reset: &str) -> StreamConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", &target.bootstrap)
         .set(
             "group.id",
             courier_testkit::fixtures::unique_name("bench-raw-group"),
         )
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", offset_reset)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "100")
         .set("enable.auto.offset.store", "false")
         .set("max.partition.fetch.bytes", "16777216")
         .create()
-        .expect("consumer");
+        .expect("consumer")
+}
+
+async fn raw_consume(target: &Target, topic: &str, count: usize) -> f64 {
+    let consumer = raw_consumer(target, "earliest");
     let started = Instant::now();
-    consumer.subscribe(&[&name]).expect("subscribe");
+    consumer.subscribe(&[topic]).expect("subscribe");
     let mut stream = consumer.stream();
     for received in 0..count {
         let record = tokio::time::timeout(STALL, stream.next())
@@ -299,17 +354,20 @@ async fn raw_consume(target: &Target, count: usize) -> Duration {
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("commit");
-    elapsed
+    rate(count, elapsed)
 }
 
-async fn courier_consume(target: &Target, count: usize) -> Duration {
-    let name = filled(target, count).await;
-    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
-    let sub = Subscription::new(
-        &name,
+fn subscription(topic: &str) -> Subscription {
+    Subscription::new(
+        topic,
         courier_testkit::fixtures::unique_name("bench-courier-group"),
     )
-    .start_from(StartPosition::Earliest);
+    .start_from(StartPosition::Earliest)
+}
+
+async fn courier_consume(target: &Target, topic: &str, count: usize) -> f64 {
+    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let sub = subscription(topic);
     broker.provision(&sub).await.expect("provision");
     let started = Instant::now();
     let mut stream = broker.subscribe(sub).await.expect("subscribe");
@@ -323,5 +381,122 @@ async fn courier_consume(target: &Target, count: usize) -> Duration {
     }
     let elapsed = started.elapsed();
     broker.close().await.expect("close");
-    elapsed
+    rate(count, elapsed)
+}
+
+async fn runtime_consume(target: &Target, topic: &str, count: usize, concurrency: usize) -> f64 {
+    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let sub = subscription(topic);
+    broker.provision(&sub).await.expect("provision");
+    let subscriber = Arc::new(broker.clone());
+    let figure = runtime_rate(subscriber, sub, count, concurrency, None, STALL).await;
+    broker.close().await.expect("close");
+    figure
+}
+
+/// Open loop: `count` records at `per_second`, each published with its
+/// report awaited (without holding up the schedule), consumed by a raw
+/// consumer that joined before the first was due.
+async fn raw_latency(target: &Target, size: usize, count: usize, per_second: u32) -> Latencies {
+    let topic = target.topic("raw-latency");
+    if target.mock.is_none() {
+        create_topic(&target.bootstrap, &topic).await;
+    }
+    let producer = producer(&target.bootstrap);
+    send_all(&producer, &topic, size, 1).await;
+    let consumer = raw_consumer(target, "latest");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let mut stream = consumer.stream();
+    // "latest" is the end at join time: send short join markers until one
+    // arrives, so the timed records are published to a joined consumer.
+    let joined = async {
+        loop {
+            let marker = FutureRecord::<[u8], [u8]>::to(&topic).payload(&b"join"[..]);
+            let report = producer
+                .send_result(marker)
+                .map_err(|(e, _)| e)
+                .expect("queue");
+            report.await.expect("report").expect("delivered");
+            let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+            if let Ok(Some(Ok(_))) = next {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(STALL, joined)
+        .await
+        .expect("raw consumer joined");
+    let schedule = OpenLoop::new(per_second);
+    let publishing = async {
+        let mut reports: futures::stream::FuturesUnordered<rdkafka::producer::DeliveryFuture> =
+            futures::stream::FuturesUnordered::new();
+        for i in 0..count {
+            tokio::select! {
+                () = schedule.wait_due(i) => {}
+                Some(report) = reports.next(), if !reports.is_empty() => {
+                    report.expect("report").expect("delivered");
+                    schedule.wait_due(i).await;
+                }
+            }
+            let payload = indexed_payload(size, i);
+            let report = producer
+                .send_result(raw_record(&topic, &payload))
+                .map_err(|(e, _)| e)
+                .expect("queue");
+            reports.push(report);
+        }
+        while let Some(report) = reports.next().await {
+            report.expect("report").expect("delivered");
+        }
+    };
+    let consuming = async {
+        let mut latencies = Latencies::with_capacity(count);
+        while latencies.len() < count {
+            let record = tokio::time::timeout(STALL, stream.next())
+                .await
+                .expect("raw latency consume stalled")
+                .expect("stream")
+                .expect("record");
+            let payload = record.payload().expect("payload");
+            // Join markers that arrived late are shorter than a timed record.
+            if payload.len() >= 8 {
+                latencies.record(schedule.due(payload_index(payload)), Instant::now());
+            }
+            consumer
+                .store_offset_from_message(&record)
+                .expect("store offset");
+        }
+        latencies
+    };
+    let ((), latencies) = futures::join!(publishing, consuming);
+    latencies
+}
+
+async fn courier_latency(target: &Target, size: usize, count: usize, per_second: u32) -> Latencies {
+    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let topic = target.topic("courier-latency");
+    let sub = subscription(&topic).start_from(StartPosition::Latest);
+    broker.provision(&sub).await.expect("provision");
+    let mut stream = broker.subscribe(sub).await.expect("subscribe");
+    // The group joins after `subscribe` returns: send warm-up messages
+    // until one arrives, so the schedule starts with a joined consumer.
+    let joined = async {
+        loop {
+            let warm_up = Message::new(indexed_payload(size, WARM_UP_INDEX));
+            broker.publish(&topic, warm_up).await.expect("publish");
+            let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+            if let Ok(Some(Ok(delivery))) = next {
+                delivery.ack().await.expect("ack");
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(STALL, joined)
+        .await
+        .expect("courier consumer joined");
+    let latencies =
+        courier_open_loop(&broker, &topic, &mut stream, size, count, per_second, STALL).await;
+    drop(stream);
+    broker.close().await.expect("close");
+    latencies
 }

@@ -6,7 +6,9 @@
 //!   provision or subscribe unless [`KafkaConfig::create_topics`] is off
 //!   (then a missing topic is [`Error::TopicNotFound`]), with
 //!   [`KafkaConfig::partitions`] partitions (1 by default, see below) and
-//!   [`KafkaConfig::replication_factor`].
+//!   [`KafkaConfig::replication_factor`]. Uses racing for a topic this
+//!   connection does not know yet share one look-up (and creation); a
+//!   failed one is reported to all of them and tried again by the next use.
 //! - **Group → Kafka consumer group.** Each subscription is one member of
 //!   the group: subscriptions of the same group share the topic's
 //!   partitions (competing consumers), each group gets every message.
@@ -48,7 +50,9 @@
 //!   when the subscription ends (close or dropped stream). Kafka can only
 //!   record an ack as part of that cumulative position, so a consumer
 //!   process that dies before the next commit has its recent acks
-//!   delivered again: at least once, never lost.
+//!   delivered again: at least once, never lost. One commit request carries
+//!   every ack of its interval, so consuming (with or without the consumer
+//!   runtime) is not bounded by a commit round trip per message.
 //! - Offsets settled above the committed position travel as the commit's
 //!   **metadata**, and the partition's next owner skips them, so a message
 //!   acked after an earlier nacked one is not delivered again after a
@@ -231,6 +235,8 @@ mod config;
 mod consumer;
 mod delivery;
 mod error;
+#[cfg(test)]
+mod first_publish_tests;
 mod flow;
 mod group;
 mod lag;

@@ -1,11 +1,11 @@
 //! Topics: existence checks and creation, with their partition counts.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier_core::adapter::OncePerKey;
+use courier_core::error::chain;
 use courier_core::{Error, Result};
-use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -21,8 +21,9 @@ pub(crate) struct Topics {
     /// A consumer without group, for metadata requests (consumers never ask
     /// the broker to auto-create the topics they look up).
     metadata: Arc<BaseConsumer<CourierContext>>,
-    /// Topics known to exist, with their partition count.
-    known: Mutex<HashMap<String, i32>>,
+    /// Topics known to exist, with their partition count: the first use of
+    /// a topic looks it up (and creates it), uses racing it wait for that.
+    known: OncePerKey<i32, Error>,
 }
 
 impl std::fmt::Debug for Topics {
@@ -43,7 +44,7 @@ impl Topics {
             config,
             admin,
             metadata,
-            known: Mutex::new(HashMap::new()),
+            known: OncePerKey::new(),
         }
     }
 
@@ -56,23 +57,25 @@ impl Topics {
     /// As [`Topics::ensure`], creating a missing topic with `partitions`
     /// partitions.
     pub(crate) async fn ensure_partitions(&self, topic: &str, partitions: i32) -> Result<i32> {
-        if let Some(&partitions) = self.known.lock().get(topic) {
-            return Ok(partitions);
-        }
-        let partitions = match self.partition_count(topic).await? {
-            Some(n) => n,
-            None if !self.config.create_topics => {
-                return Err(Error::TopicNotFound(topic.to_owned()));
+        let look_up = || async move {
+            match self.partition_count(topic).await? {
+                Some(n) => Ok(n),
+                None if !self.config.create_topics => Err(Error::TopicNotFound(topic.to_owned())),
+                None => self.create(topic, partitions).await,
             }
-            None => self.create(topic, partitions).await?,
         };
-        self.known.lock().insert(topic.to_owned(), partitions);
-        Ok(partitions)
+        self.known.get_or_run(topic, look_up, shared_error).await
+    }
+
+    /// How many topic look-ups (and creations) were started.
+    #[cfg(test)]
+    pub(crate) fn look_ups(&self) -> u64 {
+        self.known.runs()
     }
 
     /// Whether the topic exists (without creating it).
     pub(crate) async fn exists(&self, topic: &str) -> Result<bool> {
-        if self.known.lock().contains_key(topic) {
+        if self.known.get(topic).is_some() {
             return Ok(true);
         }
         Ok(self.partition_count(topic).await?.is_some())
@@ -81,7 +84,7 @@ impl Topics {
     /// Forgets what is known about a topic (after the broker said it is
     /// unknown, say).
     pub(crate) fn forget(&self, topic: &str) {
-        self.known.lock().remove(topic);
+        self.known.forget(topic);
     }
 
     /// The topic's partition count, `None` when it does not exist.
@@ -145,5 +148,29 @@ impl Topics {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// What a use of a topic that waited for another's look-up reports when
+/// that look-up failed: the same variant, the cause as text.
+fn shared_error(error: &Error) -> Error {
+    match error {
+        Error::Timeout { operation, after } => Error::Timeout {
+            operation,
+            after: *after,
+        },
+        Error::TopicNotFound(topic) => Error::TopicNotFound(topic.clone()),
+        Error::Broker {
+            broker,
+            operation,
+            kind,
+            source,
+        } => Error::broker(broker, operation, *kind, chain(source.as_ref())),
+        other => Error::broker(
+            crate::error::BROKER,
+            "create topic",
+            courier_core::BrokerErrorKind::Other,
+            chain(other),
+        ),
     }
 }

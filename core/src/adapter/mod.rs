@@ -8,6 +8,8 @@
 //!   headers on a received message (applications cannot set them; a header
 //!   named `courier-*` is refused by [`Headers::insert`]).
 //! - [`check_payloads`]: the payload-size check of a publish.
+//! - [`OncePerKey`]: setup (declaring an exchange, creating a topic) run
+//!   once however many publishes race for it.
 //! - [`url`]: reading a broker URL and its options the same way on every
 //!   adapter (the shared option names, durations, unknown options refused).
 //!
@@ -15,8 +17,11 @@
 //! it. Adapters are held to the contract by the conformance suite in
 //! `courier-testkit`.
 
+mod once_per_key;
 pub mod url;
 pub mod wire;
+
+pub use once_per_key::OncePerKey;
 
 use std::sync::Arc;
 

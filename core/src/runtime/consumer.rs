@@ -26,8 +26,9 @@ use crate::telemetry::{ConsumerTelemetry, LagReport};
 pub const DEFAULT_CONCURRENCY: usize = 16;
 /// Default [`ConsumerBuilder::shutdown_deadline`].
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
-/// Least prefetch the consumer asks for; see [`ConsumerBuilder::prefetch`].
-pub const MIN_PREFETCH: u16 = 16;
+/// Least prefetch the consumer asks for; see [`ConsumerBuilder::prefetch`]
+/// and the trade-off in [the module docs](crate::runtime#prefetch).
+pub const MIN_PREFETCH: u16 = 256;
 
 /// Something a consumer can subscribe through: a [`Broker`] or any
 /// [`Subscriber`].
@@ -106,10 +107,12 @@ impl ConsumerBuilder {
 
     /// Prefetch of the subscription: how many unsettled deliveries the
     /// broker may hand the consumer ahead of the handlers. Default:
-    /// twice the concurrency, at least [`MIN_PREFETCH`], so a slot that
-    /// frees up finds a message waiting, and lanes of other keys can fill
-    /// while one key is busy. This overrides the prefetch set on the
-    /// [`Subscription`].
+    /// twice the concurrency, at least [`MIN_PREFETCH`] (256), so a slot
+    /// that frees up finds a message waiting, lanes of other keys can fill
+    /// while one key is busy, and the broker's settlement round trip does
+    /// not bound the throughput (measured figures and the trade-off: see
+    /// [the module docs](crate::runtime#prefetch)). This overrides the
+    /// prefetch set on the [`Subscription`].
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = Some(prefetch.max(1));
         self
