@@ -118,6 +118,26 @@ where
     }
 }
 
+/// After a fault healed: `broker`, untouched, provisions `late` and
+/// publishes to `sub`'s topic again (retried within the patience); returns
+/// the id of that publish.
+async fn recovered(
+    ctx: &Ctx,
+    broker: &Broker,
+    sub: &Subscription,
+    late: &Subscription,
+) -> MessageId {
+    let (_, attempts) = until_ok(ctx, "provision", || broker.provision(late)).await;
+    eprintln!("fault: provision recovered on attempt {attempts}");
+    let after = Message::new("after");
+    let (_, attempts) = until_ok(ctx, "publish", || {
+        broker.publish(sub.topic(), after.clone())
+    })
+    .await;
+    eprintln!("fault: publish recovered on attempt {attempts}");
+    after.id().clone()
+}
+
 /// Receives until every id in `expected` has arrived; returns every id
 /// received (which may hold others, e.g. a publish that timed out but was
 /// stored).
@@ -211,15 +231,7 @@ async fn fault_thawed_broker_serves_the_same_handle_again(ctx: Ctx) {
     assert_timed_out("provision", provisioned);
 
     // The same handle, with nothing done to it.
-    let (_, attempts) = until_ok(&ctx, "provision", || broker.provision(&late)).await;
-    eprintln!("fault: provision recovered on attempt {attempts}");
-    let after = Message::new("after");
-    let after_id = after.id().clone();
-    let (_, attempts) = until_ok(&ctx, "publish", || {
-        broker.publish(sub.topic(), after.clone())
-    })
-    .await;
-    eprintln!("fault: publish recovered on attempt {attempts}");
+    let after_id = recovered(&ctx, &broker, &sub, &late).await;
     let seen = receive_all(&ctx, &broker, &sub, &[before_id.clone(), after_id.clone()]).await;
     // The timed-out publish may have been stored or not; nothing else
     // arrives.
@@ -285,15 +297,7 @@ async fn fault_black_hole_on_the_link_bounds_publish_and_heals(ctx: Ctx) {
     assert_timed_out("provision", provisioned);
 
     // The same handle, with nothing done to it.
-    let (_, attempts) = until_ok(&ctx, "provision", || broker.provision(&late)).await;
-    eprintln!("fault: provision recovered on attempt {attempts}");
-    let after = Message::new("after");
-    let after_id = after.id().clone();
-    let (_, attempts) = until_ok(&ctx, "publish", || {
-        broker.publish(sub.topic(), after.clone())
-    })
-    .await;
-    eprintln!("fault: publish recovered on attempt {attempts}");
+    let after_id = recovered(&ctx, &broker, &sub, &late).await;
     // Checked on a direct connection: the link's faults are not the
     // question here.
     let direct = ctx.broker().await;
