@@ -118,6 +118,20 @@ where
     }
 }
 
+/// A provisioned group of a new topic, and the id of one message
+/// published to it before any fault.
+async fn provisioned_with_one(ctx: &Ctx, broker: &Broker) -> (Subscription, MessageId) {
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
+    broker.provision(&sub).await.expect("provision");
+    let before = Message::new("before");
+    let before_id = before.id().clone();
+    broker
+        .publish(sub.topic(), before)
+        .await
+        .expect("publish before");
+    (sub, before_id)
+}
+
 /// After a fault healed: `broker`, untouched, provisions `late` and
 /// publishes to `sub`'s topic again (retried within the patience); returns
 /// the id of that publish.
@@ -211,14 +225,7 @@ async fn fault_frozen_broker_times_out_provision_and_subscribe(ctx: Ctx) {
 
 async fn fault_thawed_broker_serves_the_same_handle_again(ctx: Ctx) {
     let broker = ctx.broker().await;
-    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
-    broker.provision(&sub).await.expect("provision");
-    let before = Message::new("before");
-    let before_id = before.id().clone();
-    broker
-        .publish(sub.topic(), before)
-        .await
-        .expect("publish before");
+    let (sub, before_id) = provisioned_with_one(&ctx, &broker).await;
 
     ctx.freeze_broker().await;
     let during = Message::new("during");
@@ -277,14 +284,7 @@ async fn fault_frozen_broker_ack_and_close_come_back_in_time(ctx: Ctx) {
 
 async fn fault_black_hole_on_the_link_bounds_publish_and_heals(ctx: Ctx) {
     let (broker, proxy) = ctx.proxied_broker().await;
-    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
-    broker.provision(&sub).await.expect("provision");
-    let before = Message::new("before");
-    let before_id = before.id().clone();
-    broker
-        .publish(sub.topic(), before)
-        .await
-        .expect("publish before");
+    let (sub, before_id) = provisioned_with_one(&ctx, &broker).await;
 
     proxy.black_hole();
     let during = Message::new("during");

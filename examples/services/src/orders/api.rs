@@ -18,7 +18,6 @@ use courier::resilience::{
     BreakerError, CircuitBreaker, CircuitBreakerConfig, CircuitState, Retry, RetryPolicy,
     with_timeout,
 };
-use courier::telemetry::{TRACEPARENT, TraceContext};
 
 use super::events::{NewOrder, OrderPlaced, OrderView, Placed, Refused, StockQuery, StockReply};
 use super::flow::OrderFlow;
@@ -195,17 +194,10 @@ impl Api {
             product: order.product.clone(),
             quantity: order.quantity,
         };
-        // Requests do not take the trace context from the task the way
-        // publishes do, so it is written into the request here.
-        let trace = TraceContext::current().map(|context| context.new_child().traceparent());
+        // The request carries the trace this task runs in, as a publish
+        // does (written by `request` itself).
         let request = Message::from_json(&query)
-            .and_then(|message| {
-                let message = message.with_correlation_id(order_id)?;
-                Ok(match trace {
-                    Some(traceparent) => message.with_header(TRACEPARENT, traceparent)?,
-                    None => message,
-                })
-            })
+            .and_then(|message| Ok(message.with_correlation_id(order_id)?))
             .map_err(internal)?;
         let (topic, timeout) = (&self.flow.topics.stock_query, self.guard.request_timeout);
         let ask = || async {
