@@ -641,6 +641,8 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::NoResponders,
             Capability::Proxy,
             Capability::Kill,
+            Capability::RefusesTopicsWithoutGroups,
+            Capability::QueueLimit,
         ];
         let lacks: Vec<String> = all
             .iter()
