@@ -172,10 +172,11 @@ fn assert_copy(copy: &Message, poison_id: &MessageId, sub: &Subscription) {
     assert_eq!(copy.header(DLQ_ORIGINAL_TOPIC), Some(sub.topic()));
 }
 
-/// The most refused publishes the backoff schedule allows within
+/// The most dead-letter publishes of one message (or, where the broker
+/// holds it meanwhile, deliveries) the dead-letter backoff allows within
 /// `elapsed`: the n-th comes at least the sum of the first n - 1 waits
 /// after the first (jitter only lengthens a wait).
-fn most_refusals_within(elapsed: Duration) -> u64 {
+pub fn most_dead_letter_tries_within(elapsed: Duration) -> u64 {
     let (mut refusals, mut at, mut wait) = (0, Duration::ZERO, DEAD_LETTER_RETRY_MIN_DELAY);
     while at <= elapsed {
         refusals += 1;
@@ -268,7 +269,7 @@ async fn refused_copy_is_held_and_retried(ctx: &Ctx, broker: Broker, refusal: Re
     .await;
     let elapsed = began.elapsed();
     let stats = running.stop(ctx).await;
-    let allowed = most_refusals_within(elapsed);
+    let allowed = most_dead_letter_tries_within(elapsed);
     assert!(
         (3..=allowed).contains(&stats.dead_letter_failures),
         "{} refused publishes in {elapsed:?}; the backoff allows at most {allowed}",

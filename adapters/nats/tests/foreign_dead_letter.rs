@@ -6,23 +6,11 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::{self, DiscardPolicy};
-use courier_core::adapter::DEAD_LETTER_RETRY_MIN_DELAY;
 use courier_core::delivery::DLQ_REASON;
 use courier_core::{StartPosition, Subscriber, Subscription};
 use courier_nats::{NatsBroker, consumer_name, stream_name};
+use courier_testkit::dead_letter_cases::most_dead_letter_tries_within;
 use futures::StreamExt;
-
-/// The most deliveries the dead-letter backoff allows within `elapsed`:
-/// the n-th comes at least 100 ms × (2^(n-1) - 1) after the first.
-fn most_deliveries_within(elapsed: Duration) -> u64 {
-    let mut deliveries = 0_u32;
-    let mut earliest = Duration::ZERO;
-    while earliest <= elapsed {
-        deliveries += 1;
-        earliest = DEAD_LETTER_RETRY_MIN_DELAY * ((1_u32 << deliveries) - 1);
-    }
-    u64::from(deliveries)
-}
 
 #[tokio::test]
 async fn a_refused_foreign_dead_letter_backs_off_and_arrives_once() {
@@ -86,7 +74,7 @@ async fn a_refused_foreign_dead_letter_backs_off_and_arrives_once() {
         seen = delivered().await;
     }
     let elapsed = began.elapsed();
-    let allowed = most_deliveries_within(elapsed);
+    let allowed = most_dead_letter_tries_within(elapsed);
     assert!(
         seen <= allowed,
         "{seen} deliveries in {elapsed:?}; the backoff allows at most {allowed}"
