@@ -17,7 +17,7 @@ use courier_core::delivery::{DLQ_ORIGINAL_TOPIC, DLQ_REASON, default_dead_letter
 use courier_core::name::{MAX_NAME_LEN, NameKind, NameProblem};
 use courier_core::runtime::{
     self, Consumer, ConsumerBuilder, DEAD_LETTER_RETRY_MAX_DELAY, DEAD_LETTER_RETRY_MIN_DELAY,
-    HandlerError,
+    Handler, HandlerError,
 };
 use courier_core::{Broker, DeliveryStream, Error, Message, MessageId, Subscription};
 
@@ -50,22 +50,26 @@ pub fn cases() -> Vec<Case> {
 
 const REASON: &str = "poison: the handler refuses this message";
 
-/// A consumer of `subscription` whose handler counts its calls and fails
-/// every message for good.
+/// A handler that counts its calls in `calls` and fails every message for
+/// good with `reason`: each message is dead-lettered at its first attempt.
+pub fn poison_handler(calls: &Arc<AtomicU32>, reason: &'static str) -> impl Handler {
+    let calls = calls.clone();
+    runtime::raw(move |_message: Message| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(HandlerError::permanent(std::io::Error::other(reason)))
+        }
+    })
+}
+
+/// A consumer of `subscription` with a [`poison_handler`].
 fn refusing_consumer(
     broker: &Broker,
     subscription: &Subscription,
     calls: &Arc<AtomicU32>,
 ) -> ConsumerBuilder {
-    let calls = calls.clone();
-    let handler = runtime::raw(move |_message: Message| {
-        let calls = calls.clone();
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(HandlerError::permanent(std::io::Error::other(REASON)))
-        }
-    });
-    Consumer::builder(broker, subscription.clone(), handler)
+    Consumer::builder(broker, subscription.clone(), poison_handler(calls, REASON))
 }
 
 async fn subscribe(broker: &Broker, subscription: Subscription) -> DeliveryStream {

@@ -3,9 +3,10 @@
 //! `Nats-Msg-Id` as id, and is dead-lettered exactly once when the
 //! dead-letter stream has room again.
 
+mod full_stream;
+
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::stream::{self, DiscardPolicy};
 use courier_core::delivery::DLQ_REASON;
 use courier_core::{StartPosition, Subscriber, Subscription};
 use courier_nats::{NatsBroker, consumer_name, stream_name};
@@ -27,21 +28,7 @@ async fn a_refused_foreign_dead_letter_backs_off_and_arrives_once() {
 
     // The dead-letter stream holds one message and refuses more.
     let js = async_nats::jetstream::new(broker.client().clone());
-    let dlq_stream = js
-        .create_stream(stream::Config {
-            name: stream_name(&dlq_topic),
-            subjects: vec![dlq_topic.clone()],
-            max_messages: 1,
-            discard: DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .expect("create the dead-letter stream");
-    js.publish(dlq_topic.clone(), "filler".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
+    let dlq_stream = full_stream::full_stream(&js, &dlq_topic).await;
 
     // A foreign message with an id header courier refuses (300 bytes) and
     // its producer's `Nats-Msg-Id`.

@@ -3,16 +3,17 @@
 //! once, its copy published again no more often than the backoff allows,
 //! and taken exactly once when the stream has room again.
 
+mod full_stream;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::stream::{self, DiscardPolicy};
 use courier_core::delivery::DLQ_REASON;
-use courier_core::runtime::{self, Consumer, HandlerError};
+use courier_core::runtime::Consumer;
 use courier_core::{Message, Subscriber, Subscription};
-use courier_nats::{NatsBroker, stream_name};
-use courier_testkit::dead_letter_cases::most_dead_letter_tries_within;
+use courier_nats::NatsBroker;
+use courier_testkit::dead_letter_cases::{most_dead_letter_tries_within, poison_handler};
 use futures::StreamExt;
 
 /// Waits until `done` holds, for at most 20 s.
@@ -33,33 +34,10 @@ async fn a_full_dead_letter_stream_holds_the_message_until_it_has_room() {
     let topic = courier_testkit::fixtures::unique_name("runtime-refused");
     let dlq_topic = format!("{topic}.dlq");
     let js = async_nats::jetstream::new(broker.client().clone());
-    let dlq_stream = js
-        .create_stream(stream::Config {
-            name: stream_name(&dlq_topic),
-            subjects: vec![dlq_topic.clone()],
-            max_messages: 1,
-            discard: DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .expect("create the dead-letter stream");
-    js.publish(dlq_topic.clone(), "filler".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
+    let dlq_stream = full_stream::full_stream(&js, &dlq_topic).await;
 
     let calls = Arc::new(AtomicU32::new(0));
-    let handler = {
-        let calls = calls.clone();
-        runtime::raw(move |_message: Message| {
-            let calls = calls.clone();
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err(HandlerError::permanent(std::io::Error::other("poison")))
-            }
-        })
-    };
+    let handler = poison_handler(&calls, "poison");
     let began = Instant::now();
     let running = Consumer::builder(
         Arc::new(broker.clone()),
