@@ -12,15 +12,20 @@ use courier_testkit::{Adapter, Capability};
 fn main() -> std::process::ExitCode {
     let mut adapters = Vec::new();
     if cfg!(feature = "memory") {
-        adapters.push(Adapter::new(
-            "memory",
-            &[
-                Capability::History,
-                Capability::DeliveryCount,
-                Capability::NoResponders,
-            ],
-            || courier::connect("memory://conformance"),
-        ));
+        adapters.push(
+            Adapter::new(
+                "memory",
+                &[
+                    Capability::History,
+                    Capability::DeliveryCount,
+                    Capability::NoResponders,
+                ],
+                || courier::connect("memory://conformance"),
+            )
+            .with_queue_limit(2, || {
+                courier::connect("memory://queue-limit?max_queue_len=2&when_full=reject")
+            }),
+        );
     }
     // Quorum queues (the default) count deliveries; RabbitMQ keeps no
     // history for groups created later. A restarting RabbitMQ takes a while
@@ -32,7 +37,8 @@ fn main() -> std::process::ExitCode {
             &[
                 Capability::DeliveryCount,
                 Capability::ThawRecovery,
-                Capability::NoResponders
+                Capability::NoResponders,
+                Capability::RefusesTopicsWithoutGroups
             ],
             fixtures::rabbitmq,
             fixtures::fresh_rabbitmq

@@ -59,6 +59,14 @@ pub enum Capability {
     /// the brokers at the addresses the metadata advertises, past any
     /// proxy.
     Proxy,
+    /// A publish to a topic without any group fails (RabbitMQ returns it
+    /// unroutable). Memory, Kafka and NATS keep it (as history, in the
+    /// topic, in the stream), so a dead-letter copy there is never refused
+    /// for want of a group.
+    RefusesTopicsWithoutGroups,
+    /// The test can connect a broker whose groups hold a few messages and
+    /// refuse more at once (see [`Adapter::with_queue_limit`]): memory.
+    QueueLimit,
 }
 
 impl fmt::Display for Capability {
@@ -72,6 +80,8 @@ impl fmt::Display for Capability {
             Capability::NoResponders => "no-responders",
             Capability::Proxy => "proxy",
             Capability::Kill => "kill",
+            Capability::RefusesTopicsWithoutGroups => "refuses-topics-without-groups",
+            Capability::QueueLimit => "queue-limit",
         })
     }
 }
@@ -107,6 +117,8 @@ pub struct Adapter {
     restart: Option<Restartable>,
     freeze: Option<Freezable>,
     proxy: Option<Proxied>,
+    /// A broker whose groups refuse more than so many messages.
+    queue_limit: Option<(usize, Arc<ConnectFn>)>,
     patience: Duration,
     quiet: Duration,
 }
@@ -136,6 +148,7 @@ impl Adapter {
             restart: None,
             freeze: None,
             proxy: None,
+            queue_limit: None,
             patience: Duration::from_secs(15),
             quiet: Duration::from_millis(500),
         }
@@ -235,6 +248,21 @@ impl Adapter {
         });
         if !self.capabilities.contains(&Capability::Proxy) {
             self.capabilities.push(Capability::Proxy);
+        }
+        self
+    }
+
+    /// Lets cases connect, with `connect`, a broker whose groups hold at
+    /// most `limit` messages and refuse more at once (a full dead-letter
+    /// group, say). Declares [`Capability::QueueLimit`].
+    pub fn with_queue_limit<C, CFut>(mut self, limit: usize, connect: C) -> Self
+    where
+        C: Fn() -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = Result<Broker>> + Send + 'static,
+    {
+        self.queue_limit = Some((limit, Arc::new(move || Box::pin(connect()))));
+        if !self.capabilities.contains(&Capability::QueueLimit) {
+            self.capabilities.push(Capability::QueueLimit);
         }
         self
     }
@@ -450,6 +478,24 @@ impl Ctx {
         (broker, proxy)
     }
 
+    /// A broker whose groups refuse more than the returned number of
+    /// messages (see [`Adapter::with_queue_limit`]).
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no queue-limit hook or connecting fails.
+    pub async fn queue_limited_broker(&self) -> (Broker, usize) {
+        let (limit, connect) = self
+            .adapter
+            .queue_limit
+            .as_ref()
+            .expect("case declares Capability::QueueLimit");
+        let broker = connect()
+            .await
+            .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name));
+        (broker, *limit)
+    }
+
     fn freezable(&self) -> &Freezable {
         self.adapter
             .freeze
@@ -595,6 +641,8 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::NoResponders,
             Capability::Proxy,
             Capability::Kill,
+            Capability::RefusesTopicsWithoutGroups,
+            Capability::QueueLimit,
         ];
         let lacks: Vec<String> = all
             .iter()

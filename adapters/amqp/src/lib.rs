@@ -165,7 +165,11 @@
 //!   the publish is returned unroutable, the original is requeued and the
 //!   nack fails, so a dead letter is never lost: provision a group on
 //!   `<topic>.dlq`. When moving the message fails, it is requeued and the
-//!   nack returns the error.
+//!   nack returns the error. The consumer runtime provisions that group
+//!   (the consumer's own group name) before it starts, and when the copy is
+//!   refused anyway it holds the original unacked and publishes the copy
+//!   again with a backoff instead of requeueing it (see
+//!   [the runtime's dead letters](courier_core::runtime#dead-letters)).
 //! - **Dropped deliveries** are requeued (`basic.nack`), without blocking
 //!   and without needing a runtime.
 //! - **Dropping a stream** cancels its consumer. Deliveries already handed
