@@ -25,6 +25,7 @@
 
 pub mod bench;
 pub mod bench_runs;
+mod competing;
 pub mod conformance;
 pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
