@@ -1,9 +1,12 @@
 //! Competing consumers: the members of one group share its messages.
 //!
 //! Two members subscribe to one group; each holds every delivery for
-//! [`HOLD`] before it acks, so a member can take more only while the
-//! other is busy. Every message must arrive exactly once, and each member
-//! must get at least a third of them.
+//! [`HOLD`] before it acks, so neither drains the group before the other
+//! is served. Their prefetch ([`PREFETCH`]) is above the number of
+//! messages, so the share comes from the broker, not from a prefetch that
+//! caps each member: a broker that gave one member everything it may hold
+//! fails. Every message must arrive exactly once, and each member must
+//! get at least a third of them.
 //!
 //! Where a group is shared through partitions (Kafka) the case connects
 //! with [`Ctx::partitioned_broker`], and the group is rebalanced as the
@@ -22,6 +25,8 @@ use crate::harness::Ctx;
 
 /// Messages the members share.
 const MESSAGES: usize = 200;
+/// Each member's prefetch: more than [`MESSAGES`].
+const PREFETCH: u16 = 256;
 /// How long a member holds each delivery before it acks.
 const HOLD: Duration = Duration::from_millis(5);
 /// The fewest messages each member must get.
@@ -38,7 +43,7 @@ type Handled = (usize, usize);
 
 pub(crate) async fn competing_consumers_share_the_group(ctx: Ctx) {
     let broker = ctx.partitioned_broker().await;
-    let sub = Subscription::new(ctx.name("t"), ctx.name("g")).prefetch(10);
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g")).prefetch(PREFETCH);
     // The group holds what is published before the members subscribe.
     broker.provision(&sub).await.expect("provision");
     let (handled_tx, mut handled) = mpsc::unbounded_channel();
@@ -147,6 +152,8 @@ struct Probes {
     rounds: usize,
     sent: usize,
     seen: HashSet<usize>,
+    /// Probes each member received.
+    split: [usize; 2],
 }
 
 impl Probes {
@@ -171,25 +178,27 @@ impl Probes {
             let round = FIRST_PROBE + self.sent..FIRST_PROBE + self.sent + PROBES_PER_ROUND;
             self.sent += PROBES_PER_ROUND;
             publish_keyed(broker, sub.topic(), round.clone()).await;
-            let mut members = [false; 2];
+            let mut members = [0_usize; 2];
             while !round.clone().all(|seq| self.seen.contains(&seq)) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let Ok(Some((member, seq))) = tokio::time::timeout(left, handled.recv()).await
                 else {
                     panic!(
-                        "the two members were not both assigned within {:?}: {} probe rounds, \
-                         {} of {} probes received",
+                        "the two members did not both get messages within {:?}: {} probe rounds, \
+                         {} of {} probes received, split {:?}",
                         ctx.patience() * 4,
                         self.rounds,
                         self.seen.len(),
-                        self.sent
+                        self.sent,
+                        self.split
                     );
                 };
                 assert!(seq >= FIRST_PROBE, "a shared message before any was sent");
                 self.seen.insert(seq);
-                members[member] = true;
+                members[member] += 1;
+                self.split[member] += 1;
             }
-            if members == [true, true] {
+            if members.iter().all(|&n| n > 0) {
                 return started.elapsed();
             }
             tokio::time::sleep(PROBE_PAUSE).await;
