@@ -142,7 +142,11 @@ impl Report {
             !self.ended_during_outage,
             "{adapter}: the consumer ended during the outage"
         );
-        assert_eq!(self.lost(), 0, "{adapter}: confirmed messages never handled");
+        assert_eq!(
+            self.lost(),
+            0,
+            "{adapter}: confirmed messages never handled"
+        );
         let unknown = self
             .handled
             .keys()
@@ -270,8 +274,14 @@ async fn outage(adapter: &'static str, server: &BrokerFixture, options: &str) ->
 
     let resubscribes = running.resubscribes();
     running.shutdown().await.expect("a clean shutdown");
-    consuming.close().await.expect("close the consumer's broker");
-    publishing.close().await.expect("close the publisher's broker");
+    consuming
+        .close()
+        .await
+        .expect("close the consumer's broker");
+    publishing
+        .close()
+        .await
+        .expect("close the publisher's broker");
     let handled = std::mem::take(&mut *handled.lock().expect("handled"));
     Report {
         adapter,
@@ -306,7 +316,11 @@ async fn publish_until_stopped(
         }
         let message = Message::new(n.to_string());
         let id = message.id().clone();
-        published.lock().expect("published").attempted.insert(id.clone());
+        published
+            .lock()
+            .expect("published")
+            .attempted
+            .insert(id.clone());
         let started = Instant::now();
         let outcome = broker.publish(&topic, message).await;
         {

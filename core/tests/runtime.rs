@@ -135,7 +135,10 @@ async fn an_app_whose_consumers_all_end_returns_without_its_trigger() {
     // consumers never ran would otherwise end the same way.
     let groups = ["first", "second"].map(|topic| Subscription::new(topic, "g"));
     for sub in &groups {
-        broker.publish(sub.topic(), Message::new("one")).await.unwrap();
+        broker
+            .publish(sub.topic(), Message::new("one"))
+            .await
+            .unwrap();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for sub in &groups {

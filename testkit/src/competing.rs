@@ -61,7 +61,9 @@ pub(crate) async fn competing_consumers_share_the_group(ctx: Ctx) {
     drop(handled_tx);
 
     let mut probes = Probes::default();
-    let warm_up = probes.until_both_assigned(&ctx, &broker, &sub, &mut handled).await;
+    let warm_up = probes
+        .until_both_assigned(&ctx, &broker, &sub, &mut handled)
+        .await;
 
     publish_keyed(&broker, sub.topic(), 0..MESSAGES).await;
     let mut per_member = [0_usize; 2];

@@ -443,7 +443,10 @@ async fn requeue_after_delay_comes_back(ctx: Ctx) {
             assert_eq!(d.message().id(), &id, "the same message comes back");
             // A lower bound only: a busy machine makes it later, never earlier.
             let back = nacked.elapsed();
-            assert!(back >= delay, "came back after {back:?}, asked for {delay:?}");
+            assert!(
+                back >= delay,
+                "came back after {back:?}, asked for {delay:?}"
+            );
         }
         acked.push(seq_of(d.message()));
         d.ack().await.expect("ack");
@@ -761,7 +764,13 @@ async fn restart_under_load_loses_nothing(ctx: Ctx) {
         let confirmed = confirmed.clone();
         async move { confirmed.lock().await.len() }
     };
-    wait_for_count(&ctx, "confirmed before the restart", PROGRESS, confirmed_count).await;
+    wait_for_count(
+        &ctx,
+        "confirmed before the restart",
+        PROGRESS,
+        confirmed_count,
+    )
+    .await;
     ctx.restart_broker().await;
     let at_restart = confirmed_count().await;
     wait_for_count(

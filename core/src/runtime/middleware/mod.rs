@@ -157,7 +157,11 @@ mod tests {
             while running.load(Ordering::SeqCst) < 2 {
                 tokio::task::yield_now().await;
             }
-            assert_eq!(limit.available(), 0, "the clones took the original's permits");
+            assert_eq!(
+                limit.available(),
+                0,
+                "the clones took the original's permits"
+            );
             // All three attempts are polled in turn by the join below: the
             // third has had every chance to start.
             for _ in 0..100 {
