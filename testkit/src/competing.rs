@@ -41,6 +41,7 @@ const PROBE_PAUSE: Duration = Duration::from_millis(250);
 /// A delivery one member handled: the member and the sequence number.
 type Handled = (usize, usize);
 
+/// The case; see the [module docs](self).
 pub(crate) async fn competing_consumers_share_the_group(ctx: Ctx) {
     let broker = ctx.partitioned_broker().await;
     let sub = Subscription::new(ctx.name("t"), ctx.name("g")).prefetch(PREFETCH);
