@@ -71,7 +71,20 @@ fn main() -> std::process::ExitCode {
             "?connect_timeout=30s",
             true
         )
-        .with_patience(std::time::Duration::from_secs(30)),
+        .with_patience(std::time::Duration::from_secs(30))
+        // A partition goes to one member of a group: for the members of a
+        // group to share it, a topic needs more partitions than the one
+        // the other cases keep their order in.
+        .with_partitioned(|| async {
+            let server = fixtures::kafka()
+                .await
+                .map_err(|e| test_server_error("kafka", e))?;
+            courier::connect(&format!(
+                "{}?connect_timeout=30s&partitions=4",
+                server.url()
+            ))
+            .await
+        }),
     );
     #[cfg(feature = "nats")]
     adapters.push(
@@ -111,15 +124,19 @@ async fn upstream(
         Output = Result<std::sync::Arc<fixtures::BrokerFixture>, fixtures::FixtureError>,
     >,
 ) -> courier::Result<(String, String)> {
-    let server = server.await.map_err(|e| {
-        courier::Error::broker(
-            adapter,
-            "start test server",
-            courier::BrokerErrorKind::Unavailable,
-            e,
-        )
-    })?;
+    let server = server.await.map_err(|e| test_server_error(adapter, e))?;
     Ok((server.url().to_owned(), server.address().to_owned()))
+}
+
+/// A test server that did not start, as a broker error of `adapter`.
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
+fn test_server_error(adapter: &'static str, e: fixtures::FixtureError) -> courier::Error {
+    courier::Error::broker(
+        adapter,
+        "start test server",
+        courier::BrokerErrorKind::Unavailable,
+        e,
+    )
 }
 
 /// An adapter on a real server: the cases share this binary's `$shared`

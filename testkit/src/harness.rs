@@ -119,6 +119,7 @@ pub struct Adapter {
     proxy: Option<Proxied>,
     /// A broker whose groups refuse more than so many messages.
     queue_limit: Option<(usize, Arc<ConnectFn>)>,
+    partitioned: Option<Arc<ConnectFn>>,
     patience: Duration,
     quiet: Duration,
 }
@@ -149,6 +150,7 @@ impl Adapter {
             freeze: None,
             proxy: None,
             queue_limit: None,
+            partitioned: None,
             patience: Duration::from_secs(15),
             quiet: Duration::from_millis(500),
         }
@@ -267,6 +269,21 @@ impl Adapter {
         self
     }
 
+    /// Lets the cases in which the members of one group must share its
+    /// messages connect with `connect`, whose new topics are split into
+    /// several partitions. Needed where a partition goes to one member of a
+    /// group at a time (Kafka: with one partition per topic one member gets
+    /// everything); adapters whose groups share without partitions leave it
+    /// out and those cases use the plain connection.
+    pub fn with_partitioned<C, CFut>(mut self, connect: C) -> Self
+    where
+        C: Fn() -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = Result<Broker>> + Send + 'static,
+    {
+        self.partitioned = Some(Arc::new(move || Box::pin(connect())));
+        self
+    }
+
     /// How long a case waits for an expected message before failing
     /// (default 15 s).
     pub fn with_patience(mut self, patience: Duration) -> Self {
@@ -357,6 +374,25 @@ impl Ctx {
         connect()
             .await
             .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name))
+    }
+
+    /// A new broker connection whose new topics are split into partitions
+    /// (see [`Adapter::with_partitioned`]), or the plain one of
+    /// [`Ctx::broker`] when the adapter shares a group without partitions.
+    ///
+    /// # Panics
+    ///
+    /// When connecting fails.
+    pub async fn partitioned_broker(&self) -> Broker {
+        let Some(connect) = &self.adapter.partitioned else {
+            return self.broker().await;
+        };
+        connect().await.unwrap_or_else(|e| {
+            panic!(
+                "{}: connect (partitioned) failed: {e} ({e:?})",
+                self.adapter.name
+            )
+        })
     }
 
     /// A topic or group name unique to this run of this case.

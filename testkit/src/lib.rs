@@ -25,6 +25,7 @@
 
 pub mod bench;
 pub mod bench_runs;
+mod competing;
 pub mod conformance;
 pub mod dead_letter_cases;
 pub mod fault_cases;
