@@ -52,11 +52,13 @@ pub mod request;
 pub mod resilience;
 pub mod runtime;
 pub mod telemetry;
+pub mod unroutable;
 
 pub use delivery::{DeadLetter, Delivery, Nack};
 pub use error::{BoxError, BrokerErrorKind, ConnectErrorKind, Error, Result};
 pub use headers::{HeaderError, Headers};
 pub use message::{Message, MessageId};
+pub use unroutable::UnroutablePolicy;
 pub use pubsub::{
     Broker, Close, DEFAULT_PREFETCH, DeliveryStream, Publisher, StartPosition, Subscriber,
     Subscription,

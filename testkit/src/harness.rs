@@ -86,6 +86,8 @@ struct Freezable {
     bound: Duration,
 }
 
+type OptionsConnectFn =
+    dyn Fn(Vec<(String, String)>) -> BoxFuture<'static, Result<Broker>> + Send + Sync;
 type UpstreamFn = dyn Fn() -> BoxFuture<'static, Result<(String, String)>> + Send + Sync;
 type ConnectUrlFn = dyn Fn(String) -> BoxFuture<'static, Result<Broker>> + Send + Sync;
 
@@ -107,6 +109,7 @@ pub struct Adapter {
     restart: Option<Restartable>,
     freeze: Option<Freezable>,
     proxy: Option<Proxied>,
+    with_options: Option<Arc<OptionsConnectFn>>,
     patience: Duration,
     quiet: Duration,
 }
@@ -136,6 +139,7 @@ impl Adapter {
             restart: None,
             freeze: None,
             proxy: None,
+            with_options: None,
             patience: Duration::from_secs(15),
             quiet: Duration::from_millis(500),
         }
@@ -239,6 +243,20 @@ impl Adapter {
         self
     }
 
+    /// Lets cases connect to the shared server with URL options of their
+    /// own: `connect` gets the options (names and values, such as the
+    /// shared `unroutable=drop`) and connects with them set on the URL
+    /// (replacing the URL's own of the same name). See
+    /// [`Ctx::broker_with_options`].
+    pub fn with_options<F, Fut>(mut self, connect: F) -> Self
+    where
+        F: Fn(Vec<(String, String)>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Broker>> + Send + 'static,
+    {
+        self.with_options = Some(Arc::new(move |options| Box::pin(connect(options))));
+        self
+    }
+
     /// How long a case waits for an expected message before failing
     /// (default 15 s).
     pub fn with_patience(mut self, patience: Duration) -> Self {
@@ -327,6 +345,29 @@ impl Ctx {
             _ => &self.adapter.connect,
         };
         connect()
+            .await
+            .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name))
+    }
+
+    /// A new broker connection to the shared server with the URL `options`
+    /// set (see [`Adapter::with_options`]).
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no such hook (a case that needs one says so),
+    /// or connecting fails.
+    pub async fn broker_with_options(&self, options: &[(&str, &str)]) -> Broker {
+        let connect = self.adapter.with_options.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{}: this case connects with URL options: declare Adapter::with_options",
+                self.adapter.name
+            )
+        });
+        let options = options
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        connect(options)
             .await
             .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name))
     }

@@ -35,17 +35,19 @@ pub mod observability_cases;
 pub mod proxy;
 pub mod request_cases;
 pub mod runtime_cases;
+pub mod unroutable_cases;
 
 pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
 /// Every case of the suite: the conformance cases, the consumer runtime's
 /// cases, the observability cases (lag, health), the request/reply cases
-/// and the fault cases.
+/// the fault cases and the unroutable-publish cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
     cases.extend(observability_cases::cases());
     cases.extend(request_cases::cases());
     cases.extend(fault_cases::cases());
+    cases.extend(unroutable_cases::cases());
     cases
 }

@@ -31,6 +31,7 @@
 //! | `connect_timeout` | [`AmqpConfig::connect_timeout`]: TCP and AMQP handshake together | 10 s |
 //! | `client_name` (or `client_id`) | [`AmqpConfig::connection_name`], shown in the management UI | `courier` |
 //! | `publish_timeout` | [`AmqpConfig::confirm_timeout`]: the wait for a publisher confirm, and the bound on `provision` and `subscribe` | 30 s |
+//! | `unroutable` | [`AmqpConfig::unroutable`]: `error` or `drop` (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //! | `queue_type` | [`AmqpConfig::queue_type`] of group queues: `quorum` or `classic` | `quorum` |
 //! | `queue_naming` | [`AmqpConfig::queue_naming`]: `separated` (`<topic>:<group>`) or `dotted` (`<topic>.<group>`, earlier versions) | `separated` |
 //! | `single_active_consumer` | [`AmqpConfig::single_active_consumer`]: `true` or `false` | `false` |
@@ -72,8 +73,33 @@
 //!   a new topic share one declaration: the first declares, the others
 //!   wait for its outcome (a failed declaration is reported to all of them
 //!   and tried again by the next publish). A message published to
-//!   a topic without groups is dropped by RabbitMQ, as with any fanout
-//!   exchange without queues.
+//!   a topic without groups reaches no queue: see below.
+//!
+//! # Unroutable publishes
+//!
+//! RabbitMQ routes a message to the queues bound at publish time and keeps
+//! nothing for queues declared later, so a message published to a topic no
+//! group is bound to is lost. courier publishes with `mandatory` set: the
+//! broker returns such a message (`basic.return`, then the confirm), and
+//! `publish` fails with an [`Error::Broker`](courier_core::Error::Broker)
+//! of kind [`Unroutable`](courier_core::BrokerErrorKind::Unroutable) whose
+//! source is a [`courier_core::unroutable::UnroutableTopic`] naming the
+//! topic (its cause, an [`AmqpError::Unroutable`], names the exchange and
+//! RabbitMQ's reply, `NO_ROUTE`). A returned message is never reported as
+//! confirmed, and it is not retryable: publishing again fails the same way
+//! until a group is provisioned. In a `publish_batch`, every message is
+//! sent (they are pipelined) and every confirm awaited; the messages before
+//! the first returned one reached their queues, the batch fails as a whole
+//! with the error above, and nothing is published again. All messages of a
+//! batch go to one exchange, so the ones after it were returned too,
+//! unless a group was bound in the meantime (those are in its queue).
+//!
+//! For fire-and-forget publishing, `unroutable=drop` in the URL (or
+//! [`AmqpConfig::unroutable`] = [`UnroutablePolicy::Drop`](courier_core::UnroutablePolicy::Drop))
+//! publishes without `mandatory`: RabbitMQ drops such a message and
+//! `publish` returns `Ok` once it confirmed. Dead letters and requests are
+//! always published with `mandatory`, whatever the option (see
+//! [Guarantees](#guarantees) and [Request/reply](#requestreply)).
 //!
 //! # Queues: quorum by default
 //!
@@ -290,6 +316,7 @@ mod request;
 mod session;
 mod subscriber;
 mod topology;
+mod unroutable;
 mod watch;
 
 /// The `messaging.system` of spans and metrics.

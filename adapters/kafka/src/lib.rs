@@ -127,6 +127,18 @@
 //! published between the two are then skipped by that group, so provision
 //! new groups from one place (a deployment step) when that matters.
 //!
+//! # Unroutable publishes
+//!
+//! None: a topic keeps its records (up to its retention) whether or not a
+//! group exists, and a group provisioned later with
+//! [`StartPosition::Earliest`](courier_core::StartPosition::Earliest)
+//! receives them. A publish to a topic without groups therefore returns
+//! `Ok` once the broker confirmed it. The shared URL option `unroutable`
+//! is accepted and checked (`error` or `drop`) and has no effect, so one
+//! URL works on every broker. A topic that does not exist and may not be
+//! created ([`KafkaConfig::create_topics`] off) is
+//! [`Error::TopicNotFound`].
+//!
 //! # Request/reply
 //!
 //! [`Broker::request`](courier_core::Broker::request) produces the request
@@ -157,6 +169,7 @@
 //! | `partitions` | [`KafkaConfig::partitions`] of the topics courier creates | 1 |
 //! | `replication_factor` | [`KafkaConfig::replication_factor`] of the topics courier creates | 1 |
 //! | `create_topics` | [`KafkaConfig::create_topics`]: `true` or `false` | `true` |
+//! | `unroutable` | `error` or `drop`: checked, no effect (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //!
 //! Any other option is an [`Error::InvalidUrl`] naming it; so are
 //! credentials in the URL (SASL and TLS are rdkafka properties,

@@ -102,9 +102,25 @@
 //! | `ack_wait` | [`NatsConfig::ack_wait`] of the consumers courier creates | 30 s |
 //! | `max_deliver` | [`NatsConfig::max_deliver`] of the consumers courier creates | no limit |
 //! | `max_ack_pending` | [`NatsConfig::max_ack_pending`] of the consumers courier creates | 10,000 |
+//! | `unroutable` | `error` or `drop`: checked, no effect (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //!
 //! Any other option is an [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) naming it. A default
 //! prefetch is not an option: each [`Subscription`] carries its own.
+//!
+//! # Unroutable publishes
+//!
+//! None: the topic's stream keeps every message whether or not a durable
+//! consumer exists, and a group created later with
+//! [`StartPosition::Earliest`](courier_core::StartPosition::Earliest)
+//! receives it. A publish to a topic without groups therefore returns `Ok`
+//! once JetStream acknowledged it. The shared URL option `unroutable` is
+//! accepted and checked (`error` or `drop`) and has no effect, so one URL
+//! works on every broker. A subject that no stream captures (the topic's
+//! stream was deleted after this connection created it) is not dropped
+//! either: JetStream answers the publish with "no responders", and it
+//! fails with an [`Error::Broker`](courier_core::Error::Broker) of kind
+//! [`NotFound`](courier_core::BrokerErrorKind::NotFound) (the stream is
+//! missing), whatever the option.
 //!
 //! # Request/reply
 //!
