@@ -196,13 +196,21 @@
 //! | timestamp | `timestamp` property (seconds); the milliseconds come from the id when it is a UUID v7 of that very millisecond, as every `Message::new` is, else from the `courier-timestamp-ms` header |
 //! | correlation id | `courier-correlation-id` header, and the `correlation_id` property for other clients |
 //! | causation id, other headers | headers, as long strings |
+//! | origin | `app_id` property `courier` on every message courier publishes |
 //!
+//! A message whose `app_id` is not `courier` comes from another producer,
+//! and its `courier-` headers are not trusted: they are left out with a
+//! debug log line (a `courier-correlation-id` header of such a message is
+//! no correlation id; its `correlation_id` property is). Messages of
+//! courier versions that did not set `app_id` are read the same way. See
+//! [`courier_core::adapter::origin`], the policy every adapter applies.
 //! Messages of other producers are delivered too: the properties fill in
 //! what the headers lack; a message without any id gets `amqp-` and a hash
 //! of its body, headers and properties, the same on every delivery, so
 //! deduplication by id works for it (byte-identical messages then share an
-//! id). Scalar header values become text, nested tables and arrays are left
-//! out (with a debug log line), and the headers RabbitMQ adds itself (`x-death`,
+//! id). Scalar header values become text, nested tables and arrays (and
+//! names or values courier's header rules refuse) are left out with a
+//! debug log line, and the headers RabbitMQ adds itself (`x-death`,
 //! `x-first-death-*`, `x-last-death-*`, `x-delivery-count`) are not shown
 //! as message headers. Header names are limited to AMQP's 255 bytes
 //! (courier allows 256): a longer one fails the publish.

@@ -21,11 +21,17 @@
 //! - **Message fields**: the record key is the courier key; the id, content
 //!   type, timestamp (also the record's timestamp), correlation and
 //!   causation ids and the user's headers are record headers
-//!   ([`courier_core::adapter::wire`]) and come back exactly. A record from another
-//!   producer gets the id `<topic>-<partition>-<offset>` and the record's
-//!   timestamp; one courier cannot represent (a key or header value that is
-//!   not UTF-8) is copied to the dead-letter topic as it is, with the
-//!   reason, and settled.
+//!   ([`courier_core::adapter::wire`]) and come back exactly. A record with
+//!   the `courier-id` and `courier-timestamp-ms` headers (courier writes both
+//!   on every record) is courier's; one from another producer gets the id
+//!   `<topic>-<partition>-<offset>` and the record's timestamp, and its
+//!   `courier-` headers are not trusted: they are left out with a debug log
+//!   line ([`courier_core::adapter::origin`], the policy every adapter
+//!   applies). A header courier cannot carry (a value that is not UTF-8, a
+//!   name or value its header rules refuse) is left out the same way on
+//!   every record. One courier cannot represent at all (a key that is not
+//!   UTF-8, a courier record whose own fields cannot be read) is copied to
+//!   the dead-letter topic as it is, with the reason, and settled.
 //!
 //! # Partitions and order
 //!
@@ -251,6 +257,7 @@ mod error;
 #[cfg(test)]
 mod first_publish_tests;
 mod flow;
+mod foreign;
 mod group;
 mod lag;
 mod partition;

@@ -16,7 +16,9 @@
 //! - `publish` returns once the message is in every group's queue.
 //!
 //! Nothing survives the process: it is for tests, examples and services
-//! that do not need a broker yet.
+//! that do not need a broker yet. Messages travel as they are, never
+//! encoded: every message is courier's, so there is no foreign producer
+//! whose headers to distrust ([`courier_core::adapter::origin`]).
 //!
 //! # Bounded queues
 //!

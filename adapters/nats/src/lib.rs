@@ -23,9 +23,15 @@
 //!   causation ids, user headers) travel as NATS headers
 //!   ([`courier_core::adapter::wire`]; the id as `Nats-Msg-Id`) and come back
 //!   exactly. Values NATS would alter (empty, or with leading or trailing
-//!   white space) travel quoted. A message from another producer keeps its
-//!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`; one courier
-//!   cannot represent goes to the dead-letter topic with the reason.
+//!   white space) travel quoted. A message with `Nats-Msg-Id` and the
+//!   `courier-timestamp-ms` header (courier writes both on every message)
+//!   is courier's; any other comes from another producer, keeps its
+//!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`, and its
+//!   `courier-` headers are not trusted: they are left out with a debug log
+//!   line ([`courier_core::adapter::origin`], the policy every adapter
+//!   applies), as is any header courier cannot carry. A courier message
+//!   whose own fields cannot be read goes to the dead-letter topic with the
+//!   reason.
 //! - **Settlement** is confirmed by the server (see
 //!   [Settlement](crate#settlement)). `Nack::Requeue` is a NAK,
 //!   `RequeueAfter(d)` a NAK with delay, `DeadLetter` publishes the copy to
