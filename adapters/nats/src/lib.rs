@@ -154,7 +154,10 @@
 //!   through.
 //! - A request that travelled through JetStream instead (published with
 //!   a reply address, or bridged from elsewhere) is answered the same way,
-//!   over core NATS.
+//!   over core NATS. Its `courier-reply-to` and `courier-request-id`
+//!   headers are reserved ones, so a producer other than courier must
+//!   write courier's message fields too (`Nats-Msg-Id` and
+//!   `courier-timestamp-ms`) to be trusted with them; see Mapping.
 //!
 //! Plain clients can answer or send courier requests: a NATS request to
 //! `_courier.request.<topic>` is answered to its reply subject.

@@ -46,16 +46,6 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
     let mut stream = Subscriber::subscribe(&broker, sub)
         .await
         .expect("subscribe");
-    let next = |stream: &mut courier_core::DeliveryStream| {
-        let next = stream.next();
-        async move {
-            tokio::time::timeout(PATIENCE, next)
-                .await
-                .expect("a delivery in time")
-                .expect("open")
-                .expect("delivery")
-        }
-    };
     let foreign = next(&mut stream).await;
     let m = foreign.message();
     assert_eq!(m.payload().as_ref(), b"foreign");
@@ -75,4 +65,12 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
     assert_eq!(m.timestamp_millis(), sent.timestamp_millis());
     own.ack().await.expect("ack");
     courier_core::Close::close(&broker).await.expect("close");
+}
+
+async fn next(stream: &mut courier_core::DeliveryStream) -> courier_core::Delivery {
+    tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("a delivery in time")
+        .expect("open")
+        .expect("delivery")
 }
