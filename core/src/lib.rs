@@ -58,11 +58,11 @@ pub use delivery::{DeadLetter, Delivery, Nack};
 pub use error::{BoxError, BrokerErrorKind, ConnectErrorKind, Error, Result};
 pub use headers::{HeaderError, Headers};
 pub use message::{Message, MessageId};
-pub use unroutable::UnroutablePolicy;
 pub use pubsub::{
     Broker, Close, DEFAULT_PREFETCH, DeliveryStream, Publisher, StartPosition, Subscriber,
     Subscription,
 };
+pub use unroutable::UnroutablePolicy;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

@@ -19,11 +19,9 @@ use crate::harness::{Capability, Case, Ctx};
 
 /// Every unroutable-publish case.
 pub fn cases() -> Vec<Case> {
-    vec![Case::new(
-        "publish_to_a_topic_without_groups",
-        &[],
-        |ctx| Box::pin(publish_to_a_topic_without_groups(ctx)),
-    )]
+    vec![Case::new("publish_to_a_topic_without_groups", &[], |ctx| {
+        Box::pin(publish_to_a_topic_without_groups(ctx))
+    })]
 }
 
 /// The publish bound the case sets (shared URL option `publish_timeout`):
@@ -111,7 +109,9 @@ async fn unroutable_unless_dropped(ctx: &Ctx) {
 }
 
 /// `publish` within the bound plus a margin for the round trips around it.
-async fn bounded<T>(publish: impl Future<Output = courier_core::Result<T>>) -> courier_core::Result<T> {
+async fn bounded<T>(
+    publish: impl Future<Output = courier_core::Result<T>>,
+) -> courier_core::Result<T> {
     let limit = PUBLISH_BOUND + Duration::from_secs(5);
     tokio::time::timeout(limit, publish)
         .await
@@ -132,4 +132,3 @@ fn assert_unroutable(err: &Error, topic: &str) {
     assert!(err.to_string().contains(topic), "{err}");
     assert!(!err.is_retryable(), "{err:?}");
 }
-

@@ -3,8 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use courier_core::{Result, UnroutablePolicy};
 use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
+use courier_core::{Result, UnroutablePolicy};
 
 /// The URL schemes of the AMQP adapter: `amqp://` and `amqps://` (TLS).
 pub const SCHEMES: &[&str] = &["amqp", "amqps"];

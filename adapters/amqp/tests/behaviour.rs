@@ -466,7 +466,9 @@ async fn payload_limit_and_topics_without_groups() {
     );
     assert!(
         matches!(
-            err.source().and_then(|s| s.source()).and_then(|s| s.downcast_ref::<AmqpError>()),
+            err.source()
+                .and_then(|s| s.source())
+                .and_then(|s| s.downcast_ref::<AmqpError>()),
             Some(AmqpError::Unroutable { .. })
         ),
         "RabbitMQ's reason is the cause: {err:?}"

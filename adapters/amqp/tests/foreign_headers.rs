@@ -67,7 +67,11 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
     let foreign = next(&mut stream, PATIENCE).await;
     let m = foreign.message();
     assert_eq!(m.payload().as_ref(), b"foreign");
-    assert_eq!(m.id().to_string(), "legacy-1", "message_id is the broker's own");
+    assert_eq!(
+        m.id().to_string(),
+        "legacy-1",
+        "message_id is the broker's own"
+    );
     assert_eq!(m.correlation_id(), None, "a forged correlation id");
     assert_eq!(m.header("courier-correlation-id"), None);
     assert_eq!(m.header("courier-whatever"), None);

@@ -3,8 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use courier_core::{Result, UnroutablePolicy};
 use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
+use courier_core::{Result, UnroutablePolicy};
 
 /// The URL schemes of the in-process broker.
 pub const SCHEMES: &[&str] = &["memory"];

@@ -25,7 +25,10 @@ async fn without_retention_a_publish_nobody_receives_is_unroutable() {
     // Once a group exists it receives what comes after, nothing before.
     let group = Subscription::new("orders", "billing").start_from(StartPosition::Earliest);
     let mut stream = broker.subscribe(group).await.unwrap();
-    broker.publish("orders", Message::new("kept")).await.unwrap();
+    broker
+        .publish("orders", Message::new("kept"))
+        .await
+        .unwrap();
     let delivery = stream.next().await.unwrap().unwrap();
     assert_eq!(delivery.message().payload().as_ref(), b"kept");
     delivery.ack().await.unwrap();
@@ -35,16 +38,25 @@ async fn without_retention_a_publish_nobody_receives_is_unroutable() {
 #[tokio::test]
 async fn without_retention_drop_makes_it_fire_and_forget() {
     let broker = MemoryBroker::connect("memory://?retention=0&unroutable=drop").unwrap();
-    broker.publish("orders", Message::new("gone")).await.unwrap();
+    broker
+        .publish("orders", Message::new("gone"))
+        .await
+        .unwrap();
     let group = Subscription::new("orders", "billing").start_from(StartPosition::Earliest);
     let mut stream = broker.subscribe(group).await.unwrap();
-    assert!(stream.next().now_or_never().is_none(), "the message is gone");
+    assert!(
+        stream.next().now_or_never().is_none(),
+        "the message is gone"
+    );
 }
 
 #[tokio::test]
 async fn with_retention_a_later_earliest_group_receives_it_once() {
     let broker = MemoryBroker::connect("memory://?retention=5").unwrap();
-    broker.publish("orders", Message::new("kept")).await.unwrap();
+    broker
+        .publish("orders", Message::new("kept"))
+        .await
+        .unwrap();
     let group = Subscription::new("orders", "billing").start_from(StartPosition::Earliest);
     let mut stream = broker.subscribe(group).await.unwrap();
     let delivery = stream.next().await.unwrap().unwrap();
@@ -55,12 +67,22 @@ async fn with_retention_a_later_earliest_group_receives_it_once() {
 
 #[tokio::test]
 async fn a_request_nobody_receives_is_still_no_responders() {
-    for url in ["memory://?retention=0", "memory://?retention=0&unroutable=drop"] {
+    for url in [
+        "memory://?retention=0",
+        "memory://?retention=0&unroutable=drop",
+    ] {
         let broker = MemoryBroker::connect(url).unwrap().into_broker();
         let err = broker
-            .request("orders", Message::new("ask"), std::time::Duration::from_secs(5))
+            .request(
+                "orders",
+                Message::new("ask"),
+                std::time::Duration::from_secs(5),
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, RequestError::NoResponders { .. }), "{url}: {err:?}");
+        assert!(
+            matches!(err, RequestError::NoResponders { .. }),
+            "{url}: {err:?}"
+        );
     }
 }

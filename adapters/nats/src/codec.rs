@@ -60,7 +60,8 @@ pub(crate) fn wire_headers(headers: Option<&HeaderMap>) -> Vec<(&str, &[u8])> {
         .collect();
     let origin = Origin::from_fields(
         raw.iter().any(|(name, _)| *name == NATS_MSG_ID),
-        raw.iter().any(|(name, _)| *name == adapter::wire::TIMESTAMP),
+        raw.iter()
+            .any(|(name, _)| *name == adapter::wire::TIMESTAMP),
     );
     let mut trusted = origin::trusted(raw, origin);
     for (name, _) in &mut trusted {

@@ -49,7 +49,11 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
     let foreign = next(&mut stream).await;
     let m = foreign.message();
     assert_eq!(m.payload().as_ref(), b"foreign");
-    assert_eq!(m.id().to_string(), "foreign-1", "Nats-Msg-Id is the broker's own");
+    assert_eq!(
+        m.id().to_string(),
+        "foreign-1",
+        "Nats-Msg-Id is the broker's own"
+    );
     assert_eq!(m.correlation_id(), None, "a forged correlation id");
     assert_eq!(m.header("courier-correlation-id"), None);
     assert_eq!(m.header("courier-whatever"), None);
