@@ -30,6 +30,7 @@ pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod foreign_headers;
 mod harness;
 pub mod observability_cases;
 pub mod proxy;

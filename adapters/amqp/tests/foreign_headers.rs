@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use common::next;
 use courier_amqp::AmqpBroker;
+use courier_core::Subscription;
 use courier_core::prelude::*;
-use courier_core::{Message, Subscription};
+use courier_testkit::foreign_headers::{
+    FORGED_HEADERS, assert_courier_fields_kept, assert_reserved_not_trusted, courier_message,
+};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -29,12 +32,9 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut headers = FieldTable::default();
-    headers.insert(
-        "courier-correlation-id".into(),
-        AMQPValue::LongString("forged".into()),
-    );
-    headers.insert("courier-whatever".into(), AMQPValue::LongString("x".into()));
-    headers.insert("plain".into(), AMQPValue::LongString("kept".into()));
+    for (name, value) in FORGED_HEADERS {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
     headers.insert(
         "nested".into(),
         AMQPValue::FieldTable(FieldTable::default()),
@@ -55,13 +55,7 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         )
         .await
         .unwrap();
-    let sent = Message::new("courier")
-        .with_correlation_id("flow-1")
-        .unwrap()
-        .with_causation_id("cause-1")
-        .unwrap()
-        .with_header("plain", "kept")
-        .unwrap();
+    let sent = courier_message();
     broker.publish(sub.topic(), sent.clone()).await.unwrap();
 
     let foreign = next(&mut stream, PATIENCE).await;
@@ -72,20 +66,12 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         "legacy-1",
         "message_id is the broker's own"
     );
-    assert_eq!(m.correlation_id(), None, "a forged correlation id");
-    assert_eq!(m.header("courier-correlation-id"), None);
-    assert_eq!(m.header("courier-whatever"), None);
+    assert_reserved_not_trusted(m);
     assert_eq!(m.header("nested"), None, "a nested table: left out");
-    assert_eq!(m.header("plain"), Some("kept"));
     foreign.ack().await.unwrap();
 
     let own = next(&mut stream, PATIENCE).await;
-    let m = own.message();
-    assert_eq!(m.id(), sent.id());
-    assert_eq!(m.correlation_id(), Some("flow-1"));
-    assert_eq!(m.causation_id(), Some("cause-1"));
-    assert_eq!(m.header("plain"), Some("kept"));
-    assert_eq!(m.timestamp_millis(), sent.timestamp_millis());
+    assert_courier_fields_kept(own.message(), &sent);
     own.ack().await.unwrap();
     connection.close(200, "done".into()).await.unwrap();
     broker.close().await.unwrap();

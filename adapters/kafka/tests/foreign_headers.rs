@@ -6,9 +6,12 @@
 use std::time::Duration;
 
 use courier_core::prelude::*;
-use courier_core::{DeliveryStream, Message, Subscription};
+use courier_core::{DeliveryStream, Subscription};
 use courier_kafka::KafkaBroker;
 use courier_testkit::fixtures::{self, unique_name};
+use courier_testkit::foreign_headers::{
+    FORGED_HEADERS, assert_courier_fields_kept, assert_reserved_not_trusted, courier_message,
+};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -35,23 +38,17 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         .set("bootstrap.servers", server.address())
         .create()
         .expect("raw producer");
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "courier-correlation-id",
-            value: Some("forged"),
-        })
-        .insert(Header {
-            key: "courier-whatever",
-            value: Some("x"),
-        })
-        .insert(Header {
-            key: "plain",
-            value: Some("kept"),
-        })
-        .insert(Header {
-            key: "binary",
-            value: Some(&[0xff_u8, 0xfe][..]),
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in FORGED_HEADERS {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
         });
+    }
+    let headers = headers.insert(Header {
+        key: "binary",
+        value: Some(&[0xff_u8, 0xfe][..]),
+    });
     producer
         .send(
             FutureRecord::<(), _>::to(sub.topic())
@@ -61,13 +58,7 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         )
         .await
         .expect("raw produce");
-    let sent = Message::new("courier")
-        .with_correlation_id("flow-1")
-        .unwrap()
-        .with_causation_id("cause-1")
-        .unwrap()
-        .with_header("plain", "kept")
-        .unwrap();
+    let sent = courier_message();
     broker
         .publish(sub.topic(), sent.clone())
         .await
@@ -82,19 +73,12 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         "a foreign record's id: {:?}",
         m.id()
     );
-    assert_eq!(m.correlation_id(), None, "a forged correlation id");
-    assert_eq!(m.header("courier-correlation-id"), None);
-    assert_eq!(m.header("courier-whatever"), None);
+    assert_reserved_not_trusted(m);
     assert_eq!(m.header("binary"), None, "not UTF-8: left out");
-    assert_eq!(m.header("plain"), Some("kept"));
     foreign.ack().await.expect("ack");
 
     let own = next(&mut stream).await;
-    let m = own.message();
-    assert_eq!(m.id(), sent.id());
-    assert_eq!(m.correlation_id(), Some("flow-1"));
-    assert_eq!(m.causation_id(), Some("cause-1"));
-    assert_eq!(m.header("plain"), Some("kept"));
+    assert_courier_fields_kept(own.message(), &sent);
     own.ack().await.expect("ack");
     broker.close().await.expect("close");
 }

@@ -2,8 +2,11 @@
 //! JetStream publish with `courier-correlation-id` and `courier-whatever`
 //! reaches handlers without them; a courier message keeps its own.
 
-use courier_core::{Message, Publisher, Subscriber, Subscription};
+use courier_core::{Publisher, Subscriber, Subscription};
 use courier_nats::NatsBroker;
+use courier_testkit::foreign_headers::{
+    FORGED_HEADERS, assert_courier_fields_kept, assert_reserved_not_trusted, courier_message,
+};
 use futures::StreamExt;
 use std::time::Duration;
 
@@ -24,21 +27,15 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
     let js = async_nats::jetstream::new(broker.client().clone());
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "foreign-1");
-    headers.insert("courier-correlation-id", "forged");
-    headers.insert("courier-whatever", "x");
-    headers.insert("plain", "kept");
+    for (name, value) in FORGED_HEADERS {
+        headers.insert(name, value);
+    }
     js.publish_with_headers(topic.clone(), headers, "foreign".into())
         .await
         .expect("publish")
         .await
         .expect("ack");
-    let sent = Message::new("courier")
-        .with_correlation_id("flow-1")
-        .unwrap()
-        .with_causation_id("cause-1")
-        .unwrap()
-        .with_header("plain", "kept")
-        .unwrap();
+    let sent = courier_message();
     Publisher::publish(&broker, &topic, sent.clone())
         .await
         .expect("publish");
@@ -54,19 +51,11 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         "foreign-1",
         "Nats-Msg-Id is the broker's own"
     );
-    assert_eq!(m.correlation_id(), None, "a forged correlation id");
-    assert_eq!(m.header("courier-correlation-id"), None);
-    assert_eq!(m.header("courier-whatever"), None);
-    assert_eq!(m.header("plain"), Some("kept"));
+    assert_reserved_not_trusted(m);
     foreign.ack().await.expect("ack");
 
     let own = next(&mut stream).await;
-    let m = own.message();
-    assert_eq!(m.id(), sent.id());
-    assert_eq!(m.correlation_id(), Some("flow-1"));
-    assert_eq!(m.causation_id(), Some("cause-1"));
-    assert_eq!(m.header("plain"), Some("kept"));
-    assert_eq!(m.timestamp_millis(), sent.timestamp_millis());
+    assert_courier_fields_kept(own.message(), &sent);
     own.ack().await.expect("ack");
     courier_core::Close::close(&broker).await.expect("close");
 }
