@@ -27,8 +27,10 @@
 //! | `connect_timeout` | longest wait for the connection | `AmqpConfig::connect_timeout`, 10 s | `KafkaConfig::connect_timeout`, 10 s | `NatsConfig::connect_timeout`, 5 s |
 //! | `client_name` (or `client_id`) | the name the broker shows for the connection | `AmqpConfig::connection_name`, `courier` | `KafkaConfig::client_id` (`client.id`), `courier` | `NatsConfig::client_name`, `courier` |
 //! | `publish_timeout` | longest wait for the broker to confirm a publish | `AmqpConfig::confirm_timeout`, 30 s | `KafkaConfig::publish_timeout`, 30 s | `NatsConfig::request_timeout` (settlements too), 10 s |
+//! | `unroutable` | `error` or `drop`: a publish to a topic no group is bound to fails with `BrokerErrorKind::Unroutable` or returns `Ok` ([`unroutable`]) | `AmqpConfig::unroutable`, `error` | checked, no effect: the topic keeps the message for later groups | checked, no effect: the stream keeps the message for later groups |
 //!
-//! The in-process broker accepts them and has no use for them. A default
+//! The in-process broker accepts them and has no use for them except
+//! `publish_timeout`, and `unroutable` when its retention is 0. A default
 //! prefetch is not a URL option: each [`Subscription`] carries its own
 //! (the consumer runtime sets it from its concurrency).
 //!
@@ -109,7 +111,7 @@ pub use courier_outbox as outbox;
 use std::time::Duration;
 
 use courier_core::adapter::url::{
-    self as broker_url, CLIENT_NAME, CONNECT_TIMEOUT, PUBLISH_TIMEOUT,
+    self as broker_url, CLIENT_NAME, CONNECT_TIMEOUT, PUBLISH_TIMEOUT, UNROUTABLE,
 };
 use courier_core::error::redact_url;
 
@@ -167,6 +169,8 @@ pub struct ConnectOptions {
     pub client_name: Option<String>,
     /// `publish_timeout`: longest wait for the broker to confirm a publish.
     pub publish_timeout: Option<Duration>,
+    /// `unroutable`: what a publish no consumer group can receive does.
+    pub unroutable: Option<UnroutablePolicy>,
 }
 
 impl ConnectOptions {
@@ -193,6 +197,12 @@ impl ConnectOptions {
         self
     }
 
+    /// Sets [`ConnectOptions::unroutable`].
+    pub fn unroutable(mut self, policy: UnroutablePolicy) -> Self {
+        self.unroutable = Some(policy);
+        self
+    }
+
     /// `url` with the options set here in place of its own of the same name
     /// (`client_name` also replaces `client_id`); `url` unchanged when none
     /// is set.
@@ -203,6 +213,7 @@ impl ConnectOptions {
             (CONNECT_TIMEOUT, connect_timeout.as_deref()),
             (CLIENT_NAME, self.client_name.as_deref()),
             (PUBLISH_TIMEOUT, publish_timeout.as_deref()),
+            (UNROUTABLE, self.unroutable.map(UnroutablePolicy::as_str)),
         ]
         .into_iter()
         .filter_map(|(name, value)| Some((name, value?)))

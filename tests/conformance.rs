@@ -24,6 +24,10 @@ fn main() -> std::process::ExitCode {
             )
             .with_queue_limit(2, || {
                 courier::connect("memory://queue-limit?max_queue_len=2&when_full=reject")
+            })
+            // Cases may connect with URL options of their own.
+            .with_options(|options| async move {
+                courier::connect(&with_options("memory://conformance", &options)).await
             }),
         );
     }
@@ -114,6 +118,15 @@ fn main() -> std::process::ExitCode {
 const FAULT_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 const FAULT_OPTIONS: &str = "publish_timeout=3s";
+
+/// `url` with `options` set, replacing its own of the same name.
+fn with_options(url: &str, options: &[(String, String)]) -> String {
+    let options: Vec<(&str, &str)> = options
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    courier::adapter::url::set_options(url, &options)
+}
 
 /// The shared server's URL and the `host:port` in it, for a proxy in
 /// front of it.
@@ -207,6 +220,11 @@ macro_rules! on_server {
                 Ok(())
             },
         )
+        .with_options(|options| async move {
+            let server = $shared().await.map_err(fixture_error)?;
+            let url = format!("{}{}", server.url(), $options);
+            courier::connect(&with_options(&url, &options)).await
+        })
     }};
 }
 #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]

@@ -3,6 +3,9 @@
 //! Names starting with [`RESERVED_PREFIX`] belong to courier (correlation and
 //! causation ids, dead-letter details, wire fields). Inserting such a name
 //! through [`Headers::insert`] is an error rather than a silent overwrite.
+//! Received from a foreign producer (not courier), such names are not
+//! trusted: adapters leave them out
+//! ([`adapter::origin`](crate::adapter::origin)).
 //!
 //! Limits that hold on every broker: a name is 1 to [`MAX_NAME_LEN`] visible
 //! ASCII characters other than `:`; a value is any UTF-8 without `\r` or `\n`

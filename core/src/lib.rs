@@ -53,6 +53,7 @@ pub mod request;
 pub mod resilience;
 pub mod runtime;
 pub mod telemetry;
+pub mod unroutable;
 
 pub use delivery::{DeadLetter, Delivery, Nack};
 pub use error::{BoxError, BrokerErrorKind, ConnectErrorKind, Error, Result};
@@ -62,6 +63,7 @@ pub use pubsub::{
     Broker, Close, DEFAULT_PREFETCH, DeliveryStream, Publisher, StartPosition, Subscriber,
     Subscription,
 };
+pub use unroutable::UnroutablePolicy;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

@@ -96,6 +96,8 @@ struct Freezable {
     bound: Duration,
 }
 
+type OptionsConnectFn =
+    dyn Fn(Vec<(String, String)>) -> BoxFuture<'static, Result<Broker>> + Send + Sync;
 type UpstreamFn = dyn Fn() -> BoxFuture<'static, Result<(String, String)>> + Send + Sync;
 type ConnectUrlFn = dyn Fn(String) -> BoxFuture<'static, Result<Broker>> + Send + Sync;
 
@@ -120,6 +122,7 @@ pub struct Adapter {
     /// A broker whose groups refuse more than so many messages.
     queue_limit: Option<(usize, Arc<ConnectFn>)>,
     partitioned: Option<Arc<ConnectFn>>,
+    with_options: Option<Arc<OptionsConnectFn>>,
     patience: Duration,
     quiet: Duration,
 }
@@ -151,6 +154,7 @@ impl Adapter {
             proxy: None,
             queue_limit: None,
             partitioned: None,
+            with_options: None,
             patience: Duration::from_secs(15),
             quiet: Duration::from_millis(500),
         }
@@ -284,6 +288,20 @@ impl Adapter {
         self
     }
 
+    /// Lets cases connect to the shared server with URL options of their
+    /// own: `connect` gets the options (names and values, such as the
+    /// shared `unroutable=drop`) and connects with them set on the URL
+    /// (replacing the URL's own of the same name). See
+    /// [`Ctx::broker_with_options`].
+    pub fn with_options<F, Fut>(mut self, connect: F) -> Self
+    where
+        F: Fn(Vec<(String, String)>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Broker>> + Send + 'static,
+    {
+        self.with_options = Some(Arc::new(move |options| Box::pin(connect(options))));
+        self
+    }
+
     /// How long a case waits for an expected message before failing
     /// (default 15 s).
     pub fn with_patience(mut self, patience: Duration) -> Self {
@@ -393,6 +411,29 @@ impl Ctx {
                 self.adapter.name
             )
         })
+    }
+
+    /// A new broker connection to the shared server with the URL `options`
+    /// set (see [`Adapter::with_options`]).
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no such hook (a case that needs one says so),
+    /// or connecting fails.
+    pub async fn broker_with_options(&self, options: &[(&str, &str)]) -> Broker {
+        let connect = self.adapter.with_options.as_ref().unwrap_or_else(|| {
+            panic!(
+                "{}: this case connects with URL options: declare Adapter::with_options",
+                self.adapter.name
+            )
+        });
+        let options = options
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        connect(options)
+            .await
+            .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name))
     }
 
     /// A topic or group name unique to this run of this case.

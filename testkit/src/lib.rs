@@ -32,17 +32,19 @@ pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod foreign_headers;
 mod harness;
 pub mod observability_cases;
 pub mod proxy;
 pub mod request_cases;
 pub mod runtime_cases;
+pub mod unroutable_cases;
 
 pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
 /// Every case of the suite: the conformance cases, the consumer runtime's
-/// cases, the dead-letter cases, the observability cases (lag, health), the request/reply cases
-/// and the fault cases.
+/// cases, the dead-letter cases, the observability cases (lag, health), the
+/// request/reply cases, the fault cases and the unroutable-publish cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
@@ -50,5 +52,6 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(observability_cases::cases());
     cases.extend(request_cases::cases());
     cases.extend(fault_cases::cases());
+    cases.extend(unroutable_cases::cases());
     cases
 }

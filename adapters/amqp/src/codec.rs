@@ -9,18 +9,22 @@
 //! | correlation id     | `courier-correlation-id` header; also the `correlation_id` property |
 //! | causation id, user headers | headers, as long strings                                  |
 //! | payload            | body, persistent (`delivery_mode` 2)                              |
+//! | (origin)           | `app_id` property `courier`: marks courier's messages             |
 //!
 //! Decoding is lenient so that messages of other producers are delivered:
 //! the properties fill in what the headers lack (a message without any id
 //! gets one derived from its content, see `content_id`), non-string header values
 //! become text, nested tables and arrays and names courier cannot carry are
-//! left out, and the headers RabbitMQ adds while dead-lettering or counting
+//! left out with a debug line, a foreign message's (one whose `app_id`
+//! property is not `courier`) `courier-` headers are not trusted and left
+//! out ([`courier_core::adapter::origin`]), and the headers RabbitMQ adds while dead-lettering or counting
 //! deliveries (`x-death`, `x-first-death-*`, `x-last-death-*`,
 //! `x-delivery-count`) are not shown as message headers.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use courier_core::adapter::origin::{self, Origin};
 use courier_core::adapter::{
     self,
     wire::{CONTENT_TYPE, ID, KEY, TIMESTAMP},
@@ -52,6 +56,10 @@ const BROKER_HEADERS: &[&str] = &[
     BROKER_DELIVERY_COUNT,
 ];
 
+/// The `app_id` property courier sets on every message it publishes: what
+/// tells its messages from a foreign producer's.
+pub(crate) const COURIER_APP_ID: &str = "courier";
+
 /// AMQP's persistent delivery mode.
 const PERSISTENT: u8 = 2;
 
@@ -78,7 +86,9 @@ pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result
         put(name, value)?;
     }
     let id = message.id().to_string();
-    let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_app_id(ShortString::from(COURIER_APP_ID));
     match ShortString::try_new(id) {
         Ok(id) => properties = properties.with_message_id(id),
         Err(_) => put(ID, &message.id().to_string())?,
@@ -151,6 +161,7 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
     // producer set, nothing the broker or a redelivery adds.
     let mut content = Sha256::new();
     content.update(message.payload());
+    let origin = origin_of(properties);
     if let Some(table) = properties.headers() {
         for (name, value) in table.inner() {
             let name = name.as_str();
@@ -159,18 +170,19 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
                 continue;
             }
             if BROKER_HEADERS.contains(&name) || name == PRIOR_DELIVERIES {
-                if name == PRIOR_DELIVERIES {
+                if name == PRIOR_DELIVERIES && origin == Origin::Courier {
                     prior_deliveries = as_text(value).and_then(|t| t.parse().ok()).unwrap_or(0);
                 }
                 continue;
             }
             content.update(name.as_bytes());
             content.update(format!("{value:?}").as_bytes());
+            if origin == Origin::Foreign && origin::is_reserved(name) {
+                origin::untrusted(name);
+                continue;
+            }
             let Some(text) = as_text(value) else {
-                tracing::debug!(
-                    header = name,
-                    "amqp: header value courier cannot carry, left out"
-                );
+                origin::left_out(name, "a nested table, array or other value without text");
                 continue;
             };
             match name {
@@ -182,7 +194,7 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
                 // than failing the whole delivery.
                 _ => {
                     if let Err(e) = adapter::restore_header(&mut headers, name, text) {
-                        tracing::debug!(header = name, error = %e, "amqp: header left out");
+                        origin::left_out(name, &e.to_string());
                     }
                 }
             }
@@ -243,6 +255,17 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
         prior_deliveries,
         broker_redeliveries,
     }
+}
+
+/// Courier's when the `app_id` property is [`COURIER_APP_ID`], which courier
+/// sets on every message: the generic properties it also always writes
+/// (`message_id`, `timestamp`) are common among other producers too.
+fn origin_of(properties: &BasicProperties) -> Origin {
+    let marked = properties
+        .app_id()
+        .as_ref()
+        .is_some_and(|app| app.as_str() == COURIER_APP_ID);
+    Origin::from_fields(marked, marked)
 }
 
 /// The id of a message whose producer set none: `amqp-` and 32 hex digits

@@ -3,8 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use courier_core::Result;
 use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
+use courier_core::{Result, UnroutablePolicy};
 
 /// The URL schemes of the AMQP adapter: `amqp://` and `amqps://` (TLS).
 pub const SCHEMES: &[&str] = &["amqp", "amqps"];
@@ -25,6 +25,7 @@ pub const URL_OPTIONS: &[&str] = &[
     broker_url::CLIENT_NAME,
     broker_url::CLIENT_ID,
     broker_url::PUBLISH_TIMEOUT,
+    broker_url::UNROUTABLE,
     "queue_type",
     "single_active_consumer",
     "queue_naming",
@@ -176,6 +177,14 @@ pub struct AmqpConfig {
     pub confirm_timeout: Duration,
     /// Reconnection after a lost connection.
     pub reconnect: Reconnect,
+    /// What `publish` does when no group's queue is bound to the topic's
+    /// exchange (URL option `unroutable`): with
+    /// [`UnroutablePolicy::Error`] (the default) messages are published
+    /// with `mandatory`, and one RabbitMQ returns fails the publish with
+    /// [`BrokerErrorKind::Unroutable`](courier_core::BrokerErrorKind::Unroutable);
+    /// with [`UnroutablePolicy::Drop`] RabbitMQ drops it and `publish`
+    /// returns `Ok`.
+    pub unroutable: UnroutablePolicy,
     /// The largest payload accepted, in bytes (default 128 MiB, RabbitMQ's
     /// default `max_message_size`).
     pub max_payload: usize,
@@ -203,6 +212,7 @@ impl Default for AmqpConfig {
             heartbeat: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(30),
             reconnect: Reconnect::default(),
+            unroutable: UnroutablePolicy::Error,
             max_payload: DEFAULT_MAX_PAYLOAD,
             connection_name: "courier".to_owned(),
             lapin_options: Vec::new(),
@@ -262,6 +272,12 @@ impl AmqpConfig {
     /// Sets [`AmqpConfig::reconnect`].
     pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
         self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets [`AmqpConfig::unroutable`].
+    pub fn unroutable(mut self, policy: UnroutablePolicy) -> Self {
+        self.unroutable = policy;
         self
     }
 
@@ -325,6 +341,7 @@ impl AmqpConfig {
             connect_timeout: Some(&mut self.connect_timeout),
             client_name: Some(&mut self.connection_name),
             publish_timeout: Some(&mut self.confirm_timeout),
+            unroutable: Some(&mut self.unroutable),
         };
         if shared.apply(option)? {
             return Ok(());
@@ -404,11 +421,12 @@ mod tests {
         let config = AmqpConfig::from_url(
             "amqp://u:p@h/%2f?heartbeat=5&queue_type=classic&single_active_consumer=true\
              &connect_timeout=2m&client_name=svc%20a&publish_timeout=500ms&frame_max=131072\
-             &reconnect_give_up=5s",
+             &reconnect_give_up=5s&unroutable=drop",
         )
         .unwrap();
         let mut expected = AmqpConfig::default()
             .reconnect(Reconnect::default().give_up_after(Duration::from_secs(5)))
+            .unroutable(UnroutablePolicy::Drop)
             .queue_type(QueueType::Classic)
             .single_active_consumer(true)
             .connect_timeout(Duration::from_secs(120))

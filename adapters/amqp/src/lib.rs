@@ -31,6 +31,7 @@
 //! | `connect_timeout` | [`AmqpConfig::connect_timeout`]: TCP and AMQP handshake together | 10 s |
 //! | `client_name` (or `client_id`) | [`AmqpConfig::connection_name`], shown in the management UI | `courier` |
 //! | `publish_timeout` | [`AmqpConfig::confirm_timeout`]: the wait for a publisher confirm, and the bound on `provision` and `subscribe` | 30 s |
+//! | `unroutable` | [`AmqpConfig::unroutable`]: `error` or `drop` (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //! | `queue_type` | [`AmqpConfig::queue_type`] of group queues: `quorum` or `classic` | `quorum` |
 //! | `queue_naming` | [`AmqpConfig::queue_naming`]: `separated` (`<topic>:<group>`) or `dotted` (`<topic>.<group>`, earlier versions) | `separated` |
 //! | `single_active_consumer` | [`AmqpConfig::single_active_consumer`]: `true` or `false` | `false` |
@@ -72,8 +73,33 @@
 //!   a new topic share one declaration: the first declares, the others
 //!   wait for its outcome (a failed declaration is reported to all of them
 //!   and tried again by the next publish). A message published to
-//!   a topic without groups is dropped by RabbitMQ, as with any fanout
-//!   exchange without queues.
+//!   a topic without groups reaches no queue: see below.
+//!
+//! # Unroutable publishes
+//!
+//! RabbitMQ routes a message to the queues bound at publish time and keeps
+//! nothing for queues declared later, so a message published to a topic no
+//! group is bound to is lost. courier publishes with `mandatory` set: the
+//! broker returns such a message (`basic.return`, then the confirm), and
+//! `publish` fails with an [`Error::Broker`](courier_core::Error::Broker)
+//! of kind [`Unroutable`](courier_core::BrokerErrorKind::Unroutable) whose
+//! source is a [`courier_core::unroutable::UnroutableTopic`] naming the
+//! topic (its cause, an [`AmqpError::Unroutable`], names the exchange and
+//! RabbitMQ's reply, `NO_ROUTE`). A returned message is never reported as
+//! confirmed, and it is not retryable: publishing again fails the same way
+//! until a group is provisioned. In a `publish_batch`, every message is
+//! sent (they are pipelined) and every confirm awaited; the messages before
+//! the first returned one reached their queues, the batch fails as a whole
+//! with the error above, and nothing is published again. All messages of a
+//! batch go to one exchange, so the ones after it were returned too,
+//! unless a group was bound in the meantime (those are in its queue).
+//!
+//! For fire-and-forget publishing, `unroutable=drop` in the URL (or
+//! [`AmqpConfig::unroutable`] = [`UnroutablePolicy::Drop`](courier_core::UnroutablePolicy::Drop))
+//! publishes without `mandatory`: RabbitMQ drops such a message and
+//! `publish` returns `Ok` once it confirmed. Dead letters and requests are
+//! always published with `mandatory`, whatever the option (see
+//! [Guarantees](#guarantees) and [Request/reply](#requestreply)).
 //!
 //! # Queues: quorum by default
 //!
@@ -191,13 +217,21 @@
 //! | timestamp | `timestamp` property (seconds); the milliseconds come from the id when it is a UUID v7 of that very millisecond, as every `Message::new` is, else from the `courier-timestamp-ms` header |
 //! | correlation id | `courier-correlation-id` header, and the `correlation_id` property for other clients |
 //! | causation id, other headers | headers, as long strings |
+//! | origin | `app_id` property `courier` on every message courier publishes |
 //!
+//! A message whose `app_id` is not `courier` comes from another producer,
+//! and its `courier-` headers are not trusted: they are left out with a
+//! debug log line (a `courier-correlation-id` header of such a message is
+//! no correlation id; its `correlation_id` property is). Messages of
+//! courier versions that did not set `app_id` are read the same way. See
+//! [`courier_core::adapter::origin`], the policy every adapter applies.
 //! Messages of other producers are delivered too: the properties fill in
 //! what the headers lack; a message without any id gets `amqp-` and a hash
 //! of its body, headers and properties, the same on every delivery, so
 //! deduplication by id works for it (byte-identical messages then share an
-//! id). Scalar header values become text, nested tables and arrays are left
-//! out (with a debug log line), and the headers RabbitMQ adds itself (`x-death`,
+//! id). Scalar header values become text, nested tables and arrays (and
+//! names or values courier's header rules refuse) are left out with a
+//! debug log line, and the headers RabbitMQ adds itself (`x-death`,
 //! `x-first-death-*`, `x-last-death-*`, `x-delivery-count`) are not shown
 //! as message headers. Header names are limited to AMQP's 255 bytes
 //! (courier allows 256): a longer one fails the publish.
@@ -312,6 +346,7 @@ mod request;
 mod session;
 mod subscriber;
 mod topology;
+mod unroutable;
 mod watch;
 
 /// The `messaging.system` of spans and metrics.

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_core::adapter::instrumented_publish;
-use courier_core::{BrokerErrorKind, Close, Error, Message, Publisher, Result, async_trait};
+use courier_core::{
+    BrokerErrorKind, Close, Error, Message, Publisher, Result, UnroutablePolicy, async_trait,
+};
 use lapin::Confirmation;
 use lapin::types::ShortString;
 
@@ -221,6 +223,10 @@ async fn attempt(
     let timeout = config.confirm_timeout;
     // Give up when no confirm came for `timeout`.
     let give_up = |stalled: Duration| !alive() || stalled > timeout;
+    // The first message the broker returned (index and failure): the rest
+    // of the batch is already sent, so its confirms are awaited too (none
+    // is left pending in the client) and nothing is published again.
+    let mut returned = None;
     for (i, confirm) in confirms.into_iter().enumerate() {
         let confirmed = watch.wait_until(confirm, give_up).await;
         let failure = match confirmed {
@@ -230,14 +236,20 @@ async fn attempt(
                 after: timeout,
             }),
             Some(Ok(Confirmation::Ack(None))) => continue,
-            Some(Ok(Confirmation::Ack(Some(returned)))) => Failure::Fatal(broker(
-                "publish",
-                BrokerErrorKind::Unroutable,
-                AmqpError::Unroutable {
-                    exchange: returned.delivery.exchange.to_string(),
-                    reply: returned.reply_text.to_string(),
-                },
-            )),
+            // Returned (`basic.return` before the ack): it reached no
+            // queue, so it is not confirmed.
+            Some(Ok(Confirmation::Ack(Some(message)))) => {
+                let failure = Failure::Fatal(broker(
+                    "publish",
+                    BrokerErrorKind::Unroutable,
+                    AmqpError::Unroutable {
+                        exchange: message.delivery.exchange.to_string(),
+                        reply: message.reply_text.to_string(),
+                    },
+                ));
+                returned.get_or_insert((i, failure));
+                continue;
+            }
             Some(Ok(Confirmation::Nack(_))) => Failure::Nacked,
             Some(Ok(Confirmation::NotRequested)) => Failure::Fatal(broker(
                 "publish",
@@ -246,6 +258,10 @@ async fn attempt(
             )),
             Some(Err(e)) => classify(e),
         };
+        let (i, failure) = returned.unwrap_or((i, failure));
+        return Err(failed(i, failure));
+    }
+    if let Some((i, failure)) = returned {
         return Err(failed(i, failure));
     }
     match publish_failure {
@@ -263,8 +279,12 @@ fn short(name: &str) -> ShortString {
 /// Each topic is a durable fanout exchange, declared on the first publish
 /// to it over a connection (once, however many publishes race for it).
 /// `publish` returns once the broker confirmed the message (it is then
-/// stored in every queue bound to the exchange: one per consumer group). A topic without groups takes messages and drops them,
-/// as RabbitMQ does; provision groups first (see the crate documentation).
+/// stored in every queue bound to the exchange: one per consumer group).
+/// A publish to a topic without groups fails with
+/// [`BrokerErrorKind::Unroutable`] naming the topic, or is dropped with
+/// [`UnroutablePolicy::Drop`](courier_core::UnroutablePolicy::Drop)
+/// (see [Unroutable publishes](crate#unroutable-publishes)); provision
+/// groups first.
 ///
 /// Cheap to share (`Arc`); publishes from many tasks are pipelined over one
 /// channel.
@@ -321,14 +341,16 @@ impl Publisher for AmqpPublisher {
             messages,
             |messages| async move {
                 let exchange = self.prepare(topic, &messages)?;
+                let mandatory = self.link.config().unroutable == UnroutablePolicy::Error;
                 send(
                     &self.link,
                     Route::Exchange(&exchange),
-                    false,
+                    mandatory,
                     &messages,
                     None,
                 )
                 .await
+                .map_err(|e| crate::unroutable::naming_topic(e, topic))
             },
         )
         .await

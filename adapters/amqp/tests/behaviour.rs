@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{next, nothing, text};
 use courier_amqp::{AmqpBroker, AmqpConfig, AmqpError, QueueType};
-use courier_core::{Error, Message, Nack, Subscription};
+use courier_core::{Error, Message, Nack, Subscription, UnroutablePolicy};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -453,11 +453,33 @@ async fn payload_limit_and_topics_without_groups() {
         matches!(err, Error::PayloadTooLarge { size: 9, limit: 8 }),
         "{err:?}"
     );
-    // RabbitMQ takes (and drops) messages for a topic nobody subscribed to.
-    broker
-        .publish(&common::name("nobody"), Message::new("12345678"))
+    // A topic nobody subscribed to: RabbitMQ returns the message.
+    let nobody = common::name("nobody");
+    let err = broker
+        .publish(&nobody, Message::new("12345678"))
         .await
-        .expect("publish without groups");
+        .expect_err("publish without groups");
+    assert_eq!(
+        courier_core::unroutable::topic(&err),
+        Some(nobody.as_str()),
+        "{err:?}"
+    );
+    assert!(
+        matches!(
+            err.source()
+                .and_then(|s| s.source())
+                .and_then(|s| s.downcast_ref::<AmqpError>()),
+            Some(AmqpError::Unroutable { .. })
+        ),
+        "RabbitMQ's reason is the cause: {err:?}"
+    );
+    // Unless unroutable messages may be dropped.
+    let dropping = self::broker(AmqpConfig::default().unroutable(UnroutablePolicy::Drop)).await;
+    dropping
+        .publish(&nobody, Message::new("12345678"))
+        .await
+        .expect("dropped: Ok");
+    dropping.close().await.unwrap();
     broker.close().await.unwrap();
     let err = broker
         .publish(&common::name("t"), Message::new("x"))

@@ -17,6 +17,7 @@ pub const URL_OPTIONS: &[&str] = &[
     broker_url::CLIENT_NAME,
     broker_url::CLIENT_ID,
     broker_url::PUBLISH_TIMEOUT,
+    broker_url::UNROUTABLE,
     "partitions",
     "replication_factor",
     "create_topics",
@@ -197,6 +198,9 @@ impl KafkaConfig {
             connect_timeout: Some(&mut self.connect_timeout),
             client_name: Some(&mut self.client_id),
             publish_timeout: Some(&mut self.publish_timeout),
+            // Checked, no effect: the topic keeps every message for later
+            // groups, so nothing is unroutable (see the crate documentation).
+            unroutable: None,
         };
         if shared.apply(option)? {
             return Ok(());

@@ -16,6 +16,7 @@ use courier_core::resilience::deadline_after;
 
 use bytes::Bytes;
 use courier_core::MessageId;
+use courier_core::adapter::origin::{self, Origin};
 use courier_core::adapter::wire;
 use courier_core::delivery::{DLQ_GROUP, DLQ_ORIGINAL_TOPIC, DLQ_REASON};
 use parking_lot::Mutex;
@@ -23,7 +24,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -292,12 +293,8 @@ impl SessionContext {
         let key = message.key().map(<[u8]>::to_vec);
         let payload = message.payload().unwrap_or_default().to_vec();
         let timestamp = message.timestamp().to_millis();
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for header in original.iter() {
-                headers = headers.insert(header);
-            }
-        }
+        let id = format!("{topic}-{}-{offset}", partition.id);
+        let mut headers = crate::foreign::dead_letter_headers(message.headers(), &id, timestamp);
         for (name, value) in [
             (DLQ_REASON, reason.as_str()),
             (DLQ_ORIGINAL_TOPIC, &topic),
@@ -421,6 +418,8 @@ pub(crate) fn decode(
                 .collect()
         })
         .unwrap_or_default();
+    let origin = Origin::of_wire_headers(headers.iter().map(|(name, _)| *name));
+    let headers = origin::trusted(headers, origin);
     let has_timestamp = headers.iter().any(|(name, _)| *name == wire::TIMESTAMP);
     let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
     let (partition, offset) = (message.partition(), message.offset());

@@ -21,12 +21,19 @@
 //! - **Message fields**: the record key is the courier key; the id, content
 //!   type, timestamp (also the record's timestamp), correlation and
 //!   causation ids and the user's headers are record headers
-//!   ([`courier_core::adapter::wire`]) and come back exactly. A record from another
-//!   producer gets the id `<topic>-<partition>-<offset>` and the record's
-//!   timestamp; one courier cannot represent (a key or header value that is
-//!   not UTF-8) is copied to the dead-letter topic as it is, with the
-//!   reason, and settled; while the copy is refused the record stays
-//!   unsettled and the copy is sent again with the dead-letter backoff
+//!   ([`courier_core::adapter::wire`]) and come back exactly. A record with
+//!   the `courier-id` and `courier-timestamp-ms` headers (courier writes both
+//!   on every record) is courier's; one from another producer gets the id
+//!   `<topic>-<partition>-<offset>` and the record's timestamp, and its
+//!   `courier-` headers are not trusted: they are left out with a debug log
+//!   line ([`courier_core::adapter::origin`], the policy every adapter
+//!   applies). A header courier cannot carry (a value that is not UTF-8, a
+//!   name or value its header rules refuse) is left out the same way on
+//!   every record. One courier cannot represent at all (a key that is not
+//!   UTF-8, a courier record whose own fields cannot be read) is copied to
+//!   the dead-letter topic as it is, with the reason, and settled; while
+//!   the copy is refused the record stays unsettled and the copy is sent
+//!   again with the dead-letter backoff
 //!   ([`dead_letter_retry_delays`](courier_core::adapter::dead_letter_retry_delays)),
 //!   until it is taken or the partition is revoked.
 //!
@@ -135,6 +142,18 @@
 //! published between the two are then skipped by that group, so provision
 //! new groups from one place (a deployment step) when that matters.
 //!
+//! # Unroutable publishes
+//!
+//! None: a topic keeps its records (up to its retention) whether or not a
+//! group exists, and a group provisioned later with
+//! [`StartPosition::Earliest`](courier_core::StartPosition::Earliest)
+//! receives them. A publish to a topic without groups therefore returns
+//! `Ok` once the broker confirmed it. The shared URL option `unroutable`
+//! is accepted and checked (`error` or `drop`) and has no effect, so one
+//! URL works on every broker. A topic that does not exist and may not be
+//! created ([`KafkaConfig::create_topics`] off) is
+//! [`Error::TopicNotFound`].
+//!
 //! # Request/reply
 //!
 //! [`Broker::request`](courier_core::Broker::request) produces the request
@@ -165,6 +184,7 @@
 //! | `partitions` | [`KafkaConfig::partitions`] of the topics courier creates | 1 |
 //! | `replication_factor` | [`KafkaConfig::replication_factor`] of the topics courier creates | 1 |
 //! | `create_topics` | [`KafkaConfig::create_topics`]: `true` or `false` | `true` |
+//! | `unroutable` | `error` or `drop`: checked, no effect (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //!
 //! Any other option is an [`Error::InvalidUrl`] naming it; so are
 //! credentials in the URL (SASL and TLS are rdkafka properties,
@@ -246,6 +266,7 @@ mod error;
 #[cfg(test)]
 mod first_publish_tests;
 mod flow;
+mod foreign;
 mod group;
 mod lag;
 mod partition;

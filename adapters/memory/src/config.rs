@@ -3,8 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use courier_core::Result;
 use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
+use courier_core::{Result, UnroutablePolicy};
 
 /// The URL schemes of the in-process broker.
 pub const SCHEMES: &[&str] = &["memory"];
@@ -19,6 +19,7 @@ pub const URL_OPTIONS: &[&str] = &[
     broker_url::CLIENT_NAME,
     broker_url::CLIENT_ID,
     broker_url::PUBLISH_TIMEOUT,
+    broker_url::UNROUTABLE,
 ];
 
 /// Settings of a [`MemoryBroker`](crate::MemoryBroker).
@@ -42,6 +43,14 @@ pub struct MemoryConfig {
     /// `publish_timeout` URL option); then it fails with
     /// [`Error::Timeout`](courier_core::Error::Timeout).
     pub publish_timeout: Duration,
+    /// What a publish to a topic without groups does when
+    /// [`MemoryConfig::retention`] is 0, so that no later group could
+    /// receive the message (URL option `unroutable`): fail with
+    /// [`BrokerErrorKind::Unroutable`](courier_core::BrokerErrorKind::Unroutable)
+    /// ([`UnroutablePolicy::Error`], the default) or return `Ok`
+    /// ([`UnroutablePolicy::Drop`]). With retention the topic keeps the
+    /// message for later groups, so nothing is unroutable.
+    pub unroutable: UnroutablePolicy,
 }
 
 /// What a publish does when a group of its topic holds
@@ -77,6 +86,7 @@ impl Default for MemoryConfig {
             max_queue_len: DEFAULT_MAX_QUEUE_LEN,
             when_full: WhenFull::Wait,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            unroutable: UnroutablePolicy::Error,
         }
     }
 }
@@ -109,6 +119,12 @@ impl MemoryConfig {
     /// Sets [`MemoryConfig::publish_timeout`].
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
+        self
+    }
+
+    /// Sets [`MemoryConfig::unroutable`].
+    pub fn unroutable(mut self, policy: UnroutablePolicy) -> Self {
+        self.unroutable = policy;
         self
     }
 
@@ -174,6 +190,7 @@ fn apply(config: &mut MemoryConfig, option: &UrlOption<'_>) -> Result<()> {
     // checked, then unused, so that one URL's options work on every broker.
     let shared = SharedOptions {
         publish_timeout: Some(&mut config.publish_timeout),
+        unroutable: Some(&mut config.unroutable),
         ..SharedOptions::default()
     };
     if shared.apply(option)? {

@@ -16,7 +16,9 @@
 //! - `publish` returns once the message is in every group's queue.
 //!
 //! Nothing survives the process: it is for tests, examples and services
-//! that do not need a broker yet.
+//! that do not need a broker yet. Messages travel as they are, never
+//! encoded: every message is courier's, so there is no foreign producer
+//! whose headers to distrust ([`courier_core::adapter::origin`]).
 //!
 //! # Bounded queues
 //!
@@ -38,6 +40,19 @@
 //! also provisions the consumer's group on the dead-letter topic before it
 //! starts, so dead letters are queued rather than kept only as history). Topics without groups keep only their last
 //! [`MemoryConfig::retention`] messages.
+//!
+//! # Unroutable publishes
+//!
+//! A topic keeps its last [`MemoryConfig::retention`] messages (10,000 by
+//! default) for groups created later with
+//! [`StartPosition::Earliest`](courier_core::StartPosition::Earliest), as
+//! Kafka and NATS JetStream keep theirs: a publish to a topic without
+//! groups returns `Ok` and a later `Earliest` group receives the message.
+//! With retention 0 nothing keeps it, so such a publish fails with an
+//! [`Error::Broker`] of kind [`Unroutable`](BrokerErrorKind::Unroutable)
+//! naming the topic (nothing is stored), unless
+//! [`MemoryConfig::unroutable`] is [`UnroutablePolicy::Drop`]
+//! (`unroutable=drop`): then it returns `Ok` and the message is gone.
 //!
 //! # Observability
 //!
@@ -69,6 +84,7 @@
 //! | `max_queue_len` | [`MemoryConfig::max_queue_len`], messages per group | 100,000 |
 //! | `when_full` | [`MemoryConfig::when_full`]: `wait` or `reject` | `wait` |
 //! | `publish_timeout` | [`MemoryConfig::publish_timeout`]: how long a publish waits for room | 30 s |
+//! | `unroutable` | [`MemoryConfig::unroutable`]: `error` or `drop`, with retention 0 (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //! | `connect_timeout`, `client_name` (`client_id`) | courier's shared options: checked, no effect (nothing to connect to), so one URL's options work on every broker | |
 //!
 //! Any other option is an [`Error::InvalidUrl`]; so are a user, password,
@@ -109,7 +125,7 @@ use courier_core::error::within;
 use courier_core::telemetry::{Health, Lag};
 use courier_core::{
     Broker, BrokerErrorKind, Close, DeliveryStream, Error, Message, Publisher, Result, Subscriber,
-    Subscription, async_trait,
+    Subscription, UnroutablePolicy, async_trait,
 };
 use parking_lot::Mutex;
 
@@ -238,6 +254,12 @@ impl MemoryBroker {
     async fn publish_all(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         self.state.check_publish(topic, &messages)?;
+        if self.state.is_unroutable(topic) {
+            return match self.state.config.unroutable {
+                UnroutablePolicy::Drop => Ok(()),
+                _ => Err(courier_core::unroutable::error("memory", topic, None)),
+            };
+        }
         let Err(full) = self.state.try_append(topic, messages) else {
             return Ok(());
         };

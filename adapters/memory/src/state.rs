@@ -212,6 +212,12 @@ impl State {
         topic.is_some_and(|t| !t.state.lock().groups.is_empty())
     }
 
+    /// Whether a message published to `topic` now would reach nobody: no
+    /// group, and no history kept for later ones.
+    pub(crate) fn is_unroutable(&self, topic: &str) -> bool {
+        self.config.retention == 0 && !self.has_groups(topic)
+    }
+
     /// Appends messages to the topic's history and to every group's queue,
     /// or hands them back when that would take a group past
     /// [`MemoryConfig::max_queue_len`]. Call [`State::check_publish`] first.

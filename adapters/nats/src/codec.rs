@@ -4,6 +4,7 @@
 
 use async_nats::HeaderMap;
 use courier_core::adapter;
+use courier_core::adapter::origin::{self, Origin};
 use courier_core::{Message, MessageId};
 
 /// The JetStream deduplication header, which carries the message id.
@@ -42,22 +43,33 @@ pub(crate) fn decode(
 
 /// The headers of a NATS message as courier's wire headers: `Nats-Msg-Id`
 /// is the message id, other `Nats-` headers are the server's, values are
-/// unquoted.
-pub(crate) fn wire_headers(headers: Option<&HeaderMap>) -> impl Iterator<Item = (&str, &[u8])> {
-    headers
+/// unquoted. A message with `Nats-Msg-Id` and courier's timestamp header is
+/// courier's; of any other the reserved headers are left out
+/// ([`adapter::origin`]).
+pub(crate) fn wire_headers(headers: Option<&HeaderMap>) -> Vec<(&str, &[u8])> {
+    let raw: Vec<(&str, &[u8])> = headers
         .into_iter()
         .flat_map(|h| h.iter())
         .map(|(name, values)| (<async_nats::HeaderName as AsRef<str>>::as_ref(name), values))
-        .map(|(name, values)| match name {
-            NATS_MSG_ID => (adapter::wire::ID, values),
-            _ => (name, values),
-        })
-        .filter(|(name, _)| !name.starts_with("Nats-"))
+        .filter(|(name, _)| *name == NATS_MSG_ID || !name.starts_with("Nats-"))
         .filter_map(|(name, values)| {
             values
                 .first()
                 .map(|v| (name, unquote(v.as_str()).as_bytes()))
         })
+        .collect();
+    let origin = Origin::from_fields(
+        raw.iter().any(|(name, _)| *name == NATS_MSG_ID),
+        raw.iter()
+            .any(|(name, _)| *name == adapter::wire::TIMESTAMP),
+    );
+    let mut trusted = origin::trusted(raw, origin);
+    for (name, _) in &mut trusted {
+        if *name == NATS_MSG_ID {
+            *name = adapter::wire::ID;
+        }
+    }
+    trusted
 }
 
 #[cfg(test)]

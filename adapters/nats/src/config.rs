@@ -16,6 +16,7 @@ pub const URL_OPTIONS: &[&str] = &[
     broker_url::CLIENT_NAME,
     broker_url::CLIENT_ID,
     broker_url::PUBLISH_TIMEOUT,
+    broker_url::UNROUTABLE,
     "storage",
     "duplicate_window",
     "ack_wait",
@@ -150,6 +151,9 @@ impl NatsConfig {
             connect_timeout: Some(&mut self.connect_timeout),
             client_name: Some(&mut self.client_name),
             publish_timeout: Some(&mut self.request_timeout),
+            // Checked, no effect: the topic keeps every message for later
+            // groups, so nothing is unroutable (see the crate documentation).
+            unroutable: None,
         };
         if shared.apply(option)? {
             return Ok(());

@@ -23,11 +23,16 @@
 //!   causation ids, user headers) travel as NATS headers
 //!   ([`courier_core::adapter::wire`]; the id as `Nats-Msg-Id`) and come back
 //!   exactly. Values NATS would alter (empty, or with leading or trailing
-//!   white space) travel quoted. A message from another producer keeps its
-//!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`; one courier
-//!   cannot represent goes to the dead-letter topic with the reason and
-//!   that id. If the copy is refused, the original is NAKed with the
-//!   dead-letter backoff for its delivery count
+//!   white space) travel quoted. A message with `Nats-Msg-Id` and the
+//!   `courier-timestamp-ms` header (courier writes both on every message)
+//!   is courier's; any other comes from another producer, keeps its
+//!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`, and its
+//!   `courier-` headers are not trusted: they are left out with a debug log
+//!   line ([`courier_core::adapter::origin`], the policy every adapter
+//!   applies), as is any header courier cannot carry. A courier message
+//!   whose own fields cannot be read goes to the dead-letter topic with the
+//!   reason and its id. If the copy is refused, the original is NAKed with
+//!   the dead-letter backoff for its delivery count
 //!   ([`dead_letter_retry_delay`](courier_core::adapter::dead_letter_retry_delay)),
 //!   so the next try comes after a growing delay, never in a loop (with
 //!   [`NatsConfig::max_deliver`] set, the server stops after that many).
@@ -112,9 +117,25 @@
 //! | `ack_wait` | [`NatsConfig::ack_wait`] of the consumers courier creates | 30 s |
 //! | `max_deliver` | [`NatsConfig::max_deliver`] of the consumers courier creates | no limit |
 //! | `max_ack_pending` | [`NatsConfig::max_ack_pending`] of the consumers courier creates | 10,000 |
+//! | `unroutable` | `error` or `drop`: checked, no effect (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //!
 //! Any other option is an [`Error::InvalidUrl`](courier_core::Error::InvalidUrl) naming it. A default
 //! prefetch is not an option: each [`Subscription`] carries its own.
+//!
+//! # Unroutable publishes
+//!
+//! None: the topic's stream keeps every message whether or not a durable
+//! consumer exists, and a group created later with
+//! [`StartPosition::Earliest`](courier_core::StartPosition::Earliest)
+//! receives it. A publish to a topic without groups therefore returns `Ok`
+//! once JetStream acknowledged it. The shared URL option `unroutable` is
+//! accepted and checked (`error` or `drop`) and has no effect, so one URL
+//! works on every broker. A subject that no stream captures (the topic's
+//! stream was deleted after this connection created it) is not dropped
+//! either: JetStream answers the publish with "no responders", and it
+//! fails with an [`Error::Broker`](courier_core::Error::Broker) of kind
+//! [`NotFound`](courier_core::BrokerErrorKind::NotFound) (the stream is
+//! missing), whatever the option.
 //!
 //! # Request/reply
 //!
@@ -142,7 +163,10 @@
 //!   through.
 //! - A request that travelled through JetStream instead (published with
 //!   a reply address, or bridged from elsewhere) is answered the same way,
-//!   over core NATS.
+//!   over core NATS. Its `courier-reply-to` and `courier-request-id`
+//!   headers are reserved ones, so a producer other than courier must
+//!   write courier's message fields too (`Nats-Msg-Id` and
+//!   `courier-timestamp-ms`) to be trusted with them; see Mapping.
 //!
 //! Plain clients can answer or send courier requests: a NATS request to
 //! `_courier.request.<topic>` is answered to its reply subject.

@@ -32,8 +32,11 @@ async fn foreign_messages_are_delivered_or_dead_lettered_never_lost() {
         .expect("publish")
         .await
         .expect("ack");
-    // One whose id header breaks courier's rules (an id of 300 bytes).
+    // One that looks like courier's (`Nats-Msg-Id` and courier's timestamp)
+    // whose id header breaks courier's rules (an id of 300 bytes).
     let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "broken-1");
+    headers.insert("courier-timestamp-ms", "1");
     headers.insert("courier-id", "x".repeat(300));
     js.publish_with_headers(topic.clone(), headers, "broken".into())
         .await

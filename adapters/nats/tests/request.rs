@@ -51,6 +51,10 @@ async fn a_request_stored_in_jetstream_is_answered_over_core_nats() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(REPLY_TO, inbox.as_str());
     headers.insert(REQUEST_ID, "stored-1");
+    // What courier writes on every message: without it the reserved
+    // request headers of another producer are not trusted.
+    headers.insert("Nats-Msg-Id", "stored-1");
+    headers.insert("courier-timestamp-ms", "1700000000000");
     let js = async_nats::jetstream::new(client.clone());
     js.publish_with_headers(topic.clone(), headers, br#"{"id":7}"#.as_slice().into())
         .await

@@ -2,6 +2,9 @@
 //! broker needs and an application never should.
 //!
 //! - [`wire`]: how a message travels as broker headers.
+//! - [`origin`]: whether a received message is courier's or a foreign
+//!   producer's, and which of its headers are trusted (the same policy on
+//!   every adapter).
 //! - [`Acknowledger`]: how an adapter settles a delivery; [`delivery`]
 //!   makes the [`Delivery`] an application receives.
 //! - [`restore_header`] and [`headers_mut`]: restoring courier's reserved
@@ -21,6 +24,7 @@
 //! `courier-testkit`.
 
 mod once_per_key;
+pub mod origin;
 pub mod url;
 pub mod wire;
 

@@ -21,6 +21,7 @@
 //! | [`connect_timeout`](CONNECT_TIMEOUT) | longest wait for a connection to be established |
 //! | [`client_name`](CLIENT_NAME) (also [`client_id`](CLIENT_ID)) | the name the broker shows for the connection |
 //! | [`publish_timeout`](PUBLISH_TIMEOUT) | longest wait for the broker to confirm a publish |
+//! | [`unroutable`](UNROUTABLE) | `error` or `drop`: a publish no group can receive fails or is dropped ([`UnroutablePolicy`]) |
 //!
 //! Durations are written `500ms`, `10s`, `2m`, `1h` or as plain seconds
 //! (`30`); zero is refused. [`SharedOptions`] reads them into an adapter's
@@ -40,6 +41,7 @@
 //!         connect_timeout: Some(&mut timeout),
 //!         client_name: Some(&mut name),
 //!         publish_timeout: None,
+//!         unroutable: None,
 //!     };
 //!     if shared.apply(&option)? {
 //!         continue;
@@ -65,6 +67,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::{Error, Result, is_secret_option, redact_url};
+use crate::unroutable::UnroutablePolicy;
 
 /// Longest wait for a connection to be established (a duration).
 pub const CONNECT_TIMEOUT: &str = "connect_timeout";
@@ -76,8 +79,11 @@ pub const CLIENT_NAME: &str = "client_name";
 pub const CLIENT_ID: &str = "client_id";
 /// Longest wait for the broker to confirm a publish (a duration).
 pub const PUBLISH_TIMEOUT: &str = "publish_timeout";
+/// What a publish no consumer group can receive does:
+/// [`UnroutablePolicy`] by its values `error` and `drop`.
+pub const UNROUTABLE: &str = crate::unroutable::URL_OPTION;
 /// The shared options, by their names.
-pub const SHARED: &[&str] = &[CONNECT_TIMEOUT, CLIENT_NAME, PUBLISH_TIMEOUT];
+pub const SHARED: &[&str] = &[CONNECT_TIMEOUT, CLIENT_NAME, PUBLISH_TIMEOUT, UNROUTABLE];
 
 /// [`Error::InvalidUrl`] for `url`, shown without secrets.
 pub fn invalid(url: &str, reason: impl Into<String>) -> Error {
@@ -259,6 +265,8 @@ pub struct SharedOptions<'c> {
     pub client_name: Option<&'c mut String>,
     /// Set by [`PUBLISH_TIMEOUT`].
     pub publish_timeout: Option<&'c mut Duration>,
+    /// Set by [`UNROUTABLE`].
+    pub unroutable: Option<&'c mut UnroutablePolicy>,
 }
 
 impl SharedOptions<'_> {
@@ -268,7 +276,8 @@ impl SharedOptions<'_> {
     /// # Errors
     ///
     /// [`Error::InvalidUrl`] for a malformed value: a duration that
-    /// [`parse_duration`] refuses, an empty client name.
+    /// [`parse_duration`] refuses, an empty client name, an
+    /// [`UNROUTABLE`] value other than `error` or `drop`.
     pub fn apply(self, option: &UrlOption<'_>) -> Result<bool> {
         fn set<T>(field: Option<&mut T>, value: T) {
             if let Some(field) = field {
@@ -279,6 +288,7 @@ impl SharedOptions<'_> {
             CONNECT_TIMEOUT => set(self.connect_timeout, option.duration()?),
             CLIENT_NAME => set(self.client_name, option.text()?.to_owned()),
             PUBLISH_TIMEOUT => set(self.publish_timeout, option.duration()?),
+            UNROUTABLE => set(self.unroutable, option.choice(UnroutablePolicy::CHOICES)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -515,23 +525,39 @@ mod tests {
 
     #[test]
     fn shared_options_fill_their_fields_or_are_only_checked() {
-        let all =
-            options("x://h?client_id=a%20b&publish_timeout=2m&connect_timeout=x&other=1").unwrap();
+        let all = options(
+            "x://h?client_id=a%20b&publish_timeout=2m&unroutable=drop&connect_timeout=x&other=1\
+             &unroutable=keep",
+        );
+        assert!(all.is_err(), "given twice");
+        let all = options(
+            "x://h?client_id=a%20b&publish_timeout=2m&unroutable=drop&connect_timeout=x&other=1",
+        )
+        .unwrap();
         let (mut connect, mut name, mut publish) = (Duration::ZERO, String::new(), Duration::ZERO);
-        for option in &all[..2] {
+        let mut unroutable = UnroutablePolicy::Error;
+        for option in &all[..3] {
             let shared = SharedOptions {
                 connect_timeout: Some(&mut connect),
                 client_name: Some(&mut name),
                 publish_timeout: Some(&mut publish),
+                unroutable: Some(&mut unroutable),
             };
             assert!(shared.apply(option).unwrap(), "{option:?}");
         }
         assert_eq!((name.as_str(), publish), ("a b", Duration::from_secs(120)));
+        assert_eq!(unroutable, UnroutablePolicy::Drop);
         assert_eq!(connect, Duration::ZERO);
+        let keep = options("x://h?unroutable=keep").unwrap();
+        let err = SharedOptions::default().apply(&keep[0]).unwrap_err();
+        assert_eq!(
+            reason(err),
+            "option unroutable: expected one of error, drop, not \"keep\""
+        );
         // Without a field the value is still checked.
-        let err = SharedOptions::default().apply(&all[2]).unwrap_err();
+        let err = SharedOptions::default().apply(&all[3]).unwrap_err();
         assert!(reason(err).starts_with("option connect_timeout: expected a duration"));
-        assert!(!SharedOptions::default().apply(&all[3]).unwrap());
+        assert!(!SharedOptions::default().apply(&all[4]).unwrap());
     }
 
     #[test]

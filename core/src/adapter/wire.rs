@@ -5,6 +5,11 @@
 //! user's: [`ID`], [`KEY`], [`CONTENT_TYPE`], [`TIMESTAMP`]. Adapters whose
 //! broker has a native field for one (the Kafka record key, AMQP properties)
 //! may use it instead and pass it to [`decode`].
+//!
+//! What a receiving adapter trusts: of courier's messages every header, of
+//! a foreign producer's no reserved (`courier-`) header, and of none a
+//! header courier cannot carry; see [`origin`](super::origin), which
+//! adapters apply before [`decode`].
 
 use bytes::Bytes;
 
