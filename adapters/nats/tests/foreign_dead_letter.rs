@@ -1,7 +1,7 @@
-//! A message courier cannot decode whose dead-letter copy is refused
-//! comes back after a growing delay (never in a loop), keeps its
-//! `Nats-Msg-Id` as id, and is dead-lettered exactly once when the
-//! dead-letter stream has room again.
+//! A message courier cannot decode (its own fields broken) whose
+//! dead-letter copy is refused comes back after a growing delay (never in
+//! a loop), keeps its `Nats-Msg-Id` as id, and is dead-lettered exactly
+//! once when the dead-letter stream has room again.
 
 mod full_stream;
 
@@ -30,10 +30,12 @@ async fn a_refused_foreign_dead_letter_backs_off_and_arrives_once() {
     let js = async_nats::jetstream::new(broker.client().clone());
     let dlq_stream = full_stream::full_stream(&js, &dlq_topic).await;
 
-    // A foreign message with an id header courier refuses (300 bytes) and
-    // its producer's `Nats-Msg-Id`.
+    // A message in courier's encoding (`Nats-Msg-Id` and
+    // `courier-timestamp-ms`: a foreign message's `courier-` headers would
+    // be left out, not read) with an id header courier refuses (300 bytes).
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("courier-id", "x".repeat(300));
+    headers.insert("courier-timestamp-ms", "1700000000000");
     headers.insert("Nats-Msg-Id", "foreign-7");
     js.publish_with_headers(topic.clone(), headers, "broken".into())
         .await
