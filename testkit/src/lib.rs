@@ -26,6 +26,7 @@
 pub mod bench;
 pub mod bench_runs;
 pub mod conformance;
+pub mod close_cases;
 pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
 #[cfg(feature = "fixtures")]
@@ -47,5 +48,6 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(observability_cases::cases());
     cases.extend(request_cases::cases());
     cases.extend(fault_cases::cases());
+    cases.extend(close_cases::cases());
     cases
 }

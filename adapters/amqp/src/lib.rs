@@ -220,7 +220,26 @@
 //! (within [`AmqpConfig::connect_timeout`]) an [`Error::Connect`](courier_core::Error::Connect)
 //! whose kind tells unreachable host, refused connection, failed
 //! authentication, a missing virtual host or missing permissions apart, and
-//! whose URL has no password.
+//! whose URL has no password. The waits between reconnect attempts, between
+//! attempts to consume again, and between publishes the broker nacked are
+//! jittered ([`courier_core::adapter::backoff`]): the clients of a restarted
+//! broker do not all come back in the same instant.
+//!
+//! # Closing
+//!
+//! `close` closes the subscriber's connection, then the publisher's. For
+//! each: new operations fail with [`Error::Closed`](courier_core::Error::Closed),
+//! settlements get their 300 ms grace, the connection's detached tasks
+//! (consumer pumps cancelling their consumers, consumer channels and lost
+//! connections being closed) get up to 5 s, and outstanding publisher
+//! confirms plus the connection's close get up to 5 s more: at most about
+//! 10.3 s per connection, 21 s for the broker. When a step does not finish
+//! in time (a broker that stopped answering), `close` still closes the
+//! connection and returns [`Error::Timeout`](courier_core::Error::Timeout)
+//! naming `close`, never `Ok`. A delayed requeue
+//! ([`Nack::RequeueAfter`](courier_core::Nack::RequeueAfter)) is complete
+//! when `nack` returns (the copy is in its retry queue), so it needs no
+//! waiting at close.
 //!
 //! # Observability
 //!
@@ -365,12 +384,13 @@ impl AmqpBroker {
             (Ok(p), Ok(s)) => (p, s),
             (Err(e), other) => {
                 if let Ok(link) = other {
-                    link.close().await;
+                    // The connect error is the one to report.
+                    let _ = link.close().await;
                 }
                 return Err(e);
             }
             (Ok(link), Err(e)) => {
-                link.close().await;
+                let _ = link.close().await;
                 return Err(e);
             }
         };

@@ -342,7 +342,6 @@ impl Close for AmqpPublisher {
     }
 
     async fn close(&self) -> Result<()> {
-        self.link.close().await;
-        Ok(())
+        self.link.close().await
     }
 }

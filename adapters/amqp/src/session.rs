@@ -6,7 +6,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::adapter::OncePerKey;
+use courier_core::Result;
+use courier_core::adapter::{OncePerKey, TaskSet};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
@@ -192,28 +193,36 @@ impl Session {
         .await
     }
 
-    /// Closes the connection in the background, without waiting.
-    pub(crate) fn discard(self: Arc<Self>) {
+    /// Closes the connection in the background, as one of `tasks`.
+    pub(crate) fn discard(self: Arc<Self>, tasks: &TaskSet) {
         if !self.is_alive() {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { self.close().await });
+            let closing = async move {
+                let _ = self.close().await;
+            };
+            tasks.spawn_on("close a lost connection", closing, &runtime);
         }
     }
 
     /// Waits for outstanding confirms, then closes the connection; both
     /// together within [`CLOSE_FLUSH`], so a broker that stops answering
     /// cannot hold `close` up for longer.
-    pub(crate) async fn close(&self) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] naming `close` after [`CLOSE_FLUSH`].
+    pub(crate) async fn close(&self) -> Result<()> {
         if !self.is_alive() {
-            return;
+            return Ok(());
         }
         let channel = self.publish.lock().clone();
-        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        courier_core::error::within("close", CLOSE_FLUSH, async {
             let _ = channel.wait_for_confirms().await;
             let _ = self.connection.close(200, "closing".into()).await;
+            Ok(())
         })
-        .await;
+        .await
     }
 }

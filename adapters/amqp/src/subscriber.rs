@@ -363,13 +363,10 @@ impl Subscriber for AmqpSubscriber {
             .await?;
         let (to_stream, from_pump) = mpsc::unbounded_channel();
         let stop = self.link.closed().child_token();
-        tokio::spawn(pump(
-            group.clone(),
-            session,
-            active,
-            to_stream,
-            stop.clone(),
-        ));
+        self.link.tasks().spawn(
+            "consumer pump",
+            pump(group.clone(), session, active, to_stream, stop.clone()),
+        );
         Ok(Box::pin(AmqpStream {
             group,
             from_pump,
@@ -395,7 +392,6 @@ impl Close for AmqpSubscriber {
     }
 
     async fn close(&self) -> Result<()> {
-        self.link.close().await;
-        Ok(())
+        self.link.close().await
     }
 }

@@ -309,7 +309,8 @@ impl SessionContext {
             });
         }
         let producer = self.flow.producer.clone();
-        runtime.spawn(async move {
+        let tasks = self.flow.tasks.clone();
+        tasks.spawn_on("dead-letter an undecodable record", async move {
             let dlq = courier_core::delivery::default_dead_letter_topic(&topic);
             let outcome = match producer.topics.ensure(&dlq).await {
                 Ok(_) => {
@@ -332,7 +333,7 @@ impl SessionContext {
                     "cannot dead-letter an undecodable record; it stays unsettled"
                 ),
             }
-        });
+        }, runtime);
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tokio::runtime::Handle;
 use courier_core::adapter::Acknowledger;
 use courier_core::{Delivery, Error, Message, Nack, Result, async_trait};
 
@@ -73,12 +74,14 @@ impl Acknowledger for KafkaAcker {
                 if again {
                     let flow = self.flow.clone();
                     let pending = self.pending(message);
-                    tokio::spawn(async move {
+                    let redeliver = async move {
                         tokio::time::sleep(delay).await;
                         if pending.partition.is_active() {
                             flow.redeliver_front(pending);
                         }
-                    });
+                    };
+                    let tasks = &self.flow.tasks;
+                    tasks.spawn_until_close("delayed redelivery", redeliver, &Handle::current());
                 }
                 Ok(())
             }
