@@ -304,6 +304,7 @@ mod error;
 #[cfg(test)]
 mod first_publish_tests;
 mod lag;
+mod leader;
 mod publisher;
 mod request;
 mod session;
@@ -439,11 +440,13 @@ impl Close for AmqpBroker {
 #[async_trait]
 impl Publisher for AmqpBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        self.publisher.publish(topic, message).await
+        let published = self.publisher.publish(topic, message).await;
+        published.map_err(|e| self.subscriber.leaderless().explain(topic, e))
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        self.publisher.publish_batch(topic, messages).await
+        let published = self.publisher.publish_batch(topic, messages).await;
+        published.map_err(|e| self.subscriber.leaderless().explain(topic, e))
     }
 }
 
