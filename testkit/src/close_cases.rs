@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use courier_core::{Broker, Error, Message, Nack, Result, Subscription};
 
+use crate::fault_cases::provisioned_with_one;
 use crate::harness::{Capability, Case, Ctx};
 
 /// Longer than any adapter's documented close bound (RabbitMQ's is the
@@ -16,23 +17,24 @@ const CLOSE_HANG_LIMIT: Duration = Duration::from_secs(60);
 /// How long the delayed requeue of the first case waits.
 const REQUEUE_DELAY: Duration = Duration::from_secs(2);
 
-macro_rules! case {
-    ($name:ident) => {
-        Case::new(stringify!($name), &[], |ctx| Box::pin($name(ctx)))
-    };
-    ($name:ident, needs $($need:ident),+) => {
-        Case::new(stringify!($name), &[$(Capability::$need),+], |ctx| {
-            Box::pin($name(ctx))
-        })
-    };
-}
-
 /// Every closing case.
 pub fn cases() -> Vec<Case> {
     vec![
-        case!(close_with_a_pending_delayed_requeue_loses_nothing),
-        case!(close_through_a_black_hole_reports_the_unfinished_close, needs Proxy),
-        case!(close_of_a_frozen_broker_reports_the_unfinished_close, needs Freeze),
+        Case::new(
+            "close_with_a_pending_delayed_requeue_loses_nothing",
+            &[],
+            |ctx| Box::pin(close_with_a_pending_delayed_requeue_loses_nothing(ctx)),
+        ),
+        Case::new(
+            "close_through_a_black_hole_reports_the_unfinished_close",
+            &[Capability::Proxy],
+            |ctx| Box::pin(close_through_a_black_hole_reports_the_unfinished_close(ctx)),
+        ),
+        Case::new(
+            "close_of_a_frozen_broker_reports_the_unfinished_close",
+            &[Capability::Freeze],
+            |ctx| Box::pin(close_of_a_frozen_broker_reports_the_unfinished_close(ctx)),
+        ),
     ]
 }
 
@@ -96,12 +98,7 @@ async fn close_of_a_frozen_broker_reports_the_unfinished_close(ctx: Ctx) {
 /// drops the stream (whose channel or consumer closing is then detached
 /// work of the connection).
 async fn consumed_one(ctx: &Ctx, broker: &Broker) -> Subscription {
-    let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
-    broker.provision(&sub).await.expect("provision");
-    broker
-        .publish(sub.topic(), Message::new("before"))
-        .await
-        .expect("publish before");
+    let (sub, _) = provisioned_with_one(ctx, broker).await;
     let mut stream = broker.subscribe(sub.clone()).await.expect("subscribe");
     ctx.next(&mut stream).await.ack().await.expect("ack");
     drop(stream);

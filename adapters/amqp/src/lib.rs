@@ -94,9 +94,24 @@
 //! consumed afterwards from both. One window is not covered: a quorum
 //! queue killed within about a second of its declaration can come back
 //! without a leader (RabbitMQ writes its Raft name registry every 500 ms),
-//! every message in it is then lost and publishes to it time out after
-//! `confirm_timeout` until the queue is deleted and declared again. Seen
-//! on RabbitMQ 3.10 and 4.0; a client cannot close it. Provision queues
+//! every message in it is then lost, and it stays so until the queue is
+//! deleted and declared again. Seen on RabbitMQ 3.10 and 4.0; a client
+//! cannot close it. RabbitMQ says nothing about it: declaring the queue
+//! works (it reports 0 messages and 0 consumers), a consume on it gets no
+//! answer, and a publish routed to it no confirm. courier tells it apart:
+//! `provision` and `subscribe` of a quorum group queue check that the
+//! queue starts a consumer when the broker answers for it (an empty queue
+//! is probed with a consumer of prefetch 1, closed at once), each step
+//! within a third of [`AmqpConfig::confirm_timeout`] (at least 1 s), and
+//! fail with a retryable [`Error::Broker`](courier_core::Error::Broker) of
+//! kind `Unavailable` whose source is [`AmqpError::NoLeader`] naming the
+//! queue; both stay within `confirm_timeout`. A publish to the topic of a
+//! queue this broker found so still waits for its confirm until
+//! `confirm_timeout`, then fails with the same error instead of
+//! [`Error::Timeout`](courier_core::Error::Timeout) (a broker that never
+//! provisioned the queue cannot know its name and reports the timeout).
+//! The publishing channel is replaced after a confirm that did not come:
+//! RabbitMQ holds back every later confirm on it. Provision queues
 //! when a service is deployed ([`Subscriber::provision`]),
 //! not in the first second of a crash-prone start, or use classic queues
 //! where that window matters.

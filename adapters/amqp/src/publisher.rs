@@ -225,10 +225,13 @@ async fn attempt(
         let confirmed = watch.wait_until(confirm, give_up).await;
         let failure = match confirmed {
             None if !alive() => lost(),
-            None => Failure::Fatal(Error::Timeout {
-                operation: "publisher confirm",
-                after: timeout,
-            }),
+            None => {
+                session.give_up_publish_channel(&channel);
+                Failure::Fatal(Error::Timeout {
+                    operation: "publisher confirm",
+                    after: timeout,
+                })
+            }
             Some(Ok(Confirmation::Ack(None))) => continue,
             Some(Ok(Confirmation::Ack(Some(returned)))) => Failure::Fatal(broker(
                 "publish",

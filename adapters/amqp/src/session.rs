@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use courier_core::Result;
 use courier_core::adapter::{OncePerKey, TaskSet};
+use futures::FutureExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
@@ -50,6 +51,9 @@ pub(crate) struct Session {
     /// Makes "take a delivery tag" and "queue the frames" one step, so that
     /// concurrent publishes on the channel get their confirms right.
     order: Mutex<()>,
+    /// The id of a publishing channel given up on (see
+    /// [`Session::give_up_publish_channel`]).
+    given_up: Mutex<Option<u16>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -75,6 +79,7 @@ impl Session {
             reopen: tokio::sync::Mutex::new(()),
             exchanges: OncePerKey::new(),
             order: Mutex::new(()),
+            given_up: Mutex::new(None),
         })
     }
 
@@ -105,17 +110,34 @@ impl Session {
     /// The publishing channel, reopened if the broker closed it.
     pub(crate) async fn publish_channel(&self) -> lapin::Result<Arc<Channel>> {
         let channel = self.publish.lock().clone();
-        if channel.status().connected() {
+        if self.usable(&channel) {
             return Ok(channel);
         }
         let _reopen = self.reopen.lock().await;
         let channel = self.publish.lock().clone();
-        if channel.status().connected() {
+        if self.usable(&channel) {
             return Ok(channel);
         }
         let channel = Arc::new(self.guard(confirm_channel(&self.connection)).await?);
         *self.publish.lock() = channel.clone();
+        *self.given_up.lock() = None;
         Ok(channel)
+    }
+
+    fn usable(&self, channel: &Channel) -> bool {
+        channel.status().connected() && *self.given_up.lock() != Some(channel.id())
+    }
+
+    /// Stops publishing on `channel` after a confirm that never came: the
+    /// broker may have wedged the channel (a publish routed to a quorum
+    /// queue without a leader blocks every later confirm on it), so the
+    /// next publish opens a new one. The old channel is closed without
+    /// waiting for the broker's answer.
+    pub(crate) fn give_up_publish_channel(&self, channel: &Channel) {
+        *self.given_up.lock() = Some(channel.id());
+        let _ = channel
+            .close(200, "no publisher confirm in time".into())
+            .now_or_never();
     }
 
     /// Runs declarations on the topology channel, reopened if needed.
