@@ -106,7 +106,10 @@ async fn consumed_one(ctx: &Ctx, broker: &Broker) -> Subscription {
 }
 
 /// Starts a publish that the cut link cannot confirm.
-async fn publish_in_flight(broker: &Broker, sub: &Subscription) -> tokio::task::JoinHandle<Result<()>> {
+async fn publish_in_flight(
+    broker: &Broker,
+    sub: &Subscription,
+) -> tokio::task::JoinHandle<Result<()>> {
     let publisher = broker.clone();
     let topic = sub.topic().to_owned();
     let publishing =

@@ -25,8 +25,8 @@
 
 pub mod bench;
 pub mod bench_runs;
-pub mod conformance;
 pub mod close_cases;
+pub mod conformance;
 pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
 #[cfg(feature = "fixtures")]

@@ -503,7 +503,10 @@ mod tests {
         for (failures, nominal) in [(1, 100), (2, 200), (4, 800), (5, 1000), (500, 1000)] {
             let nominal = Duration::from_millis(nominal);
             let wait = r.delay(failures);
-            assert!(wait >= nominal / 2 && wait <= nominal, "{failures}: {wait:?}");
+            assert!(
+                wait >= nominal / 2 && wait <= nominal,
+                "{failures}: {wait:?}"
+            );
         }
     }
 }

@@ -151,7 +151,9 @@ impl Leaderless {
     /// to be one, else the timeout itself.
     pub(crate) fn explain(&self, topic: &str, timeout: Error) -> Error {
         match (&timeout, self.0.lock().get(topic)) {
-            (Error::Timeout { operation, after }, Some(queue)) => no_leader(operation, queue, *after),
+            (Error::Timeout { operation, after }, Some(queue)) => {
+                no_leader(operation, queue, *after)
+            }
             _ => timeout,
         }
     }

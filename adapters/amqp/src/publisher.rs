@@ -167,10 +167,16 @@ async fn attempt(
         };
         return Err(failed(0, failure));
     }
-    let channel = session
-        .publish_channel()
-        .await
-        .map_err(|e| failed(0, classify(e)))?;
+    // Bounded: a channel given up on is replaced, and a broker that
+    // stopped answering never opens the new one.
+    let after = config.confirm_timeout;
+    let channel = match tokio::time::timeout(after, session.publish_channel()).await {
+        Ok(opened) => opened.map_err(|e| failed(0, classify(e)))?,
+        Err(_) => {
+            let operation = "publisher confirm";
+            return Err(failed(0, Failure::Fatal(Error::Timeout { operation, after })));
+        }
+    };
     let alive = || session.is_alive() && channel.status().connected();
     let lost = || {
         if session.is_alive() {

@@ -21,9 +21,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::codec;
 use crate::config::{AmqpConfig, QueueType};
 use crate::connection::{Link, Session};
-use crate::leader;
 use crate::delivery::{AmqpAcker, ConsumerChannel, Group};
 use crate::error;
+use crate::leader;
 use crate::topology;
 
 /// Receives from RabbitMQ: each consumer group is a durable queue bound to
@@ -73,7 +73,8 @@ impl AmqpSubscriber {
             .await?;
         let session = self.link.session().await?;
         let checked = leader::check(&session, &config, &group.queue, operation).await;
-        self.leaderless.checked(&group.topic, &group.queue, &checked);
+        self.leaderless
+            .checked(&group.topic, &group.queue, &checked);
         checked
     }
 

@@ -34,7 +34,10 @@ async fn a_quorum_queue_without_a_leader_is_a_typed_bounded_error() {
             .expect("connect");
         let topic = unique_name("leaderless");
         let sub = Subscription::new(&topic, "g");
-        broker.provision(&sub).await.expect("provision before the kill");
+        broker
+            .provision(&sub)
+            .await
+            .expect("provision before the kill");
         // At once: the queue is younger than RabbitMQ's registry interval.
         fixture.kill_and_start().await.expect("kill and start");
 
@@ -51,7 +54,10 @@ async fn a_quorum_queue_without_a_leader_is_a_typed_bounded_error() {
         let Err(error) = provisioned else {
             eprintln!("round {round}: the queue kept its leader (leaderless state not reached)");
             let message = Message::new("after");
-            broker.publish(&topic, message).await.expect("publish to a healthy queue");
+            broker
+                .publish(&topic, message)
+                .await
+                .expect("publish to a healthy queue");
             broker.close().await.expect("close");
             continue;
         };
@@ -59,7 +65,10 @@ async fn a_quorum_queue_without_a_leader_is_a_typed_bounded_error() {
         assert_no_leader("provision", &error, &topic);
 
         let (subscribed, took) = timed(broker.subscribe(sub.clone())).await;
-        eprintln!("round {round}: subscribe after {took:.2?}: {:?}", subscribed.as_ref().err());
+        eprintln!(
+            "round {round}: subscribe after {took:.2?}: {:?}",
+            subscribed.as_ref().err()
+        );
         match subscribed {
             Ok(_) => panic!("subscribe to a queue without a leader succeeded"),
             Err(error) => assert_no_leader("subscribe", &error, &topic),

@@ -309,8 +309,7 @@ impl SessionContext {
             });
         }
         let producer = self.flow.producer.clone();
-        let tasks = self.flow.tasks.clone();
-        tasks.spawn_on("dead-letter an undecodable record", async move {
+        let dead_letter = async move {
             let dlq = courier_core::delivery::default_dead_letter_topic(&topic);
             let outcome = match producer.topics.ensure(&dlq).await {
                 Ok(_) => {
@@ -333,7 +332,9 @@ impl SessionContext {
                     "cannot dead-letter an undecodable record; it stays unsettled"
                 ),
             }
-        }, runtime);
+        };
+        let tasks = &self.flow.tasks;
+        tasks.spawn_on("dead-letter an undecodable record", dead_letter, runtime);
     }
 }
 

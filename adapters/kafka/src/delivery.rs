@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use tokio::runtime::Handle;
 use courier_core::adapter::Acknowledger;
 use courier_core::{Delivery, Error, Message, Nack, Result, async_trait};
+use tokio::runtime::Handle;
 
 use crate::error::{BROKER, PartitionRevoked};
 use crate::flow::{Flow, Pending};

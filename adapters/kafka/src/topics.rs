@@ -136,7 +136,8 @@ impl Topics {
         // the metadata shows it (and learn its real partition count if
         // someone else created it first).
         let deadline = tokio::time::Instant::now() + config.connect_timeout;
-        let mut pauses = Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).delays();
+        let mut pauses =
+            Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).delays();
         loop {
             if let Some(n) = self.partition_count(topic).await? {
                 tracing::debug!(topic, partitions = n, "kafka topic ready");

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::stream;
+use courier_core::adapter::TaskSet;
 use courier_core::{BrokerErrorKind, ConnectErrorKind, Error, Result};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
-use courier_core::adapter::TaskSet;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Credentials, Endpoint, NatsConfig, Storage, stream_name};

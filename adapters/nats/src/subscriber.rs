@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use courier_core::adapter::backoff::Backoff;
 use courier_core::{
     BrokerErrorKind, Delivery, DeliveryStream, Error, MessageId, Result, StartPosition,
     Subscription, adapter,
 };
-use courier_core::adapter::backoff::Backoff;
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
@@ -249,9 +249,11 @@ fn to_delivery(
             let delivery = adapter::delivery(raw, topic.clone(), Box::new(acker), None);
             let reason = format!("undecodable NATS headers: {e}");
             tracing::warn!(topic = %topic, %reason, "dead-lettering a foreign message");
-            inner.tasks.spawn("dead-letter a foreign message", async move {
-                let _ = delivery.nack(courier_core::Nack::dead_letter(reason)).await;
-            });
+            inner
+                .tasks
+                .spawn("dead-letter a foreign message", async move {
+                    let _ = delivery.nack(courier_core::Nack::dead_letter(reason)).await;
+                });
             None
         }
     }

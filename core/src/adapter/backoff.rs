@@ -113,7 +113,8 @@ mod tests {
     const MAX: Duration = Duration::from_secs(3);
 
     fn nominal(failures: u32) -> Duration {
-        MIN.saturating_mul(2u32.saturating_pow(failures - 1)).min(MAX)
+        MIN.saturating_mul(2u32.saturating_pow(failures - 1))
+            .min(MAX)
     }
 
     #[test]
@@ -161,7 +162,12 @@ mod tests {
         assert!(last >= Duration::from_secs(1 << 20), "{last:?}");
         let inverted = Backoff::new(Duration::from_secs(2), Duration::from_secs(1));
         assert_eq!(inverted.max_delay(), Duration::from_secs(2));
-        assert!(inverted.delays().take(10).all(|w| w <= Duration::from_secs(2)));
+        assert!(
+            inverted
+                .delays()
+                .take(10)
+                .all(|w| w <= Duration::from_secs(2))
+        );
         let zero = Backoff::new(Duration::ZERO, Duration::ZERO);
         assert_eq!(zero.delay(7), Duration::ZERO);
     }

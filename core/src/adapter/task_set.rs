@@ -89,7 +89,10 @@ impl TaskSet {
     pub async fn close_within(&self, bound: Duration) -> Result<()> {
         self.closing.cancel();
         self.tracker.close();
-        if tokio::time::timeout(bound, self.tracker.wait()).await.is_ok() {
+        if tokio::time::timeout(bound, self.tracker.wait())
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         let unfinished = self.running.snapshot();
