@@ -174,7 +174,10 @@ async fn attempt(
         Ok(opened) => opened.map_err(|e| failed(0, classify(e)))?,
         Err(_) => {
             let operation = "publisher confirm";
-            return Err(failed(0, Failure::Fatal(Error::Timeout { operation, after })));
+            return Err(failed(
+                0,
+                Failure::Fatal(Error::Timeout { operation, after }),
+            ));
         }
     };
     let alive = || session.is_alive() && channel.status().connected();

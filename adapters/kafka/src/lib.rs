@@ -106,7 +106,7 @@
 //! are dropped, since their records were not committed and come back to
 //! the group. All of closing (final commits, tasks, the producer's flush)
 //! is bounded by [`KafkaConfig::publish_timeout`]; past it `close` returns
-//! [`Error::Timeout`](courier_core::Error::Timeout) naming `close`, never
+//! [`Error::Timeout`] naming `close`, never
 //! `Ok`.
 //!
 //! # Flow
