@@ -6,12 +6,12 @@
 # the tansu Kafka-protocol broker once, and builds the local test images from
 # Debian packages:
 #
-#   courier-test/base:bookworm      debootstrap minbase, imported into Docker
-#   courier-test/rabbitmq:bookworm  testkit/images/rabbitmq/Dockerfile
-#   courier-test/nats:bookworm      testkit/images/nats/Dockerfile
-#   courier-test/postgres:bookworm  testkit/images/postgres/Dockerfile
-#   courier-test/redis:bookworm     testkit/images/redis/Dockerfile
-#   courier-test/kafka:bookworm     testkit/images/kafka/Dockerfile (tansu)
+#   courier-test/base:trixie      debootstrap minbase, imported into Docker
+#   courier-test/rabbitmq:trixie  testkit/images/rabbitmq/Dockerfile
+#   courier-test/nats:trixie      testkit/images/nats/Dockerfile
+#   courier-test/postgres:trixie  testkit/images/postgres/Dockerfile
+#   courier-test/redis:trixie     testkit/images/redis/Dockerfile
+#   courier-test/kafka:trixie     testkit/images/kafka/Dockerfile (tansu)
 #
 # Every image carries the label org.courier.test.hash, a hash of what it is
 # built from (its directory, its base, the tansu version); an image whose
@@ -33,7 +33,7 @@ IMAGES_DIR="$ROOT/testkit/images"
 STATE_DIR="${COURIER_TEST_STATE_DIR:-/var/tmp/courier-test}"
 DOCKERD_LOG="$STATE_DIR/dockerd.log"
 DEBIAN_MIRROR="${COURIER_TEST_DEBIAN_MIRROR:-}"
-DEBIAN_SUITE=bookworm
+DEBIAN_SUITE=trixie
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 TANSU_VERSION=0.6.0
 TANSU_FEATURES=dynostore,libsql
@@ -181,8 +181,20 @@ image_hash() {
     docker image inspect -f "{{ index .Config.Labels \"$HASH_LABEL\" }}" "$1" 2>/dev/null || true
 }
 
+# This machine's deb822 apt sources with its own release's name replaced by
+# the images' suite (bookworm-security becomes trixie-security, ...).
+debian_sources() {
+    local host
+    host=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
+    if [ -n "$host" ] && [ "$host" != "$DEBIAN_SUITE" ]; then
+        sed "s/\\b$host\\b/$DEBIAN_SUITE/g" /etc/apt/sources.list.d/debian.sources
+    else
+        cat /etc/apt/sources.list.d/debian.sources
+    fi
+}
+
 base_inputs_hash() {
-    printf '%s\n' "$DEBIAN_SUITE minbase v1" "$(cat /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)" |
+    printf '%s\n' "$DEBIAN_SUITE minbase v2" "$(debian_sources 2>/dev/null || true)" |
         sha256sum | cut -c1-16
 }
 
@@ -203,7 +215,8 @@ build_base() {
     log "   debootstrap $DEBIAN_SUITE from $DEBIAN_MIRROR (about a minute), log: $STATE_DIR/debootstrap.log"
     debootstrap --variant=minbase "$DEBIAN_SUITE" "$dir" "$DEBIAN_MIRROR" \
         >"$STATE_DIR/debootstrap.log" 2>&1 || die "debootstrap failed, see $STATE_DIR/debootstrap.log"
-    cp /etc/apt/sources.list.d/debian.sources "$dir/etc/apt/sources.list.d/debian.sources"
+    # The machine's own mirrors, with the image's suite in place of the machine's.
+    debian_sources >"$dir/etc/apt/sources.list.d/debian.sources"
     rm -f "$dir/etc/apt/sources.list"
     # No recommends; no service starts during package installation in image builds.
     printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' \

@@ -12,15 +12,20 @@ use courier_testkit::{Adapter, Capability};
 fn main() -> std::process::ExitCode {
     let mut adapters = Vec::new();
     if cfg!(feature = "memory") {
-        adapters.push(Adapter::new(
-            "memory",
-            &[
-                Capability::History,
-                Capability::DeliveryCount,
-                Capability::NoResponders,
-            ],
-            || courier::connect("memory://conformance"),
-        ));
+        adapters.push(
+            Adapter::new(
+                "memory",
+                &[
+                    Capability::History,
+                    Capability::DeliveryCount,
+                    Capability::NoResponders,
+                ],
+                || courier::connect("memory://conformance"),
+            )
+            .with_queue_limit(2, || {
+                courier::connect("memory://queue-limit?max_queue_len=2&when_full=reject")
+            }),
+        );
     }
     // Quorum queues (the default) count deliveries; RabbitMQ keeps no
     // history for groups created later. A restarting RabbitMQ takes a while
@@ -32,7 +37,8 @@ fn main() -> std::process::ExitCode {
             &[
                 Capability::DeliveryCount,
                 Capability::ThawRecovery,
-                Capability::NoResponders
+                Capability::NoResponders,
+                Capability::RefusesTopicsWithoutGroups
             ],
             fixtures::rabbitmq,
             fixtures::fresh_rabbitmq
@@ -65,7 +71,20 @@ fn main() -> std::process::ExitCode {
             "?connect_timeout=30s",
             true
         )
-        .with_patience(std::time::Duration::from_secs(30)),
+        .with_patience(std::time::Duration::from_secs(30))
+        // A partition goes to one member of a group: for the members of a
+        // group to share it, a topic needs more partitions than the one
+        // the other cases keep their order in.
+        .with_partitioned(|| async {
+            let server = fixtures::kafka()
+                .await
+                .map_err(|e| test_server_error("kafka", e))?;
+            courier::connect(&format!(
+                "{}?connect_timeout=30s&partitions=4",
+                server.url()
+            ))
+            .await
+        }),
     );
     #[cfg(feature = "nats")]
     adapters.push(
@@ -105,15 +124,19 @@ async fn upstream(
         Output = Result<std::sync::Arc<fixtures::BrokerFixture>, fixtures::FixtureError>,
     >,
 ) -> courier::Result<(String, String)> {
-    let server = server.await.map_err(|e| {
-        courier::Error::broker(
-            adapter,
-            "start test server",
-            courier::BrokerErrorKind::Unavailable,
-            e,
-        )
-    })?;
+    let server = server.await.map_err(|e| test_server_error(adapter, e))?;
     Ok((server.url().to_owned(), server.address().to_owned()))
+}
+
+/// A test server that did not start, as a broker error of `adapter`.
+#[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
+fn test_server_error(adapter: &'static str, e: fixtures::FixtureError) -> courier::Error {
+    courier::Error::broker(
+        adapter,
+        "start test server",
+        courier::BrokerErrorKind::Unavailable,
+        e,
+    )
 }
 
 /// An adapter on a real server: the cases share this binary's `$shared`

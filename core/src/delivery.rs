@@ -163,6 +163,29 @@ pub trait Acknowledger: Send + Sync + fmt::Debug {
     /// back, as a [`Nack::Requeue`] would. Must not block; may spawn.
     fn abandon(self: Box<Self>, message: &Message);
 
+    /// Publishes the dead-letter copy of `message` (as
+    /// [`Nack::DeadLetter`] would) and leaves the delivery unsettled, so
+    /// that a publish that failed can be tried again while the broker keeps
+    /// the original for this consumer; [`Acknowledger::settle_dead_lettered`]
+    /// then removes the original. `None` (the default): the adapter cannot
+    /// publish the copy and keep the delivery (it dead-letters only through
+    /// [`Acknowledger::nack`], or the delivery can no longer be settled
+    /// because the broker took the message back), so the caller falls back
+    /// to [`Nack::DeadLetter`].
+    async fn publish_dead_letter(
+        &self,
+        _message: &Message,
+        _dead_letter: &DeadLetter,
+    ) -> Option<Result<()>> {
+        None
+    }
+
+    /// Removes the original after [`Acknowledger::publish_dead_letter`]
+    /// published its copy. Default: [`Acknowledger::ack`].
+    async fn settle_dead_lettered(self: Box<Self>, message: &Message) -> Result<()> {
+        self.ack(message).await
+    }
+
     /// The partition the message was read from, on brokers with
     /// partitions (Kafka); for spans.
     fn partition(&self) -> Option<i32> {
@@ -278,6 +301,22 @@ impl Delivery {
     pub async fn nack(mut self, nack: Nack) -> Result<()> {
         let acker = self.acker.take().expect("a delivery is settled only once");
         acker.nack(&self.message, nack).await
+    }
+
+    /// Publishes the dead-letter copy and keeps the delivery; see
+    /// [`Acknowledger::publish_dead_letter`].
+    pub(crate) async fn publish_dead_letter(&self, dead_letter: &DeadLetter) -> Option<Result<()>> {
+        let acker = self
+            .acker
+            .as_ref()
+            .expect("a delivery is settled only once");
+        acker.publish_dead_letter(&self.message, dead_letter).await
+    }
+
+    /// Removes the original after [`Delivery::publish_dead_letter`].
+    pub(crate) async fn settle_dead_lettered(mut self) -> Result<()> {
+        let acker = self.acker.take().expect("a delivery is settled only once");
+        acker.settle_dead_lettered(&self.message).await
     }
 
     /// Takes the message out, settling nothing: the delivery is abandoned

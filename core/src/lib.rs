@@ -39,6 +39,7 @@
 //! every broker can carry unchanged.
 
 pub mod adapter;
+mod dead_letter_retry;
 mod deadline;
 pub mod delivery;
 pub mod error;

@@ -131,6 +131,26 @@ async fn an_app_whose_consumers_all_end_returns_without_its_trigger() {
     }));
     // The trigger is polled once both consumers are subscribed.
     started_rx.await.unwrap();
+    // Each consumer handles a message before the close: an app whose
+    // consumers never ran would otherwise end the same way.
+    let groups = ["first", "second"].map(|topic| Subscription::new(topic, "g"));
+    for sub in &groups {
+        broker
+            .publish(sub.topic(), Message::new("one"))
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for sub in &groups {
+        while broker.lag(sub.topic(), sub.group()).await.unwrap().total > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} not handled within 10 s",
+                sub.topic()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
     broker.close().await.unwrap();
     let stats = tokio::time::timeout(Duration::from_secs(10), run)
         .await
@@ -138,5 +158,8 @@ async fn an_app_whose_consumers_all_end_returns_without_its_trigger() {
         .unwrap()
         .unwrap();
     assert_eq!(stats.len(), 2);
-    assert!(stats.iter().all(|s| s.in_flight == 0 && s.handled == 0));
+    assert!(
+        stats.iter().all(|s| s.in_flight == 0 && s.handled == 1),
+        "{stats:?}"
+    );
 }

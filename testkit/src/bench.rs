@@ -44,6 +44,44 @@ use std::time::{Duration, Instant};
 /// The environment variable naming the JSON-lines file rows are appended to.
 pub const OUT_ENV: &str = "COURIER_BENCH_OUT";
 
+/// The environment variable setting how many interleaved rounds every
+/// benchmark runs (`scripts/bench.sh` passes it on).
+pub const ROUNDS_ENV: &str = "COURIER_BENCH_ROUNDS";
+
+/// The count in the environment variable `name`, or `default` when it is
+/// unset or not a number.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// How many interleaved rounds to run: the first number on the command
+/// line (`cargo bench --bench latency -- 7`), else [`ROUNDS_ENV`], else
+/// `default`; at least 1.
+pub fn rounds(default: usize) -> usize {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or_else(|| env_or(ROUNDS_ENV, default))
+        .max(1)
+}
+
+/// The runtime the broker benchmarks run on: multi-threaded with two
+/// workers (this machine's two cores), timers and I/O enabled.
+///
+/// # Panics
+///
+/// When the runtime cannot be built (out of threads or file descriptors).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// Which side of a comparison a round is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -16,6 +16,7 @@ use courier_core::{
 use futures::future::join_all;
 use tokio::sync::Mutex;
 
+use crate::competing::competing_consumers_share_the_group;
 use crate::harness::{Capability, Case, Ctx};
 
 macro_rules! case {
@@ -323,33 +324,6 @@ async fn consumer_groups_each_get_everything(ctx: Ctx) {
     broker.close().await.expect("close");
 }
 
-async fn competing_consumers_share_the_group(ctx: Ctx) {
-    const N: usize = 200;
-    let broker = ctx.broker().await;
-    let sub = Subscription::new(ctx.name("t"), ctx.name("g")).prefetch(10);
-    let mut first = subscribe(&broker, sub.clone()).await;
-    let mut second = subscribe(&broker, sub.clone()).await;
-    publish_seq(&broker, sub.topic(), 0..N).await;
-    let mut seen = Vec::new();
-    while seen.len() < N {
-        tokio::select! {
-            Some(Ok(d)) = futures::StreamExt::next(&mut first) => {
-                seen.push(seq_of(d.message()));
-                d.ack().await.expect("ack");
-            }
-            Some(Ok(d)) = futures::StreamExt::next(&mut second) => {
-                seen.push(seq_of(d.message()));
-                d.ack().await.expect("ack");
-            }
-            () = tokio::time::sleep(ctx.patience()) => panic!("only {} of {N} received", seen.len()),
-        }
-    }
-    assert_exactly(&seen, 0..N);
-    ctx.expect_nothing(&mut first).await;
-    ctx.expect_nothing(&mut second).await;
-    broker.close().await.expect("close");
-}
-
 /// Names that a broker's naming could map to one queue or consumer
 /// (`.` joins topic and group in some, `.` becomes `_` in others) either
 /// stay apart, each group getting exactly its own topic's messages, or the
@@ -456,8 +430,10 @@ async fn requeue_after_delay_comes_back(ctx: Ctx) {
     let first = ctx.next(&mut stream).await;
     assert_eq!(seq_of(first.message()), 0);
     let id = first.message().id().clone();
+    let delay = Duration::from_millis(200);
+    let nacked = std::time::Instant::now();
     first
-        .nack(Nack::RequeueAfter(Duration::from_millis(200)))
+        .nack(Nack::RequeueAfter(delay))
         .await
         .expect("nack with delay");
     let mut acked = Vec::new();
@@ -465,6 +441,12 @@ async fn requeue_after_delay_comes_back(ctx: Ctx) {
         let d = ctx.next(&mut stream).await;
         if seq_of(d.message()) == 0 {
             assert_eq!(d.message().id(), &id, "the same message comes back");
+            // A lower bound only: a busy machine makes it later, never earlier.
+            let back = nacked.elapsed();
+            assert!(
+                back >= delay,
+                "came back after {back:?}, asked for {delay:?}"
+            );
         }
         acked.push(seq_of(d.message()));
         d.ack().await.expect("ack");
@@ -730,6 +712,10 @@ async fn close_is_idempotent_and_ends_streams(ctx: Ctx) {
     let broker = ctx.broker().await;
     let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
     let mut stream = subscribe(&broker, sub.clone()).await;
+    // The stream works before the close: one that never delivered would
+    // end the same way.
+    publish_seq(&broker, sub.topic(), 0..1).await;
+    assert_exactly(&take_acked(&ctx, &mut stream, 1).await, 0..1);
     broker.close().await.expect("close");
     broker.close().await.expect("second close");
     let end = tokio::time::timeout(ctx.patience(), futures::StreamExt::next(&mut stream)).await;
@@ -743,18 +729,28 @@ async fn close_is_idempotent_and_ends_streams(ctx: Ctx) {
 
 async fn restart_under_load_loses_nothing(ctx: Ctx) {
     const PUBLISHERS: usize = 10;
-    const PER_PUBLISHER: usize = 100;
+    // Publishes confirmed before the restart and again after it: a run in
+    // which every publish failed would lose nothing and pass.
+    const PROGRESS: usize = 50;
     let broker = ctx.broker().await;
     let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
     broker.provision(&sub).await.expect("provision");
     let confirmed = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
-            let (broker, topic, confirmed) =
-                (broker.clone(), sub.topic().to_owned(), confirmed.clone());
+            let (broker, topic, confirmed, stop) = (
+                broker.clone(),
+                sub.topic().to_owned(),
+                confirmed.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
-                for i in 0..PER_PUBLISHER {
-                    let seq = p * PER_PUBLISHER + i;
+                for i in 0.. {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let seq = i * PUBLISHERS + p;
                     if broker.publish(&topic, seq_message(seq)).await.is_ok() {
                         confirmed.lock().await.insert(seq);
                     }
@@ -764,8 +760,27 @@ async fn restart_under_load_loses_nothing(ctx: Ctx) {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let confirmed_count = || {
+        let confirmed = confirmed.clone();
+        async move { confirmed.lock().await.len() }
+    };
+    wait_for_count(
+        &ctx,
+        "confirmed before the restart",
+        PROGRESS,
+        confirmed_count,
+    )
+    .await;
     ctx.restart_broker().await;
+    let at_restart = confirmed_count().await;
+    wait_for_count(
+        &ctx,
+        "confirmed after the restart",
+        at_restart + PROGRESS,
+        confirmed_count,
+    )
+    .await;
+    stop.store(true, Ordering::Release);
     for p in join_all(publishers).await {
         p.expect("publisher task");
     }
@@ -784,12 +799,34 @@ async fn restart_under_load_loses_nothing(ctx: Ctx) {
     }
     let lost = confirmed.difference(&received).count();
     eprintln!(
-        "{}: restart under load: {} of {} publishes confirmed, {} received, {lost} lost",
+        "{}: restart under load: {} publishes confirmed ({at_restart} by the end of the \
+         restart), {} received, {lost} lost",
         ctx.adapter().name(),
         confirmed.len(),
-        PUBLISHERS * PER_PUBLISHER,
         received.len()
     );
     assert_eq!(lost, 0);
     broker.close().await.expect("close");
+}
+
+/// Waits until `count` reaches `target`, failing the case after four
+/// times the adapter's patience (a restart may be in it).
+async fn wait_for_count<F, Fut>(ctx: &Ctx, what: &str, target: usize, count: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let deadline = std::time::Instant::now() + ctx.patience() * 4;
+    loop {
+        let now = count().await;
+        if now >= target {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {now} of {target} within {:?}",
+            ctx.patience() * 4
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -59,6 +59,14 @@ pub enum Capability {
     /// the brokers at the addresses the metadata advertises, past any
     /// proxy.
     Proxy,
+    /// A publish to a topic without any group fails (RabbitMQ returns it
+    /// unroutable). Memory, Kafka and NATS keep it (as history, in the
+    /// topic, in the stream), so a dead-letter copy there is never refused
+    /// for want of a group.
+    RefusesTopicsWithoutGroups,
+    /// The test can connect a broker whose groups hold a few messages and
+    /// refuse more at once (see [`Adapter::with_queue_limit`]): memory.
+    QueueLimit,
 }
 
 impl fmt::Display for Capability {
@@ -72,6 +80,8 @@ impl fmt::Display for Capability {
             Capability::NoResponders => "no-responders",
             Capability::Proxy => "proxy",
             Capability::Kill => "kill",
+            Capability::RefusesTopicsWithoutGroups => "refuses-topics-without-groups",
+            Capability::QueueLimit => "queue-limit",
         })
     }
 }
@@ -107,6 +117,9 @@ pub struct Adapter {
     restart: Option<Restartable>,
     freeze: Option<Freezable>,
     proxy: Option<Proxied>,
+    /// A broker whose groups refuse more than so many messages.
+    queue_limit: Option<(usize, Arc<ConnectFn>)>,
+    partitioned: Option<Arc<ConnectFn>>,
     patience: Duration,
     quiet: Duration,
 }
@@ -136,6 +149,8 @@ impl Adapter {
             restart: None,
             freeze: None,
             proxy: None,
+            queue_limit: None,
+            partitioned: None,
             patience: Duration::from_secs(15),
             quiet: Duration::from_millis(500),
         }
@@ -239,6 +254,36 @@ impl Adapter {
         self
     }
 
+    /// Lets cases connect, with `connect`, a broker whose groups hold at
+    /// most `limit` messages and refuse more at once (a full dead-letter
+    /// group, say). Declares [`Capability::QueueLimit`].
+    pub fn with_queue_limit<C, CFut>(mut self, limit: usize, connect: C) -> Self
+    where
+        C: Fn() -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = Result<Broker>> + Send + 'static,
+    {
+        self.queue_limit = Some((limit, Arc::new(move || Box::pin(connect()))));
+        if !self.capabilities.contains(&Capability::QueueLimit) {
+            self.capabilities.push(Capability::QueueLimit);
+        }
+        self
+    }
+
+    /// Lets the cases in which the members of one group must share its
+    /// messages connect with `connect`, whose new topics are split into
+    /// several partitions. Needed where a partition goes to one member of a
+    /// group at a time (Kafka: with one partition per topic one member gets
+    /// everything); adapters whose groups share without partitions leave it
+    /// out and those cases use the plain connection.
+    pub fn with_partitioned<C, CFut>(mut self, connect: C) -> Self
+    where
+        C: Fn() -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = Result<Broker>> + Send + 'static,
+    {
+        self.partitioned = Some(Arc::new(move || Box::pin(connect())));
+        self
+    }
+
     /// How long a case waits for an expected message before failing
     /// (default 15 s).
     pub fn with_patience(mut self, patience: Duration) -> Self {
@@ -329,6 +374,25 @@ impl Ctx {
         connect()
             .await
             .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name))
+    }
+
+    /// A new broker connection whose new topics are split into partitions
+    /// (see [`Adapter::with_partitioned`]), or the plain one of
+    /// [`Ctx::broker`] when the adapter shares a group without partitions.
+    ///
+    /// # Panics
+    ///
+    /// When connecting fails.
+    pub async fn partitioned_broker(&self) -> Broker {
+        let Some(connect) = &self.adapter.partitioned else {
+            return self.broker().await;
+        };
+        connect().await.unwrap_or_else(|e| {
+            panic!(
+                "{}: connect (partitioned) failed: {e} ({e:?})",
+                self.adapter.name
+            )
+        })
     }
 
     /// A topic or group name unique to this run of this case.
@@ -448,6 +512,24 @@ impl Ctx {
                 )
             });
         (broker, proxy)
+    }
+
+    /// A broker whose groups refuse more than the returned number of
+    /// messages (see [`Adapter::with_queue_limit`]).
+    ///
+    /// # Panics
+    ///
+    /// When the adapter has no queue-limit hook or connecting fails.
+    pub async fn queue_limited_broker(&self) -> (Broker, usize) {
+        let (limit, connect) = self
+            .adapter
+            .queue_limit
+            .as_ref()
+            .expect("case declares Capability::QueueLimit");
+        let broker = connect()
+            .await
+            .unwrap_or_else(|e| panic!("{}: connect failed: {e} ({e:?})", self.adapter.name));
+        (broker, *limit)
     }
 
     fn freezable(&self) -> &Freezable {
@@ -595,6 +677,8 @@ pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
             Capability::NoResponders,
             Capability::Proxy,
             Capability::Kill,
+            Capability::RefusesTopicsWithoutGroups,
+            Capability::QueueLimit,
         ];
         let lacks: Vec<String> = all
             .iter()

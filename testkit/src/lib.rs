@@ -26,7 +26,9 @@
 pub mod bench;
 pub mod bench_runs;
 pub mod close_cases;
+mod competing;
 pub mod conformance;
+pub mod dead_letter_cases;
 pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
 #[cfg(feature = "fixtures")]
@@ -40,11 +42,12 @@ pub mod runtime_cases;
 pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
 /// Every case of the suite: the conformance cases, the consumer runtime's
-/// cases, the observability cases (lag, health), the request/reply cases
+/// cases, the dead-letter cases, the observability cases (lag, health), the request/reply cases
 /// and the fault cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
+    cases.extend(dead_letter_cases::cases());
     cases.extend(observability_cases::cases());
     cases.extend(request_cases::cases());
     cases.extend(fault_cases::cases());

@@ -313,12 +313,11 @@ async fn runtime_retries_with_growing_delays(ctx: Ctx) {
             *gap >= least,
             "gap {i} is {gap:?}, below the policy's {least:?}"
         );
+        // Each lower bound lies above the previous delay's range, so the
+        // bounds alone show the growth; comparing two measured gaps could
+        // flip on a busy machine.
         least *= 3;
     }
-    assert!(
-        gaps.windows(2).all(|w| w[1] > w[0]),
-        "gaps must grow: {gaps:?}"
-    );
     let mut stream = subscribe(&broker, sub).await;
     ctx.expect_nothing(&mut stream).await;
     broker.close().await.expect("close");

@@ -42,7 +42,7 @@ use courier_amqp::AmqpBroker;
 use courier_core::prelude::*;
 use courier_core::{Message, Subscription};
 use courier_testkit::bench::{
-    Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved, rate,
+    Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, env_or, interleaved, rate,
 };
 use courier_testkit::bench_runs::{
     Percentiles, courier_open_loop, indexed_payload, payload_index, runtime_rate,
@@ -66,15 +66,8 @@ const LATENCY_RATE: u32 = 1_000;
 const BURST: usize = 1_000;
 const STALL: Duration = Duration::from_secs(60);
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let rounds = env_or("COURIER_BENCH_ROUNDS", 5).max(1);
+    let rounds = courier_testkit::bench::rounds(5);
     let messages = env_or("COURIER_BENCH_MESSAGES", 20_000);
     let latency_messages = env_or("COURIER_BENCH_LATENCY_MESSAGES", 2_000);
     let prefetches: Vec<Option<u16>> = std::env::var("COURIER_BENCH_PREFETCH")
@@ -86,11 +79,7 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![None]);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = courier_testkit::bench::runtime();
     runtime.block_on(async {
         let fixture = courier_testkit::fixtures::rabbitmq()
             .await

@@ -59,8 +59,10 @@ pub enum QueueType {
     /// Quorum queues (the default): replicated, always persistent, and the
     /// broker counts deliveries (`x-delivery-count`), so
     /// [`Delivery::delivery_count`](courier_core::Delivery::delivery_count)
-    /// is exact. A nacked message goes behind the messages already queued
-    /// (RabbitMQ 3.10); messages returned by a closed channel come first.
+    /// is exact. A nacked message goes back to its place on RabbitMQ 4
+    /// (whose quorum queues have a delivery limit) and behind the messages
+    /// already queued on RabbitMQ 3; messages returned by a closed channel
+    /// come first.
     #[default]
     Quorum,
     /// Classic durable queues: lighter on a single node, and a requeued

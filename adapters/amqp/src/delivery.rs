@@ -187,28 +187,27 @@ impl AmqpAcker {
     }
 
     /// Publishes the dead-letter copy to the dead-letter topic (which must
-    /// have a group), then acks the original.
+    /// have a group: a copy no queue receives is refused), then acks the
+    /// original.
     async fn dead_letter(&self, message: &Message, dead_letter: DeadLetter) -> Result<()> {
         self.check_usable("nack")?;
-        let group = self.group();
-        let prepared = dead_letter
-            .to_message(message, &group.topic, &group.group)
-            .map_err(Error::from)
-            .and_then(|(topic, copy)| {
-                courier_core::name::validate_topic(&topic)?;
-                let config = group.link.config();
-                codec::check(&copy, config.max_payload)?;
-                Ok((topology::exchange_name(config, &topic), copy))
-            });
-        let (exchange, copy) = match prepared {
-            Ok(prepared) => prepared,
-            Err(e) => return self.requeue_after_failure(e).await,
-        };
-        let route = Route::Exchange(&exchange);
-        if let Err(e) = send(&group.link, route, true, std::slice::from_ref(&copy), None).await {
+        if let Err(e) = self.publish_copy(message, &dead_letter).await {
             return self.requeue_after_failure(e).await;
         }
         settled("nack", self.basic_ack().await)
+    }
+
+    /// Publishes the dead-letter copy (mandatory, confirmed); the original
+    /// stays unsettled.
+    async fn publish_copy(&self, message: &Message, dead_letter: &DeadLetter) -> Result<()> {
+        let group = self.group();
+        let (topic, copy) = dead_letter.to_message(message, &group.topic, &group.group)?;
+        courier_core::name::validate_topic(&topic)?;
+        let config = group.link.config();
+        codec::check(&copy, config.max_payload)?;
+        let exchange = topology::exchange_name(config, &topic);
+        let route = Route::Exchange(&exchange);
+        send(&group.link, route, true, std::slice::from_ref(&copy), None).await
     }
 }
 
@@ -226,6 +225,23 @@ impl Acknowledger for AmqpAcker {
             Nack::DeadLetter(dead_letter) => self.dead_letter(message, dead_letter).await,
             _ => self.requeue().await,
         }
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        message: &Message,
+        dead_letter: &DeadLetter,
+    ) -> Option<Result<()>> {
+        if !self.acker.usable() {
+            // The channel is gone and the broker requeued the original:
+            // holding it would retry for nothing.
+            return None;
+        }
+        Some(self.publish_copy(message, dead_letter).await)
+    }
+
+    async fn settle_dead_lettered(self: Box<Self>, _message: &Message) -> Result<()> {
+        settled("nack", self.basic_ack().await)
     }
 
     fn abandon(self: Box<Self>, _message: &Message) {

@@ -86,6 +86,23 @@
 //! so the count is `None`. An existing queue keeps its type: declaring it
 //! with another type fails (`PRECONDITION_FAILED`).
 //!
+//! **Delivery limit.** RabbitMQ 4 gives every quorum queue a delivery limit
+//! (20 returns unless a policy or `x-delivery-limit` says otherwise) and
+//! takes a message returned more often out of the queue. So that such a
+//! message is never simply gone, courier declares each quorum group queue
+//! with the exchange of the topic's dead-letter topic (`<topic>.dlq`) as its
+//! `x-dead-letter-exchange`: the broker moves the message there (its id and
+//! payload unchanged, RabbitMQ's `x-death` headers added and not shown),
+//! where a group provisioned on `<topic>.dlq` keeps it. The consumer
+//! runtime dead-letters a failing message itself long before (after
+//! the [retry policy](courier_core::runtime::RetryPolicy)'s attempts,
+//! retried in the handler, not requeued), so the broker's limit only
+//! catches code that requeues one message again and again. RabbitMQ 3 has
+//! no default limit. Queues declared by courier 0.1 lack that argument:
+//! declaring one again fails with a [`Conflict`](courier_core::BrokerErrorKind::Conflict)
+//! (`PRECONDITION_FAILED`, inequivalent `x-dead-letter-exchange`); drain
+//! and delete it, and courier declares it anew.
+//!
 //! **What survives a crash.** A confirmed message survives a hard kill of
 //! the broker (`SIGKILL`, no clean shutdown) and its restart, in quorum and
 //! classic queues alike: the conformance suite kills RabbitMQ while a
@@ -163,7 +180,11 @@
 //!   the publish is returned unroutable, the original is requeued and the
 //!   nack fails, so a dead letter is never lost: provision a group on
 //!   `<topic>.dlq`. When moving the message fails, it is requeued and the
-//!   nack returns the error.
+//!   nack returns the error. The consumer runtime provisions that group
+//!   (the consumer's own group name) before it starts, and when the copy is
+//!   refused anyway it holds the original unacked and publishes the copy
+//!   again with a backoff instead of requeueing it (see
+//!   [the runtime's dead letters](courier_core::runtime#dead-letters)).
 //! - **Dropped deliveries** are requeued (`basic.nack`), without blocking
 //!   and without needing a runtime.
 //! - **Dropping a stream** cancels its consumer. Deliveries already handed
@@ -207,11 +228,12 @@
 //! | queue | nacked ([`Nack::Requeue`](courier_core::Nack::Requeue)) or dropped | returned because its channel closed (lost connection, dropped stream, closed subscriber) |
 //! |---|---|---|
 //! | classic | back at its place | back at its place |
-//! | quorum (RabbitMQ 3.10) | behind the messages already queued | in front, in order |
+//! | quorum with a delivery limit (RabbitMQ 4: 20 unless configured) | back at its place | in front, in order |
+//! | quorum without a delivery limit (RabbitMQ 3's default) | behind the messages already queued | in front, in order |
 //!
 //! Either way it comes after the messages the subscription already holds
 //! (up to `prefetch`). So a group that must see redeliveries in publish
-//! order uses classic queues with `prefetch` 1, or retries in the handler
+//! order uses classic queues (or quorum queues on RabbitMQ 4) with `prefetch` 1, or retries in the handler
 //! before settling.
 //!
 //! Subscriptions competing in one group split the messages between them,

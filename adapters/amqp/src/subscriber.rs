@@ -101,12 +101,26 @@ impl AmqpSubscriber {
     }
 }
 
-/// Declares the group's exchange, queue and binding.
+/// Declares the group's exchange, queue and binding; for a quorum queue
+/// also the exchange of the topic's dead-letter topic, where the broker
+/// moves a message past the queue's delivery limit.
 async fn declare_group(session: &Session, config: &AmqpConfig, group: &Group) -> lapin::Result<()> {
     session.ensure_exchange(&group.exchange).await?;
+    let dead_letters = topology::dead_letter_exchange(config, &group.topic);
+    if let Some(exchange) = &dead_letters {
+        session.ensure_exchange(exchange).await?;
+    }
+    let dead_letters = dead_letters.as_deref();
     session
         .declare(|channel| async move {
-            topology::declare_group_queue(&channel, config, &group.exchange, &group.queue).await
+            topology::declare_group_queue(
+                &channel,
+                config,
+                &group.exchange,
+                &group.queue,
+                dead_letters,
+            )
+            .await
         })
         .await
         .inspect_err(|_| {

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use courier_core::delivery::default_dead_letter_topic;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
@@ -122,16 +123,30 @@ pub(crate) async fn declare_exchange(channel: &Channel, exchange: &str) -> lapin
         .await
 }
 
+/// The exchange a group queue of `topic` hands the messages the broker
+/// gives up on to (a quorum queue's delivery limit: RabbitMQ 4 sets 20
+/// unless configured): the exchange of the topic's default dead-letter
+/// topic. `None` for classic queues, which have no delivery limit.
+pub(crate) fn dead_letter_exchange(config: &AmqpConfig, topic: &str) -> Option<String> {
+    (config.queue_type == QueueType::Quorum)
+        .then(|| exchange_name(config, &default_dead_letter_topic(topic)))
+}
+
 /// Declares a group's durable queue and binds it to the topic's exchange
-/// (which must exist).
+/// (which must exist, as must `dead_letters`, the queue's dead-letter
+/// exchange, see [`dead_letter_exchange`]).
 pub(crate) async fn declare_group_queue(
     channel: &Channel,
     config: &AmqpConfig,
     exchange: &str,
     queue: &str,
+    dead_letters: Option<&str>,
 ) -> lapin::Result<()> {
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), text(config.queue_type.as_str()));
+    if let Some(dead_letters) = dead_letters {
+        arguments.insert("x-dead-letter-exchange".into(), text(dead_letters));
+    }
     if config.single_active_consumer {
         arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }

@@ -467,17 +467,18 @@ async fn payload_limit_and_topics_without_groups() {
 }
 
 /// Where a nacked message goes: classic queues put it back at its place,
-/// quorum queues (RabbitMQ 3.10) at the back. With prefetch 1, every message
-/// nacked once, then acked.
+/// and so do quorum queues with a delivery limit (RabbitMQ 4 gives every
+/// quorum queue one, 20 by default; the test images run RabbitMQ 4.0;
+/// without a limit, RabbitMQ 3's default, a quorum queue puts it at the
+/// back). With prefetch 1, every message nacked once, then acked.
 #[tokio::test]
-async fn requeued_messages_keep_their_place_in_classic_queues_only() {
+async fn requeued_messages_keep_their_place() {
     let in_place: Vec<String> = (0..10)
         .flat_map(|i| [i.to_string(), i.to_string()])
         .collect();
-    let at_the_back: Vec<String> = (0..10).chain(0..10).map(|i| i.to_string()).collect();
     for (queue_type, want) in [
-        (QueueType::Classic, in_place),
-        (QueueType::Quorum, at_the_back),
+        (QueueType::Classic, in_place.clone()),
+        (QueueType::Quorum, in_place),
     ] {
         let broker = broker(AmqpConfig::default().queue_type(queue_type)).await;
         let sub = Subscription::new(common::name("t"), "g").prefetch(1);
@@ -505,4 +506,44 @@ async fn requeued_messages_keep_their_place_in_classic_queues_only() {
         nothing(&mut stream, QUIET).await;
         broker.close().await.unwrap();
     }
+}
+
+/// RabbitMQ 4 gives every quorum queue a delivery limit (20 unless
+/// configured) and removes a message returned more often. Such a message
+/// goes to the topic's dead-letter topic, never away: a handler that keeps
+/// requeueing one message sees it 20 times, then it waits in the
+/// dead-letter topic's group, exactly once, with its id.
+#[tokio::test]
+async fn a_message_past_the_delivery_limit_goes_to_the_dead_letter_topic() {
+    let broker = broker(AmqpConfig::default()).await;
+    let sub = Subscription::new(common::name("t"), "g").prefetch(1);
+    let dead = Subscription::new(
+        courier_core::delivery::default_dead_letter_topic(sub.topic()),
+        "g",
+    );
+    broker.provision(&dead).await.unwrap();
+    let mut stream = broker.subscribe(sub.clone()).await.unwrap();
+    let mut dead_stream = broker.subscribe(dead).await.unwrap();
+    let message = Message::new("poison");
+    let id = message.id().clone();
+    broker.publish(sub.topic(), message).await.unwrap();
+    let mut deliveries = 0;
+    let moved = loop {
+        tokio::select! {
+            d = next(&mut stream, PATIENCE) => {
+                deliveries += 1;
+                assert!(deliveries <= 100, "requeued {deliveries} times and still delivered");
+                d.nack(Nack::Requeue).await.unwrap();
+            }
+            d = next(&mut dead_stream, PATIENCE) => break d,
+        }
+    };
+    eprintln!("delivered {deliveries} times, then dead-lettered");
+    assert_eq!(moved.message().id(), &id);
+    assert_eq!(text(&moved), "poison");
+    assert_eq!(deliveries, 21, "RabbitMQ 4's default limit: 20 returns");
+    moved.ack().await.unwrap();
+    nothing(&mut stream, QUIET).await;
+    nothing(&mut dead_stream, QUIET).await;
+    broker.close().await.unwrap();
 }

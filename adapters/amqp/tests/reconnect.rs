@@ -101,7 +101,14 @@ async fn every_confirmed_message_survives_two_restarts() {
         .collect();
 
     for (n, at) in RESTART_AT.into_iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(120);
         while progress.load(Ordering::Relaxed) < at {
+            assert!(
+                Instant::now() < deadline,
+                "publishing stalled at {} of {at} before restart {}",
+                progress.load(Ordering::Relaxed),
+                n + 1
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let before = progress.load(Ordering::Relaxed);

@@ -40,7 +40,9 @@ use std::time::{Duration, Instant};
 use courier_core::prelude::*;
 use courier_core::{Message, StartPosition, Subscription};
 use courier_kafka::KafkaBroker;
-use courier_testkit::bench::{Latencies, OpenLoop, Report, Row, Side, Unit, interleaved, rate};
+use courier_testkit::bench::{
+    Latencies, OpenLoop, Report, Row, Side, Unit, env_or, interleaved, rate,
+};
 use courier_testkit::bench_runs::{
     Percentiles, WARM_UP_INDEX, courier_open_loop, indexed_payload, payload_index, runtime_rate,
 };
@@ -59,24 +61,13 @@ const WINDOW: usize = 1000;
 /// A consume run that receives nothing for this long is reported stalled.
 const STALL: Duration = Duration::from_secs(60);
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let rounds = env_or("COURIER_BENCH_ROUNDS", 5).max(1);
+    let rounds = courier_testkit::bench::rounds(5);
     let count = env_or("COURIER_BENCH_KAFKA_MESSAGES", 5_000);
     let latency_count = env_or("COURIER_BENCH_LATENCY_MESSAGES", 2_000);
     let latency_rate = env_or("COURIER_BENCH_KAFKA_RATE", 1_000) as u32;
     let mock = std::env::args().any(|a| a == "--mock");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = courier_testkit::bench::runtime();
     runtime.block_on(async move {
         let (target, _server) = if mock {
             let cluster = MockCluster::new(1).expect("mock cluster");

@@ -311,26 +311,42 @@ impl SessionContext {
         let producer = self.flow.producer.clone();
         let dead_letter = async move {
             let dlq = courier_core::delivery::default_dead_letter_topic(&topic);
-            let outcome = match producer.topics.ensure(&dlq).await {
-                Ok(_) => {
-                    let record = Record {
-                        key: key.as_deref(),
-                        payload: &payload,
-                        headers,
-                        timestamp,
-                    };
-                    producer.send_all(&dlq, std::iter::once(record)).await
+            // The record stays unsettled (holding the partition's commit)
+            // while the copy is refused, and the copy is sent again with the
+            // dead-letter backoff until it is taken or the partition is
+            // revoked (its next owner reads the record again).
+            let mut delays = courier_core::adapter::dead_letter_retry_delays();
+            for failures in 1_u32.. {
+                let outcome = match producer.topics.ensure(&dlq).await {
+                    Ok(_) => {
+                        let record = Record {
+                            key: key.as_deref(),
+                            payload: &payload,
+                            headers: headers.clone(),
+                            timestamp,
+                        };
+                        producer.send_all(&dlq, std::iter::once(record)).await
+                    }
+                    Err(e) => Err(e),
+                };
+                let error = match outcome {
+                    Ok(()) => {
+                        let _ = partition.settle_unhanded(offset);
+                        return;
+                    }
+                    Err(error) => error,
+                };
+                let delay = delays
+                    .next()
+                    .unwrap_or(courier_core::adapter::DEAD_LETTER_RETRY_MAX_DELAY);
+                tracing::warn!(
+                    %topic, offset, failures, ?delay, %error,
+                    "cannot dead-letter an undecodable record yet; it stays unsettled and is sent again"
+                );
+                tokio::time::sleep(delay).await;
+                if !partition.is_active() {
+                    return;
                 }
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(()) => {
-                    let _ = partition.settle_unhanded(offset);
-                }
-                Err(e) => tracing::error!(
-                    %topic, offset, error = %e,
-                    "cannot dead-letter an undecodable record; it stays unsettled"
-                ),
             }
         };
         let tasks = &self.flow.tasks;

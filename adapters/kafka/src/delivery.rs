@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use courier_core::adapter::Acknowledger;
-use courier_core::{Delivery, Error, Message, Nack, Result, async_trait};
+use courier_core::{DeadLetter, Delivery, Error, Message, Nack, Result, async_trait};
 use tokio::runtime::Handle;
 
 use crate::error::{BROKER, PartitionRevoked};
@@ -50,6 +50,12 @@ impl KafkaAcker {
         self.flow.release();
     }
 
+    /// Publishes the dead-letter copy; the record stays unsettled.
+    async fn publish_copy(&self, message: &Message, dead_letter: &DeadLetter) -> Result<()> {
+        let (topic, copy) = dead_letter.to_message(message, &self.flow.topic, &self.flow.group)?;
+        self.flow.producer.publish(&topic, vec![copy]).await
+    }
+
     fn pending(&self, message: &Message) -> Pending {
         Pending {
             partition: self.partition.clone(),
@@ -85,22 +91,15 @@ impl Acknowledger for KafkaAcker {
                 }
                 Ok(())
             }
-            Nack::DeadLetter(dead_letter) => {
-                let copy = dead_letter.to_message(message, &self.flow.topic, &self.flow.group);
-                let outcome = match copy {
-                    Ok((topic, copy)) => self.flow.producer.publish(&topic, vec![copy]).await,
-                    Err(e) => Err(e.into()),
-                };
-                match outcome {
-                    Ok(()) => self
-                        .settle()
-                        .map_err(|_| self.revoked("dead-letter (the copy was published)")),
-                    Err(e) => {
-                        self.requeue(message);
-                        Err(e)
-                    }
+            Nack::DeadLetter(dead_letter) => match self.publish_copy(message, &dead_letter).await {
+                Ok(()) => self
+                    .settle()
+                    .map_err(|_| self.revoked("dead-letter (the copy was published)")),
+                Err(e) => {
+                    self.requeue(message);
+                    Err(e)
                 }
-            }
+            },
             _ => {
                 self.requeue(message);
                 Ok(())
@@ -110,6 +109,23 @@ impl Acknowledger for KafkaAcker {
 
     fn abandon(self: Box<Self>, message: &Message) {
         self.requeue(message);
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        message: &Message,
+        dead_letter: &DeadLetter,
+    ) -> Option<Result<()>> {
+        if !self.partition.is_active() {
+            // Revoked: the record belongs to its next owner now.
+            return None;
+        }
+        Some(self.publish_copy(message, dead_letter).await)
+    }
+
+    async fn settle_dead_lettered(self: Box<Self>, _message: &Message) -> Result<()> {
+        self.settle()
+            .map_err(|_| self.revoked("dead-letter (the copy was published)"))
     }
 
     fn partition(&self) -> Option<i32> {

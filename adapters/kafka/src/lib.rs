@@ -25,7 +25,10 @@
 //!   producer gets the id `<topic>-<partition>-<offset>` and the record's
 //!   timestamp; one courier cannot represent (a key or header value that is
 //!   not UTF-8) is copied to the dead-letter topic as it is, with the
-//!   reason, and settled.
+//!   reason, and settled; while the copy is refused the record stays
+//!   unsettled and the copy is sent again with the dead-letter backoff
+//!   ([`dead_letter_retry_delays`](courier_core::adapter::dead_letter_retry_delays)),
+//!   until it is taken or the partition is revoked.
 //!
 //! # Partitions and order
 //!
@@ -77,7 +80,12 @@
 //!   copy from [`DeadLetter::to_message`](courier_core::DeadLetter::to_message)
 //!   to the dead-letter topic (created like any topic), waits for its
 //!   delivery report, then settles the original; if that publish fails the
-//!   original is given back and the nack returns the error.
+//!   original is given back and the nack returns the error. The consumer
+//!   runtime provisions the consumer's group on the dead-letter topic
+//!   before it starts (a group created later would start after the dead
+//!   letters), and holds the record while it publishes a refused copy
+//!   again with a backoff (see
+//!   [the runtime's dead letters](courier_core::runtime#dead-letters)).
 //! - The delivery count is counted by this consumer: a message delivered
 //!   again after a rebalance or restart starts at 1 (Kafka does not count
 //!   deliveries).

@@ -1,5 +1,6 @@
-//! 10,000 messages from 100 concurrent publishers while the server is
-//! restarted twice: every message whose publish returned `Ok` is received
+//! 100 concurrent publishers while the server is restarted twice, with
+//! publishes confirmed before and after each restart: every message whose
+//! publish returned `Ok` is received
 //! (`courier_testkit::fixtures::restarts_under_load`). The broker keeps its
 //! topics, records and committed offsets across a restart; the producer and
 //! the consumer reconnect by themselves.

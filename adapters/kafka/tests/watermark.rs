@@ -14,7 +14,8 @@ use courier_kafka::{KafkaBroker, KafkaConfig};
 use courier_testkit::fixtures::{self, unique_name};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const MESSAGES: usize = 10_000;
 const PARTITIONS: i32 = 4;
@@ -59,6 +60,14 @@ async fn restart_loses_nothing_and_repeats_only_unacked() {
     }
 
     // First consumer: settles out of order, nacks 1 in 50, stops mid-way.
+    // The delays and nacks come from a seed, printed so a failure can be
+    // replayed (`COURIER_TEST_SEED=<seed>`).
+    let seed = std::env::var("COURIER_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| rand::rng().random::<u64>());
+    eprintln!("watermark: seed {seed} (COURIER_TEST_SEED={seed} repeats it)");
+    let mut rng = StdRng::seed_from_u64(seed);
     let acked_first: Arc<Mutex<HashSet<usize>>> = Arc::default();
     let mut nacks = 0_usize;
     let first = connect(server.url()).await;
@@ -70,10 +79,7 @@ async fn restart_loses_nothing_and_repeats_only_unacked() {
             .expect("first consumer: a delivery within 30 s")
             .expect("stream open")
             .expect("delivery");
-        let (delay, nack) = {
-            let mut rng = rand::rng();
-            (rng.random_range(0..4_000_u64), rng.random_ratio(1, 50))
-        };
+        let (delay, nack) = (rng.random_range(0..4_000_u64), rng.random_ratio(1, 50));
         nacks += usize::from(nack);
         let acked = acked_first.clone();
         handlers.push(tokio::spawn(async move {

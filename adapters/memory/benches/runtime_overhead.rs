@@ -35,7 +35,6 @@ mod common;
 
 use common::{Counting, cpu_used, message_count, multi_thread};
 
-const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
 const KEYS: usize = 16;
 
@@ -125,6 +124,7 @@ async fn through_runtime(messages: usize, concurrency: usize, keyed: bool) -> To
 }
 
 fn main() {
+    let round_count = courier_testkit::bench::env_or(courier_testkit::bench::ROUNDS_ENV, 7).max(1);
     let messages = message_count(200_000);
     // `c1`, `c8`, `c16`: only these concurrencies.
     let only: Vec<usize> = std::env::args()
@@ -135,7 +135,7 @@ fn main() {
     let rt = multi_thread(workers);
     let mut report = Report::new(format!(
         "runtime overhead on courier-memory: {messages} messages, no-op handler, {workers} worker \
-         threads, raw = bare subscribe+ack loop, median of {ROUNDS} interleaved rounds"
+         threads, raw = bare subscribe+ack loop, median of {round_count} interleaved rounds"
     ));
     rt.block_on(async {
         // Warm up allocator and scheduler.
@@ -151,7 +151,7 @@ fn main() {
                 format!("runtime c={concurrency}")
             };
             let per_cpu = RefCell::new(Rounds::default());
-            let rounds = interleaved(ROUNDS, |side| {
+            let rounds = interleaved(round_count, |side| {
                 let per_cpu = &per_cpu;
                 async move {
                     let took = match side {

@@ -60,7 +60,6 @@ mod common;
 
 use common::{Counting, cpu_used, message_count};
 
-const ROUNDS: usize = 7;
 const PAYLOAD: [u8; 64] = [0x2a; 64];
 const UPSTREAM: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -144,6 +143,7 @@ fn run(case: Case, side: Side, messages: usize) -> (f64, f64) {
 }
 
 fn main() {
+    let round_count = courier_testkit::bench::env_or(courier_testkit::bench::ROUNDS_ENV, 7).max(1);
     let messages = message_count(100_000);
     let cases: &[Case] = if std::env::args().any(|a| a == "nosub") {
         &[Case::NoSubscriber, Case::PublishInTrace]
@@ -158,7 +158,7 @@ fn main() {
     let mut report = Report::new(format!(
         "telemetry overhead on courier-memory: {messages} messages of {} bytes published one at \
          a time and consumed by the runtime (concurrency 8, no-op handler), current-thread \
-         runtime, raw = telemetry off, courier = telemetry on, median of {ROUNDS} interleaved \
+         runtime, raw = telemetry off, courier = telemetry on, median of {round_count} interleaved \
          rounds",
         PAYLOAD.len()
     ));
@@ -174,7 +174,7 @@ fn main() {
         // Each round builds a runtime of its own: drive the rounds from
         // outside any runtime.
         let mut per_cpu = Rounds::default();
-        let rounds = driver.block_on(interleaved(ROUNDS, |side| {
+        let rounds = driver.block_on(interleaved(round_count, |side| {
             let (wall, cpu) = std::thread::scope(|s| {
                 s.spawn(|| run(case, side, messages)).join().expect("round")
             });

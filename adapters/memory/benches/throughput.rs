@@ -25,7 +25,6 @@ use common::{Counting, message_count, multi_thread};
 use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
 
-const ROUNDS: usize = 5;
 const BATCH: usize = 1_000;
 const PAYLOAD: usize = 64;
 const KEYS: usize = 16;
@@ -95,6 +94,7 @@ async fn run(side: Side, messages: usize, concurrency: usize, keyed: bool) -> Du
 }
 
 fn main() {
+    let round_count = courier_testkit::bench::env_or(courier_testkit::bench::ROUNDS_ENV, 5).max(1);
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -103,7 +103,7 @@ fn main() {
     let mut report = Report::new(format!(
         "courier-memory end to end: publish_batch({BATCH}) + consume + ack, {messages} messages \
          of {PAYLOAD} bytes, 2 worker threads, raw = bare subscribe+ack loop, courier = consumer \
-         runtime, median of {ROUNDS} interleaved rounds"
+         runtime, median of {round_count} interleaved rounds"
     ));
     rt.block_on(async {
         run(
@@ -118,7 +118,7 @@ fn main() {
             ("publish+consume e2e c=1", 1, false),
             ("publish+consume e2e keys=16", DEFAULT_CONCURRENCY, true),
         ] {
-            let rounds = interleaved(ROUNDS, |side| async move {
+            let rounds = interleaved(round_count, |side| async move {
                 rate(messages, run(side, messages, concurrency, keyed).await)
             })
             .await;

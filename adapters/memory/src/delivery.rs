@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use courier_core::adapter::Acknowledger;
-use courier_core::{Message, Nack, Result, async_trait};
+use courier_core::{DeadLetter, Message, Nack, Result, async_trait};
 use futures::task::AtomicWaker;
 
 use crate::state::{Group, Pending, State};
@@ -61,6 +61,22 @@ impl MemoryAcker {
     }
 }
 
+impl MemoryAcker {
+    /// Appends the dead-letter copy to the dead-letter topic's groups. A
+    /// full dead-letter group refuses at once: the message stays where it
+    /// is, and the caller sees why.
+    fn append_dead_letter(&self, message: &Message, dead_letter: &DeadLetter) -> Result<()> {
+        let (topic, copy) =
+            dead_letter.to_message(message, &self.flow.group.topic, &self.flow.group.name)?;
+        let copy = vec![copy];
+        let state = &self.flow.state;
+        state.check_publish(&topic, &copy)?;
+        state.try_append(&topic, copy).map_err(|full| {
+            crate::state::queue_full(&topic, &full.group, state.config.max_queue_len)
+        })
+    }
+}
+
 #[async_trait]
 impl Acknowledger for MemoryAcker {
     async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
@@ -79,21 +95,9 @@ impl Acknowledger for MemoryAcker {
                 self.requeue_after(message, delay);
                 Ok(())
             }
-            Nack::DeadLetter(dead_letter) => dead_letter
-                .to_message(message, &self.flow.group.topic, &self.flow.group.name)
-                .map_err(Into::into)
-                .and_then(|(topic, copy)| {
-                    let copy = vec![copy];
-                    let state = &self.flow.state;
-                    state.check_publish(&topic, &copy)?;
-                    // A full dead-letter group refuses at once: the message
-                    // stays where it is, and the caller sees why.
-                    state.try_append(&topic, copy).map_err(|full| {
-                        crate::state::queue_full(&topic, &full.group, state.config.max_queue_len)
-                    })?;
-                    self.flow.group.settled();
-                    Ok(())
-                })
+            Nack::DeadLetter(dead_letter) => self
+                .append_dead_letter(message, &dead_letter)
+                .map(|()| self.flow.group.settled())
                 .inspect_err(|_| self.requeue(message)),
             _ => {
                 self.requeue(message);
@@ -107,5 +111,13 @@ impl Acknowledger for MemoryAcker {
     fn abandon(self: Box<Self>, message: &Message) {
         self.requeue(message);
         self.flow.release();
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        message: &Message,
+        dead_letter: &DeadLetter,
+    ) -> Option<Result<()>> {
+        Some(self.append_dead_letter(message, dead_letter))
     }
 }

@@ -32,7 +32,11 @@
 //! the group. Either way nothing is appended to any group (a publish is all
 //! or nothing), and a batch larger than the limit is refused at once. A
 //! dead letter to a full group is refused the same way, and the message
-//! stays in its own group. Topics without groups keep only their last
+//! stays in its own group (the consumer runtime holds it and publishes the
+//! copy again with a backoff, see
+//! [the runtime's dead letters](courier_core::runtime#dead-letters); it
+//! also provisions the consumer's group on the dead-letter topic before it
+//! starts, so dead letters are queued rather than kept only as history). Topics without groups keep only their last
 //! [`MemoryConfig::retention`] messages.
 //!
 //! # Observability

@@ -11,7 +11,7 @@
 //!
 //! `cargo bench -p courier-nats --bench latency` (starts its own NATS
 //! container; `COURIER_TEST_NATS_URL` uses a running server instead).
-//! `-- ROUNDS` sets the rounds per payload size (default 5).
+//! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per payload size (default 5).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,16 +29,8 @@ const MESSAGES: usize = 2_000;
 const SIZES: [usize; 2] = [64, 16 * 1024];
 
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5)
-        .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rounds = courier_testkit::bench::rounds(5);
+    let runtime = courier_testkit::bench::runtime();
     runtime.block_on(async move {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
         let url = server.url().to_owned();

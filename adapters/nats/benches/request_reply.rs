@@ -11,7 +11,7 @@
 //!
 //! `cargo bench -p courier-nats --bench request_reply` (starts its own
 //! NATS container; `COURIER_TEST_NATS_URL` uses a running server instead).
-//! `-- ROUNDS` sets the rounds per concurrency (default 5); the sides
+//! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per concurrency (default 5); the sides
 //! alternate who goes first, and the medians of the rounds are compared
 //! (`request c=N p50`/`p99` in microseconds, `request c=N` in requests per
 //! second).
@@ -53,16 +53,8 @@ struct Round {
 }
 
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5)
-        .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rounds = courier_testkit::bench::rounds(5);
+    let runtime = courier_testkit::bench::runtime();
     runtime.block_on(async move {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
         let url = server.url().to_owned();

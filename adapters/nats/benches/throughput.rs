@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p courier-nats --bench throughput` (starts its own NATS
 //! container; `COURIER_TEST_NATS_URL` uses a running server instead).
-//! `-- ROUNDS` sets the rounds per case (default 5), any other argument
+//! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per case (default 5), any other argument
 //! runs only the cases whose name contains it; the sides alternate who
 //! goes first and the medians of the rounds are compared.
 //!
@@ -40,22 +40,14 @@ const PUBLISHED: usize = 30_000;
 const PULL_BATCH: usize = 200;
 
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5)
-        .max(1);
+    let rounds = courier_testkit::bench::rounds(5);
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a.parse::<usize>().is_err() && !a.starts_with("--"))
         .collect();
     let wanted =
         move |case: &str| only.is_empty() || only.iter().any(|o| case.contains(o.as_str()));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = courier_testkit::bench::runtime();
     runtime.block_on(async move {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
         let url = server.url().to_owned();

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::AckKind;
 use courier_core::adapter::Acknowledger;
-use courier_core::{Error, Message, Nack, Result, async_trait};
+use courier_core::{DeadLetter, Error, Message, Nack, Result, async_trait};
 
 use crate::connection::Inner;
 use crate::error::op_error;
@@ -53,6 +53,35 @@ impl NatsAcker {
     }
 }
 
+impl NatsAcker {
+    /// Dead-letters a message courier cannot decode, delivered for the
+    /// `deliveries`-th time: on success the original is terminated; when
+    /// the copy is refused, the original is NAKed with the dead-letter
+    /// backoff for that many failures, so its next delivery (and the next
+    /// try) comes after a growing delay instead of at once.
+    pub(crate) async fn dead_letter_foreign(self, raw: Message, reason: String, deliveries: u32) {
+        match self.publish_copy(&raw, &DeadLetter::new(reason)).await {
+            Ok(()) => {
+                let _ = self.settle(AckKind::Term, "term").await;
+            }
+            Err(error) => {
+                let delay = courier_core::adapter::dead_letter_retry_delay(deliveries);
+                tracing::warn!(
+                    topic = %self.topic, id = %raw.id(), deliveries, ?delay, %error,
+                    "publishing the dead-letter copy of a foreign message failed; it comes back after the delay"
+                );
+                let _ = self.settle(AckKind::Nak(Some(delay)), "nak").await;
+            }
+        }
+    }
+
+    /// Publishes the dead-letter copy; the original stays unsettled.
+    async fn publish_copy(&self, message: &Message, dead_letter: &DeadLetter) -> Result<()> {
+        let (topic, copy) = dead_letter.to_message(message, &self.topic, &self.group)?;
+        crate::publisher::publish(&self.inner, &topic, vec![copy]).await
+    }
+}
+
 #[async_trait]
 impl Acknowledger for NatsAcker {
     async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
@@ -63,13 +92,7 @@ impl Acknowledger for NatsAcker {
         match nack {
             Nack::RequeueAfter(delay) => self.settle(AckKind::Nak(Some(delay)), "nak").await,
             Nack::DeadLetter(dead_letter) => {
-                let copied = match dead_letter.to_message(message, &self.topic, &self.group) {
-                    Ok((topic, copy)) => {
-                        crate::publisher::publish(&self.inner, &topic, vec![copy]).await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                match copied {
+                match self.publish_copy(message, &dead_letter).await {
                     Ok(()) => self.settle(AckKind::Term, "term").await,
                     Err(e) => {
                         // The original stays and comes back.
@@ -80,6 +103,32 @@ impl Acknowledger for NatsAcker {
             }
             _ => self.settle(AckKind::Nak(None), "nak").await,
         }
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        message: &Message,
+        dead_letter: &DeadLetter,
+    ) -> Option<Result<()>> {
+        if !self.inner.outstanding.lock().contains_key(&self.token) {
+            // Returned on close: the server delivers the message again.
+            return None;
+        }
+        let copied = self.publish_copy(message, dead_letter).await;
+        if copied.is_err() {
+            // The original is held while the copy is tried again: restart
+            // its ack wait so the server does not deliver it meanwhile.
+            let _ = self
+                .inner
+                .client
+                .publish(self.reply.clone(), AckKind::Progress.into())
+                .await;
+        }
+        Some(copied)
+    }
+
+    async fn settle_dead_lettered(self: Box<Self>, _message: &Message) -> Result<()> {
+        self.settle(AckKind::Term, "term").await
     }
 
     fn abandon(self: Box<Self>, _message: &Message) {

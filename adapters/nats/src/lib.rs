@@ -25,12 +25,22 @@
 //!   exactly. Values NATS would alter (empty, or with leading or trailing
 //!   white space) travel quoted. A message from another producer keeps its
 //!   `Nats-Msg-Id` as id, or gets `<topic>-<stream sequence>`; one courier
-//!   cannot represent goes to the dead-letter topic with the reason.
+//!   cannot represent goes to the dead-letter topic with the reason and
+//!   that id. If the copy is refused, the original is NAKed with the
+//!   dead-letter backoff for its delivery count
+//!   ([`dead_letter_retry_delay`](courier_core::adapter::dead_letter_retry_delay)),
+//!   so the next try comes after a growing delay, never in a loop (with
+//!   [`NatsConfig::max_deliver`] set, the server stops after that many).
 //! - **Settlement** is confirmed by the server (see
 //!   [Settlement](crate#settlement)). `Nack::Requeue` is a NAK,
 //!   `RequeueAfter(d)` a NAK with delay, `DeadLetter` publishes the copy to
 //!   the dead-letter topic (confirmed) and then terminates the original
-//!   (`+TERM`). A delivery dropped unsettled is NAKed.
+//!   (`+TERM`). A delivery dropped unsettled is NAKed. The consumer runtime
+//!   provisions the consumer's group on the dead-letter topic before it
+//!   starts (a durable consumer created later would start after the dead
+//!   letters), and holds a message whose copy is refused (its ack wait
+//!   restarted with `+WPI`) while it publishes the copy again with a
+//!   backoff (see [the runtime's dead letters](courier_core::runtime#dead-letters)).
 //! - **Flow**: a stream pulls at most [`Subscription::prefetch`] messages at
 //!   a time and never holds more unsettled than that; the consumer's `max_ack_pending`
 //!   ([`NatsConfig::max_ack_pending`]) bounds the group.

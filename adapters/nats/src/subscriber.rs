@@ -244,16 +244,26 @@ fn to_delivery(
         Err(e) => {
             // Not a message courier can represent (a header that is not
             // UTF-8, say): it goes to the dead-letter topic with the reason,
-            // payload kept, instead of reaching handlers or being lost.
-            let raw = courier_core::Message::new(message.payload.clone());
-            let delivery = adapter::delivery(raw, topic.clone(), Box::new(acker), None);
+            // payload and id kept, instead of reaching handlers or being
+            // lost. A copy the dead-letter topic refuses is tried again at
+            // the message's next delivery, which the server delays by the
+            // dead-letter backoff: no loop.
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(crate::codec::NATS_MSG_ID))
+                .and_then(|id| MessageId::parse(id.as_str()).ok())
+                .unwrap_or_else(|| {
+                    MessageId::parse(&format!("{topic}-{sequence}")).unwrap_or_default()
+                });
+            let raw = courier_core::Message::new(message.payload.clone()).with_id(id);
+            let failures = info.map_or(1, |(delivered, _)| delivered.max(1) as u32);
             let reason = format!("undecodable NATS headers: {e}");
             tracing::warn!(topic = %topic, %reason, "dead-lettering a foreign message");
+            let dead_letter = acker.dead_letter_foreign(raw, reason, failures);
             inner
                 .tasks
-                .spawn("dead-letter a foreign message", async move {
-                    let _ = delivery.nack(courier_core::Nack::dead_letter(reason)).await;
-                });
+                .spawn("dead-letter a foreign message", dead_letter);
             None
         }
     }

@@ -11,7 +11,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
 fn image() -> (String, String) {
     let image = std::env::var("COURIER_TEST_NATS_IMAGE")
-        .unwrap_or_else(|_| "courier-test/nats:bookworm".to_owned());
+        .unwrap_or_else(|_| "courier-test/nats:trixie".to_owned());
     let (name, tag) = image.split_once(':').unwrap_or((&image, "latest"));
     (name.to_owned(), tag.to_owned())
 }

@@ -10,6 +10,9 @@
 //! - [`check_payloads`]: the payload-size check of a publish.
 //! - [`OncePerKey`]: setup (declaring an exchange, creating a topic) run
 //!   once however many publishes race for it.
+//! - [`dead_letter_retry_delays`] and [`dead_letter_retry_delay`]: the
+//!   backoff between dead-letter publishes of one message that failed
+//!   (a copy of a message the adapter cannot decode, say).
 //! - [`url`]: reading a broker URL and its options the same way on every
 //!   adapter (the shared option names, durations, unknown options refused).
 //! - [`backoff`]: the jittered, capped exponential wait of every reconnect
@@ -28,6 +31,11 @@ pub mod wire;
 
 pub use once_per_key::OncePerKey;
 pub use task_set::TaskSet;
+
+pub use crate::dead_letter_retry::{
+    DEAD_LETTER_RETRY_MAX_DELAY, DEAD_LETTER_RETRY_MIN_DELAY, dead_letter_retry_delay,
+    dead_letter_retry_delays,
+};
 
 use std::sync::Arc;
 

@@ -74,6 +74,7 @@ pub struct ConsumerBuilder {
     ordered_by_key: bool,
     retry: RetryPolicy,
     dead_letter_topic: Option<String>,
+    provision_dead_letter_group: bool,
     shutdown_deadline: Duration,
     shutdown: ShutdownHandle,
     lag_report: Option<LagReport>,
@@ -90,6 +91,10 @@ impl fmt::Debug for ConsumerBuilder {
             .field("ordered_by_key", &self.ordered_by_key)
             .field("retry", &self.retry)
             .field("dead_letter_topic", &self.dead_letter_topic)
+            .field(
+                "provision_dead_letter_group",
+                &self.provision_dead_letter_group,
+            )
             .field("shutdown_deadline", &self.shutdown_deadline)
             .finish_non_exhaustive()
     }
@@ -132,9 +137,24 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Dead-letter to `topic` instead of `<topic>.dlq`.
+    /// Dead-letter to `topic` instead of `<topic>.dlq`. The name is
+    /// checked by [`Consumer::start`], before anything is consumed.
     pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// Whether [`Consumer::start`] provisions a group on the dead-letter
+    /// topic, named as the consumer's own group, before it subscribes
+    /// (default `true`), so the dead-letter topic exists and keeps every
+    /// dead letter on every broker (see
+    /// [the module docs](crate::runtime#dead-letters)). Turn it off when
+    /// the dead-letter topic's groups are provisioned elsewhere; a
+    /// dead-letter topic that then refuses the copy (RabbitMQ refuses a
+    /// copy no queue would receive) makes the consumer hold the message and
+    /// publish the copy again with a backoff until it is taken.
+    pub fn provision_dead_letter_group(mut self, provision: bool) -> Self {
+        self.provision_dead_letter_group = provision;
         self
     }
 
@@ -250,6 +270,7 @@ impl ConsumerBuilder {
         Consumer {
             subscriber: self.subscriber,
             subscription: self.subscription.prefetch(prefetch),
+            provision_dead_letter_group: self.provision_dead_letter_group,
             shutdown_deadline: self.shutdown_deadline,
             shutdown: self.shutdown,
             shared: Arc::new(shared),
@@ -323,6 +344,7 @@ impl ConsumerBuilder {
 pub struct Consumer {
     subscriber: Arc<dyn Subscriber>,
     subscription: Subscription,
+    provision_dead_letter_group: bool,
     shutdown_deadline: Duration,
     shutdown: ShutdownHandle,
     shared: Arc<Shared>,
@@ -357,6 +379,7 @@ impl Consumer {
             ordered_by_key: true,
             retry: RetryPolicy::default(),
             dead_letter_topic: None,
+            provision_dead_letter_group: true,
             shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
             shutdown: ShutdownHandle::new(),
             lag_report: None,
@@ -385,7 +408,9 @@ impl Consumer {
     /// Subscribes, then handles messages on tasks of its own until it is
     /// shut down. Returns once the subscription exists (the group keeps
     /// every message published from then on), with the handle that stops
-    /// it.
+    /// it. Before subscribing, it checks the dead-letter topic's name and
+    /// provisions the consumer's group on it (unless
+    /// [`ConsumerBuilder::provision_dead_letter_group`] is off).
     ///
     /// The consumer stops when [`RunningConsumer::shutdown`] is called, its
     /// [`ShutdownHandle`] is triggered, or its subscriber was closed, in
@@ -409,19 +434,20 @@ impl Consumer {
     /// # Errors
     ///
     /// [`Error::InvalidName`](crate::Error::InvalidName) for an invalid
-    /// dead-letter topic, or subscribing failed.
+    /// dead-letter topic (the default `<topic>.dlq` included, which can be
+    /// too long), or provisioning the dead-letter group or subscribing
+    /// failed.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropped before it returns, nothing runs; the
     /// subscription may have been created.
     pub async fn start(self) -> Result<RunningConsumer> {
-        if let Some(topic) = &self.shared.dead_letter_topic {
-            crate::name::validate_topic(topic)?;
-        }
+        let dead_letters = dead_letter_subscription(&self.shared, &self.subscription)?;
         let Consumer {
             subscriber,
             subscription,
+            provision_dead_letter_group,
             shutdown_deadline,
             shared,
             resubscribe,
@@ -430,10 +456,16 @@ impl Consumer {
         let metrics = ConsumerMetrics {
             counters: shared.counters.clone(),
         };
+        let subscribe = async {
+            if provision_dead_letter_group {
+                subscriber.provision(&dead_letters).await?;
+            }
+            subscriber.subscribe(subscription.clone()).await
+        };
         let stream = tokio::select! {
             biased;
             () = shared.stop.token.cancelled() => None,
-            stream = subscriber.subscribe(subscription.clone()) => Some(stream?),
+            stream = subscribe => Some(stream?),
         };
         let resubscribes = Arc::new(AtomicU64::new(0));
         let stream = match stream {
@@ -526,6 +558,17 @@ impl Consumer {
     pub async fn run_until_signal(self) -> Result<ConsumerStats> {
         self.run_until(signal()).await
     }
+}
+
+/// The consumer's group on its dead-letter topic, the topic's name checked.
+fn dead_letter_subscription(shared: &Shared, subscription: &Subscription) -> Result<Subscription> {
+    subscription.validate()?;
+    let topic = match &shared.dead_letter_topic {
+        Some(topic) => topic.clone(),
+        None => crate::delivery::default_dead_letter_topic(subscription.topic()),
+    };
+    crate::name::validate_topic(&topic)?;
+    Ok(Subscription::new(topic, subscription.group()))
 }
 
 /// A started consumer; made by [`Consumer::start`].

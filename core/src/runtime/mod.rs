@@ -39,6 +39,8 @@
 //!   [`ConsumerBuilder::dead_letter_topic`]) with the reason, attempt count,
 //!   original topic, group and first/last failure times
 //!   ([`crate::delivery`]'s `DLQ_*` headers), then removes the original.
+//!   The dead-letter topic always exists and a refused copy never loops:
+//!   see [Dead letters](#dead-letters).
 //! - **Where handlers run**: each delivery starts on the consumer's
 //!   dispatch task and moves to a task of its own at its first wait that
 //!   is not ready at once (with concurrency 1 it stays on the dispatch
@@ -83,6 +85,53 @@
 //! attempt count exact on brokers that do not count deliveries, and costs
 //! no broker round trip. A message whose retries are cut short by a
 //! shutdown comes back to the next consumer and starts counting again.
+//!
+//! # Dead letters
+//!
+//! A dead letter is kept, never looped and never lost, on every broker:
+//!
+//! - **The name is checked at start.** [`Consumer::start`] refuses an
+//!   invalid dead-letter topic ([`ConsumerBuilder::dead_letter_topic`], or
+//!   a `<topic>.dlq` too long for a topic name) with
+//!   [`Error::InvalidName`](crate::Error::InvalidName) before it consumes
+//!   anything, not at the first poison message.
+//! - **The dead-letter topic has a group before the first message.**
+//!   Before it subscribes, [`Consumer::start`] provisions a group on the
+//!   dead-letter topic named as the consumer's own group (the consumer
+//!   `billing` on `orders` provisions `billing` on `orders.dlq`), as
+//!   MassTransit keeps an `_error` queue per endpoint and Spring Cloud
+//!   Stream binds a DLQ per group. So the dead letters are kept until
+//!   someone reads them (on RabbitMQ a copy to an exchange with no queue
+//!   would be refused, on Kafka and NATS a group created later would not
+//!   see it, on memory it would be kept only as history). Reading that
+//!   group (with a plain subscription or the `courier` command) is how dead
+//!   letters are inspected or replayed. Where the dead-letter topic's
+//!   groups are provisioned elsewhere, turn this off with
+//!   [`ConsumerBuilder::provision_dead_letter_group`].
+//! - **A refused copy is published again, with a backoff, while the
+//!   message is held.** When the broker refuses the copy (no queue bound
+//!   with the provisioning turned off, a full dead-letter queue, an
+//!   outage), the consumer keeps the original unsettled and in flight
+//!   (its ordering lane held), logs a warning, counts the failure in
+//!   [`ConsumerStats::dead_letter_failures`] and
+//!   [`ConsumerStatus::dead_letter_failures`], and publishes the copy
+//!   again after a jittered exponential delay from
+//!   [`DEAD_LETTER_RETRY_MIN_DELAY`] (100 ms) up to
+//!   [`DEAD_LETTER_RETRY_MAX_DELAY`] (30 s), until the broker takes it.
+//!   The handler is not run again meanwhile: the failure was decided, only
+//!   its copy is late. Once the copy is taken the original is removed, so
+//!   the dead-letter topic gets it once. When the shutdown deadline passes
+//!   first, the original is given back (it comes back to the next
+//!   consumer, which handles it again). Adapters that cannot hold a
+//!   delivery while publishing (see
+//!   [`Acknowledger::publish_dead_letter`](crate::adapter::Acknowledger::publish_dead_letter))
+//!   fall back to [`Nack::DeadLetter`](crate::Nack::DeadLetter), which
+//!   requeues the original when its copy is refused.
+//! - **Messages an adapter cannot decode** (a foreign producer's headers
+//!   that are not UTF-8, say) never reach a handler: the adapter
+//!   dead-letters them to `<topic>.dlq` itself with the same backoff (on
+//!   NATS as a delayed redelivery, on Kafka while the record is held;
+//!   RabbitMQ and memory have no such messages).
 //!
 //! # Performance
 //!
@@ -193,6 +242,7 @@
 mod app;
 mod consumer;
 mod context;
+mod dead_letter;
 mod dispatch;
 mod error;
 mod handler;
@@ -208,6 +258,7 @@ mod shutdown;
 mod stats;
 mod status;
 
+pub use crate::dead_letter_retry::{DEAD_LETTER_RETRY_MAX_DELAY, DEAD_LETTER_RETRY_MIN_DELAY};
 pub use app::{App, RunningApp};
 pub use consumer::{
     Consumer, ConsumerBuilder, DEFAULT_CONCURRENCY, DEFAULT_SHUTDOWN_DEADLINE, IntoSubscriber,

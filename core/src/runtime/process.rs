@@ -16,6 +16,7 @@ use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use super::dead_letter::{CopyOutcome, publish_copy};
 use super::error::{FailureKind, HandlerError, HandlerResult, Panicked};
 use super::shared::Shared;
 
@@ -226,19 +227,20 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, t
     if let Some(topic) = &shared.dead_letter_topic {
         dead_letter = dead_letter.with_topic(topic.clone());
     }
-    settle(
-        shared,
-        delivery,
-        Settle::Nack(Nack::DeadLetter(dead_letter)),
-        Some(traced),
-    )
-    .await;
+    let how = match publish_copy(shared, &delivery, &dead_letter).await {
+        CopyOutcome::Published => Settle::DeadLettered,
+        CopyOutcome::Unsupported => Settle::Nack(Nack::DeadLetter(dead_letter)),
+        CopyOutcome::Aborted => return requeue(shared, [delivery]).await,
+    };
+    settle(shared, delivery, how, Some(traced)).await;
 }
 
 /// How a delivery is settled.
 enum Settle {
     Ack,
     Nack(Nack),
+    /// Its dead-letter copy was published: remove the original.
+    DeadLettered,
 }
 
 /// Settles the delivery and counts the outcome; the settle span is a child
@@ -265,6 +267,14 @@ async fn settle(shared: &Shared, delivery: Delivery, how: Settle, traced: Option
                 telemetry.dead_lettered(traced);
             }
             (outcome, counter)
+        }
+        Settle::DeadLettered => {
+            let span = telemetry.settle_span(traced, "dead_letter", delivery.message());
+            let outcome = delivery.settle_dead_lettered().instrument(span).await;
+            if outcome.is_ok() {
+                telemetry.dead_lettered(traced);
+            }
+            (outcome, &counters.dead_lettered)
         }
     };
     record(shared, outcome, counter, &id);

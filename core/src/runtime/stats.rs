@@ -27,6 +27,10 @@ pub struct ConsumerStats {
     pub requeued: u64,
     /// Acks and nacks the broker refused (the message then comes back).
     pub settle_errors: u64,
+    /// Dead-letter copies the broker refused; each is published again
+    /// after a backoff while the message is held (see
+    /// [the module docs](crate::runtime#dead-letters)).
+    pub dead_letter_failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +49,7 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) requeued: AtomicU64,
     pub(crate) settle_errors: AtomicU64,
+    pub(crate) dead_letter_failures: AtomicU64,
 }
 
 impl Counters {
@@ -101,6 +106,7 @@ impl ConsumerMetrics {
             dead_lettered: read(&c.dead_lettered),
             requeued: read(&c.requeued),
             settle_errors: read(&c.settle_errors),
+            dead_letter_failures: read(&c.dead_letter_failures),
         }
     }
 }

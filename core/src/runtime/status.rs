@@ -42,6 +42,10 @@ pub struct ConsumerStatus {
     /// [`ConsumerBuilder::report_lag`](super::ConsumerBuilder::report_lag);
     /// `None` without it or before the first read.
     pub lag: Option<u64>,
+    /// Dead-letter copies the broker refused so far (each is published
+    /// again after a backoff); a number that grows means the dead-letter
+    /// topic refuses and messages wait for it.
+    pub dead_letter_failures: u64,
 }
 
 impl ConsumerStatus {
@@ -59,6 +63,7 @@ impl ConsumerStatus {
             in_flight: counters.in_flight.load(Ordering::Relaxed),
             running: counters.running.load(Ordering::Relaxed),
             lag: shared.telemetry.last_lag(),
+            dead_letter_failures: counters.dead_letter_failures.load(Ordering::Relaxed),
         }
     }
 }

@@ -134,9 +134,56 @@ mod tests {
     #[tokio::test]
     async fn concurrency_limit_is_shared_by_clones() {
         let limit = ConcurrencyLimitLayer::new(2);
-        let a = limit.clone().layer(raw(|_m| async { Ok(()) }));
-        assert_eq!(limit.available(), 2);
-        call(&a).await.unwrap();
+        let running = Arc::new(AtomicU32::new(0));
+        let most = Arc::new(AtomicU32::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let blocking = || {
+            let (running, most, release) = (running.clone(), most.clone(), release.clone());
+            raw(move |_m| {
+                let (running, most, release) = (running.clone(), most.clone(), release.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    release.acquire().await.expect("open").forget();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+        };
+        // Two handlers (two consumers, say), each behind its own clone.
+        let first = limit.clone().layer(blocking());
+        let second = limit.clone().layer(blocking());
+        let check = async {
+            while running.load(Ordering::SeqCst) < 2 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                limit.available(),
+                0,
+                "the clones took the original's permits"
+            );
+            // All three attempts are polled in turn by the join below: the
+            // third has had every chance to start.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                running.load(Ordering::SeqCst),
+                2,
+                "a third attempt ran past the shared limit"
+            );
+            release.add_permits(3);
+        };
+        let checked = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(call(&first), call(&second), call(&first), check)
+        })
+        .await
+        .expect("two attempts start, the third after them");
+        let (a, b, c, ()) = checked;
+        a.unwrap();
+        b.unwrap();
+        c.unwrap();
+        assert_eq!(most.load(Ordering::SeqCst), 2);
         assert_eq!(limit.available(), 2);
     }
 }
