@@ -120,7 +120,7 @@ where
 
 /// A provisioned group of a new topic, and the id of one message
 /// published to it before any fault.
-async fn provisioned_with_one(ctx: &Ctx, broker: &Broker) -> (Subscription, MessageId) {
+pub(crate) async fn provisioned_with_one(ctx: &Ctx, broker: &Broker) -> (Subscription, MessageId) {
     let sub = Subscription::new(ctx.name("t"), ctx.name("g"));
     broker.provision(&sub).await.expect("provision");
     let before = Message::new("before");

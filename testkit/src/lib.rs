@@ -25,6 +25,7 @@
 
 pub mod bench;
 pub mod bench_runs;
+pub mod close_cases;
 mod competing;
 pub mod conformance;
 pub mod dead_letter_cases;
@@ -44,7 +45,8 @@ pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
 /// Every case of the suite: the conformance cases, the consumer runtime's
 /// cases, the dead-letter cases, the observability cases (lag, health), the
-/// request/reply cases, the fault cases and the unroutable-publish cases.
+/// request/reply cases, the fault cases, the unroutable-publish cases and
+/// the close cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
@@ -53,5 +55,6 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(request_cases::cases());
     cases.extend(fault_cases::cases());
     cases.extend(unroutable_cases::cases());
+    cases.extend(close_cases::cases());
     cases
 }

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use courier_core::adapter::backoff::Backoff;
 use courier_core::adapter::url::{self as broker_url, SharedOptions, UrlOption};
 use courier_core::{Result, UnroutablePolicy};
 
@@ -87,8 +88,11 @@ impl QueueType {
 ///
 /// The first connection is not retried: [`AmqpBroker::connect`](crate::AmqpBroker::connect)
 /// reports a typed error at once. Once connected, a lost connection is
-/// re-established with exponential backoff, from [`Reconnect::initial_delay`]
-/// doubling up to [`Reconnect::max_delay`], for at most
+/// re-established with jittered exponential backoff
+/// ([`courier_core::adapter::backoff`]: the nominal wait goes from
+/// [`Reconnect::initial_delay`] doubling up to [`Reconnect::max_delay`], the
+/// actual one is drawn between half of it and all of it, so that clients of
+/// a restarted broker do not reconnect in lockstep), for at most
 /// [`Reconnect::give_up_after`]; then the waiting operations fail with the
 /// last connection error, and the next operation starts trying again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +136,14 @@ impl Reconnect {
     }
 
     /// The delay after `failures` failed attempts in a row.
+    /// The backoff of the reconnect and retry loops.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.initial_delay, self.max_delay)
+    }
+
+    /// The jittered wait after the `failures`-th consecutive failure.
     pub(crate) fn delay(&self, failures: u32) -> Duration {
-        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
-        self.initial_delay
-            .saturating_mul(factor)
-            .min(self.max_delay)
+        self.backoff().delay(failures)
     }
 }
 
@@ -509,14 +516,17 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_limit() {
+    fn backoff_doubles_up_to_the_limit_with_jitter() {
         let r = Reconnect::default()
             .initial_delay(Duration::from_millis(100))
             .max_delay(Duration::from_secs(1));
-        assert_eq!(r.delay(1), Duration::from_millis(100));
-        assert_eq!(r.delay(2), Duration::from_millis(200));
-        assert_eq!(r.delay(4), Duration::from_millis(800));
-        assert_eq!(r.delay(5), Duration::from_secs(1));
-        assert_eq!(r.delay(500), Duration::from_secs(1));
+        for (failures, nominal) in [(1, 100), (2, 200), (4, 800), (5, 1000), (500, 1000)] {
+            let nominal = Duration::from_millis(nominal);
+            let wait = r.delay(failures);
+            assert!(
+                wait >= nominal / 2 && wait <= nominal,
+                "{failures}: {wait:?}"
+            );
+        }
     }
 }

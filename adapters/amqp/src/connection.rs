@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use courier_core::adapter::TaskSet;
 use courier_core::error::redact_url;
 use courier_core::{BrokerErrorKind, Error, Result};
 use lapin::uri::AMQPUri;
@@ -31,6 +32,9 @@ pub(crate) struct Link {
     generation: AtomicU64,
     /// When a delivery of this link was last settled (see [`SETTLE_GRACE`]).
     last_settled: Mutex<Option<Instant>>,
+    /// Detached work (consumer pumps, closing consumer channels and dead
+    /// connections), which `close` waits for.
+    tasks: TaskSet,
 }
 
 /// How long a consumer channel (or the subscriber's connection) stays open
@@ -80,6 +84,7 @@ impl Link {
             closed: CancellationToken::new(),
             generation: AtomicU64::new(0),
             last_settled: Mutex::new(None),
+            tasks: TaskSet::new(),
         });
         let session = link.open_session().await?;
         *link.current.lock() = Some(session);
@@ -92,6 +97,11 @@ impl Link {
 
     pub(crate) fn role(&self) -> &'static str {
         self.role
+    }
+
+    /// The link's detached tasks.
+    pub(crate) fn tasks(&self) -> &TaskSet {
+        &self.tasks
     }
 
     /// Cancelled once `close` was called.
@@ -161,7 +171,7 @@ impl Link {
             return Ok(session);
         }
         if let Some(dead) = self.current.lock().take() {
-            dead.discard();
+            dead.discard(&self.tasks);
         }
         let policy = self.config.reconnect;
         let started = Instant::now();
@@ -174,7 +184,7 @@ impl Link {
             match attempt {
                 Ok(session) => {
                     if self.is_closed() {
-                        session.close().await;
+                        let _ = session.close().await;
                         return Err(Error::Closed(self.role));
                     }
                     tracing::info!(url = %self.redacted, role = self.role, failures, "AMQP connection re-established");
@@ -217,7 +227,7 @@ impl Link {
             && let Some(dead) = current.take()
         {
             drop(current);
-            dead.discard();
+            dead.discard(&self.tasks);
         }
     }
 
@@ -273,16 +283,30 @@ impl Link {
         }
     }
 
-    /// Closes: new operations fail with [`Error::Closed`], outstanding
-    /// publisher confirms are awaited (for a few seconds), settlements get
-    /// their [`SETTLE_GRACE`], then the connection is closed, so the broker
-    /// requeues unsettled deliveries. Idempotent.
-    pub(crate) async fn close(&self) {
+    /// Closes: new operations fail with [`Error::Closed`], settlements get
+    /// their [`SETTLE_GRACE`], the link's tasks (consumer pumps cancelling
+    /// their consumers, consumer channels closing) finish within
+    /// [`CLOSE_TASKS`], then outstanding publisher confirms are awaited and
+    /// the connection is closed within the session's close bound, so the
+    /// broker requeues unsettled deliveries. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] naming `close` when the tasks or the connection
+    /// did not finish within their bounds (the connection is closed
+    /// all the same).
+    pub(crate) async fn close(&self) -> Result<()> {
         self.closed.cancel();
         self.settle_grace().await;
+        let tasks = self.tasks.close_within(CLOSE_TASKS).await;
         let session = self.current.lock().take();
-        if let Some(session) = session {
-            session.close().await;
-        }
+        let closing = match session {
+            Some(session) => session.close().await,
+            None => Ok(()),
+        };
+        tasks.and(closing)
     }
 }
+
+/// How long closing waits for a link's detached tasks.
+pub(crate) const CLOSE_TASKS: Duration = Duration::from_secs(5);

@@ -67,10 +67,15 @@ impl Drop for ConsumerChannel {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let channel = self.channel.clone();
             let link = self.group.link.clone();
-            runtime.spawn(async move {
-                link.settle_grace().await;
-                let _ = channel.close(200, "subscription ended".into()).await;
-            });
+            let closing = link.clone();
+            link.tasks().spawn_on(
+                "close a consumer channel",
+                async move {
+                    closing.settle_grace().await;
+                    let _ = channel.close(200, "subscription ended".into()).await;
+                },
+                &runtime,
+            );
         }
     }
 }

@@ -62,6 +62,21 @@ pub enum AmqpError {
         #[source]
         last: Box<Error>,
     },
+    /// A quorum queue that exists but whose leader does not answer: the
+    /// broker answers for the queue's metadata, but a consume on it got no
+    /// answer. RabbitMQ leaves a quorum queue in this state after a hard
+    /// kill within about a second of its declaration (see the crate docs,
+    /// "What survives a crash"); a queue still electing its leader after a
+    /// restart looks the same for a moment.
+    #[error(
+        "quorum queue {queue:?} has no leader: the broker answers for it but did not start a          consumer within {waited:?}"
+    )]
+    NoLeader {
+        /// The queue.
+        queue: String,
+        /// How long the consume was given.
+        waited: Duration,
+    },
 }
 
 /// A [`Error::Broker`] of this adapter.

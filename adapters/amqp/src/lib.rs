@@ -137,9 +137,24 @@
 //! consumed afterwards from both. One window is not covered: a quorum
 //! queue killed within about a second of its declaration can come back
 //! without a leader (RabbitMQ writes its Raft name registry every 500 ms),
-//! every message in it is then lost and publishes to it time out after
-//! `confirm_timeout` until the queue is deleted and declared again. Seen
-//! on RabbitMQ 3.10 and 4.0; a client cannot close it. Provision queues
+//! every message in it is then lost, and it stays so until the queue is
+//! deleted and declared again. Seen on RabbitMQ 3.10 and 4.0; a client
+//! cannot close it. RabbitMQ says nothing about it: declaring the queue
+//! works (it reports 0 messages and 0 consumers), a consume on it gets no
+//! answer, and a publish routed to it no confirm. courier tells it apart:
+//! `provision` and `subscribe` of a quorum group queue check that the
+//! queue starts a consumer when the broker answers for it (an empty queue
+//! is probed with a consumer of prefetch 1, closed at once), each step
+//! within a third of [`AmqpConfig::confirm_timeout`] (at least 1 s), and
+//! fail with a retryable [`Error::Broker`](courier_core::Error::Broker) of
+//! kind `Unavailable` whose source is [`AmqpError::NoLeader`] naming the
+//! queue; both stay within `confirm_timeout`. A publish to the topic of a
+//! queue this broker found so still waits for its confirm until
+//! `confirm_timeout`, then fails with the same error instead of
+//! [`Error::Timeout`](courier_core::Error::Timeout) (a broker that never
+//! provisioned the queue cannot know its name and reports the timeout).
+//! The publishing channel is replaced after a confirm that did not come:
+//! RabbitMQ holds back every later confirm on it. Provision queues
 //! when a service is deployed ([`Subscriber::provision`]),
 //! not in the first second of a crash-prone start, or use classic queues
 //! where that window matters.
@@ -276,7 +291,26 @@
 //! (within [`AmqpConfig::connect_timeout`]) an [`Error::Connect`](courier_core::Error::Connect)
 //! whose kind tells unreachable host, refused connection, failed
 //! authentication, a missing virtual host or missing permissions apart, and
-//! whose URL has no password.
+//! whose URL has no password. The waits between reconnect attempts, between
+//! attempts to consume again, and between publishes the broker nacked are
+//! jittered ([`courier_core::adapter::backoff`]): the clients of a restarted
+//! broker do not all come back in the same instant.
+//!
+//! # Closing
+//!
+//! `close` closes the subscriber's connection, then the publisher's. For
+//! each: new operations fail with [`Error::Closed`](courier_core::Error::Closed),
+//! settlements get their 300 ms grace, the connection's detached tasks
+//! (consumer pumps cancelling their consumers, consumer channels and lost
+//! connections being closed) get up to 5 s, and outstanding publisher
+//! confirms plus the connection's close get up to 5 s more: at most about
+//! 10.3 s per connection, 21 s for the broker. When a step does not finish
+//! in time (a broker that stopped answering), `close` still closes the
+//! connection and returns [`Error::Timeout`](courier_core::Error::Timeout)
+//! naming `close`, never `Ok`. A delayed requeue
+//! ([`Nack::RequeueAfter`](courier_core::Nack::RequeueAfter)) is complete
+//! when `nack` returns (the copy is in its retry queue), so it needs no
+//! waiting at close.
 //!
 //! # Observability
 //!
@@ -341,6 +375,7 @@ mod error;
 #[cfg(test)]
 mod first_publish_tests;
 mod lag;
+mod leader;
 mod publisher;
 mod request;
 mod session;
@@ -422,12 +457,13 @@ impl AmqpBroker {
             (Ok(p), Ok(s)) => (p, s),
             (Err(e), other) => {
                 if let Ok(link) = other {
-                    link.close().await;
+                    // The connect error is the one to report.
+                    let _ = link.close().await;
                 }
                 return Err(e);
             }
             (Ok(link), Err(e)) => {
-                link.close().await;
+                let _ = link.close().await;
                 return Err(e);
             }
         };
@@ -476,11 +512,13 @@ impl Close for AmqpBroker {
 #[async_trait]
 impl Publisher for AmqpBroker {
     async fn publish(&self, topic: &str, message: Message) -> Result<()> {
-        self.publisher.publish(topic, message).await
+        let published = self.publisher.publish(topic, message).await;
+        published.map_err(|e| self.subscriber.leaderless().explain(topic, e))
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
-        self.publisher.publish_batch(topic, messages).await
+        let published = self.publisher.publish_batch(topic, messages).await;
+        published.map_err(|e| self.subscriber.leaderless().explain(topic, e))
     }
 }
 

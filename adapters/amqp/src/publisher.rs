@@ -169,10 +169,19 @@ async fn attempt(
         };
         return Err(failed(0, failure));
     }
-    let channel = session
-        .publish_channel()
-        .await
-        .map_err(|e| failed(0, classify(e)))?;
+    // Bounded: a channel given up on is replaced, and a broker that
+    // stopped answering never opens the new one.
+    let after = config.confirm_timeout;
+    let channel = match tokio::time::timeout(after, session.publish_channel()).await {
+        Ok(opened) => opened.map_err(|e| failed(0, classify(e)))?,
+        Err(_) => {
+            let operation = "publisher confirm";
+            return Err(failed(
+                0,
+                Failure::Fatal(Error::Timeout { operation, after }),
+            ));
+        }
+    };
     let alive = || session.is_alive() && channel.status().connected();
     let lost = || {
         if session.is_alive() {
@@ -231,10 +240,13 @@ async fn attempt(
         let confirmed = watch.wait_until(confirm, give_up).await;
         let failure = match confirmed {
             None if !alive() => lost(),
-            None => Failure::Fatal(Error::Timeout {
-                operation: "publisher confirm",
-                after: timeout,
-            }),
+            None => {
+                session.give_up_publish_channel(&channel);
+                Failure::Fatal(Error::Timeout {
+                    operation: "publisher confirm",
+                    after: timeout,
+                })
+            }
             Some(Ok(Confirmation::Ack(None))) => continue,
             // Returned (`basic.return` before the ack): it reached no
             // queue, so it is not confirmed.
@@ -364,7 +376,6 @@ impl Close for AmqpPublisher {
     }
 
     async fn close(&self) -> Result<()> {
-        self.link.close().await;
-        Ok(())
+        self.link.close().await
     }
 }

@@ -6,7 +6,9 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::adapter::OncePerKey;
+use courier_core::Result;
+use courier_core::adapter::{OncePerKey, TaskSet};
+use futures::FutureExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
@@ -49,6 +51,9 @@ pub(crate) struct Session {
     /// Makes "take a delivery tag" and "queue the frames" one step, so that
     /// concurrent publishes on the channel get their confirms right.
     order: Mutex<()>,
+    /// The id of a publishing channel given up on (see
+    /// [`Session::give_up_publish_channel`]).
+    given_up: Mutex<Option<u16>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -74,6 +79,7 @@ impl Session {
             reopen: tokio::sync::Mutex::new(()),
             exchanges: OncePerKey::new(),
             order: Mutex::new(()),
+            given_up: Mutex::new(None),
         })
     }
 
@@ -104,17 +110,34 @@ impl Session {
     /// The publishing channel, reopened if the broker closed it.
     pub(crate) async fn publish_channel(&self) -> lapin::Result<Arc<Channel>> {
         let channel = self.publish.lock().clone();
-        if channel.status().connected() {
+        if self.usable(&channel) {
             return Ok(channel);
         }
         let _reopen = self.reopen.lock().await;
         let channel = self.publish.lock().clone();
-        if channel.status().connected() {
+        if self.usable(&channel) {
             return Ok(channel);
         }
         let channel = Arc::new(self.guard(confirm_channel(&self.connection)).await?);
         *self.publish.lock() = channel.clone();
+        *self.given_up.lock() = None;
         Ok(channel)
+    }
+
+    fn usable(&self, channel: &Channel) -> bool {
+        channel.status().connected() && *self.given_up.lock() != Some(channel.id())
+    }
+
+    /// Stops publishing on `channel` after a confirm that never came: the
+    /// broker may have wedged the channel (a publish routed to a quorum
+    /// queue without a leader blocks every later confirm on it), so the
+    /// next publish opens a new one. The old channel is closed without
+    /// waiting for the broker's answer.
+    pub(crate) fn give_up_publish_channel(&self, channel: &Channel) {
+        *self.given_up.lock() = Some(channel.id());
+        let _ = channel
+            .close(200, "no publisher confirm in time".into())
+            .now_or_never();
     }
 
     /// Runs declarations on the topology channel, reopened if needed.
@@ -192,28 +215,36 @@ impl Session {
         .await
     }
 
-    /// Closes the connection in the background, without waiting.
-    pub(crate) fn discard(self: Arc<Self>) {
+    /// Closes the connection in the background, as one of `tasks`.
+    pub(crate) fn discard(self: Arc<Self>, tasks: &TaskSet) {
         if !self.is_alive() {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { self.close().await });
+            let closing = async move {
+                let _ = self.close().await;
+            };
+            tasks.spawn_on("close a lost connection", closing, &runtime);
         }
     }
 
     /// Waits for outstanding confirms, then closes the connection; both
     /// together within [`CLOSE_FLUSH`], so a broker that stops answering
     /// cannot hold `close` up for longer.
-    pub(crate) async fn close(&self) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] naming `close` after [`CLOSE_FLUSH`].
+    pub(crate) async fn close(&self) -> Result<()> {
         if !self.is_alive() {
-            return;
+            return Ok(());
         }
         let channel = self.publish.lock().clone();
-        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        courier_core::error::within("close", CLOSE_FLUSH, async {
             let _ = channel.wait_for_confirms().await;
             let _ = self.connection.close(200, "closing".into()).await;
+            Ok(())
         })
-        .await;
+        .await
     }
 }

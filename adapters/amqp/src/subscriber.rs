@@ -23,6 +23,7 @@ use crate::config::{AmqpConfig, QueueType};
 use crate::connection::{Link, Session};
 use crate::delivery::{AmqpAcker, ConsumerChannel, Group};
 use crate::error;
+use crate::leader;
 use crate::topology;
 
 /// Receives from RabbitMQ: each consumer group is a durable queue bound to
@@ -37,11 +38,15 @@ use crate::topology;
 #[derive(Debug)]
 pub struct AmqpSubscriber {
     link: Arc<Link>,
+    leaderless: Arc<leader::Leaderless>,
 }
 
 impl AmqpSubscriber {
     pub(crate) fn new(link: Arc<Link>) -> Self {
-        AmqpSubscriber { link }
+        AmqpSubscriber {
+            link,
+            leaderless: Arc::default(),
+        }
     }
 
     /// Connects a subscriber of its own.
@@ -54,6 +59,28 @@ impl AmqpSubscriber {
         Ok(AmqpSubscriber::new(
             Link::open(&url, Arc::new(config), "subscriber").await?,
         ))
+    }
+
+    /// Declares the group's topology and checks that its queue has a
+    /// leader that answers (see [`leader::check`]).
+    async fn declared(&self, group: &Arc<Group>, operation: &'static str) -> Result<()> {
+        let config = self.link.config().clone();
+        self.link
+            .run(operation, |session| {
+                let (group, config) = (group.clone(), config.clone());
+                async move { declare_group(&session, &config, &group).await }
+            })
+            .await?;
+        let session = self.link.session().await?;
+        let checked = leader::check(&session, &config, &group.queue, operation).await;
+        self.leaderless
+            .checked(&group.topic, &group.queue, &checked);
+        checked
+    }
+
+    /// The quorum queues found without a leader.
+    pub(crate) fn leaderless(&self) -> &leader::Leaderless {
+        &self.leaderless
     }
 
     fn group(&self, subscription: &Subscription) -> Result<Arc<Group>> {
@@ -354,36 +381,32 @@ impl Stream for AmqpStream {
 impl Subscriber for AmqpSubscriber {
     async fn provision(&self, subscription: &Subscription) -> Result<()> {
         let group = self.group(subscription)?;
-        let config = self.link.config().clone();
-        self.link
-            .run("provision", |session| {
-                let (group, config) = (group.clone(), config.clone());
-                async move { declare_group(&session, &config, &group).await }
-            })
-            .await
+        let bound = self.link.config().confirm_timeout;
+        courier_core::error::within("provision", bound, self.declared(&group, "provision")).await
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         let group = self.group(&subscription)?;
-        let (session, active) = self
-            .link
-            .run("subscribe", |session| {
-                let group = group.clone();
-                async move {
-                    let active = start(&session, &group).await?;
-                    Ok((session, active))
-                }
-            })
-            .await?;
+        let bound = self.link.config().confirm_timeout;
+        let (session, active) = courier_core::error::within("subscribe", bound, async {
+            self.declared(&group, "subscribe").await?;
+            self.link
+                .run("subscribe", |session| {
+                    let group = group.clone();
+                    async move {
+                        let active = start(&session, &group).await?;
+                        Ok((session, active))
+                    }
+                })
+                .await
+        })
+        .await?;
         let (to_stream, from_pump) = mpsc::unbounded_channel();
         let stop = self.link.closed().child_token();
-        tokio::spawn(pump(
-            group.clone(),
-            session,
-            active,
-            to_stream,
-            stop.clone(),
-        ));
+        self.link.tasks().spawn(
+            "consumer pump",
+            pump(group.clone(), session, active, to_stream, stop.clone()),
+        );
         Ok(Box::pin(AmqpStream {
             group,
             from_pump,
@@ -409,7 +432,6 @@ impl Close for AmqpSubscriber {
     }
 
     async fn close(&self) -> Result<()> {
-        self.link.close().await;
-        Ok(())
+        self.link.close().await
     }
 }

@@ -306,7 +306,7 @@ impl SessionContext {
             });
         }
         let producer = self.flow.producer.clone();
-        runtime.spawn(async move {
+        let dead_letter = async move {
             let dlq = courier_core::delivery::default_dead_letter_topic(&topic);
             // The record stays unsettled (holding the partition's commit)
             // while the copy is refused, and the copy is sent again with the
@@ -345,7 +345,9 @@ impl SessionContext {
                     return;
                 }
             }
-        });
+        };
+        let tasks = &self.flow.tasks;
+        tasks.spawn_on("dead-letter an undecodable record", dead_letter, runtime);
     }
 }
 

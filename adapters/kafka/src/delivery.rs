@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use courier_core::adapter::Acknowledger;
 use courier_core::{DeadLetter, Delivery, Error, Message, Nack, Result, async_trait};
+use tokio::runtime::Handle;
 
 use crate::error::{BROKER, PartitionRevoked};
 use crate::flow::{Flow, Pending};
@@ -79,12 +80,14 @@ impl Acknowledger for KafkaAcker {
                 if again {
                     let flow = self.flow.clone();
                     let pending = self.pending(message);
-                    tokio::spawn(async move {
+                    let redeliver = async move {
                         tokio::time::sleep(delay).await;
                         if pending.partition.is_active() {
                             flow.redeliver_front(pending);
                         }
-                    });
+                    };
+                    let tasks = &self.flow.tasks;
+                    tasks.spawn_until_close("delayed redelivery", redeliver, &Handle::current());
                 }
                 Ok(())
             }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use courier_core::adapter::TaskSet;
 use courier_core::{Error, Message};
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -55,6 +56,9 @@ pub(crate) struct Flow {
     pub(crate) poller: Mutex<Option<std::thread::Thread>>,
     /// Becomes `true` when the poll thread has committed and left the group.
     pub(crate) finished: watch::Sender<bool>,
+    /// Detached work of the subscription (delayed redeliveries, dead-letter
+    /// copies of undecodable records), which closing waits for.
+    pub(crate) tasks: TaskSet,
 }
 
 impl Flow {
@@ -78,6 +82,7 @@ impl Flow {
             closing: AtomicBool::new(false),
             poller: Mutex::new(None),
             finished,
+            tasks: TaskSet::new(),
         };
         (Arc::new(flow), done)
     }

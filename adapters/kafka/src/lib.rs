@@ -114,6 +114,16 @@
 //! come back to the group. Before leaving, a member lets a group join that
 //! is under way complete (for up to 5 s).
 //!
+//! [`KafkaBroker::close`] also waits for each subscription's detached
+//! tasks: dead-letter copies of records courier cannot decode are
+//! published; delayed redeliveries
+//! ([`Nack::RequeueAfter`](courier_core::Nack::RequeueAfter)) still waiting
+//! are dropped, since their records were not committed and come back to
+//! the group. All of closing (final commits, tasks, the producer's flush)
+//! is bounded by [`KafkaConfig::publish_timeout`]; past it `close` returns
+//! [`Error::Timeout`] naming `close`, never
+//! `Ok`.
+//!
 //! # Flow
 //!
 //! A subscription hands out at most [`Subscription::prefetch`] unsettled
@@ -434,8 +444,10 @@ impl Close for KafkaBroker {
         let subscriptions = std::mem::take(&mut *self.inner.subscriptions.lock());
         let after = self.inner.config.publish_timeout;
         courier_core::error::within("close", after, async {
-            futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(after))).await;
-            self.inner.producer.close().await
+            let stopped =
+                futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(after))).await;
+            let flushed = self.inner.producer.close().await;
+            stopped.into_iter().collect::<Result<()>>().and(flushed)
         })
         .await
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use courier_core::adapter::TaskSet;
 use courier_core::{Delivery, DeliveryStream, Error, Result, Subscription};
 use futures::Stream;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -91,17 +92,34 @@ impl Drop for KafkaStream {
 pub(crate) struct Running {
     pub(crate) flow: std::sync::Weak<Flow>,
     pub(crate) finished: watch::Receiver<bool>,
+    pub(crate) tasks: TaskSet,
 }
 
 impl Running {
-    /// Ends the subscription and waits (at most `timeout`) until its final
-    /// commit is made and it left the group.
-    pub(crate) async fn stop(mut self, timeout: Duration) {
+    /// Ends the subscription and waits (at most `timeout` in all) until
+    /// its final commit is made, it left the group, and its tasks finished
+    /// (delayed redeliveries are dropped: their records were not committed
+    /// and come back to the group).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] naming `close` when that took longer.
+    pub(crate) async fn stop(mut self, timeout: Duration) -> Result<()> {
         if let Some(flow) = self.flow.upgrade() {
             flow.closing.store(true, Ordering::Release);
             flow.end();
         }
-        let _ = tokio::time::timeout(timeout, self.finished.wait_for(|done| *done)).await;
+        let started = std::time::Instant::now();
+        let finished = self.finished.wait_for(|done| *done);
+        if tokio::time::timeout(timeout, finished).await.is_err() {
+            return Err(Error::Timeout {
+                operation: "close",
+                after: timeout,
+            });
+        }
+        self.tasks
+            .close_within(timeout.saturating_sub(started.elapsed()))
+            .await
     }
 }
 
@@ -180,6 +198,7 @@ pub(crate) async fn subscribe(
     let running = Running {
         flow: Arc::downgrade(&flow),
         finished,
+        tasks: flow.tasks.clone(),
     };
     let stream = KafkaStream {
         flow,

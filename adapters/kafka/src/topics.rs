@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_core::adapter::OncePerKey;
+use courier_core::adapter::backoff::Backoff;
 use courier_core::error::chain;
 use courier_core::{Error, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -135,6 +136,8 @@ impl Topics {
         // the metadata shows it (and learn its real partition count if
         // someone else created it first).
         let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let mut pauses =
+            Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).delays();
         loop {
             if let Some(n) = self.partition_count(topic).await? {
                 tracing::debug!(topic, partitions = n, "kafka topic ready");
@@ -146,7 +149,8 @@ impl Topics {
                     after: config.connect_timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let pause = pauses.next().unwrap_or_default();
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
         }
     }
 }

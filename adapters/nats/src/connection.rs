@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::stream;
+use courier_core::adapter::TaskSet;
 use courier_core::{BrokerErrorKind, ConnectErrorKind, Error, Result};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,9 @@ pub(crate) struct Inner {
     pub(crate) next_token: AtomicU64,
     /// The reply inbox of this connection's requests.
     pub(crate) inbox: Inbox,
+    /// Other detached work (the inbox reader, NAKs of dropped deliveries,
+    /// dead-letter copies), which close also waits for.
+    pub(crate) tasks: TaskSet,
 }
 
 impl Inner {
@@ -129,11 +133,14 @@ impl Inner {
             outstanding: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(0),
             inbox: Inbox::default(),
+            tasks: TaskSet::new(),
         })
     }
 
     /// Closes the connection: streams end, unsettled deliveries are NAKed so
-    /// they come back at once, pending publishes are flushed. Idempotent.
+    /// they come back at once, the connection's tasks finish, pending
+    /// publishes are flushed. Idempotent. Bounded: see
+    /// [`NatsBroker`](crate::NatsBroker)'s close bound.
     pub(crate) async fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -142,9 +149,14 @@ impl Inner {
         // Pull requests end within their expiry; NAKs sent before they end
         // would be redelivered into them.
         self.pull_loops.close();
-        let expiry = self.config.pull_expiry;
-        let _ =
-            tokio::time::timeout(expiry * 2 + Duration::from_secs(1), self.pull_loops.wait()).await;
+        let pulls_bound = self.config.pull_expiry * 2 + Duration::from_secs(1);
+        let pulls = match tokio::time::timeout(pulls_bound, self.pull_loops.wait()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Timeout {
+                operation: "close",
+                after: pulls_bound,
+            }),
+        };
         let pending: Vec<async_nats::Subject> =
             self.outstanding.lock().drain().map(|(_, s)| s).collect();
         let naks = pending.into_iter().map(|reply| {
@@ -152,10 +164,16 @@ impl Inner {
                 .request(reply, bytes::Bytes::from_static(b"-NAK"))
         });
         let _ = futures::future::join_all(naks).await;
-        self.client
-            .drain()
-            .await
-            .map_err(|e| error::op_error("close", e))
+        let bound = self.config.request_timeout;
+        let tasks = self.tasks.close_within(bound).await;
+        let drained = courier_core::error::within("close", bound, async {
+            self.client
+                .drain()
+                .await
+                .map_err(|e| error::op_error("close", e))
+        })
+        .await;
+        pulls.and(tasks).and(drained)
     }
 }
 

@@ -134,9 +134,11 @@ impl Acknowledger for NatsAcker {
     fn abandon(self: Box<Self>, _message: &Message) {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move {
+                let tasks = self.inner.tasks.clone();
+                let nak = async move {
                     let _ = self.settle(AckKind::Nak(None), "nak").await;
-                });
+                };
+                tasks.spawn_on("nak a dropped delivery", nak, &runtime);
             }
             // No runtime to send from: the server redelivers after ack_wait.
             Err(_) => {

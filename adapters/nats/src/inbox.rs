@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_nats::StatusCode;
 use courier_core::Result;
+use courier_core::adapter::TaskSet;
 use courier_core::request::PendingReplies;
 use futures::StreamExt;
 use tokio::sync::OnceCell;
@@ -30,6 +31,7 @@ impl Inbox {
         &self,
         client: &async_nats::Client,
         shutdown: &CancellationToken,
+        tasks: &TaskSet,
     ) -> Result<&(String, Arc<PendingReplies>)> {
         self.started
             .get_or_try_init(|| async {
@@ -42,7 +44,7 @@ impl Inbox {
                 let feed = pending.clone();
                 let shutdown = shutdown.clone();
                 let id_start = prefix.len() + 1;
-                tokio::spawn(async move {
+                tasks.spawn("reply inbox reader", async move {
                     loop {
                         let reply = tokio::select! {
                             () = shutdown.cancelled() => break,

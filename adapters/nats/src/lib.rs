@@ -90,7 +90,23 @@
 //! async-nats reconnects by itself. Pull loops renew their requests after a
 //! reconnect, durable consumers and file-stored streams survive a server
 //! restart, and a publish made during an outage either is acknowledged after
-//! the reconnect or fails with a timeout: never a silent drop.
+//! the reconnect or fails with a timeout: never a silent drop. A pull that
+//! fails waits before pulling again with courier's jittered backoff
+//! ([`courier_core::adapter::backoff`], 50 ms doubling up to 2 s), so that
+//! the consumers of a restarted server do not all pull at once.
+//!
+//! # Closing
+//!
+//! `close` ends the pull loops (each within two pull expiries plus a
+//! second), NAKs the deliveries still unsettled, waits for the
+//! connection's detached tasks (the request inbox reader, NAKs of dropped
+//! deliveries, dead-letter copies of undecodable messages) for up to
+//! [`NatsConfig::request_timeout`], and drains the client for up to
+//! [`NatsConfig::request_timeout`] more: with the defaults, at most
+//! `2 × pull_expiry + 1 s + 3 × request_timeout` in all. When a step does
+//! not finish within its bound, `close` still goes on with the next and
+//! then returns [`Error::Timeout`](courier_core::Error::Timeout) naming
+//! `close`, never `Ok`.
 //!
 //! # Observability
 //!
@@ -323,7 +339,10 @@ impl courier_core::request::Requester for NatsBroker {
         courier_core::name::validate_topic(topic).map_err(courier_core::Error::from)?;
         let limit = inner.client.server_info().max_payload;
         courier_core::adapter::check_payloads(std::slice::from_ref(&message), limit)?;
-        let (inbox, pending) = inner.inbox.get(&inner.client, &inner.shutdown).await?;
+        let (inbox, pending) = inner
+            .inbox
+            .get(&inner.client, &inner.shutdown, &inner.tasks)
+            .await?;
         courier_core::request::exchange(
             pending,
             topic,

@@ -180,7 +180,8 @@ impl Acknowledger for CoreAcker {
 
     fn abandon(self: Box<Self>, message: &Message) {
         let message = message.clone();
-        tokio::spawn(async move {
+        let tasks = self.inner.tasks.clone();
+        tasks.spawn("refuse a dropped request", async move {
             let _ = Self::refuse(&self.inner, &message, &Nack::Requeue).await;
         });
     }

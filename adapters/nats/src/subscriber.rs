@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use courier_core::adapter::backoff::Backoff;
 use courier_core::{
     BrokerErrorKind, Delivery, DeliveryStream, Error, MessageId, Result, StartPosition,
     Subscription, adapter,
@@ -97,10 +98,17 @@ pub(crate) async fn subscribe(
     Ok(crate::request::merge(inner, topic, rx, requests))
 }
 
+/// The first nominal pause after a failed pull (jittered, doubling).
+const PULL_RETRY_MIN_DELAY: Duration = Duration::from_millis(50);
+/// The longest pause between failed pulls.
+const PULL_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+
 /// Pulls at most `prefetch - in_flight` messages at a time and hands them
 /// out, until the connection closes or the stream is dropped. Errors (a
 /// server restart, say) are retried with a growing pause; the durable
 /// consumer is re-provisioned in case the server lost it.
+/// The pauses are [`Backoff`]'s, so that the consumers of a restarted
+/// server do not pull again in lockstep.
 async fn pull_loop(
     inner: Arc<Inner>,
     subscription: Subscription,
@@ -110,7 +118,8 @@ async fn pull_loop(
     tx: mpsc::Sender<Result<Delivery>>,
 ) {
     let topic: Arc<str> = Arc::from(subscription.topic());
-    let mut pause = Duration::from_millis(50);
+    let backoff = Backoff::new(PULL_RETRY_MIN_DELAY, PULL_RETRY_MAX_DELAY);
+    let mut pauses = backoff.delays();
     loop {
         let free = prefetch.saturating_sub(flow.in_flight.load(Ordering::Acquire));
         if free == 0 {
@@ -141,7 +150,7 @@ async fn pull_loop(
                 match next {
                     None => break,
                     Some(Ok(message)) => {
-                        pause = Duration::from_millis(50);
+                        pauses = backoff.delays();
                         let Some(delivery) =
                             to_delivery(&inner, &topic, &subscription, &flow, message)
                         else {
@@ -166,10 +175,9 @@ async fn pull_loop(
         }
         if failed {
             tokio::select! {
-                () = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep(pauses.next().unwrap_or(PULL_RETRY_MAX_DELAY)) => {}
                 () = inner.shutdown.cancelled() => return,
             }
-            pause = (pause * 2).min(Duration::from_secs(2));
             if let Ok(c) = provision(&inner, &subscription).await {
                 consumer = c;
             }
@@ -252,7 +260,10 @@ fn to_delivery(
             let failures = info.map_or(1, |(delivered, _)| delivered.max(1) as u32);
             let reason = format!("undecodable NATS headers: {e}");
             tracing::warn!(topic = %topic, %reason, "dead-lettering a foreign message");
-            tokio::spawn(acker.dead_letter_foreign(raw, reason, failures));
+            let dead_letter = acker.dead_letter_foreign(raw, reason, failures);
+            inner
+                .tasks
+                .spawn("dead-letter a foreign message", dead_letter);
             None
         }
     }

@@ -18,17 +18,23 @@
 //!   (a copy of a message the adapter cannot decode, say).
 //! - [`url`]: reading a broker URL and its options the same way on every
 //!   adapter (the shared option names, durations, unknown options refused).
+//! - [`backoff`]: the jittered, capped exponential wait of every reconnect
+//!   and retry loop.
+//! - [`TaskSet`]: the detached tasks of a broker, which closing waits for.
 //!
 //! The facade crate `courier` re-exports this module without documenting
 //! it. Adapters are held to the contract by the conformance suite in
 //! `courier-testkit`.
 
+pub mod backoff;
 mod once_per_key;
 pub mod origin;
+mod task_set;
 pub mod url;
 pub mod wire;
 
 pub use once_per_key::OncePerKey;
+pub use task_set::TaskSet;
 
 pub use crate::dead_letter_retry::{
     DEAD_LETTER_RETRY_MAX_DELAY, DEAD_LETTER_RETRY_MIN_DELAY, dead_letter_retry_delay,

@@ -5,8 +5,8 @@
 //! default) and then gives up: its stream yields the error and ends. The
 //! consumer does not end with it. It drops the stream (whatever it had
 //! handed out and not settled comes back to the group), waits with a
-//! jittered exponential backoff ([`RESUBSCRIBE_MIN_DELAY`] doubling up to
-//! [`RESUBSCRIBE_MAX_DELAY`], so that many consumers do not come back in
+//! jittered exponential backoff ([`Backoff`]: [`RESUBSCRIBE_MIN_DELAY`]
+//! doubling up to [`RESUBSCRIBE_MAX_DELAY`], so that many consumers do not come back in
 //! lockstep) and subscribes again, until that works or the consumer is shut
 //! down. Every lost stream and every failed attempt is logged as a
 //! `tracing` warning with the topic, group and error, every success as an
@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::adapter::backoff::Backoff;
 use crate::error::Error;
 use crate::pubsub::{DeliveryStream, Subscriber, Subscription};
 
@@ -90,12 +90,7 @@ pub(crate) fn resubscribing(first: DeliveryStream, how: Resubscribe) -> Delivery
 /// Subscribes until it works; `None` once the consumer is stopped or the
 /// subscriber closed.
 async fn subscribe_again(how: &Resubscribe) -> Option<DeliveryStream> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(RESUBSCRIBE_MIN_DELAY)
-        .with_max_delay(RESUBSCRIBE_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = Backoff::new(RESUBSCRIBE_MIN_DELAY, RESUBSCRIBE_MAX_DELAY).delays();
     for attempt in 1_u64.. {
         let delay = delays.next().unwrap_or(RESUBSCRIBE_MAX_DELAY);
         tokio::select! {
