@@ -8,11 +8,11 @@
 //! default reconnect budget (two minutes), so the AMQP adapter gives up and
 //! only the runtime's resubscribing brings the consumer back. The
 //! publisher keeps trying all along: its failures must be typed and
-//! retryable, and no publish may hang for the whole outage. (A NATS
-//! publish times out after `publish_timeout`; a RabbitMQ publish that
-//! finds its connection lost waits for the reconnect, up to the reconnect
-//! budget, and then fails as unavailable.) After the heal every confirmed
-//! message must be handled, and the duplicates are counted exactly.
+//! retryable, and every publish must end within `publish_timeout` (plus
+//! [`SLACK`] for a busy machine), whatever the connection is doing: a
+//! RabbitMQ publish that finds its connection lost does not wait out the
+//! reconnect budget. After the heal every confirmed message must be
+//! handled, and the duplicates are counted exactly.
 //!
 //! The two outages run side by side (the whole test takes about four
 //! minutes), so the test is a binary of its own rather than a case of the
@@ -26,6 +26,12 @@ use courier::runtime::{self, Consumer};
 use courier::{Broker, Error, Message, MessageId, Subscription};
 use courier_testkit::fixtures::{self, BrokerFixture, unique_name};
 use courier_testkit::proxy::FaultProxy;
+
+/// The `publish_timeout` both brokers are connected with (the URL options
+/// below say `3s`).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+/// What a publish may take past `publish_timeout` on a busy machine.
+const SLACK: Duration = Duration::from_secs(5);
 
 /// How long the link stays a black hole.
 const OUTAGE: Duration = Duration::from_secs(180);
@@ -158,8 +164,8 @@ impl Report {
             "{adapter}: no publish failed: the publisher did not try during the outage"
         );
         assert!(
-            self.longest_publish < self.outage,
-            "{adapter}: a publish hung for {:?}, the whole outage",
+            self.longest_publish <= PUBLISH_TIMEOUT + SLACK,
+            "{adapter}: a publish took {:?}, past publish_timeout ({PUBLISH_TIMEOUT:?})",
             self.longest_publish
         );
         assert!(

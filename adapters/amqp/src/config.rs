@@ -177,10 +177,11 @@ pub struct AmqpConfig {
     /// Heartbeat interval asked of the server when the URL does not set
     /// `heartbeat` (default 10 s): a dead peer is noticed within two intervals.
     pub heartbeat: Duration,
-    /// Longest wait for a publisher confirm (default 30 s); then `publish`
-    /// fails with [`Error::Timeout`](courier_core::Error::Timeout) (the message may have been stored).
-    /// `provision` and `subscribe` (their declarations and the consume,
-    /// reconnecting included) are bounded by it too.
+    /// The bound on a whole publish, waiting for confirms and for a
+    /// reconnect included (default 30 s); past it `publish` fails with
+    /// [`Error::Timeout`](courier_core::Error::Timeout) (the message may
+    /// have been stored). `provision` and `subscribe` (their declarations
+    /// and the consume, reconnecting included) are bounded by it too.
     pub confirm_timeout: Duration,
     /// Reconnection after a lost connection.
     pub reconnect: Reconnect,

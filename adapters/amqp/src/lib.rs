@@ -30,7 +30,7 @@
 //! |---|---|---|
 //! | `connect_timeout` | [`AmqpConfig::connect_timeout`]: TCP and AMQP handshake together | 10 s |
 //! | `client_name` (or `client_id`) | [`AmqpConfig::connection_name`], shown in the management UI | `courier` |
-//! | `publish_timeout` | [`AmqpConfig::confirm_timeout`]: the wait for a publisher confirm, and the bound on `provision` and `subscribe` | 30 s |
+//! | `publish_timeout` | [`AmqpConfig::confirm_timeout`]: the bound on a whole publish (confirms and reconnecting included), and on `provision` and `subscribe` | 30 s |
 //! | `unroutable` | [`AmqpConfig::unroutable`]: `error` or `drop` (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //! | `queue_type` | [`AmqpConfig::queue_type`] of group queues: `quorum` or `classic` | `quorum` |
 //! | `queue_naming` | [`AmqpConfig::queue_naming`]: `separated` (`<topic>:<group>`) or `dotted` (`<topic>.<group>`, earlier versions) | `separated` |
@@ -166,7 +166,10 @@
 //!   every bound queue; `publish_batch` sends the whole batch, then awaits
 //!   the confirms. A publish interrupted by a lost connection is sent again
 //!   once the adapter has reconnected (at least once: the broker may have
-//!   stored it before the loss), or fails if reconnecting gives up; it is
+//!   stored it before the loss), or fails with
+//!   [`Error::Timeout`](courier_core::Error::Timeout) when that has not
+//!   happened within `publish_timeout` ([`AmqpConfig::confirm_timeout`],
+//!   the one bound on a publish, whatever the connection is doing); it is
 //!   never dropped silently. A batch is resent from its first unconfirmed
 //!   message, so order is kept. Every publish of a connection goes through
 //!   one channel in confirm mode and waits only for its own confirms, which
@@ -285,9 +288,11 @@
 //! operation (or the consumer that saw the loss) reconnects with
 //! exponential backoff ([`Reconnect`]), declares the topology again and
 //! resumes every subscription on the same [`DeliveryStream`].
-//! Only when reconnecting gives up ([`Reconnect::give_up_after`], 2 minutes
-//! by default) do waiting publishes fail and streams yield the error and
-//! end. The first connection is not retried: connecting reports at once
+//! An operation waits for it no longer than its own bound (a publish,
+//! `provision` and `subscribe` fail with a timeout after `publish_timeout`,
+//! and the next call tries again); only when reconnecting gives up
+//! ([`Reconnect::give_up_after`], 2 minutes by default) do streams yield
+//! the error and end. The first connection is not retried: connecting reports at once
 //! (within [`AmqpConfig::connect_timeout`]) an [`Error::Connect`](courier_core::Error::Connect)
 //! whose kind tells unreachable host, refused connection, failed
 //! authentication, a missing virtual host or missing permissions apart, and

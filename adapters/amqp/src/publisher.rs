@@ -57,8 +57,23 @@ const CHANNEL_RETRIES: u32 = 3;
 ///
 /// Messages not confirmed when the connection or channel failed are
 /// published again once it is back (at least once, never silently dropped):
-/// from the first unconfirmed one on, so order is kept.
+/// from the first unconfirmed one on, so order is kept. The whole of it,
+/// waiting for a reconnect included, is bounded by
+/// [`AmqpConfig::confirm_timeout`] (`publish_timeout`): past it the
+/// publish fails with [`Error::Timeout`], whatever the connection is doing.
 pub(crate) async fn send(
+    link: &Link,
+    route: Route<'_>,
+    mandatory: bool,
+    messages: &[Message],
+    prior_deliveries: Option<u32>,
+) -> Result<()> {
+    let bound = link.config().confirm_timeout;
+    let sending = send_unbounded(link, route, mandatory, messages, prior_deliveries);
+    courier_core::error::within("publish", bound, sending).await
+}
+
+async fn send_unbounded(
     link: &Link,
     route: Route<'_>,
     mandatory: bool,
