@@ -48,6 +48,10 @@ struct Failed {
     failure: Failure,
 }
 
+/// How long before the publish's deadline its confirm wait gives up:
+/// two ticks of the [`Watch`] that checks it.
+const EARLY: Duration = Duration::from_millis(200);
+
 /// How often a publish is tried again after its channel closed under it.
 const CHANNEL_RETRIES: u32 = 3;
 
@@ -69,11 +73,17 @@ pub(crate) async fn send(
     prior_deliveries: Option<u32>,
 ) -> Result<()> {
     let bound = link.config().confirm_timeout;
-    let sending = send_unbounded(link, route, mandatory, messages, prior_deliveries);
+    let deadline = courier_core::resilience::deadline_after(Instant::now(), bound);
+    let sending = send_by(deadline, link, route, mandatory, messages, prior_deliveries);
     courier_core::error::within("publish", bound, sending).await
 }
 
-async fn send_unbounded(
+/// [`send`], giving up on confirms just before `deadline` so that it
+/// replaces a publishing channel whose confirms stopped before the bound
+/// around it drops it (a channel left wedged would hold every later
+/// confirm).
+async fn send_by(
+    deadline: Instant,
     link: &Link,
     route: Route<'_>,
     mandatory: bool,
@@ -97,7 +107,8 @@ async fn send_unbounded(
             mandatory,
             prior_deliveries,
         };
-        let Err(failed) = attempt(&session, &config, target, &messages[next..]).await else {
+        let Err(failed) = attempt(&session, &config, deadline, target, &messages[next..]).await
+        else {
             return Ok(());
         };
         next += failed.confirmed;
@@ -151,6 +162,7 @@ struct Target<'a> {
 async fn attempt(
     session: &Session,
     config: &AmqpConfig,
+    deadline: Instant,
     target: Target<'_>,
     messages: &[Message],
 ) -> Result<(), Failed> {
@@ -246,7 +258,10 @@ async fn attempt(
     let published = confirms.len();
     let timeout = config.confirm_timeout;
     // Give up when no confirm came for `timeout`.
-    let give_up = |stalled: Duration| !alive() || stalled > timeout;
+    // The bound around the whole publish would drop this wait (and leave the
+    // channel wedged) a tick after `deadline`: give up a little before.
+    let give_up =
+        |stalled: Duration| !alive() || stalled > timeout || Instant::now() + EARLY >= deadline;
     // The first message the broker returned (index and failure): the rest
     // of the batch is already sent, so its confirms are awaited too (none
     // is left pending in the client) and nothing is published again.
