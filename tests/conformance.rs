@@ -106,7 +106,11 @@ fn main() -> std::process::ExitCode {
         .with_proxy(
             FAULT_BOUND,
             || upstream("nats", fixtures::nats()),
-            |url| async move { courier::connect(&format!("{url}?{FAULT_OPTIONS}")).await },
+            // A message in flight when its connection is reset comes back
+            // after `ack_wait` (30 s by default, past the cases' patience).
+            |url| async move {
+                courier::connect(&format!("{url}?{FAULT_OPTIONS}&ack_wait=5s")).await
+            },
         ),
     );
     courier_testkit::run(&adapters, &courier_testkit::all_cases())
