@@ -4,25 +4,30 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use crate::adapter::backoff::{Backoff, Delays};
 
 /// The first wait before publishing a dead-letter copy again.
 pub const DEAD_LETTER_RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
 /// The longest wait between two dead-letter publishes of one message.
 pub const DEAD_LETTER_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
 
+/// The adapters' one [`Backoff`], with its nominal waits doubled: it draws
+/// each wait from `[d / 2, d)`, so the dead-letter waits come from
+/// `[w, 2w)` for `w` = [`DEAD_LETTER_RETRY_MIN_DELAY`] × 2ⁿ⁻¹ capped at
+/// [`DEAD_LETTER_RETRY_MAX_DELAY`]: never shorter than the unjittered wait.
+fn backoff() -> Backoff {
+    Backoff::new(
+        DEAD_LETTER_RETRY_MIN_DELAY.saturating_mul(2),
+        DEAD_LETTER_RETRY_MAX_DELAY.saturating_mul(2),
+    )
+}
+
 /// The waits between the dead-letter publishes of one message: from
 /// [`DEAD_LETTER_RETRY_MIN_DELAY`], doubling, jittered (each wait is at
 /// least the unjittered one), at most [`DEAD_LETTER_RETRY_MAX_DELAY`] plus
 /// its jitter, without end.
-pub fn dead_letter_retry_delays() -> impl Iterator<Item = Duration> + Send {
-    let delays = ExponentialBuilder::default()
-        .with_min_delay(DEAD_LETTER_RETRY_MIN_DELAY)
-        .with_max_delay(DEAD_LETTER_RETRY_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build();
-    delays.chain(std::iter::repeat(DEAD_LETTER_RETRY_MAX_DELAY))
+pub fn dead_letter_retry_delays() -> Delays {
+    backoff().delays()
 }
 
 /// The wait after the `failures`-th failed dead-letter publish of one
@@ -30,10 +35,7 @@ pub fn dead_letter_retry_delays() -> impl Iterator<Item = Duration> + Send {
 /// message meanwhile (a delayed redelivery) instead of holding it
 /// themselves.
 pub fn dead_letter_retry_delay(failures: u32) -> Duration {
-    let index = failures.saturating_sub(1).min(32) as usize;
-    dead_letter_retry_delays()
-        .nth(index)
-        .unwrap_or(DEAD_LETTER_RETRY_MAX_DELAY)
+    backoff().delay(failures)
 }
 
 #[cfg(test)]
