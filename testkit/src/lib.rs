@@ -38,6 +38,7 @@ mod harness;
 pub mod observability_cases;
 pub mod proxy;
 pub mod request_cases;
+pub mod request_fault_cases;
 pub mod runtime_cases;
 pub mod unroutable_cases;
 
@@ -53,6 +54,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(dead_letter_cases::cases());
     cases.extend(observability_cases::cases());
     cases.extend(request_cases::cases());
+    cases.extend(request_fault_cases::cases());
     cases.extend(fault_cases::cases());
     cases.extend(unroutable_cases::cases());
     cases.extend(close_cases::cases());

@@ -347,6 +347,17 @@
 //! The responder sends its reply on its own connection's reply channel,
 //! through the default exchange.
 //!
+//! When the publishing connection is lost, its reply channel goes with it:
+//! a request waiting for a reply then gets none (the reply address was
+//! that channel's) and ends in
+//! [`RequestError::Timeout`](courier_core::request::RequestError::Timeout).
+//! The next request reconnects like a publish and opens a new reply
+//! channel, so the same handle is answered again without the caller doing
+//! anything. The channel's reply reader is one of the connection's tasks:
+//! [`Close::close`] stops it, and requests still waiting end at once with
+//! [`RequestError::Transport`](courier_core::request::RequestError::Transport)
+//! ([`Error::Closed`](courier_core::Error::Closed)).
+//!
 //! # Capabilities in the conformance suite
 //!
 //! Delivery count: yes with quorum queues (the default), no with classic

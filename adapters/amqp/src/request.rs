@@ -10,6 +10,7 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Confirmation};
+use tokio_util::sync::CancellationToken;
 
 use crate::codec;
 use crate::connection::{Link, Session};
@@ -34,12 +35,15 @@ pub(crate) struct AmqpRequester {
 struct ReplyChannel {
     generation: u64,
     channel: Channel,
-    consuming: tokio::task::JoinHandle<()>,
+    /// Stops the channel's reply reader (a task of the link's
+    /// [`TaskSet`](courier_core::adapter::TaskSet)) once the channel is
+    /// replaced.
+    replaced: CancellationToken,
 }
 
 impl Drop for ReplyChannel {
     fn drop(&mut self) {
-        self.consuming.abort();
+        self.replaced.cancel();
     }
 }
 
@@ -81,20 +85,16 @@ impl AmqpRequester {
                 .await?;
             Ok::<_, lapin::Error>((channel, consumer))
         };
-        let (channel, mut consumer) = session
+        let (channel, consumer) = session
             .guard(opening)
             .await
             .map_err(|e| error::from_lapin("open the reply channel", e))?;
-        let pending = self.pending.clone();
-        let consuming = tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                pending.deliver(codec::decode(&delivery.properties, delivery.data).message);
-            }
-        });
+        let replaced = CancellationToken::new();
+        read_replies(&self.link, consumer, self.pending.clone(), replaced.clone());
         *current = Some(ReplyChannel {
             generation: session.generation,
             channel: channel.clone(),
-            consuming,
+            replaced,
         });
         Ok((session, channel))
     }
@@ -146,6 +146,42 @@ impl AmqpRequester {
             )),
         }
     }
+}
+
+/// Hands every reply arriving on `consumer` to `pending`, on a task of the
+/// link's [`TaskSet`](courier_core::adapter::TaskSet): until the channel
+/// ends (its connection was lost), is `replaced`, or the link closes, so
+/// that closing never waits on a channel that is still open. Closing the
+/// link also ends the requests still waiting (their reply path is gone).
+fn read_replies(
+    link: &Link,
+    mut consumer: lapin::Consumer,
+    pending: Arc<PendingReplies>,
+    replaced: CancellationToken,
+) {
+    let closed = link.closed().clone();
+    link.tasks().spawn("direct reply-to reader", async move {
+        loop {
+            let delivery = tokio::select! {
+                () = closed.cancelled() => {
+                    pending.close_all();
+                    break;
+                }
+                () = replaced.cancelled() => break,
+                delivery = consumer.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    pending.deliver(codec::decode(&delivery.properties, delivery.data).message);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the reply channel ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
 }
 
 #[async_trait]

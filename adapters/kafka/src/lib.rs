@@ -176,9 +176,31 @@
 //! consumes a topic, so a request nobody answers times out (only a topic
 //! that is missing and may not be created is
 //! [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)).
-//! Reply topics are not deleted when the connection closes (a requester
-//! may be restarted while replies are still in flight); let the broker's
-//! retention, or an operator, remove old `courier-replies.*` topics.
+//!
+//! The reply topic is the connection's own, and goes with it:
+//! [`KafkaBroker::close`] stops the thread reading it (waiting up to 5 s
+//! for it to end; past that `close` returns [`Error::Timeout`]) and deletes
+//! the topic (each admin request bounded by
+//! [`KafkaConfig::connect_timeout`]). A topic that cannot be deleted (the
+//! broker is unreachable or refuses) is logged as a warning and does not
+//! fail the close: the connection's own resources are released all the
+//! same, and nobody waits for what the topic holds. Topics of processes
+//! that died without closing stay; let the broker's retention, or an
+//! operator, remove old `courier-replies.*` topics. A responder does not
+//! create a reply topic that is missing: a reply to a requester that
+//! closed is dropped (the responder's `reply` returns `Ok`), unless that
+//! responder still knows the topic from an earlier reply, in which case
+//! the produce fails or, on a broker that creates topics on first use,
+//! creates it again.
+//!
+//! Replies are records, so a broker that restarts, or a connection that
+//! is reset, loses none: the reader resumes at its position once rdkafka
+//! has reconnected, and a reply stored meanwhile reaches its request if it
+//! still waits (later, it is counted as late). A request whose produce
+//! failed during the outage returns
+//! [`RequestError::Transport`](courier_core::request::RequestError::Transport)
+//! or times out; the same handle is answered again once the broker is back
+//! (the conformance case `request_survives_a_broker_restart` holds this).
 //!
 //! # URL
 //!
@@ -281,6 +303,7 @@ mod group;
 mod lag;
 mod partition;
 mod publisher;
+mod reply_cleanup;
 mod request;
 mod settled;
 mod subscriber;
@@ -438,16 +461,25 @@ impl Close for KafkaBroker {
             return Ok(());
         }
         self.inner.inbox.stop();
-        // Subscriptions commit and leave their groups, then queued records
+        // Subscriptions commit and leave their groups while the reply
+        // reader stops and the reply topic is deleted, then queued records
         // are flushed: all of it within the publish timeout, past which
         // the close is reported incomplete.
         let subscriptions = std::mem::take(&mut *self.inner.subscriptions.lock());
         let after = self.inner.config.publish_timeout;
         courier_core::error::within("close", after, async {
-            let stopped =
-                futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(after))).await;
+            let (stopped, replies) = futures::join!(
+                futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(after))),
+                self.inner
+                    .inbox
+                    .close(&self.inner.producer.topics, reply_cleanup::READER_STOP),
+            );
             let flushed = self.inner.producer.close().await;
-            stopped.into_iter().collect::<Result<()>>().and(flushed)
+            stopped
+                .into_iter()
+                .collect::<Result<()>>()
+                .and(replies)
+                .and(flushed)
         })
         .await
     }
@@ -563,10 +595,16 @@ impl courier_core::request::Requester for KafkaBroker {
         .await
     }
 
-    /// Produces the reply to the requester's reply topic.
+    /// Produces the reply to the requester's reply topic. A reply topic
+    /// that no longer exists (its requester closed) is not created again:
+    /// the reply is dropped, and `Ok`.
     async fn reply(&self, request: &Message, reply: Message) -> Result<()> {
         let topic = courier_core::request::headers::reply_address_of(error::BROKER, request)?;
         self.check_open()?;
+        if !self.inner.producer.topics.exists(topic).await? {
+            tracing::debug!(topic, "reply dropped: its reply topic is gone");
+            return Ok(());
+        }
         self.inner.producer.publish(topic, vec![reply]).await
     }
 

@@ -10,7 +10,7 @@ use courier_core::request::PendingReplies;
 use courier_core::{Error, MessageId, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, oneshot};
 
 use crate::client::CourierContext;
 use crate::client::client_config;
@@ -34,6 +34,9 @@ pub(crate) struct Started {
     pub(crate) topic: String,
     pub(crate) pending: Arc<PendingReplies>,
     stop: Arc<AtomicBool>,
+    /// Completes when the reader thread has ended (and dropped its
+    /// consumer); taken by [`Inbox::close`].
+    pub(crate) reader_ended: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl Drop for Inbox {
@@ -48,6 +51,11 @@ impl Inbox {
         self.started
             .get()
             .map_or(0, |started| started.pending.late())
+    }
+
+    /// The reply path, once the first request started it.
+    pub(crate) fn started(&self) -> Option<&Started> {
+        self.started.get()
     }
 
     /// Stops reading the reply topic; waiting requests see the reply path
@@ -92,9 +100,14 @@ impl Inbox {
                 let pending = PendingReplies::new();
                 let stop = Arc::new(AtomicBool::new(false));
                 let reading = (Arc::downgrade(&pending), stop.clone(), topic.clone());
+                let (ended, reader_ended) = oneshot::channel();
                 std::thread::Builder::new()
                     .name("courier-kafka-replies".to_owned())
-                    .spawn(move || read_replies(&consumer, &reading.0, &reading.1, &reading.2))
+                    .spawn(move || {
+                        read_replies(&consumer, &reading.0, &reading.1, &reading.2);
+                        drop(consumer);
+                        let _ = ended.send(());
+                    })
                     .map_err(|e| {
                         Error::broker(
                             crate::error::BROKER,
@@ -107,6 +120,7 @@ impl Inbox {
                     topic,
                     pending,
                     stop,
+                    reader_ended: std::sync::Mutex::new(Some(reader_ended)),
                 })
             })
             .await

@@ -88,6 +88,27 @@ impl Topics {
         self.known.forget(topic);
     }
 
+    /// Deletes the topic (a topic already gone counts as deleted) and
+    /// forgets it.
+    pub(crate) async fn delete(&self, topic: &str) -> Result<()> {
+        self.forget(topic);
+        let options = AdminOptions::new()
+            .request_timeout(Some(self.config.connect_timeout))
+            .operation_timeout(Some(self.config.connect_timeout));
+        let outcome = self
+            .admin
+            .delete_topics(&[topic], &options)
+            .await
+            .map_err(|e| op_error("delete topic", e))?;
+        for result in outcome {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, code)) => return Err(op_error("delete topic", KafkaError::AdminOp(code))),
+            }
+        }
+        Ok(())
+    }
+
     /// The topic's partition count, `None` when it does not exist.
     async fn partition_count(&self, topic: &str) -> Result<Option<i32>> {
         let client = self.metadata.clone();

@@ -184,6 +184,15 @@
 //!   write courier's message fields too (`Nats-Msg-Id` and
 //!   `courier-timestamp-ms`) to be trusted with them; see Mapping.
 //!
+//! - **During a reconnect.** The client re-subscribes the inbox on the
+//!   new connection by itself; the same handle sends requests again as
+//!   soon as it is connected. A reply published while the requester was
+//!   disconnected reaches nobody (core NATS keeps nothing), so its request
+//!   ends in [`RequestError::Timeout`](courier_core::request::RequestError::Timeout);
+//!   a request published while disconnected waits in the client's buffer
+//!   and goes out on reconnect, within its timeout or not at all (the
+//!   conformance case `request_survives_connection_resets` holds this).
+//!
 //! Plain clients can answer or send courier requests: a NATS request to
 //! `_courier.request.<topic>` is answered to its reply subject.
 //! At-least-once publish/subscribe never uses core NATS.
