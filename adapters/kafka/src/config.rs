@@ -21,6 +21,7 @@ pub const URL_OPTIONS: &[&str] = &[
     "partitions",
     "replication_factor",
     "create_topics",
+    "delete_reply_topic",
 ];
 
 /// Settings of a [`KafkaBroker`](crate::KafkaBroker).
@@ -42,6 +43,9 @@ pub struct KafkaConfig {
     /// subscribed (default `true`). When `false`, such a topic is
     /// [`Error::TopicNotFound`](courier_core::Error::TopicNotFound).
     pub create_topics: bool,
+    /// Delete this connection's reply topic when it closes (default
+    /// `false`); see [Request/reply](crate#requestreply) for why it is off.
+    pub delete_reply_topic: bool,
     /// Partitions of the topics courier creates (default 1). One partition
     /// keeps every message of a topic in publish order, keyed or not; more
     /// partitions let the competing consumers of a group share the load,
@@ -99,6 +103,7 @@ impl fmt::Debug for KafkaConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("client_id", &self.client_id)
             .field("create_topics", &self.create_topics)
+            .field("delete_reply_topic", &self.delete_reply_topic)
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("connect_timeout", &self.connect_timeout)
@@ -118,6 +123,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: "localhost:9092".to_owned(),
             client_id: "courier".to_owned(),
             create_topics: true,
+            delete_reply_topic: false,
             partitions: 1,
             replication_factor: 1,
             connect_timeout: Duration::from_secs(10),
@@ -212,6 +218,7 @@ impl KafkaConfig {
                 self.replication_factor = option.number(1..=i32::from(i16::MAX))?
             }
             "create_topics" => self.create_topics = option.flag()?,
+            "delete_reply_topic" => self.delete_reply_topic = option.flag()?,
             _ => return Err(option.unknown(URL_OPTIONS)),
         }
         Ok(())
@@ -220,6 +227,12 @@ impl KafkaConfig {
     /// Sets [`KafkaConfig::create_topics`].
     pub fn create_topics(mut self, create: bool) -> Self {
         self.create_topics = create;
+        self
+    }
+
+    /// Sets [`KafkaConfig::delete_reply_topic`].
+    pub fn delete_reply_topic(mut self, delete: bool) -> Self {
+        self.delete_reply_topic = delete;
         self
     }
 

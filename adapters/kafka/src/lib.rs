@@ -177,16 +177,26 @@
 //! that is missing and may not be created is
 //! [`RequestError::NoResponders`](courier_core::request::RequestError::NoResponders)).
 //!
-//! The reply topic is the connection's own, and goes with it:
-//! [`KafkaBroker::close`] stops the thread reading it (waiting up to 5 s
-//! for it to end; past that `close` returns [`Error::Timeout`]) and deletes
-//! the topic (each admin request bounded by
-//! [`KafkaConfig::connect_timeout`]). A topic that cannot be deleted (the
-//! broker is unreachable or refuses) is logged as a warning and does not
-//! fail the close: the connection's own resources are released all the
-//! same, and nobody waits for what the topic holds. Topics of processes
-//! that died without closing stay; let the broker's retention, or an
-//! operator, remove old `courier-replies.*` topics. A responder does not
+//! [`KafkaBroker::close`] stops the thread reading the reply topic
+//! (waiting up to 5 s for it to end; past that `close` returns
+//! [`Error::Timeout`]); requests still waiting end at once with the reply
+//! path closed. With [`KafkaConfig::delete_reply_topic`] (URL option
+//! `delete_reply_topic=true`) it then deletes the topic (each admin
+//! request bounded by [`KafkaConfig::connect_timeout`]); a topic that
+//! cannot be deleted (the broker is unreachable or refuses) is logged as a
+//! warning and does not fail the close, since the connection's own
+//! resources are released all the same and nobody waits for what the
+//! topic holds.
+//!
+//! Deleting is off by default: against the Kafka-protocol broker courier
+//! is tested on (tansu 0.6), deleting a reply topic made the librdkafka
+//! (2.12.1) clients of *other* connections in the same process, a
+//! responder's consumer among them, crash with a segmentation fault in
+//! librdkafka's metadata update after a fetch
+//! (`rd_kafka_metadata_update_op`). Turn it on where the cluster is known
+//! not to provoke that. Without it, and for processes that died without
+//! closing, let the broker's retention, or an operator, remove old
+//! `courier-replies.*` topics. A responder does not
 //! create a reply topic that is missing: a reply to a requester that
 //! closed is dropped (the responder's `reply` returns `Ok`), unless that
 //! responder still knows the topic from an earlier reply, in which case
@@ -216,6 +226,7 @@
 //! | `partitions` | [`KafkaConfig::partitions`] of the topics courier creates | 1 |
 //! | `replication_factor` | [`KafkaConfig::replication_factor`] of the topics courier creates | 1 |
 //! | `create_topics` | [`KafkaConfig::create_topics`]: `true` or `false` | `true` |
+//! | `delete_reply_topic` | [`KafkaConfig::delete_reply_topic`]: `true` or `false` | `false` |
 //! | `unroutable` | `error` or `drop`: checked, no effect (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //!
 //! Any other option is an [`Error::InvalidUrl`] naming it; so are
@@ -470,9 +481,11 @@ impl Close for KafkaBroker {
         courier_core::error::within("close", after, async {
             let (stopped, replies) = futures::join!(
                 futures::future::join_all(subscriptions.into_iter().map(|r| r.stop(after))),
-                self.inner
-                    .inbox
-                    .close(&self.inner.producer.topics, reply_cleanup::READER_STOP),
+                self.inner.inbox.close(
+                    &self.inner.producer.topics,
+                    self.inner.config.delete_reply_topic,
+                    reply_cleanup::READER_STOP,
+                ),
             );
             let flushed = self.inner.producer.close().await;
             stopped

@@ -1,5 +1,5 @@
 //! Closing a connection's reply path: its reader thread stops, and its
-//! reply topic is deleted.
+//! reply topic is deleted where configured.
 
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ pub(crate) const READER_STOP: Duration = Duration::from_secs(5);
 impl Inbox {
     /// Stops reading the reply topic (waiting requests see the reply path
     /// closed), waits up to `bound` for the reader thread to end, then
-    /// deletes the reply topic. Does nothing when no request was ever
-    /// sent.
+    /// deletes the reply topic if `delete_topic`. Does nothing when no
+    /// request was ever sent.
     ///
     /// A topic that could not be deleted (the broker is unreachable, or
     /// refuses) is logged as a warning and does not fail the close: every
@@ -27,7 +27,12 @@ impl Inbox {
     ///
     /// [`Error::Timeout`] naming `close` when the reader thread did not end
     /// within `bound` (the topic is still deleted).
-    pub(crate) async fn close(&self, topics: &Topics, bound: Duration) -> Result<()> {
+    pub(crate) async fn close(
+        &self,
+        topics: &Topics,
+        delete_topic: bool,
+        bound: Duration,
+    ) -> Result<()> {
         let Some(started) = self.started() else {
             return Ok(());
         };
@@ -50,6 +55,9 @@ impl Inbox {
             },
             None => Ok(()),
         };
+        if !delete_topic {
+            return joined;
+        }
         match topics.delete(&started.topic).await {
             Ok(()) => tracing::debug!(topic = %started.topic, "reply topic deleted"),
             Err(e) => tracing::warn!(

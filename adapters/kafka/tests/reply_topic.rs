@@ -1,16 +1,21 @@
 //! A connection's reply topic against the real broker: created by its
-//! first request, deleted when the connection closes.
+//! first request, its reader stopped when the connection closes, and the
+//! topic deleted then where `delete_reply_topic` asks for it; a responder
+//! serving requesters that close goes on.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use courier_core::prelude::*;
 use courier_core::request::RequestError;
 use courier_core::{Message, Subscription};
 use courier_kafka::KafkaBroker;
 use courier_testkit::fixtures::{self, unique_name};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// The tests of this binary one at a time: the first tells its reply
+/// topic from the others by listing them before and after.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The reply topics the broker lists now.
 fn reply_topics(bootstrap: &str) -> HashSet<String> {
@@ -37,9 +42,10 @@ async fn listed(bootstrap: &str) -> HashSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_deletes_the_reply_topic_and_stops_its_reader() {
+async fn close_stops_the_reply_reader_and_deletes_the_reply_topic_when_asked() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = fixtures::kafka().await.expect("kafka fixture");
-    let url = format!("{}?connect_timeout=30s", server.url());
+    let url = format!("{}?connect_timeout=30s&delete_reply_topic=true", server.url());
     let bootstrap = url
         .trim_start_matches("kafka://")
         .split('?')
@@ -96,4 +102,40 @@ fn reply_readers() -> usize {
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
         .filter(|name| name.trim_end() == "courier-kafka-r")
         .count()
+}
+
+/// A responder keeps serving other requesters while one of them closes
+/// and its reply topic is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_outlives_a_requester_that_closes() {
+    use courier_core::runtime::{self, Consumer, Envelope};
+
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = fixtures::kafka().await.expect("kafka fixture");
+    let url = format!("{}?connect_timeout=30s", server.url());
+    let responding = KafkaBroker::connect(&url).await.expect("connect").into_broker();
+    let sub = Subscription::new(unique_name("ask"), unique_name("responders"));
+    let echo = runtime::responder(&responding, |asked: Envelope<String>| async move {
+        Ok(asked.body)
+    });
+    let responder = Consumer::builder(responding.clone(), sub.clone(), echo)
+        .start()
+        .await
+        .expect("responder");
+
+    for round in 0..2 {
+        let requester = KafkaBroker::connect(&url).await.expect("connect").into_broker();
+        let asked = format!("round {round}");
+        let answer: String = requester
+            .request_json(sub.topic(), &asked, Duration::from_secs(60))
+            .await
+            .expect("answered");
+        assert_eq!(answer, asked);
+        requester.close().await.expect("close the requester");
+        eprintln!("round {round}: answered, requester closed");
+    }
+    // The responder's clients go on after the reply topics were deleted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    responder.shutdown().await.expect("responder shutdown");
+    responding.close().await.expect("close the responder");
 }
