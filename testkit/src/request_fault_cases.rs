@@ -229,9 +229,15 @@ async fn answered_across(
     let attempts = until_answered(requester, topic, 0, timeout, ctx.patience() * 3, &tally).await;
     eprintln!("request fault: first answer on attempt {attempts}");
     for n in 0..BEFORE {
-        ask(requester, topic, Value { phase: 1, n }, ctx.patience(), &tally)
-            .await
-            .unwrap_or_else(|e| panic!("request {n} before the fault: {e} ({e:?})"));
+        ask(
+            requester,
+            topic,
+            Value { phase: 1, n },
+            ctx.patience(),
+            &tally,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("request {n} before the fault: {e} ({e:?})"));
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -328,7 +334,9 @@ async fn request_through_a_black_hole_times_out_then_recovers(ctx: Ctx) {
         let started = Instant::now();
         let outcome = ask(&requester, &topic, Value { phase: 1, n }, bounded, &tally).await;
         let took = started.elapsed();
-        eprintln!("request fault: through the black hole: {took:.2?} (timeout {bounded:?}): {outcome:?}");
+        eprintln!(
+            "request fault: through the black hole: {took:.2?} (timeout {bounded:?}): {outcome:?}"
+        );
         match outcome {
             Err(RequestError::Timeout { elapsed }) => assert!(
                 elapsed >= bounded && took <= bounded + MARGIN,

@@ -42,7 +42,10 @@ async fn close_with_an_open_reply_channel_is_ok_and_ends_waiting_requests() {
         if lag.total >= 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "the request never reached its queue");
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached its queue"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -53,7 +56,9 @@ async fn close_with_an_open_reply_channel_is_ok_and_ends_waiting_requests() {
         .await
         .expect("the waiting request returns after close")
         .expect("request task");
-    eprintln!("close took {took:.2?}: {closed:?}; the waiting request returned after {waited:.2?}: {outcome:?}");
+    eprintln!(
+        "close took {took:.2?}: {closed:?}; the waiting request returned after {waited:.2?}: {outcome:?}"
+    );
     closed.expect("close with an open reply channel");
     match outcome {
         Err(RequestError::Transport(Error::Closed(_))) => {}

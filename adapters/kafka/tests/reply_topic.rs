@@ -45,7 +45,10 @@ async fn listed(bootstrap: &str) -> HashSet<String> {
 async fn close_stops_the_reply_reader_and_deletes_the_reply_topic_when_asked() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let server = fixtures::kafka().await.expect("kafka fixture");
-    let url = format!("{}?connect_timeout=30s&delete_reply_topic=true", server.url());
+    let url = format!(
+        "{}?connect_timeout=30s&delete_reply_topic=true",
+        server.url()
+    );
     let bootstrap = url
         .trim_start_matches("kafka://")
         .split('?')
@@ -54,12 +57,19 @@ async fn close_stops_the_reply_reader_and_deletes_the_reply_topic_when_asked() {
         .to_owned();
     let before = listed(&bootstrap).await;
 
-    let broker = KafkaBroker::connect(&url).await.expect("connect").into_broker();
+    let broker = KafkaBroker::connect(&url)
+        .await
+        .expect("connect")
+        .into_broker();
     // Nobody answers: the request times out, its reply topic stays.
     let sub = Subscription::new(unique_name("ask"), unique_name("responders"));
     broker.provision(&sub).await.expect("provision");
     let outcome = broker
-        .request(sub.topic(), Message::new("unanswered"), Duration::from_secs(2))
+        .request(
+            sub.topic(),
+            Message::new("unanswered"),
+            Duration::from_secs(2),
+        )
         .await;
     assert!(
         matches!(outcome, Err(RequestError::Timeout { .. })),
@@ -78,7 +88,11 @@ async fn close_stops_the_reply_reader_and_deletes_the_reply_topic_when_asked() {
     let closed = broker.close().await;
     eprintln!("close took {:.2?}: {closed:?}", started.elapsed());
     closed.expect("close");
-    assert_eq!(reply_readers(), 0, "close waited for the reply reader to end");
+    assert_eq!(
+        reply_readers(),
+        0,
+        "close waited for the reply reader to end"
+    );
 
     // Deletion may take effect asynchronously: poll the metadata.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -113,7 +127,10 @@ async fn a_responder_outlives_a_requester_that_closes() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let server = fixtures::kafka().await.expect("kafka fixture");
     let url = format!("{}?connect_timeout=30s", server.url());
-    let responding = KafkaBroker::connect(&url).await.expect("connect").into_broker();
+    let responding = KafkaBroker::connect(&url)
+        .await
+        .expect("connect")
+        .into_broker();
     let sub = Subscription::new(unique_name("ask"), unique_name("responders"));
     let echo = runtime::responder(&responding, |asked: Envelope<String>| async move {
         Ok(asked.body)
@@ -124,7 +141,10 @@ async fn a_responder_outlives_a_requester_that_closes() {
         .expect("responder");
 
     for round in 0..2 {
-        let requester = KafkaBroker::connect(&url).await.expect("connect").into_broker();
+        let requester = KafkaBroker::connect(&url)
+            .await
+            .expect("connect")
+            .into_broker();
         let asked = format!("round {round}");
         let answer: String = requester
             .request_json(sub.topic(), &asked, Duration::from_secs(60))
