@@ -8,7 +8,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use courier_amqp::AmqpBroker;
-use courier_core::prelude::*;
 use courier_core::request::RequestError;
 use courier_core::{Error, Message, Subscription};
 
