@@ -271,49 +271,44 @@ async fn answered_across(
     );
 }
 
-async fn request_survives_connection_resets(ctx: Ctx) {
-    let (requester, proxy) = ctx.proxied_broker().await;
+/// A responder on a connection of its own (reaching the server directly),
+/// `requester` answered across `fault` (see [`answered_across`]), then
+/// everything stopped and closed.
+async fn responded_across(
+    ctx: &Ctx,
+    case: &str,
+    requester: Broker,
+    recovery: Duration,
+    fault: impl std::future::Future<Output = ()>,
+) {
     let responding = ctx.broker().await;
     let topic = ctx.name("ask");
-    let responder = echo_responder(&ctx, &responding, &topic).await;
-    answered_across(
-        &ctx,
-        "request_survives_connection_resets",
-        &requester,
-        &topic,
-        ctx.patience() * 2,
-        async {
-            let reset = proxy.reset_all();
-            eprintln!("request fault: reset {reset} connections");
-        },
-    )
-    .await;
-    responder.stop(&ctx).await;
+    let responder = echo_responder(ctx, &responding, &topic).await;
+    answered_across(ctx, case, &requester, &topic, recovery, fault).await;
+    responder.stop(ctx).await;
     requester.close().await.expect("close the requester");
     responding.close().await.expect("close the responder");
 }
 
+async fn request_survives_connection_resets(ctx: Ctx) {
+    let (requester, proxy) = ctx.proxied_broker().await;
+    let resets = async {
+        let reset = proxy.reset_all();
+        eprintln!("request fault: reset {reset} connections");
+    };
+    let case = "request_survives_connection_resets";
+    responded_across(&ctx, case, requester, ctx.patience() * 2, resets).await;
+}
+
 async fn request_survives_a_broker_restart(ctx: Ctx) {
     let requester = ctx.broker().await;
-    let responding = ctx.broker().await;
-    let topic = ctx.name("ask");
-    let responder = echo_responder(&ctx, &responding, &topic).await;
+    let restart = async {
+        ctx.restart_broker().await;
+        eprintln!("request fault: broker restarted");
+    };
     // The responder rejoins its group after the restart too.
-    answered_across(
-        &ctx,
-        "request_survives_a_broker_restart",
-        &requester,
-        &topic,
-        ctx.patience() * 4,
-        async {
-            ctx.restart_broker().await;
-            eprintln!("request fault: broker restarted");
-        },
-    )
-    .await;
-    responder.stop(&ctx).await;
-    requester.close().await.expect("close the requester");
-    responding.close().await.expect("close the responder");
+    let case = "request_survives_a_broker_restart";
+    responded_across(&ctx, case, requester, ctx.patience() * 4, restart).await;
 }
 
 async fn request_through_a_black_hole_times_out_then_recovers(ctx: Ctx) {

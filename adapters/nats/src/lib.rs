@@ -188,10 +188,10 @@
 //!   new connection by itself; the same handle sends requests again as
 //!   soon as it is connected. A reply published while the requester was
 //!   disconnected reaches nobody (core NATS keeps nothing), so its request
-//!   ends in [`RequestError::Timeout`](courier_core::request::RequestError::Timeout);
-//!   a request published while disconnected waits in the client's buffer
-//!   and goes out on reconnect, within its timeout or not at all (the
-//!   conformance case `request_survives_connection_resets` holds this).
+//!   ends in [`RequestError::Timeout`](courier_core::request::RequestError::Timeout),
+//!   and so may a request sent while the connection was being replaced
+//!   (the conformance case `request_survives_connection_resets` sees the
+//!   first request after a reset time out, the next one answered).
 //!
 //! Plain clients can answer or send courier requests: a NATS request to
 //! `_courier.request.<topic>` is answered to its reply subject.
