@@ -46,8 +46,8 @@ pub use harness::{Adapter, Capability, Case, Ctx, run, trials};
 
 /// Every case of the suite: the conformance cases, the consumer runtime's
 /// cases, the dead-letter cases, the observability cases (lag, health), the
-/// request/reply cases, the fault cases, the unroutable-publish cases and
-/// the close cases.
+/// request/reply cases (under faults too), the fault cases, the
+/// unroutable-publish cases and the close cases.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = conformance::cases();
     cases.extend(runtime_cases::cases());
