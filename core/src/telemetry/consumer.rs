@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::lag_report::{LagReport, LastLag, spawn_reporter};
 use super::metrics as names;
+#[cfg(feature = "otel")]
 use super::trace_context::TraceContext;
-use super::trace_context::{Scoped, scoped};
+use super::trace_context::{ScopeContext, Scoped, scoped};
 use crate::delivery::Delivery;
 use crate::message::Message;
 use crate::pubsub::{Subscriber, Subscription};
@@ -91,16 +92,18 @@ impl ConsumerTelemetry {
             self.message_age.record(age(message));
             self.in_flight.increment(1.0);
         }
-        let received = TraceContext::from_message(message);
         let span = self.process_span(delivery);
+        // The received context is the process span's parent only for a
+        // span that is recorded; for the handler it is read when asked for.
         #[cfg(feature = "otel")]
-        if let Some(parent) = &received {
+        if !span.is_disabled()
+            && let Some(parent) = TraceContext::from_message(message)
+        {
             super::otel::set_parent(&span, &parent.parts());
         }
-        let context = received.map_or_else(TraceContext::new_root, |parent| parent.new_child());
         Traced {
             span,
-            context: Some(context),
+            context: Some(ScopeContext::received(message.headers())),
             in_flight: self.recorded.then(|| self.in_flight.clone()),
         }
     }
@@ -223,7 +226,7 @@ impl ConsumerTelemetry {
 #[derive(Debug)]
 pub(crate) struct Traced {
     span: tracing::Span,
-    context: Option<TraceContext>,
+    context: Option<ScopeContext>,
     in_flight: Option<Gauge>,
 }
 

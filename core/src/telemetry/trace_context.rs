@@ -1,6 +1,6 @@
 //! W3C trace context (`traceparent`, `tracestate`) as message headers.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -136,7 +136,12 @@ impl TraceContext {
         if let Some(context) = Self::of_span(&tracing::Span::current()) {
             return Some(context);
         }
-        CURRENT.with(|current| current.borrow().clone())
+        CURRENT.with(|current| {
+            let mut scope = current.take()?;
+            let context = scope.resolve();
+            current.set(Some(scope));
+            Some(context)
+        })
     }
 
     /// The OpenTelemetry context of `span`, when a `tracing-opentelemetry`
@@ -224,8 +229,6 @@ impl TraceContext {
         }
     }
 
-    /// Runs `future` with this context as [`TraceContext::current`] while it
-    /// is polled (on whatever thread polls it).
     /// Runs `future` with this context as [`TraceContext::current`] while
     /// it is polled, so what it publishes joins this trace. For code outside
     /// courier's consumer runtime that learned its trace some other way (an
@@ -253,14 +256,63 @@ impl TraceContext {
     /// # Ok(()) }
     /// ```
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        scoped(Some(self), future)
+        scoped(Some(ScopeContext::ready(self)), future)
     }
 }
 
 /// Runs `future` with `context` as [`TraceContext::current`] while it is
-/// polled (on whatever thread polls it); with `None`, with none.
-pub(crate) fn scoped<F: Future>(context: Option<TraceContext>, future: F) -> Scoped<F> {
+/// polled (on whatever thread polls it); with `None`, leaves the current
+/// context alone and costs nothing (telemetry off).
+pub(crate) fn scoped<F: Future>(context: Option<ScopeContext>, future: F) -> Scoped<F> {
     Scoped { context, future }
+}
+
+/// What a scope makes [`TraceContext::current`]: a context, or, for a
+/// handler of the consumer runtime, the headers of its message still to be
+/// read. The headers are read when the handler first asks for its context
+/// (a publish from the handler does), not on every receive: a message
+/// handled without publishing anything costs no header lookup or parse.
+#[derive(Debug, Clone)]
+pub(crate) struct ScopeContext {
+    /// The received message's headers, until read.
+    unread: Option<Headers>,
+    /// The context once `unread` is read; before, the handler's own ids: a
+    /// new trace (used when the headers carry no valid `traceparent`) whose
+    /// span id is the handler's under either trace. Chosen up front, so
+    /// every attempt at a message and every read gives the same context.
+    context: TraceContext,
+}
+
+impl ScopeContext {
+    /// `context` itself.
+    pub(crate) fn ready(context: TraceContext) -> Self {
+        ScopeContext {
+            unread: None,
+            context,
+        }
+    }
+
+    /// The context of a handler of a message with `headers`: a span of the
+    /// trace they carry, or a new trace when they carry none.
+    pub(crate) fn received(headers: &Headers) -> Self {
+        ScopeContext {
+            unread: Some(headers.clone()),
+            context: TraceContext::new_root(),
+        }
+    }
+
+    /// The context, reading the headers first if they are still unread.
+    fn resolve(&mut self) -> TraceContext {
+        if let Some(headers) = self.unread.take()
+            && let Some(parent) = TraceContext::from_headers(&headers)
+        {
+            self.context = TraceContext {
+                span_id: self.context.span_id,
+                ..parent
+            };
+        }
+        self.context.clone()
+    }
 }
 
 impl fmt::Debug for TraceContext {
@@ -279,13 +331,13 @@ impl fmt::Display for TraceContext {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<TraceContext>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<ScopeContext>> = const { Cell::new(None) };
 }
 
 pin_project_lite::pin_project! {
     /// A future run with a [`TraceContext`] as the current one.
     pub(crate) struct Scoped<F> {
-        context: Option<TraceContext>,
+        context: Option<ScopeContext>,
         #[pin]
         future: F,
     }
@@ -296,7 +348,10 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let previous = CURRENT.with(|current| current.replace(this.context.take()));
+        let Some(context) = this.context.take() else {
+            return this.future.poll(cx);
+        };
+        let previous = CURRENT.with(|current| current.replace(Some(context)));
         let _restore = Restore {
             slot: this.context,
             previous,
@@ -308,8 +363,8 @@ impl<F: Future> Future for Scoped<F> {
 /// Puts the scope's context back into its future and the thread's previous
 /// context back into the thread, even if the poll panics.
 struct Restore<'a> {
-    slot: &'a mut Option<TraceContext>,
-    previous: Option<TraceContext>,
+    slot: &'a mut Option<ScopeContext>,
+    previous: Option<ScopeContext>,
 }
 
 impl Drop for Restore<'_> {
@@ -479,6 +534,6 @@ mod tests {
             })
             .await;
         assert_eq!(seen, Some(context));
-        assert_eq!(CURRENT.with(|c| c.borrow().clone()), None);
+        assert_eq!(TraceContext::current(), None);
     }
 }
