@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::lag_report::{LagReport, LastLag, spawn_reporter};
 use super::metrics as names;
-#[cfg(feature = "otel")]
 use super::trace_context::TraceContext;
 use super::trace_context::{ScopeContext, Scoped, scoped};
 use crate::delivery::Delivery;
@@ -82,7 +81,7 @@ impl ConsumerTelemetry {
         if !super::is_enabled() {
             return Traced {
                 span: tracing::Span::none(),
-                context: None,
+                own: None,
                 in_flight: None,
             };
         }
@@ -103,7 +102,7 @@ impl ConsumerTelemetry {
         }
         Traced {
             span,
-            context: Some(ScopeContext::received(message.headers())),
+            own: Some(TraceContext::new_root()),
             in_flight: self.recorded.then(|| self.in_flight.clone()),
         }
     }
@@ -226,18 +225,27 @@ impl ConsumerTelemetry {
 #[derive(Debug)]
 pub(crate) struct Traced {
     span: tracing::Span,
-    context: Option<ScopeContext>,
+    /// The handler's own trace and span ids (see
+    /// [`ScopeContext::received`]); `None` when telemetry is off.
+    own: Option<TraceContext>,
     in_flight: Option<Gauge>,
 }
 
 impl Traced {
-    /// `future` (a handler call) run inside the process span, with the
-    /// delivery's trace context current. The span is borrowed, not cloned:
-    /// a clone and its drop are two calls into the subscriber per attempt.
-    pub(crate) fn instrument<F: Future>(&self, future: F) -> InSpan<'_, Scoped<F>> {
+    /// `future` (a handler call of `message`) run inside the process span,
+    /// with the delivery's trace context current. The span is borrowed, not
+    /// cloned: a clone and its drop are two calls into the subscriber per
+    /// attempt.
+    pub(crate) fn instrument<F: Future>(
+        &self,
+        message: &Message,
+        future: F,
+    ) -> InSpan<'_, Scoped<F>> {
+        let context = (self.own.as_ref())
+            .map(|own| ScopeContext::received(message.headers(), own.clone()));
         InSpan {
             span: &self.span,
-            inner: scoped(self.context.clone(), future),
+            inner: scoped(context, future),
         }
     }
 }

@@ -60,11 +60,16 @@ impl TraceContext {
 
     /// A new trace: random trace and span ids, sampled.
     pub fn new_root() -> Self {
-        TraceContext {
-            trace_id: split(nonzero_u128()),
-            span_id: nonzero_u64(),
-            flags: SAMPLED,
-            state: None,
+        loop {
+            let [high, low, span_id] = random_words();
+            if high | low != 0 && span_id != 0 {
+                return TraceContext {
+                    trace_id: [high, low],
+                    span_id,
+                    flags: SAMPLED,
+                    state: None,
+                };
+            }
         }
     }
 
@@ -293,11 +298,12 @@ impl ScopeContext {
     }
 
     /// The context of a handler of a message with `headers`: a span of the
-    /// trace they carry, or a new trace when they carry none.
-    pub(crate) fn received(headers: &Headers) -> Self {
+    /// trace they carry with `own`'s span id, or `own` (a new trace, from
+    /// [`TraceContext::new_root`]) when they carry none.
+    pub(crate) fn received(headers: &Headers, own: TraceContext) -> Self {
         ScopeContext {
             unread: Some(headers.clone()),
-            context: TraceContext::new_root(),
+            context: own,
         }
     }
 
@@ -348,29 +354,29 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let Some(context) = this.context.take() else {
+        if this.context.is_none() {
             return this.future.poll(cx);
+        }
+        // Swapped in place, in and out: the context is not copied through
+        // temporaries, which cost more than the rest of the scope.
+        let restore = Restore {
+            slot: Cell::from_mut(this.context),
         };
-        let previous = CURRENT.with(|current| current.replace(Some(context)));
-        let _restore = Restore {
-            slot: this.context,
-            previous,
-        };
+        CURRENT.with(|current| current.swap(restore.slot));
         this.future.poll(cx)
     }
 }
 
-/// Puts the scope's context back into its future and the thread's previous
-/// context back into the thread, even if the poll panics.
+/// Swaps the scope's context (now in the thread) back into its future and
+/// the thread's previous context (now in the future) back into the thread,
+/// even if the poll panics.
 struct Restore<'a> {
-    slot: &'a mut Option<ScopeContext>,
-    previous: Option<ScopeContext>,
+    slot: &'a Cell<Option<ScopeContext>>,
 }
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        *self.slot = CURRENT.with(|current| current.replace(previous));
+        CURRENT.with(|current| current.swap(self.slot));
     }
 }
 
@@ -436,30 +442,31 @@ fn nonzero_u64() -> u64 {
     }
 }
 
-/// A random trace id other than zero.
-fn nonzero_u128() -> u128 {
-    loop {
-        let id = u128::from(random_u64()) << 64 | u128::from(random_u64());
-        if id != 0 {
-            return id;
-        }
-    }
-}
-
 /// A random 64-bit number from a per-thread wyrand generator, seeded from
 /// the operating system's randomness. Ids need to be unpredictable enough
 /// not to collide, not secret; a process span makes one or two, so they
 /// come from a generator that costs a multiplication rather than a block
 /// cipher.
 fn random_u64() -> u64 {
+    let [word] = random_words();
+    word
+}
+
+/// `N` random numbers from the generator of [`random_u64`], in one visit
+/// to the thread's state (a new root context needs three).
+fn random_words<const N: usize>() -> [u64; N] {
     thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+        static STATE: Cell<u64> = Cell::new(rand::random());
     }
     STATE.with(|state| {
-        let next = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        let mut next = state.get();
+        let words = std::array::from_fn(|_| {
+            next = next.wrapping_add(0xa076_1d64_78bd_642f);
+            let product = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
+            (product >> 64) as u64 ^ product as u64
+        });
         state.set(next);
-        let product = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
-        (product >> 64) as u64 ^ product as u64
+        words
     })
 }
 
