@@ -5,7 +5,13 @@
 //! cargo bench -p courier-memory --bench telemetry_overhead             # 100,000 messages, 7 rounds
 //! cargo bench -p courier-memory --bench telemetry_overhead -- 400000   # or any count
 //! cargo bench -p courier-memory --bench telemetry_overhead -- nosub    # without the subscriber cases
+//! cargo bench -p courier-memory --bench telemetry_overhead -- on 400000 # only the no-subscriber case's
+//!                                                                       # telemetry-on side, for a profiler
 //! ```
+//!
+//! `on` and `off` run only that side of `tracing no-subscriber` (seven
+//! rounds, no table), so a profile shows what that side does:
+//! `perf record -e cpu-clock -g <bench binary> --bench on 400000`.
 //!
 //! A round runs on a thread of its own with a current-thread runtime: a
 //! consumer runtime (concurrency 8, no-op raw handler) is started, then
@@ -232,6 +238,19 @@ fn measure(case: Case, round_count: usize, messages: usize, report: &mut Report)
 }
 
 fn main() {
+    let only = std::env::args().find_map(|a| match a.as_str() {
+        "on" => Some(Side::Courier),
+        "off" => Some(Side::Raw),
+        _ => None,
+    });
+    if let Some(side) = only {
+        let messages = message_count(100_000);
+        for _ in 0..7 {
+            let took = round(Case::NoSubscriber, side, messages);
+            println!("{side:?}: {:.0} ns/msg wall, {:.0} ns/msg cpu", took.wall, took.cpu);
+        }
+        return;
+    }
     let round_count = courier_testkit::bench::env_or(courier_testkit::bench::ROUNDS_ENV, 7).max(5);
     let messages = message_count(100_000);
     let mut cases = vec![Case::NoSubscriber, Case::PublishInTrace];

@@ -91,7 +91,11 @@ impl ConsumerTelemetry {
             self.message_age.record(age(message));
             self.in_flight.increment(1.0);
         }
-        let span = self.process_span(delivery);
+        let span = if super::spans_wanted() {
+            self.process_span(delivery)
+        } else {
+            tracing::Span::none()
+        };
         // The received context is the process span's parent only for a
         // span that is recorded; for the handler it is read when asked for.
         #[cfg(feature = "otel")]
@@ -200,7 +204,7 @@ impl ConsumerTelemetry {
         operation: &'static str,
         message: &Message,
     ) -> tracing::Span {
-        if !super::is_enabled() {
+        if !super::is_enabled() || !super::spans_wanted() {
             return tracing::Span::none();
         }
         let parent = parent.and_then(|traced| traced.span.id());

@@ -132,6 +132,14 @@ pub fn set_enabled(enabled: bool) {
 pub fn is_enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
+
+/// Whether any `tracing` subscriber could record an `INFO` span (courier's
+/// level): the first test every span macro makes, made before the span is
+/// built, so that with no subscriber (or one filtered above `INFO`) the
+/// runtime moves no disabled span around (that costs more than the test).
+fn spans_wanted() -> bool {
+    tracing::level_filters::LevelFilter::current() >= tracing::Level::INFO
+}
 pub use lag::{DEFAULT_LAG_TIMEOUT, Lag, PartitionLag};
 pub use lag_report::lag_within;
 pub use publish::instrumented_publish;

@@ -42,7 +42,11 @@ where
     if !super::is_enabled() {
         return send(messages).await;
     }
-    let span = publish_span(system, topic, &messages);
+    let span = if super::spans_wanted() {
+        publish_span(system, topic, &messages)
+    } else {
+        tracing::Span::none()
+    };
     if let Some(context) = publish_context(&span) {
         for message in &mut messages {
             let headers = message.headers_mut();
