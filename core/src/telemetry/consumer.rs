@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -81,7 +81,8 @@ impl ConsumerTelemetry {
         if !super::is_enabled() {
             return Traced {
                 span: tracing::Span::none(),
-                own: None,
+                scoped: false,
+                context: OnceLock::new(),
                 in_flight: None,
             };
         }
@@ -106,7 +107,8 @@ impl ConsumerTelemetry {
         }
         Traced {
             span,
-            own: Some(TraceContext::new_root()),
+            scoped: true,
+            context: OnceLock::new(),
             in_flight: self.recorded.then(|| self.in_flight.clone()),
         }
     }
@@ -229,9 +231,11 @@ impl ConsumerTelemetry {
 #[derive(Debug)]
 pub(crate) struct Traced {
     span: tracing::Span,
-    /// The handler's own trace and span ids (see
-    /// [`ScopeContext::received`]); `None` when telemetry is off.
-    own: Option<TraceContext>,
+    /// Whether the handler runs with a trace context (telemetry on).
+    scoped: bool,
+    /// The handler's context once an attempt read it, so that later
+    /// attempts run in the same one.
+    context: OnceLock<TraceContext>,
     in_flight: Option<Gauge>,
 }
 
@@ -244,22 +248,34 @@ impl Traced {
         &self,
         message: &Message,
         future: F,
-    ) -> InSpan<'_, Scoped<F>> {
-        let context = (self.own.as_ref())
-            .map(|own| ScopeContext::received(message.headers(), own.clone()));
+    ) -> InSpan<'_, F> {
+        let context = self.scoped.then(|| match self.context.get() {
+            Some(context) => ScopeContext::Ready(context.clone()),
+            None => ScopeContext::Unread(message.headers().clone()),
+        });
         InSpan {
-            span: &self.span,
+            traced: self,
             inner: scoped(context, future),
+        }
+    }
+
+    /// Keeps the context an attempt's handler read, if it read one.
+    fn keep(&self, scope: Option<&ScopeContext>) {
+        if let Some(ScopeContext::Ready(context)) = scope
+            && self.context.get().is_none()
+        {
+            let _ = self.context.set(context.clone());
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A future polled inside a span it borrows.
+    /// A handler attempt polled inside the process span it borrows, with
+    /// the delivery's trace context current.
     pub(crate) struct InSpan<'s, F> {
-        span: &'s tracing::Span,
+        traced: &'s Traced,
         #[pin]
-        inner: F,
+        inner: Scoped<F>,
     }
 }
 
@@ -267,9 +283,13 @@ impl<F: Future> Future for InSpan<'_, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let _entered = this.span.enter();
-        this.inner.poll(cx)
+        let mut this = self.project();
+        let _entered = this.traced.span.enter();
+        let poll = this.inner.as_mut().poll(cx);
+        if poll.is_ready() {
+            this.traced.keep(this.inner.as_ref().get_ref().context());
+        }
+        poll
     }
 }
 

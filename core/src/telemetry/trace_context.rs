@@ -261,7 +261,7 @@ impl TraceContext {
     /// # Ok(()) }
     /// ```
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        scoped(Some(ScopeContext::ready(self)), future)
+        scoped(Some(ScopeContext::Ready(self)), future)
     }
 }
 
@@ -272,52 +272,39 @@ pub(crate) fn scoped<F: Future>(context: Option<ScopeContext>, future: F) -> Sco
     Scoped { context, future }
 }
 
+impl<F> Scoped<F> {
+    /// The scope's context between polls: [`ScopeContext::Ready`] once the
+    /// future asked for it.
+    pub(crate) fn context(&self) -> Option<&ScopeContext> {
+        self.context.as_ref()
+    }
+}
+
 /// What a scope makes [`TraceContext::current`]: a context, or, for a
 /// handler of the consumer runtime, the headers of its message still to be
-/// read. The headers are read when the handler first asks for its context
-/// (a publish from the handler does), not on every receive: a message
-/// handled without publishing anything costs no header lookup or parse.
+/// read. The headers are read, and the handler's span id drawn, when the
+/// handler first asks for its context (a publish from the handler does),
+/// not on every receive: a message handled without publishing anything
+/// costs no header lookup, parse or random id.
 #[derive(Debug, Clone)]
-pub(crate) struct ScopeContext {
-    /// The received message's headers, until read.
-    unread: Option<Headers>,
-    /// The context once `unread` is read; before, the handler's own ids: a
-    /// new trace (used when the headers carry no valid `traceparent`) whose
-    /// span id is the handler's under either trace. Chosen up front, so
-    /// every attempt at a message and every read gives the same context.
-    context: TraceContext,
+pub(crate) enum ScopeContext {
+    /// This context.
+    Ready(TraceContext),
+    /// A received message's headers, not read yet: on the first read, a
+    /// span of the trace they carry, or a new trace when they carry none.
+    Unread(Headers),
 }
 
 impl ScopeContext {
-    /// `context` itself.
-    pub(crate) fn ready(context: TraceContext) -> Self {
-        ScopeContext {
-            unread: None,
-            context,
-        }
-    }
-
-    /// The context of a handler of a message with `headers`: a span of the
-    /// trace they carry with `own`'s span id, or `own` (a new trace, from
-    /// [`TraceContext::new_root`]) when they carry none.
-    pub(crate) fn received(headers: &Headers, own: TraceContext) -> Self {
-        ScopeContext {
-            unread: Some(headers.clone()),
-            context: own,
-        }
-    }
-
     /// The context, reading the headers first if they are still unread.
     fn resolve(&mut self) -> TraceContext {
-        if let Some(headers) = self.unread.take()
-            && let Some(parent) = TraceContext::from_headers(&headers)
-        {
-            self.context = TraceContext {
-                span_id: self.context.span_id,
-                ..parent
-            };
-        }
-        self.context.clone()
+        let context = match self {
+            ScopeContext::Ready(context) => return context.clone(),
+            ScopeContext::Unread(headers) => TraceContext::from_headers(headers)
+                .map_or_else(TraceContext::new_root, |parent| parent.new_child()),
+        };
+        *self = ScopeContext::Ready(context.clone());
+        context
     }
 }
 
