@@ -46,7 +46,10 @@ fn both_paths_propagate_and_only_a_listening_subscriber_gets_spans() {
     current_thread().block_on(async {
         let broker = MemoryBroker::new().into_broker();
         let (handler, _) = follow_up_through(&broker, "orders-b", "invoices-b", false).await;
-        assert_eq!(handler.trace_id(), 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+        assert_eq!(
+            handler.trace_id(),
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736
+        );
     });
     let spans = spans.0.lock().unwrap();
     let named = |name: &str| {
@@ -66,7 +69,11 @@ fn both_paths_propagate_and_only_a_listening_subscriber_gets_spans() {
         ("messaging.consumer.group.name", "billing"),
         ("messaging.message.body.size", "5"),
     ] {
-        assert_eq!(process.get(field).map(String::as_str), Some(value), "{field}");
+        assert_eq!(
+            process.get(field).map(String::as_str),
+            Some(value),
+            "{field}"
+        );
     }
     assert!(process.contains_key("messaging.message.id"));
     // The order and the follow-up were published; each delivery was acked.
@@ -130,7 +137,9 @@ async fn follow_up_through(
         .start()
         .await
         .unwrap();
-    let order = Message::new("order").with_header(TRACEPARENT, UPSTREAM).unwrap();
+    let order = Message::new("order")
+        .with_header(TRACEPARENT, UPSTREAM)
+        .unwrap();
     broker.publish(orders, order).await.unwrap();
 
     let upstream = TraceContext::parse(UPSTREAM, None).unwrap();

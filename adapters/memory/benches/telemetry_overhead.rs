@@ -176,11 +176,7 @@ fn run(case: Case, side: Side, messages: usize) -> PerMessage {
 /// One round of `case` on a thread of its own (its runtime sees no other
 /// work, and a scoped subscriber sees every task).
 fn round(case: Case, side: Side, messages: usize) -> PerMessage {
-    std::thread::scope(|s| {
-        s.spawn(|| run(case, side, messages))
-            .join()
-            .expect("round")
-    })
+    std::thread::scope(|s| s.spawn(|| run(case, side, messages)).join().expect("round"))
 }
 
 /// Runs `case` for `round_count` interleaved rounds, prints what telemetry
@@ -247,7 +243,10 @@ fn main() {
         let messages = message_count(100_000);
         for _ in 0..7 {
             let took = round(Case::NoSubscriber, side, messages);
-            println!("{side:?}: {:.0} ns/msg wall, {:.0} ns/msg cpu", took.wall, took.cpu);
+            println!(
+                "{side:?}: {:.0} ns/msg wall, {:.0} ns/msg cpu",
+                took.wall, took.cpu
+            );
         }
         return;
     }

@@ -244,11 +244,7 @@ impl Traced {
     /// with the delivery's trace context current. The span is borrowed, not
     /// cloned: a clone and its drop are two calls into the subscriber per
     /// attempt.
-    pub(crate) fn instrument<F: Future>(
-        &self,
-        message: &Message,
-        future: F,
-    ) -> InSpan<'_, F> {
+    pub(crate) fn instrument<F: Future>(&self, message: &Message, future: F) -> InSpan<'_, F> {
         let context = self.scoped.then(|| match self.context.get() {
             Some(context) => ScopeContext::Ready(context.clone()),
             None => ScopeContext::Unread(message.headers().clone()),
