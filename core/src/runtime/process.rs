@@ -136,7 +136,8 @@ async fn attempt(
     let request = Request::new(delivery.message(), &shared.topic, &shared.group)
         .with_attempt(attempt)
         .with_delivery_count(delivery.delivery_count());
-    let call = AssertUnwindSafe(traced.instrument(shared.handler.call(request))).catch_unwind();
+    let call = traced.instrument(delivery.message(), shared.handler.call(request));
+    let call = AssertUnwindSafe(call).catch_unwind();
     let started = shared.telemetry.attempt_started();
     tokio::pin!(call);
     // Most attempts finish on their first poll; only one that waits needs

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::lag_report::{LagReport, LastLag, spawn_reporter};
 use super::metrics as names;
 use super::trace_context::TraceContext;
-use super::trace_context::{Scoped, scoped};
+use super::trace_context::{ScopeContext, Scoped, scoped};
 use crate::delivery::Delivery;
 use crate::message::Message;
 use crate::pubsub::{Subscriber, Subscription};
@@ -81,7 +81,8 @@ impl ConsumerTelemetry {
         if !super::is_enabled() {
             return Traced {
                 span: tracing::Span::none(),
-                context: None,
+                scoped: false,
+                context: OnceLock::new(),
                 in_flight: None,
             };
         }
@@ -91,16 +92,23 @@ impl ConsumerTelemetry {
             self.message_age.record(age(message));
             self.in_flight.increment(1.0);
         }
-        let received = TraceContext::from_message(message);
-        let span = self.process_span(delivery);
+        let span = if super::spans_wanted() {
+            self.process_span(delivery)
+        } else {
+            tracing::Span::none()
+        };
+        // The received context is the process span's parent only for a
+        // span that is recorded; for the handler it is read when asked for.
         #[cfg(feature = "otel")]
-        if let Some(parent) = &received {
+        if !span.is_disabled()
+            && let Some(parent) = TraceContext::from_message(message)
+        {
             super::otel::set_parent(&span, &parent.parts());
         }
-        let context = received.map_or_else(TraceContext::new_root, |parent| parent.new_child());
         Traced {
             span,
-            context: Some(context),
+            scoped: true,
+            context: OnceLock::new(),
             in_flight: self.recorded.then(|| self.in_flight.clone()),
         }
     }
@@ -198,7 +206,7 @@ impl ConsumerTelemetry {
         operation: &'static str,
         message: &Message,
     ) -> tracing::Span {
-        if !super::is_enabled() {
+        if !super::is_enabled() || !super::spans_wanted() {
             return tracing::Span::none();
         }
         let parent = parent.and_then(|traced| traced.span.id());
@@ -223,28 +231,47 @@ impl ConsumerTelemetry {
 #[derive(Debug)]
 pub(crate) struct Traced {
     span: tracing::Span,
-    context: Option<TraceContext>,
+    /// Whether the handler runs with a trace context (telemetry on).
+    scoped: bool,
+    /// The handler's context once an attempt read it, so that later
+    /// attempts run in the same one.
+    context: OnceLock<TraceContext>,
     in_flight: Option<Gauge>,
 }
 
 impl Traced {
-    /// `future` (a handler call) run inside the process span, with the
-    /// delivery's trace context current. The span is borrowed, not cloned:
-    /// a clone and its drop are two calls into the subscriber per attempt.
-    pub(crate) fn instrument<F: Future>(&self, future: F) -> InSpan<'_, Scoped<F>> {
+    /// `future` (a handler call of `message`) run inside the process span,
+    /// with the delivery's trace context current. The span is borrowed, not
+    /// cloned: a clone and its drop are two calls into the subscriber per
+    /// attempt.
+    pub(crate) fn instrument<F: Future>(&self, message: &Message, future: F) -> InSpan<'_, F> {
+        let context = self.scoped.then(|| match self.context.get() {
+            Some(context) => ScopeContext::Ready(context.clone()),
+            None => ScopeContext::Unread(message.headers().clone()),
+        });
         InSpan {
-            span: &self.span,
-            inner: scoped(self.context.clone(), future),
+            traced: self,
+            inner: scoped(context, future),
+        }
+    }
+
+    /// Keeps the context an attempt's handler read, if it read one.
+    fn keep(&self, scope: Option<&ScopeContext>) {
+        if let Some(ScopeContext::Ready(context)) = scope
+            && self.context.get().is_none()
+        {
+            let _ = self.context.set(context.clone());
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A future polled inside a span it borrows.
+    /// A handler attempt polled inside the process span it borrows, with
+    /// the delivery's trace context current.
     pub(crate) struct InSpan<'s, F> {
-        span: &'s tracing::Span,
+        traced: &'s Traced,
         #[pin]
-        inner: F,
+        inner: Scoped<F>,
     }
 }
 
@@ -252,9 +279,13 @@ impl<F: Future> Future for InSpan<'_, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let _entered = this.span.enter();
-        this.inner.poll(cx)
+        let mut this = self.project();
+        let _entered = this.traced.span.enter();
+        let poll = this.inner.as_mut().poll(cx);
+        if poll.is_ready() {
+            this.traced.keep(this.inner.as_ref().get_ref().context());
+        }
+        poll
     }
 }
 

@@ -98,6 +98,39 @@
 //! state, without a round trip, whether the connection is usable now
 //! ([`Health`]); [`RunningConsumer::status`](crate::runtime::RunningConsumer::status)
 //! says what a consumer is doing.
+//!
+//! # Cost, and turning it off
+//!
+//! Telemetry is on by default and costs little when nobody listens:
+//!
+//! - **No `tracing` subscriber, or one that filters `INFO` out** (a
+//!   `WARN` level filter, say): no span is built. The one check is
+//!   `tracing`'s own maximum level, read before each span would be made.
+//! - **No `metrics` recorder**: instruments are no-ops and no clock is
+//!   read for ages or durations.
+//! - **What stays** is the trace context, since it is what carries a trace
+//!   to follow-ups without any subscriber: each handler attempt runs with
+//!   its message's context current (the context is swapped into and out of
+//!   a thread-local at every poll of the handler, and the message's headers
+//!   are shared with it by a reference count). The `traceparent` is parsed,
+//!   and the handler's span id drawn, only when the handler asks for its
+//!   context, which a publish from the handler does; a handler that
+//!   publishes nothing costs no parse.
+//!
+//! Measured on the in-process broker (64-byte messages carrying a
+//! `traceparent`, published one at a time and consumed by the runtime
+//! with a no-op handler, about 750 ns of CPU time a message with telemetry
+//! off): with no subscriber telemetry adds about 30 ns a message (4 %),
+//! the same with a subscriber that filters courier's spans out, and about
+//! 700 ns (90 %) with a bare `tracing_subscriber::Registry` that records
+//! every span. A `traceparent` written by a publish made in a trace costs
+//! that header's allocations wherever the message goes (about 270 ns on
+//! that broker). `cargo bench -p courier-memory --bench telemetry_overhead`
+//! measures it on your machine.
+//!
+//! [`set_enabled(false)`](set_enabled) turns all of it off for the
+//! process: no spans, no trace context written, read or made current, no
+//! metrics.
 
 mod consumer;
 pub(crate) mod health;
@@ -120,10 +153,11 @@ static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns courier's spans, trace-context headers and metrics on or off for
 /// the whole process (on by default). Off, publishes write no
-/// `traceparent` and the runtime records nothing; lag, health and the
-/// consumer's own [stats](crate::runtime::ConsumerStats) are unaffected.
-/// Meant for measuring what telemetry costs, and for services that want
-/// none of it.
+/// `traceparent`, handlers run with no trace context (a follow-up carries
+/// none), and the runtime records nothing; lag, health and the consumer's
+/// own [stats](crate::runtime::ConsumerStats) are unaffected. Meant for
+/// measuring what telemetry costs (see [the cost](self#cost-and-turning-it-off)),
+/// and for services that want none of it.
 pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
@@ -131,6 +165,14 @@ pub fn set_enabled(enabled: bool) {
 /// Whether courier's telemetry is on; see [`set_enabled`].
 pub fn is_enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether any `tracing` subscriber could record an `INFO` span (courier's
+/// level): the first test every span macro makes, made before the span is
+/// built, so that with no subscriber (or one filtered above `INFO`) the
+/// runtime moves no disabled span around (that costs more than the test).
+fn spans_wanted() -> bool {
+    tracing::level_filters::LevelFilter::current() >= tracing::Level::INFO
 }
 pub use lag::{DEFAULT_LAG_TIMEOUT, Lag, PartitionLag};
 pub use lag_report::lag_within;

@@ -1,6 +1,6 @@
 //! W3C trace context (`traceparent`, `tracestate`) as message headers.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -60,11 +60,16 @@ impl TraceContext {
 
     /// A new trace: random trace and span ids, sampled.
     pub fn new_root() -> Self {
-        TraceContext {
-            trace_id: split(nonzero_u128()),
-            span_id: nonzero_u64(),
-            flags: SAMPLED,
-            state: None,
+        loop {
+            let [high, low, span_id] = random_words();
+            if high | low != 0 && span_id != 0 {
+                return TraceContext {
+                    trace_id: [high, low],
+                    span_id,
+                    flags: SAMPLED,
+                    state: None,
+                };
+            }
         }
     }
 
@@ -136,7 +141,12 @@ impl TraceContext {
         if let Some(context) = Self::of_span(&tracing::Span::current()) {
             return Some(context);
         }
-        CURRENT.with(|current| current.borrow().clone())
+        CURRENT.with(|current| {
+            let mut scope = current.take()?;
+            let context = scope.resolve();
+            current.set(Some(scope));
+            Some(context)
+        })
     }
 
     /// The OpenTelemetry context of `span`, when a `tracing-opentelemetry`
@@ -224,8 +234,6 @@ impl TraceContext {
         }
     }
 
-    /// Runs `future` with this context as [`TraceContext::current`] while it
-    /// is polled (on whatever thread polls it).
     /// Runs `future` with this context as [`TraceContext::current`] while
     /// it is polled, so what it publishes joins this trace. For code outside
     /// courier's consumer runtime that learned its trace some other way (an
@@ -253,14 +261,51 @@ impl TraceContext {
     /// # Ok(()) }
     /// ```
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        scoped(Some(self), future)
+        scoped(Some(ScopeContext::Ready(self)), future)
     }
 }
 
 /// Runs `future` with `context` as [`TraceContext::current`] while it is
-/// polled (on whatever thread polls it); with `None`, with none.
-pub(crate) fn scoped<F: Future>(context: Option<TraceContext>, future: F) -> Scoped<F> {
+/// polled (on whatever thread polls it); with `None`, leaves the current
+/// context alone and costs nothing (telemetry off).
+pub(crate) fn scoped<F: Future>(context: Option<ScopeContext>, future: F) -> Scoped<F> {
     Scoped { context, future }
+}
+
+impl<F> Scoped<F> {
+    /// The scope's context between polls: [`ScopeContext::Ready`] once the
+    /// future asked for it.
+    pub(crate) fn context(&self) -> Option<&ScopeContext> {
+        self.context.as_ref()
+    }
+}
+
+/// What a scope makes [`TraceContext::current`]: a context, or, for a
+/// handler of the consumer runtime, the headers of its message still to be
+/// read. The headers are read, and the handler's span id drawn, when the
+/// handler first asks for its context (a publish from the handler does),
+/// not on every receive: a message handled without publishing anything
+/// costs no header lookup, parse or random id.
+#[derive(Debug, Clone)]
+pub(crate) enum ScopeContext {
+    /// This context.
+    Ready(TraceContext),
+    /// A received message's headers, not read yet: on the first read, a
+    /// span of the trace they carry, or a new trace when they carry none.
+    Unread(Headers),
+}
+
+impl ScopeContext {
+    /// The context, reading the headers first if they are still unread.
+    fn resolve(&mut self) -> TraceContext {
+        let context = match self {
+            ScopeContext::Ready(context) => return context.clone(),
+            ScopeContext::Unread(headers) => TraceContext::from_headers(headers)
+                .map_or_else(TraceContext::new_root, |parent| parent.new_child()),
+        };
+        *self = ScopeContext::Ready(context.clone());
+        context
+    }
 }
 
 impl fmt::Debug for TraceContext {
@@ -279,13 +324,13 @@ impl fmt::Display for TraceContext {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<TraceContext>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<ScopeContext>> = const { Cell::new(None) };
 }
 
 pin_project_lite::pin_project! {
     /// A future run with a [`TraceContext`] as the current one.
     pub(crate) struct Scoped<F> {
-        context: Option<TraceContext>,
+        context: Option<ScopeContext>,
         #[pin]
         future: F,
     }
@@ -296,26 +341,29 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let previous = CURRENT.with(|current| current.replace(this.context.take()));
-        let _restore = Restore {
-            slot: this.context,
-            previous,
+        if this.context.is_none() {
+            return this.future.poll(cx);
+        }
+        // Swapped in place, in and out: the context is not copied through
+        // temporaries, which cost more than the rest of the scope.
+        let restore = Restore {
+            slot: Cell::from_mut(this.context),
         };
+        CURRENT.with(|current| current.swap(restore.slot));
         this.future.poll(cx)
     }
 }
 
-/// Puts the scope's context back into its future and the thread's previous
-/// context back into the thread, even if the poll panics.
+/// Swaps the scope's context (now in the thread) back into its future and
+/// the thread's previous context (now in the future) back into the thread,
+/// even if the poll panics.
 struct Restore<'a> {
-    slot: &'a mut Option<TraceContext>,
-    previous: Option<TraceContext>,
+    slot: &'a Cell<Option<ScopeContext>>,
 }
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        *self.slot = CURRENT.with(|current| current.replace(previous));
+        CURRENT.with(|current| current.swap(self.slot));
     }
 }
 
@@ -381,30 +429,31 @@ fn nonzero_u64() -> u64 {
     }
 }
 
-/// A random trace id other than zero.
-fn nonzero_u128() -> u128 {
-    loop {
-        let id = u128::from(random_u64()) << 64 | u128::from(random_u64());
-        if id != 0 {
-            return id;
-        }
-    }
-}
-
 /// A random 64-bit number from a per-thread wyrand generator, seeded from
 /// the operating system's randomness. Ids need to be unpredictable enough
 /// not to collide, not secret; a process span makes one or two, so they
 /// come from a generator that costs a multiplication rather than a block
 /// cipher.
 fn random_u64() -> u64 {
+    let [word] = random_words();
+    word
+}
+
+/// `N` random numbers from the generator of [`random_u64`], in one visit
+/// to the thread's state (a new root context needs three).
+fn random_words<const N: usize>() -> [u64; N] {
     thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+        static STATE: Cell<u64> = Cell::new(rand::random());
     }
     STATE.with(|state| {
-        let next = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        let mut next = state.get();
+        let words = std::array::from_fn(|_| {
+            next = next.wrapping_add(0xa076_1d64_78bd_642f);
+            let product = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
+            (product >> 64) as u64 ^ product as u64
+        });
         state.set(next);
-        let product = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
-        (product >> 64) as u64 ^ product as u64
+        words
     })
 }
 
@@ -479,6 +528,6 @@ mod tests {
             })
             .await;
         assert_eq!(seen, Some(context));
-        assert_eq!(CURRENT.with(|c| c.borrow().clone()), None);
+        assert_eq!(TraceContext::current(), None);
     }
 }

@@ -84,3 +84,23 @@ pub(crate) fn bench_config() -> courier_memory::MemoryConfig {
         .retention(0)
         .max_queue_len(usize::MAX)
 }
+
+/// CPU time used so far by the calling thread, exact to the nanosecond
+/// (`CLOCK_THREAD_CPUTIME_ID`): for a round that runs entirely on one
+/// thread (a current-thread runtime), what the round cost, whatever else
+/// the machine runs. Wall-clock time elsewhere.
+pub(crate) fn thread_cpu() -> Duration {
+    #[cfg(unix)]
+    {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(
+            u64::try_from(now.tv_sec).unwrap_or(0),
+            u32::try_from(now.tv_nsec).unwrap_or(0),
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed()
+    }
+}
