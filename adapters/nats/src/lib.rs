@@ -337,7 +337,7 @@ impl courier_core::request::Requester for NatsBroker {
         let inner = &self.inner;
         inner.check_open()?;
         courier_core::name::validate_topic(topic).map_err(courier_core::Error::from)?;
-        let limit = inner.client.server_info().max_payload;
+        let limit = inner.client.max_payload();
         courier_core::adapter::check_payloads(std::slice::from_ref(&message), limit)?;
         let (inbox, pending) = inner
             .inbox
