@@ -358,7 +358,15 @@ impl courier_core::request::Requester for NatsBroker {
                     .publish_with_reply_and_headers(
                         request::request_subject(topic),
                         format!("{inbox}.{id}"),
-                        crate::publisher::headers(&request),
+                        // The reply subject carries the reply address and
+                        // the request id; they do not travel twice.
+                        crate::publisher::headers_except(
+                            &request,
+                            &[
+                                courier_core::request::headers::REQUEST_ID,
+                                courier_core::request::headers::REPLY_TO,
+                            ],
+                        ),
                         request.payload().clone(),
                     )
                     .await
