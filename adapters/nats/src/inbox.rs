@@ -59,9 +59,14 @@ impl Inbox {
                             }
                             continue;
                         }
+                        // The reply subject is `<prefix>.<request id>`: the
+                        // id travels there, not in a header.
+                        let Some(id) = reply.subject.get(id_start..) else {
+                            continue;
+                        };
                         match decode(reply.headers.as_ref(), reply.payload) {
                             Ok(message) => {
-                                feed.deliver(message);
+                                feed.deliver_to(id, message);
                             }
                             Err(e) => tracing::warn!(error = %e, "undecodable reply dropped"),
                         }

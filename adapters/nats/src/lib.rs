@@ -346,7 +346,7 @@ impl courier_core::request::Requester for NatsBroker {
         let inner = &self.inner;
         inner.check_open()?;
         courier_core::name::validate_topic(topic).map_err(courier_core::Error::from)?;
-        let limit = inner.client.server_info().max_payload;
+        let limit = inner.client.max_payload();
         courier_core::adapter::check_payloads(std::slice::from_ref(&message), limit)?;
         let (inbox, pending) = inner
             .inbox
@@ -367,7 +367,15 @@ impl courier_core::request::Requester for NatsBroker {
                     .publish_with_reply_and_headers(
                         request::request_subject(topic),
                         format!("{inbox}.{id}"),
-                        crate::publisher::headers(&request),
+                        // The reply subject carries the reply address and
+                        // the request id; they do not travel twice.
+                        crate::publisher::headers_except(
+                            &request,
+                            &[
+                                courier_core::request::headers::REQUEST_ID,
+                                courier_core::request::headers::REPLY_TO,
+                            ],
+                        ),
                         request.payload().clone(),
                     )
                     .await

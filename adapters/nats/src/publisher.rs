@@ -7,7 +7,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use courier_core::adapter::wire::{self, Native};
 use courier_core::{BrokerErrorKind, Error, Message, Result};
 
-use crate::codec::{NATS_MSG_ID, quote};
+use crate::codec::{header_name, quote};
 use crate::connection::Inner;
 use crate::error::op_error;
 
@@ -15,7 +15,7 @@ use crate::error::op_error;
 pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) -> Result<()> {
     inner.check_open()?;
     courier_core::name::validate_topic(topic)?;
-    let limit = inner.client.server_info().max_payload;
+    let limit = inner.client.max_payload();
     for message in &messages {
         let size = message.payload().len() + message.headers().byte_size();
         if size > limit {
@@ -45,14 +45,19 @@ pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) 
 
 /// The NATS headers a message travels with.
 pub(crate) fn headers(message: &Message) -> HeaderMap {
+    headers_except(message, &[])
+}
+
+/// The NATS headers a message travels with, leaving out the headers named
+/// in `carried_elsewhere` (which the NATS message itself carries, such as
+/// a request's reply address in its reply subject).
+pub(crate) fn headers_except(message: &Message, carried_elsewhere: &[&str]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     // `Nats-Msg-Id` carries the courier id (the subscriber reads it back as
     // such), so the id travels once.
     wire::encode(message, Native::default(), |name, value| {
-        if name == wire::ID {
-            headers.insert(NATS_MSG_ID, value);
-        } else {
-            headers.insert(name, quote(value).as_ref());
+        if !carried_elsewhere.contains(&name) {
+            headers.insert(header_name(name), quote(value).as_ref());
         }
     });
     headers
@@ -71,7 +76,7 @@ pub(crate) fn publish_error(
         },
         PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
             size,
-            limit: inner.client.server_info().max_payload,
+            limit: inner.client.max_payload(),
         },
         PublishErrorKind::StreamNotFound => Error::broker(
             crate::error::BROKER,

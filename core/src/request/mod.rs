@@ -17,6 +17,10 @@
 //! - **Matching.** Each request gets a fresh request id
 //!   ([`headers::REQUEST_ID`]) that its reply carries back; replies are
 //!   matched on it, never on the correlation id, which a whole flow shares.
+//!   Where the broker's own reply address carries the id (NATS: the reply
+//!   subject is `<inbox>.<request id>`), it travels there instead of in
+//!   the header, as does the reply address ([`headers::REPLY_TO`]); the
+//!   responder's handler sees the address in the header either way.
 //!   The reply is [caused by](crate::Message::caused_by) the request, so the
 //!   flow's correlation id carries through and its causation id is the
 //!   request's id.
@@ -43,11 +47,13 @@
 //! | broker | request travels | reply travels | no responders | reply guarantee |
 //! |---|---|---|---|---|
 //! | memory | the topic's groups, in process | straight into the requester's inbox | the topic has no group | in process: lost only if the requester is gone |
-//! | NATS | a JetStream publish to the topic's stream (acked) | core NATS, to the requester's inbox subject | no stream holds the topic | at most once (core NATS) |
+//! | NATS | core NATS, to the topic's request subject `_courier.request.<topic>`, where each group's subscriptions listen as one queue group | core NATS, to the requester's inbox subject | no subscription listens | at most once both ways (core NATS) |
 //! | RabbitMQ | a publish with `mandatory` on the requester's own channel | direct reply-to (`amq.rabbitmq.reply-to`), consumed without acks | the broker returned the request: no queue bound | at most once (direct reply-to) |
 //! | Kafka | a produce to the topic | a reply topic per requester, read by assignment (no consumer group, no rebalancing) | cannot tell: timeout | the reply is stored; read once by its requester |
 //!
-//! The request itself has the topic's usual at-least-once delivery: a
+//! On RabbitMQ, Kafka and memory the request itself has the topic's usual
+//! at-least-once delivery (on NATS it is at most once: a request whose
+//! responder dies is not redelivered, and the requester times out): a
 //! responder that dies mid-request has it redelivered to another, whose
 //! reply is then the one the requester gets (or, past the deadline, none:
 //! the requester has already seen [`RequestError::Timeout`]). Responders

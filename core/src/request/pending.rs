@@ -60,6 +60,19 @@ impl PendingReplies {
         let sender = reply
             .header(REQUEST_ID)
             .and_then(|id| self.waiting().remove(id));
+        self.hand_over(sender, reply)
+    }
+
+    /// Hands `reply` to the request with id `id`, for adapters whose reply
+    /// address carries the request id (so the reply need not carry it in
+    /// [`REQUEST_ID`]). Returns whether a request was waiting for it; if
+    /// not, the reply is counted as late.
+    pub fn deliver_to(&self, id: &str, reply: Message) -> bool {
+        let sender = self.waiting().remove(id);
+        self.hand_over(sender, reply)
+    }
+
+    fn hand_over(&self, sender: Option<oneshot::Sender<Answer>>, reply: Message) -> bool {
         let delivered = sender.is_some_and(|tx| tx.send(Answer::Reply(reply)).is_ok());
         if !delivered {
             self.late.fetch_add(1, Ordering::Relaxed);
@@ -155,6 +168,17 @@ mod tests {
         assert_eq!(pending.in_flight(), 0);
         assert!(!pending.deliver(headers::success(&req_c, Message::new("C"))));
         assert_eq!(pending.late(), 1);
+
+        // Matched by the id its address carried, without the header.
+        let (e, _) = headers::prepare(Message::new("e"), "x", Duration::from_secs(1));
+        let wait_e = pending.register(&e);
+        assert!(pending.deliver_to(&e, Message::new("E")));
+        match wait_e.reply().await {
+            Some(Answer::Reply(reply)) => assert_eq!(reply.payload().as_ref(), b"E"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!pending.deliver_to(&e, Message::new("E again")));
+        assert_eq!(pending.late(), 2);
 
         let (d, _) = headers::prepare(Message::new("d"), "x", Duration::from_secs(1));
         let wait_d = pending.register(&d);
