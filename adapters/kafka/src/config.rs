@@ -71,8 +71,10 @@ pub struct KafkaConfig {
     /// same way.
     pub max_payload: usize,
     /// How often a consumer commits the offsets its acks made committable
-    /// (default 100 ms). Commits are also made, and waited for, when a
-    /// partition is revoked and when the subscription ends.
+    /// (default 100 ms); a commit is waited for before the next is made,
+    /// so a broker slower than this commits less often. Commits are also
+    /// made, and waited for, when a partition is revoked and when the
+    /// subscription ends.
     pub commit_interval: Duration,
     /// How long a consumer whose partitions are being revoked (another
     /// member joined or left the group) waits for the deliveries it handed

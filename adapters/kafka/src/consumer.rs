@@ -208,7 +208,18 @@ impl SessionContext {
         self.reassigned.store(true, Ordering::Release);
     }
 
-    /// Commits the positions that changed since the last commit.
+    /// Commits the positions that changed since the last commit, and waits
+    /// for the answer.
+    ///
+    /// Waiting keeps at most one commit on its way. The group coordinator
+    /// answers a connection's requests in order, and the member's
+    /// heartbeats share that connection with its commits: commits sent
+    /// every interval without waiting piled up whenever the broker took
+    /// longer than the interval per commit (the Kafka-protocol test broker
+    /// took up to 3 s under load, against 100 ms), the heartbeats behind
+    /// them went unanswered past the session timeout, and the client gave
+    /// its partitions up to join the group again, a join that broker did not
+    /// always complete (the subscription then stalled for good).
     fn commit_changed(&self, consumer: &BaseConsumer<Self>) {
         let force = self.commit_failed.swap(false, Ordering::AcqRel);
         let partitions: Vec<Arc<Partition>> = self.partitions.lock().values().cloned().collect();
@@ -218,7 +229,7 @@ impl SessionContext {
                 add(&mut commit, partition, offset, &metadata);
             }
         }
-        self.commit_now(consumer, &commit, CommitMode::Async);
+        self.commit_now(consumer, &commit, CommitMode::Sync);
     }
 
     fn commit_now(

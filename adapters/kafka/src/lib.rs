@@ -62,7 +62,12 @@
 //!   process that dies before the next commit has its recent acks
 //!   delivered again: at least once, never lost. One commit request carries
 //!   every ack of its interval, so consuming (with or without the consumer
-//!   runtime) is not bounded by a commit round trip per message.
+//!   runtime) is not bounded by a commit round trip per message. The
+//!   background thread waits for each commit's answer before it sends the
+//!   next, so commits never pile up on the group coordinator's connection,
+//!   where they would hold back the member's heartbeats past the session
+//!   timeout (and make the group take the member's partitions away) on a
+//!   broker that is slower per commit than the interval.
 //! - Offsets settled above the committed position travel as the commit's
 //!   **metadata**, and the partition's next owner skips them, so a message
 //!   acked after an earlier nacked one is not delivered again after a
