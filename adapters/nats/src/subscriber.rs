@@ -148,8 +148,8 @@ async fn pull_loop(
             Ok(messages) => loop {
                 let next = tokio::select! {
                     next = messages.next() => next,
-                    () = inner.shutdown.cancelled() => return drain(messages, pull_ends).await,
-                    () = tx.closed() => return drain(messages, pull_ends).await,
+                    () = inner.shutdown.cancelled() => return drain(&inner, messages, pull_ends).await,
+                    () = tx.closed() => return drain(&inner, messages, pull_ends).await,
                 };
                 match next {
                     None => break,
@@ -166,7 +166,7 @@ async fn pull_loop(
                         };
                         if !sent {
                             // The delivery dropped unsent is NAKed.
-                            return drain(messages, pull_ends).await;
+                            return drain(&inner, messages, pull_ends).await;
                         }
                     }
                     Some(Err(e)) => {
@@ -203,12 +203,15 @@ async fn pull_loop(
 /// makes nats-server 2.9 rewind the consumer when it next delivers to it,
 /// which can make already acknowledged messages pending again.
 ///
-/// Bounded by `pull_ends` (the request's expiry plus a margin): a server
-/// that restarted meanwhile forgot the request and never sends its end,
-/// and the client's own fallback comes 5 s after the expiry, longer than
-/// close waits.
-async fn drain(messages: &mut pull::Batch, pull_ends: tokio::time::Instant) {
-    let naked = async {
+/// A pull whose end has not come by `pull_ends` (its expiry plus a margin)
+/// is given up at once when the server still answers: a server that
+/// restarted meanwhile forgot the request and never sends its end (the
+/// client's own fallback comes 5 s after the expiry, longer than close
+/// waits). A server that does not answer may still deliver into it, so the
+/// wait goes on until the client's fallback ends the pull, and close
+/// reports the pull loop as unfinished.
+async fn drain(inner: &Inner, messages: &mut pull::Batch, pull_ends: tokio::time::Instant) {
+    let mut naked = std::pin::pin!(async {
         while let Some(next) = messages.next().await {
             match next {
                 Ok(message) => {
@@ -217,9 +220,31 @@ async fn drain(messages: &mut pull::Batch, pull_ends: tokio::time::Instant) {
                 Err(_) => return,
             }
         }
-    };
-    if tokio::time::timeout_at(pull_ends, naked).await.is_err() {
-        tracing::debug!("nats pull request ended without its end status; not waited for further");
+    });
+    if tokio::time::timeout_at(pull_ends, naked.as_mut())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    if server_answers(inner).await {
+        tracing::debug!("nats pull request forgotten by the server; not waited for further");
+        return;
+    }
+    naked.await;
+}
+
+/// Whether the server answers a round trip within the request timeout: a
+/// request to a subject nobody listens on, which the server itself answers
+/// with its no-responders status.
+async fn server_answers(inner: &Inner) -> bool {
+    let probe = inner
+        .client
+        .request(inner.client.new_inbox(), bytes::Bytes::new());
+    match tokio::time::timeout(inner.config.request_timeout, probe).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == async_nats::RequestErrorKind::NoResponders,
+        Err(_) => false,
     }
 }
 
