@@ -98,7 +98,9 @@
 //! # Closing
 //!
 //! `close` ends the pull loops (each within two pull expiries plus a
-//! second), NAKs the deliveries still unsettled, waits for the
+//! second: a loop stops at once unless a pull is open, and then waits for
+//! that pull's end at most half a second past its expiry, also when a
+//! server restart lost it), NAKs the deliveries still unsettled, waits for the
 //! connection's detached tasks (the request inbox reader, NAKs of dropped
 //! deliveries, dead-letter copies of undecodable messages) for up to
 //! [`NatsConfig::request_timeout`], and drains the client for up to
@@ -188,10 +190,17 @@
 //!   new connection by itself; the same handle sends requests again as
 //!   soon as it is connected. A reply published while the requester was
 //!   disconnected reaches nobody (core NATS keeps nothing), so its request
-//!   ends in [`RequestError::Timeout`](courier_core::request::RequestError::Timeout),
-//!   and so may a request sent while the connection was being replaced
-//!   (the conformance case `request_survives_connection_resets` sees the
-//!   first request after a reset time out, the next one answered).
+//!   ends in [`RequestError::Timeout`](courier_core::request::RequestError::Timeout).
+//!   So does a request handed to the client just after the connection
+//!   broke and before the client noticed: the client still reports itself
+//!   connected, writes the request to the broken connection, and drops
+//!   what that connection had not delivered when it replaces it (the
+//!   conformance case `request_survives_connection_resets` sees the first
+//!   request sent right after a reset time out, the next one answered).
+//!   Since the client cannot tell such a request apart, courier does not
+//!   fail it early; it times out. A request sent once the client knows it
+//!   is disconnected waits in the client's queue and goes out on the new
+//!   connection after the inbox is re-subscribed.
 //!
 //! Plain clients can answer or send courier requests: a NATS request to
 //! `_courier.request.<topic>` is answered to its reply subject.

@@ -100,6 +100,9 @@ pub(crate) async fn subscribe(
 
 /// The first nominal pause after a failed pull (jittered, doubling).
 const PULL_RETRY_MIN_DELAY: Duration = Duration::from_millis(50);
+/// How long after its expiry a pull request may still bring messages or
+/// its end (the server's timeout status) on their way.
+const PULL_END_MARGIN: Duration = Duration::from_millis(500);
 /// The longest pause between failed pulls.
 const PULL_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 
@@ -129,6 +132,7 @@ async fn pull_loop(
                 () = tx.closed() => return,
             }
         }
+        let pull_ends = tokio::time::Instant::now() + inner.config.pull_expiry + PULL_END_MARGIN;
         let batch = consumer
             .batch()
             .max_messages(free)
@@ -144,8 +148,8 @@ async fn pull_loop(
             Ok(messages) => loop {
                 let next = tokio::select! {
                     next = messages.next() => next,
-                    () = inner.shutdown.cancelled() => return drain(messages).await,
-                    () = tx.closed() => return drain(messages).await,
+                    () = inner.shutdown.cancelled() => return drain(&inner, messages, pull_ends).await,
+                    () = tx.closed() => return drain(&inner, messages, pull_ends).await,
                 };
                 match next {
                     None => break,
@@ -156,9 +160,13 @@ async fn pull_loop(
                         else {
                             continue;
                         };
-                        if tx.send(Ok(delivery)).await.is_err() {
-                            // The delivery dropped with the error is NAKed.
-                            return drain(messages).await;
+                        let sent = tokio::select! {
+                            sent = tx.send(Ok(delivery)) => sent.is_ok(),
+                            () = inner.shutdown.cancelled() => false,
+                        };
+                        if !sent {
+                            // The delivery dropped unsent is NAKed.
+                            return drain(&inner, messages, pull_ends).await;
                         }
                     }
                     Some(Err(e)) => {
@@ -178,7 +186,12 @@ async fn pull_loop(
                 () = tokio::time::sleep(pauses.next().unwrap_or(PULL_RETRY_MAX_DELAY)) => {}
                 () = inner.shutdown.cancelled() => return,
             }
-            if let Ok(c) = provision(&inner, &subscription).await {
+            let provisioned = tokio::select! {
+                provisioned = provision(&inner, &subscription) => provisioned,
+                () = inner.shutdown.cancelled() => return,
+                () = tx.closed() => return,
+            };
+            if let Ok(c) = provisioned {
                 consumer = c;
             }
         }
@@ -189,14 +202,49 @@ async fn pull_loop(
 /// it still brings. Abandoning the request instead (unsubscribing its inbox)
 /// makes nats-server 2.9 rewind the consumer when it next delivers to it,
 /// which can make already acknowledged messages pending again.
-async fn drain(messages: &mut pull::Batch) {
-    while let Some(next) = messages.next().await {
-        match next {
-            Ok(message) => {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
+///
+/// A pull whose end has not come by `pull_ends` (its expiry plus a margin)
+/// is given up at once when the server still answers: a server that
+/// restarted meanwhile forgot the request and never sends its end (the
+/// client's own fallback comes 5 s after the expiry, longer than close
+/// waits). A server that does not answer may still deliver into it, so the
+/// wait goes on until the client's fallback ends the pull, and close
+/// reports the pull loop as unfinished.
+async fn drain(inner: &Inner, messages: &mut pull::Batch, pull_ends: tokio::time::Instant) {
+    let mut naked = std::pin::pin!(async {
+        while let Some(next) = messages.next().await {
+            match next {
+                Ok(message) => {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                Err(_) => return,
             }
-            Err(_) => return,
         }
+    });
+    if tokio::time::timeout_at(pull_ends, naked.as_mut())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    if server_answers(inner).await {
+        tracing::debug!("nats pull request forgotten by the server; not waited for further");
+        return;
+    }
+    naked.await;
+}
+
+/// Whether the server answers a round trip within the request timeout: a
+/// request to a subject nobody listens on, which the server itself answers
+/// with its no-responders status.
+async fn server_answers(inner: &Inner) -> bool {
+    let probe = inner
+        .client
+        .request(inner.client.new_inbox(), bytes::Bytes::new());
+    match tokio::time::timeout(inner.config.request_timeout, probe).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == async_nats::RequestErrorKind::NoResponders,
+        Err(_) => false,
     }
 }
 
