@@ -17,7 +17,10 @@ pub(crate) fn header_name(name: &str) -> HeaderName {
     use courier_core::request::headers as request;
     const KNOWN: [(&str, HeaderName); 13] = [
         (adapter::wire::ID, HeaderName::from_static(NATS_MSG_ID)),
-        (adapter::wire::KEY, HeaderName::from_static(adapter::wire::KEY)),
+        (
+            adapter::wire::KEY,
+            HeaderName::from_static(adapter::wire::KEY),
+        ),
         (
             adapter::wire::CONTENT_TYPE,
             HeaderName::from_static(adapter::wire::CONTENT_TYPE),
@@ -34,12 +37,30 @@ pub(crate) fn header_name(name: &str) -> HeaderName {
             courier_core::message::CAUSATION_ID,
             HeaderName::from_static(courier_core::message::CAUSATION_ID),
         ),
-        (request::REQUEST_ID, HeaderName::from_static(request::REQUEST_ID)),
-        (request::REPLY_TO, HeaderName::from_static(request::REPLY_TO)),
-        (request::DEADLINE, HeaderName::from_static(request::DEADLINE)),
-        (request::REPLY_STATUS, HeaderName::from_static(request::REPLY_STATUS)),
-        (request::ERROR_KIND, HeaderName::from_static(request::ERROR_KIND)),
-        (request::ERROR_REASON, HeaderName::from_static(request::ERROR_REASON)),
+        (
+            request::REQUEST_ID,
+            HeaderName::from_static(request::REQUEST_ID),
+        ),
+        (
+            request::REPLY_TO,
+            HeaderName::from_static(request::REPLY_TO),
+        ),
+        (
+            request::DEADLINE,
+            HeaderName::from_static(request::DEADLINE),
+        ),
+        (
+            request::REPLY_STATUS,
+            HeaderName::from_static(request::REPLY_STATUS),
+        ),
+        (
+            request::ERROR_KIND,
+            HeaderName::from_static(request::ERROR_KIND),
+        ),
+        (
+            request::ERROR_REASON,
+            HeaderName::from_static(request::ERROR_REASON),
+        ),
         (
             courier_core::telemetry::TRACEPARENT,
             HeaderName::from_static(courier_core::telemetry::TRACEPARENT),
