@@ -80,37 +80,24 @@ fn main() {
             Publisher::publish(&courier, &courier_topic, Message::new("warm-up"))
                 .await
                 .expect("stream");
-            if wanted("publish confirmed") {
-                let rounds_of = interleaved(rounds, |side| {
-                    let (js, courier, payload) = (js.clone(), courier.clone(), payload.clone());
-                    let (raw_topic, courier_topic) = (raw_topic.clone(), courier_topic.clone());
-                    async move {
-                        match side {
-                            Side::Raw => raw_publish(&js, &raw_topic, &payload, count).await,
-                            Side::Courier => {
-                                courier_publish(&courier, &courier_topic, &payload, count).await
-                            }
-                        }
-                    }
-                })
-                .await;
-                report.push(Row::new(
-                    "nats",
-                    "publish confirmed",
-                    payload.len(),
-                    Unit::MessagesPerSecond,
-                    &rounds_of,
-                ));
-            }
-            if wanted("core ingest") {
+            // The raw side: confirmed publishes, or the broker's core ingest.
+            for (case, core) in [("publish confirmed", false), ("confirmed / core ingest", true)] {
+                if !wanted(case) {
+                    continue;
+                }
                 let rounds_of = interleaved(rounds, |side| {
                     let (raw, js, courier, payload) =
                         (raw.clone(), js.clone(), courier.clone(), payload.clone());
                     let (raw_topic, courier_topic) = (raw_topic.clone(), courier_topic.clone());
                     async move {
-                        match side {
-                            Side::Raw => core_ingest(&raw, &js, &raw_topic, &payload, count).await,
-                            Side::Courier => {
+                        match (side, core) {
+                            (Side::Raw, false) => {
+                                raw_publish(&js, &raw_topic, &payload, count).await
+                            }
+                            (Side::Raw, true) => {
+                                core_ingest(&raw, &js, &raw_topic, &payload, count).await
+                            }
+                            (Side::Courier, _) => {
                                 courier_publish(&courier, &courier_topic, &payload, count).await
                             }
                         }
@@ -119,7 +106,7 @@ fn main() {
                 .await;
                 report.push(Row::new(
                     "nats",
-                    "confirmed / core ingest",
+                    case,
                     payload.len(),
                     Unit::MessagesPerSecond,
                     &rounds_of,
