@@ -18,7 +18,8 @@
 //!   confirmed publish; the ratio is what confirmation costs.
 //!
 //! `COURIER_BENCH_MESSAGES` sets the messages per publish round for 64 B
-//! payloads (default 30 000; 16 KiB rounds publish a sixth of it).
+//! payloads (default 30 000; 16 KiB rounds publish a sixth of it),
+//! `COURIER_BENCH_WINDOW` the publishes in flight (default 256).
 //! - `consume c=N`: a pull stream read with N acks in flight, each ack
 //!   confirmed by the server (raw: `consumer.messages()` and `double_ack`;
 //!   courier: the delivery stream and `Delivery::ack`).
@@ -41,8 +42,10 @@ use futures::StreamExt;
 const PAYLOAD: [u8; 64] = [7; 64];
 /// The large payload the publish cases also run with.
 const LARGE_PAYLOAD: [u8; 16 * 1024] = [7; 16 * 1024];
-/// Publishes in flight.
-const WINDOW: usize = 256;
+/// Publishes in flight (one batch on courier's side): 256, or
+/// `COURIER_BENCH_WINDOW`.
+static WINDOW: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| courier_testkit::bench::env_or("COURIER_BENCH_WINDOW", 256));
 /// What a consumer pulls at a time on both sides (async-nats's default
 /// batch is 200).
 const PULL_BATCH: usize = 200;
@@ -185,9 +188,9 @@ async fn raw_publish(
     count: usize,
 ) -> f64 {
     let started = Instant::now();
-    let mut pending = Vec::with_capacity(WINDOW);
-    for _ in 0..count.div_ceil(WINDOW) {
-        for _ in 0..WINDOW {
+    let mut pending = Vec::with_capacity(*WINDOW);
+    for _ in 0..count.div_ceil(*WINDOW) {
+        for _ in 0..*WINDOW {
             let ack = js
                 .publish_with_headers(subject.to_owned(), raw_headers(), payload.clone())
                 .await
@@ -198,7 +201,7 @@ async fn raw_publish(
             ack.expect("publish ack");
         }
     }
-    rate(count.div_ceil(WINDOW) * WINDOW, started.elapsed())
+    rate(count.div_ceil(*WINDOW) * *WINDOW, started.elapsed())
 }
 
 /// Core NATS publishes of `count` messages to the stream's subject, timed
@@ -247,13 +250,15 @@ async fn courier_publish(
     count: usize,
 ) -> f64 {
     let started = Instant::now();
-    for _ in 0..count.div_ceil(WINDOW) {
-        let batch = (0..WINDOW).map(|_| Message::new(payload.clone())).collect();
+    for _ in 0..count.div_ceil(*WINDOW) {
+        let batch = (0..*WINDOW)
+            .map(|_| Message::new(payload.clone()))
+            .collect();
         Publisher::publish_batch(broker, topic, batch)
             .await
             .expect("publish");
     }
-    rate(count.div_ceil(WINDOW) * WINDOW, started.elapsed())
+    rate(count.div_ceil(*WINDOW) * *WINDOW, started.elapsed())
 }
 
 /// A fresh topic holding `count` messages, and the durable consumer both
