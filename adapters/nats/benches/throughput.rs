@@ -11,6 +11,15 @@
 //!
 //! - `publish confirmed`: 256 publishes in flight, every JetStream publish
 //!   ack awaited; raw sends the same `Nats-Msg-Id` header courier does.
+//!   Run with 64 B and 16 KiB payloads.
+//! - `confirmed / core ingest`: the same broker's unconfirmed ingest rate as
+//!   the raw side (core NATS publishes with a `Nats-Msg-Id` to the stream's
+//!   subject, timed until the stream holds them all) against courier's
+//!   confirmed publish; the ratio is what confirmation costs.
+//!
+//! `COURIER_BENCH_MESSAGES` sets the messages per publish round for 64 B
+//! payloads (default 30 000; 16 KiB rounds publish a sixth of it),
+//! `COURIER_BENCH_WINDOW` the publishes in flight (default 256).
 //! - `consume c=N`: a pull stream read with N acks in flight, each ack
 //!   confirmed by the server (raw: `consumer.messages()` and `double_ack`;
 //!   courier: the delivery stream and `Delivery::ack`).
@@ -31,10 +40,12 @@ use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
 
 const PAYLOAD: [u8; 64] = [7; 64];
-/// Publishes in flight.
-const WINDOW: usize = 256;
-/// Messages per publish round.
-const PUBLISHED: usize = 30_000;
+/// The large payload the publish cases also run with.
+const LARGE_PAYLOAD: [u8; 16 * 1024] = [7; 16 * 1024];
+/// Publishes in flight (one batch on courier's side): 256, or
+/// `COURIER_BENCH_WINDOW`.
+static WINDOW: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| courier_testkit::bench::env_or("COURIER_BENCH_WINDOW", 256));
 /// What a consumer pulls at a time on both sides (async-nats's default
 /// batch is 200).
 const PULL_BATCH: usize = 200;
@@ -52,40 +63,58 @@ fn main() {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
         let url = server.url().to_owned();
         let mut report = Report::new(format!(
-            "NATS JetStream throughput, {} B payloads, file storage, {rounds} rounds, 2 worker threads",
+            "NATS JetStream throughput, {} B payloads (publish: also 16 KiB), file storage, {rounds} rounds, 2 worker threads",
             PAYLOAD.len()
         ));
         let raw = async_nats::connect(&url).await.expect("connect");
         let js = jetstream::new(raw.clone());
         let courier = NatsBroker::connect(&url).await.expect("connect");
 
-        let raw_topic = topic("raw-pub");
-        create_stream(&js, &raw_topic).await;
-        let courier_topic = topic("courier-pub");
-        Publisher::publish(&courier, &courier_topic, Message::new("warm-up"))
-            .await
-            .expect("stream");
-        if wanted("publish confirmed") {
-            let rounds_of = interleaved(rounds, |side| {
-                let (js, courier) = (js.clone(), courier.clone());
-                let (raw_topic, courier_topic) = (raw_topic.clone(), courier_topic.clone());
-                async move {
-                    match side {
-                        Side::Raw => raw_publish(&js, &raw_topic, PUBLISHED).await,
-                        Side::Courier => {
-                            courier_publish(&courier, &courier_topic, PUBLISHED).await
+        let published = courier_testkit::bench::env_or("COURIER_BENCH_MESSAGES", 30_000);
+        for payload in [&PAYLOAD[..], &LARGE_PAYLOAD[..]] {
+            let payload = bytes::Bytes::from_static(payload);
+            let count = match payload.len() {
+                64 => published,
+                _ => published / 6,
+            };
+            let raw_topic = topic("raw-pub");
+            create_stream(&js, &raw_topic).await;
+            let courier_topic = topic("courier-pub");
+            Publisher::publish(&courier, &courier_topic, Message::new("warm-up"))
+                .await
+                .expect("stream");
+            // The raw side: confirmed publishes, or the broker's core ingest.
+            for (case, core) in [("publish confirmed", false), ("confirmed / core ingest", true)] {
+                if !wanted(case) {
+                    continue;
+                }
+                let rounds_of = interleaved(rounds, |side| {
+                    let (raw, js, courier, payload) =
+                        (raw.clone(), js.clone(), courier.clone(), payload.clone());
+                    let (raw_topic, courier_topic) = (raw_topic.clone(), courier_topic.clone());
+                    async move {
+                        match (side, core) {
+                            (Side::Raw, false) => {
+                                raw_publish(&js, &raw_topic, &payload, count).await
+                            }
+                            (Side::Raw, true) => {
+                                core_ingest(&raw, &js, &raw_topic, &payload, count).await
+                            }
+                            (Side::Courier, _) => {
+                                courier_publish(&courier, &courier_topic, &payload, count).await
+                            }
                         }
                     }
-                }
-            })
-            .await;
-            report.push(Row::new(
-                "nats",
-                "publish confirmed",
-                PAYLOAD.len(),
-                Unit::MessagesPerSecond,
-                &rounds_of,
-            ));
+                })
+                .await;
+                report.push(Row::new(
+                    "nats",
+                    case,
+                    payload.len(),
+                    Unit::MessagesPerSecond,
+                    &rounds_of,
+                ));
+            }
         }
 
         for (concurrency, count) in [(1, 2_000), (16, 10_000)] {
@@ -144,20 +173,26 @@ async fn create_stream(js: &jetstream::Context, subject: &str) {
     .expect("stream");
 }
 
+/// The headers the raw side sends: the same `Nats-Msg-Id` courier does.
+fn raw_headers() -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", courier_core::MessageId::new().to_string());
+    headers
+}
+
 /// Publishes `count` messages with `WINDOW` in flight; messages per second.
-async fn raw_publish(js: &jetstream::Context, subject: &str, count: usize) -> f64 {
+async fn raw_publish(
+    js: &jetstream::Context,
+    subject: &str,
+    payload: &bytes::Bytes,
+    count: usize,
+) -> f64 {
     let started = Instant::now();
-    let mut pending = Vec::with_capacity(WINDOW);
-    for _ in 0..count.div_ceil(WINDOW) {
-        for _ in 0..WINDOW {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", courier_core::MessageId::new().to_string());
+    let mut pending = Vec::with_capacity(*WINDOW);
+    for _ in 0..count.div_ceil(*WINDOW) {
+        for _ in 0..*WINDOW {
             let ack = js
-                .publish_with_headers(
-                    subject.to_owned(),
-                    headers,
-                    bytes::Bytes::from_static(&PAYLOAD),
-                )
+                .publish_with_headers(subject.to_owned(), raw_headers(), payload.clone())
                 .await
                 .expect("publish");
             pending.push(ack.into_future());
@@ -166,20 +201,64 @@ async fn raw_publish(js: &jetstream::Context, subject: &str, count: usize) -> f6
             ack.expect("publish ack");
         }
     }
-    rate(count.div_ceil(WINDOW) * WINDOW, started.elapsed())
+    rate(count.div_ceil(*WINDOW) * *WINDOW, started.elapsed())
 }
 
-async fn courier_publish(broker: &NatsBroker, topic: &str, count: usize) -> f64 {
+/// Core NATS publishes of `count` messages to the stream's subject, timed
+/// until the stream holds them all: the broker's unconfirmed ingest rate.
+async fn core_ingest(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    subject: &str,
+    payload: &bytes::Bytes,
+    count: usize,
+) -> f64 {
+    let mut stream = js
+        .get_stream(courier_nats::stream_name(subject))
+        .await
+        .expect("stream");
+    let before = stream.info().await.expect("stream info").state.messages;
+    let target = before + count as u64;
     let started = Instant::now();
-    for _ in 0..count.div_ceil(WINDOW) {
-        let batch = (0..WINDOW)
-            .map(|_| Message::new(bytes::Bytes::from_static(&PAYLOAD)))
+    for _ in 0..count {
+        client
+            .publish_with_headers(subject.to_owned(), raw_headers(), payload.clone())
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        let stored = stream.info().await.expect("stream info").state.messages;
+        if stored >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream holds {} of {count} core publishes",
+            stored - before
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    rate(count, started.elapsed())
+}
+
+async fn courier_publish(
+    broker: &NatsBroker,
+    topic: &str,
+    payload: &bytes::Bytes,
+    count: usize,
+) -> f64 {
+    let started = Instant::now();
+    for _ in 0..count.div_ceil(*WINDOW) {
+        let batch = (0..*WINDOW)
+            .map(|_| Message::new(payload.clone()))
             .collect();
         Publisher::publish_batch(broker, topic, batch)
             .await
             .expect("publish");
     }
-    rate(count.div_ceil(WINDOW) * WINDOW, started.elapsed())
+    rate(count.div_ceil(*WINDOW) * *WINDOW, started.elapsed())
 }
 
 /// A fresh topic holding `count` messages, and the durable consumer both

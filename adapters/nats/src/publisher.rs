@@ -23,13 +23,16 @@ pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) 
         }
     }
     inner.ensure_stream(topic).await?;
+    // One subject for the call: every publish takes a reference to it
+    // instead of copying the topic twice (`String`, then `Subject`).
+    let subject = async_nats::Subject::from(topic);
     let mut acks = Vec::with_capacity(messages.len());
     for message in messages {
         let size = message.payload().len();
         let ack = inner
             .js
             .publish_with_headers(
-                topic.to_owned(),
+                subject.clone(),
                 headers(&message),
                 message.payload().clone(),
             )
