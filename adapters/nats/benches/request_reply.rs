@@ -9,6 +9,13 @@
 //! in what it is: a consumer runtime at concurrency 64 (middleware, JSON
 //! envelopes, request headers) against a bare receive loop.
 //!
+//! Two more comparisons split courier's cost between its sides: courier's
+//! requester against a bare responder (a queue subscriber on courier's
+//! request subject that echoes the request's headers back), and the raw
+//! requester against courier's responder (rows marked `requester only` and
+//! `responder only`); each is compared with the raw pair in the same
+//! interleaved way.
+//!
 //! `cargo bench -p courier-nats --bench request_reply` (starts its own
 //! NATS container; `COURIER_TEST_NATS_URL` uses a running server instead).
 //! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per concurrency (default 5); the sides
@@ -60,22 +67,35 @@ fn main() {
         let url = server.url().to_owned();
         let raw = RawSide::start(&url).await;
         let courier = CourierSide::start(&url).await;
+        let requester_only = courier.against_a_bare_responder(&url).await;
+        let responder_only = RawSide {
+            client: raw.client.clone(),
+            subject: courier_nats::request_subject(&courier.topic),
+        };
         // Warm-up: connections, streams, consumers, inboxes.
         raw.round(8, 20).await;
         courier.round(8, 20).await;
+        requester_only.round(8, 20).await;
+        responder_only.round(8, 20).await;
 
         let body = serde_json::to_vec(&ping(0)).expect("encode").len();
         let mut report = Report::new(format!(
             "NATS request/reply, {body} B JSON bodies, {rounds} rounds per concurrency, 2 worker threads"
         ));
+        let variants: [(&str, &dyn Sided); 3] = [
+            ("", &courier),
+            (" (courier requester only)", &requester_only),
+            (" (courier responder only)", &responder_only),
+        ];
         for (concurrency, per_task) in PER_TASK {
+          for (variant, courier) in variants {
             let recorded = Arc::new(Mutex::new(Vec::new()));
             let per_second = interleaved(rounds, |side| {
-                let (raw, courier, recorded) = (&raw, &courier, recorded.clone());
+                let (raw, courier, recorded) = (&raw, courier, recorded.clone());
                 async move {
                     let round = match side {
                         Side::Raw => raw.round(concurrency, per_task).await,
-                        Side::Courier => courier.round(concurrency, per_task).await,
+                        Side::Courier => courier.run(concurrency, per_task).await,
                     };
                     recorded.lock().expect("lock").push((side, round));
                     round.per_second
@@ -96,7 +116,7 @@ fn main() {
                 }
                 report.push(Row::new(
                     "nats",
-                    format!("request c={concurrency} {name}"),
+                    format!("request c={concurrency} {name}{variant}"),
                     body,
                     Unit::Micros,
                     &rounds_of,
@@ -104,15 +124,46 @@ fn main() {
             }
             report.push(Row::new(
                 "nats",
-                format!("request c={concurrency}"),
+                format!("request c={concurrency}{variant}"),
                 body,
                 Unit::MessagesPerSecond,
                 &per_second,
             ));
+          }
         }
         report.finish();
         courier.stop().await;
     });
+}
+
+/// What the courier column of a comparison runs.
+trait Sided: Sync {
+    /// One round of `concurrency` tasks of `per_task` round trips.
+    fn run(
+        &self,
+        concurrency: usize,
+        per_task: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>>;
+}
+
+impl Sided for RawSide {
+    fn run(
+        &self,
+        concurrency: usize,
+        per_task: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
+        Box::pin(self.round(concurrency, per_task))
+    }
+}
+
+impl Sided for CourierSide {
+    fn run(
+        &self,
+        concurrency: usize,
+        per_task: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
+        Box::pin(self.round(concurrency, per_task))
+    }
 }
 
 /// Runs `concurrency` tasks of `per_task` sequential round trips each.
@@ -197,11 +248,12 @@ impl RawSide {
     }
 }
 
-/// courier: `Broker::request` to a `runtime::responder` consumer.
+/// courier: `Broker::request` to a `runtime::responder` consumer (or, for
+/// the requester-only rows, to a bare responder).
 struct CourierSide {
     requester: Broker,
     topic: String,
-    responder: runtime::RunningConsumer,
+    responder: Option<runtime::RunningConsumer>,
 }
 
 impl CourierSide {
@@ -232,7 +284,36 @@ impl CourierSide {
         CourierSide {
             requester,
             topic,
-            responder,
+            responder: Some(responder),
+        }
+    }
+
+    /// The same requester, asking a topic a bare async-nats queue
+    /// subscriber answers: it echoes the request's headers (the request
+    /// id among them) with the re-encoded body.
+    async fn against_a_bare_responder(&self, url: &str) -> CourierSide {
+        let topic = courier_testkit::fixtures::unique_name("bench-bare-responder");
+        let responder = async_nats::connect(url).await.expect("connect");
+        let mut requests = responder
+            .queue_subscribe(courier_nats::request_subject(&topic), "bench".to_owned())
+            .await
+            .expect("subscribe");
+        responder.flush().await.expect("flush");
+        tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                let Some(reply) = request.reply else { continue };
+                let body: Ping = serde_json::from_slice(&request.payload).expect("decode");
+                let answer = serde_json::to_vec(&body).expect("encode");
+                responder
+                    .publish_with_headers(reply, request.headers.unwrap_or_default(), answer.into())
+                    .await
+                    .expect("reply");
+            }
+        });
+        CourierSide {
+            requester: self.requester.clone(),
+            topic,
+            responder: None,
         }
     }
 
@@ -254,7 +335,9 @@ impl CourierSide {
     }
 
     async fn stop(self) {
-        self.responder.shutdown().await.expect("shutdown");
+        if let Some(responder) = self.responder {
+            responder.shutdown().await.expect("shutdown");
+        }
         self.requester.close().await.expect("close");
     }
 }
