@@ -88,48 +88,48 @@ fn main() {
             (" (courier responder only)", &responder_only),
         ];
         for (concurrency, per_task) in PER_TASK {
-          for (variant, courier) in variants {
-            let recorded = Arc::new(Mutex::new(Vec::new()));
-            let per_second = interleaved(rounds, |side| {
-                let (raw, courier, recorded) = (&raw, courier, recorded.clone());
-                async move {
-                    let round = match side {
-                        Side::Raw => raw.round(concurrency, per_task).await,
-                        Side::Courier => courier.run(concurrency, per_task).await,
-                    };
-                    recorded.lock().expect("lock").push((side, round));
-                    round.per_second
-                }
-            })
-            .await;
-            let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
-            for (name, figure) in [
-                ("p50", (|r: &Round| r.p50) as fn(&Round) -> f64),
-                ("p99", |r: &Round| r.p99),
-            ] {
-                let mut rounds_of = Rounds::default();
-                for (side, round) in &recorded {
-                    match side {
-                        Side::Raw => rounds_of.raw.push(figure(round)),
-                        Side::Courier => rounds_of.courier.push(figure(round)),
+            for (variant, courier) in variants {
+                let recorded = Arc::new(Mutex::new(Vec::new()));
+                let per_second = interleaved(rounds, |side| {
+                    let (raw, courier, recorded) = (&raw, courier, recorded.clone());
+                    async move {
+                        let round = match side {
+                            Side::Raw => raw.round(concurrency, per_task).await,
+                            Side::Courier => courier.run(concurrency, per_task).await,
+                        };
+                        recorded.lock().expect("lock").push((side, round));
+                        round.per_second
                     }
+                })
+                .await;
+                let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
+                for (name, figure) in [
+                    ("p50", (|r: &Round| r.p50) as fn(&Round) -> f64),
+                    ("p99", |r: &Round| r.p99),
+                ] {
+                    let mut rounds_of = Rounds::default();
+                    for (side, round) in &recorded {
+                        match side {
+                            Side::Raw => rounds_of.raw.push(figure(round)),
+                            Side::Courier => rounds_of.courier.push(figure(round)),
+                        }
+                    }
+                    report.push(Row::new(
+                        "nats",
+                        format!("request c={concurrency} {name}{variant}"),
+                        body,
+                        Unit::Micros,
+                        &rounds_of,
+                    ));
                 }
                 report.push(Row::new(
                     "nats",
-                    format!("request c={concurrency} {name}{variant}"),
+                    format!("request c={concurrency}{variant}"),
                     body,
-                    Unit::Micros,
-                    &rounds_of,
+                    Unit::MessagesPerSecond,
+                    &per_second,
                 ));
             }
-            report.push(Row::new(
-                "nats",
-                format!("request c={concurrency}{variant}"),
-                body,
-                Unit::MessagesPerSecond,
-                &per_second,
-            ));
-          }
         }
         report.finish();
         courier.stop().await;
