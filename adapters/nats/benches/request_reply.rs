@@ -146,25 +146,22 @@ trait Sided: Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>>;
 }
 
-impl Sided for RawSide {
-    fn run(
-        &self,
-        concurrency: usize,
-        per_task: usize,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
-        Box::pin(self.round(concurrency, per_task))
-    }
+/// `Sided` for the sides' own `round`.
+macro_rules! sided_by_round {
+    ($($side:ty),*) => {$(
+        impl Sided for $side {
+            fn run(
+                &self,
+                concurrency: usize,
+                per_task: usize,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
+                Box::pin(self.round(concurrency, per_task))
+            }
+        }
+    )*};
 }
 
-impl Sided for CourierSide {
-    fn run(
-        &self,
-        concurrency: usize,
-        per_task: usize,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
-        Box::pin(self.round(concurrency, per_task))
-    }
-}
+sided_by_round!(RawSide, CourierSide);
 
 /// Runs `concurrency` tasks of `per_task` sequential round trips each.
 async fn measure<F, Fut>(concurrency: usize, per_task: usize, call: F) -> Round
@@ -201,6 +198,37 @@ where
     }
 }
 
+/// Starts a bare responder on `subject` (in queue group `queue`, if
+/// given): it answers each request with its body decoded and encoded again,
+/// echoing the request's headers when `echo_headers` (so a courier
+/// requester finds its request id). Returns once the server has the
+/// subscription.
+async fn start_bare_responder(url: &str, subject: String, queue: Option<&str>, echo_headers: bool) {
+    let responder = async_nats::connect(url).await.expect("connect");
+    let mut requests = match queue {
+        Some(queue) => responder.queue_subscribe(subject, queue.to_owned()).await,
+        None => responder.subscribe(subject).await,
+    }
+    .expect("subscribe");
+    responder.flush().await.expect("flush");
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let Some(reply) = request.reply else { continue };
+            let body: Ping = serde_json::from_slice(&request.payload).expect("decode");
+            let answer = serde_json::to_vec(&body).expect("encode");
+            let sent = match request.headers.filter(|_| echo_headers) {
+                Some(headers) => {
+                    responder
+                        .publish_with_headers(reply, headers, answer.into())
+                        .await
+                }
+                None => responder.publish(reply, answer.into()).await,
+            };
+            sent.expect("reply");
+        }
+    });
+}
+
 /// async-nats's idiom: `Client::request` to a core subscriber that answers
 /// each message's reply subject.
 struct RawSide {
@@ -211,23 +239,7 @@ struct RawSide {
 impl RawSide {
     async fn start(url: &str) -> Self {
         let subject = courier_testkit::fixtures::unique_name("bench-raw-rr");
-        let responder = async_nats::connect(url).await.expect("connect");
-        let mut requests = responder
-            .subscribe(subject.clone())
-            .await
-            .expect("subscribe");
-        responder.flush().await.expect("flush");
-        tokio::spawn(async move {
-            while let Some(request) = requests.next().await {
-                let Some(reply) = request.reply else { continue };
-                let body: Ping = serde_json::from_slice(&request.payload).expect("decode");
-                let answer = serde_json::to_vec(&body).expect("encode");
-                responder
-                    .publish(reply, answer.into())
-                    .await
-                    .expect("reply");
-            }
-        });
+        start_bare_responder(url, subject.clone(), None, false).await;
         let client = async_nats::connect(url).await.expect("connect");
         RawSide { client, subject }
     }
@@ -293,23 +305,8 @@ impl CourierSide {
     /// id among them) with the re-encoded body.
     async fn against_a_bare_responder(&self, url: &str) -> CourierSide {
         let topic = courier_testkit::fixtures::unique_name("bench-bare-responder");
-        let responder = async_nats::connect(url).await.expect("connect");
-        let mut requests = responder
-            .queue_subscribe(courier_nats::request_subject(&topic), "bench".to_owned())
-            .await
-            .expect("subscribe");
-        responder.flush().await.expect("flush");
-        tokio::spawn(async move {
-            while let Some(request) = requests.next().await {
-                let Some(reply) = request.reply else { continue };
-                let body: Ping = serde_json::from_slice(&request.payload).expect("decode");
-                let answer = serde_json::to_vec(&body).expect("encode");
-                responder
-                    .publish_with_headers(reply, request.headers.unwrap_or_default(), answer.into())
-                    .await
-                    .expect("reply");
-            }
-        });
+        let subject = courier_nats::request_subject(&topic);
+        start_bare_responder(url, subject, Some("bench"), true).await;
         CourierSide {
             requester: self.requester.clone(),
             topic,
