@@ -15,61 +15,27 @@ pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// (and `Nats-Msg-Id` for the id) without allocating, others copied.
 pub(crate) fn header_name(name: &str) -> HeaderName {
     use courier_core::request::headers as request;
-    const KNOWN: [(&str, HeaderName); 13] = [
-        (adapter::wire::ID, HeaderName::from_static(NATS_MSG_ID)),
-        (
-            adapter::wire::KEY,
-            HeaderName::from_static(adapter::wire::KEY),
-        ),
-        (
-            adapter::wire::CONTENT_TYPE,
-            HeaderName::from_static(adapter::wire::CONTENT_TYPE),
-        ),
-        (
-            adapter::wire::TIMESTAMP,
-            HeaderName::from_static(adapter::wire::TIMESTAMP),
-        ),
-        (
-            courier_core::message::CORRELATION_ID,
-            HeaderName::from_static(courier_core::message::CORRELATION_ID),
-        ),
-        (
-            courier_core::message::CAUSATION_ID,
-            HeaderName::from_static(courier_core::message::CAUSATION_ID),
-        ),
-        (
-            request::REQUEST_ID,
-            HeaderName::from_static(request::REQUEST_ID),
-        ),
-        (
-            request::REPLY_TO,
-            HeaderName::from_static(request::REPLY_TO),
-        ),
-        (
-            request::DEADLINE,
-            HeaderName::from_static(request::DEADLINE),
-        ),
-        (
-            request::REPLY_STATUS,
-            HeaderName::from_static(request::REPLY_STATUS),
-        ),
-        (
-            request::ERROR_KIND,
-            HeaderName::from_static(request::ERROR_KIND),
-        ),
-        (
-            request::ERROR_REASON,
-            HeaderName::from_static(request::ERROR_REASON),
-        ),
-        (
-            courier_core::telemetry::TRACEPARENT,
-            HeaderName::from_static(courier_core::telemetry::TRACEPARENT),
-        ),
+    const KNOWN: [&str; 12] = [
+        adapter::wire::KEY,
+        adapter::wire::CONTENT_TYPE,
+        adapter::wire::TIMESTAMP,
+        courier_core::message::CORRELATION_ID,
+        courier_core::message::CAUSATION_ID,
+        request::REQUEST_ID,
+        request::REPLY_TO,
+        request::DEADLINE,
+        request::REPLY_STATUS,
+        request::ERROR_KIND,
+        request::ERROR_REASON,
+        courier_core::telemetry::TRACEPARENT,
     ];
-    KNOWN
-        .iter()
-        .find(|(known, _)| *known == name)
-        .map_or_else(|| name.into_header_name(), |(_, header)| header.clone())
+    if name == adapter::wire::ID {
+        return HeaderName::from_static(NATS_MSG_ID);
+    }
+    KNOWN.iter().find(|known| **known == name).map_or_else(
+        || name.into_header_name(),
+        |known| HeaderName::from_static(known),
+    )
 }
 
 /// NATS header values lose leading and trailing white space, and an empty

@@ -55,6 +55,22 @@ impl Inner {
         }
     }
 
+    /// One round trip to the server on this connection: a request to a
+    /// fresh inbox nobody listens on, which the server itself answers with
+    /// its no-responders status. The server handles a connection's
+    /// commands in order, so `Ok` also proves it has every command sent
+    /// before.
+    pub(crate) async fn round_trip(&self) -> std::result::Result<(), async_nats::RequestError> {
+        match self
+            .client
+            .request(self.client.new_inbox(), bytes::Bytes::new())
+            .await
+        {
+            Err(e) if e.kind() != async_nats::RequestErrorKind::NoResponders => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("nats connection"));

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::task::Poll;
 
-use async_nats::RequestErrorKind;
 use courier_core::adapter::{self, Acknowledger};
 use courier_core::request::{RemoteErrorKind, headers};
 use courier_core::{Delivery, DeliveryStream, Message, Nack, Result, Subscription, async_trait};
@@ -42,15 +41,11 @@ pub(crate) async fn listen(
     // `flush` only writes the subscription out; a round trip on the same
     // connection proves the server has it (it handles a connection's
     // commands in order), so a request sent right after finds it.
-    match inner
-        .client
-        .request(inner.client.new_inbox(), bytes::Bytes::new())
+    inner
+        .round_trip()
         .await
-    {
-        Ok(_) => Ok(requests),
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(requests),
-        Err(e) => Err(op_error("subscribe to requests", e)),
-    }
+        .map_err(|e| op_error("subscribe to requests", e))?;
+    Ok(requests)
 }
 
 /// The delivery stream of a subscription: what its pull loop sends into

@@ -234,18 +234,13 @@ async fn drain(inner: &Inner, messages: &mut pull::Batch, pull_ends: tokio::time
     naked.await;
 }
 
-/// Whether the server answers a round trip within the request timeout: a
-/// request to a subject nobody listens on, which the server itself answers
-/// with its no-responders status.
+/// Whether the server answers a round trip within the request timeout.
 async fn server_answers(inner: &Inner) -> bool {
-    let probe = inner
-        .client
-        .request(inner.client.new_inbox(), bytes::Bytes::new());
-    match tokio::time::timeout(inner.config.request_timeout, probe).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => e.kind() == async_nats::RequestErrorKind::NoResponders,
-        Err(_) => false,
-    }
+    let probe = inner.round_trip();
+    matches!(
+        tokio::time::timeout(inner.config.request_timeout, probe).await,
+        Ok(Ok(()))
+    )
 }
 
 fn to_delivery(
