@@ -157,10 +157,6 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
     let mut millis = None;
     let mut prior_deliveries = 0;
     let mut broker_redeliveries = 0;
-    // What a message without any id is identified by: everything its
-    // producer set, nothing the broker or a redelivery adds.
-    let mut content = Sha256::new();
-    content.update(message.payload());
     let origin = origin_of(properties);
     if let Some(table) = properties.headers() {
         for (name, value) in table.inner() {
@@ -169,14 +165,12 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
                 broker_redeliveries = as_u32(value).unwrap_or(0);
                 continue;
             }
-            if BROKER_HEADERS.contains(&name) || name == PRIOR_DELIVERIES {
+            if !set_by_producer(name) {
                 if name == PRIOR_DELIVERIES && origin == Origin::Courier {
                     prior_deliveries = as_text(value).and_then(|t| t.parse().ok()).unwrap_or(0);
                 }
                 continue;
             }
-            content.update(name.as_bytes());
-            content.update(format!("{value:?}").as_bytes());
             if origin == Origin::Foreign && origin::is_reserved(name) {
                 origin::untrusted(name);
                 continue;
@@ -228,7 +222,7 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
         })
         // A foreign message without an id gets one derived from its
         // content, the same on every delivery.
-        .unwrap_or_else(|| content_id(content, properties));
+        .unwrap_or_else(|| content_id(message.payload(), properties));
     message = message.with_id(id);
     if let Some(key) = key {
         message = message.with_key(key);
@@ -268,11 +262,29 @@ fn origin_of(properties: &BasicProperties) -> Origin {
     Origin::from_fields(marked, marked)
 }
 
+/// Whether a header was set by the message's producer: not one the broker
+/// adds, nor courier's count of deliveries before a retry queue.
+fn set_by_producer(name: &str) -> bool {
+    name != BROKER_DELIVERY_COUNT && name != PRIOR_DELIVERIES && !BROKER_HEADERS.contains(&name)
+}
+
 /// The id of a message whose producer set none: `amqp-` and 32 hex digits
-/// of a SHA-256 of its body, headers and properties. Stable across
-/// redeliveries, so deduplication by id works for it; byte-identical
-/// messages (same body, headers and properties) share it.
-fn content_id(mut content: Sha256, properties: &BasicProperties) -> MessageId {
+/// of a SHA-256 of its body, the headers its producer set and its
+/// properties. Stable across redeliveries, so deduplication by id works for
+/// it; byte-identical messages (same body, headers and properties) share
+/// it. Computed only for such a message: hashing every body would cost a
+/// large message more than the rest of its decoding.
+fn content_id(body: &[u8], properties: &BasicProperties) -> MessageId {
+    let mut content = Sha256::new();
+    content.update(body);
+    if let Some(table) = properties.headers() {
+        for (name, value) in table.inner() {
+            if set_by_producer(name.as_str()) {
+                content.update(name.as_str().as_bytes());
+                content.update(format!("{value:?}").as_bytes());
+            }
+        }
+    }
     for property in [
         properties.correlation_id().as_ref().map(|s| s.as_str()),
         properties.content_type().as_ref().map(|s| s.as_str()),
@@ -455,6 +467,25 @@ mod tests {
         let other_body = decode(&properties(0, "a"), b"[]".to_vec()).message;
         assert_ne!(first.id(), other_header.id());
         assert_ne!(first.id(), other_body.id());
+    }
+
+    #[test]
+    fn a_content_id_stays_what_earlier_versions_derived() {
+        // Deduplication by id across an upgrade needs the same id for the
+        // same foreign message.
+        let mut headers = FieldTable::default();
+        headers.insert("tenant".into(), AMQPValue::LongString("a".into()));
+        headers.insert("n".into(), AMQPValue::LongLongInt(-3));
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(4));
+        let properties = BasicProperties::default()
+            .with_timestamp(1_700_000_000)
+            .with_correlation_id("c".into())
+            .with_headers(headers);
+        let message = decode(&properties, b"{\"a\":1}".to_vec()).message;
+        assert_eq!(
+            message.id().to_string(),
+            "amqp-b25bbaf838a40ad83d6b407228013f3f"
+        );
     }
 
     #[test]
