@@ -36,10 +36,13 @@ BENCHES=(
     "memory courier-memory telemetry_overhead"
     "memory courier-memory runtime_memory"
     "amqp   courier-amqp   throughput"
+    "amqp   courier-amqp   runtime_memory"
     "kafka  courier-kafka  throughput"
+    "kafka  courier-kafka  runtime_memory"
     "nats   courier-nats   throughput"
     "nats   courier-nats   request_reply"
     "nats   courier-nats   latency"
+    "nats   courier-nats   runtime_memory"
 )
 
 compare=""

@@ -14,9 +14,11 @@
 //! Part 2 pushes the messages through the runtime (concurrency 16, 16
 //! keys) while a publisher keeps at most two batches of 1,000 ahead of the
 //! handler, and samples the process's resident memory (`/proc/self/statm`)
-//! every tenth of the run. The growth after the first tenth must stay
-//! within what the prefetch can hold; the bench exits with an error if it
-//! grows by more than 16 MiB.
+//! every tenth of the run
+//! ([`courier_testkit::bench_resident`], the run every broker adapter's
+//! `runtime_memory` bench makes). The growth after the first tenth must
+//! stay within what the prefetch can hold; the bench exits with an error
+//! if it grows by more than 16 MiB.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -24,12 +26,13 @@ use std::time::Instant;
 use courier_core::runtime::{Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
 use courier_memory::MemoryBroker;
+use courier_testkit::bench_resident::resident_bench;
 use futures::StreamExt;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 mod common;
 
-use common::{Counting, message_count, multi_thread};
+use common::{Counting, multi_thread};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
@@ -38,8 +41,6 @@ const PAYLOAD: [u8; 64] = [0x2a; 64];
 const KEYS: usize = 16;
 const COUNTED: usize = 100_000;
 const BATCH: usize = 1_000;
-/// Most the resident memory may grow after the first tenth of part 2.
-const MAX_GROWTH_BYTES: i64 = 16 << 20;
 
 #[derive(Debug, Clone, Copy)]
 enum Case {
@@ -116,51 +117,7 @@ async fn allocations(case: Case) -> f64 {
     region.change().allocations as f64 / COUNTED as f64
 }
 
-/// Resident memory of this process, in bytes.
-fn resident_bytes() -> i64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: i64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("resident pages");
-    pages * 4096
-}
-
-/// Pushes `messages` through the runtime with the publisher at most two
-/// batches ahead; returns the resident memory sampled every tenth.
-async fn resident_over_run(messages: usize) -> Vec<(usize, i64)> {
-    let broker = MemoryBroker::with_config(common::bench_config()).into_broker();
-    let sub = Subscription::new("bench", "bench");
-    let (counting, handler) = Counting::handler(messages);
-    let consumer = Consumer::builder(&broker, sub, handler)
-        .concurrency(16)
-        .retry(RetryPolicy::none())
-        .start()
-        .await
-        .expect("start");
-    let tenth = (messages / 10).max(BATCH);
-    let mut samples = vec![(0, resident_bytes())];
-    for start in (0..messages).step_by(BATCH) {
-        while counting.seen.load(Ordering::Relaxed) + (2 * BATCH) as u64 <= start as u64 {
-            tokio::task::yield_now().await;
-        }
-        let batch = (start..(start + BATCH).min(messages))
-            .map(|i| message(i, true))
-            .collect();
-        broker.publish_batch("bench", batch).await.expect("publish");
-        if (start + BATCH).is_multiple_of(tenth) {
-            samples.push((start + BATCH, resident_bytes()));
-        }
-    }
-    counting.last.notified().await;
-    samples.push((messages, resident_bytes()));
-    consumer.shutdown().await.expect("shutdown");
-    samples
-}
-
 fn main() {
-    let messages = message_count(1_000_000);
     let rt = multi_thread(2);
     println!(
         "heap allocations per consumed message (courier-memory, {COUNTED} messages of {} bytes, \
@@ -192,34 +149,8 @@ fn main() {
             println!("  {:<28} {:>6.2}", case.label(), allocations(case).await);
         }
     });
-    println!(
-        "resident memory while {messages} messages go through the runtime (c=16, {KEYS} keys, \
-         publisher at most {} messages ahead)",
-        2 * BATCH
-    );
-    let started = Instant::now();
-    let samples = rt.block_on(resident_over_run(messages));
-    let elapsed = started.elapsed();
-    for (handled, bytes) in &samples {
-        println!(
-            "  {handled:>9} messages  {:>8.1} MiB",
-            *bytes as f64 / 1048576.0
-        );
-    }
-    let baseline = samples
-        .iter()
-        .find(|(handled, _)| *handled >= messages / 10)
-        .map_or(samples[0].1, |s| s.1);
-    let peak = samples.iter().map(|s| s.1).max().unwrap_or(baseline);
-    let growth = peak - baseline;
-    println!(
-        "  growth after the first tenth: {:+.1} MiB (bound {} MiB); {:.0} msg/s",
-        growth as f64 / 1048576.0,
-        MAX_GROWTH_BYTES >> 20,
-        messages as f64 / elapsed.as_secs_f64()
-    );
-    if growth > MAX_GROWTH_BYTES {
-        eprintln!("resident memory grew by more than the bound");
-        std::process::exit(1);
-    }
+    // Part 2: the run every broker adapter's `runtime_memory` bench makes.
+    resident_bench("memory", || async {
+        MemoryBroker::with_config(common::bench_config()).into_broker()
+    });
 }
