@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::TraceContext;
-use super::trace_context::TRACEPARENT;
+use super::trace_context::{self, TRACEPARENT};
 use crate::error::Result;
 use crate::message::Message;
 
@@ -44,8 +44,11 @@ where
     }
     let (recorded, spans) = (super::recorder::installed(), super::spans_wanted());
     if !recorded && !spans {
-        // Nobody listens: the trace context is all there is to write.
-        write_context(&mut messages, &tracing::Span::none());
+        // Nobody listens: the trace context is all there is to write, and
+        // without `otel`, there is one only inside a scope.
+        if cfg!(feature = "otel") || trace_context::in_scope() {
+            write_context(&mut messages, &tracing::Span::none());
+        }
         return send(messages).await;
     }
     let span = if spans {

@@ -284,6 +284,13 @@ pub(crate) fn in_handler_scope<R>(
     RECEIVED.set(received, || CONTEXT.set(context, poll))
 }
 
+/// Whether a scope (of [`TraceContext::scope`] or a consumer handler) is
+/// polled on this thread: without `otel`, [`TraceContext::current`] finds a
+/// context only then.
+pub(crate) fn in_scope() -> bool {
+    CONTEXT.is_set()
+}
+
 /// The context of a handler whose scope has none yet: a span of the trace
 /// its message carries, or a new trace when it carries none.
 fn drawn_from_received() -> TraceContext {
