@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::lag_report::{LagReport, LastLag, spawn_reporter};
 use super::metrics as names;
-use super::trace_context::TraceContext;
-use super::trace_context::{ScopeContext, Scoped, scoped};
+use super::trace_context::{TraceContext, in_handler_scope};
 use crate::delivery::Delivery;
+use crate::headers::Headers;
 use crate::message::Message;
 use crate::pubsub::{Subscriber, Subscription};
 
@@ -79,38 +79,36 @@ impl ConsumerTelemetry {
     /// `process {topic}` span and the trace context its handler runs in.
     pub(crate) fn begin(&self, delivery: &Delivery) -> Traced {
         if !super::is_enabled() {
-            return Traced {
-                span: tracing::Span::none(),
-                scoped: false,
-                context: OnceLock::new(),
-                in_flight: None,
-            };
+            return Traced::new(tracing::Span::none(), false, None);
         }
         let message = delivery.message();
-        if self.recorded {
+        let in_flight = self.recorded.then(|| {
             self.consumed.increment(1);
             self.message_age.record(age(message));
             self.in_flight.increment(1.0);
+            self.in_flight.clone()
+        });
+        if !super::spans_wanted() {
+            // Made in place: a disabled span moved through a temporary
+            // costs more than the rest of this.
+            return Traced::new(tracing::Span::none(), true, in_flight);
         }
-        let span = if super::spans_wanted() {
-            self.process_span(delivery)
-        } else {
-            tracing::Span::none()
-        };
+        self.begin_span(delivery, in_flight)
+    }
+
+    /// [`begin`](Self::begin) when a subscriber may record the process span.
+    #[inline(never)]
+    fn begin_span(&self, delivery: &Delivery, in_flight: Option<Gauge>) -> Traced {
+        let span = self.process_span(delivery);
         // The received context is the process span's parent only for a
         // span that is recorded; for the handler it is read when asked for.
         #[cfg(feature = "otel")]
         if !span.is_disabled()
-            && let Some(parent) = TraceContext::from_message(message)
+            && let Some(parent) = TraceContext::from_message(delivery.message())
         {
             super::otel::set_parent(&span, &parent.parts());
         }
-        Traced {
-            span,
-            scoped: true,
-            context: OnceLock::new(),
-            in_flight: self.recorded.then(|| self.in_flight.clone()),
-        }
+        Traced::new(span, true, in_flight)
     }
 
     fn process_span(&self, delivery: &Delivery) -> tracing::Span {
@@ -233,34 +231,36 @@ pub(crate) struct Traced {
     span: tracing::Span,
     /// Whether the handler runs with a trace context (telemetry on).
     scoped: bool,
-    /// The handler's context once an attempt read it, so that later
-    /// attempts run in the same one.
+    /// The handler's context, drawn when an attempt first asks for it and
+    /// kept for later attempts.
     context: OnceLock<TraceContext>,
     in_flight: Option<Gauge>,
 }
 
 impl Traced {
-    /// `future` (a handler call of `message`) run inside the process span,
-    /// with the delivery's trace context current. The span is borrowed, not
-    /// cloned: a clone and its drop are two calls into the subscriber per
-    /// attempt.
-    pub(crate) fn instrument<F: Future>(&self, message: &Message, future: F) -> InSpan<'_, F> {
-        let context = self.scoped.then(|| match self.context.get() {
-            Some(context) => ScopeContext::Ready(context.clone()),
-            None => ScopeContext::Unread(message.headers().clone()),
-        });
-        InSpan {
-            traced: self,
-            inner: scoped(context, future),
+    fn new(span: tracing::Span, scoped: bool, in_flight: Option<Gauge>) -> Self {
+        Traced {
+            span,
+            scoped,
+            context: OnceLock::new(),
+            in_flight,
         }
     }
 
-    /// Keeps the context an attempt's handler read, if it read one.
-    fn keep(&self, scope: Option<&ScopeContext>) {
-        if let Some(ScopeContext::Ready(context)) = scope
-            && self.context.get().is_none()
-        {
-            let _ = self.context.set(context.clone());
+    /// `future` (a handler call of `message`) run inside the process span,
+    /// with the delivery's trace context current. The span is borrowed, not
+    /// cloned: a clone and its drop are two calls into the subscriber per
+    /// attempt; so are the message's headers, which the context is drawn
+    /// from if the handler asks for it.
+    pub(crate) fn instrument<'s, F: Future>(
+        &'s self,
+        message: &'s Message,
+        future: F,
+    ) -> InSpan<'s, F> {
+        InSpan {
+            traced: self,
+            received: message.headers(),
+            future,
         }
     }
 }
@@ -270,8 +270,9 @@ pin_project_lite::pin_project! {
     /// the delivery's trace context current.
     pub(crate) struct InSpan<'s, F> {
         traced: &'s Traced,
+        received: &'s Headers,
         #[pin]
-        inner: Scoped<F>,
+        future: F,
     }
 }
 
@@ -279,13 +280,14 @@ impl<F: Future> Future for InSpan<'_, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let mut this = self.project();
-        let _entered = this.traced.span.enter();
-        let poll = this.inner.as_mut().poll(cx);
-        if poll.is_ready() {
-            this.traced.keep(this.inner.as_ref().get_ref().context());
+        let this = self.project();
+        let traced = *this.traced;
+        let _entered = traced.span.enter();
+        if traced.scoped {
+            in_handler_scope(&traced.context, this.received, || this.future.poll(cx))
+        } else {
+            this.future.poll(cx)
         }
-        poll
     }
 }
 

@@ -110,23 +110,27 @@
 //!   read for ages or durations.
 //! - **What stays** is the trace context, since it is what carries a trace
 //!   to follow-ups without any subscriber: each handler attempt runs with
-//!   its message's context current (the context is swapped into and out of
-//!   a thread-local at every poll of the handler, and the message's headers
-//!   are shared with it by a reference count). The `traceparent` is parsed,
-//!   and the handler's span id drawn, only when the handler asks for its
-//!   context, which a publish from the handler does; a handler that
-//!   publishes nothing costs no parse.
+//!   its message's context current. At every poll of the handler, the
+//!   delivery's context slot and its message's headers are lent to the
+//!   thread by reference (two pointer swaps of a scoped thread-local:
+//!   nothing is copied, and the headers are not even reference-counted).
+//!   The `traceparent` is parsed, and the handler's span id drawn, only
+//!   when the handler asks for its context, which a publish from the
+//!   handler does; a handler that publishes nothing costs no parse.
+//!   Without the `otel` feature, a publish outside any handler or
+//!   [`TraceContext::scope`] looks nothing up.
 //!
 //! Measured on the in-process broker (64-byte messages carrying a
 //! `traceparent`, published one at a time and consumed by the runtime
-//! with a no-op handler, about 750 ns of CPU time a message with telemetry
-//! off): with no subscriber telemetry adds about 30 ns a message (4 %),
-//! the same with a subscriber that filters courier's spans out, and about
-//! 700 ns (90 %) with a bare `tracing_subscriber::Registry` that records
-//! every span. A `traceparent` written by a publish made in a trace costs
-//! that header's allocations wherever the message goes (about 270 ns on
-//! that broker). `cargo bench -p courier-memory --bench telemetry_overhead`
-//! measures it on your machine.
+//! with a no-op handler, about 780 ns of CPU time a message with telemetry
+//! off): with no subscriber telemetry adds about 5 to 10 ns a message
+//! (about 1 %, less than the spread between runs on a busy machine), the
+//! same with a subscriber that filters courier's spans out, and about
+//! 500 to 750 ns (65 to 90 %) with a bare `tracing_subscriber::Registry`
+//! that records every span. A `traceparent` written by a publish made in a
+//! trace costs that header's allocations wherever the message goes (about
+//! 250 ns on that broker). `cargo bench -p courier-memory --bench
+//! telemetry_overhead` measures it on your machine.
 //!
 //! [`set_enabled(false)`](set_enabled) turns all of it off for the
 //! process: no spans, no trace context written, read or made current, no

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::TraceContext;
-use super::trace_context::TRACEPARENT;
+use super::trace_context::{self, TRACEPARENT};
 use crate::error::Result;
 use crate::message::Message;
 
@@ -42,21 +42,23 @@ where
     if !super::is_enabled() {
         return send(messages).await;
     }
-    let span = if super::spans_wanted() {
+    let (recorded, spans) = (super::recorder::installed(), super::spans_wanted());
+    if !recorded && !spans {
+        // Nobody listens: the trace context is all there is to write, and
+        // without `otel`, there is one only inside a scope.
+        if cfg!(feature = "otel") || trace_context::in_scope() {
+            write_context(&mut messages, &tracing::Span::none());
+        }
+        return send(messages).await;
+    }
+    let span = if spans {
         publish_span(system, topic, &messages)
     } else {
         tracing::Span::none()
     };
-    if let Some(context) = publish_context(&span) {
-        for message in &mut messages {
-            let headers = message.headers_mut();
-            if headers.get(TRACEPARENT).is_none() {
-                context.inject(headers);
-            }
-        }
-    }
+    write_context(&mut messages, &span);
     let count = messages.len();
-    let started = super::recorder::installed().then(Instant::now);
+    let started = recorded.then(Instant::now);
     let outcome = if span.is_disabled() {
         // Nobody records the span: no instrumented future to poll through.
         send(messages).await
@@ -71,6 +73,19 @@ where
         super::metrics::record_publish(system, topic, count, started.elapsed(), &outcome);
     }
     outcome
+}
+
+/// Writes the context `span` gives its messages, if it is in a trace, into
+/// every message that carries no `traceparent` yet.
+fn write_context(messages: &mut [Message], span: &tracing::Span) {
+    if let Some(context) = publish_context(span) {
+        for message in messages {
+            let headers = message.headers_mut();
+            if headers.get(TRACEPARENT).is_none() {
+                context.inject(headers);
+            }
+        }
+    }
 }
 
 fn publish_span(system: &'static str, topic: &str, messages: &[Message]) -> tracing::Span {

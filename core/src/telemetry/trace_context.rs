@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use crate::headers::Headers;
@@ -141,12 +141,9 @@ impl TraceContext {
         if let Some(context) = Self::of_span(&tracing::Span::current()) {
             return Some(context);
         }
-        CURRENT.with(|current| {
-            let mut scope = current.take()?;
-            let context = scope.resolve();
-            current.set(Some(scope));
-            Some(context)
-        })
+        CONTEXT
+            .is_set()
+            .then(|| CONTEXT.with(|context| context.get_or_init(drawn_from_received).clone()))
     }
 
     /// The OpenTelemetry context of `span`, when a `tracing-opentelemetry`
@@ -261,51 +258,48 @@ impl TraceContext {
     /// # Ok(()) }
     /// ```
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        scoped(Some(ScopeContext::Ready(self)), future)
+        Scoped {
+            context: OnceLock::from(self),
+            future,
+        }
     }
 }
 
-/// Runs `future` with `context` as [`TraceContext::current`] while it is
-/// polled (on whatever thread polls it); with `None`, leaves the current
-/// context alone and costs nothing (telemetry off).
-pub(crate) fn scoped<F: Future>(context: Option<ScopeContext>, future: F) -> Scoped<F> {
-    Scoped { context, future }
+/// Runs `poll` (a poll of a consumer handler's future) with the handler's
+/// trace context current: `context` once drawn, drawn from `received` (its
+/// message's headers) when first asked for and kept in `context`, so that
+/// later attempts run in the same one.
+///
+/// The message's headers are read, and the handler's span id drawn, when
+/// the handler first asks for its context (a publish from the handler
+/// does), not on every receive: a message handled without publishing
+/// anything costs no header lookup, parse or random id. Both are lent to
+/// the thread by reference for the poll, so a poll costs two pointer
+/// swaps, not a copy of a context or a count on the headers.
+pub(crate) fn in_handler_scope<R>(
+    context: &OnceLock<TraceContext>,
+    received: &Headers,
+    poll: impl FnOnce() -> R,
+) -> R {
+    RECEIVED.set(received, || CONTEXT.set(context, poll))
 }
 
-impl<F> Scoped<F> {
-    /// The scope's context between polls: [`ScopeContext::Ready`] once the
-    /// future asked for it.
-    pub(crate) fn context(&self) -> Option<&ScopeContext> {
-        self.context.as_ref()
-    }
+/// Whether a scope (of [`TraceContext::scope`] or a consumer handler) is
+/// polled on this thread: without `otel`, [`TraceContext::current`] finds a
+/// context only then.
+pub(crate) fn in_scope() -> bool {
+    CONTEXT.is_set()
 }
 
-/// What a scope makes [`TraceContext::current`]: a context, or, for a
-/// handler of the consumer runtime, the headers of its message still to be
-/// read. The headers are read, and the handler's span id drawn, when the
-/// handler first asks for its context (a publish from the handler does),
-/// not on every receive: a message handled without publishing anything
-/// costs no header lookup, parse or random id.
-#[derive(Debug, Clone)]
-pub(crate) enum ScopeContext {
-    /// This context.
-    Ready(TraceContext),
-    /// A received message's headers, not read yet: on the first read, a
-    /// span of the trace they carry, or a new trace when they carry none.
-    Unread(Headers),
-}
-
-impl ScopeContext {
-    /// The context, reading the headers first if they are still unread.
-    fn resolve(&mut self) -> TraceContext {
-        let context = match self {
-            ScopeContext::Ready(context) => return context.clone(),
-            ScopeContext::Unread(headers) => TraceContext::from_headers(headers)
-                .map_or_else(TraceContext::new_root, |parent| parent.new_child()),
-        };
-        *self = ScopeContext::Ready(context.clone());
-        context
-    }
+/// The context of a handler whose scope has none yet: a span of the trace
+/// its message carries, or a new trace when it carries none.
+fn drawn_from_received() -> TraceContext {
+    let parent = if RECEIVED.is_set() {
+        RECEIVED.with(TraceContext::from_headers)
+    } else {
+        None
+    };
+    parent.map_or_else(TraceContext::new_root, |parent| parent.new_child())
 }
 
 impl fmt::Debug for TraceContext {
@@ -323,14 +317,23 @@ impl fmt::Display for TraceContext {
     }
 }
 
-thread_local! {
-    static CURRENT: Cell<Option<ScopeContext>> = const { Cell::new(None) };
+scoped_tls::scoped_thread_local! {
+    /// The context of the scope polled on this thread: set by
+    /// [`TraceContext::scope`], and for a consumer handler, empty until the
+    /// handler first asks for it.
+    static CONTEXT: OnceLock<TraceContext>
+}
+
+scoped_tls::scoped_thread_local! {
+    /// The received message's headers of the handler polled on this thread,
+    /// which its context is drawn from.
+    static RECEIVED: Headers
 }
 
 pin_project_lite::pin_project! {
     /// A future run with a [`TraceContext`] as the current one.
-    pub(crate) struct Scoped<F> {
-        context: Option<ScopeContext>,
+    struct Scoped<F> {
+        context: OnceLock<TraceContext>,
         #[pin]
         future: F,
     }
@@ -341,29 +344,7 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        if this.context.is_none() {
-            return this.future.poll(cx);
-        }
-        // Swapped in place, in and out: the context is not copied through
-        // temporaries, which cost more than the rest of the scope.
-        let restore = Restore {
-            slot: Cell::from_mut(this.context),
-        };
-        CURRENT.with(|current| current.swap(restore.slot));
-        this.future.poll(cx)
-    }
-}
-
-/// Swaps the scope's context (now in the thread) back into its future and
-/// the thread's previous context (now in the future) back into the thread,
-/// even if the poll panics.
-struct Restore<'a> {
-    slot: &'a Cell<Option<ScopeContext>>,
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        CURRENT.with(|current| current.swap(self.slot));
+        CONTEXT.set(this.context, || this.future.poll(cx))
     }
 }
 
