@@ -262,6 +262,8 @@ mod context;
 mod dead_letter;
 mod dispatch;
 mod error;
+#[cfg(test)]
+mod future_size;
 mod handler;
 mod lanes;
 pub mod middleware;

@@ -61,6 +61,10 @@ impl Failures {
 /// An `async` block, not an `async fn`: an async fn's future keeps its
 /// arguments twice (as passed, and moved into its body), the delivery
 /// included.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
 pub(crate) fn process<S>(
     shared: S,
     mut delivery: Delivery,
@@ -135,6 +139,10 @@ async fn wait_for_slot(shared: &Shared, first_attempt: bool) -> Slot {
 /// One attempt, holding a concurrency slot (none when serial); `None` if
 /// the shutdown deadline cut it short. A panic anywhere in the handler
 /// stack is caught here, without a box of its own.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
 fn attempt<'a>(
     shared: &'a Shared,
     delivery: &'a Delivery,
