@@ -175,6 +175,13 @@
 //!   context a handler runs in is read from its message only when the
 //!   handler publishes. About 30 ns a message in all on the in-process
 //!   broker; see [the cost](crate::telemetry#cost-and-turning-it-off).
+//! - **Measured:** on the in-process broker with a no-op raw handler
+//!   (`cargo bench -p courier-memory --bench runtime_overhead`, CPU time),
+//!   the runtime adds about 110 ns a message to a bare subscribe-and-ack
+//!   loop's 110–120 ns at concurrency 1, 160 ns at concurrency 8 and
+//!   200 ns at concurrency 16 with 16 keys; it allocates one block a
+//!   message more than the bare loop at any concurrency (the handler's
+//!   future).
 //! - **Memory is bounded by the prefetch.** Nothing grows per message: the
 //!   broker hands out at most the prefetch, everything else is freed when
 //!   its message is settled.
