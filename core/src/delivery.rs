@@ -288,6 +288,14 @@ impl Delivery {
         acker.ack(&self.message).await
     }
 
+    /// [`Delivery::ack`] without giving up the delivery, for the consumer
+    /// runtime: the future borrows the delivery instead of holding it (a
+    /// box, where `ack`'s future holds the whole delivery, twice over).
+    pub(crate) fn ack_in_place(&mut self) -> futures::future::BoxFuture<'_, Result<()>> {
+        let acker = self.acker.take().expect("a delivery is settled only once");
+        acker.ack(&self.message)
+    }
+
     /// Negatively acknowledges; see [`Nack`].
     ///
     /// # Errors

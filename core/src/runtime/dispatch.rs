@@ -3,8 +3,9 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -36,6 +37,9 @@ pub(crate) async fn run(
         }
     });
     let tasks = TaskTracker::new();
+    // Heap slots of jobs that finished on the dispatcher, for the next job.
+    let mut spare_job = None;
+    let mut spare_lane = None;
     let outcome = loop {
         if shared.stop.is_triggered() {
             break Ok(());
@@ -58,7 +62,7 @@ pub(crate) async fn run(
         };
         shared.counters.add(&shared.counters.in_flight);
         if !shared.serial && shared.ordered_by_key && delivery.message().key().is_some() {
-            dispatch_keyed(&shared, &tasks, delivery).await;
+            dispatch_keyed(&shared, &tasks, &mut spare_lane, delivery, run_lane).await;
             continue;
         }
         if shared.serial {
@@ -79,7 +83,12 @@ pub(crate) async fn run(
                 }
             },
         };
-        start(&tasks, process(shared.clone(), delivery, Some(permit))).await;
+        start(
+            &tasks,
+            &mut spare_job,
+            process(shared.clone(), delivery, Some(permit)),
+        )
+        .await;
     };
     // Phase 1: take nothing more. Dropping the stream gives back what it
     // holds; lanes give back what they had queued but not started.
@@ -93,6 +102,9 @@ pub(crate) async fn run(
     outcome
 }
 
+/// A job's place on the heap, kept for the next job once its job is done.
+type Slot<F> = Pin<Box<Option<F>>>;
+
 /// Runs `job` on the dispatcher's task until it first waits, and moves it
 /// to a task of its own only then.
 ///
@@ -104,43 +116,87 @@ pub(crate) async fn run(
 /// in `spawn_blocking` anyway).
 ///
 /// The job goes to the heap before anything else, so it is copied once:
-/// the returned future holds only the box, not the job itself.
-fn start<O: Send + 'static>(
-    tasks: &TaskTracker,
-    job: impl Future<Output = O> + Send + 'static,
-) -> impl Future<Output = ()> + '_ {
-    let mut job = Box::pin(job);
+/// the returned future holds only the box. The box is `spare`, the slot
+/// of an earlier job that finished on the dispatcher, when there is one:
+/// jobs that finish at once then allocate nothing.
+fn start<'a, F>(
+    tasks: &'a TaskTracker,
+    spare: &'a mut Option<Slot<F>>,
+    job: F,
+) -> impl Future<Output = ()> + 'a
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    let mut slot = spare.take().unwrap_or_else(|| Box::pin(None));
+    slot.set(Some(job));
     async move {
-        let finished =
-            std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx).is_ready())).await;
-        if !finished {
-            tasks.spawn(job);
+        if poll_once(&mut slot).await {
+            *spare = Some(slot);
+        } else {
+            tasks.spawn(async move {
+                std::future::poll_fn(|cx| poll_slot(&mut slot, cx)).await;
+            });
         }
     }
 }
 
+/// Polls the slot's job once; whether it finished (and left the slot empty).
+async fn poll_once<F: Future>(slot: &mut Slot<F>) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(poll_slot(slot, cx).is_ready())).await
+}
+
+/// Polls the slot's job; empties the slot when the job is done.
+fn poll_slot<F: Future>(slot: &mut Slot<F>, cx: &mut Context<'_>) -> Poll<()> {
+    let Some(job) = slot.as_mut().as_pin_mut() else {
+        return Poll::Ready(());
+    };
+    if job.poll(cx).is_pending() {
+        return Poll::Pending;
+    }
+    slot.set(None);
+    Poll::Ready(())
+}
+
 /// Queues a keyed delivery behind its key's lane, or starts a lane for it.
 ///
-/// A new lane runs on the dispatcher first, like any job. Only if it
-/// waits is it registered (before it is spawned, so nothing else can run
-/// it meanwhile): later deliveries of its key then queue behind it. A lane
+/// A new lane runs on the dispatcher first, like any job (in `spare`, the
+/// slot of an earlier lane that finished there, if any). Only if it waits
+/// is it registered (before it is spawned, so nothing else can run it
+/// meanwhile): later deliveries of its key then queue behind it. A lane
 /// whose message finishes at once is never registered at all.
-async fn dispatch_keyed(shared: &Arc<Shared>, tasks: &TaskTracker, delivery: Delivery) {
+///
+/// `lane` makes the lane's job ([`run_lane`]; a parameter so that the
+/// spare slot's type can be named).
+async fn dispatch_keyed<F, L>(
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    spare: &mut Option<Slot<F>>,
+    delivery: Delivery,
+    lane: L,
+) where
+    F: Future<Output = ()> + Send + 'static,
+    L: FnOnce(Arc<Shared>, LaneId, Delivery) -> F,
+{
     let key = delivery.message().key().expect("keyed delivery");
     let lane_id = shared.lane_ids.of(key);
     if let Some(queue) = shared.lock_lanes().get_mut(&lane_id) {
         queue.push_back(delivery);
         return;
     }
-    let mut lane = Box::pin(run_lane(shared.clone(), lane_id, delivery));
-    let finished = std::future::poll_fn(|cx| Poll::Ready(lane.as_mut().poll(cx).is_ready())).await;
-    if !finished {
-        let mut lanes = shared.lock_lanes();
-        lanes.insert(lane_id, VecDeque::new());
-        shared.counters.set_lanes(lanes.len());
-        drop(lanes);
-        tasks.spawn(lane);
+    let mut slot = spare.take().unwrap_or_else(|| Box::pin(None));
+    slot.set(Some(lane(shared.clone(), lane_id, delivery)));
+    if poll_once(&mut slot).await {
+        *spare = Some(slot);
+        return;
     }
+    let mut lanes = shared.lock_lanes();
+    lanes.insert(lane_id, VecDeque::new());
+    shared.counters.set_lanes(lanes.len());
+    drop(lanes);
+    tasks.spawn(async move {
+        std::future::poll_fn(|cx| poll_slot(&mut slot, cx)).await;
+    });
 }
 
 /// Removes a key's lane, returning what was queued in it.

@@ -141,10 +141,18 @@
 //! - **One allocation per attempt, for the handler's future.** [`Handler`]
 //!   returns a boxed future so handlers and layers can be stacked and
 //!   chosen at run time; that box is the runtime's only allocation per
-//!   message at concurrency 1. With more concurrency, each delivery's
-//!   processing is one more box (it may move to a task of its own), made
-//!   once and never copied afterwards; a keyed delivery's lane lives in
-//!   the same box.
+//!   message. With more concurrency, each delivery's processing (a keyed
+//!   delivery's lane) goes into a heap slot, once, and is never copied
+//!   afterwards, since it may move to a task of its own; a processing that
+//!   finished without waiting leaves its slot to the next delivery, so
+//!   handlers that finish at once cost no allocation of the runtime's but
+//!   their own box. Only a processing that waits takes its slot along.
+//! - **The per-delivery future is small** (about 0.7 KB, most of it the
+//!   delivery and its trace state): it is moved into its place once per
+//!   message. The rare paths (waiting for a slot, retrying, dead-lettering,
+//!   requeueing) are boxed futures of their own, the ack borrows the
+//!   delivery instead of holding a copy, and the subscription is polled
+//!   in place (resubscribing after an outage is a boxed future too).
 //! - **No task, no wake-up, unless the handler waits.** Each delivery is
 //!   first polled on the dispatch task (see "Where handlers run" above);
 //!   only one that waits is spawned. At concurrency 1 nothing is spawned
@@ -167,6 +175,13 @@
 //!   context a handler runs in is read from its message only when the
 //!   handler publishes. About 30 ns a message in all on the in-process
 //!   broker; see [the cost](crate::telemetry#cost-and-turning-it-off).
+//! - **Measured:** on the in-process broker with a no-op raw handler
+//!   (`cargo bench -p courier-memory --bench runtime_overhead`, CPU time),
+//!   the runtime adds about 110 ns a message to a bare subscribe-and-ack
+//!   loop's 110–120 ns at concurrency 1, 160 ns at concurrency 8 and
+//!   200 ns at concurrency 16 with 16 keys; it allocates one block a
+//!   message more than the bare loop at any concurrency (the handler's
+//!   future).
 //! - **Memory is bounded by the prefetch.** Nothing grows per message: the
 //!   broker hands out at most the prefetch, everything else is freed when
 //!   its message is settled.
@@ -254,6 +269,8 @@ mod context;
 mod dead_letter;
 mod dispatch;
 mod error;
+#[cfg(test)]
+mod future_size;
 mod handler;
 mod lanes;
 pub mod middleware;

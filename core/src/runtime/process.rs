@@ -57,49 +57,64 @@ impl Failures {
 /// a task of its own owns it. That future is moved to the heap once per
 /// message, so it is kept small: the delivery is held once, and the rare
 /// paths (waiting for a slot, retrying, requeueing) are boxed futures.
-pub(crate) async fn process<S>(
+///
+/// An `async` block, not an `async fn`: an async fn's future keeps its
+/// arguments twice (as passed, and moved into its body), the delivery
+/// included.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
+pub(crate) fn process<S>(
     shared: S,
-    delivery: Delivery,
+    mut delivery: Delivery,
     first_permit: Option<OwnedSemaphorePermit>,
-) -> Option<Delivery>
+) -> impl Future<Output = Option<Delivery>>
 where
     S: Deref<Target = Shared> + Send,
 {
-    let shared = &*shared;
-    let traced = shared.telemetry.begin(&delivery);
-    let slot = match first_permit {
-        Some(permit) => Some(permit),
-        None if shared.serial => None,
-        None => Some({
-            if shared.stop.is_triggered() {
-                return Some(delivery);
+    async move {
+        let shared = &*shared;
+        let traced = shared.telemetry.begin(&delivery);
+        let slot = match first_permit {
+            Some(permit) => Some(permit),
+            None if shared.serial => None,
+            None => Some({
+                if shared.stop.is_triggered() {
+                    return Some(delivery);
+                }
+                match shared.slots.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => match Box::pin(wait_for_slot(shared, true)).await {
+                        Slot::Acquired(permit) => permit,
+                        Slot::Stopped => return Some(delivery),
+                        Slot::Aborted => {
+                            Box::pin(requeue(shared, [delivery])).await;
+                            return None;
+                        }
+                    },
+                }
+            }),
+        };
+        match attempt(shared, &delivery, 1, slot, &traced).await {
+            Some(Ok(())) => {
+                let span = shared
+                    .telemetry
+                    .settle_span(Some(&traced), "ack", delivery.message());
+                // Acked in place: the delivery is not moved into a future.
+                let outcome = delivery.ack_in_place().instrument(span).await;
+                record(
+                    shared,
+                    outcome,
+                    &shared.counters.handled,
+                    delivery.message().id(),
+                );
             }
-            match shared.slots.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => match Box::pin(wait_for_slot(shared, true)).await {
-                    Slot::Acquired(permit) => permit,
-                    Slot::Stopped => return Some(delivery),
-                    Slot::Aborted => {
-                        Box::pin(requeue(shared, [delivery])).await;
-                        return None;
-                    }
-                },
-            }
-        }),
-    };
-    match attempt(shared, &delivery, 1, slot, &traced).await {
-        Some(Ok(())) => {
-            let id = delivery.message().id().clone();
-            let span = shared
-                .telemetry
-                .settle_span(Some(&traced), "ack", delivery.message());
-            let outcome = delivery.ack().instrument(span).await;
-            record(shared, outcome, &shared.counters.handled, &id);
+            Some(Err(error)) => Box::pin(retry(shared, delivery, error, &traced)).await,
+            None => Box::pin(requeue(shared, [delivery])).await,
         }
-        Some(Err(error)) => Box::pin(retry(shared, delivery, error, &traced)).await,
-        None => Box::pin(requeue(shared, [delivery])).await,
+        None
     }
-    None
 }
 
 enum Slot {
@@ -124,43 +139,52 @@ async fn wait_for_slot(shared: &Shared, first_attempt: bool) -> Slot {
 /// One attempt, holding a concurrency slot (none when serial); `None` if
 /// the shutdown deadline cut it short. A panic anywhere in the handler
 /// stack is caught here, without a box of its own.
-async fn attempt(
-    shared: &Shared,
-    delivery: &Delivery,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
+fn attempt<'a>(
+    shared: &'a Shared,
+    delivery: &'a Delivery,
     attempt: u32,
     slot: Option<OwnedSemaphorePermit>,
-    traced: &Traced,
-) -> Option<HandlerResult> {
-    let counters = &shared.counters;
-    counters.add(&counters.running);
-    let request = Request::new(delivery.message(), &shared.topic, &shared.group)
-        .with_attempt(attempt)
-        .with_delivery_count(delivery.delivery_count());
-    let call = traced.instrument(delivery.message(), shared.handler.call(request));
-    let call = AssertUnwindSafe(call).catch_unwind();
-    let started = shared.telemetry.attempt_started();
-    tokio::pin!(call);
-    // Most attempts finish on their first poll; only one that waits needs
-    // to watch the shutdown deadline too.
-    let outcome = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-        Poll::Ready(outcome) => Some(outcome),
-        Poll::Pending => tokio::select! {
-            biased;
-            outcome = &mut call => Some(outcome),
-            () = shared.abort.cancelled() => None,
-        },
+    traced: &'a Traced,
+) -> impl Future<Output = Option<HandlerResult>> + 'a {
+    // An async block, as `process`: an async fn would keep its arguments twice.
+    async move {
+        let counters = &shared.counters;
+        counters.add(&counters.running);
+        let call = {
+            let request = Request::new(delivery.message(), &shared.topic, &shared.group)
+                .with_attempt(attempt)
+                .with_delivery_count(delivery.delivery_count());
+            traced.instrument(delivery.message(), shared.handler.call(request))
+        };
+        let call = AssertUnwindSafe(call).catch_unwind();
+        let started = shared.telemetry.attempt_started();
+        tokio::pin!(call);
+        // Most attempts finish on their first poll; only one that waits needs
+        // to watch the shutdown deadline too.
+        let outcome = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            Poll::Ready(outcome) => Some(outcome),
+            Poll::Pending => tokio::select! {
+                biased;
+                outcome = &mut call => Some(outcome),
+                () = shared.abort.cancelled() => None,
+            },
+        }
+        .map(|outcome| {
+            outcome.unwrap_or_else(|payload| {
+                Err(HandlerError::transient(Panicked::from_payload(&*payload)))
+            })
+        });
+        counters.sub(&counters.running);
+        if let Some(result) = &outcome {
+            shared.telemetry.attempt_finished(started, result.is_err());
+        }
+        drop(slot);
+        outcome
     }
-    .map(|outcome| {
-        outcome.unwrap_or_else(|payload| {
-            Err(HandlerError::transient(Panicked::from_payload(&*payload)))
-        })
-    });
-    counters.sub(&counters.running);
-    if let Some(result) = &outcome {
-        shared.telemetry.attempt_finished(started, result.is_err());
-    }
-    drop(slot);
-    outcome
 }
 
 /// After a failed first attempt: retries with backoff, then settles.

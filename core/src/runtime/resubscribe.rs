@@ -16,15 +16,19 @@
 //! A subscriber that was closed ([`Error::Closed`]) is final: the consumer
 //! ends as it did before.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::adapter::backoff::Backoff;
-use crate::error::Error;
+use crate::delivery::Delivery;
+use crate::error::{Error, Result};
 use crate::pubsub::{DeliveryStream, Subscriber, Subscription};
 
 /// The first wait before subscribing again.
@@ -40,56 +44,92 @@ pub(crate) struct Resubscribe {
     pub(crate) resubscribes: Arc<AtomicU64>,
 }
 
-struct State {
-    current: Option<DeliveryStream>,
-    how: Resubscribe,
+/// `first`, and after it ends or fails, a new subscription each time.
+///
+/// A stream of its own rather than `futures::stream::unfold`: an unfold
+/// moves its state through a new future for every item, a copy of a few
+/// hundred bytes per delivery; this one polls the current stream in place
+/// and allocates the resubscribing future only when a subscription is lost.
+pub(crate) fn resubscribing(first: DeliveryStream, how: Resubscribe) -> DeliveryStream {
+    Box::pin(Resubscribing {
+        current: Some(first),
+        how: Arc::new(how),
+        subscribing: None,
+        ended: false,
+    })
 }
 
-/// `first`, and after it ends or fails, a new subscription each time.
-pub(crate) fn resubscribing(first: DeliveryStream, how: Resubscribe) -> DeliveryStream {
-    let state = State {
-        current: Some(first),
-        how,
-    };
-    futures::stream::unfold(state, |mut state| async move {
+struct Resubscribing {
+    current: Option<DeliveryStream>,
+    how: Arc<Resubscribe>,
+    /// Subscribing again, after `current` was lost.
+    subscribing: Option<BoxFuture<'static, Option<DeliveryStream>>>,
+    /// The consumer stopped or the subscriber was closed: nothing more.
+    ended: bool,
+}
+
+impl Stream for Resubscribing {
+    type Item = Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
         loop {
-            if let Some(stream) = state.current.as_mut() {
-                match stream.next().await {
-                    Some(Ok(delivery)) => return Some((Ok(delivery), state)),
+            if let Some(stream) = this.current.as_mut() {
+                let how = &this.how;
+                match ready!(stream.poll_next_unpin(cx)) {
+                    Some(Ok(delivery)) => return Poll::Ready(Some(Ok(delivery))),
                     Some(Err(error @ Error::Closed(_))) => {
-                        state.current = None;
-                        return Some((Err(error), state));
+                        this.current = None;
+                        return Poll::Ready(Some(Err(error)));
                     }
                     Some(Err(error)) => {
                         tracing::warn!(
-                            topic = state.how.subscription.topic(),
-                            group = state.how.subscription.group(),
+                            topic = how.subscription.topic(),
+                            group = how.subscription.group(),
                             %error,
                             "the subscription failed; subscribing again"
                         );
                     }
                     None => {
                         tracing::warn!(
-                            topic = state.how.subscription.topic(),
-                            group = state.how.subscription.group(),
+                            topic = how.subscription.topic(),
+                            group = how.subscription.group(),
                             "the subscription ended; subscribing again"
                         );
                     }
                 }
-                state.current = None;
+                this.current = None;
             }
-            if state.how.stop.is_cancelled() {
-                return None;
+            if this.ended {
+                return Poll::Ready(None);
             }
-            state.current = Some(subscribe_again(&state.how).await?);
+            let subscribing = match &mut this.subscribing {
+                Some(subscribing) => subscribing,
+                None => {
+                    if this.how.stop.is_cancelled() {
+                        this.ended = true;
+                        return Poll::Ready(None);
+                    }
+                    this.subscribing
+                        .insert(Box::pin(subscribe_again(this.how.clone())))
+                }
+            };
+            let next = ready!(subscribing.as_mut().poll(cx));
+            this.subscribing = None;
+            match next {
+                Some(stream) => this.current = Some(stream),
+                None => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+            }
         }
-    })
-    .boxed()
+    }
 }
 
 /// Subscribes until it works; `None` once the consumer is stopped or the
 /// subscriber closed.
-async fn subscribe_again(how: &Resubscribe) -> Option<DeliveryStream> {
+async fn subscribe_again(how: Arc<Resubscribe>) -> Option<DeliveryStream> {
     let mut delays = Backoff::new(RESUBSCRIBE_MIN_DELAY, RESUBSCRIBE_MAX_DELAY).delays();
     for attempt in 1_u64.. {
         let delay = delays.next().unwrap_or(RESUBSCRIBE_MAX_DELAY);
