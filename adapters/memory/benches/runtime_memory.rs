@@ -20,8 +20,6 @@
 //! stay within what the prefetch can hold; the bench exits with an error
 //! if it grows by more than 16 MiB.
 
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use courier_core::runtime::{Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
