@@ -74,7 +74,11 @@ async fn a_request_stored_in_jetstream_is_answered_over_core_nats() {
             .map(|v| v.as_str().to_owned())
     };
     assert_eq!(header(REQUEST_ID).as_deref(), Some("stored-1"));
-    assert_eq!(header(REPLY_STATUS).as_deref(), Some("ok"));
+    // A successful reply carries no status; courier's fields travel packed.
+    assert_eq!(header(REPLY_STATUS), None);
+    let fields = header("courier-fields").expect("courier's fields");
+    assert!(fields.contains("ct=application/json;"), "{fields}");
+    assert!(fields.contains("cause=stored-1;"), "{fields}");
     let order: Order = serde_json::from_slice(&reply.payload).expect("decode");
     assert_eq!(order, Order { id: 1007 });
     let stats = running.shutdown().await.expect("shutdown");
