@@ -109,3 +109,66 @@ async fn a_plain_nats_request_is_answered_and_unheard_ones_get_no_responders() {
     assert_eq!(order, Order { id: 1002 });
     running.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn an_expired_request_over_core_nats_is_not_processed() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let topic = courier_testkit::fixtures::unique_name("rr-expired");
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    let answer = runtime::responder(&broker, move |order: Envelope<Order>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            Ok(Order {
+                id: order.body.id + 1000,
+            })
+        }
+    });
+    let running = Consumer::builder(
+        std::sync::Arc::new(broker.clone()),
+        Subscription::new(&topic, "answers"),
+        answer,
+    )
+    .start()
+    .await
+    .expect("responder");
+
+    // A request in courier's packed form whose deadline (1 ms after the
+    // Unix epoch) has long passed, then a fresh one on the same connection.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let inbox = client.new_inbox();
+    let mut expired_replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("courier-fields", "id=expired-1;ct=application/json;dl=1;");
+    client
+        .publish_with_reply_and_headers(
+            request_subject(&topic),
+            inbox,
+            headers,
+            br#"{"id":1}"#.as_slice().into(),
+        )
+        .await
+        .expect("publish");
+    let reply = client
+        .request(request_subject(&topic), br#"{"id":2}"#.as_slice().into())
+        .await
+        .expect("the fresh request is answered");
+    let order: Order = serde_json::from_slice(&reply.payload).expect("decode");
+    assert_eq!(order, Order { id: 1002 });
+
+    let stats = running.shutdown().await.expect("shutdown");
+    assert_eq!(stats.handled, 2, "both requests settled");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the expired request was not processed"
+    );
+    client.flush().await.expect("flush");
+    assert!(
+        futures::FutureExt::now_or_never(expired_replies.next()).is_none(),
+        "nobody answered the expired request"
+    );
+}
