@@ -3,6 +3,8 @@
 //! address, and a plain core NATS request to a topic's request subject is
 //! answered by a courier responder.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use courier_core::request::headers::{REPLY_STATUS, REPLY_TO, REQUEST_ID};
@@ -17,19 +19,34 @@ struct Order {
 }
 
 async fn responder(broker: &NatsBroker, topic: &str) -> runtime::RunningConsumer {
-    let answer = runtime::responder(broker, |order: Envelope<Order>| async move {
-        Ok(Order {
-            id: order.body.id + 1000,
-        })
+    counted_responder(broker, topic).await.0
+}
+
+/// A responder that answers order `n` with order `n + 1000`, and the
+/// count of its handler's calls.
+async fn counted_responder(
+    broker: &NatsBroker,
+    topic: &str,
+) -> (runtime::RunningConsumer, Arc<AtomicU32>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let answer = runtime::responder(broker, move |order: Envelope<Order>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            Ok(Order {
+                id: order.body.id + 1000,
+            })
+        }
     });
-    Consumer::builder(
-        std::sync::Arc::new(broker.clone()),
+    let running = Consumer::builder(
+        Arc::new(broker.clone()),
         Subscription::new(topic, "answers"),
         answer,
     )
     .start()
     .await
-    .expect("responder")
+    .expect("responder");
+    (running, calls)
 }
 
 #[tokio::test]
@@ -117,24 +134,7 @@ async fn an_expired_request_over_core_nats_is_not_processed() {
         .expect("nats fixture");
     let broker = NatsBroker::connect(server.url()).await.expect("connect");
     let topic = courier_testkit::fixtures::unique_name("rr-expired");
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let counted = calls.clone();
-    let answer = runtime::responder(&broker, move |order: Envelope<Order>| {
-        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        async move {
-            Ok(Order {
-                id: order.body.id + 1000,
-            })
-        }
-    });
-    let running = Consumer::builder(
-        std::sync::Arc::new(broker.clone()),
-        Subscription::new(&topic, "answers"),
-        answer,
-    )
-    .start()
-    .await
-    .expect("responder");
+    let (running, calls) = counted_responder(&broker, &topic).await;
 
     // A request in courier's packed form whose deadline (1 ms after the
     // Unix epoch) has long passed, then a fresh one on the same connection.
@@ -162,7 +162,7 @@ async fn an_expired_request_over_core_nats_is_not_processed() {
     let stats = running.shutdown().await.expect("shutdown");
     assert_eq!(stats.handled, 2, "both requests settled");
     assert_eq!(
-        calls.load(std::sync::atomic::Ordering::SeqCst),
+        calls.load(Ordering::SeqCst),
         1,
         "the expired request was not processed"
     );
