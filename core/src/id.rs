@@ -69,6 +69,16 @@ impl MessageId {
             Repr::Text(_) => None,
         }
     }
+
+    /// The creation time, in milliseconds since the Unix epoch, of a UUID
+    /// v7 id (its first 48 bits, RFC 9562); `None` for any other id. Codecs
+    /// use it to leave out a timestamp the id already carries.
+    pub fn v7_millis(&self) -> Option<u64> {
+        let uuid = self.as_uuid().filter(|u| u.get_version_num() == 7)?;
+        let mut millis = [0u8; 8];
+        millis[2..].copy_from_slice(&uuid.as_bytes()[..6]);
+        Some(u64::from_be_bytes(millis))
+    }
 }
 
 impl Default for MessageId {

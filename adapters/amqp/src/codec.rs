@@ -304,11 +304,7 @@ fn content_id(body: &[u8], properties: &BasicProperties) -> MessageId {
 /// The creation time, in milliseconds since the Unix epoch, of a UUID v7
 /// id: its first 48 bits (RFC 9562).
 fn v7_millis(id: &MessageId) -> Option<u64> {
-    let uuid = id.as_uuid().filter(|u| u.get_version_num() == 7)?;
-    let bytes = uuid.as_bytes();
-    let mut millis = [0u8; 8];
-    millis[2..].copy_from_slice(&bytes[..6]);
-    Some(u64::from_be_bytes(millis))
+    id.v7_millis()
 }
 
 /// Whether `message` can be encoded: a payload within `limit` and header

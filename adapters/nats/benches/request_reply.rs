@@ -21,7 +21,8 @@
 //! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per concurrency (default 5); the sides
 //! alternate who goes first, and the medians of the rounds are compared
 //! (`request c=N p50`/`p99` in microseconds, `request c=N` in requests per
-//! second).
+//! second, `request c=N cpu/req` in CPU microseconds of the whole process,
+//! requester and responder, per round trip: what holds on a busy machine).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +58,9 @@ struct Round {
     /// Microseconds.
     p99: f64,
     per_second: f64,
+    /// CPU microseconds of this whole process (requester and responder)
+    /// per round trip.
+    cpu: f64,
 }
 
 fn main() {
@@ -106,6 +110,7 @@ fn main() {
                 for (name, figure) in [
                     ("p50", (|r: &Round| r.p50) as fn(&Round) -> f64),
                     ("p99", |r: &Round| r.p99),
+                    ("cpu/req", |r: &Round| r.cpu),
                 ] {
                     let mut rounds_of = Rounds::default();
                     for (side, round) in &recorded {
@@ -170,6 +175,7 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let started = Instant::now();
+    let cpu = courier_testkit::bench::cpu_used();
     let tasks: Vec<_> = (0..concurrency)
         .map(|task| {
             let call = call.clone();
@@ -189,12 +195,14 @@ where
         latencies.extend(task.await.expect("task"));
     }
     let elapsed = started.elapsed();
+    let cpu = courier_testkit::bench::cpu_used() - cpu;
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Round {
         p50: at(0.50).as_secs_f64() * 1e6,
         p99: at(0.99).as_secs_f64() * 1e6,
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        cpu: cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
     }
 }
 

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::decode;
+use crate::compact::decode;
 use crate::error::op_error;
 
 /// A connection's reply inbox: one core NATS subscription to

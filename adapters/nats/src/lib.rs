@@ -205,8 +205,37 @@
 //! Plain clients can answer or send courier requests: a NATS request to
 //! `_courier.request.<topic>` is answered to its reply subject.
 //! At-least-once publish/subscribe never uses core NATS.
+//!
+//! ## Request and reply headers
+//!
+//! Over core NATS, courier's own fields of a request or a reply travel
+//! packed into one header, `courier-fields` (every NATS header costs the
+//! client a map entry and allocations on both sides; one header per field
+//! was most of courier's cost per round trip). Its value is `name=value;`
+//! fields, each only when it says something: `id` (the message id), `ts`
+//! (the timestamp in milliseconds since the Unix epoch, left out when it is
+//! the id's own: a UUID v7 of that millisecond, as every `Message::new`),
+//! `ct` (content type), `key`, `dl` (a request's deadline,
+//! `courier-deadline-ms`), `corr` and `cause` (correlation and causation
+//! ids). In values `%`, `;`, CR and LF are escaped as `%25`, `%3B`, `%0D`,
+//! `%0A`; a reader ignores fields it does not know. A request from courier,
+//! for example, carries only
+//! `courier-fields: id=0190b6b4-…;ct=application/json;dl=1700000005000;`,
+//! with the request id and the reply address in its reply subject.
+//!
+//! Everything else travels as its own header, as on JetStream: user
+//! headers, `traceparent`, and the request/reply headers of a reply that
+//! has them (`courier-request-id` when the request carried one, as a
+//! request stored in JetStream does; `courier-reply-status: error`,
+//! `courier-error-kind` and `courier-error-reason` on an error reply). **A
+//! successful reply carries no status header**: a reply without
+//! `courier-reply-status` is a success. A message with `courier-fields` is
+//! courier's (its reserved headers are trusted); one without is read as any
+//! NATS message (see Mapping), so a plain client's request, or a reply from
+//! an earlier courier version (one header per field), still decodes.
 
 mod codec;
+mod compact;
 mod config;
 mod connection;
 mod delivery;
@@ -378,7 +407,7 @@ impl courier_core::request::Requester for NatsBroker {
                         format!("{inbox}.{id}"),
                         // The reply subject carries the reply address and
                         // the request id; they do not travel twice.
-                        crate::publisher::headers_except(
+                        crate::compact::encode(
                             &request,
                             &[
                                 courier_core::request::headers::REQUEST_ID,

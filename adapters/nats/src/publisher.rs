@@ -48,20 +48,11 @@ pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) 
 
 /// The NATS headers a message travels with.
 pub(crate) fn headers(message: &Message) -> HeaderMap {
-    headers_except(message, &[])
-}
-
-/// The NATS headers a message travels with, leaving out the headers named
-/// in `carried_elsewhere` (which the NATS message itself carries, such as
-/// a request's reply address in its reply subject).
-pub(crate) fn headers_except(message: &Message, carried_elsewhere: &[&str]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     // `Nats-Msg-Id` carries the courier id (the subscriber reads it back as
     // such), so the id travels once.
     wire::encode(message, Native::default(), |name, value| {
-        if !carried_elsewhere.contains(&name) {
-            headers.insert(header_name(name), quote(value).as_ref());
-        }
+        headers.insert(header_name(name), quote(value).as_ref());
     });
     headers
 }

@@ -13,7 +13,7 @@ use courier_core::{Delivery, DeliveryStream, Message, Nack, Result, Subscription
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::codec::decode;
+use crate::compact::decode;
 use crate::config::consumer_name;
 use crate::connection::Inner;
 use crate::error::op_error;
@@ -126,7 +126,7 @@ pub(crate) async fn send_reply(
         .client
         .publish_with_headers(
             subject.to_owned(),
-            crate::publisher::headers(reply),
+            crate::compact::encode(reply, &[]),
             reply.payload().clone(),
         )
         .await

@@ -3,6 +3,8 @@
 //! address, and a plain core NATS request to a topic's request subject is
 //! answered by a courier responder.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use courier_core::request::headers::{REPLY_STATUS, REPLY_TO, REQUEST_ID};
@@ -17,19 +19,34 @@ struct Order {
 }
 
 async fn responder(broker: &NatsBroker, topic: &str) -> runtime::RunningConsumer {
-    let answer = runtime::responder(broker, |order: Envelope<Order>| async move {
-        Ok(Order {
-            id: order.body.id + 1000,
-        })
+    counted_responder(broker, topic).await.0
+}
+
+/// A responder that answers order `n` with order `n + 1000`, and the
+/// count of its handler's calls.
+async fn counted_responder(
+    broker: &NatsBroker,
+    topic: &str,
+) -> (runtime::RunningConsumer, Arc<AtomicU32>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let answer = runtime::responder(broker, move |order: Envelope<Order>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            Ok(Order {
+                id: order.body.id + 1000,
+            })
+        }
     });
-    Consumer::builder(
-        std::sync::Arc::new(broker.clone()),
+    let running = Consumer::builder(
+        Arc::new(broker.clone()),
         Subscription::new(topic, "answers"),
         answer,
     )
     .start()
     .await
-    .expect("responder")
+    .expect("responder");
+    (running, calls)
 }
 
 #[tokio::test]
@@ -74,7 +91,11 @@ async fn a_request_stored_in_jetstream_is_answered_over_core_nats() {
             .map(|v| v.as_str().to_owned())
     };
     assert_eq!(header(REQUEST_ID).as_deref(), Some("stored-1"));
-    assert_eq!(header(REPLY_STATUS).as_deref(), Some("ok"));
+    // A successful reply carries no status; courier's fields travel packed.
+    assert_eq!(header(REPLY_STATUS), None);
+    let fields = header("courier-fields").expect("courier's fields");
+    assert!(fields.contains("ct=application/json;"), "{fields}");
+    assert!(fields.contains("cause=stored-1;"), "{fields}");
     let order: Order = serde_json::from_slice(&reply.payload).expect("decode");
     assert_eq!(order, Order { id: 1007 });
     let stats = running.shutdown().await.expect("shutdown");
@@ -104,4 +125,50 @@ async fn a_plain_nats_request_is_answered_and_unheard_ones_get_no_responders() {
     let order: Order = serde_json::from_slice(&reply.payload).expect("decode");
     assert_eq!(order, Order { id: 1002 });
     running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn an_expired_request_over_core_nats_is_not_processed() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let topic = courier_testkit::fixtures::unique_name("rr-expired");
+    let (running, calls) = counted_responder(&broker, &topic).await;
+
+    // A request in courier's packed form whose deadline (1 ms after the
+    // Unix epoch) has long passed, then a fresh one on the same connection.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let inbox = client.new_inbox();
+    let mut expired_replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("courier-fields", "id=expired-1;ct=application/json;dl=1;");
+    client
+        .publish_with_reply_and_headers(
+            request_subject(&topic),
+            inbox,
+            headers,
+            br#"{"id":1}"#.as_slice().into(),
+        )
+        .await
+        .expect("publish");
+    let reply = client
+        .request(request_subject(&topic), br#"{"id":2}"#.as_slice().into())
+        .await
+        .expect("the fresh request is answered");
+    let order: Order = serde_json::from_slice(&reply.payload).expect("decode");
+    assert_eq!(order, Order { id: 1002 });
+
+    let stats = running.shutdown().await.expect("shutdown");
+    assert_eq!(stats.handled, 2, "both requests settled");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the expired request was not processed"
+    );
+    client.flush().await.expect("flush");
+    assert!(
+        futures::FutureExt::now_or_never(expired_replies.next()).is_none(),
+        "nobody answered the expired request"
+    );
 }

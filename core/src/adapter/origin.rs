@@ -11,7 +11,9 @@
 //! ([`Origin::Foreign`]). On RabbitMQ the id and timestamp travel in
 //! generic AMQP properties that other producers set as well, so courier
 //! marks its messages with the `app_id` property `courier`, and that mark
-//! decides. The test is what courier always writes, not a signature: a
+//! decides; on core NATS (requests and replies) courier packs its fields
+//! into one `courier-fields` header, whose presence decides. The test is
+//! what courier always writes, not a signature: a
 //! foreign producer that writes the same fields is taken for courier.
 //!
 //! # What is trusted

@@ -61,19 +61,7 @@ impl Counting {
 /// Measure with the same threads alive at both ends (a tokio runtime's
 /// workers), since a thread that exits takes its time with it.
 pub(crate) fn cpu_used() -> Duration {
-    let mut nanos = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let Ok(task) = task else { continue };
-        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        nanos += stat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Duration::from_nanos(nanos)
+    courier_testkit::bench::cpu_used()
 }
 
 /// The broker settings of every memory bench: no history kept, and no

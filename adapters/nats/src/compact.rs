@@ -1,0 +1,362 @@
+//! How requests and replies travel over core NATS: courier's own fields
+//! packed into one header, [`FIELDS`], instead of one header each.
+//!
+//! Every NATS header costs the client a map entry and a few allocations to
+//! write and as many to parse; a request carried four and its reply five,
+//! which was most of courier's cost per round trip. Packed, a request
+//! carries one header and a reply one (plus any user header, and the
+//! plain `courier-` headers listed below).
+//!
+//! The value is `name=value;` fields in this order, each present only when
+//! it says something:
+//!
+//! | field | what | left out when |
+//! |---|---|---|
+//! | `id` | the message id | never |
+//! | `ts` | the timestamp, milliseconds since the Unix epoch | it is the id's own (a UUID v7 of that millisecond, as every `Message::new`) |
+//! | `ct` | the content type | there is none |
+//! | `key` | the ordering key | there is none |
+//! | `dl` | a request's deadline ([`DEADLINE`]), milliseconds since the Unix epoch | not a request |
+//! | `corr` | the correlation id ([`CORRELATION_ID`]) | there is none |
+//! | `cause` | the causation id ([`CAUSATION_ID`]) | there is none |
+//!
+//! In values `%`, `;`, CR and LF are escaped as `%25`, `%3B`, `%0D`, `%0A`;
+//! every field ends with `;`, so the value never ends in white space NATS
+//! would trim. A reader ignores fields it does not know.
+//!
+//! Everything else travels as its own header, as on JetStream
+//! ([`crate::codec`]): user headers, `traceparent`, and the reserved
+//! request/reply headers a reply may carry (`courier-request-id` of a
+//! request that travelled through JetStream, `courier-reply-status: error`
+//! with `courier-error-kind` and `courier-error-reason` on an error reply).
+//! A successful reply carries no status: a reply without
+//! [`REPLY_STATUS`] is a success. The request id and the reply address
+//! travel in the request's reply subject, not in headers.
+//!
+//! A message with [`FIELDS`] is courier's (its reserved headers are
+//! trusted, [`courier_core::adapter::origin`]); one without is read as any
+//! NATS message ([`crate::codec::decode`]): a plain client's request, or a
+//! reply written by an earlier courier, which still decodes.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use courier_core::adapter::{self, origin};
+use courier_core::message::{CAUSATION_ID, CORRELATION_ID, JSON};
+use courier_core::request::headers::{DEADLINE, REPLY_STATUS};
+use courier_core::{HeaderError, Message, MessageId};
+
+use crate::codec::{header_name, quote, unquote};
+
+/// The header that carries courier's fields of a request or a reply.
+pub(crate) const FIELDS: &str = "courier-fields";
+
+const ID: &str = "id";
+const TIMESTAMP: &str = "ts";
+const CONTENT_TYPE: &str = "ct";
+const KEY: &str = "key";
+
+/// Reserved headers that travel as fields, with their field names.
+const PACKED: [(&str, &str); 3] = [
+    (DEADLINE, "dl"),
+    (CORRELATION_ID, "corr"),
+    (CAUSATION_ID, "cause"),
+];
+
+/// The [`REPLY_STATUS`] of a successful reply, which is left out.
+const STATUS_OK: &str = "ok";
+
+/// The NATS headers a request or a reply travels with over core NATS,
+/// leaving out the headers named in `carried_elsewhere` (which the NATS
+/// message itself carries, such as a request's reply address in its reply
+/// subject).
+pub(crate) fn encode(message: &Message, carried_elsewhere: &[&str]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut fields = String::with_capacity(96);
+    let id = message.id();
+    match id.as_uuid() {
+        // A UUID needs no escaping: written in place, no copy.
+        Some(uuid) => {
+            let _ = write!(fields, "{ID}={};", uuid.hyphenated());
+        }
+        None => push(&mut fields, ID, &id.to_string()),
+    }
+    let millis = message.timestamp_millis();
+    if id.v7_millis() != Some(millis) {
+        let _ = write!(fields, "{TIMESTAMP}={millis};");
+    }
+    if let Some(content_type) = message.content_type() {
+        push(&mut fields, CONTENT_TYPE, content_type);
+    }
+    if let Some(key) = message.key() {
+        push(&mut fields, KEY, key);
+    }
+    for (name, value) in message.headers().iter() {
+        if let Some((_, field)) = PACKED.iter().find(|(header, _)| *header == name) {
+            push(&mut fields, field, value);
+        } else if (name == REPLY_STATUS && value == STATUS_OK) || carried_elsewhere.contains(&name)
+        {
+            continue;
+        } else {
+            headers.insert(header_name(name), quote(value).as_ref());
+        }
+    }
+    headers.insert(HeaderName::from_static(FIELDS), HeaderValue::from(fields));
+    headers
+}
+
+/// The courier message a request or a reply received over core NATS
+/// carries: packed ([`FIELDS`]), or, without that header, as any NATS
+/// message ([`crate::codec::decode`]).
+///
+/// # Errors
+///
+/// [`HeaderError`] when courier's own fields or reserved headers cannot be
+/// read.
+pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Message, HeaderError> {
+    let fields = headers.and_then(|headers| {
+        headers
+            .iter()
+            .find(|(name, _)| <HeaderName as AsRef<str>>::as_ref(name) == FIELDS)
+            .and_then(|(_, values)| values.first())
+    });
+    let (Some(headers), Some(fields)) = (headers, fields) else {
+        return crate::codec::decode(headers, payload);
+    };
+    let mut message = Message::new(payload);
+    let mut id = None;
+    let mut timestamp = None;
+    for field in fields.as_str().split(';').filter(|f| !f.is_empty()) {
+        let (name, value) = field.split_once('=').unwrap_or((field, ""));
+        let value = unescape(value);
+        match name {
+            ID => id = Some(MessageId::parse(&value)?),
+            TIMESTAMP => timestamp = value.parse::<u64>().ok(),
+            CONTENT_TYPE if value == JSON => message = message.with_content_type(JSON),
+            CONTENT_TYPE => message = message.with_content_type(value.into_owned()),
+            KEY => message = message.with_key(value.into_owned()),
+            _ => {
+                if let Some((header, _)) = PACKED.iter().find(|(_, field)| *field == name) {
+                    adapter::restore_header(
+                        adapter::headers_mut(&mut message),
+                        *header,
+                        value.into_owned(),
+                    )?;
+                }
+            }
+        }
+    }
+    for (name, values) in headers.iter() {
+        let name = <HeaderName as AsRef<str>>::as_ref(name);
+        if name == FIELDS || name.starts_with("Nats-") {
+            continue;
+        }
+        let Some(value) = values.first() else {
+            continue;
+        };
+        let restored = adapter::restore_header(
+            adapter::headers_mut(&mut message),
+            name,
+            unquote(value.as_str()),
+        );
+        match restored {
+            Ok(()) => {}
+            // A courier message whose own header breaks courier's rules is
+            // corrupt; any other header courier cannot carry is left out,
+            // as for every message ([`origin`]).
+            Err(e) if origin::is_reserved(name) => return Err(e),
+            Err(e) => origin::left_out(name, &e.to_string()),
+        }
+    }
+    let id = id.unwrap_or_default();
+    if let Some(millis) = timestamp.or_else(|| id.v7_millis()) {
+        message = message.with_timestamp(UNIX_EPOCH + Duration::from_millis(millis));
+    }
+    Ok(message.with_id(id))
+}
+
+/// Appends the field `name=value;`, escaping the value.
+fn push(fields: &mut String, name: &str, value: &str) {
+    fields.push_str(name);
+    fields.push('=');
+    if value.contains(['%', ';', '\r', '\n']) {
+        for c in value.chars() {
+            match c {
+                '%' => fields.push_str("%25"),
+                ';' => fields.push_str("%3B"),
+                '\r' => fields.push_str("%0D"),
+                '\n' => fields.push_str("%0A"),
+                c => fields.push(c),
+            }
+        }
+    } else {
+        fields.push_str(value);
+    }
+    fields.push(';');
+}
+
+/// The value [`push`] escaped. A `%` not followed by one of its escapes is
+/// kept as it is.
+fn unescape(value: &str) -> Cow<'_, str> {
+    if !value.contains('%') {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let escape = rest.get(at..at + 3);
+        let decoded = match escape {
+            Some("%25") => Some('%'),
+            Some("%3B") => Some(';'),
+            Some("%0D") => Some('\r'),
+            Some("%0A") => Some('\n'),
+            _ => None,
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[at + 3..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use courier_core::request::headers::{ERROR_KIND, ERROR_REASON, REQUEST_ID};
+
+    fn round_trip(message: &Message, carried_elsewhere: &[&str]) -> (HeaderMap, Message) {
+        let headers = encode(message, carried_elsewhere);
+        let decoded = decode(Some(&headers), message.payload().clone()).expect("decodes");
+        (headers, decoded)
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<String> {
+        let mut names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_request_travels_in_one_header_and_comes_back_whole() {
+        let message = Message::from_json(&7)
+            .unwrap()
+            .with_correlation_id("flow; 100% \"odd\" ")
+            .unwrap();
+        let (_, mut request) =
+            courier_core::request::headers::prepare(message, "inbox.1", Duration::from_secs(5));
+        let (headers, decoded) = round_trip(&request, &[REQUEST_ID]);
+        assert_eq!(names(&headers), [FIELDS, "courier-reply-to"]);
+        let fields = headers.get(FIELDS).unwrap().as_str();
+        assert!(!fields.contains("ts="), "{fields}");
+        adapter::headers_mut(&mut request).remove(REQUEST_ID);
+        assert_eq!(decoded, request);
+    }
+
+    #[test]
+    fn every_field_round_trips() {
+        let message = Message::new("p")
+            .with_id(MessageId::parse("not;a%uuid\u{e9}").unwrap())
+            .with_timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_234_567))
+            .with_key("k;ey ")
+            .with_content_type(" text/plain ")
+            .with_causation_id("")
+            .unwrap()
+            .with_header("tenant", " acme ")
+            .unwrap()
+            .with_header("empty", "")
+            .unwrap();
+        let (headers, decoded) = round_trip(&message, &[]);
+        assert_eq!(names(&headers), ["courier-fields", "empty", "tenant"]);
+        assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn a_successful_reply_carries_no_status_and_an_error_reply_its_failure() {
+        let (_, request) = courier_core::request::headers::prepare(
+            Message::new("q"),
+            "inbox",
+            Duration::from_secs(1),
+        );
+        let reply = courier_core::request::headers::success(&request, Message::new("a"));
+        let (headers, decoded) = round_trip(&reply, &[]);
+        assert_eq!(names(&headers), [FIELDS, REQUEST_ID]);
+        assert_eq!(decoded.header(REPLY_STATUS), None);
+        assert_eq!(decoded.causation_id(), reply.causation_id());
+        assert!(courier_core::request::headers::outcome(decoded).is_ok());
+
+        let failure = courier_core::request::headers::failure(
+            &request,
+            courier_core::request::RemoteErrorKind::Permanent,
+            "out; of 100% stock",
+        );
+        let (headers, decoded) = round_trip(&failure, &[]);
+        assert_eq!(
+            names(&headers),
+            [ERROR_KIND, ERROR_REASON, FIELDS, REPLY_STATUS, REQUEST_ID]
+        );
+        match courier_core::request::headers::outcome(decoded) {
+            Err(courier_core::request::RequestError::Remote { kind, message }) => {
+                assert_eq!(kind, courier_core::request::RemoteErrorKind::Permanent);
+                assert_eq!(message, "out; of 100% stock");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_message_without_the_fields_header_is_read_as_any_nats_message() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "0190b6b4-0000-7000-8000-000000000000");
+        headers.insert("courier-timestamp-ms", "1700000000000");
+        headers.insert("courier-correlation-id", "flow");
+        headers.insert("courier-reply-status", "ok");
+        let decoded = decode(Some(&headers), Bytes::new()).unwrap();
+        assert_eq!(decoded.correlation_id(), Some("flow"));
+        assert_eq!(decoded.timestamp_millis(), 1_700_000_000_000);
+        assert!(courier_core::request::headers::outcome(decoded).is_ok());
+        let plain = decode(None, Bytes::from_static(b"x")).unwrap();
+        assert_eq!(plain.payload().as_ref(), b"x");
+    }
+
+    #[test]
+    fn a_broken_reserved_header_makes_the_message_undecodable() {
+        let mut headers = encode(&Message::new("x"), &[]);
+        headers.insert("oversized", "x".repeat(70_000));
+        let decoded = decode(Some(&headers), Bytes::new()).expect("a user header is left out");
+        assert_eq!(decoded.headers().len(), 0);
+        headers.insert("courier-oversized", "x".repeat(70_000));
+        assert!(matches!(
+            decode(Some(&headers), Bytes::new()),
+            Err(HeaderError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn escapes_round_trip_and_stray_percent_signs_are_kept() {
+        for value in ["", "%", "%2", "%25", "a;b", "\r\n", "100%;%3B", "ü;%"] {
+            let mut fields = String::new();
+            push(&mut fields, "x", value);
+            let inner = fields
+                .strip_prefix("x=")
+                .and_then(|f| f.strip_suffix(';'))
+                .unwrap();
+            assert!(!inner.contains([';', '\r', '\n']), "{inner:?}");
+            assert_eq!(unescape(inner), value, "{value:?}");
+        }
+        assert_eq!(unescape("50%"), "50%");
+    }
+}
