@@ -20,7 +20,6 @@
 //! stay within what the prefetch can hold; the bench exits with an error
 //! if it grows by more than 16 MiB.
 
-
 use courier_core::runtime::{Consumer, RetryPolicy};
 use courier_core::{Broker, Message, Subscription};
 use courier_memory::MemoryBroker;
