@@ -19,7 +19,12 @@ fn main() {
         let server = courier_testkit::fixtures::kafka()
             .await
             .expect("the Kafka-protocol broker fixture");
-        courier_kafka::KafkaBroker::connect(&format!("{}?connect_timeout=30s", server.url()))
+        // The session timeout of rdkafka's default: under load the test
+        // broker answers heartbeats more than courier's default 10 s late,
+        // and a member whose session times out on it may be left without
+        // partitions.
+        let url = format!("{}?connect_timeout=30s&session_timeout=45s", server.url());
+        courier_kafka::KafkaBroker::connect(&url)
             .await
             .expect("connect")
             .into_broker()

@@ -56,6 +56,11 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const ADAPTER: &str = "kafka";
+/// courier's consumers get the raw consumers' session timeout (rdkafka's
+/// default, 45 s): under load the test broker answers heartbeats more than
+/// courier's default 10 s late, and a member whose session times out on it
+/// may be left without partitions.
+const SESSION: &str = "session_timeout=45s";
 /// Records handed to the producer before their reports are awaited.
 const WINDOW: usize = 1000;
 /// A consume run that receives nothing for this long is reported stalled.
@@ -73,7 +78,7 @@ fn main() {
             let cluster = MockCluster::new(1).expect("mock cluster");
             let bootstrap = cluster.bootstrap_servers();
             let target = Target {
-                url: format!("kafka://{bootstrap}"),
+                url: format!("kafka://{bootstrap}?{SESSION}"),
                 bootstrap,
                 mock: Some(cluster),
                 partitions: MOCK_PARTITIONS,
@@ -84,7 +89,7 @@ fn main() {
                 .await
                 .expect("kafka fixture");
             let target = Target {
-                url: server.url().to_owned(),
+                url: format!("{}?{SESSION}", server.url()),
                 bootstrap: server.bootstrap_servers().to_owned(),
                 mock: None,
                 partitions: 1,

@@ -22,6 +22,7 @@ pub const URL_OPTIONS: &[&str] = &[
     "replication_factor",
     "create_topics",
     "delete_reply_topic",
+    "session_timeout",
 ];
 
 /// Settings of a [`KafkaBroker`](crate::KafkaBroker).
@@ -84,7 +85,11 @@ pub struct KafkaConfig {
     pub revoke_timeout: Duration,
     /// How long the broker waits for a silent consumer before it gives its
     /// partitions to the rest of the group (`session.timeout.ms`, default
-    /// 10 s).
+    /// 10 s; URL option `session_timeout`). Heartbeats go every third of it
+    /// (at most every 3 s). A broker that answers heartbeats later than this
+    /// under load takes the member's partitions away and the group
+    /// rebalances; raise it for such a broker, at the price of a crashed
+    /// member's partitions waiting that long for another member.
     pub session_timeout: Duration,
     /// Extra rdkafka properties for every client, applied last
     /// (`("security.protocol", "ssl")`, ...).
@@ -221,6 +226,7 @@ impl KafkaConfig {
             }
             "create_topics" => self.create_topics = option.flag()?,
             "delete_reply_topic" => self.delete_reply_topic = option.flag()?,
+            "session_timeout" => self.session_timeout = session_timeout(option)?,
             _ => return Err(option.unknown(URL_OPTIONS)),
         }
         Ok(())
@@ -299,6 +305,17 @@ impl KafkaConfig {
     }
 }
 
+/// A `session_timeout` URL option, within what rdkafka accepts
+/// (`session.timeout.ms`: 1 ms to 1 h).
+fn session_timeout(option: &UrlOption<'_>) -> Result<Duration> {
+    let timeout = option.duration()?;
+    if (Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err(option.invalid("a duration from 1ms to 1h"))
+    }
+}
+
 impl FromStr for KafkaConfig {
     type Err = courier_core::Error;
 
@@ -331,11 +348,12 @@ mod tests {
         assert!(!config.create_topics);
         assert_eq!(config.client_id, "svc");
         let config: KafkaConfig = "kafka://[::1]:9092?connect_timeout=2m&client_name=svc%20a%2Bb\
-                                   &publish_timeout=1500ms&create_topics=0#frag"
+                                   &publish_timeout=1500ms&create_topics=0&session_timeout=45s#frag"
             .parse()
             .unwrap();
         let expected = KafkaConfig::new("[::1]:9092")
             .connect_timeout(Duration::from_secs(120))
+            .session_timeout(Duration::from_secs(45))
             .publish_timeout(Duration::from_millis(1500))
             .create_topics(false);
         assert_eq!(
@@ -372,6 +390,8 @@ mod tests {
             "kafka://a:1?replication_factor=40000",
             "kafka://a:1?create_topics=maybe",
             "kafka://a:1?connect_timeout=0",
+            "kafka://a:1?session_timeout=0",
+            "kafka://a:1?session_timeout=2h",
             "kafka://a:1?client_id=",
             "kafka://a:1/topic",
             "amqp://a:1",

@@ -232,6 +232,7 @@
 //! | `replication_factor` | [`KafkaConfig::replication_factor`] of the topics courier creates | 1 |
 //! | `create_topics` | [`KafkaConfig::create_topics`]: `true` or `false` | `true` |
 //! | `delete_reply_topic` | [`KafkaConfig::delete_reply_topic`]: `true` or `false` | `false` |
+//! | `session_timeout` | [`KafkaConfig::session_timeout`]: how long the group waits for a silent member's heartbeat (1 ms to 1 h) | 10 s |
 //! | `unroutable` | `error` or `drop`: checked, no effect (see [Unroutable publishes](#unroutable-publishes)) | `error` |
 //!
 //! Any other option is an [`Error::InvalidUrl`] naming it; so are
