@@ -103,7 +103,7 @@ pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result
         }
     }
     let millis = message.timestamp_millis();
-    if v7_millis(message.id()) != Some(millis) {
+    if message.id().v7_millis() != Some(millis) {
         put(TIMESTAMP, &millis.to_string())?;
     }
     properties = properties.with_timestamp(millis / 1000);
@@ -236,7 +236,9 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
         let seconds = (*properties.timestamp())?;
         // The id of the same second has the milliseconds.
         Some(
-            v7_millis(message.id())
+            message
+                .id()
+                .v7_millis()
                 .filter(|ms| ms / 1000 == seconds)
                 .unwrap_or(seconds.saturating_mul(1000)),
         )
@@ -299,12 +301,6 @@ fn content_id(body: &[u8], properties: &BasicProperties) -> MessageId {
     let digest = content.finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     MessageId::parse(&format!("amqp-{hex}")).expect("a valid id")
-}
-
-/// The creation time, in milliseconds since the Unix epoch, of a UUID v7
-/// id: its first 48 bits (RFC 9562).
-fn v7_millis(id: &MessageId) -> Option<u64> {
-    id.v7_millis()
 }
 
 /// Whether `message` can be encoded: a payload within `limit` and header

@@ -32,7 +32,8 @@
 //! say little about the clients' own cost. `-- --mock` runs both sides
 //! against librdkafka's in-process mock cluster instead, where the clients'
 //! cost shows. The mock cluster cannot create topics through the admin
-//! API, so every topic is created up front, with 8 partitions.
+//! API, so every topic is created up front, with 32 partitions: a mock
+//! partition keeps only its last 5 MB, and the 16 KiB runs must fit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,7 +79,7 @@ fn main() {
             let cluster = MockCluster::new(1).expect("mock cluster");
             let bootstrap = cluster.bootstrap_servers();
             let target = Target {
-                url: format!("kafka://{bootstrap}?{SESSION}"),
+                url: format!("kafka://{bootstrap}?{SESSION}&create_topics=false"),
                 bootstrap,
                 mock: Some(cluster),
                 partitions: MOCK_PARTITIONS,
@@ -175,15 +176,17 @@ struct Target {
 }
 
 /// Partitions of every topic on the mock cluster.
-const MOCK_PARTITIONS: i32 = 8;
+const MOCK_PARTITIONS: i32 = 32;
 
 impl Target {
-    /// A new topic name. On the mock cluster the topic (and the companion
-    /// topic courier's consumer writes settled offsets to) is created now.
+    /// A new topic name. On the mock cluster the topic and its companions
+    /// (the topic courier's consumer writes settled offsets to, and the
+    /// dead-letter topic the runtime checks at start) are created now.
     fn topic(&self, kind: &str) -> String {
         let name = courier_testkit::fixtures::unique_name(&format!("bench-{kind}"));
         if let Some(mock) = &self.mock {
-            for topic in [name.clone(), format!("{name}.courier-settled")] {
+            let companions = [format!("{name}.courier-settled"), format!("{name}.dlq")];
+            for topic in std::iter::once(name.clone()).chain(companions) {
                 mock.create_topic(&topic, self.partitions, 1)
                     .expect("create mock topic");
             }
