@@ -31,7 +31,10 @@
 //! under load at times, and its cost dominates both sides, so these ratios
 //! say little about the clients' own cost. `-- --mock` runs both sides
 //! against librdkafka's in-process mock cluster instead, where the clients'
-//! cost shows. The mock cluster cannot create topics through the admin
+//! cost shows. On the mock, consumers fetch with a 5 ms wait (it does not
+//! answer a waiting fetch when records arrive) and consume runs are timed
+//! from their first record (a group's first assignment waits a fixed 3 s
+//! there). The mock cluster cannot create topics through the admin
 //! API, so every topic is created up front, with 32 partitions: a mock
 //! partition keeps only its last 5 MB, and the 16 KiB runs must fit.
 
@@ -40,12 +43,13 @@ use std::time::{Duration, Instant};
 
 use courier_core::prelude::*;
 use courier_core::{Message, StartPosition, Subscription};
-use courier_kafka::KafkaBroker;
+use courier_kafka::{KafkaBroker, KafkaConfig};
 use courier_testkit::bench::{
     Latencies, OpenLoop, Report, Row, Side, Unit, env_or, interleaved, rate,
 };
 use courier_testkit::bench_runs::{
     Percentiles, WARM_UP_INDEX, courier_open_loop, indexed_payload, payload_index, runtime_rate,
+    runtime_rate_from_first,
 };
 use futures::StreamExt;
 use rdkafka::ClientConfig;
@@ -178,7 +182,29 @@ struct Target {
 /// Partitions of every topic on the mock cluster.
 const MOCK_PARTITIONS: i32 = 32;
 
+/// How long a consumer's fetch waits for records on the mock cluster,
+/// which does not answer a waiting fetch when records arrive: left at
+/// rdkafka's 500 ms, every latency is about half of that on both sides.
+const MOCK_FETCH_WAIT: &str = "5";
+
 impl Target {
+    /// A courier broker for this target, with the mock's fetch wait.
+    async fn connect(&self) -> KafkaBroker {
+        let mut config = KafkaConfig::from_url(&self.url).expect("url");
+        if self.mock.is_some() {
+            config = config.rdkafka("fetch.wait.max.ms", MOCK_FETCH_WAIT);
+        }
+        KafkaBroker::connect_with(config).await.expect("connect")
+    }
+
+    /// Whether a consume run is timed from its first record rather than
+    /// from subscribing: on the mock cluster a group's first join waits a
+    /// fixed 3 s (its initial rebalance delay), which would make every
+    /// consume rate there that delay and nothing else.
+    fn time_from_first(&self) -> bool {
+        self.mock.is_some()
+    }
+
     /// A new topic name. On the mock cluster the topic and its companions
     /// (the topic courier's consumer writes settled offsets to, and the
     /// dead-letter topic the runtime checks at start) are created now.
@@ -280,7 +306,7 @@ async fn raw_publish(target: &Target, size: usize, count: usize) -> f64 {
 }
 
 async fn courier_publish(target: &Target, size: usize, count: usize) -> f64 {
-    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let broker = target.connect().await;
     let name = target.topic("courier-pub");
     broker
         .publish(&name, Message::new("warm-up"))
@@ -303,7 +329,7 @@ async fn courier_publish(target: &Target, size: usize, count: usize) -> f64 {
 /// A fresh topic holding `count` courier messages (what both consumers
 /// read, so both decode the same records).
 async fn filled(target: &Target, size: usize, count: usize) -> String {
-    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let broker = target.connect().await;
     let name = target.topic("consume");
     let payload = bytes::Bytes::from(indexed_payload(size, 0));
     let mut sent = 0;
@@ -318,7 +344,11 @@ async fn filled(target: &Target, size: usize, count: usize) -> String {
 }
 
 fn raw_consumer(target: &Target, offset_reset: &str) -> StreamConsumer {
-    ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if target.mock.is_some() {
+        config.set("fetch.wait.max.ms", MOCK_FETCH_WAIT);
+    }
+    config
         .set("bootstrap.servers", &target.bootstrap)
         .set(
             "group.id",
@@ -335,7 +365,7 @@ fn raw_consumer(target: &Target, offset_reset: &str) -> StreamConsumer {
 
 async fn raw_consume(target: &Target, topic: &str, count: usize) -> f64 {
     let consumer = raw_consumer(target, "earliest");
-    let started = Instant::now();
+    let mut clock = ConsumeClock::start(target);
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut stream = consumer.stream();
     for received in 0..count {
@@ -347,13 +377,43 @@ async fn raw_consume(target: &Target, topic: &str, count: usize) -> f64 {
         consumer
             .store_offset_from_message(&record)
             .expect("store offset");
+        clock.received(received);
     }
-    let elapsed = started.elapsed();
+    let figure = clock.rate(count);
     drop(stream);
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("commit");
-    rate(count, elapsed)
+    figure
+}
+
+/// Times a consume run from subscribing, or from its first record where
+/// [`Target::time_from_first`] says so.
+struct ConsumeClock {
+    started: Instant,
+    from_first: bool,
+}
+
+impl ConsumeClock {
+    fn start(target: &Target) -> Self {
+        Self {
+            started: Instant::now(),
+            from_first: target.time_from_first(),
+        }
+    }
+
+    /// Record `index` (counting from 0) was handled.
+    fn received(&mut self, index: usize) {
+        if self.from_first && index == 0 {
+            self.started = Instant::now();
+        }
+    }
+
+    /// Records per second over a run of `count`.
+    fn rate(&self, count: usize) -> f64 {
+        let timed = if self.from_first { count - 1 } else { count };
+        rate(timed, self.started.elapsed())
+    }
 }
 
 fn subscription(topic: &str) -> Subscription {
@@ -365,10 +425,10 @@ fn subscription(topic: &str) -> Subscription {
 }
 
 async fn courier_consume(target: &Target, topic: &str, count: usize) -> f64 {
-    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let broker = target.connect().await;
     let sub = subscription(topic);
     broker.provision(&sub).await.expect("provision");
-    let started = Instant::now();
+    let mut clock = ConsumeClock::start(target);
     let mut stream = broker.subscribe(sub).await.expect("subscribe");
     for received in 0..count {
         let delivery = tokio::time::timeout(STALL, stream.next())
@@ -377,18 +437,23 @@ async fn courier_consume(target: &Target, topic: &str, count: usize) -> f64 {
             .expect("stream")
             .expect("delivery");
         delivery.ack().await.expect("ack");
+        clock.received(received);
     }
-    let elapsed = started.elapsed();
+    let figure = clock.rate(count);
     broker.close().await.expect("close");
-    rate(count, elapsed)
+    figure
 }
 
 async fn runtime_consume(target: &Target, topic: &str, count: usize, concurrency: usize) -> f64 {
-    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let broker = target.connect().await;
     let sub = subscription(topic);
     broker.provision(&sub).await.expect("provision");
     let subscriber = Arc::new(broker.clone());
-    let figure = runtime_rate(subscriber, sub, count, concurrency, None, STALL).await;
+    let figure = if target.time_from_first() {
+        runtime_rate_from_first(subscriber, sub, count, concurrency, None, STALL).await
+    } else {
+        runtime_rate(subscriber, sub, count, concurrency, None, STALL).await
+    };
     broker.close().await.expect("close");
     figure
 }
@@ -472,7 +537,7 @@ async fn raw_latency(target: &Target, size: usize, count: usize, per_second: u32
 }
 
 async fn courier_latency(target: &Target, size: usize, count: usize, per_second: u32) -> Latencies {
-    let broker = KafkaBroker::connect(&target.url).await.expect("connect");
+    let broker = target.connect().await;
     let topic = target.topic("courier-latency");
     let sub = subscription(&topic).start_from(StartPosition::Latest);
     broker.provision(&sub).await.expect("provision");
