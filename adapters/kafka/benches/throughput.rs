@@ -35,8 +35,9 @@
 //! answer a waiting fetch when records arrive) and consume runs are timed
 //! from their first record (a group's first assignment waits a fixed 3 s
 //! there). The mock cluster cannot create topics through the admin
-//! API, so every topic is created up front, with 32 partitions: a mock
-//! partition keeps only its last 5 MB, and the 16 KiB runs must fit.
+//! API, so every topic is created up front, with 32 partitions. Only the
+//! 64 B rows run on the mock: its consumers stop receiving short of the end
+//! of a topic of 16 KiB records.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,7 +116,18 @@ fn main() {
             count / 4
         ));
         let unit = Unit::MessagesPerSecond;
-        for payload in [64, 16 * 1024] {
+        let payloads: &[usize] = if mock {
+            // Consumers of the mock cluster (raw and courier alike) stop
+            // receiving short of the end of a topic of 16 KiB records
+            // (at 952-2,832 of 1,250-5,000 in every run tried).
+            println!(
+                "  kafka-mock: 16 KiB rows skipped: the mock cluster stops serving such topics"
+            );
+            &[64]
+        } else {
+            &[64, 16 * 1024]
+        };
+        for &payload in payloads {
             let n = if payload > 1024 { count / 4 } else { count };
             let consume = interleaved(rounds, |side| async move {
                 let topic = filled(t, payload, n).await;
