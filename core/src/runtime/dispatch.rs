@@ -72,11 +72,11 @@ pub(crate) async fn run(
         }
         // Unkeyed deliveries start in the order they arrived: the slot is
         // taken here, before the task exists.
-        let permit = match shared.slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
+        let permit = match shared.slots.try_take() {
+            Some(permit) => permit,
+            None => tokio::select! {
                 biased;
-                permit = shared.slots.clone().acquire_owned() => permit.expect("slots are never closed"),
+                permit = shared.slots.take() => permit,
                 () = &mut stopped => {
                     requeue(&shared, [delivery]).await;
                     break Ok(());

@@ -13,12 +13,12 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use futures::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::dead_letter::{CopyOutcome, publish_copy};
 use super::error::{FailureKind, HandlerError, HandlerResult, Panicked};
 use super::shared::Shared;
+use super::slots::{Held, Slot as SlotPermit};
 
 /// Wait before trying a deferred message again when the deferral named no delay.
 const DEFERRAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -68,13 +68,15 @@ impl Failures {
 pub(crate) fn process<S>(
     shared: S,
     mut delivery: Delivery,
-    first_permit: Option<OwnedSemaphorePermit>,
+    first_permit: Option<SlotPermit>,
 ) -> impl Future<Output = Option<Delivery>>
 where
     S: Deref<Target = Shared> + Send,
 {
     async move {
         let shared = &*shared;
+        // Held from here, so a slot is given back however this ends.
+        let first_permit = first_permit.map(|permit| shared.slots.hold(permit));
         let traced = shared.telemetry.begin(&delivery);
         let slot = match first_permit {
             Some(permit) => Some(permit),
@@ -83,9 +85,9 @@ where
                 if shared.stop.is_triggered() {
                     return Some(delivery);
                 }
-                match shared.slots.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => match Box::pin(wait_for_slot(shared, true)).await {
+                match shared.slots.try_take() {
+                    Some(permit) => shared.slots.hold(permit),
+                    None => match Box::pin(wait_for_slot(shared, true)).await {
                         Slot::Acquired(permit) => permit,
                         Slot::Stopped => return Some(delivery),
                         Slot::Aborted => {
@@ -117,20 +119,18 @@ where
     }
 }
 
-enum Slot {
-    Acquired(OwnedSemaphorePermit),
+enum Slot<'a> {
+    Acquired(Held<'a>),
     /// The shutdown started before the first attempt.
     Stopped,
     /// The shutdown deadline passed.
     Aborted,
 }
 
-async fn wait_for_slot(shared: &Shared, first_attempt: bool) -> Slot {
+async fn wait_for_slot(shared: &Shared, first_attempt: bool) -> Slot<'_> {
     tokio::select! {
         biased;
-        permit = shared.slots.clone().acquire_owned() => {
-            Slot::Acquired(permit.expect("slots are never closed"))
-        }
+        permit = shared.slots.take() => Slot::Acquired(shared.slots.hold(permit)),
         () = shared.stop.token.cancelled(), if first_attempt => Slot::Stopped,
         () = shared.abort.cancelled() => Slot::Aborted,
     }
@@ -147,7 +147,7 @@ fn attempt<'a>(
     shared: &'a Shared,
     delivery: &'a Delivery,
     attempt: u32,
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Held<'a>>,
     traced: &'a Traced,
 ) -> impl Future<Output = Option<HandlerResult>> + 'a {
     // An async block, as `process`: an async fn would keep its arguments twice.
@@ -220,9 +220,9 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, t
             () = tokio::time::sleep(delay) => if shared.serial {
                 Some(None)
             } else {
-                match shared.slots.clone().try_acquire_owned() {
-                    Ok(permit) => Some(Some(permit)),
-                    Err(_) => match wait_for_slot(shared, false).await {
+                match shared.slots.try_take() {
+                    Some(permit) => Some(Some(shared.slots.hold(permit))),
+                    None => match wait_for_slot(shared, false).await {
                         Slot::Acquired(permit) => Some(Some(permit)),
                         Slot::Stopped | Slot::Aborted => None,
                     },
