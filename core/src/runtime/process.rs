@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::SystemTime;
@@ -167,11 +168,8 @@ fn attempt<'a>(
         // to watch the shutdown deadline too.
         let outcome = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
             Poll::Ready(outcome) => Some(outcome),
-            Poll::Pending => tokio::select! {
-                biased;
-                outcome = &mut call => Some(outcome),
-                () = shared.abort.cancelled() => None,
-            },
+            // Boxed: the deadline's future is not part of every message's.
+            Poll::Pending => Box::pin(until_done_or_aborted(shared, call.as_mut())).await,
         }
         .map(|outcome| {
             outcome.unwrap_or_else(|payload| {
@@ -184,6 +182,15 @@ fn attempt<'a>(
         }
         drop(slot);
         outcome
+    }
+}
+
+/// `call`'s outcome, or `None` once the shutdown deadline has passed.
+async fn until_done_or_aborted<F: Future>(shared: &Shared, call: Pin<&mut F>) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        outcome = call => Some(outcome),
+        () = shared.abort.cancelled() => None,
     }
 }
 
