@@ -30,6 +30,7 @@ fn the_per_delivery_future_stays_small() {
     let borrowed =
         size_of_output(|| process(never::<&'static Shared>(), never::<Delivery>(), None));
     let owned = size_of_output(|| process(never::<Arc<Shared>>(), never::<Delivery>(), None));
+    eprintln!("sizes {borrowed} {owned}");
     for size in [borrowed, owned] {
         assert!(
             size <= MOST,
