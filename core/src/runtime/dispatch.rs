@@ -102,11 +102,9 @@ pub(crate) async fn run(
                 }
             },
         };
-        start(
-            &tasks,
-            &mut spare_job,
-            process(shared.clone(), delivery, Some(permit)),
-        )
+        start(&tasks, &mut spare_job, || {
+            process(shared.clone(), delivery, Some(permit))
+        })
         .await;
     };
     // Phase 1: take nothing more. Dropping the stream gives back what it
@@ -135,20 +133,22 @@ type Slot<F> = Pin<Box<Option<F>>>;
 /// in `spawn_blocking` anyway).
 ///
 /// The job goes to the heap before anything else, so it is copied once:
+/// `job` makes it right where it is put in the box (a job passed by value
+/// was copied twice, and it is the largest thing moved per message), and
 /// the returned future holds only the box. The box is `spare`, the slot
 /// of an earlier job that finished on the dispatcher, when there is one:
 /// jobs that finish at once then allocate nothing.
 fn start<'a, F>(
     tasks: &'a TaskTracker,
     spare: &'a mut Option<Slot<F>>,
-    job: F,
+    job: impl FnOnce() -> F,
 ) -> impl Future<Output = ()> + 'a
 where
     F: Future + Send + 'static,
     F::Output: Send,
 {
     let mut slot = spare.take().unwrap_or_else(|| Box::pin(None));
-    slot.set(Some(job));
+    slot.set(Some(job()));
     async move {
         if poll_once(&mut slot).await {
             *spare = Some(slot);
