@@ -41,6 +41,8 @@ pub(crate) async fn run(
     // Heap slots of jobs that finished on the dispatcher, for the next job.
     let mut spare_job = None;
     let mut spare_lane = None;
+    // With concurrency 1, the one job's place, reused for every delivery.
+    let mut serial_job = None;
     let outcome = loop {
         if shared.stop.is_triggered() {
             break Ok(());
@@ -86,7 +88,11 @@ pub(crate) async fn run(
         }
         if shared.serial {
             // One at a time, in arrival order: no task, no lanes, no slots.
-            process(&*shared, delivery, None).await;
+            // The job is made in its place on the heap: awaited directly,
+            // the delivery was copied three times on its way into it.
+            let job: &mut Slot<_> = serial_job.get_or_insert_with(|| Box::pin(None));
+            job.set(Some(process(&*shared, delivery, None)));
+            std::future::poll_fn(|cx| poll_slot(job, cx)).await;
             continue;
         }
         // Unkeyed deliveries start in the order they arrived: the slot is
@@ -259,7 +265,7 @@ fn run_lane(
                 // last is nacked first, so brokers that requeue at the head of
                 // the queue (the in-process one) keep the key's order.
                 let mut rest = take_lane(&shared, lane_id).unwrap_or_default();
-                rest.push_front(unstarted);
+                rest.push_front(*unstarted);
                 requeue(&shared, rest.into_iter().rev()).await;
                 // Registered while the requeue waited? The dispatcher stops
                 // with the trigger, so that lane holds nothing or next to it.
