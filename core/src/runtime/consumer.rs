@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::{BoxHandler, Handler, SharedLayer};
@@ -16,6 +15,7 @@ use super::resubscribe::{Resubscribe, resubscribing};
 use super::retry::RetryPolicy;
 use super::shared::{Shared, Stop};
 use super::shutdown::{ShutdownHandle, signal};
+use super::slots::Slots;
 use super::stats::{ConsumerMetrics, ConsumerStats, Counters};
 use super::status::ConsumerStatus;
 use crate::error::Result;
@@ -250,7 +250,7 @@ impl ConsumerBuilder {
             dead_letter_topic: self.dead_letter_topic,
             ordered_by_key: self.ordered_by_key,
             serial: self.concurrency == 1,
-            slots: Arc::new(Semaphore::new(self.concurrency)),
+            slots: Slots::new(self.concurrency),
             lanes: Mutex::default(),
             lane_ids: LaneIds::default(),
             stop,

@@ -4,14 +4,15 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::task::TaskTracker;
 
-use super::lanes::LaneId;
+use super::lanes::{LaneId, LaneTable};
 use super::process::{process, requeue};
 use super::shared::Shared;
 use crate::delivery::Delivery;
@@ -40,6 +41,8 @@ pub(crate) async fn run(
     // Heap slots of jobs that finished on the dispatcher, for the next job.
     let mut spare_job = None;
     let mut spare_lane = None;
+    // With concurrency 1, the one job's place, reused for every delivery.
+    let mut serial_job = None;
     let outcome = loop {
         if shared.stop.is_triggered() {
             break Ok(());
@@ -61,33 +64,53 @@ pub(crate) async fn run(
             Some(None) => break Ok(()),
         };
         shared.counters.add(&shared.counters.in_flight);
-        if !shared.serial && shared.ordered_by_key && delivery.message().key().is_some() {
-            dispatch_keyed(&shared, &tasks, &mut spare_lane, delivery, run_lane).await;
+        if !shared.serial
+            && shared.ordered_by_key
+            && let Some(key) = delivery.message().key()
+        {
+            let lane_id = shared.lane_ids.of(key);
+            if let Some(mut lanes) = registered_lanes(&shared)
+                && let Some(queue) = lanes.get_mut(&lane_id)
+            {
+                queue.push_back(delivery);
+                continue;
+            }
+            start_lane(
+                &shared,
+                &tasks,
+                &mut spare_lane,
+                lane_id,
+                delivery,
+                run_lane,
+            )
+            .await;
             continue;
         }
         if shared.serial {
             // One at a time, in arrival order: no task, no lanes, no slots.
-            process(&*shared, delivery, None).await;
+            // The job is made in its place on the heap: awaited directly,
+            // the delivery was copied three times on its way into it.
+            let job: &mut Slot<_> = serial_job.get_or_insert_with(|| Box::pin(None));
+            job.set(Some(process(&*shared, delivery, None)));
+            std::future::poll_fn(|cx| poll_slot(job, cx)).await;
             continue;
         }
         // Unkeyed deliveries start in the order they arrived: the slot is
         // taken here, before the task exists.
-        let permit = match shared.slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
+        let permit = match shared.slots.try_take() {
+            Some(permit) => permit,
+            None => tokio::select! {
                 biased;
-                permit = shared.slots.clone().acquire_owned() => permit.expect("slots are never closed"),
+                permit = shared.slots.take() => permit,
                 () = &mut stopped => {
                     requeue(&shared, [delivery]).await;
                     break Ok(());
                 }
             },
         };
-        start(
-            &tasks,
-            &mut spare_job,
-            process(shared.clone(), delivery, Some(permit)),
-        )
+        start(&tasks, &mut spare_job, || {
+            process(shared.clone(), delivery, Some(permit))
+        })
         .await;
     };
     // Phase 1: take nothing more. Dropping the stream gives back what it
@@ -116,20 +139,22 @@ type Slot<F> = Pin<Box<Option<F>>>;
 /// in `spawn_blocking` anyway).
 ///
 /// The job goes to the heap before anything else, so it is copied once:
+/// `job` makes it right where it is put in the box (a job passed by value
+/// was copied twice, and it is the largest thing moved per message), and
 /// the returned future holds only the box. The box is `spare`, the slot
 /// of an earlier job that finished on the dispatcher, when there is one:
 /// jobs that finish at once then allocate nothing.
 fn start<'a, F>(
     tasks: &'a TaskTracker,
     spare: &'a mut Option<Slot<F>>,
-    job: F,
+    job: impl FnOnce() -> F,
 ) -> impl Future<Output = ()> + 'a
 where
     F: Future + Send + 'static,
     F::Output: Send,
 {
     let mut slot = spare.take().unwrap_or_else(|| Box::pin(None));
-    slot.set(Some(job));
+    slot.set(Some(job()));
     async move {
         if poll_once(&mut slot).await {
             *spare = Some(slot);
@@ -158,7 +183,18 @@ fn poll_slot<F: Future>(slot: &mut Slot<F>, cx: &mut Context<'_>) -> Poll<()> {
     Poll::Ready(())
 }
 
-/// Queues a keyed delivery behind its key's lane, or starts a lane for it.
+/// The lane table, locked, unless no lane is registered (then no lock is
+/// taken). Only the dispatcher registers lanes, and the lane gauge is set
+/// under the lock after every change: when the dispatcher reads 0 there,
+/// the table is empty and stays so until it registers one itself.
+fn registered_lanes(shared: &Shared) -> Option<MutexGuard<'_, LaneTable>> {
+    if shared.counters.lanes_active.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    Some(shared.lock_lanes())
+}
+
+/// Starts a lane for a keyed delivery whose key has none.
 ///
 /// A new lane runs on the dispatcher first, like any job (in `spare`, the
 /// slot of an earlier lane that finished there, if any). Only if it waits
@@ -166,37 +202,38 @@ fn poll_slot<F: Future>(slot: &mut Slot<F>, cx: &mut Context<'_>) -> Poll<()> {
 /// meanwhile): later deliveries of its key then queue behind it. A lane
 /// whose message finishes at once is never registered at all.
 ///
+/// The job is built before the returned future, so the delivery is moved
+/// straight into it (it is large; every move is a copy).
+///
 /// `lane` makes the lane's job ([`run_lane`]; a parameter so that the
 /// spare slot's type can be named).
-async fn dispatch_keyed<F, L>(
-    shared: &Arc<Shared>,
-    tasks: &TaskTracker,
-    spare: &mut Option<Slot<F>>,
+fn start_lane<'a, F, L>(
+    shared: &'a Arc<Shared>,
+    tasks: &'a TaskTracker,
+    spare: &'a mut Option<Slot<F>>,
+    lane_id: LaneId,
     delivery: Delivery,
     lane: L,
-) where
+) -> impl Future<Output = ()> + 'a
+where
     F: Future<Output = ()> + Send + 'static,
     L: FnOnce(Arc<Shared>, LaneId, Delivery) -> F,
 {
-    let key = delivery.message().key().expect("keyed delivery");
-    let lane_id = shared.lane_ids.of(key);
-    if let Some(queue) = shared.lock_lanes().get_mut(&lane_id) {
-        queue.push_back(delivery);
-        return;
-    }
     let mut slot = spare.take().unwrap_or_else(|| Box::pin(None));
     slot.set(Some(lane(shared.clone(), lane_id, delivery)));
-    if poll_once(&mut slot).await {
-        *spare = Some(slot);
-        return;
+    async move {
+        if poll_once(&mut slot).await {
+            *spare = Some(slot);
+            return;
+        }
+        let mut lanes = shared.lock_lanes();
+        lanes.insert(lane_id, VecDeque::new());
+        shared.counters.set_lanes(lanes.len());
+        drop(lanes);
+        tasks.spawn(async move {
+            std::future::poll_fn(|cx| poll_slot(&mut slot, cx)).await;
+        });
     }
-    let mut lanes = shared.lock_lanes();
-    lanes.insert(lane_id, VecDeque::new());
-    shared.counters.set_lanes(lanes.len());
-    drop(lanes);
-    tasks.spawn(async move {
-        std::future::poll_fn(|cx| poll_slot(&mut slot, cx)).await;
-    });
 }
 
 /// Removes a key's lane, returning what was queued in it.
@@ -209,33 +246,48 @@ fn take_lane(shared: &Shared, lane_id: LaneId) -> Option<VecDeque<Delivery>> {
 
 /// Handles one key's deliveries one at a time, in arrival order (a retrying
 /// delivery holds the lane), until the lane is empty or the shutdown starts.
-async fn run_lane(shared: Arc<Shared>, lane_id: LaneId, first: Delivery) {
-    let mut next = first;
-    loop {
-        if let Some(unstarted) = process(&*shared, next, None).await {
-            // Shutdown: give back this delivery and the ones behind it. The
-            // last is nacked first, so brokers that requeue at the head of
-            // the queue (the in-process one) keep the key's order.
-            let mut rest = take_lane(&shared, lane_id).unwrap_or_default();
-            rest.push_front(unstarted);
-            requeue(&shared, rest.into_iter().rev()).await;
-            // Registered while the requeue waited? The dispatcher stops
-            // with the trigger, so that lane holds nothing or next to it.
-            if let Some(late) = take_lane(&shared, lane_id) {
-                requeue(&shared, late.into_iter().rev()).await;
-            }
-            return;
-        }
-        let mut lanes = shared.lock_lanes();
-        let Some(queue) = lanes.get_mut(&lane_id) else {
-            return; // never registered: finished on the dispatcher
-        };
-        match queue.pop_front() {
-            Some(delivery) => next = delivery,
-            None => {
-                lanes.remove(&lane_id);
-                shared.counters.set_lanes(lanes.len());
+///
+/// An `async` block, not an `async fn`, as `process`: the delivery is held
+/// once, not copied from the arguments into the body.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
+fn run_lane(
+    shared: Arc<Shared>,
+    lane_id: LaneId,
+    mut next: Delivery,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        loop {
+            if let Some(unstarted) = process(&*shared, next, None).await {
+                // Shutdown: give back this delivery and the ones behind it. The
+                // last is nacked first, so brokers that requeue at the head of
+                // the queue (the in-process one) keep the key's order.
+                let mut rest = take_lane(&shared, lane_id).unwrap_or_default();
+                rest.push_front(*unstarted);
+                requeue(&shared, rest.into_iter().rev()).await;
+                // Registered while the requeue waited? The dispatcher stops
+                // with the trigger, so that lane holds nothing or next to it.
+                if let Some(late) = take_lane(&shared, lane_id) {
+                    requeue(&shared, late.into_iter().rev()).await;
+                }
                 return;
+            }
+            // Never registered: finished on the dispatcher.
+            let Some(mut lanes) = registered_lanes(&shared) else {
+                return;
+            };
+            let Some(queue) = lanes.get_mut(&lane_id) else {
+                return;
+            };
+            match queue.pop_front() {
+                Some(delivery) => next = delivery,
+                None => {
+                    lanes.remove(&lane_id);
+                    shared.counters.set_lanes(lanes.len());
+                    return;
+                }
             }
         }
     }

@@ -281,6 +281,7 @@ mod resubscribe;
 mod retry;
 mod shared;
 mod shutdown;
+mod slots;
 mod stats;
 mod status;
 

@@ -4,12 +4,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::BoxHandler;
 use super::lanes::{LaneIds, LaneTable};
 use super::retry::RetryPolicy;
+use super::slots::Slots;
 use super::stats::Counters;
 use crate::telemetry::{ConsumerTelemetry, LagReport};
 
@@ -24,7 +24,7 @@ pub(crate) struct Shared {
     /// Concurrency 1: the dispatcher handles each delivery itself.
     pub(crate) serial: bool,
     /// One permit per handler attempt allowed to run.
-    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) slots: Slots,
     /// Per key: the deliveries waiting behind the one being handled.
     pub(crate) lanes: Mutex<LaneTable>,
     /// Which lane a key belongs to.
