@@ -390,30 +390,20 @@ impl courier_core::request::Requester for NatsBroker {
             .inbox
             .get(&inner.client, &inner.shutdown, &inner.tasks)
             .await?;
-        courier_core::request::exchange(
+        // The reply subject carries the reply address and the request id,
+        // so neither is written into the request's headers.
+        courier_core::request::exchange_addressed(
             pending,
             topic,
-            inbox,
             message,
             timeout,
-            |request| async move {
-                let id = request
-                    .header(courier_core::request::headers::REQUEST_ID)
-                    .unwrap_or_default();
+            |ticket, request| async move {
                 inner
                     .client
                     .publish_with_reply_and_headers(
                         request::request_subject(topic),
-                        format!("{inbox}.{id}"),
-                        // The reply subject carries the reply address and
-                        // the request id; they do not travel twice.
-                        crate::compact::encode(
-                            &request,
-                            &[
-                                courier_core::request::headers::REQUEST_ID,
-                                courier_core::request::headers::REPLY_TO,
-                            ],
-                        ),
+                        format!("{inbox}.{}", ticket.id),
+                        crate::compact::encode_request(&request, ticket.deadline_ms),
                         request.payload().clone(),
                     )
                     .await
