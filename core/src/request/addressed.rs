@@ -98,3 +98,56 @@ where
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::request::headers::{DEADLINE, REPLY_TO, REQUEST_ID};
+
+    #[tokio::test]
+    async fn the_ticket_carries_id_and_deadline_and_the_headers_stay_clean() {
+        let pending = PendingReplies::new();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut tickets = Vec::new();
+        for question in ["q1", "q2"] {
+            let feed = pending.clone();
+            let mut seen = None;
+            let reply = exchange_addressed(
+                &pending,
+                "t",
+                Message::new(question),
+                Duration::from_secs(5),
+                |ticket, request| {
+                    for name in [REQUEST_ID, REPLY_TO, DEADLINE] {
+                        assert_eq!(request.header(name), None, "{name}");
+                    }
+                    seen = Some(ticket.clone());
+                    let answer = format!("a{}", &question[1..]);
+                    async move {
+                        assert!(feed.deliver_to(&ticket.id, Message::new(answer)));
+                        Ok(())
+                    }
+                },
+            )
+            .await
+            .expect("a reply");
+            assert_eq!(reply.payload().as_ref(), format!("a{}", &question[1..]).as_bytes());
+            tickets.push(seen.expect("sent"));
+        }
+        assert_ne!(tickets[0].id, tickets[1].id, "every request has its own id");
+        for ticket in &tickets {
+            assert!(
+                (now_ms + 4_000..now_ms + 60_000).contains(&ticket.deadline_ms),
+                "{ticket:?}"
+            );
+        }
+        // A reply to a finished request is late, never another's answer.
+        assert!(!pending.deliver_to(&tickets[0].id, Message::new("again")));
+        assert_eq!((pending.late(), pending.in_flight()), (1, 0));
+    }
+}
