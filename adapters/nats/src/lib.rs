@@ -162,7 +162,11 @@
 //! request subject ([`request_subject`]: `_courier.request.<topic>`, which
 //! no stream captures) with a reply subject in the connection's inbox
 //! (`<inbox>.<request id>`, one wildcard subscription per connection, made
-//! on its first request). Every subscription of the topic also listens on
+//! on its first request; the request id is a counter of the connection's
+//! requests, unique within its inbox). The request id and the reply
+//! address travel only in the reply subject, and the deadline only as the
+//! `dl` field (see below): none of them is written into the request's
+//! headers on the way. Every subscription of the topic also listens on
 //! that subject as a member of its group's queue group, so a responder is
 //! an ordinary consumer of the topic and each request reaches one member
 //! of one group; its reply goes over core NATS to the reply subject.

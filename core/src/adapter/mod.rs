@@ -64,7 +64,11 @@ pub fn delivery(
 /// A received message with the `id` and `timestamp` it travelled with
 /// (truncated to milliseconds), and no key, headers or content type yet:
 /// unlike [`Message::new`], it draws no id and reads no clock.
-pub fn received(id: crate::message::MessageId, timestamp: std::time::SystemTime, payload: bytes::Bytes) -> Message {
+pub fn received(
+    id: crate::message::MessageId,
+    timestamp: std::time::SystemTime,
+    payload: bytes::Bytes,
+) -> Message {
     Message::received(id, timestamp, payload)
 }
 

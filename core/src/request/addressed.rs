@@ -136,7 +136,10 @@ mod tests {
             )
             .await
             .expect("a reply");
-            assert_eq!(reply.payload().as_ref(), format!("a{}", &question[1..]).as_bytes());
+            assert_eq!(
+                reply.payload().as_ref(),
+                format!("a{}", &question[1..]).as_bytes()
+            );
             tickets.push(seen.expect("sent"));
         }
         assert_ne!(tickets[0].id, tickets[1].id, "every request has its own id");
