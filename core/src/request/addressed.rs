@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Answer, PendingReplies, RequestError, headers};
+use super::error::RequestError;
+use super::headers;
+use super::pending::{Answer, PendingReplies};
 use crate::error::Error;
 use crate::message::Message;
 
