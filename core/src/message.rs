@@ -72,6 +72,19 @@ impl Message {
         }
     }
 
+    /// A message as received: `id` and `timestamp` given, so no id is drawn
+    /// and no clock read (adapters decoding what a broker delivered).
+    pub(crate) fn received(id: MessageId, timestamp: SystemTime, payload: Bytes) -> Self {
+        Message {
+            id,
+            key: None,
+            headers: Headers::new(),
+            payload,
+            content_type: None,
+            timestamp: truncate_millis(timestamp),
+        }
+    }
+
     /// A message whose payload is `value` as JSON, content type `application/json`.
     ///
     /// # Errors

@@ -40,7 +40,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
@@ -59,9 +59,12 @@ const TIMESTAMP: &str = "ts";
 const CONTENT_TYPE: &str = "ct";
 const KEY: &str = "key";
 
+/// The field of a request's deadline.
+const DEADLINE_FIELD: &str = "dl";
+
 /// Reserved headers that travel as fields, with their field names.
 const PACKED: [(&str, &str); 3] = [
-    (DEADLINE, "dl"),
+    (DEADLINE, DEADLINE_FIELD),
     (CORRELATION_ID, "corr"),
     (CAUSATION_ID, "cause"),
 ];
@@ -74,6 +77,20 @@ const STATUS_OK: &str = "ok";
 /// message itself carries, such as a request's reply address in its reply
 /// subject).
 pub(crate) fn encode(message: &Message, carried_elsewhere: &[&str]) -> HeaderMap {
+    encode_with_deadline(message, carried_elsewhere, None)
+}
+
+/// [`encode`] for a request whose deadline is not among its headers: the
+/// `dl` field carries `deadline_ms`.
+pub(crate) fn encode_request(message: &Message, deadline_ms: u64) -> HeaderMap {
+    encode_with_deadline(message, &[], Some(deadline_ms))
+}
+
+fn encode_with_deadline(
+    message: &Message,
+    carried_elsewhere: &[&str],
+    deadline_ms: Option<u64>,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut fields = String::with_capacity(96);
     let id = message.id();
@@ -93,6 +110,9 @@ pub(crate) fn encode(message: &Message, carried_elsewhere: &[&str]) -> HeaderMap
     }
     if let Some(key) = message.key() {
         push(&mut fields, KEY, key);
+    }
+    if let Some(deadline_ms) = deadline_ms {
+        let _ = write!(fields, "{DEADLINE_FIELD}={deadline_ms};");
     }
     for (name, value) in message.headers().iter() {
         if let Some((_, field)) = PACKED.iter().find(|(header, _)| *header == name) {
@@ -126,15 +146,28 @@ pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Mess
     let (Some(headers), Some(fields)) = (headers, fields) else {
         return crate::codec::decode(headers, payload);
     };
-    let mut message = Message::new(payload);
+    let fields = fields.as_str();
     let mut id = None;
     let mut timestamp = None;
-    for field in fields.as_str().split(';').filter(|f| !f.is_empty()) {
-        let (name, value) = field.split_once('=').unwrap_or((field, ""));
+    for (name, value) in split(fields) {
+        match name {
+            ID => id = Some(MessageId::parse(&unescape(value))?),
+            TIMESTAMP => timestamp = value.parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    // The id and the time it travelled with: no id drawn, no clock read,
+    // unless the message lacks them.
+    let id = id.unwrap_or_default();
+    let timestamp = match timestamp.or_else(|| id.v7_millis()) {
+        Some(millis) => UNIX_EPOCH + Duration::from_millis(millis),
+        None => SystemTime::now(),
+    };
+    let mut message = adapter::received(id, timestamp, payload);
+    for (name, value) in split(fields) {
         let value = unescape(value);
         match name {
-            ID => id = Some(MessageId::parse(&value)?),
-            TIMESTAMP => timestamp = value.parse::<u64>().ok(),
+            ID | TIMESTAMP => {}
             CONTENT_TYPE if value == JSON => message = message.with_content_type(JSON),
             CONTENT_TYPE => message = message.with_content_type(value.into_owned()),
             KEY => message = message.with_key(value.into_owned()),
@@ -171,11 +204,15 @@ pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Mess
             Err(e) => origin::left_out(name, &e.to_string()),
         }
     }
-    let id = id.unwrap_or_default();
-    if let Some(millis) = timestamp.or_else(|| id.v7_millis()) {
-        message = message.with_timestamp(UNIX_EPOCH + Duration::from_millis(millis));
-    }
-    Ok(message.with_id(id))
+    Ok(message)
+}
+
+/// The `name=value` fields of a [`FIELDS`] value, values still escaped.
+fn split(fields: &str) -> impl Iterator<Item = (&str, &str)> {
+    fields
+        .split(';')
+        .filter(|f| !f.is_empty())
+        .map(|field| field.split_once('=').unwrap_or((field, "")))
 }
 
 /// Appends the field `name=value;`, escaping the value.
@@ -233,8 +270,6 @@ fn unescape(value: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
     use courier_core::request::headers::{ERROR_KIND, ERROR_REASON, REQUEST_ID};
 

@@ -45,13 +45,19 @@ impl Inbox {
                 let shutdown = shutdown.clone();
                 let id_start = prefix.len() + 1;
                 tasks.spawn("reply inbox reader", async move {
+                    // One wait for the shutdown for the reader's life, looked
+                    // at only when no reply is ready (a fresh wait per reply
+                    // would register and unregister a waiter every time).
+                    let stopped = shutdown.cancelled_owned();
+                    tokio::pin!(stopped);
                     loop {
                         let reply = tokio::select! {
-                            () = shutdown.cancelled() => break,
+                            biased;
                             reply = replies.next() => match reply {
                                 Some(reply) => reply,
                                 None => break,
                             },
+                            () = &mut stopped => break,
                         };
                         if reply.status == Some(StatusCode::NO_RESPONDERS) {
                             if let Some(id) = reply.subject.get(id_start..) {

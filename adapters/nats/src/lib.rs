@@ -162,7 +162,11 @@
 //! request subject ([`request_subject`]: `_courier.request.<topic>`, which
 //! no stream captures) with a reply subject in the connection's inbox
 //! (`<inbox>.<request id>`, one wildcard subscription per connection, made
-//! on its first request). Every subscription of the topic also listens on
+//! on its first request; the request id is a counter of the connection's
+//! requests, unique within its inbox). The request id and the reply
+//! address travel only in the reply subject, and the deadline only as the
+//! `dl` field (see below): none of them is written into the request's
+//! headers on the way. Every subscription of the topic also listens on
 //! that subject as a member of its group's queue group, so a responder is
 //! an ordinary consumer of the topic and each request reaches one member
 //! of one group; its reply goes over core NATS to the reply subject.
@@ -390,30 +394,20 @@ impl courier_core::request::Requester for NatsBroker {
             .inbox
             .get(&inner.client, &inner.shutdown, &inner.tasks)
             .await?;
-        courier_core::request::exchange(
+        // The reply subject carries the reply address and the request id,
+        // so neither is written into the request's headers.
+        courier_core::request::exchange_addressed(
             pending,
             topic,
-            inbox,
             message,
             timeout,
-            |request| async move {
-                let id = request
-                    .header(courier_core::request::headers::REQUEST_ID)
-                    .unwrap_or_default();
+            |ticket, request| async move {
                 inner
                     .client
                     .publish_with_reply_and_headers(
                         request::request_subject(topic),
-                        format!("{inbox}.{id}"),
-                        // The reply subject carries the reply address and
-                        // the request id; they do not travel twice.
-                        crate::compact::encode(
-                            &request,
-                            &[
-                                courier_core::request::headers::REQUEST_ID,
-                                courier_core::request::headers::REPLY_TO,
-                            ],
-                        ),
+                        format!("{inbox}.{}", ticket.id),
+                        crate::compact::encode_request(&request, ticket.deadline_ms),
                         request.payload().clone(),
                     )
                     .await

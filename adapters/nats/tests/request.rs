@@ -172,3 +172,61 @@ async fn an_expired_request_over_core_nats_is_not_processed() {
         "nobody answered the expired request"
     );
 }
+
+#[tokio::test]
+async fn a_courier_request_carries_its_id_and_deadline_outside_the_headers() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let topic = courier_testkit::fixtures::unique_name("rr-wire");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let mut requests = client
+        .subscribe(request_subject(&topic))
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+
+    let requester = NatsBroker::connect(server.url())
+        .await
+        .expect("connect")
+        .into_broker();
+    let asking = tokio::spawn(async move {
+        requester
+            .request(
+                &topic,
+                courier_core::Message::new("q"),
+                Duration::from_secs(20),
+            )
+            .await
+    });
+    let request = tokio::time::timeout(Duration::from_secs(15), requests.next())
+        .await
+        .expect("a request within 15 s")
+        .expect("subscription open");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as u64;
+    let headers = request.headers.clone().expect("headers");
+    let mut names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["courier-fields"], "one header, nothing twice");
+    let fields = headers.get("courier-fields").expect("fields").as_str();
+    let deadline: u64 = fields
+        .split(';')
+        .find_map(|f| f.strip_prefix("dl="))
+        .expect("the deadline travels as a field")
+        .parse()
+        .expect("milliseconds");
+    assert!(
+        (now_ms + 10_000..=now_ms + 20_000).contains(&deadline),
+        "deadline {deadline} about 20 s after {now_ms}"
+    );
+    let reply = request.reply.expect("a reply subject");
+    client
+        .publish(reply, "a".into())
+        .await
+        .expect("publish the reply");
+    let answer = asking.await.expect("task").expect("the reply");
+    assert_eq!(answer.payload().as_ref(), b"a");
+}

@@ -61,6 +61,17 @@ pub fn delivery(
     Delivery::new(message, topic, acker, delivery_count)
 }
 
+/// A received message with the `id` and `timestamp` it travelled with
+/// (truncated to milliseconds), and no key, headers or content type yet:
+/// unlike [`Message::new`], it draws no id and reads no clock.
+pub fn received(
+    id: crate::message::MessageId,
+    timestamp: std::time::SystemTime,
+    payload: bytes::Bytes,
+) -> Message {
+    Message::received(id, timestamp, payload)
+}
+
 /// The headers of a message, reserved ones included, to change in place.
 pub fn headers_mut(message: &mut Message) -> &mut Headers {
     message.headers_mut()

@@ -16,14 +16,15 @@ pub const REPLY_TO: &str = "courier-reply-to";
 /// When the requester stops waiting, in milliseconds since the Unix epoch.
 /// A responder does not process a request whose deadline has passed.
 pub const DEADLINE: &str = "courier-deadline-ms";
-/// `ok` on a reply, or `error` on an error reply.
+/// `error` on an error reply. A successful reply carries none (earlier
+/// versions wrote `ok`, which is still read as a success: any value but
+/// `error` is).
 pub const REPLY_STATUS: &str = "courier-reply-status";
 /// The [`RemoteErrorKind`] of an error reply.
 pub const ERROR_KIND: &str = "courier-error-kind";
 /// The reason of an error reply.
 pub const ERROR_REASON: &str = "courier-error-reason";
 
-const STATUS_OK: &str = "ok";
 const STATUS_ERROR: &str = "error";
 /// Longest reason an error reply carries, in bytes.
 const MAX_REASON: usize = 4096;
@@ -34,10 +35,7 @@ const MAX_REASON: usize = 4096;
 /// replaced.
 pub fn prepare(mut message: Message, reply_to: &str, timeout: Duration) -> (String, Message) {
     let id = MessageId::new().to_string();
-    let deadline = crate::deadline::system_deadline_after(SystemTime::now(), timeout);
-    let deadline_ms = deadline
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let deadline_ms = deadline_millis(timeout);
     let headers = message.headers_mut();
     for (name, value) in [
         (REQUEST_ID, id.clone()),
@@ -50,6 +48,15 @@ pub fn prepare(mut message: Message, reply_to: &str, timeout: Duration) -> (Stri
         let _ = headers.insert_reserved(name, value);
     }
     (id, message)
+}
+
+/// The deadline of a request sent now with `timeout`, in milliseconds
+/// since the Unix epoch (the value of [`DEADLINE`]); saturates.
+pub(crate) fn deadline_millis(timeout: Duration) -> u64 {
+    let deadline = crate::deadline::system_deadline_after(SystemTime::now(), timeout);
+    deadline
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The address the requester waits at, if `message` is a request.
@@ -86,13 +93,17 @@ pub fn deadline_passed(message: &Message) -> bool {
 /// request id, and it is caused by the request (same correlation id; the
 /// causation id is the request's id).
 pub fn success(request: &Message, reply: Message) -> Message {
-    mark(request, reply.caused_by(request), STATUS_OK)
+    mark(request, reply.caused_by(request), None)
 }
 
 /// The error reply to `request`: an empty payload with the failure's kind
 /// and reason (cut to 4 KiB, on one line).
 pub fn failure(request: &Message, kind: RemoteErrorKind, reason: &str) -> Message {
-    let mut reply = mark(request, Message::new("").caused_by(request), STATUS_ERROR);
+    let mut reply = mark(
+        request,
+        Message::new("").caused_by(request),
+        Some(STATUS_ERROR),
+    );
     let mut reason: String = reason
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -110,12 +121,14 @@ pub fn failure(request: &Message, kind: RemoteErrorKind, reason: &str) -> Messag
     reply
 }
 
-fn mark(request: &Message, mut reply: Message, status: &str) -> Message {
+fn mark(request: &Message, mut reply: Message, status: Option<&str>) -> Message {
     let headers = reply.headers_mut();
     if let Some(id) = request.header(REQUEST_ID) {
         let _ = headers.insert_reserved(REQUEST_ID, id);
     }
-    let _ = headers.insert_reserved(REPLY_STATUS, status);
+    if let Some(status) = status {
+        let _ = headers.insert_reserved(REPLY_STATUS, status);
+    }
     reply
 }
 

@@ -89,6 +89,7 @@
 //! # Ok(()) }
 //! ```
 
+mod addressed;
 mod broker;
 mod error;
 pub mod headers;
@@ -103,11 +104,10 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
-use tracing::Instrument;
 
-use crate::error::Error;
 use crate::message::Message;
 
+pub use addressed::{Ticket, exchange_addressed};
 pub use error::{RemoteErrorKind, RequestError};
 pub use pending::{Answer, PendingReplies, PendingReply};
 
@@ -143,7 +143,7 @@ pub trait Requester: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] when `request` has no reply address (see
+    /// [`Error::Unsupported`](crate::Error::Unsupported) when `request` has no reply address (see
     /// [`headers::reply_address_of`]), and broker
     /// failures.
     async fn reply(&self, request: &Message, reply: Message) -> crate::Result<()>;
@@ -182,26 +182,8 @@ where
     Fut: Future<Output = Result<(), RequestError>>,
 {
     let started = Instant::now();
-    let (id, mut request) = headers::prepare(message, reply_to, timeout);
-    let span = crate::telemetry::request_span(topic, &mut request);
-    let waiting = pending.register(&id);
-    let work = async move {
-        send(request).await?;
-        match waiting.reply().await {
-            Some(Answer::Reply(reply)) => Ok(reply),
-            Some(Answer::NoResponders) => Err(RequestError::NoResponders {
-                topic: topic.to_owned(),
-            }),
-            None => Err(RequestError::Transport(Error::Closed("reply path"))),
-        }
-    };
-    match tokio::time::timeout(timeout, work).instrument(span).await {
-        Ok(Ok(reply)) => headers::outcome(reply),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(RequestError::Timeout {
-            elapsed: started.elapsed(),
-        }),
-    }
+    let (id, request) = headers::prepare(message, reply_to, timeout);
+    addressed::wait_for_reply(pending, topic, &id, request, timeout, started, send).await
 }
 
 /// Sends `body` as a JSON request and decodes the JSON reply.

@@ -20,6 +20,8 @@ use crate::message::Message;
 pub struct PendingReplies {
     waiting: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
     late: AtomicU64,
+    /// The number of the next request id [`PendingReplies::next_id`] gives.
+    issued: AtomicU64,
 }
 
 impl fmt::Debug for PendingReplies {
@@ -39,6 +41,13 @@ impl PendingReplies {
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Answer>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A request id no earlier request of this requester had: a counter,
+    /// for adapters whose reply address carries the id (it only needs to be
+    /// unique within the address's inbox).
+    pub fn next_id(&self) -> String {
+        self.issued.fetch_add(1, Ordering::Relaxed).to_string()
     }
 
     /// Waits for the reply to request `id`. Dropping the returned
