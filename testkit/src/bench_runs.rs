@@ -37,14 +37,28 @@ pub fn payload_index(payload: &[u8]) -> usize {
     u64::from_le_bytes(bytes) as usize
 }
 
+/// Where a [`runtime_rate`] run starts its clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateClock {
+    /// When the consumer is started (subscribing included); all `count`
+    /// messages are counted.
+    FromStart,
+    /// When the first message is handled; the other `count - 1` are
+    /// counted. For a broker whose first delivery to a new group waits a
+    /// fixed delay that would otherwise be all the rate shows (librdkafka's
+    /// mock cluster waits 3 s before a group's first assignment).
+    FromFirst,
+}
+
 /// Messages per second of the courier consumer runtime handling `count`
 /// messages already waiting for `subscription` with a handler that does
 /// nothing, at `concurrency` and `prefetch` (the runtime's default when
-/// `None`); timed from `start` (subscribing included) to the last handled.
+/// `None`); timed as `clock` says to the last handled.
 ///
 /// # Panics
 ///
-/// If the consumer cannot start, or handles nothing for `stall`.
+/// If the consumer cannot start, or handles nothing for `stall`; with
+/// [`RateClock::FromFirst`], if `count` is below 2.
 pub async fn runtime_rate(
     subscriber: Arc<dyn Subscriber>,
     subscription: Subscription,
@@ -52,73 +66,19 @@ pub async fn runtime_rate(
     concurrency: usize,
     prefetch: Option<u16>,
     stall: Duration,
+    clock: RateClock,
 ) -> f64 {
-    let timing = RuntimeTiming::FromStart;
-    runtime_rate_timed(
-        subscriber,
-        subscription,
-        count,
-        concurrency,
-        prefetch,
-        stall,
-        timing,
-    )
-    .await
-}
-
-/// [`runtime_rate`] timed from the first message handled to the last (the
-/// other `count - 1` counted), for a broker whose first delivery to a new
-/// group waits a fixed delay (librdkafka's mock cluster waits 3 s before a
-/// group's first assignment) that would otherwise be all the rate shows.
-///
-/// # Panics
-///
-/// As [`runtime_rate`]; also if `count` is below 2.
-pub async fn runtime_rate_from_first(
-    subscriber: Arc<dyn Subscriber>,
-    subscription: Subscription,
-    count: usize,
-    concurrency: usize,
-    prefetch: Option<u16>,
-    stall: Duration,
-) -> f64 {
-    assert!(count >= 2, "a rate from the first message needs two");
-    let timing = RuntimeTiming::FromFirst(Arc::new(std::sync::OnceLock::new()));
-    runtime_rate_timed(
-        subscriber,
-        subscription,
-        count,
-        concurrency,
-        prefetch,
-        stall,
-        timing,
-    )
-    .await
-}
-
-/// Where a [`runtime_rate`] run starts its clock.
-enum RuntimeTiming {
-    /// When the consumer is started.
-    FromStart,
-    /// When the first message is handled (set then).
-    FromFirst(Arc<std::sync::OnceLock<Instant>>),
-}
-
-async fn runtime_rate_timed(
-    subscriber: Arc<dyn Subscriber>,
-    subscription: Subscription,
-    count: usize,
-    concurrency: usize,
-    prefetch: Option<u16>,
-    stall: Duration,
-    timing: RuntimeTiming,
-) -> f64 {
+    assert!(
+        clock == RateClock::FromStart || count >= 2,
+        "a rate from the first message needs two"
+    );
     let handled = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
-    let first = match &timing {
-        RuntimeTiming::FromStart => None,
-        RuntimeTiming::FromFirst(first) => Some(first.clone()),
+    let first = match clock {
+        RateClock::FromStart => None,
+        RateClock::FromFirst => Some(Arc::new(std::sync::OnceLock::<Instant>::new())),
     };
+    let first_handled = first.clone();
     let handler = raw({
         let handled = handled.clone();
         let done = done.clone();
@@ -157,9 +117,9 @@ async fn runtime_rate_timed(
             }
         }
     }
-    let (started, timed) = match &timing {
-        RuntimeTiming::FromStart => (started, count),
-        RuntimeTiming::FromFirst(first) => (*first.get().expect("handled one"), count - 1),
+    let (started, timed) = match first_handled {
+        None => (started, count),
+        Some(first) => (*first.get().expect("handled one"), count - 1),
     };
     let elapsed = started.elapsed();
     running.shutdown().await.expect("shutdown");

@@ -45,7 +45,7 @@ use courier_testkit::bench::{
     Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, env_or, interleaved, rate,
 };
 use courier_testkit::bench_runs::{
-    Percentiles, courier_open_loop, indexed_payload, payload_index, runtime_rate,
+    Percentiles, RateClock, courier_open_loop, indexed_payload, payload_index, runtime_rate,
 };
 use courier_testkit::fixtures::unique_name;
 use futures::StreamExt;
@@ -291,7 +291,16 @@ impl Bench {
                     (Side::Courier, None) => courier_consume(&self.courier, sub, count).await,
                     (Side::Courier, Some((concurrency, prefetch))) => {
                         let subscriber = Arc::new(self.courier.clone());
-                        runtime_rate(subscriber, sub, count, concurrency, prefetch, STALL).await
+                        runtime_rate(
+                            subscriber,
+                            sub,
+                            count,
+                            concurrency,
+                            prefetch,
+                            STALL,
+                            RateClock::FromStart,
+                        )
+                        .await
                     }
                 }
             }

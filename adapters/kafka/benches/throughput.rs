@@ -49,8 +49,8 @@ use courier_testkit::bench::{
     Latencies, OpenLoop, Report, Row, Side, Unit, env_or, interleaved, rate,
 };
 use courier_testkit::bench_runs::{
-    Percentiles, WARM_UP_INDEX, courier_open_loop, indexed_payload, payload_index, runtime_rate,
-    runtime_rate_from_first,
+    Percentiles, RateClock, WARM_UP_INDEX, courier_open_loop, indexed_payload, payload_index,
+    runtime_rate,
 };
 use futures::StreamExt;
 use rdkafka::ClientConfig;
@@ -461,11 +461,12 @@ async fn runtime_consume(target: &Target, topic: &str, count: usize, concurrency
     let sub = subscription(topic);
     broker.provision(&sub).await.expect("provision");
     let subscriber = Arc::new(broker.clone());
-    let figure = if target.time_from_first() {
-        runtime_rate_from_first(subscriber, sub, count, concurrency, None, STALL).await
+    let clock = if target.time_from_first() {
+        RateClock::FromFirst
     } else {
-        runtime_rate(subscriber, sub, count, concurrency, None, STALL).await
+        RateClock::FromStart
     };
+    let figure = runtime_rate(subscriber, sub, count, concurrency, None, STALL, clock).await;
     broker.close().await.expect("close");
     figure
 }
