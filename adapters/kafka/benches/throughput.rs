@@ -105,7 +105,7 @@ fn main() {
         let t = &target;
         let adapter = if mock { "kafka-mock" } else { ADAPTER };
         let mut report = Report::new(format!(
-            "Kafka ({}), {count} messages of 64 B / {} of 16 KiB per run, latency \
+            "Kafka ({}), {count} messages of 64 B{} per run, latency \
              {latency_count} messages at {latency_rate}/s, median of {rounds} interleaved \
              rounds, 2 worker threads",
             if mock {
@@ -113,7 +113,11 @@ fn main() {
             } else {
                 "tansu 0.6 test broker"
             },
-            count / 4
+            if mock {
+                String::new()
+            } else {
+                format!(" / {} of 16 KiB", count / 4)
+            }
         ));
         let unit = Unit::MessagesPerSecond;
         let payloads: &[usize] = if mock {
