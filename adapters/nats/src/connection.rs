@@ -34,7 +34,7 @@ pub(crate) struct Inner {
     pub(crate) next_token: AtomicU64,
     /// The reply inbox of this connection's requests.
     pub(crate) inbox: Inbox,
-    /// Other detached work (the inbox reader, NAKs of dropped deliveries,
+    /// Other detached work (the end of the reply inbox, NAKs of dropped deliveries,
     /// dead-letter copies), which close also waits for.
     pub(crate) tasks: TaskSet,
 }

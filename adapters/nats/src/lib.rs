@@ -101,7 +101,7 @@
 //! second: a loop stops at once unless a pull is open, and then waits for
 //! that pull's end at most half a second past its expiry, also when a
 //! server restart lost it), NAKs the deliveries still unsettled, waits for the
-//! connection's detached tasks (the request inbox reader, NAKs of dropped
+//! connection's detached tasks (the end of the request inbox, NAKs of dropped
 //! deliveries, dead-letter copies of undecodable messages) for up to
 //! [`NatsConfig::request_timeout`], and drains the client for up to
 //! [`NatsConfig::request_timeout`] more: with the defaults, at most
@@ -163,7 +163,10 @@
 //! no stream captures) with a reply subject in the connection's inbox
 //! (`<inbox>.<request id>`, one wildcard subscription per connection, made
 //! on its first request; the request id is a counter of the connection's
-//! requests, unique within its inbox). The request id and the reply
+//! requests, unique within its inbox). No task stands between the inbox
+//! and a waiting request: the subscription's wake hands each reply to its
+//! request as it arrives (a reply nobody waits for any more is dropped and
+//! counted in [`Broker::late_replies`]). The request id and the reply
 //! address travel only in the reply subject, and the deadline only as the
 //! `dl` field (see below): none of them is written into the request's
 //! headers on the way. Every subscription of the topic also listens on
@@ -248,6 +251,7 @@ mod flow;
 mod inbox;
 mod lag;
 mod publisher;
+mod reply_feed;
 mod request;
 mod subscriber;
 
