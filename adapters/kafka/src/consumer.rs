@@ -257,11 +257,11 @@ impl SessionContext {
         }
     }
 
-    /// Handles one fetched record.
+    /// Handles one fetched record: a record to hand out joins `batch`.
     fn fetched(
         &self,
         message: &BorrowedMessage<'_>,
-        tx: &mpsc::UnboundedSender<Fetched>,
+        batch: &mut Vec<Pending>,
         runtime: &tokio::runtime::Handle,
     ) {
         let id = message.partition();
@@ -275,13 +275,12 @@ impl SessionContext {
         match decode(message, &self.flow.topic) {
             Ok(decoded) => {
                 self.flow.add_buffered();
-                let pending = Pending {
+                batch.push(Pending {
                     partition,
                     offset,
                     message: decoded,
                     deliveries: 0,
-                };
-                let _ = tx.send(Fetched::Record(pending));
+                });
             }
             Err(reason) => self.dead_letter_raw(message, partition, offset, reason, runtime),
         }
@@ -503,24 +502,14 @@ fn run(
                 paused = set_paused(&consumer, false);
             }
         }
-        match consumer.poll(POLL_WAIT) {
-            None => {}
-            Some(Ok(message)) => context.fetched(&message, &tx, &runtime),
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                let error = courier_core::Error::broker(
-                    BROKER,
-                    "consume",
-                    courier_core::BrokerErrorKind::Rejected,
-                    KafkaError::MessageConsumptionFatal(code),
-                );
-                let _ = tx.send(Fetched::Failed(error));
-                break;
-            }
-            Some(Err(e)) => {
-                // Broker outages and the like: rdkafka recovers by itself.
-                tracing::debug!(topic = %flow.topic, error = %e, "kafka consumer error");
-            }
+        let mut batch = Vec::new();
+        let failed = poll_records(&consumer, &context, &flow, &runtime, &mut batch);
+        if !batch.is_empty() {
+            let _ = tx.send(Fetched::Records(batch));
+        }
+        if let Some(error) = failed {
+            let _ = tx.send(Fetched::Failed(error));
+            break;
         }
     }
     flow.end();
@@ -533,6 +522,45 @@ fn run(
     drop(consumer);
     flow.set_finished();
     tracing::debug!(topic = %flow.topic, group = %flow.group, "kafka subscription ended");
+}
+
+/// Polls once, waiting up to [`POLL_WAIT`], then takes without waiting
+/// what rdkafka already fetched, until its queue is empty or the stream's
+/// buffer reaches its high water. The records to hand out join `batch`,
+/// which the caller sends the stream at once: one hand-over (one wake-up
+/// of the stream's task) per batch instead of per record, which cost more
+/// than everything else the thread does per record. Returns the error that
+/// ends the subscription, if one came.
+fn poll_records(
+    consumer: &BaseConsumer<SessionContext>,
+    context: &SessionContext,
+    flow: &Flow,
+    runtime: &tokio::runtime::Handle,
+    batch: &mut Vec<Pending>,
+) -> Option<courier_core::Error> {
+    let mut wait = POLL_WAIT;
+    loop {
+        match consumer.poll(wait)? {
+            Ok(message) => context.fetched(&message, batch, runtime),
+            Err(KafkaError::PartitionEOF(_)) => {}
+            Err(KafkaError::MessageConsumptionFatal(code)) => {
+                return Some(courier_core::Error::broker(
+                    BROKER,
+                    "consume",
+                    courier_core::BrokerErrorKind::Rejected,
+                    KafkaError::MessageConsumptionFatal(code),
+                ));
+            }
+            Err(e) => {
+                // Broker outages and the like: rdkafka recovers by itself.
+                tracing::debug!(topic = %flow.topic, error = %e, "kafka consumer error");
+            }
+        }
+        if flow.buffered() >= flow.high_water() || flow.is_ending() {
+            return None;
+        }
+        wait = Duration::ZERO;
+    }
 }
 
 /// Lets a join of the group that is under way complete before the member

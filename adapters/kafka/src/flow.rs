@@ -27,8 +27,8 @@ pub(crate) struct Pending {
 /// What the poll thread sends the stream.
 #[derive(Debug)]
 pub(crate) enum Fetched {
-    /// A record to hand out.
-    Record(Pending),
+    /// Records to hand out, in the order fetched.
+    Records(Vec<Pending>),
     /// The consumer failed for good; the stream ends after this.
     Failed(Error),
 }

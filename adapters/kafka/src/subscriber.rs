@@ -1,6 +1,7 @@
 //! Subscriptions: provisioning a group, and the stream that hands out
 //! deliveries within the prefetch limit, redeliveries first.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,7 @@ use crate::config::KafkaConfig;
 use crate::consumer::{self, SessionContext};
 use crate::delivery::deliver;
 use crate::error::op_error;
-use crate::flow::{Fetched, Flow};
+use crate::flow::{Fetched, Flow, Pending};
 use crate::group::{group_client, pin_group_start};
 use crate::publisher::Producer;
 
@@ -27,6 +28,9 @@ use crate::publisher::Producer;
 struct KafkaStream {
     flow: Arc<Flow>,
     fetched: mpsc::UnboundedReceiver<Fetched>,
+    /// Records received from the poll thread and not yet taken (they count
+    /// as buffered until taken).
+    received: VecDeque<Pending>,
     done: bool,
 }
 
@@ -52,13 +56,15 @@ impl Stream for KafkaStream {
                 }
                 continue;
             }
-            match this.fetched.poll_recv(cx) {
-                Poll::Ready(Some(Fetched::Record(pending))) => {
-                    this.flow.take_buffered();
-                    if pending.partition.hand_out(pending.offset) {
-                        return Poll::Ready(Some(Ok(deliver(&this.flow, pending))));
-                    }
+            if let Some(pending) = this.received.pop_front() {
+                this.flow.take_buffered();
+                if pending.partition.hand_out(pending.offset) {
+                    return Poll::Ready(Some(Ok(deliver(&this.flow, pending))));
                 }
+                continue;
+            }
+            match this.fetched.poll_recv(cx) {
+                Poll::Ready(Some(Fetched::Records(records))) => this.received.extend(records),
                 Poll::Ready(Some(Fetched::Failed(error))) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(error)));
@@ -203,6 +209,7 @@ pub(crate) async fn subscribe(
     let stream = KafkaStream {
         flow,
         fetched: rx,
+        received: VecDeque::new(),
         done: false,
     };
     Ok((Box::pin(stream), running))
