@@ -72,25 +72,19 @@ const PACKED: [(&str, &str); 3] = [
 /// The [`REPLY_STATUS`] of a successful reply, which is left out.
 const STATUS_OK: &str = "ok";
 
-/// The NATS headers a request or a reply travels with over core NATS,
-/// leaving out the headers named in `carried_elsewhere` (which the NATS
-/// message itself carries, such as a request's reply address in its reply
-/// subject).
-pub(crate) fn encode(message: &Message, carried_elsewhere: &[&str]) -> HeaderMap {
-    encode_with_deadline(message, carried_elsewhere, None)
+/// The NATS headers a reply (or any message) travels with over core NATS.
+pub(crate) fn encode(message: &Message) -> HeaderMap {
+    encode_with_deadline(message, None)
 }
 
-/// [`encode`] for a request whose deadline is not among its headers: the
-/// `dl` field carries `deadline_ms`.
+/// The NATS headers of a request, whose request id and reply address
+/// travel in its reply subject and whose deadline is not among its
+/// headers: the `dl` field carries `deadline_ms`.
 pub(crate) fn encode_request(message: &Message, deadline_ms: u64) -> HeaderMap {
-    encode_with_deadline(message, &[], Some(deadline_ms))
+    encode_with_deadline(message, Some(deadline_ms))
 }
 
-fn encode_with_deadline(
-    message: &Message,
-    carried_elsewhere: &[&str],
-    deadline_ms: Option<u64>,
-) -> HeaderMap {
+fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut fields = String::with_capacity(96);
     let id = message.id();
@@ -117,8 +111,7 @@ fn encode_with_deadline(
     for (name, value) in message.headers().iter() {
         if let Some((_, field)) = PACKED.iter().find(|(header, _)| *header == name) {
             push(&mut fields, field, value);
-        } else if (name == REPLY_STATUS && value == STATUS_OK) || carried_elsewhere.contains(&name)
-        {
+        } else if name == REPLY_STATUS && value == STATUS_OK {
             continue;
         } else {
             headers.insert(header_name(name), quote(value).as_ref());
@@ -273,8 +266,8 @@ mod tests {
     use super::*;
     use courier_core::request::headers::{ERROR_KIND, ERROR_REASON, REQUEST_ID};
 
-    fn round_trip(message: &Message, carried_elsewhere: &[&str]) -> (HeaderMap, Message) {
-        let headers = encode(message, carried_elsewhere);
+    fn round_trip(message: &Message) -> (HeaderMap, Message) {
+        let headers = encode(message);
         let decoded = decode(Some(&headers), message.payload().clone()).expect("decodes");
         (headers, decoded)
     }
@@ -287,18 +280,24 @@ mod tests {
 
     #[test]
     fn a_request_travels_in_one_header_and_comes_back_whole() {
-        let message = Message::from_json(&7)
+        let request = Message::from_json(&7)
             .unwrap()
             .with_correlation_id("flow; 100% \"odd\" ")
             .unwrap();
-        let (_, mut request) =
-            courier_core::request::headers::prepare(message, "inbox.1", Duration::from_secs(5));
-        let (headers, decoded) = round_trip(&request, &[REQUEST_ID]);
-        assert_eq!(names(&headers), [FIELDS, "courier-reply-to"]);
+        let deadline_ms = 1_700_000_005_000;
+        let headers = encode_request(&request, deadline_ms);
+        assert_eq!(names(&headers), [FIELDS]);
         let fields = headers.get(FIELDS).unwrap().as_str();
         assert!(!fields.contains("ts="), "{fields}");
-        adapter::headers_mut(&mut request).remove(REQUEST_ID);
-        assert_eq!(decoded, request);
+        let decoded = decode(Some(&headers), request.payload().clone()).expect("decodes");
+        let mut expected = request;
+        adapter::restore_header(
+            adapter::headers_mut(&mut expected),
+            DEADLINE,
+            deadline_ms.to_string(),
+        )
+        .unwrap();
+        assert_eq!(decoded, expected);
     }
 
     #[test]
@@ -314,7 +313,7 @@ mod tests {
             .unwrap()
             .with_header("empty", "")
             .unwrap();
-        let (headers, decoded) = round_trip(&message, &[]);
+        let (headers, decoded) = round_trip(&message);
         assert_eq!(names(&headers), ["courier-fields", "empty", "tenant"]);
         assert_eq!(decoded, message);
     }
@@ -327,7 +326,7 @@ mod tests {
             Duration::from_secs(1),
         );
         let reply = courier_core::request::headers::success(&request, Message::new("a"));
-        let (headers, decoded) = round_trip(&reply, &[]);
+        let (headers, decoded) = round_trip(&reply);
         assert_eq!(names(&headers), [FIELDS, REQUEST_ID]);
         assert_eq!(decoded.header(REPLY_STATUS), None);
         assert_eq!(decoded.causation_id(), reply.causation_id());
@@ -338,7 +337,7 @@ mod tests {
             courier_core::request::RemoteErrorKind::Permanent,
             "out; of 100% stock",
         );
-        let (headers, decoded) = round_trip(&failure, &[]);
+        let (headers, decoded) = round_trip(&failure);
         assert_eq!(
             names(&headers),
             [ERROR_KIND, ERROR_REASON, FIELDS, REPLY_STATUS, REQUEST_ID]
@@ -369,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_broken_reserved_header_makes_the_message_undecodable() {
-        let mut headers = encode(&Message::new("x"), &[]);
+        let mut headers = encode(&Message::new("x"));
         headers.insert("oversized", "x".repeat(70_000));
         let decoded = decode(Some(&headers), Bytes::new()).expect("a user header is left out");
         assert_eq!(decoded.headers().len(), 0);

@@ -126,7 +126,7 @@ pub(crate) async fn send_reply(
         .client
         .publish_with_headers(
             subject.to_owned(),
-            crate::compact::encode(reply, &[]),
+            crate::compact::encode(reply),
             reply.payload().clone(),
         )
         .await
