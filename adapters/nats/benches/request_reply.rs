@@ -61,6 +61,9 @@ struct Round {
     /// CPU microseconds of this whole process (requester and responder)
     /// per round trip.
     cpu: f64,
+    /// Times the process's threads were scheduled onto a CPU, per round
+    /// trip (wake-ups: each hand-off between threads costs one).
+    switches: f64,
 }
 
 fn main() {
@@ -107,10 +110,11 @@ fn main() {
                 })
                 .await;
                 let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
-                for (name, figure) in [
-                    ("p50", (|r: &Round| r.p50) as fn(&Round) -> f64),
-                    ("p99", |r: &Round| r.p99),
-                    ("cpu/req", |r: &Round| r.cpu),
+                for (name, unit, figure) in [
+                    ("p50", Unit::Micros, (|r: &Round| r.p50) as fn(&Round) -> f64),
+                    ("p99", Unit::Micros, |r: &Round| r.p99),
+                    ("cpu/req", Unit::Micros, |r: &Round| r.cpu),
+                    ("switches/req", Unit::PerMessage, |r: &Round| r.switches),
                 ] {
                     let mut rounds_of = Rounds::default();
                     for (side, round) in &recorded {
@@ -123,7 +127,7 @@ fn main() {
                         "nats",
                         format!("request c={concurrency} {name}{variant}"),
                         body,
-                        Unit::Micros,
+                        unit,
                         &rounds_of,
                     ));
                 }
@@ -176,6 +180,7 @@ where
 {
     let started = Instant::now();
     let cpu = courier_testkit::bench::cpu_used();
+    let switches = courier_testkit::bench::times_scheduled();
     let tasks: Vec<_> = (0..concurrency)
         .map(|task| {
             let call = call.clone();
@@ -196,6 +201,7 @@ where
     }
     let elapsed = started.elapsed();
     let cpu = courier_testkit::bench::cpu_used() - cpu;
+    let switches = courier_testkit::bench::times_scheduled() - switches;
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Round {
@@ -203,6 +209,7 @@ where
         p99: at(0.99).as_secs_f64() * 1e6,
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         cpu: cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
+        switches: switches as f64 / latencies.len() as f64,
     }
 }
 
