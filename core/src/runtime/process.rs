@@ -165,7 +165,7 @@ fn attempt<'a>(
         let counters = &shared.counters;
         counters.add(&counters.running);
         let call = {
-            let request = Request::new(delivery.message(), &shared.topic, &shared.group)
+            let request = Request::shared(delivery.message(), &shared.topic, &shared.group)
                 .with_attempt(attempt)
                 .with_delivery_count(delivery.delivery_count());
             traced.instrument(delivery.message(), shared.handler.call(request))
