@@ -79,10 +79,14 @@ impl MemoryAcker {
 
 #[async_trait]
 impl Acknowledger for MemoryAcker {
-    async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+    async fn ack(self: Box<Self>, message: &Message) -> Result<()> {
+        self.ack_at_once(message).unwrap_or(Ok(()))
+    }
+
+    fn ack_at_once(&self, _message: &Message) -> Option<Result<()>> {
         self.flow.group.settled();
         self.flow.release();
-        Ok(())
+        Some(Ok(()))
     }
 
     async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {

@@ -110,10 +110,12 @@ where
                 // Without a span, not instrumented: entering and leaving a
                 // disabled span on every poll and on drop costs more than
                 // the memory broker's whole ack.
-                let outcome = if span.is_none() {
-                    delivery.ack_in_place().await
-                } else {
+                let outcome = if !span.is_none() {
                     delivery.ack_in_place().instrument(span).await
+                } else if let Some(outcome) = delivery.ack_at_once() {
+                    outcome
+                } else {
+                    delivery.ack_in_place().await
                 };
                 record(
                     shared,
