@@ -170,8 +170,8 @@ impl Acknowledger for CoreAcker {
         Ok(())
     }
 
-    fn ack_at_once(&self, _message: &Message) -> Option<Result<()>> {
-        Some(Ok(()))
+    fn ack_at_once(&self, _message: &Message) -> bool {
+        true
     }
 
     async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {

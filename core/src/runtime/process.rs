@@ -112,8 +112,8 @@ where
                 // the memory broker's whole ack.
                 let outcome = if !span.is_none() {
                     delivery.ack_in_place().instrument(span).await
-                } else if let Some(outcome) = delivery.ack_at_once() {
-                    outcome
+                } else if delivery.ack_at_once() {
+                    Ok(())
                 } else {
                     delivery.ack_in_place().await
                 };
