@@ -305,7 +305,10 @@ impl Delivery {
     /// ([`Acknowledger::ack_at_once`]); the delivery is then settled.
     /// `false`: acking waits, and the delivery is not settled yet.
     pub(crate) fn ack_at_once(&mut self) -> bool {
-        let acker = self.acker.as_ref().expect("a delivery is settled only once");
+        let acker = self
+            .acker
+            .as_ref()
+            .expect("a delivery is settled only once");
         let acked = acker.ack_at_once(&self.message);
         if acked {
             self.acker = None;
