@@ -287,7 +287,7 @@ mod tests {
         }
         headers.insert_reserved("courier-unlisted", "v").unwrap();
         let map = headers.map.as_deref().unwrap();
-        for (name, _) in map {
+        for name in map.keys() {
             let kept = matches!(name, Cow::Borrowed(_));
             assert_eq!(kept, name != "courier-unlisted", "{name}");
         }
