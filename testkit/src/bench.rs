@@ -59,19 +59,7 @@ pub const ROUNDS_ENV: &str = "COURIER_BENCH_ROUNDS";
 ///
 /// When `/proc/self/task` cannot be read (not Linux).
 pub fn cpu_used() -> Duration {
-    let mut nanos = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let Ok(task) = task else { continue };
-        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        nanos += stat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Duration::from_nanos(nanos)
+    Duration::from_nanos(schedstat_total(0))
 }
 
 /// How many times the threads of this process were scheduled onto a CPU
@@ -83,19 +71,25 @@ pub fn cpu_used() -> Duration {
 ///
 /// When `/proc/self/task` cannot be read (not Linux).
 pub fn times_scheduled() -> u64 {
-    let mut count = 0u64;
+    schedstat_total(2)
+}
+
+/// Field `field` of `schedstat`, summed over the live threads of this
+/// process.
+fn schedstat_total(field: usize) -> u64 {
+    let mut total = 0u64;
     for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
         let Ok(task) = task else { continue };
         let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
             continue;
         };
-        count += stat
+        total += stat
             .split_whitespace()
-            .nth(2)
+            .nth(field)
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0);
     }
-    count
+    total
 }
 
 /// The count in the environment variable `name`, or `default` when it is
