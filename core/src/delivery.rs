@@ -186,6 +186,16 @@ pub trait Acknowledger: Send + Sync + fmt::Debug {
         self.ack(message).await
     }
 
+    /// Acks here and now when acking waits for nothing and cannot fail
+    /// (local bookkeeping, or nothing to send): returns `true`, and the
+    /// caller drops the acknowledger instead of calling
+    /// [`Acknowledger::ack`]. `false` (the default): nothing happened; the
+    /// caller calls `ack`. Such an ack then costs no future. Called at most
+    /// once; after `true`, no other method is called.
+    fn ack_at_once(&self, _message: &Message) -> bool {
+        false
+    }
+
     /// The partition the message was read from, on brokers with
     /// partitions (Kafka); for spans.
     fn partition(&self) -> Option<i32> {
@@ -284,8 +294,26 @@ impl Delivery {
     /// If the future is dropped before it completes, the ack may or may not
     /// have reached the broker; at worst the message is delivered again.
     pub async fn ack(mut self) -> Result<()> {
+        if self.ack_at_once() {
+            return Ok(());
+        }
         let acker = self.acker.take().expect("a delivery is settled only once");
         acker.ack(&self.message).await
+    }
+
+    /// Whether the adapter acked without waiting
+    /// ([`Acknowledger::ack_at_once`]); the delivery is then settled.
+    /// `false`: acking waits, and the delivery is not settled yet.
+    pub(crate) fn ack_at_once(&mut self) -> bool {
+        let acker = self
+            .acker
+            .as_ref()
+            .expect("a delivery is settled only once");
+        let acked = acker.ack_at_once(&self.message);
+        if acked {
+            self.acker = None;
+        }
+        acked
     }
 
     /// [`Delivery::ack`] without giving up the delivery, for the consumer

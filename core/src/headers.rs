@@ -16,6 +16,7 @@
 //! write), so cloning a message (for a handler, a retry, each group of a
 //! topic) copies no header.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -26,6 +27,32 @@ pub const RESERVED_PREFIX: &str = "courier-";
 pub const MAX_NAME_LEN: usize = 256;
 /// Largest total size of all header names and values, in bytes.
 pub const MAX_TOTAL_LEN: usize = 64 * 1024;
+
+/// courier's own header names, kept without a copy when inserted. A
+/// reserved name not listed here still works; it is only copied.
+const RESERVED: [&str; 21] = [
+    "courier-correlation-id",
+    "courier-causation-id",
+    "courier-request-id",
+    "courier-reply-to",
+    "courier-deadline-ms",
+    "courier-reply-status",
+    "courier-error-kind",
+    "courier-error-reason",
+    "courier-id",
+    "courier-key",
+    "courier-content-type",
+    "courier-timestamp-ms",
+    "courier-dlq-reason",
+    "courier-dlq-original-topic",
+    "courier-dlq-group",
+    "courier-dlq-attempts",
+    "courier-dlq-first-failure-ms",
+    "courier-dlq-last-failure-ms",
+    "courier-prior-deliveries",
+    "traceparent",
+    "tracestate",
+];
 
 /// Why a header was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +85,10 @@ pub enum HeaderError {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     /// `None` when empty (so equal headers compare equal), shared by clones.
-    map: Option<Arc<BTreeMap<String, String>>>,
+    /// courier's own names are kept as `'static` strings ([`RESERVED`]):
+    /// most messages carry one or two, and a name that is not copied is
+    /// one allocation less on every publish and receive.
+    map: Option<Arc<BTreeMap<Cow<'static, str>, String>>>,
     size: usize,
 }
 
@@ -83,7 +113,7 @@ impl Headers {
         if name.starts_with(RESERVED_PREFIX) {
             return Err(HeaderError::Reserved(name));
         }
-        self.insert_checked(name, value.into())
+        self.insert_checked(Cow::Owned(name), value.into())
     }
 
     /// Inserts a header whose name may use the reserved prefix: adapters
@@ -96,21 +126,32 @@ impl Headers {
     /// As [`Headers::insert`], except that reserved names are accepted.
     pub(crate) fn insert_reserved(
         &mut self,
-        name: impl Into<String>,
+        name: impl AsRef<str> + Into<String>,
         value: impl Into<String>,
     ) -> Result<(), HeaderError> {
-        self.insert_checked(name.into(), value.into())
+        let name = match RESERVED.iter().find(|known| **known == name.as_ref()) {
+            Some(known) => Cow::Borrowed(*known),
+            None => Cow::Owned(name.into()),
+        };
+        self.insert_checked(name, value.into())
     }
 
-    fn insert_checked(&mut self, name: String, value: String) -> Result<(), HeaderError> {
-        if name.is_empty()
-            || name.len() > MAX_NAME_LEN
-            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+    fn insert_checked(
+        &mut self,
+        name: Cow<'static, str>,
+        value: String,
+    ) -> Result<(), HeaderError> {
+        // courier's own names are known to be valid.
+        let known = matches!(name, Cow::Borrowed(_));
+        if !known
+            && (name.is_empty()
+                || name.len() > MAX_NAME_LEN
+                || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
         {
-            return Err(HeaderError::InvalidName(name));
+            return Err(HeaderError::InvalidName(name.into_owned()));
         }
         if value.contains(['\r', '\n']) {
-            return Err(HeaderError::InvalidValue(name));
+            return Err(HeaderError::InvalidValue(name.into_owned()));
         }
         let old = self.get(&name).map_or(0, |v| name.len() + v.len());
         let size = self.size - old + name.len() + value.len();
@@ -162,7 +203,7 @@ impl Headers {
         self.map
             .iter()
             .flat_map(|map| map.iter())
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
     /// The headers an application set, without courier's reserved ones.
@@ -203,6 +244,55 @@ mod tests {
         assert_eq!((copy.len(), copy.byte_size()), (0, 0));
         assert_eq!(original.len(), 1);
         assert_eq!(original.remove("absent"), None);
+    }
+
+    #[test]
+    fn courier_names_are_kept_without_a_copy() {
+        use crate::adapter::wire;
+        use crate::delivery::{
+            DLQ_ATTEMPTS, DLQ_FIRST_FAILURE, DLQ_GROUP, DLQ_LAST_FAILURE, DLQ_ORIGINAL_TOPIC,
+            DLQ_REASON,
+        };
+        use crate::message::{CAUSATION_ID, CORRELATION_ID};
+        use crate::request::headers::{
+            DEADLINE, ERROR_KIND, ERROR_REASON, REPLY_STATUS, REPLY_TO, REQUEST_ID,
+        };
+        use crate::telemetry::{TRACEPARENT, TRACESTATE};
+        let names = [
+            CORRELATION_ID,
+            CAUSATION_ID,
+            REQUEST_ID,
+            REPLY_TO,
+            DEADLINE,
+            REPLY_STATUS,
+            ERROR_KIND,
+            ERROR_REASON,
+            wire::ID,
+            wire::KEY,
+            wire::CONTENT_TYPE,
+            wire::TIMESTAMP,
+            DLQ_REASON,
+            DLQ_ORIGINAL_TOPIC,
+            DLQ_GROUP,
+            DLQ_ATTEMPTS,
+            DLQ_FIRST_FAILURE,
+            DLQ_LAST_FAILURE,
+            TRACEPARENT,
+            TRACESTATE,
+        ];
+        let mut headers = Headers::new();
+        for name in names {
+            // Given as an owned copy, as an adapter reading a wire header.
+            headers.insert_reserved(name.to_owned(), "v").unwrap();
+        }
+        headers.insert_reserved("courier-unlisted", "v").unwrap();
+        let map = headers.map.as_deref().unwrap();
+        for name in map.keys() {
+            let kept = matches!(name, Cow::Borrowed(_));
+            assert_eq!(kept, name != "courier-unlisted", "{name}");
+        }
+        assert_eq!(map.len(), names.len() + 1);
+        assert_eq!(headers.get(CORRELATION_ID), Some("v"));
     }
 
     #[test]

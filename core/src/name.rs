@@ -101,18 +101,7 @@ pub fn validate_group(name: &str) -> Result<(), InvalidName> {
 }
 
 fn validate(kind: NameKind, name: &str) -> Result<(), InvalidName> {
-    let problem = if name.is_empty() {
-        NameProblem::Empty
-    } else if name.len() > MAX_NAME_LEN {
-        NameProblem::TooLong
-    } else if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        NameProblem::InvalidChar(c)
-    } else if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
-        NameProblem::EmptySegment
-    } else {
+    let Some(problem) = problem(name) else {
         return Ok(());
     };
     Err(InvalidName {
@@ -120,6 +109,33 @@ fn validate(kind: NameKind, name: &str) -> Result<(), InvalidName> {
         name: name.chars().take(MAX_NAME_LEN + 1).collect(),
         problem,
     })
+}
+
+/// What is wrong with `name`, if anything: checked in one pass over its
+/// bytes (every publish checks its topic). A character outside the
+/// allowed set is reported before an empty segment, wherever each is.
+fn problem(name: &str) -> Option<NameProblem> {
+    if name.is_empty() {
+        return Some(NameProblem::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Some(NameProblem::TooLong);
+    }
+    // A name starting with a dot has an empty first segment.
+    let mut after_dot = true;
+    let mut empty_segment = false;
+    for (at, byte) in name.bytes().enumerate() {
+        match byte {
+            b'.' => {
+                empty_segment |= after_dot;
+                after_dot = true;
+            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' => after_dot = false,
+            // Every byte before `at` is ASCII, so `at` starts a character.
+            _ => return name[at..].chars().next().map(NameProblem::InvalidChar),
+        }
+    }
+    (empty_segment || after_dot).then_some(NameProblem::EmptySegment)
 }
 
 #[cfg(test)]
@@ -139,6 +155,43 @@ mod tests {
         }
     }
 
+    /// The rules as written: the first character outside the set, then
+    /// any empty segment.
+    fn problem_by_the_rules(name: &str) -> Option<NameProblem> {
+        if name.is_empty() {
+            Some(NameProblem::Empty)
+        } else if name.len() > MAX_NAME_LEN {
+            Some(NameProblem::TooLong)
+        } else if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            Some(NameProblem::InvalidChar(c))
+        } else if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+            Some(NameProblem::EmptySegment)
+        } else {
+            None
+        }
+    }
+
+    #[test]
+    fn one_pass_agrees_with_the_rules_on_every_short_name() {
+        let alphabet = ['a', 'Z', '7', '.', '_', '-', ' ', 'é', '*'];
+        let mut names = vec![String::new()];
+        let mut last = names.clone();
+        for _ in 0..4 {
+            last = last
+                .iter()
+                .flat_map(|name| alphabet.iter().map(move |c| format!("{name}{c}")))
+                .collect();
+            names.extend(last.iter().cloned());
+        }
+        assert_eq!(names.len(), 1 + 9 + 81 + 729 + 6_561);
+        for name in &names {
+            assert_eq!(problem(name), problem_by_the_rules(name), "{name:?}");
+        }
+    }
+
     #[test]
     fn rejects_each_problem_with_its_reason() {
         let cases = [
@@ -151,6 +204,10 @@ mod tests {
             (".a", NameProblem::EmptySegment),
             ("a.", NameProblem::EmptySegment),
             ("a..b", NameProblem::EmptySegment),
+            (".", NameProblem::EmptySegment),
+            // A bad character is named even after an empty segment.
+            ("..é", NameProblem::InvalidChar('é')),
+            ("a.b.", NameProblem::EmptySegment),
         ];
         for (name, problem) in cases {
             let err = validate_group(name).unwrap_err();

@@ -59,19 +59,37 @@ pub const ROUNDS_ENV: &str = "COURIER_BENCH_ROUNDS";
 ///
 /// When `/proc/self/task` cannot be read (not Linux).
 pub fn cpu_used() -> Duration {
-    let mut nanos = 0u64;
+    Duration::from_nanos(schedstat_total(0))
+}
+
+/// How many times the threads of this process were scheduled onto a CPU
+/// so far (the third field of each thread's `schedstat`): a count of
+/// wake-ups and preemptions, for figures such as thread switches per
+/// message. Threads that exited are not counted, as in [`cpu_used`].
+///
+/// # Panics
+///
+/// When `/proc/self/task` cannot be read (not Linux).
+pub fn times_scheduled() -> u64 {
+    schedstat_total(2)
+}
+
+/// Field `field` of `schedstat`, summed over the live threads of this
+/// process.
+fn schedstat_total(field: usize) -> u64 {
+    let mut total = 0u64;
     for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
         let Ok(task) = task else { continue };
         let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
             continue;
         };
-        nanos += stat
+        total += stat
             .split_whitespace()
-            .next()
+            .nth(field)
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0);
     }
-    Duration::from_nanos(nanos)
+    total
 }
 
 /// The count in the environment variable `name`, or `default` when it is
@@ -206,6 +224,9 @@ pub enum Unit {
     NanosPerMessage,
     /// A memory figure in bytes: lower is better.
     Bytes,
+    /// A count of events (thread wake-ups, say) per message: lower is
+    /// better.
+    PerMessage,
 }
 
 impl Unit {
@@ -220,6 +241,7 @@ impl Unit {
             Unit::Micros => "us",
             Unit::NanosPerMessage => "ns/msg",
             Unit::Bytes => "bytes",
+            Unit::PerMessage => "/msg",
         }
     }
 }

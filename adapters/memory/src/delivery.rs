@@ -79,10 +79,15 @@ impl MemoryAcker {
 
 #[async_trait]
 impl Acknowledger for MemoryAcker {
-    async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
+    async fn ack(self: Box<Self>, message: &Message) -> Result<()> {
+        self.ack_at_once(message);
+        Ok(())
+    }
+
+    fn ack_at_once(&self, _message: &Message) -> bool {
         self.flow.group.settled();
         self.flow.release();
-        Ok(())
+        true
     }
 
     async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {

@@ -16,8 +16,17 @@
 //! `responder only`); each is compared with the raw pair in the same
 //! interleaved way.
 //!
+//! A courier request and its reply each carry one NATS header (courier's
+//! fields: ids, timestamp, deadline), which the raw idiom does not. The
+//! rows marked `raw with one header` compare the full courier round trip
+//! with a raw pair whose request carries one header of the same size and
+//! whose responder echoes it: what carrying the message's metadata costs
+//! the client on its own.
+//!
 //! `cargo bench -p courier-nats --bench request_reply` (starts its own
 //! NATS container; `COURIER_TEST_NATS_URL` uses a running server instead).
+//! `-- requester` (or `responder`, `header`, `full`) runs only the
+//! comparisons whose label holds the word (`full`: the plain one).
 //! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per concurrency (default 5); the sides
 //! alternate who goes first, and the medians of the rounds are compared
 //! (`request c=N p50`/`p99` in microseconds, `request c=N` in requests per
@@ -61,6 +70,9 @@ struct Round {
     /// CPU microseconds of this whole process (requester and responder)
     /// per round trip.
     cpu: f64,
+    /// Times the process's threads were scheduled onto a CPU, per round
+    /// trip (wake-ups: each hand-off between threads costs one).
+    switches: f64,
 }
 
 fn main() {
@@ -69,15 +81,18 @@ fn main() {
     runtime.block_on(async move {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
         let url = server.url().to_owned();
-        let raw = RawSide::start(&url).await;
+        let raw = RawSide::start(&url, None).await;
+        let raw_with_header = RawSide::start(&url, Some(FIELDS_LIKE_COURIERS)).await;
         let courier = CourierSide::start(&url).await;
         let requester_only = courier.against_a_bare_responder(&url).await;
         let responder_only = RawSide {
             client: raw.client.clone(),
             subject: courier_nats::request_subject(&courier.topic),
+            header: None,
         };
         // Warm-up: connections, streams, consumers, inboxes.
         raw.round(8, 20).await;
+        raw_with_header.round(8, 20).await;
         courier.round(8, 20).await;
         requester_only.round(8, 20).await;
         responder_only.round(8, 20).await;
@@ -86,16 +101,29 @@ fn main() {
         let mut report = Report::new(format!(
             "NATS request/reply, {body} B JSON bodies, {rounds} rounds per concurrency, 2 worker threads"
         ));
-        let variants: [(&str, &dyn Sided); 3] = [
-            ("", &courier),
-            (" (courier requester only)", &requester_only),
-            (" (courier responder only)", &responder_only),
+        let variants: [(&str, &RawSide, &dyn Sided); 4] = [
+            ("", &raw, &courier),
+            (" (courier requester only)", &raw, &requester_only),
+            (" (courier responder only)", &raw, &responder_only),
+            (" (raw with one header)", &raw_with_header, &courier),
         ];
+        // Words on the command line pick comparisons by their row label
+        // (`full`, `requester`, `responder`, `header`); none runs all.
+        let picked: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| a.parse::<usize>().is_err())
+            .collect();
+        let wanted = |variant: &str| {
+            picked.is_empty()
+                || picked
+                    .iter()
+                    .any(|p| variant.contains(p.as_str()) || (p == "full" && variant.is_empty()))
+        };
         for (concurrency, per_task) in PER_TASK {
-            for (variant, courier) in variants {
+            for (variant, raw, courier) in variants.into_iter().filter(|(v, ..)| wanted(v)) {
                 let recorded = Arc::new(Mutex::new(Vec::new()));
                 let per_second = interleaved(rounds, |side| {
-                    let (raw, courier, recorded) = (&raw, courier, recorded.clone());
+                    let (raw, courier, recorded) = (raw, courier, recorded.clone());
                     async move {
                         let round = match side {
                             Side::Raw => raw.round(concurrency, per_task).await,
@@ -107,10 +135,11 @@ fn main() {
                 })
                 .await;
                 let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
-                for (name, figure) in [
-                    ("p50", (|r: &Round| r.p50) as fn(&Round) -> f64),
-                    ("p99", |r: &Round| r.p99),
-                    ("cpu/req", |r: &Round| r.cpu),
+                for (name, unit, figure) in [
+                    ("p50", Unit::Micros, (|r: &Round| r.p50) as fn(&Round) -> f64),
+                    ("p99", Unit::Micros, |r: &Round| r.p99),
+                    ("cpu/req", Unit::Micros, |r: &Round| r.cpu),
+                    ("switches/req", Unit::PerMessage, |r: &Round| r.switches),
                 ] {
                     let mut rounds_of = Rounds::default();
                     for (side, round) in &recorded {
@@ -123,7 +152,7 @@ fn main() {
                         "nats",
                         format!("request c={concurrency} {name}{variant}"),
                         body,
-                        Unit::Micros,
+                        unit,
                         &rounds_of,
                     ));
                 }
@@ -176,6 +205,7 @@ where
 {
     let started = Instant::now();
     let cpu = courier_testkit::bench::cpu_used();
+    let switches = courier_testkit::bench::times_scheduled();
     let tasks: Vec<_> = (0..concurrency)
         .map(|task| {
             let call = call.clone();
@@ -196,6 +226,7 @@ where
     }
     let elapsed = started.elapsed();
     let cpu = courier_testkit::bench::cpu_used() - cpu;
+    let switches = courier_testkit::bench::times_scheduled() - switches;
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Round {
@@ -203,6 +234,7 @@ where
         p99: at(0.99).as_secs_f64() * 1e6,
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         cpu: cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
+        switches: switches as f64 / latencies.len() as f64,
     }
 }
 
@@ -242,24 +274,49 @@ async fn start_bare_responder(url: &str, subject: String, queue: Option<&str>, e
 struct RawSide {
     client: async_nats::Client,
     subject: String,
+    /// A `courier-fields` value every request carries (and its responder
+    /// echoes), or none: the plain idiom.
+    header: Option<&'static str>,
 }
 
+/// A `courier-fields` header value of the size a courier request carries
+/// (id, timestamp, deadline).
+const FIELDS_LIKE_COURIERS: &str =
+    "id=0198c6a2-7f3e-7d2a-9b1c-3e4f5a6b7c8d;ts=1764200000000;dl=1764200005000;";
+
 impl RawSide {
-    async fn start(url: &str) -> Self {
+    /// A raw pair on a subject of its own; with `header`, every request
+    /// carries it as `courier-fields` and the responder echoes it.
+    async fn start(url: &str, header: Option<&'static str>) -> Self {
         let subject = courier_testkit::fixtures::unique_name("bench-raw-rr");
-        start_bare_responder(url, subject.clone(), None, false).await;
+        start_bare_responder(url, subject.clone(), None, header.is_some()).await;
         let client = async_nats::connect(url).await.expect("connect");
-        RawSide { client, subject }
+        RawSide {
+            client,
+            subject,
+            header,
+        }
     }
 
     async fn round(&self, concurrency: usize, per_task: usize) -> Round {
         let client = self.client.clone();
         let subject = self.subject.clone();
+        let header = self.header;
         measure(concurrency, per_task, move |seq| {
             let (client, subject) = (client.clone(), subject.clone());
             async move {
                 let body = serde_json::to_vec(&ping(seq)).expect("encode");
-                let reply = client.request(subject, body.into()).await.expect("reply");
+                let reply = match header {
+                    Some(fields) => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("courier-fields", fields);
+                        client
+                            .request_with_headers(subject, headers, body.into())
+                            .await
+                    }
+                    None => client.request(subject, body.into()).await,
+                }
+                .expect("reply");
                 let answer: Ping = serde_json::from_slice(&reply.payload).expect("decode");
                 assert_eq!(answer.seq, seq);
             }

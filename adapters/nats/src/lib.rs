@@ -410,7 +410,7 @@ impl courier_core::request::Requester for NatsBroker {
                     .client
                     .publish_with_reply_and_headers(
                         request::request_subject(topic),
-                        format!("{inbox}.{}", ticket.id),
+                        [&*inbox, ".", &ticket.id].concat(),
                         crate::compact::encode_request(&request, ticket.deadline_ms),
                         request.payload().clone(),
                     )

@@ -21,7 +21,8 @@ use crate::error::op_error;
 /// The core NATS subject the requests of `topic` go to. It is not a
 /// subject of the topic's stream, so requests are not stored.
 pub fn request_subject(topic: &str) -> String {
-    format!("_courier.request.{topic}")
+    // Built at its size: one allocation per request.
+    ["_courier.request.", topic].concat()
 }
 
 /// The topic's requests for `subscription`'s group: a queue subscription
@@ -167,6 +168,10 @@ impl CoreAcker {
 impl Acknowledger for CoreAcker {
     async fn ack(self: Box<Self>, _message: &Message) -> Result<()> {
         Ok(())
+    }
+
+    fn ack_at_once(&self, _message: &Message) -> bool {
+        true
     }
 
     async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {

@@ -78,14 +78,15 @@ pub fn headers_mut(message: &mut Message) -> &mut Headers {
 }
 
 /// Inserts a header whose name may use the reserved prefix: a courier field
-/// that travelled as a header.
+/// that travelled as a header. courier's own names are not copied: pass
+/// the name as read from the wire (`&str`).
 ///
 /// # Errors
 ///
 /// As [`Headers::insert`], except that reserved names are accepted.
 pub fn restore_header(
     headers: &mut Headers,
-    name: impl Into<String>,
+    name: impl AsRef<str> + Into<String>,
     value: impl Into<String>,
 ) -> Result<(), HeaderError> {
     headers.insert_reserved(name, value)

@@ -18,7 +18,9 @@ use crate::message::Message;
 /// a duplicate) is dropped and counted in [`PendingReplies::late`].
 #[derive(Default)]
 pub struct PendingReplies {
-    waiting: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
+    /// Keyed by request id, shared with the [`PendingReply`] (one copy of
+    /// the id per request).
+    waiting: Mutex<HashMap<Arc<str>, oneshot::Sender<Answer>>>,
     late: AtomicU64,
     /// The number of the next request id [`PendingReplies::next_id`] gives.
     issued: AtomicU64,
@@ -39,7 +41,7 @@ impl PendingReplies {
         Arc::default()
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Answer>>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, oneshot::Sender<Answer>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -55,10 +57,11 @@ impl PendingReplies {
     /// late.
     pub fn register(self: &Arc<Self>, id: &str) -> PendingReply {
         let (tx, rx) = oneshot::channel();
-        self.waiting().insert(id.to_owned(), tx);
+        let id: Arc<str> = id.into();
+        self.waiting().insert(id.clone(), tx);
         PendingReply {
             owner: self.clone(),
-            id: id.to_owned(),
+            id,
             rx,
         }
     }
@@ -128,7 +131,7 @@ pub enum Answer {
 #[derive(Debug)]
 pub struct PendingReply {
     owner: Arc<PendingReplies>,
-    id: String,
+    id: Arc<str>,
     rx: oneshot::Receiver<Answer>,
 }
 

@@ -175,12 +175,31 @@ impl Meta {
 /// The owned context of a handler attempt, as typed handlers receive it.
 impl From<&Request<'_>> for Meta {
     fn from(request: &Request<'_>) -> Self {
+        let (topic, group) = request.shared_names();
         Meta {
             message: request.message().clone(),
-            topic: request.topic().into(),
-            group: request.group().into(),
+            topic,
+            group,
             attempt: request.attempt(),
             delivery_count: request.delivery_count(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_context_of_a_runtime_request_shares_its_names() {
+        let message = Message::new("m");
+        let (topic, group): (Arc<str>, Arc<str>) = ("orders".into(), "billing".into());
+        let meta = Meta::from(&Request::shared(&message, &topic, &group));
+        assert!(Arc::ptr_eq(&meta.topic, &topic));
+        assert!(Arc::ptr_eq(&meta.group, &group));
+        // A request built by hand (a test of a handler) gets its own copies.
+        let meta = Meta::from(&Request::new(&message, "orders", "billing"));
+        assert_eq!((meta.topic(), meta.group()), ("orders", "billing"));
+        assert!(!Arc::ptr_eq(&meta.topic, &topic));
     }
 }

@@ -110,10 +110,12 @@ where
                 // Without a span, not instrumented: entering and leaving a
                 // disabled span on every poll and on drop costs more than
                 // the memory broker's whole ack.
-                let outcome = if span.is_none() {
-                    delivery.ack_in_place().await
-                } else {
+                let outcome = if !span.is_none() {
                     delivery.ack_in_place().instrument(span).await
+                } else if delivery.ack_at_once() {
+                    Ok(())
+                } else {
+                    delivery.ack_in_place().await
                 };
                 record(
                     shared,
@@ -165,7 +167,7 @@ fn attempt<'a>(
         let counters = &shared.counters;
         counters.add(&counters.running);
         let call = {
-            let request = Request::new(delivery.message(), &shared.topic, &shared.group)
+            let request = Request::shared(delivery.message(), &shared.topic, &shared.group)
                 .with_attempt(attempt)
                 .with_delivery_count(delivery.delivery_count());
             traced.instrument(delivery.message(), shared.handler.call(request))

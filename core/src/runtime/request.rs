@@ -1,5 +1,7 @@
 //! [`Request`]: one attempt at handling one delivered message.
 
+use std::sync::Arc;
+
 use crate::message::Message;
 
 /// One attempt at handling one delivered message: the message and where it
@@ -9,6 +11,9 @@ pub struct Request<'a> {
     message: &'a Message,
     topic: &'a str,
     group: &'a str,
+    /// The runtime's own copies of topic and group, which an owned
+    /// [`Meta`](super::Meta) shares instead of copying the names.
+    shared: Option<(&'a Arc<str>, &'a Arc<str>)>,
     attempt: u32,
     delivery_count: Option<u32>,
 }
@@ -20,8 +25,26 @@ impl<'a> Request<'a> {
             message,
             topic,
             group,
+            shared: None,
             attempt: 1,
             delivery_count: None,
+        }
+    }
+
+    /// A request of the runtime's, whose topic and group an owned
+    /// [`Meta`](super::Meta) shares.
+    pub(crate) fn shared(message: &'a Message, topic: &'a Arc<str>, group: &'a Arc<str>) -> Self {
+        Request {
+            shared: Some((topic, group)),
+            ..Request::new(message, topic, group)
+        }
+    }
+
+    /// Topic and group as shared strings: the runtime's, or new copies.
+    pub(crate) fn shared_names(&self) -> (Arc<str>, Arc<str>) {
+        match self.shared {
+            Some((topic, group)) => (topic.clone(), group.clone()),
+            None => (self.topic.into(), self.group.into()),
         }
     }
 
