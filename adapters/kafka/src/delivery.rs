@@ -72,6 +72,16 @@ impl Acknowledger for KafkaAcker {
         self.settle()
     }
 
+    /// An ack only marks the offset settled: done here, unless the
+    /// partition was revoked (then `ack` reports it).
+    fn ack_at_once(&self, _message: &Message) -> bool {
+        let settled = self.partition.settle_if_owned(self.offset);
+        if settled {
+            self.flow.release();
+        }
+        settled
+    }
+
     async fn nack(self: Box<Self>, message: &Message, nack: Nack) -> Result<()> {
         match nack {
             Nack::RequeueAfter(delay) if !delay.is_zero() => {

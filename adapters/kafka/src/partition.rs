@@ -101,6 +101,20 @@ impl Partition {
         Ok(())
     }
 
+    /// Settles a handed-out delivery if the partition is still owned;
+    /// otherwise changes nothing and returns `false` (then
+    /// [`Partition::settle`] reports the revocation).
+    pub(crate) fn settle_if_owned(&self, offset: i64) -> bool {
+        let mut state = self.state.lock();
+        if state.phase == Phase::Revoked {
+            return false;
+        }
+        self.put_back(&mut state);
+        state.watermark.settle(offset);
+        state.dirty = true;
+        true
+    }
+
     /// Settles an offset that was never handed out (a record dead-lettered
     /// because courier cannot represent it).
     pub(crate) fn settle_unhanded(&self, offset: i64) -> Result<(), Revoked> {
@@ -211,6 +225,25 @@ mod tests {
         assert_eq!(commit, Some((0, "courier1:0:1".to_owned())));
         assert_eq!(out, 1);
         assert_eq!(p.settle(0), Err(Revoked));
+        assert_eq!(p.unsettled(), 1, "a late ack does not move the position");
+    }
+
+    #[test]
+    fn settling_at_once_changes_nothing_on_a_revoked_partition() {
+        let p = Partition::new(Arc::from("t"), 0, BTreeSet::new());
+        p.receive(0);
+        p.receive(1);
+        assert!(p.hand_out(0));
+        assert!(p.hand_out(1));
+        assert!(p.settle_if_owned(1));
+        p.start_revoking();
+        let (commit, out) = p.revoke();
+        assert_eq!(commit, Some((0, "courier1:0:1".to_owned())));
+        assert_eq!(out, 1);
+        assert!(!p.settle_if_owned(0));
+        assert_eq!(p.state.lock().handed_out, 1, "left for settle to report");
+        assert_eq!(p.settle(0), Err(Revoked));
+        assert_eq!(p.state.lock().handed_out, 0);
         assert_eq!(p.unsettled(), 1, "a late ack does not move the position");
     }
 
