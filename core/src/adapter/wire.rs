@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::headers::{HeaderError, Headers};
 use crate::message::{Message, MessageId};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Header carrying the message id.
 pub const ID: &str = "courier-id";
@@ -66,26 +66,34 @@ pub fn decode<'a>(
     native_key: Option<String>,
     fallback_id: impl FnOnce() -> MessageId,
 ) -> Result<Message, HeaderError> {
-    let mut message = Message::new(payload);
     let mut id = None;
     let mut key = native_key;
+    let mut content_type = None;
+    let mut timestamp = None;
     let mut user = Headers::new();
     for (name, raw) in headers {
         let value = std::str::from_utf8(raw).map_err(|_| HeaderError::NotUtf8(name.to_owned()))?;
         match name {
             ID => id = Some(MessageId::parse(value)?),
             KEY => key = Some(value.to_owned()),
-            CONTENT_TYPE => message = message.with_content_type(value.to_owned()),
+            CONTENT_TYPE => content_type = Some(value.to_owned()),
             TIMESTAMP => {
                 if let Ok(ms) = value.parse::<u64>() {
-                    message = message.with_timestamp(UNIX_EPOCH + Duration::from_millis(ms));
+                    timestamp = Some(UNIX_EPOCH + Duration::from_millis(ms));
                 }
             }
             _ => user.insert_reserved(name, value)?,
         }
     }
+    // The id and the time the message travelled with: no id drawn and no
+    // clock read unless it lacks them.
+    let id = id.unwrap_or_else(fallback_id);
+    let timestamp = timestamp.unwrap_or_else(SystemTime::now);
+    let mut message = Message::received(id, timestamp, payload);
     *message.headers_mut() = user;
-    message = message.with_id(id.unwrap_or_else(fallback_id));
+    if let Some(content_type) = content_type {
+        message = message.with_content_type(content_type);
+    }
     if let Some(key) = key {
         message = message.with_key(key);
     }
