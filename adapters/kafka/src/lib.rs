@@ -307,6 +307,7 @@
 //! # Ok(()) }
 //! ```
 
+mod assignment;
 mod client;
 mod config;
 mod consumer;
