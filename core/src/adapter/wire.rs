@@ -154,6 +154,21 @@ mod tests {
     }
 
     #[test]
+    fn the_id_and_timestamp_travelled_with_are_kept() {
+        let id = "0190b6b4-0000-7000-8000-000000000000";
+        let headers: [(&str, &[u8]); 2] = [(ID, id.as_bytes()), (TIMESTAMP, b"1234")];
+        let msg = decode(headers, Bytes::new(), None, || unreachable!("id given")).unwrap();
+        assert_eq!(msg.id().to_string(), id);
+        assert_eq!(msg.timestamp_millis(), 1234);
+        let before = SystemTime::now() - Duration::from_millis(1);
+        let untimed = decode([(ID, id.as_bytes())], Bytes::new(), None, MessageId::new).unwrap();
+        assert!(
+            untimed.timestamp() >= before,
+            "without a timestamp: decoding time"
+        );
+    }
+
+    #[test]
     fn foreign_messages_get_the_fallback_id() {
         let id = MessageId::parse("topic-0-17").unwrap();
         let msg = decode([], Bytes::from_static(b"x"), None, || id.clone()).unwrap();
