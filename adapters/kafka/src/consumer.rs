@@ -460,8 +460,11 @@ pub(crate) fn decode(
         MessageId::parse(&crate::foreign::record_id(topic, partition, offset)).unwrap_or_default()
     })
     .map_err(|e| format!("record headers: {e}"))?;
+    if has_timestamp {
+        return Ok(decoded); // the record's own timestamp is not read then
+    }
     Ok(match message.timestamp().to_millis() {
-        Some(ms) if !has_timestamp && ms >= 0 => {
+        Some(ms) if ms >= 0 => {
             decoded.with_timestamp(UNIX_EPOCH + Duration::from_millis(ms as u64))
         }
         _ => decoded,
