@@ -19,7 +19,6 @@ use courier_core::MessageId;
 use courier_core::adapter::origin::{self, Origin};
 use courier_core::adapter::wire;
 use courier_core::delivery::{DLQ_GROUP, DLQ_ORIGINAL_TOPIC, DLQ_REASON};
-use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -28,6 +27,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use crate::assignment::{Assignment, Lookup};
 use crate::client::CourierContext;
 use crate::config::KafkaConfig;
 use crate::error::BROKER;
@@ -49,6 +49,8 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 const JOIN_SETTLE: Duration = Duration::from_millis(200);
 /// How long the buffer may stay full before fetching is paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(3);
+/// The smallest batch the poll thread makes room for.
+const BATCH_CAPACITY: usize = 16;
 
 /// The consumer's context: the subscription's partitions and the rebalance
 /// callbacks that keep them.
@@ -57,7 +59,7 @@ pub(crate) struct SessionContext {
     base: CourierContext,
     config: Arc<KafkaConfig>,
     flow: Arc<Flow>,
-    partitions: Mutex<HashMap<i32, Arc<Partition>>>,
+    partitions: Assignment,
     /// The last asynchronous commit failed: commit everything next time.
     commit_failed: AtomicBool,
     /// The assignment changed since the poll loop last looked.
@@ -80,7 +82,7 @@ impl SessionContext {
             base: CourierContext::default(),
             config,
             flow,
-            partitions: Mutex::new(HashMap::new()),
+            partitions: Assignment::default(),
             commit_failed: AtomicBool::new(false),
             reassigned: AtomicBool::new(false),
             joined: AtomicBool::new(false),
@@ -129,7 +131,7 @@ impl SessionContext {
             let offsets = settled::committed(consumer, &self.flow.topic, &without, settled::WAIT);
             stored = settled::load(&self.config, &self.flow.topic, &offsets);
         }
-        let mut partitions = self.partitions.lock();
+        let mut partitions = self.partitions.change();
         for element in assigned.elements() {
             let id = element.partition();
             let skip = positions
@@ -156,7 +158,7 @@ impl SessionContext {
     /// then commit their final positions.
     fn revoke(&self, consumer: &BaseConsumer<Self>, ids: impl IntoIterator<Item = i32>) {
         let revoked: Vec<Arc<Partition>> = {
-            let mut partitions = self.partitions.lock();
+            let mut partitions = self.partitions.change();
             ids.into_iter()
                 .filter_map(|id| partitions.remove(&id))
                 .collect()
@@ -261,20 +263,21 @@ impl SessionContext {
     fn fetched(
         &self,
         message: &BorrowedMessage<'_>,
+        lookup: &mut Lookup,
         batch: &mut Vec<Pending>,
         runtime: &tokio::runtime::Handle,
     ) {
         let id = message.partition();
         let offset = message.offset();
-        let Some(partition) = self.partitions.lock().get(&id).cloned() else {
+        let Some(partition) = lookup.get(&self.partitions, id) else {
             return; // not (or no longer) ours: its owner fetches it
         };
         if partition.receive(offset) != Received::Deliver {
             return;
         }
+        let partition = partition.clone();
         match decode(message, &self.flow.topic) {
             Ok(decoded) => {
-                self.flow.add_buffered();
                 batch.push(Pending {
                     partition,
                     offset,
@@ -303,7 +306,7 @@ impl SessionContext {
         let key = message.key().map(<[u8]>::to_vec);
         let payload = message.payload().unwrap_or_default().to_vec();
         let timestamp = message.timestamp().to_millis();
-        let id = format!("{topic}-{}-{offset}", partition.id);
+        let id = crate::foreign::record_id(&topic, partition.id, offset);
         let mut headers = crate::foreign::dead_letter_headers(message.headers(), &id, timestamp);
         for (name, value) in [
             (DLQ_REASON, reason.as_str()),
@@ -408,6 +411,9 @@ impl ConsumerContext for SessionContext {
     }
 }
 
+/// Headers of a record [`decode`] reads without allocating.
+const INLINE_HEADERS: usize = 8;
+
 /// Turns a record into a courier message. Records from other producers get
 /// the id `<topic>-<partition>-<offset>` and the record's timestamp.
 pub(crate) fn decode(
@@ -422,25 +428,43 @@ pub(crate) fn decode(
         ),
         None => None,
     };
-    let headers: Vec<(&str, &[u8])> = message
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|header| (header.key, header.value.unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
+    // Read once (rdkafka looks each one up and checks its name), into
+    // place on the stack for the usual few.
+    let mut inline = [("", &[][..]); INLINE_HEADERS];
+    let spilled: Vec<(&str, &[u8])>;
+    let headers: &[(&str, &[u8])] = match message.headers() {
+        None => &[],
+        Some(headers) if headers.count() <= INLINE_HEADERS => {
+            let pairs = headers.iter().map(|h| (h.key, h.value.unwrap_or_default()));
+            let mut count = 0;
+            for (slot, pair) in inline.iter_mut().zip(pairs) {
+                *slot = pair;
+                count += 1;
+            }
+            &inline[..count]
+        }
+        Some(headers) => {
+            spilled = headers
+                .iter()
+                .map(|h| (h.key, h.value.unwrap_or_default()))
+                .collect();
+            &spilled
+        }
+    };
     let origin = Origin::of_wire_headers(headers.iter().map(|(name, _)| *name));
-    let headers = origin::trusted(headers, origin);
+    let headers = origin::trusted(headers.iter().copied(), origin);
     let has_timestamp = headers.iter().any(|(name, _)| *name == wire::TIMESTAMP);
     let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
     let (partition, offset) = (message.partition(), message.offset());
     let decoded = wire::decode(headers, payload, key, || {
-        MessageId::parse(&format!("{topic}-{partition}-{offset}")).unwrap_or_default()
+        MessageId::parse(&crate::foreign::record_id(topic, partition, offset)).unwrap_or_default()
     })
     .map_err(|e| format!("record headers: {e}"))?;
+    if has_timestamp {
+        return Ok(decoded); // the record's own timestamp is not read then
+    }
     Ok(match message.timestamp().to_millis() {
-        Some(ms) if !has_timestamp && ms >= 0 => {
+        Some(ms) if ms >= 0 => {
             decoded.with_timestamp(UNIX_EPOCH + Duration::from_millis(ms as u64))
         }
         _ => decoded,
@@ -474,6 +498,8 @@ fn run(
     let mut last_commit = Instant::now();
     let mut paused = false;
     let mut full_since: Option<Instant> = None;
+    let mut lookup = Lookup::default();
+    let mut capacity = BATCH_CAPACITY;
     while !flow.is_ending() && !tx.is_closed() {
         if last_commit.elapsed() >= commit_interval {
             context.commit_changed(&consumer);
@@ -502,9 +528,20 @@ fn run(
                 paused = set_paused(&consumer, false);
             }
         }
-        let mut batch = Vec::new();
-        let failed = poll_records(&consumer, &context, &flow, &runtime, &mut batch);
+        // Sized like the last batch: growing it record by record cost more
+        // than anything the thread did per record but decoding.
+        let mut batch = Vec::with_capacity(capacity);
+        let failed = poll_records(
+            &consumer,
+            &context,
+            &flow,
+            &runtime,
+            &mut lookup,
+            &mut batch,
+        );
+        capacity = batch.len().clamp(BATCH_CAPACITY, flow.high_water());
         if !batch.is_empty() {
+            flow.add_buffered(batch.len());
             let _ = tx.send(Fetched::Records(batch));
         }
         if let Some(error) = failed {
@@ -536,12 +573,13 @@ fn poll_records(
     context: &SessionContext,
     flow: &Flow,
     runtime: &tokio::runtime::Handle,
+    lookup: &mut Lookup,
     batch: &mut Vec<Pending>,
 ) -> Option<courier_core::Error> {
     let mut wait = POLL_WAIT;
     loop {
         match consumer.poll(wait)? {
-            Ok(message) => context.fetched(&message, batch, runtime),
+            Ok(message) => context.fetched(&message, lookup, batch, runtime),
             Err(KafkaError::PartitionEOF(_)) => {}
             Err(KafkaError::MessageConsumptionFatal(code)) => {
                 return Some(courier_core::Error::broker(
@@ -556,7 +594,8 @@ fn poll_records(
                 tracing::debug!(topic = %flow.topic, error = %e, "kafka consumer error");
             }
         }
-        if flow.buffered() >= flow.high_water() || flow.is_ending() {
+        // The batch counts as buffered once sent.
+        if flow.buffered() + batch.len() >= flow.high_water() || flow.is_ending() {
             return None;
         }
         wait = Duration::ZERO;

@@ -102,9 +102,9 @@ impl Flow {
         self.buffered.load(Ordering::Acquire)
     }
 
-    /// Counts a record sent to the stream.
-    pub(crate) fn add_buffered(&self) {
-        self.buffered.fetch_add(1, Ordering::AcqRel);
+    /// Counts `records` about to be sent to the stream.
+    pub(crate) fn add_buffered(&self, records: usize) {
+        self.buffered.fetch_add(records, Ordering::AcqRel);
     }
 
     pub(crate) fn take_buffered(&self) {

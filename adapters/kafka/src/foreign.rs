@@ -1,4 +1,5 @@
-//! The headers of a record copied as it is to the dead-letter topic.
+//! Records of other producers: the id they are received with, and the
+//! headers of a record copied as it is to the dead-letter topic.
 
 use courier_core::adapter::origin::{self, Origin};
 use courier_core::adapter::wire;
@@ -36,4 +37,13 @@ pub(crate) fn dead_letter_headers(
         }
     }
     headers
+}
+
+/// The id a record without courier's id is received with:
+/// `<topic>-<partition>-<offset>`.
+pub(crate) fn record_id(topic: &str, partition: i32, offset: i64) -> String {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(topic.len() + 32);
+    let _ = write!(id, "{topic}-{partition}-{offset}");
+    id
 }

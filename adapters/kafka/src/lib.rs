@@ -139,7 +139,10 @@
 //! `queued.max.messages.kbytes`); only when the buffer stays full for 3 s
 //! does it pause fetching, so that rebalances are still served. Pausing
 //! drops the records rdkafka had fetched (they are fetched again), which is
-//! why it is not the everyday flow control.
+//! why it is not the everyday flow control. Once rdkafka holds
+//! `queued.min.messages` records it fetches again after
+//! `fetch.queue.backoff.ms`, which courier sets to 50 ms (rdkafka's 1 s
+//! idled a consumer draining a backlog faster than that queue lasts).
 //!
 //! # Provisioning and start position
 //!
@@ -307,6 +310,7 @@
 //! # Ok(()) }
 //! ```
 
+mod assignment;
 mod client;
 mod config;
 mod consumer;

@@ -239,6 +239,11 @@ fn consumer_settings(config: &KafkaConfig, group: &str) -> rdkafka::ClientConfig
             // brokers (tansu), which stalls the partition: allow the largest
             // batch courier's producer writes.
             ("max.partition.fetch.bytes", FETCH_BYTES.to_string()),
+            // Once rdkafka holds `queued.min.messages` (100,000) fetched
+            // records it stops fetching for this long (1 s by default): a
+            // consumer draining them faster than that (on a backlog) then
+            // sat idle most of every second.
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string()),
         ],
     )
 }
@@ -246,3 +251,6 @@ fn consumer_settings(config: &KafkaConfig, group: &str) -> rdkafka::ClientConfig
 /// See `max.partition.fetch.bytes` in [`consumer_settings`]: rdkafka's
 /// largest producer batch (`batch.size`, 1 MB) and then some.
 const FETCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// See `fetch.queue.backoff.ms` in [`consumer_settings`].
+const FETCH_QUEUE_BACKOFF_MS: u32 = 50;

@@ -85,7 +85,7 @@ impl Watermark {
     /// moved. Settling an offset not in the window (already settled, or
     /// never received) changes nothing.
     pub(crate) fn settle(&mut self, offset: i64) -> bool {
-        let Ok(index) = self.window.binary_search_by_key(&offset, |&(o, _)| o) else {
+        let Some(index) = self.index_of(offset) else {
             return false;
         };
         if self.window[index].1 {
@@ -103,9 +103,18 @@ impl Watermark {
 
     /// Whether `offset` is received and not yet settled.
     pub(crate) fn is_unsettled(&self, offset: i64) -> bool {
-        self.window
-            .binary_search_by_key(&offset, |&(o, _)| o)
-            .is_ok_and(|i| !self.window[i].1)
+        self.index_of(offset).is_some_and(|i| !self.window[i].1)
+    }
+
+    /// Where `offset` is in the window. Offsets are mostly consecutive, so
+    /// the place it would have then is tried before searching.
+    fn index_of(&self, offset: i64) -> Option<usize> {
+        let &(front, _) = self.window.front()?;
+        let guess = usize::try_from(offset.checked_sub(front)?).ok()?;
+        if self.window.get(guess).is_some_and(|&(o, _)| o == offset) {
+            return Some(guess);
+        }
+        self.window.binary_search_by_key(&offset, |&(o, _)| o).ok()
     }
 
     /// The offset to commit: the lowest unsettled one, or one past the

@@ -1,7 +1,7 @@
 //! Reserved headers of a foreign producer's record are not trusted: a raw
 //! rdkafka record with `courier-correlation-id` and `courier-whatever`
 //! reaches handlers without them (and without a header value that is not
-//! UTF-8); a courier message keeps its own.
+//! UTF-8), with the record's timestamp; a courier message keeps its own.
 
 use std::time::Duration;
 
@@ -15,6 +15,9 @@ use courier_testkit::foreign_headers::{
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// The timestamp of the foreign record (milliseconds since the epoch).
+const FOREIGN_TIMESTAMP_MS: i64 = 1_700_000_000_123;
 
 /// Group joins on the test broker take seconds.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -53,6 +56,7 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         .send(
             FutureRecord::<(), _>::to(sub.topic())
                 .payload("foreign")
+                .timestamp(FOREIGN_TIMESTAMP_MS)
                 .headers(headers),
             Duration::from_secs(30),
         )
@@ -72,6 +76,11 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         m.id().to_string().starts_with(sub.topic()),
         "a foreign record's id: {:?}",
         m.id()
+    );
+    assert_eq!(
+        m.timestamp_millis(),
+        FOREIGN_TIMESTAMP_MS as u64,
+        "a foreign record's timestamp"
     );
     assert_reserved_not_trusted(m);
     assert_eq!(m.header("binary"), None, "not UTF-8: left out");

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::headers::{HeaderError, Headers};
 use crate::message::{Message, MessageId};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Header carrying the message id.
 pub const ID: &str = "courier-id";
@@ -66,26 +66,34 @@ pub fn decode<'a>(
     native_key: Option<String>,
     fallback_id: impl FnOnce() -> MessageId,
 ) -> Result<Message, HeaderError> {
-    let mut message = Message::new(payload);
     let mut id = None;
     let mut key = native_key;
+    let mut content_type = None;
+    let mut timestamp = None;
     let mut user = Headers::new();
     for (name, raw) in headers {
         let value = std::str::from_utf8(raw).map_err(|_| HeaderError::NotUtf8(name.to_owned()))?;
         match name {
             ID => id = Some(MessageId::parse(value)?),
             KEY => key = Some(value.to_owned()),
-            CONTENT_TYPE => message = message.with_content_type(value.to_owned()),
+            CONTENT_TYPE => content_type = Some(value.to_owned()),
             TIMESTAMP => {
                 if let Ok(ms) = value.parse::<u64>() {
-                    message = message.with_timestamp(UNIX_EPOCH + Duration::from_millis(ms));
+                    timestamp = Some(UNIX_EPOCH + Duration::from_millis(ms));
                 }
             }
             _ => user.insert_reserved(name, value)?,
         }
     }
+    // The id and the time the message travelled with: no id drawn and no
+    // clock read unless it lacks them.
+    let id = id.unwrap_or_else(fallback_id);
+    let timestamp = timestamp.unwrap_or_else(SystemTime::now);
+    let mut message = Message::received(id, timestamp, payload);
     *message.headers_mut() = user;
-    message = message.with_id(id.unwrap_or_else(fallback_id));
+    if let Some(content_type) = content_type {
+        message = message.with_content_type(content_type);
+    }
     if let Some(key) = key {
         message = message.with_key(key);
     }
@@ -143,6 +151,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, HeaderError::NotUtf8("x".into()));
+    }
+
+    #[test]
+    fn the_id_and_timestamp_travelled_with_are_kept() {
+        let id = "0190b6b4-0000-7000-8000-000000000000";
+        let headers: [(&str, &[u8]); 2] = [(ID, id.as_bytes()), (TIMESTAMP, b"1234")];
+        let msg = decode(headers, Bytes::new(), None, || unreachable!("id given")).unwrap();
+        assert_eq!(msg.id().to_string(), id);
+        assert_eq!(msg.timestamp_millis(), 1234);
+        let before = SystemTime::now() - Duration::from_millis(1);
+        let untimed = decode([(ID, id.as_bytes())], Bytes::new(), None, MessageId::new).unwrap();
+        assert!(
+            untimed.timestamp() >= before,
+            "without a timestamp: decoding time"
+        );
     }
 
     #[test]
