@@ -586,12 +586,7 @@ impl Ctx {
     ///
     /// When none arrives in time, the stream ends, or it yields an error.
     pub async fn next(&self, stream: &mut DeliveryStream) -> Delivery {
-        match tokio::time::timeout(self.patience(), stream.next()).await {
-            Ok(Some(Ok(delivery))) => delivery,
-            Ok(Some(Err(e))) => panic!("stream yielded an error: {e} ({e:?})"),
-            Ok(None) => panic!("stream ended while a delivery was expected"),
-            Err(_) => panic!("no delivery within {:?}", self.patience()),
-        }
+        crate::deliveries::next_within(stream, self.patience()).await
     }
 
     /// Asserts that nothing arrives within the quiet period.

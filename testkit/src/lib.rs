@@ -30,6 +30,7 @@ pub mod close_cases;
 mod competing;
 pub mod conformance;
 pub mod dead_letter_cases;
+pub mod deliveries;
 pub mod fault_cases;
 /// Real servers for tests (RabbitMQ, NATS, Kafka-protocol, PostgreSQL, Redis) through testcontainers.
 #[cfg(feature = "fixtures")]

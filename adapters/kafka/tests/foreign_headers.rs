@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use courier_core::Subscription;
 use courier_core::prelude::*;
-use courier_core::{DeliveryStream, Subscription};
 use courier_kafka::KafkaBroker;
+use courier_testkit::deliveries::next_within;
 use courier_testkit::fixtures::{self, unique_name};
 use courier_testkit::foreign_headers::{
     FORGED_HEADERS, assert_courier_fields_kept, assert_reserved_not_trusted, courier_message,
@@ -21,14 +22,6 @@ const FOREIGN_TIMESTAMP_MS: i64 = 1_700_000_000_123;
 
 /// Group joins on the test broker take seconds.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-async fn next(stream: &mut DeliveryStream) -> courier_core::Delivery {
-    tokio::time::timeout(PATIENCE, stream.next())
-        .await
-        .expect("a delivery in time")
-        .expect("open")
-        .expect("delivery")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
@@ -69,7 +62,7 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
         .expect("publish");
 
     let mut stream = broker.subscribe(sub.clone()).await.expect("subscribe");
-    let foreign = next(&mut stream).await;
+    let foreign = next_within(&mut stream, PATIENCE).await;
     let m = foreign.message();
     assert_eq!(m.payload().as_ref(), b"foreign");
     assert!(
@@ -86,7 +79,7 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
     assert_eq!(m.header("binary"), None, "not UTF-8: left out");
     foreign.ack().await.expect("ack");
 
-    let own = next(&mut stream).await;
+    let own = next_within(&mut stream, PATIENCE).await;
     assert_courier_fields_kept(own.message(), &sent);
     own.ack().await.expect("ack");
     broker.close().await.expect("close");

@@ -6,10 +6,10 @@
 use courier_core::prelude::*;
 use std::time::Duration;
 
-use courier_core::{Delivery, DeliveryStream, Message, Nack, Subscription};
+use courier_core::{Message, Nack, Subscription};
 use courier_kafka::KafkaBroker;
+use courier_testkit::deliveries::next_within;
 use courier_testkit::fixtures::{self, unique_name};
-use futures::StreamExt;
 
 const MESSAGES: usize = 20;
 /// The first delivery waits for the group join and assignment too.
@@ -22,14 +22,6 @@ fn seq_of(message: &Message) -> usize {
         .expect("utf-8")
         .parse()
         .expect("number")
-}
-
-async fn next(stream: &mut DeliveryStream, within: Duration) -> Delivery {
-    tokio::time::timeout(within, stream.next())
-        .await
-        .expect("a delivery in time")
-        .expect("stream open")
-        .expect("delivery")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,15 +37,15 @@ async fn a_nacked_record_comes_back_before_later_ones() {
         .expect("publish");
 
     let mut stream = broker.subscribe(sub).await.expect("subscribe");
-    let first = next(&mut stream, JOIN).await;
-    let second = next(&mut stream, NEXT).await;
+    let first = next_within(&mut stream, JOIN).await;
+    let second = next_within(&mut stream, NEXT).await;
     assert_eq!((seq_of(first.message()), seq_of(second.message())), (0, 1));
     first.nack(Nack::Requeue).await.expect("nack");
     second.ack().await.expect("ack");
 
     let mut order = Vec::new();
     for _ in 1..MESSAGES {
-        let delivery = next(&mut stream, NEXT).await;
+        let delivery = next_within(&mut stream, NEXT).await;
         order.push(seq_of(delivery.message()));
         delivery.ack().await.expect("ack");
     }

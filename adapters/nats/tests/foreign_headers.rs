@@ -4,10 +4,10 @@
 
 use courier_core::{Publisher, Subscriber, Subscription};
 use courier_nats::NatsBroker;
+use courier_testkit::deliveries::next_within;
 use courier_testkit::foreign_headers::{
     FORGED_HEADERS, assert_courier_fields_kept, assert_reserved_not_trusted, courier_message,
 };
-use futures::StreamExt;
 use std::time::Duration;
 
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -43,7 +43,7 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
     let mut stream = Subscriber::subscribe(&broker, sub)
         .await
         .expect("subscribe");
-    let foreign = next(&mut stream).await;
+    let foreign = next_within(&mut stream, PATIENCE).await;
     let m = foreign.message();
     assert_eq!(m.payload().as_ref(), b"foreign");
     assert_eq!(
@@ -54,16 +54,8 @@ async fn foreign_reserved_headers_are_not_trusted_and_courier_keeps_its_own() {
     assert_reserved_not_trusted(m);
     foreign.ack().await.expect("ack");
 
-    let own = next(&mut stream).await;
+    let own = next_within(&mut stream, PATIENCE).await;
     assert_courier_fields_kept(own.message(), &sent);
     own.ack().await.expect("ack");
     courier_core::Close::close(&broker).await.expect("close");
-}
-
-async fn next(stream: &mut courier_core::DeliveryStream) -> courier_core::Delivery {
-    tokio::time::timeout(PATIENCE, stream.next())
-        .await
-        .expect("a delivery in time")
-        .expect("open")
-        .expect("delivery")
 }

@@ -69,12 +69,7 @@ pub fn kill_connections(fixture: &BrokerFixture, vhost: &str) {
 
 /// The next delivery within `patience`.
 pub async fn next(stream: &mut DeliveryStream, patience: Duration) -> Delivery {
-    match tokio::time::timeout(patience, stream.next()).await {
-        Ok(Some(Ok(delivery))) => delivery,
-        Ok(Some(Err(e))) => panic!("stream error: {e} ({e:?})"),
-        Ok(None) => panic!("stream ended"),
-        Err(_) => panic!("no delivery within {patience:?}"),
-    }
+    courier_testkit::deliveries::next_within(stream, patience).await
 }
 
 /// Asserts that nothing arrives within `quiet`.
