@@ -53,8 +53,59 @@ pub struct Message {
     key: Option<Arc<str>>,
     headers: Headers,
     payload: Bytes,
-    content_type: Option<Cow<'static, str>>,
+    content_type: Option<ContentType>,
     timestamp: SystemTime,
+}
+
+/// Common content types, kept without a copy when a message is built or
+/// decoded with one of them.
+const KNOWN_CONTENT_TYPES: [&str; 4] = [
+    JSON,
+    "text/plain",
+    "application/octet-stream",
+    "application/x-protobuf",
+];
+
+/// A content type, shared by clones: a message is cloned for each handler
+/// attempt, and a content type decoded from the wire would otherwise be
+/// copied each time.
+#[derive(Clone)]
+enum ContentType {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl ContentType {
+    fn new(content_type: Cow<'static, str>) -> Self {
+        match content_type {
+            Cow::Borrowed(known) => ContentType::Static(known),
+            Cow::Owned(text) => match KNOWN_CONTENT_TYPES.iter().find(|known| **known == text) {
+                Some(known) => ContentType::Static(known),
+                None => ContentType::Shared(text.into()),
+            },
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            ContentType::Static(text) => text,
+            ContentType::Shared(text) => text,
+        }
+    }
+}
+
+impl PartialEq for ContentType {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ContentType {}
+
+impl fmt::Debug for ContentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl Message {
@@ -182,7 +233,7 @@ impl Message {
 
     /// Sets the content type.
     pub fn with_content_type(mut self, content_type: impl Into<Cow<'static, str>>) -> Self {
-        self.content_type = Some(content_type.into());
+        self.content_type = Some(ContentType::new(content_type.into()));
         self
     }
 
@@ -259,7 +310,7 @@ impl Message {
 
     /// The content type.
     pub fn content_type(&self) -> Option<&str> {
-        self.content_type.as_deref()
+        self.content_type.as_ref().map(ContentType::as_str)
     }
 
     /// When the message was created, to the millisecond.
@@ -313,6 +364,24 @@ mod tests {
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
     struct Order {
         id: u64,
+    }
+
+    #[test]
+    fn content_types_from_the_wire_are_shared_by_clones() {
+        // Decoded from the wire: an owned string.
+        let json = Message::new("{}").with_content_type(JSON.to_owned());
+        let custom = Message::new("x").with_content_type("application/vnd.acme+json".to_owned());
+        assert!(matches!(json.content_type, Some(ContentType::Static(_))));
+        let (Some(ContentType::Shared(first)), Some(ContentType::Shared(second))) =
+            (&custom.content_type, &custom.clone().content_type)
+        else {
+            panic!("a custom content type is shared");
+        };
+        assert!(Arc::ptr_eq(first, second));
+        assert_eq!(custom.content_type(), Some("application/vnd.acme+json"));
+        // However it was made, the same content type compares equal.
+        assert_eq!(json.clone().with_content_type(JSON), json);
+        assert_eq!(json.content_type(), Some(JSON));
     }
 
     #[test]

@@ -163,3 +163,62 @@ async fn an_app_whose_consumers_all_end_returns_without_its_trigger() {
         "{stats:?}"
     );
 }
+
+/// A handler closure that panics before it returns its future (in its
+/// body, not in the `async` block) fails that attempt like any panic: the
+/// message is retried and the consumer keeps running. Checked on both of
+/// the runtime's paths: the handler called with its own type (no layers),
+/// and a layered, type-erased stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_before_the_handler_future_exists_is_a_failed_attempt() {
+    for (layered, concurrency) in [(false, 1), (false, 4), (true, 1), (true, 4)] {
+        let broker = MemoryBroker::new().into_broker();
+        let sub = Subscription::new("sync-panic", "g");
+        let calls = Arc::new(AtomicU32::new(0));
+        let handler = {
+            let calls = calls.clone();
+            runtime::raw(move |message: Message| {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                assert!(call != 2, "panics in the third call, before its future");
+                async move {
+                    drop(message);
+                    Ok(())
+                }
+            })
+        };
+        let mut builder = Consumer::builder(&broker, sub.clone(), handler)
+            .concurrency(concurrency)
+            .retry(RetryPolicy::exponential().min_delay(Duration::from_millis(1)));
+        if layered {
+            builder = builder.layer(TimeoutLayer::new(Duration::from_secs(10)));
+        }
+        let consumer = builder.build();
+        broker.provision(consumer.subscription()).await.unwrap();
+        let metrics = consumer.metrics();
+        let running = consumer.start().await.unwrap();
+        let batch = (0..5).map(|n| Message::new(n.to_string())).collect();
+        broker.publish_batch(sub.topic(), batch).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metrics.snapshot().handled < 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline && !running.is_finished(),
+                "layered {layered}, c={concurrency}: {} of 5 handled, consumer finished: {}",
+                metrics.snapshot().handled,
+                running.is_finished()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let stats = running.shutdown().await.unwrap();
+        assert_eq!(
+            (
+                stats.handled,
+                stats.failed,
+                stats.retried,
+                stats.dead_lettered
+            ),
+            (5, 1, 1, 0),
+            "layered {layered}, c={concurrency}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+}

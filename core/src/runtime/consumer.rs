@@ -13,7 +13,7 @@ use super::lanes::LaneIds;
 use super::middleware::{CatchPanic, Layer};
 use super::resubscribe::{Resubscribe, resubscribing};
 use super::retry::RetryPolicy;
-use super::shared::{Shared, Stop};
+use super::shared::{Run, Running, Shared, Stop};
 use super::shutdown::{ShutdownHandle, signal};
 use super::slots::Slots;
 use super::stats::{ConsumerMetrics, ConsumerStats, Counters};
@@ -63,11 +63,15 @@ impl<S: Subscriber + 'static> IntoSubscriber for Arc<S> {
 
 type LayerFn = Box<dyn FnOnce(BoxHandler) -> BoxHandler + Send>;
 
+/// Makes a consumer's [`Run`] from its shared state and its layers: with
+/// no layers, around the handler's own type.
+type MakeRun = Box<dyn FnOnce(Shared, Vec<LayerFn>) -> Arc<dyn Run> + Send>;
+
 /// Configures a [`Consumer`]; made by [`Consumer::builder`].
 pub struct ConsumerBuilder {
     subscriber: Arc<dyn Subscriber>,
     subscription: Subscription,
-    handler: BoxHandler,
+    make_run: MakeRun,
     layers: Vec<LayerFn>,
     concurrency: usize,
     prefetch: Option<u16>,
@@ -222,17 +226,6 @@ impl ConsumerBuilder {
 
     /// The consumer.
     pub fn build(self) -> Consumer {
-        // The consumer catches panics of the whole stack itself; with
-        // layers, the handler gets a catcher of its own so that the layers
-        // see its panics as failures.
-        let mut handler = if self.layers.is_empty() {
-            self.handler
-        } else {
-            Arc::new(CatchPanic::new(self.handler))
-        };
-        for layer in self.layers.into_iter().rev() {
-            handler = layer(handler);
-        }
         let prefetch = self.prefetch.unwrap_or_else(|| {
             u16::try_from(self.concurrency.saturating_mul(2))
                 .unwrap_or(u16::MAX)
@@ -243,7 +236,6 @@ impl ConsumerBuilder {
             self.shutdown.token.child_token(),
         );
         let shared = Shared {
-            handler,
             topic: self.subscription.topic().into(),
             group: self.subscription.group().into(),
             retry: self.retry,
@@ -273,7 +265,7 @@ impl ConsumerBuilder {
             provision_dead_letter_group: self.provision_dead_letter_group,
             shutdown_deadline: self.shutdown_deadline,
             shutdown: self.shutdown,
-            shared: Arc::new(shared),
+            shared: (self.make_run)(shared, self.layers),
             resubscribe: self.resubscribe,
         }
     }
@@ -347,7 +339,7 @@ pub struct Consumer {
     provision_dead_letter_group: bool,
     shutdown_deadline: Duration,
     shutdown: ShutdownHandle,
-    shared: Arc<Shared>,
+    shared: Arc<dyn Run>,
     resubscribe: bool,
 }
 
@@ -372,7 +364,7 @@ impl Consumer {
         ConsumerBuilder {
             subscriber: subscriber.into_subscriber(),
             subscription,
-            handler: Arc::new(handler),
+            make_run: Box::new(|shared, layers| running(shared, handler, layers)),
             layers: Vec::new(),
             concurrency: DEFAULT_CONCURRENCY,
             prefetch: None,
@@ -494,7 +486,7 @@ impl Consumer {
             async move {
                 let _stopped = stopped;
                 match stream {
-                    Some(stream) => super::dispatch::run(shared, stream, shutdown_deadline).await,
+                    Some(stream) => shared.dispatch(stream, shutdown_deadline).await,
                     None => Ok(()),
                 }
             }
@@ -561,6 +553,22 @@ impl Consumer {
 }
 
 /// The consumer's group on its dead-letter topic, the topic's name checked.
+/// The handler with what the consumer's tasks share. Without layers, the
+/// handler keeps its own type, so that its futures are not boxed; the
+/// consumer catches panics of the whole stack itself. With layers, the
+/// handler gets a catcher of its own so that the layers see its panics as
+/// failures, and the stack is type-erased.
+fn running<H: Handler>(shared: Shared, handler: H, layers: Vec<LayerFn>) -> Arc<dyn Run> {
+    if layers.is_empty() {
+        return Arc::new(Running { shared, handler });
+    }
+    let mut handler: BoxHandler = Arc::new(CatchPanic::new(Arc::new(handler)));
+    for layer in layers.into_iter().rev() {
+        handler = layer(handler);
+    }
+    Arc::new(Running { shared, handler })
+}
+
 fn dead_letter_subscription(shared: &Shared, subscription: &Subscription) -> Result<Subscription> {
     subscription.validate()?;
     let topic = match &shared.dead_letter_topic {
@@ -583,7 +591,7 @@ pub struct RunningConsumer {
     task: Option<tokio::task::JoinHandle<Result<()>>>,
     /// Cancelled when the consumer's task has ended.
     stopped: CancellationToken,
-    shared: Arc<Shared>,
+    shared: Arc<dyn Run>,
     metrics: ConsumerMetrics,
     subscription: Subscription,
     resubscribes: Arc<AtomicU64>,

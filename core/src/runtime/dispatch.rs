@@ -12,16 +12,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::task::TaskTracker;
 
+use super::handler::Handler;
 use super::lanes::{LaneId, LaneTable};
 use super::process::{process, requeue};
-use super::shared::Shared;
+use super::shared::{Running, Shared};
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::pubsub::DeliveryStream;
 
 /// Runs until the shutdown is triggered or the stream ends, then drains.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
+pub(crate) async fn run<H: Handler>(
+    shared: Arc<Running<H>>,
     mut stream: DeliveryStream,
     deadline: Duration,
 ) -> Result<()> {
@@ -207,8 +208,8 @@ fn registered_lanes(shared: &Shared) -> Option<MutexGuard<'_, LaneTable>> {
 ///
 /// `lane` makes the lane's job ([`run_lane`]; a parameter so that the
 /// spare slot's type can be named).
-fn start_lane<'a, F, L>(
-    shared: &'a Arc<Shared>,
+fn start_lane<'a, F, L, H>(
+    shared: &'a Arc<Running<H>>,
     tasks: &'a TaskTracker,
     spare: &'a mut Option<Slot<F>>,
     lane_id: LaneId,
@@ -217,7 +218,7 @@ fn start_lane<'a, F, L>(
 ) -> impl Future<Output = ()> + 'a
 where
     F: Future<Output = ()> + Send + 'static,
-    L: FnOnce(Arc<Shared>, LaneId, Delivery) -> F,
+    L: FnOnce(Arc<Running<H>>, LaneId, Delivery) -> F,
 {
     let mut slot = spare.take().unwrap_or_else(|| Box::pin(None));
     slot.set(Some(lane(shared.clone(), lane_id, delivery)));
@@ -253,8 +254,8 @@ fn take_lane(shared: &Shared, lane_id: LaneId) -> Option<VecDeque<Delivery>> {
     clippy::manual_async_fn,
     reason = "an async fn would hold its arguments twice"
 )]
-fn run_lane(
-    shared: Arc<Shared>,
+fn run_lane<H: Handler>(
+    shared: Arc<Running<H>>,
     lane_id: LaneId,
     mut next: Delivery,
 ) -> impl Future<Output = ()> + Send + 'static {

@@ -5,8 +5,9 @@
 use std::mem::size_of;
 use std::sync::Arc;
 
+use super::handler::BoxHandler;
 use super::process::process;
-use super::shared::Shared;
+use super::shared::Running;
 use crate::delivery::Delivery;
 
 /// Most bytes the per-delivery future may take. It takes 576 now (rustc
@@ -29,9 +30,20 @@ fn size_of_output<R>(_make: impl FnOnce() -> R) -> usize {
 
 #[test]
 fn the_per_delivery_future_stays_small() {
-    let borrowed =
-        size_of_output(|| process(never::<&'static Shared>(), never::<Delivery>(), None));
-    let owned = size_of_output(|| process(never::<Arc<Shared>>(), never::<Delivery>(), None));
+    let borrowed = size_of_output(|| {
+        process(
+            never::<&'static Running<BoxHandler>>(),
+            never::<Delivery>(),
+            None,
+        )
+    });
+    let owned = size_of_output(|| {
+        process(
+            never::<Arc<Running<BoxHandler>>>(),
+            never::<Delivery>(),
+            None,
+        )
+    });
     for size in [borrowed, owned] {
         assert!(
             size <= MOST,

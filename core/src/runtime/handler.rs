@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use serde::de::DeserializeOwned;
 
 use super::context::{Envelope, Meta};
@@ -44,6 +44,27 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one attempt. `Ok` acks the message; see [`HandlerError`] for
     /// failures.
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult>;
+
+    /// Handles one attempt as [`call`](Handler::call) does, with a future
+    /// that need not be boxed: what a consumer calls when the handler is
+    /// not wrapped in layers (a layered stack is type-erased, so it goes
+    /// through `call`). The consumer holds the future inside its own
+    /// per-delivery future, so a handler that overrides this costs no
+    /// allocation per message.
+    ///
+    /// Provided: returns `call`'s boxed future. The handlers built by
+    /// [`raw`], [`typed`], [`envelope`], [`raw_envelope`] and
+    /// [`responder`](super::responder()) override it. An override must
+    /// behave exactly as `call`.
+    fn call_unboxed<'a>(
+        &'a self,
+        request: Request<'a>,
+    ) -> impl Future<Output = HandlerResult> + Send + 'a
+    where
+        Self: Sized,
+    {
+        self.call(request)
+    }
 }
 
 /// A shared, type-erased handler: what [`Layer`](super::Layer)s stack on.
@@ -102,7 +123,14 @@ where
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
-        Box::pin((self.f)(request.message().clone()))
+        Box::pin(self.call_unboxed(request))
+    }
+
+    fn call_unboxed<'a>(
+        &'a self,
+        request: Request<'a>,
+    ) -> impl Future<Output = HandlerResult> + Send + 'a {
+        (self.f)(request.message().clone())
     }
 }
 
@@ -158,9 +186,16 @@ where
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(self.call_unboxed(request))
+    }
+
+    fn call_unboxed<'a>(
+        &'a self,
+        request: Request<'a>,
+    ) -> impl Future<Output = HandlerResult> + Send + 'a {
         match request.message().json::<T>() {
-            Ok(value) => Box::pin((self.f)(value)),
-            Err(e) => Box::pin(std::future::ready(Err(HandlerError::permanent(e)))),
+            Ok(value) => Either::Left((self.f)(value)),
+            Err(e) => Either::Right(std::future::ready(Err(HandlerError::permanent(e)))),
         }
     }
 }
@@ -264,12 +299,19 @@ where
     C: Consume<T>,
 {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(self.call_unboxed(request))
+    }
+
+    fn call_unboxed<'a>(
+        &'a self,
+        request: Request<'a>,
+    ) -> impl Future<Output = HandlerResult> + Send + 'a {
         match request.message().json::<T>() {
-            Ok(body) => Box::pin(self.consume.consume(Envelope {
+            Ok(body) => Either::Left(self.consume.consume(Envelope {
                 body,
                 meta: Meta::from(&request),
             })),
-            Err(e) => Box::pin(std::future::ready(Err(HandlerError::permanent(e)))),
+            Err(e) => Either::Right(std::future::ready(Err(HandlerError::permanent(e)))),
         }
     }
 }
@@ -307,9 +349,16 @@ pub fn raw_envelope<C: Consume<Bytes>>(consume: C) -> RawEnvelopeFn<C> {
 
 impl<C: Consume<Bytes>> Handler for RawEnvelopeFn<C> {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
-        Box::pin(self.consume.consume(Envelope {
+        Box::pin(self.call_unboxed(request))
+    }
+
+    fn call_unboxed<'a>(
+        &'a self,
+        request: Request<'a>,
+    ) -> impl Future<Output = HandlerResult> + Send + 'a {
+        self.consume.consume(Envelope {
             body: request.message().payload().clone(),
             meta: Meta::from(&request),
-        }))
+        })
     }
 }

@@ -138,15 +138,21 @@
 //! What a message costs the runtime on top of receiving and acking it,
 //! and why it is no more:
 //!
-//! - **One allocation per attempt, for the handler's future.** [`Handler`]
-//!   returns a boxed future so handlers and layers can be stacked and
-//!   chosen at run time; that box is the runtime's only allocation per
-//!   message. With more concurrency, each delivery's processing (a keyed
+//! - **No allocation of the runtime's per message.** A consumer whose
+//!   handler is not wrapped in layers keeps the handler's own type and
+//!   calls it through [`Handler::call_unboxed`], so the handler's future
+//!   lives inside the per-delivery future instead of a box (the handlers
+//!   [`raw`], [`typed`], [`envelope`], [`raw_envelope`] and [`responder`]
+//!   build all do this; a hand-written [`Handler`] gets the boxed
+//!   [`Handler::call`] unless it overrides `call_unboxed`). With layers,
+//!   the stack is type-erased (layers are chosen at run time and stacked
+//!   on [`BoxHandler`]s), and each attempt boxes the outermost layer's
+//!   future. With more concurrency, each delivery's processing (a keyed
 //!   delivery's lane) goes into a heap slot, once, and is never copied
 //!   afterwards, since it may move to a task of its own; a processing that
 //!   finished without waiting leaves its slot to the next delivery, so
-//!   handlers that finish at once cost no allocation of the runtime's but
-//!   their own box. Only a processing that waits takes its slot along.
+//!   handlers that finish at once cost no allocation of the runtime's.
+//!   Only a processing that waits takes its slot along.
 //! - **The per-delivery future is small** (about 0.7 KB, most of it the
 //!   delivery and its trace state): it is moved into its place once per
 //!   message. The rare paths (waiting for a slot, retrying, dead-lettering,
@@ -179,9 +185,9 @@
 //!   (`cargo bench -p courier-memory --bench runtime_overhead`, CPU time),
 //!   the runtime adds about 110 ns a message to a bare subscribe-and-ack
 //!   loop's 110–120 ns at concurrency 1, 160 ns at concurrency 8 and
-//!   200 ns at concurrency 16 with 16 keys; it allocates one block a
-//!   message more than the bare loop at any concurrency (the handler's
-//!   future).
+//!   200 ns at concurrency 16 with 16 keys; it allocates no more blocks
+//!   per message than the bare loop at any concurrency
+//!   (`cargo bench -p courier-memory --bench runtime_memory` counts them).
 //! - **Memory is bounded by the prefetch.** Nothing grows per message: the
 //!   broker hands out at most the prefetch, everything else is freed when
 //!   its message is settled.

@@ -7,18 +7,19 @@
 
 use std::future::Future;
 use std::ops::Deref;
-use std::panic::AssertUnwindSafe;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::SystemTime;
 
 use futures::FutureExt;
+use futures::future::Either;
 use tracing::Instrument;
 
 use super::dead_letter::{CopyOutcome, publish_copy};
 use super::error::{FailureKind, HandlerError, HandlerResult, Panicked};
-use super::shared::Shared;
+use super::shared::{Running, Shared};
 use super::slots::{Held, Slot as SlotPermit};
 
 /// Wait before trying a deferred message again when the deferral named no delay.
@@ -68,16 +69,18 @@ impl Failures {
     clippy::manual_async_fn,
     reason = "an async fn would hold its arguments twice"
 )]
-pub(crate) fn process<S>(
-    shared: S,
+pub(crate) fn process<S, H>(
+    running: S,
     mut delivery: Delivery,
     first_permit: Option<SlotPermit>,
 ) -> impl Future<Output = Option<Box<Delivery>>>
 where
-    S: Deref<Target = Shared> + Send,
+    S: Deref<Target = Running<H>> + Send,
+    H: Handler,
 {
     async move {
-        let shared = &*shared;
+        let running = &*running;
+        let shared = &running.shared;
         // Held from here, so a slot is given back however this ends.
         let first_permit = first_permit.map(|permit| shared.slots.hold(permit));
         let traced = shared.telemetry.begin(&delivery);
@@ -101,7 +104,7 @@ where
                 }
             }),
         };
-        match attempt(shared, &delivery, 1, slot, &traced).await {
+        match attempt(running, &delivery, 1, slot, &traced).await {
             Some(Ok(())) => {
                 let span = shared
                     .telemetry
@@ -124,7 +127,7 @@ where
                     delivery.message().id(),
                 );
             }
-            Some(Err(error)) => Box::pin(retry(shared, delivery, error, &traced)).await,
+            Some(Err(error)) => Box::pin(retry(running, delivery, error, &traced)).await,
             None => Box::pin(requeue(shared, [delivery])).await,
         }
         None
@@ -155,8 +158,8 @@ async fn wait_for_slot(shared: &Shared, first_attempt: bool) -> Slot<'_> {
     clippy::manual_async_fn,
     reason = "an async fn would hold its arguments twice"
 )]
-fn attempt<'a>(
-    shared: &'a Shared,
+fn attempt<'a, H: Handler>(
+    running: &'a Running<H>,
     delivery: &'a Delivery,
     attempt: u32,
     slot: Option<Held<'a>>,
@@ -164,13 +167,23 @@ fn attempt<'a>(
 ) -> impl Future<Output = Option<HandlerResult>> + 'a {
     // An async block, as `process`: an async fn would keep its arguments twice.
     async move {
+        let shared = &running.shared;
         let counters = &shared.counters;
         counters.add(&counters.running);
         let call = {
             let request = Request::shared(delivery.message(), &shared.topic, &shared.group)
                 .with_attempt(attempt)
                 .with_delivery_count(delivery.delivery_count());
-            traced.instrument(delivery.message(), shared.handler.call(request))
+            // A handler may panic before its future exists (a closure's
+            // body before its `async` block, a layer's `call`): that fails
+            // the attempt too, rather than the consumer's task.
+            let handler = &running.handler;
+            match panic::catch_unwind(AssertUnwindSafe(|| handler.call_unboxed(request))) {
+                Ok(call) => Either::Left(traced.instrument(delivery.message(), call)),
+                Err(payload) => Either::Right(std::future::ready(Err(HandlerError::transient(
+                    Panicked::from_payload(&*payload),
+                )))),
+            }
         };
         let call = AssertUnwindSafe(call).catch_unwind();
         let started = shared.telemetry.attempt_started();
@@ -206,7 +219,13 @@ async fn until_done_or_aborted<F: Future>(shared: &Shared, call: Pin<&mut F>) ->
 }
 
 /// After a failed first attempt: retries with backoff, then settles.
-async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, traced: &Traced) {
+async fn retry<H: Handler>(
+    running: &Running<H>,
+    delivery: Delivery,
+    first_error: HandlerError,
+    traced: &Traced,
+) {
+    let shared = &running.shared;
     let counters = &shared.counters;
     let mut delays = shared.retry.delays();
     let mut failures = Failures::now();
@@ -251,7 +270,7 @@ async fn retry(shared: &Shared, delivery: Delivery, first_error: HandlerError, t
             return requeue(shared, [delivery]).await;
         };
         attempts += 1;
-        match attempt(shared, &delivery, attempts, slot, traced).await {
+        match attempt(running, &delivery, attempts, slot, traced).await {
             Some(Ok(())) => return settle(shared, delivery, Settle::Ack, Some(traced)).await,
             Some(Err(next)) => {
                 counters.add(&counters.failed);

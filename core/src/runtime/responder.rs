@@ -110,21 +110,23 @@ where
     Fut: Future<Output = Result<Resp, HandlerError>> + Send + 'static,
 {
     fn call<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, HandlerResult> {
-        Box::pin(async move {
-            let message = request.message();
-            if headers::reply_address(message).is_none() {
-                let body = message.json::<Req>().map_err(HandlerError::permanent)?;
-                (self.f)(Envelope::new(body, Meta::from(&request))).await?;
-                return Ok(());
-            }
-            if headers::deadline_passed(message) {
-                tracing::debug!(id = %message.id(), "request past its deadline, not processed");
-                return Ok(());
-            }
-            let reply = self.answer(request).await;
-            self.replies.reply(message, reply).await?;
-            Ok(())
-        })
+        Box::pin(self.call_unboxed(request))
+    }
+
+    async fn call_unboxed<'a>(&'a self, request: Request<'a>) -> HandlerResult {
+        let message = request.message();
+        if headers::reply_address(message).is_none() {
+            let body = message.json::<Req>().map_err(HandlerError::permanent)?;
+            (self.f)(Envelope::new(body, Meta::from(&request))).await?;
+            return Ok(());
+        }
+        if headers::deadline_passed(message) {
+            tracing::debug!(id = %message.id(), "request past its deadline, not processed");
+            return Ok(());
+        }
+        let reply = self.answer(request).await;
+        self.replies.reply(message, reply).await?;
+        Ok(())
     }
 }
 

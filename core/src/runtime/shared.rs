@@ -1,21 +1,76 @@
 //! What every task of a running consumer shares: the handler, the slots,
 //! the ordering lanes, the shutdown triggers and the counters.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::BoxHandler;
+use super::handler::Handler;
 use super::lanes::{LaneIds, LaneTable};
 use super::retry::RetryPolicy;
 use super::slots::Slots;
 use super::stats::Counters;
+use crate::error::Result;
+use crate::pubsub::DeliveryStream;
 use crate::telemetry::{ConsumerTelemetry, LagReport};
 
-/// What every task of a running consumer shares.
+/// A consumer's handler with what its tasks share. Generic over the
+/// handler's type, so that the runtime calls a handler without layers
+/// through [`Handler::call_unboxed`] and holds its future inline; a
+/// consumer keeps it as a [`Run`].
+pub(crate) struct Running<H> {
+    pub(crate) shared: Shared,
+    pub(crate) handler: H,
+}
+
+impl<H> Deref for Running<H> {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// A [`Running`] consumer with its handler's type erased.
+pub(crate) trait Run: Send + Sync + 'static {
+    fn shared(&self) -> &Shared;
+
+    /// The consumer's main loop ([`dispatch::run`](super::dispatch::run)).
+    fn dispatch(
+        self: Arc<Self>,
+        stream: DeliveryStream,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<()>>;
+}
+
+impl<H: Handler> Run for Running<H> {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn dispatch(
+        self: Arc<Self>,
+        stream: DeliveryStream,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<()>> {
+        Box::pin(super::dispatch::run(self, stream, deadline))
+    }
+}
+
+impl Deref for dyn Run {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        self.shared()
+    }
+}
+
+/// What every task of a running consumer shares but the handler.
 pub(crate) struct Shared {
-    pub(crate) handler: BoxHandler,
     pub(crate) topic: Arc<str>,
     pub(crate) group: Arc<str>,
     pub(crate) retry: RetryPolicy,
