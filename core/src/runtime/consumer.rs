@@ -552,7 +552,6 @@ impl Consumer {
     }
 }
 
-/// The consumer's group on its dead-letter topic, the topic's name checked.
 /// The handler with what the consumer's tasks share. Without layers, the
 /// handler keeps its own type, so that its futures are not boxed; the
 /// consumer catches panics of the whole stack itself. With layers, the
@@ -569,6 +568,7 @@ fn running<H: Handler>(shared: Shared, handler: H, layers: Vec<LayerFn>) -> Arc<
     Arc::new(Running { shared, handler })
 }
 
+/// The consumer's group on its dead-letter topic, the topic's name checked.
 fn dead_letter_subscription(shared: &Shared, subscription: &Subscription) -> Result<Subscription> {
     subscription.validate()?;
     let topic = match &shared.dead_letter_topic {

@@ -57,7 +57,7 @@ impl Failures {
 /// delivery's future is then 8 bytes, not a delivery's 168 written out
 /// when it completes.
 ///
-/// `shared` is a reference or an `Arc`: the future of a delivery handled on
+/// `running` is a reference or an `Arc`: the future of a delivery handled on
 /// a task of its own owns it. That future is moved to the heap once per
 /// message, so it is kept small: the delivery is held once, and the rare
 /// paths (waiting for a slot, retrying, requeueing) are boxed futures.
