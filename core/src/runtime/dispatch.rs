@@ -10,15 +10,30 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use tokio_util::task::TaskTracker;
 
 use super::handler::Handler;
 use super::lanes::{LaneId, LaneTable};
 use super::process::{process, requeue};
-use super::shared::{Running, Shared};
+use super::shared::{Run, Running, Shared};
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::pubsub::DeliveryStream;
+
+impl<H: Handler> Run for Running<H> {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn dispatch(
+        self: Arc<Self>,
+        stream: DeliveryStream,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<()>> {
+        Box::pin(run(self, stream, deadline))
+    }
+}
 
 /// Runs until the shutdown is triggered or the stream ends, then drains.
 pub(crate) async fn run<H: Handler>(

@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::Handler;
 use super::lanes::{LaneIds, LaneTable};
 use super::retry::RetryPolicy;
 use super::slots::Slots;
@@ -20,8 +19,9 @@ use crate::telemetry::{ConsumerTelemetry, LagReport};
 
 /// A consumer's handler with what its tasks share. Generic over the
 /// handler's type, so that the runtime calls a handler without layers
-/// through [`Handler::call_unboxed`] and holds its future inline; a
-/// consumer keeps it as a [`Run`].
+/// through
+/// [`Handler::call_unboxed`](super::handler::Handler::call_unboxed)
+/// and holds its future inline; a consumer keeps it as a [`Run`].
 pub(crate) struct Running<H> {
     pub(crate) shared: Shared,
     pub(crate) handler: H,
@@ -39,26 +39,12 @@ impl<H> Deref for Running<H> {
 pub(crate) trait Run: Send + Sync + 'static {
     fn shared(&self) -> &Shared;
 
-    /// The consumer's main loop ([`dispatch::run`](super::dispatch::run)).
+    /// The consumer's main loop (implemented in `dispatch`).
     fn dispatch(
         self: Arc<Self>,
         stream: DeliveryStream,
         deadline: Duration,
     ) -> BoxFuture<'static, Result<()>>;
-}
-
-impl<H: Handler> Run for Running<H> {
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
-
-    fn dispatch(
-        self: Arc<Self>,
-        stream: DeliveryStream,
-        deadline: Duration,
-    ) -> BoxFuture<'static, Result<()>> {
-        Box::pin(super::dispatch::run(self, stream, deadline))
-    }
 }
 
 impl Deref for dyn Run {
