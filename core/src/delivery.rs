@@ -237,6 +237,7 @@ impl Delivery {
     }
 
     /// The message.
+    #[inline]
     pub fn message(&self) -> &Message {
         &self.message
     }
@@ -304,6 +305,7 @@ impl Delivery {
     /// Whether the adapter acked without waiting
     /// ([`Acknowledger::ack_at_once`]); the delivery is then settled.
     /// `false`: acking waits, and the delivery is not settled yet.
+    #[inline]
     pub(crate) fn ack_at_once(&mut self) -> bool {
         let acker = self
             .acker

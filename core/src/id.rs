@@ -86,6 +86,18 @@ impl MessageId {
         }
     }
 
+    /// The id's text form, written into `buf` for a UUID (no allocation,
+    /// unlike `to_string`): for codecs that write it on every publish.
+    pub(crate) fn as_text<'b>(
+        &'b self,
+        buf: &'b mut [u8; uuid::fmt::Hyphenated::LENGTH],
+    ) -> &'b str {
+        match &self.0 {
+            Repr::Uuid(bits) => Repr::to_uuid(*bits).hyphenated().encode_lower(buf),
+            Repr::Text(text) => text,
+        }
+    }
+
     /// The creation time, in milliseconds since the Unix epoch, of a UUID
     /// v7 id (its first 48 bits, RFC 9562); `None` for any other id. Codecs
     /// use it to leave out a timestamp the id already carries.

@@ -79,10 +79,16 @@ impl ContentType {
     fn new(content_type: Cow<'static, str>) -> Self {
         match content_type {
             Cow::Borrowed(known) => ContentType::Static(known),
-            Cow::Owned(text) => match KNOWN_CONTENT_TYPES.iter().find(|known| **known == text) {
-                Some(known) => ContentType::Static(known),
-                None => ContentType::Shared(text.into()),
-            },
+            Cow::Owned(text) => ContentType::from_text(&text),
+        }
+    }
+
+    /// A content type read from the wire: a common one is kept as its
+    /// static string, another copied once.
+    fn from_text(text: &str) -> Self {
+        match KNOWN_CONTENT_TYPES.iter().find(|known| **known == text) {
+            Some(known) => ContentType::Static(known),
+            None => ContentType::Shared(text.into()),
         }
     }
 
@@ -235,6 +241,18 @@ impl Message {
     pub fn with_content_type(mut self, content_type: impl Into<Cow<'static, str>>) -> Self {
         self.content_type = Some(ContentType::new(content_type.into()));
         self
+    }
+
+    /// Sets the content type from text decoded off the wire, without an
+    /// intermediate `String`.
+    pub(crate) fn set_content_type_text(&mut self, content_type: &str) {
+        self.content_type = Some(ContentType::from_text(content_type));
+    }
+
+    /// Sets the key from text decoded off the wire: one allocation, the
+    /// shared key itself.
+    pub(crate) fn set_key_text(&mut self, key: &str) {
+        self.key = Some(key.into());
     }
 
     /// Sets the timestamp (truncated to milliseconds).

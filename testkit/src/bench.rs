@@ -48,6 +48,12 @@ pub const OUT_ENV: &str = "COURIER_BENCH_OUT";
 /// benchmark runs (`scripts/bench.sh` passes it on).
 pub const ROUNDS_ENV: &str = "COURIER_BENCH_ROUNDS";
 
+/// The environment variable that makes [`interleaved`] run one side only
+/// (`raw` or `courier`), to profile or count that side alone
+/// (`scripts/instructions.sh`); the other side's figures and every ratio
+/// are then missing (NaN).
+pub const SIDE_ENV: &str = "COURIER_BENCH_SIDE";
+
 /// CPU time used so far by every live thread of this process, from the
 /// scheduler's own nanosecond account (`/proc/self/task/*/schedstat`), for
 /// figures that hold on a busy machine: wall-clock rates move with
@@ -167,12 +173,23 @@ impl Rounds {
 /// `run(side)` does one measurement and returns its figure (messages per
 /// second, microseconds, ...). Even rounds run the raw side first, odd
 /// rounds courier first, so neither side always runs on a warmer (or more
-/// tired) machine.
+/// tired) machine. With [`SIDE_ENV`] set, only that side runs.
+///
+/// # Panics
+///
+/// If [`SIDE_ENV`] is set to something other than `raw` or `courier`.
 pub async fn interleaved<F, Fut>(rounds: usize, mut run: F) -> Rounds
 where
     F: FnMut(Side) -> Fut,
     Fut: Future<Output = f64>,
 {
+    let only = std::env::var(SIDE_ENV)
+        .ok()
+        .map(|side| match side.as_str() {
+            "raw" => Side::Raw,
+            "courier" => Side::Courier,
+            other => panic!("{SIDE_ENV}={other:?}: expected raw or courier"),
+        });
     let mut figures = Rounds::default();
     for round in 0..rounds {
         let order = if round.is_multiple_of(2) {
@@ -181,6 +198,9 @@ where
             [Side::Courier, Side::Raw]
         };
         for side in order {
+            if only.is_some_and(|only| only != side) {
+                continue;
+            }
             let figure = run(side).await;
             match side {
                 Side::Raw => figures.raw.push(figure),
@@ -324,7 +344,8 @@ impl Report {
     }
 
     /// Prints the table and appends the rows to the file named by
-    /// [`OUT_ENV`], if set.
+    /// [`OUT_ENV`], if set (not for a run of one side, [`SIDE_ENV`]: its
+    /// rows compare nothing).
     ///
     /// # Panics
     ///
@@ -333,7 +354,9 @@ impl Report {
     pub fn finish(self) {
         println!("\n{}", self.title);
         print_table(&self.rows);
-        if let Some(path) = std::env::var_os(OUT_ENV) {
+        if let Some(path) = std::env::var_os(OUT_ENV)
+            && std::env::var_os(SIDE_ENV).is_none()
+        {
             append_rows(Path::new(&path), &self.rows)
                 .unwrap_or_else(|e| panic!("writing {}: {e}", Path::new(&path).display()));
         }

@@ -21,7 +21,7 @@
 //! deliveries (`x-death`, `x-first-death-*`, `x-last-death-*`,
 //! `x-delivery-count`) are not shown as message headers.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use courier_core::adapter::origin::{self, Origin};
@@ -149,7 +149,7 @@ impl Decoded {
 
 /// Rebuilds the message from a delivery's properties and body.
 pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
-    let mut message = Message::new(Bytes::from(body));
+    let payload = Bytes::from(body);
     let mut headers = Headers::new();
     let mut id = None;
     let mut key = None;
@@ -212,7 +212,6 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
             reply_to.as_str(),
         );
     }
-    *adapter::headers_mut(&mut message) = headers;
     let id = id
         .or_else(|| {
             properties
@@ -222,8 +221,22 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
         })
         // A foreign message without an id gets one derived from its
         // content, the same on every delivery.
-        .unwrap_or_else(|| content_id(message.payload(), properties));
-    message = message.with_id(id);
+        .unwrap_or_else(|| content_id(&payload, properties));
+    let millis = millis.or_else(|| {
+        let seconds = (*properties.timestamp())?;
+        // The id of the same second has the milliseconds.
+        Some(
+            id.v7_millis()
+                .filter(|ms| ms / 1000 == seconds)
+                .unwrap_or(seconds.saturating_mul(1000)),
+        )
+    });
+    // Built from what it travelled with: no id drawn, no clock read unless
+    // it carries no time.
+    let timestamp =
+        millis.map_or_else(SystemTime::now, |ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let mut message = adapter::received(id, timestamp, payload);
+    *adapter::headers_mut(&mut message) = headers;
     if let Some(key) = key {
         message = message.with_key(key);
     }
@@ -231,20 +244,6 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
         content_type.or_else(|| properties.content_type().as_ref().map(|ct| ct.to_string()));
     if let Some(content_type) = content_type {
         message = message.with_content_type(content_type);
-    }
-    let millis = millis.or_else(|| {
-        let seconds = (*properties.timestamp())?;
-        // The id of the same second has the milliseconds.
-        Some(
-            message
-                .id()
-                .v7_millis()
-                .filter(|ms| ms / 1000 == seconds)
-                .unwrap_or(seconds.saturating_mul(1000)),
-        )
-    });
-    if let Some(millis) = millis {
-        message = message.with_timestamp(UNIX_EPOCH + Duration::from_millis(millis));
     }
     Decoded {
         message,

@@ -421,11 +421,9 @@ pub(crate) fn decode(
     topic: &str,
 ) -> Result<courier_core::Message, String> {
     let key = match message.key() {
-        Some(key) => Some(
-            std::str::from_utf8(key)
-                .map_err(|_| "record key is not UTF-8".to_owned())?
-                .to_owned(),
-        ),
+        Some(key) => {
+            Some(std::str::from_utf8(key).map_err(|_| "record key is not UTF-8".to_owned())?)
+        }
         None => None,
     };
     // Read once (rdkafka looks each one up and checks its name), into
@@ -452,8 +450,10 @@ pub(crate) fn decode(
         }
     };
     let origin = Origin::of_wire_headers(headers.iter().map(|(name, _)| *name));
+    // A reserved header is trusted exactly when the message is not foreign.
+    let has_timestamp =
+        origin != Origin::Foreign && headers.iter().any(|(name, _)| *name == wire::TIMESTAMP);
     let headers = origin::trusted(headers.iter().copied(), origin);
-    let has_timestamp = headers.iter().any(|(name, _)| *name == wire::TIMESTAMP);
     let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
     let (partition, offset) = (message.partition(), message.offset());
     let decoded = wire::decode(headers, payload, key, || {

@@ -18,6 +18,9 @@
 //! time (all threads of the process, from the scheduler's account), which
 //! a busy machine moves far less than wall-clock rates.
 //!
+//! `COURIER_BENCH_WORKERS` sets the number of worker threads (default: one
+//! per core); `COURIER_BENCH_SIDE=raw` or `courier` runs one side only.
+//!
 //! Cases: `runtime c=1` (one message at a time, the dispatch task handles
 //! it), `runtime c=8` (no keys), `runtime c=16 keys=16` (ordering lanes,
 //! against a bare loop over the same keyed messages).
@@ -131,7 +134,13 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.strip_prefix('c').and_then(|c| c.parse().ok()))
         .collect();
-    let workers = std::thread::available_parallelism().map_or(2, usize::from);
+    // `COURIER_BENCH_WORKERS=1`: one worker thread, whose instruction
+    // counts repeat from run to run (scripts/instructions.sh).
+    let workers = courier_testkit::bench::env_or(
+        "COURIER_BENCH_WORKERS",
+        std::thread::available_parallelism().map_or(2, usize::from),
+    )
+    .max(1);
     let rt = multi_thread(workers);
     let mut report = Report::new(format!(
         "runtime overhead on courier-memory: {messages} messages, no-op handler, {workers} worker \

@@ -74,30 +74,33 @@ pub(crate) fn decode(
 /// unquoted. A message with `Nats-Msg-Id` and courier's timestamp header is
 /// courier's; of any other the reserved headers are left out
 /// ([`adapter::origin`]).
-pub(crate) fn wire_headers(headers: Option<&HeaderMap>) -> Vec<(&str, &[u8])> {
-    let raw: Vec<(&str, &[u8])> = headers
-        .into_iter()
-        .flat_map(|h| h.iter())
-        .map(|(name, values)| (<async_nats::HeaderName as AsRef<str>>::as_ref(name), values))
-        .filter(|(name, _)| *name == NATS_MSG_ID || !name.starts_with("Nats-"))
-        .filter_map(|(name, values)| {
-            values
-                .first()
-                .map(|v| (name, unquote(v.as_str()).as_bytes()))
-        })
-        .collect();
+///
+/// Nothing is collected: the few headers are walked once per question
+/// (is there an id, a timestamp) and then once more, lazily, by the decoder.
+pub(crate) fn wire_headers(headers: Option<&HeaderMap>) -> impl Iterator<Item = (&str, &[u8])> {
+    let raw = move || {
+        headers
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|(name, values)| (<async_nats::HeaderName as AsRef<str>>::as_ref(name), values))
+            .filter(|(name, _)| *name == NATS_MSG_ID || !name.starts_with("Nats-"))
+            .filter_map(|(name, values)| {
+                values
+                    .first()
+                    .map(|v| (name, unquote(v.as_str()).as_bytes()))
+            })
+    };
     let origin = Origin::from_fields(
-        raw.iter().any(|(name, _)| *name == NATS_MSG_ID),
-        raw.iter()
-            .any(|(name, _)| *name == adapter::wire::TIMESTAMP),
+        raw().any(|(name, _)| name == NATS_MSG_ID),
+        raw().any(|(name, _)| name == adapter::wire::TIMESTAMP),
     );
-    let mut trusted = origin::trusted(raw, origin);
-    for (name, _) in &mut trusted {
-        if *name == NATS_MSG_ID {
-            *name = adapter::wire::ID;
+    origin::trusted(raw(), origin).map(|(name, value)| {
+        if name == NATS_MSG_ID {
+            (adapter::wire::ID, value)
+        } else {
+            (name, value)
         }
-    }
-    trusted
+    })
 }
 
 #[cfg(test)]

@@ -36,18 +36,37 @@ pub struct Native {
 
 /// Calls `put(name, value)` for every header the message travels with: the
 /// user's and courier's own.
+///
+/// Allocates nothing itself: the id and the timestamp are written into
+/// buffers on the stack.
 pub fn encode(message: &Message, native: Native, mut put: impl FnMut(&str, &str)) {
-    put(ID, &message.id().to_string());
+    let mut id = [0; uuid::fmt::Hyphenated::LENGTH];
+    put(ID, message.id().as_text(&mut id));
     if let Some(key) = message.key().filter(|_| !native.key) {
         put(KEY, key);
     }
     if let Some(ct) = message.content_type() {
         put(CONTENT_TYPE, ct);
     }
-    put(TIMESTAMP, &message.timestamp_millis().to_string());
+    let mut millis = [0; 20];
+    put(TIMESTAMP, decimal(message.timestamp_millis(), &mut millis));
     for (name, value) in message.headers().iter() {
         put(name, value);
     }
+}
+
+/// `n` in decimal, written into the end of `buf` (20 digits hold any `u64`).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).expect("ASCII digits")
 }
 
 /// Rebuilds a message from the broker's headers and payload.
@@ -56,6 +75,9 @@ pub fn encode(message: &Message, native: Native, mut put: impl FnMut(&str, &str)
 /// producer that did not set [`ID`] gets `fallback_id()`; one without
 /// [`TIMESTAMP`] keeps the time of decoding.
 ///
+/// Allocates only what the message keeps: its key, a content type other
+/// than the common ones, an id that is not a UUID, user headers.
+///
 /// # Errors
 ///
 /// [`HeaderError::NotUtf8`] when a header value is not UTF-8, and the other
@@ -63,7 +85,7 @@ pub fn encode(message: &Message, native: Native, mut put: impl FnMut(&str, &str)
 pub fn decode<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     payload: Bytes,
-    native_key: Option<String>,
+    native_key: Option<&str>,
     fallback_id: impl FnOnce() -> MessageId,
 ) -> Result<Message, HeaderError> {
     let mut id = None;
@@ -75,8 +97,8 @@ pub fn decode<'a>(
         let value = std::str::from_utf8(raw).map_err(|_| HeaderError::NotUtf8(name.to_owned()))?;
         match name {
             ID => id = Some(MessageId::parse(value)?),
-            KEY => key = Some(value.to_owned()),
-            CONTENT_TYPE => content_type = Some(value.to_owned()),
+            KEY => key = Some(value),
+            CONTENT_TYPE => content_type = Some(value),
             TIMESTAMP => {
                 if let Ok(ms) = value.parse::<u64>() {
                     timestamp = Some(UNIX_EPOCH + Duration::from_millis(ms));
@@ -92,10 +114,10 @@ pub fn decode<'a>(
     let mut message = Message::received(id, timestamp, payload);
     *message.headers_mut() = user;
     if let Some(content_type) = content_type {
-        message = message.with_content_type(content_type);
+        message.set_content_type_text(content_type);
     }
     if let Some(key) = key {
-        message = message.with_key(key);
+        message.set_key_text(key);
     }
     Ok(message)
 }
@@ -103,6 +125,23 @@ pub fn decode<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_writes_every_u64_as_to_string_does() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            1_790_000_000_123,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
+        }
+    }
 
     #[test]
     fn every_attribute_round_trips() {

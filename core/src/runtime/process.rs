@@ -343,6 +343,7 @@ async fn settle(shared: &Shared, delivery: Delivery, how: Settle, traced: Option
 }
 
 /// Counts a settlement's outcome; the delivery is no longer in flight.
+#[inline]
 fn record(shared: &Shared, outcome: crate::Result<()>, counter: &AtomicU64, id: &MessageId) {
     let counters = &shared.counters;
     match outcome {

@@ -103,6 +103,7 @@ impl Stop {
     }
 
     /// Whether phase 1 began. Cheap: two atomic loads.
+    #[inline]
     pub(crate) fn is_triggered(&self) -> bool {
         self.own.load(Ordering::Acquire) || self.handle.load(Ordering::Acquire)
     }

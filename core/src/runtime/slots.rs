@@ -47,6 +47,7 @@ impl Slots {
     }
 
     /// A slot if one is free and nobody waits for one.
+    #[inline]
     pub(crate) fn try_take(&self) -> Option<Slot> {
         if self.waiting.load(Ordering::SeqCst) != 0 {
             return None;
@@ -95,6 +96,7 @@ impl Slots {
     }
 
     /// Holds `slot` until the returned guard is dropped.
+    #[inline]
     pub(crate) fn hold(&self, slot: Slot) -> Held<'_> {
         let Slot(()) = slot;
         Held { slots: self }

@@ -61,6 +61,7 @@ impl Counters {
         }
     }
 
+    #[inline]
     pub(crate) fn add(&self, counter: &AtomicU64) {
         if self.single_writer {
             counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -69,6 +70,7 @@ impl Counters {
         }
     }
 
+    #[inline]
     pub(crate) fn sub(&self, counter: &AtomicU64) {
         if self.single_writer {
             counter.store(counter.load(Ordering::Relaxed) - 1, Ordering::Relaxed);

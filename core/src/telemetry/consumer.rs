@@ -77,23 +77,27 @@ impl ConsumerTelemetry {
 
     /// Starts the processing of `delivery`: counts it, and makes its
     /// `process {topic}` span and the trace context its handler runs in.
+    #[inline]
     pub(crate) fn begin(&self, delivery: &Delivery) -> Traced {
         if !super::is_enabled() {
             return Traced::new(tracing::Span::none(), false, None);
         }
-        let message = delivery.message();
-        let in_flight = self.recorded.then(|| {
-            self.consumed.increment(1);
-            self.message_age.record(age(message));
-            self.in_flight.increment(1.0);
-            self.in_flight.clone()
-        });
+        let in_flight = self.recorded.then(|| self.count_in(delivery.message()));
         if !super::spans_wanted() {
             // Made in place: a disabled span moved through a temporary
             // costs more than the rest of this.
             return Traced::new(tracing::Span::none(), true, in_flight);
         }
         self.begin_span(delivery, in_flight)
+    }
+
+    /// Counts a delivery in (for [`begin`](Self::begin), with a recorder);
+    /// out of line, so that the check before it is all `begin` inlines.
+    fn count_in(&self, message: &Message) -> Gauge {
+        self.consumed.increment(1);
+        self.message_age.record(age(message));
+        self.in_flight.increment(1.0);
+        self.in_flight.clone()
     }
 
     /// [`begin`](Self::begin) when a subscriber may record the process span.
@@ -158,12 +162,14 @@ impl ConsumerTelemetry {
     }
 
     /// When a handler attempt starts, if its duration is recorded.
+    #[inline]
     pub(crate) fn attempt_started(&self) -> Option<Instant> {
         (self.recorded && super::is_enabled()).then(Instant::now)
     }
 
     /// One handler attempt that began at `started` (from
     /// [`attempt_started`](Self::attempt_started)) ended; `failed` tells how.
+    #[inline]
     pub(crate) fn attempt_finished(&self, started: Option<Instant>, failed: bool) {
         let Some(started) = started else {
             return;
@@ -198,6 +204,7 @@ impl ConsumerTelemetry {
 
     /// A span for settling a delivery of this consumer: `ack {topic}`,
     /// `nack {topic}` or `dead_letter {topic}` (operation type `settle`).
+    #[inline]
     pub(crate) fn settle_span(
         &self,
         parent: Option<&Traced>,
@@ -207,6 +214,16 @@ impl ConsumerTelemetry {
         if !super::is_enabled() || !super::spans_wanted() {
             return tracing::Span::none();
         }
+        self.recorded_settle_span(parent, operation, message)
+    }
+
+    /// [`settle_span`](Self::settle_span) when a subscriber may record it.
+    fn recorded_settle_span(
+        &self,
+        parent: Option<&Traced>,
+        operation: &'static str,
+        message: &Message,
+    ) -> tracing::Span {
         let parent = parent.and_then(|traced| traced.span.id());
         tracing::info_span!(
             parent: parent,
@@ -238,6 +255,7 @@ pub(crate) struct Traced {
 }
 
 impl Traced {
+    #[inline]
     fn new(span: tracing::Span, scoped: bool, in_flight: Option<Gauge>) -> Self {
         Traced {
             span,

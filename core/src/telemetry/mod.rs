@@ -167,6 +167,7 @@ pub fn set_enabled(enabled: bool) {
 }
 
 /// Whether courier's telemetry is on; see [`set_enabled`].
+#[inline]
 pub fn is_enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
@@ -175,6 +176,7 @@ pub fn is_enabled() -> bool {
 /// level): the first test every span macro makes, made before the span is
 /// built, so that with no subscriber (or one filtered above `INFO`) the
 /// runtime moves no disabled span around (that costs more than the test).
+#[inline]
 fn spans_wanted() -> bool {
     tracing::level_filters::LevelFilter::current() >= tracing::Level::INFO
 }
