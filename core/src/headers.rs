@@ -87,6 +87,9 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
+/// One header: its name (courier's own names not copied) and value.
+type Entry = (Cow<'static, str>, String);
+
 /// An ordered map of header names to values with courier's limits enforced.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
@@ -97,7 +100,7 @@ pub struct Headers {
     /// every publish and receive. A sorted list rather than a tree: a
     /// message carries a handful of headers, which a list holds in one
     /// allocation, finds by binary search and frees at once.
-    map: Option<Arc<Vec<(Cow<'static, str>, String)>>>,
+    map: Option<Arc<Vec<Entry>>>,
     size: usize,
 }
 
