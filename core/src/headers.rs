@@ -17,7 +17,6 @@
 //! topic) copies no header.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -81,14 +80,27 @@ pub enum HeaderError {
     NotUtf8(String),
 }
 
+/// 1 to [`MAX_NAME_LEN`] visible ASCII characters other than `:`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// One header: its name (courier's own names not copied) and value.
+type Entry = (Cow<'static, str>, String);
+
 /// An ordered map of header names to values with courier's limits enforced.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    /// `None` when empty (so equal headers compare equal), shared by clones.
-    /// courier's own names are kept as `'static` strings ([`RESERVED`]):
-    /// most messages carry one or two, and a name that is not copied is
-    /// one allocation less on every publish and receive.
-    map: Option<Arc<BTreeMap<Cow<'static, str>, String>>>,
+    /// Sorted by name, without duplicates; `None` when empty (so equal
+    /// headers compare equal), shared by clones. courier's own names are
+    /// kept as `'static` strings ([`RESERVED`]): most messages carry one
+    /// or two, and a name that is not copied is one allocation less on
+    /// every publish and receive. A sorted list rather than a tree: a
+    /// message carries a handful of headers, which a list holds in one
+    /// allocation, finds by binary search and frees at once.
+    map: Option<Arc<Vec<Entry>>>,
     size: usize,
 }
 
@@ -136,6 +148,28 @@ impl Headers {
         self.insert_checked(name, value.into())
     }
 
+    /// Whether one header, on its own, is within the rules: a valid name
+    /// (any prefix) and value, and together no larger than
+    /// [`MAX_TOTAL_LEN`]. Borrows only: an adapter judging a received
+    /// header before it keeps it allocates nothing for a header it keeps
+    /// ([`adapter::origin::carriable`](crate::adapter::origin::carriable)).
+    pub(crate) fn check(name: &str, value: &str) -> Result<(), HeaderError> {
+        if !valid_name(name) {
+            return Err(HeaderError::InvalidName(name.to_owned()));
+        }
+        if value.contains(['\r', '\n']) {
+            return Err(HeaderError::InvalidValue(name.to_owned()));
+        }
+        let size = name.len() + value.len();
+        if size > MAX_TOTAL_LEN {
+            return Err(HeaderError::TooLarge {
+                size,
+                limit: MAX_TOTAL_LEN,
+            });
+        }
+        Ok(())
+    }
+
     fn insert_checked(
         &mut self,
         name: Cow<'static, str>,
@@ -143,17 +177,17 @@ impl Headers {
     ) -> Result<(), HeaderError> {
         // courier's own names are known to be valid.
         let known = matches!(name, Cow::Borrowed(_));
-        if !known
-            && (name.is_empty()
-                || name.len() > MAX_NAME_LEN
-                || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
-        {
+        if !known && !valid_name(&name) {
             return Err(HeaderError::InvalidName(name.into_owned()));
         }
         if value.contains(['\r', '\n']) {
             return Err(HeaderError::InvalidValue(name.into_owned()));
         }
-        let old = self.get(&name).map_or(0, |v| name.len() + v.len());
+        let found = self.find(&name);
+        let old = match (&found, self.map.as_deref()) {
+            (Ok(at), Some(map)) => name.len() + map[*at].1.len(),
+            _ => 0,
+        };
         let size = self.size - old + name.len() + value.len();
         if size > MAX_TOTAL_LEN {
             return Err(HeaderError::TooLarge {
@@ -162,20 +196,36 @@ impl Headers {
             });
         }
         self.size = size;
-        Arc::make_mut(self.map.get_or_insert_default()).insert(name, value);
+        let map = Arc::make_mut(
+            self.map
+                .get_or_insert_with(|| Arc::new(Vec::with_capacity(4))),
+        );
+        match found {
+            Ok(at) => map[at].1 = value,
+            Err(at) => map.insert(at, (name, value)),
+        }
         Ok(())
+    }
+
+    /// Where `name` is in the list (`Ok`), or where it would go (`Err`).
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        match self.map.as_deref() {
+            Some(map) => map.binary_search_by(|(k, _)| k.as_ref().cmp(name)),
+            None => Err(0),
+        }
     }
 
     /// The value of a header.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.map.as_deref()?.get(name).map(String::as_str)
+        let at = self.find(name).ok()?;
+        Some(self.map.as_deref()?[at].1.as_str())
     }
 
     /// Removes a header and returns its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        self.get(name)?;
+        let at = self.find(name).ok()?;
         let map = Arc::make_mut(self.map.as_mut()?);
-        let value = map.remove(name)?;
+        let (_, value) = map.remove(at);
         if map.is_empty() {
             self.map = None;
         }
@@ -185,7 +235,7 @@ impl Headers {
 
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.map.as_deref().map_or(0, BTreeMap::len)
+        self.map.as_deref().map_or(0, Vec::len)
     }
 
     /// Whether there are no headers.
@@ -287,7 +337,7 @@ mod tests {
         }
         headers.insert_reserved("courier-unlisted", "v").unwrap();
         let map = headers.map.as_deref().unwrap();
-        for name in map.keys() {
+        for (name, _) in map {
             let kept = matches!(name, Cow::Borrowed(_));
             assert_eq!(kept, name != "courier-unlisted", "{name}");
         }
@@ -319,6 +369,55 @@ mod tests {
             Err(HeaderError::InvalidValue("a".into()))
         );
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn headers_are_kept_in_name_order_whatever_the_order_of_inserts() {
+        let mut h = Headers::new();
+        for (name, value) in [("m", "1"), ("z", "2"), ("a", "3"), ("q", "4"), ("b", "5")] {
+            h.insert(name, value).unwrap();
+        }
+        h.insert("q", "replaced").unwrap();
+        assert_eq!(h.remove("m").as_deref(), Some("1"));
+        assert_eq!(h.remove("m"), None);
+        assert_eq!(h.get("c"), None);
+        let all: Vec<(&str, &str)> = h.iter().collect();
+        assert_eq!(all, [("a", "3"), ("b", "5"), ("q", "replaced"), ("z", "2")]);
+        assert_eq!(h.byte_size(), 1 + 1 + 1 + 1 + 1 + 8 + 1 + 1);
+        let mut same = Headers::new();
+        for (name, value) in all.iter().rev() {
+            same.insert(*name, *value).unwrap();
+        }
+        assert_eq!(same, h);
+        for name in ["a", "b", "q", "z"] {
+            h.remove(name).unwrap();
+        }
+        assert!(h.is_empty());
+        assert_eq!((h.len(), h.byte_size()), (0, 0));
+        assert_eq!(h, Headers::new());
+    }
+
+    #[test]
+    fn one_header_is_judged_as_inserting_it_would_be() {
+        let long = "n".repeat(257);
+        let too_large = "x".repeat(MAX_TOTAL_LEN);
+        let cases: [(&str, &str); 10] = [
+            ("tenant", "acme"),
+            ("courier-correlation-id", "flow"),
+            ("empty", ""),
+            ("greeting", "héllo wörld ✓"),
+            ("", "v"),
+            ("a b", "v"),
+            ("é", "v"),
+            (&long, "v"),
+            ("a", "x\ny"),
+            ("a", &too_large),
+        ];
+        for (name, value) in cases {
+            let inserted = Headers::new().insert_reserved(name, value);
+            assert_eq!(Headers::check(name, value), inserted, "{name:?}: {value:?}");
+        }
+        assert!(Headers::check("a", &too_large[1..]).is_ok());
     }
 
     #[test]

@@ -93,4 +93,21 @@ fn encoding_allocates_nothing_and_decoding_only_what_the_message_keeps() {
         assert_eq!(allocations, expected, "decoding, {case}");
         assert_eq!(&decoded, message, "decoding, {case}: the same message");
     }
+
+    // Judging a received message's own headers: those courier can carry
+    // are kept without an allocation (the message's headers are then
+    // built once, by `decode`).
+    let user: [(&str, &[u8]); 3] = [
+        ("tenant", b"acme"),
+        ("x-request-source", b"checkout/v2"),
+        ("empty", b""),
+    ];
+    for origin in [Origin::Courier, Origin::Foreign] {
+        let (allocations, kept) = counted(|| origin::trusted(user, origin).count());
+        assert_eq!(kept, 3, "judging user headers of a {origin:?} message");
+        assert_eq!(
+            allocations, 0,
+            "judging user headers of a {origin:?} message"
+        );
+    }
 }

@@ -21,6 +21,7 @@
 //! deliveries (`x-death`, `x-first-death-*`, `x-last-death-*`,
 //! `x-delivery-count`) are not shown as message headers.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -200,7 +201,7 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
         let _ = adapter::restore_header(
             &mut headers,
             CORRELATION_ID,
-            clean(correlation.as_str().to_owned()),
+            clean(correlation.as_str().into()),
         );
     }
     // Direct reply-to: the broker put the requester's channel into the
@@ -238,12 +239,14 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
     let mut message = adapter::received(id, timestamp, payload);
     *adapter::headers_mut(&mut message) = headers;
     if let Some(key) = key {
-        message = message.with_key(key);
+        adapter::set_key(&mut message, &key);
     }
-    let content_type =
-        content_type.or_else(|| properties.content_type().as_ref().map(|ct| ct.to_string()));
+    let content_type = content_type.or_else(|| {
+        let property = properties.content_type().as_ref()?;
+        Some(Cow::Borrowed(property.as_str()))
+    });
     if let Some(content_type) = content_type {
-        message = message.with_content_type(content_type);
+        adapter::set_content_type(&mut message, &content_type);
     }
     Decoded {
         message,
@@ -323,36 +326,35 @@ pub(crate) fn check(message: &Message, limit: usize) -> Result<()> {
     Ok(())
 }
 
-/// A scalar header value as text; tables and arrays have none.
-fn as_text(value: &AMQPValue) -> Option<String> {
-    let text = match value {
-        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        },
-        AMQPValue::ShortString(s) => s.as_str().to_owned(),
-        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Float(n) => n.to_string(),
-        AMQPValue::Double(n) => n.to_string(),
-        AMQPValue::Timestamp(n) => n.to_string(),
-        AMQPValue::Void => String::new(),
+/// A scalar header value as text; tables and arrays have none. Borrowed
+/// from the delivery when it is a string courier can keep as it is (what
+/// courier's own headers are), so reading one allocates nothing.
+fn as_text(value: &AMQPValue) -> Option<Cow<'_, str>> {
+    let text: Cow<'_, str> = match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()),
+        AMQPValue::ShortString(s) => Cow::Borrowed(s.as_str()),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()),
+        AMQPValue::Boolean(b) => b.to_string().into(),
+        AMQPValue::ShortShortInt(n) => n.to_string().into(),
+        AMQPValue::ShortShortUInt(n) => n.to_string().into(),
+        AMQPValue::ShortInt(n) => n.to_string().into(),
+        AMQPValue::ShortUInt(n) => n.to_string().into(),
+        AMQPValue::LongInt(n) => n.to_string().into(),
+        AMQPValue::LongUInt(n) => n.to_string().into(),
+        AMQPValue::LongLongInt(n) => n.to_string().into(),
+        AMQPValue::Float(n) => n.to_string().into(),
+        AMQPValue::Double(n) => n.to_string().into(),
+        AMQPValue::Timestamp(n) => n.to_string().into(),
+        AMQPValue::Void => Cow::Borrowed(""),
         _ => return None,
     };
     Some(clean(text))
 }
 
 /// Header values are single lines.
-fn clean(text: String) -> String {
+fn clean(text: Cow<'_, str>) -> Cow<'_, str> {
     if text.contains(['\r', '\n']) {
-        text.replace(['\r', '\n'], " ")
+        text.replace(['\r', '\n'], " ").into()
     } else {
         text
     }

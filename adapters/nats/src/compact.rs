@@ -39,13 +39,12 @@
 //! reply written by an earlier courier, which still decodes.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use courier_core::adapter::{self, origin};
-use courier_core::message::{CAUSATION_ID, CORRELATION_ID, JSON};
+use courier_core::adapter::{self, origin, wire};
+use courier_core::message::{CAUSATION_ID, CORRELATION_ID};
 use courier_core::request::headers::{DEADLINE, REPLY_STATUS};
 use courier_core::{HeaderError, Message, MessageId};
 
@@ -86,18 +85,23 @@ pub(crate) fn encode_request(message: &Message, deadline_ms: u64) -> HeaderMap {
 
 fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    let mut fields = String::with_capacity(96);
+    // Room for the id, a content type, a deadline and two ids of the flow
+    // (a reply's correlation and causation) without growing.
+    let mut fields = String::with_capacity(192);
     let id = message.id();
     match id.as_uuid() {
         // A UUID needs no escaping: written in place, no copy.
         Some(uuid) => {
-            let _ = write!(fields, "{ID}={};", uuid.hyphenated());
+            fields.push_str(ID);
+            fields.push('=');
+            fields.push_str(uuid.hyphenated().encode_lower(&mut [0; 36]));
+            fields.push(';');
         }
         None => push(&mut fields, ID, &id.to_string()),
     }
     let millis = message.timestamp_millis();
     if id.v7_millis() != Some(millis) {
-        let _ = write!(fields, "{TIMESTAMP}={millis};");
+        push_number(&mut fields, TIMESTAMP, millis);
     }
     if let Some(content_type) = message.content_type() {
         push(&mut fields, CONTENT_TYPE, content_type);
@@ -106,7 +110,7 @@ fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMa
         push(&mut fields, KEY, key);
     }
     if let Some(deadline_ms) = deadline_ms {
-        let _ = write!(fields, "{DEADLINE_FIELD}={deadline_ms};");
+        push_number(&mut fields, DEADLINE_FIELD, deadline_ms);
     }
     for (name, value) in message.headers().iter() {
         if let Some((_, field)) = PACKED.iter().find(|(header, _)| *header == name) {
@@ -139,41 +143,34 @@ pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Mess
     let (Some(headers), Some(fields)) = (headers, fields) else {
         return crate::codec::decode(headers, payload);
     };
-    let fields = fields.as_str();
-    let mut id = None;
-    let mut timestamp = None;
-    for (name, value) in split(fields) {
-        match name {
-            ID => id = Some(MessageId::parse(&unescape(value))?),
-            TIMESTAMP => timestamp = value.parse::<u64>().ok(),
-            _ => {}
-        }
-    }
+    let fields = Fields::read(fields.as_str());
+    let id = match fields.id {
+        Some(id) => MessageId::parse(&fields.unescape(id))?,
+        None => MessageId::default(),
+    };
     // The id and the time it travelled with: no id drawn, no clock read,
     // unless the message lacks them.
-    let id = id.unwrap_or_default();
-    let timestamp = match timestamp.or_else(|| id.v7_millis()) {
+    let timestamp = match fields
+        .timestamp
+        .and_then(|ts| ts.parse::<u64>().ok())
+        .or_else(|| id.v7_millis())
+    {
         Some(millis) => UNIX_EPOCH + Duration::from_millis(millis),
         None => SystemTime::now(),
     };
     let mut message = adapter::received(id, timestamp, payload);
-    for (name, value) in split(fields) {
-        let value = unescape(value);
-        match name {
-            ID | TIMESTAMP => {}
-            CONTENT_TYPE if value == JSON => message = message.with_content_type(JSON),
-            CONTENT_TYPE => message = message.with_content_type(value.into_owned()),
-            KEY => message = message.with_key(value.into_owned()),
-            _ => {
-                if let Some((header, _)) = PACKED.iter().find(|(_, field)| *field == name) {
-                    adapter::restore_header(
-                        adapter::headers_mut(&mut message),
-                        *header,
-                        value.into_owned(),
-                    )?;
-                }
-            }
-        }
+    if let Some(content_type) = fields.content_type {
+        adapter::set_content_type(&mut message, &fields.unescape(content_type));
+    }
+    if let Some(key) = fields.key {
+        adapter::set_key(&mut message, &fields.unescape(key));
+    }
+    for (header, value) in fields.packed.iter().filter_map(|(h, v)| Some((*h, (*v)?))) {
+        adapter::restore_header(
+            adapter::headers_mut(&mut message),
+            header,
+            fields.unescape(value),
+        )?;
     }
     for (name, values) in headers.iter() {
         let name = <HeaderName as AsRef<str>>::as_ref(name);
@@ -200,19 +197,82 @@ pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Mess
     Ok(message)
 }
 
-/// The `name=value` fields of a [`FIELDS`] value, values still escaped.
-fn split(fields: &str) -> impl Iterator<Item = (&str, &str)> {
-    fields
-        .split(';')
-        .filter(|f| !f.is_empty())
-        .map(|field| field.split_once('=').unwrap_or((field, "")))
+/// The fields of a [`FIELDS`] value, read in one pass; values still
+/// escaped. A field named twice keeps its last value, as the message's
+/// own setters would; unknown fields are ignored.
+struct Fields<'a> {
+    id: Option<&'a str>,
+    timestamp: Option<&'a str>,
+    content_type: Option<&'a str>,
+    key: Option<&'a str>,
+    /// The reserved headers of [`PACKED`], in its order.
+    packed: [(&'static str, Option<&'a str>); PACKED.len()],
+    /// Whether any value may hold an escape: without a `%` in the whole
+    /// value, none needs [`unescape`].
+    escaped: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn read(value: &'a str) -> Self {
+        let mut fields = Fields {
+            id: None,
+            timestamp: None,
+            content_type: None,
+            key: None,
+            packed: PACKED.map(|(header, _)| (header, None)),
+            escaped: value.as_bytes().contains(&b'%'),
+        };
+        // Cut by bytes: `;` and `=` are ASCII, so every cut is at a char
+        // boundary, and a byte search costs a fraction of a char pattern's.
+        let bytes = value.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = bytes[start..]
+                .iter()
+                .position(|b| *b == b';')
+                .map_or(bytes.len(), |at| start + at);
+            let field = start..end;
+            start = end + 1;
+            let Some(equals) = bytes[field.clone()].iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            let name = &value[field.start..field.start + equals];
+            let value = &value[field.start + equals + 1..field.end];
+            match name {
+                ID => fields.id = Some(value),
+                TIMESTAMP => fields.timestamp = Some(value),
+                CONTENT_TYPE => fields.content_type = Some(value),
+                KEY => fields.key = Some(value),
+                _ => {
+                    if let Some(at) = PACKED.iter().position(|(_, packed)| *packed == name) {
+                        fields.packed[at].1 = Some(value);
+                    }
+                }
+            }
+        }
+        fields
+    }
+
+    /// `value` (one of these fields) with its escapes undone.
+    fn unescape(&self, value: &'a str) -> Cow<'a, str> {
+        if self.escaped {
+            unescape(value)
+        } else {
+            Cow::Borrowed(value)
+        }
+    }
 }
 
 /// Appends the field `name=value;`, escaping the value.
 fn push(fields: &mut String, name: &str, value: &str) {
     fields.push_str(name);
     fields.push('=');
-    if value.contains(['%', ';', '\r', '\n']) {
+    // Bytes, not chars: the four are ASCII, and a byte test is a fraction
+    // of a multi-char pattern's cost.
+    if value
+        .bytes()
+        .any(|b| matches!(b, b'%' | b';' | b'\r' | b'\n'))
+    {
         for c in value.chars() {
             match c {
                 '%' => fields.push_str("%25"),
@@ -225,6 +285,14 @@ fn push(fields: &mut String, name: &str, value: &str) {
     } else {
         fields.push_str(value);
     }
+    fields.push(';');
+}
+
+/// Appends the field `name=n;` (a number needs no escaping).
+fn push_number(fields: &mut String, name: &str, n: u64) {
+    fields.push_str(name);
+    fields.push('=');
+    fields.push_str(wire::decimal(n, &mut [0; 20]));
     fields.push(';');
 }
 
@@ -377,6 +445,28 @@ mod tests {
             decode(Some(&headers), Bytes::new()),
             Err(HeaderError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn fields_are_read_in_any_order_and_odd_ones_are_skipped() {
+        let fields = Fields::read("bare;ct=a=b;;key=k\u{e9}y;unknown=1;corr=c;key=last;id=i");
+        assert_eq!(fields.content_type, Some("a=b"));
+        assert_eq!(fields.key, Some("last"));
+        assert_eq!(fields.id, Some("i"));
+        assert_eq!(fields.timestamp, None);
+        assert_eq!(
+            fields.packed,
+            [
+                (DEADLINE, None),
+                (CORRELATION_ID, Some("c")),
+                (CAUSATION_ID, None)
+            ]
+        );
+        assert!(!fields.escaped);
+        let empty = Fields::read("");
+        assert_eq!((empty.id, empty.key), (None, None));
+        let escaped = Fields::read("id=%3B;");
+        assert_eq!(escaped.unescape(escaped.id.unwrap()), ";");
     }
 
     #[test]

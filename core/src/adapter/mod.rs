@@ -72,6 +72,20 @@ pub fn received(
     Message::received(id, timestamp, payload)
 }
 
+/// Sets a received message's key from text read off the wire: one
+/// allocation, the shared key itself ([`Message::with_key`] takes an owned
+/// `String`, a copy more when the text is borrowed).
+pub fn set_key(message: &mut Message, key: &str) {
+    message.set_key_text(key);
+}
+
+/// Sets a received message's content type from text read off the wire:
+/// common types (JSON, text, bytes, …) are shared static strings, without
+/// an allocation.
+pub fn set_content_type(message: &mut Message, content_type: &str) {
+    message.set_content_type_text(content_type);
+}
+
 /// The headers of a message, reserved ones included, to change in place.
 pub fn headers_mut(message: &mut Message) -> &mut Headers {
     message.headers_mut()

@@ -128,12 +128,11 @@ pub fn trusted<'a>(
 }
 
 /// Whether courier can carry the header: a UTF-8 value, and a name and
-/// value within the rules of [`Headers`].
+/// value within the rules of [`Headers`]. Allocates only to give the
+/// reason of a header it refuses.
 pub fn carriable(name: &str, value: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_owned())?;
-    Headers::new()
-        .insert_reserved(name, text)
-        .map_err(|e| e.to_string())
+    Headers::check(name, text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

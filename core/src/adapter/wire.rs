@@ -55,8 +55,9 @@ pub fn encode(message: &Message, native: Native, mut put: impl FnMut(&str, &str)
     }
 }
 
-/// `n` in decimal, written into the end of `buf` (20 digits hold any `u64`).
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal, written into the end of `buf` (20 digits hold any
+/// `u64`): a number for a header without a `String` of its own.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut start = buf.len();
     loop {
         start -= 1;
