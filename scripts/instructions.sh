@@ -10,11 +10,12 @@
 # messages (one round each); the difference of two runs divided by N is a
 # side's cost per message, setting up, warming up and shutting down
 # cancelled out. The runtime gets one worker thread, so that no idle
-# worker's search for work is counted (it varies from run to run). Both sides load the broker alike, so the difference
-# between the sides is what the runtime adds to the bare loop; the bare
-# loop's own cost is counted inside its consume task (callgrind's
-# --toggle-collect), without the loading. Needs valgrind
-# (`apt-get install valgrind`); takes about a minute per case.
+# worker's search for work is counted (it varies from run to run). Both
+# sides load the broker alike, so the difference between the sides is
+# what the runtime adds to the bare loop; the bare loop's own cost is
+# counted inside its consume task (callgrind's --toggle-collect), without
+# the loading. Needs valgrind (`apt-get install valgrind`); takes about
+# a minute per case.
 #
 # Environment: COURIER_INSTRUCTIONS_MESSAGES (N, default 100000).
 set -Eeuo pipefail

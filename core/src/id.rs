@@ -72,7 +72,7 @@ impl MessageId {
         if let Ok(uuid) = Uuid::try_parse(text) {
             return Ok(MessageId(Repr::uuid(uuid)));
         }
-        if text.is_empty() || text.len() > 256 || text.contains(['\r', '\n']) {
+        if text.is_empty() || text.len() > 256 || crate::headers::has_line_break(text) {
             return Err(HeaderError::InvalidValue("message id".into()));
         }
         Ok(MessageId(Repr::Text(text.into())))

@@ -285,13 +285,13 @@ impl Message {
     /// cause's id and the correlation id is carried over (or starts at the
     /// cause's id), so a whole flow can be followed.
     pub fn caused_by(mut self, cause: &Message) -> Self {
-        let correlation = cause
-            .correlation_id()
-            .map_or_else(|| cause.id.to_string(), str::to_owned);
+        // The id as text without the formatting machinery (every reply and
+        // every message a handler sends on is caused by one).
+        let mut buf = [0; 36];
+        let id = cause.id.as_text(&mut buf);
+        let correlation = cause.correlation_id().unwrap_or(id).to_owned();
         // Ids never hold line breaks and stay far below the header limit.
-        let _ = self
-            .headers
-            .insert_reserved(CAUSATION_ID, cause.id.to_string());
+        let _ = self.headers.insert_reserved(CAUSATION_ID, id.to_owned());
         let _ = self.headers.insert_reserved(CORRELATION_ID, correlation);
         self
     }

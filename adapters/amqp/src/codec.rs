@@ -351,9 +351,10 @@ fn as_text(value: &AMQPValue) -> Option<Cow<'_, str>> {
     Some(clean(text))
 }
 
-/// Header values are single lines.
+/// Header values are single lines. (Looked for by bytes: both breaks are
+/// ASCII, and a byte test is cheaper than a multi-char pattern.)
 fn clean(text: Cow<'_, str>) -> Cow<'_, str> {
-    if text.contains(['\r', '\n']) {
+    if text.bytes().any(|b| b == b'\r' || b == b'\n') {
         text.replace(['\r', '\n'], " ").into()
     } else {
         text
