@@ -17,6 +17,7 @@
 //! topic) copies no header.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -97,17 +98,96 @@ pub(crate) fn has_line_break(text: &str) -> bool {
 /// One header: its name (courier's own names not copied) and value.
 type Entry = (Cow<'static, str>, String);
 
+/// Most headers a message keeps as a sorted list; beyond, a tree.
+const LIST_MAX: usize = 32;
+
+/// The headers of a message, sorted by name, without duplicates: a list
+/// while they are few (one allocation, found by binary search, freed at
+/// once: what a message carries), a tree beyond [`LIST_MAX`], so that a
+/// message with thousands of tiny headers, which a producer can send
+/// within [`MAX_TOTAL_LEN`], costs O(n log n) to receive, not the O(n²)
+/// of inserting into the middle of a list.
+#[derive(Clone)]
+enum Entries {
+    List(Vec<Entry>),
+    Tree(BTreeMap<Cow<'static, str>, String>),
+}
+
+impl Entries {
+    fn get(&self, name: &str) -> Option<&str> {
+        match self {
+            Entries::List(list) => {
+                let at = list.binary_search_by(|(k, _)| k.as_ref().cmp(name)).ok()?;
+                Some(list[at].1.as_str())
+            }
+            Entries::Tree(tree) => tree.get(name).map(String::as_str),
+        }
+    }
+
+    fn insert(&mut self, name: Cow<'static, str>, value: String) {
+        match self {
+            Entries::List(list) => match list.binary_search_by(|(k, _)| k.as_ref().cmp(&name)) {
+                Ok(at) => list[at].1 = value,
+                Err(at) if list.len() < LIST_MAX => list.insert(at, (name, value)),
+                Err(_) => {
+                    let mut tree: BTreeMap<_, _> = list.drain(..).collect();
+                    tree.insert(name, value);
+                    *self = Entries::Tree(tree);
+                }
+            },
+            Entries::Tree(tree) => {
+                tree.insert(name, value);
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<String> {
+        match self {
+            Entries::List(list) => {
+                let at = list.binary_search_by(|(k, _)| k.as_ref().cmp(name)).ok()?;
+                Some(list.remove(at).1)
+            }
+            Entries::Tree(tree) => tree.remove(name),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Entries::List(list) => list.len(),
+            Entries::Tree(tree) => tree.len(),
+        }
+    }
+
+    /// In name order, whichever the form.
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let (list, tree) = match self {
+            Entries::List(list) => (Some(list.iter().map(|(k, v)| (k, v))), None),
+            Entries::Tree(tree) => (None, Some(tree.iter())),
+        };
+        list.into_iter()
+            .flatten()
+            .chain(tree.into_iter().flatten())
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
+    }
+}
+
+/// Equal when they hold the same headers, whichever the form.
+impl PartialEq for Entries {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Entries {}
+
 /// An ordered map of header names to values with courier's limits enforced.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    /// Sorted by name, without duplicates; `None` when empty (so equal
-    /// headers compare equal), shared by clones. courier's own names are
-    /// kept as `'static` strings ([`RESERVED`]): most messages carry one
-    /// or two, and a name that is not copied is one allocation less on
-    /// every publish and receive. A sorted list rather than a tree: a
-    /// message carries a handful of headers, which a list holds in one
-    /// allocation, finds by binary search and frees at once.
-    map: Option<Arc<Vec<Entry>>>,
+    /// `None` when empty (so equal headers compare equal), shared by
+    /// clones. courier's own names are kept as `'static` strings
+    /// ([`RESERVED`]): most messages carry one or two, and a name that is
+    /// not copied is one allocation less on every publish and receive.
+    map: Option<Arc<Entries>>,
     size: usize,
 }
 
@@ -190,11 +270,7 @@ impl Headers {
         if has_line_break(&value) {
             return Err(HeaderError::InvalidValue(name.into_owned()));
         }
-        let found = self.find(&name);
-        let old = match (&found, self.map.as_deref()) {
-            (Ok(at), Some(map)) => name.len() + map[*at].1.len(),
-            _ => 0,
-        };
+        let old = self.get(&name).map_or(0, |v| name.len() + v.len());
         let size = self.size - old + name.len() + value.len();
         if size > MAX_TOTAL_LEN {
             return Err(HeaderError::TooLarge {
@@ -203,37 +279,25 @@ impl Headers {
             });
         }
         self.size = size;
-        let map = Arc::make_mut(
+        Arc::make_mut(
             self.map
-                .get_or_insert_with(|| Arc::new(Vec::with_capacity(4))),
-        );
-        match found {
-            Ok(at) => map[at].1 = value,
-            Err(at) => map.insert(at, (name, value)),
-        }
+                .get_or_insert_with(|| Arc::new(Entries::List(Vec::with_capacity(4)))),
+        )
+        .insert(name, value);
         Ok(())
-    }
-
-    /// Where `name` is in the list (`Ok`), or where it would go (`Err`).
-    fn find(&self, name: &str) -> Result<usize, usize> {
-        match self.map.as_deref() {
-            Some(map) => map.binary_search_by(|(k, _)| k.as_ref().cmp(name)),
-            None => Err(0),
-        }
     }
 
     /// The value of a header.
     pub fn get(&self, name: &str) -> Option<&str> {
-        let at = self.find(name).ok()?;
-        Some(self.map.as_deref()?[at].1.as_str())
+        self.map.as_deref()?.get(name)
     }
 
     /// Removes a header and returns its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        let at = self.find(name).ok()?;
+        self.get(name)?;
         let map = Arc::make_mut(self.map.as_mut()?);
-        let (_, value) = map.remove(at);
-        if map.is_empty() {
+        let value = map.remove(name)?;
+        if map.len() == 0 {
             self.map = None;
         }
         self.size -= name.len() + value.len();
@@ -242,7 +306,7 @@ impl Headers {
 
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.map.as_deref().map_or(0, Vec::len)
+        self.map.as_deref().map_or(0, Entries::len)
     }
 
     /// Whether there are no headers.
@@ -257,10 +321,7 @@ impl Headers {
 
     /// All headers, in name order, reserved ones included.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.map
-            .iter()
-            .flat_map(|map| map.iter())
-            .map(|(k, v)| (k.as_ref(), v.as_str()))
+        self.map.iter().flat_map(|map| map.iter())
     }
 
     /// The headers an application set, without courier's reserved ones.
@@ -343,7 +404,9 @@ mod tests {
             headers.insert_reserved(name.to_owned(), "v").unwrap();
         }
         headers.insert_reserved("courier-unlisted", "v").unwrap();
-        let map = headers.map.as_deref().unwrap();
+        let Some(Entries::List(map)) = headers.map.as_deref() else {
+            panic!("a list");
+        };
         for (name, _) in map {
             let kept = matches!(name, Cow::Borrowed(_));
             assert_eq!(kept, name != "courier-unlisted", "{name}");
@@ -402,6 +465,46 @@ mod tests {
         assert!(h.is_empty());
         assert_eq!((h.len(), h.byte_size()), (0, 0));
         assert_eq!(h, Headers::new());
+    }
+
+    #[test]
+    fn many_headers_move_to_a_tree_and_stay_in_order_and_equal() {
+        let names: Vec<String> = (0..1_000).map(|i| format!("h{i:04}")).collect();
+        let mut many = Headers::new();
+        // In reverse: every insert goes before all the others.
+        for name in names.iter().rev() {
+            many.insert(name.as_str(), "v").unwrap();
+        }
+        assert!(matches!(many.map.as_deref(), Some(Entries::Tree(_))));
+        assert_eq!(many.len(), 1_000);
+        assert_eq!(many.byte_size(), 1_000 * 6);
+        let order: Vec<&str> = many.iter().map(|(k, _)| k).collect();
+        assert_eq!(order, names.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(many.get("h0500"), Some("v"));
+        many.insert("h0500", "changed").unwrap();
+        assert_eq!(many.get("h0500"), Some("changed"));
+        assert_eq!(many.byte_size(), 1_000 * 6 + 6);
+        many.insert("h0500", "v").unwrap();
+
+        // The same headers kept as a list compare equal to the tree.
+        for name in &names[LIST_MAX..] {
+            assert_eq!(many.remove(name).as_deref(), Some("v"));
+        }
+        let mut few = Headers::new();
+        for name in &names[..LIST_MAX] {
+            few.insert(name.as_str(), "v").unwrap();
+        }
+        assert!(matches!(few.map.as_deref(), Some(Entries::List(_))));
+        assert!(matches!(many.map.as_deref(), Some(Entries::Tree(_))));
+        assert_eq!(few, many);
+        few.insert("h0000", "other").unwrap();
+        assert_ne!(few, many);
+        few.insert("h0000", "v").unwrap();
+        assert_eq!(few.byte_size(), many.byte_size());
+        for name in &names[..LIST_MAX] {
+            many.remove(name).unwrap();
+        }
+        assert_eq!(many, Headers::new());
     }
 
     #[test]
