@@ -88,13 +88,11 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-/// Whether `text` holds a CR or LF. By bytes, and without stopping at the
-/// first (a value with a line break is refused, so the common case reads
-/// every byte anyway): the loop is vectorized, a fraction of a
-/// multi-char pattern's cost, on every header of every message.
+/// Whether `text` holds a CR or LF: looked for with `memchr2` (vector
+/// instructions), a fraction of a multi-char pattern's or a byte loop's
+/// cost, on every header value of every message.
 pub(crate) fn has_line_break(text: &str) -> bool {
-    text.bytes()
-        .fold(false, |found, b| found | (b == b'\r') | (b == b'\n'))
+    memchr::memchr2(b'\r', b'\n', text.as_bytes()).is_some()
 }
 
 /// `size` if headers of that total size are within [`MAX_TOTAL_LEN`].
@@ -273,6 +271,23 @@ impl Headers {
             None => Cow::Owned(name.into()),
         };
         self.insert_checked(name, value.into())
+    }
+
+    /// Inserts one of courier's own headers by its constant name: not
+    /// looked up among the reserved names nor checked, as
+    /// [`Headers::insert_reserved`] does with a name read from the wire
+    /// (every reply and every message a handler sends on gets two).
+    ///
+    /// # Errors
+    ///
+    /// As [`Headers::insert`], for the value.
+    pub(crate) fn insert_own(
+        &mut self,
+        name: &'static str,
+        value: impl Into<String>,
+    ) -> Result<(), HeaderError> {
+        debug_assert!(RESERVED.contains(&name), "{name} is not listed");
+        self.insert_checked(Cow::Borrowed(name), value.into())
     }
 
     /// Whether one header, on its own, is within the rules: a valid name

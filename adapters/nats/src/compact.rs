@@ -280,11 +280,9 @@ impl<'a> Fields<'a> {
 fn push(fields: &mut String, name: &str, value: &str) {
     fields.push_str(name);
     fields.push('=');
-    // Bytes, not chars: the four are ASCII; and without stopping at the
-    // first, so the loop is vectorized (most values need no escape).
-    if value.bytes().fold(false, |found, b| {
-        found | matches!(b, b'%' | b';' | b'\r' | b'\n')
-    }) {
+    // Bytes, not chars: the four are ASCII; looked for with vector
+    // instructions (most values need no escape).
+    if memchr::memchr2(b'%', b';', value.as_bytes()).is_some() || adapter::has_line_break(value) {
         for c in value.chars() {
             match c {
                 '%' => fields.push_str("%25"),
