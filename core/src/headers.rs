@@ -273,10 +273,11 @@ impl Headers {
         self.insert_checked(name, value.into())
     }
 
-    /// Inserts one of courier's own headers by its constant name: not
-    /// looked up among the reserved names nor checked, as
-    /// [`Headers::insert_reserved`] does with a name read from the wire
-    /// (every reply and every message a handler sends on gets two).
+    /// Inserts one of courier's own headers by its constant name, without
+    /// the lookup among the reserved names and the name check that
+    /// [`Headers::insert_reserved`] makes for a name read from the wire
+    /// (every reply and every message a handler sends on gets two headers
+    /// this way).
     ///
     /// # Errors
     ///

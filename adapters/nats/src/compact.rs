@@ -41,15 +41,14 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use courier_core::adapter::{self, origin, wire};
 use courier_core::message::{CAUSATION_ID, CORRELATION_ID};
 use courier_core::request::headers::{DEADLINE, REPLY_STATUS};
 use courier_core::{HeaderError, Message, MessageId};
-use serde::Deserialize;
 
-use crate::codec::{header_name, quote, unquote};
+use crate::codec::{header_name, header_value, quote, unquote};
 
 /// The header that carries courier's fields of a request or a reply.
 pub(crate) const FIELDS: &str = "courier-fields";
@@ -119,23 +118,11 @@ fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMa
         } else if name == REPLY_STATUS && value == STATUS_OK {
             continue;
         } else {
-            headers.insert(header_name(name), quote(value).as_ref());
+            headers.insert(header_name(name), header_value(quote(value).into_owned()));
         }
     }
-    headers.insert(HeaderName::from_static(FIELDS), escaped_value(fields));
+    headers.insert(HeaderName::from_static(FIELDS), header_value(fields));
     headers
-}
-
-/// `fields` as a NATS header value, without async-nats scanning it for
-/// line breaks once more: every field is escaped ([`push`]) or a number,
-/// so it holds none. async-nats's `From` impls scan with a multi-char
-/// pattern (about 1,100 instructions for a reply's fields, on every
-/// request and every reply); its `Deserialize` (a transparent string)
-/// takes the `String` as it is.
-fn escaped_value(fields: String) -> HeaderValue {
-    debug_assert!(!adapter::has_line_break(&fields), "{fields:?}");
-    let value = serde::de::value::StringDeserializer::<serde::de::value::Error>::new(fields);
-    HeaderValue::deserialize(value).expect("a header value is any string")
 }
 
 /// The courier message a request or a reply received over core NATS
