@@ -289,7 +289,7 @@ fn push(fields: &mut String, name: &str, value: &str) {
 fn push_number(fields: &mut String, name: &str, n: u64) {
     fields.push_str(name);
     fields.push('=');
-    fields.push_str(wire::decimal(n, &mut [0; 20]));
+    fields.push_str(wire::decimal(n, &mut wire::Digits::default()));
     fields.push(';');
 }
 
