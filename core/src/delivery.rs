@@ -123,9 +123,9 @@ impl DeadLetter {
         let mut copy = original.clone();
         let headers = copy.headers_mut();
         let reason = one_line(&self.reason, 4096);
-        headers.insert_reserved(DLQ_REASON, reason)?;
-        headers.insert_reserved(DLQ_ORIGINAL_TOPIC, topic)?;
-        headers.insert_reserved(DLQ_GROUP, group)?;
+        headers.insert_own(DLQ_REASON, reason)?;
+        headers.insert_own(DLQ_ORIGINAL_TOPIC, topic)?;
+        headers.insert_own(DLQ_GROUP, group)?;
         for (name, value) in &self.details {
             headers.insert_reserved(*name, one_line(value, 4096))?;
         }

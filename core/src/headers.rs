@@ -17,7 +17,7 @@
 //! topic) copies no header.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::sync::Arc;
 
@@ -88,11 +88,22 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-/// Whether `text` holds a CR or LF. By bytes: both are ASCII, and a byte
-/// test costs a fraction of a multi-char pattern's on every header of
-/// every message.
+/// Whether `text` holds a CR or LF: looked for with `memchr2` (vector
+/// instructions), a fraction of a multi-char pattern's or a byte loop's
+/// cost, on every header value of every message.
 pub(crate) fn has_line_break(text: &str) -> bool {
-    text.bytes().any(|b| b == b'\r' || b == b'\n')
+    memchr::memchr2(b'\r', b'\n', text.as_bytes()).is_some()
+}
+
+/// `size` if headers of that total size are within [`MAX_TOTAL_LEN`].
+fn within_limit(size: usize) -> Result<usize, HeaderError> {
+    if size > MAX_TOTAL_LEN {
+        return Err(HeaderError::TooLarge {
+            size,
+            limit: MAX_TOTAL_LEN,
+        });
+    }
+    Ok(size)
 }
 
 /// One header: its name (courier's own names not copied) and value.
@@ -124,20 +135,47 @@ impl Entries {
         }
     }
 
-    fn insert(&mut self, name: Cow<'static, str>, value: String) {
+    /// Inserts or replaces `name`, found once, when the headers' total
+    /// size `size` stays within [`MAX_TOTAL_LEN`]; returns the new total.
+    fn insert(
+        &mut self,
+        name: Cow<'static, str>,
+        value: String,
+        size: usize,
+    ) -> Result<usize, HeaderError> {
+        let added = name.len() + value.len();
         match self {
             Entries::List(list) => match list.binary_search_by(|(k, _)| k.as_ref().cmp(&name)) {
-                Ok(at) => list[at].1 = value,
-                Err(at) if list.len() < LIST_MAX => list.insert(at, (name, value)),
-                Err(_) => {
-                    let mut tree: BTreeMap<_, _> = list.drain(..).collect();
-                    tree.insert(name, value);
-                    *self = Entries::Tree(tree);
+                Ok(at) => {
+                    let size = within_limit(size - name.len() - list[at].1.len() + added)?;
+                    list[at].1 = value;
+                    Ok(size)
+                }
+                Err(at) => {
+                    let size = within_limit(size + added)?;
+                    if list.len() < LIST_MAX {
+                        list.insert(at, (name, value));
+                    } else {
+                        let mut tree: BTreeMap<_, _> = list.drain(..).collect();
+                        tree.insert(name, value);
+                        *self = Entries::Tree(tree);
+                    }
+                    Ok(size)
                 }
             },
-            Entries::Tree(tree) => {
-                tree.insert(name, value);
-            }
+            Entries::Tree(tree) => match tree.entry(name) {
+                btree_map::Entry::Occupied(mut entry) => {
+                    let old = entry.key().len() + entry.get().len();
+                    let size = within_limit(size - old + added)?;
+                    entry.insert(value);
+                    Ok(size)
+                }
+                btree_map::Entry::Vacant(entry) => {
+                    let size = within_limit(size + added)?;
+                    entry.insert(value);
+                    Ok(size)
+                }
+            },
         }
     }
 
@@ -235,6 +273,24 @@ impl Headers {
         self.insert_checked(name, value.into())
     }
 
+    /// Inserts one of courier's own headers by its constant name, without
+    /// the lookup among the reserved names and the name check that
+    /// [`Headers::insert_reserved`] makes for a name read from the wire
+    /// (every reply and every message a handler sends on gets two headers
+    /// this way).
+    ///
+    /// # Errors
+    ///
+    /// As [`Headers::insert`], for the value.
+    pub(crate) fn insert_own(
+        &mut self,
+        name: &'static str,
+        value: impl Into<String>,
+    ) -> Result<(), HeaderError> {
+        debug_assert!(RESERVED.contains(&name), "{name} is not listed");
+        self.insert_checked(Cow::Borrowed(name), value.into())
+    }
+
     /// Whether one header, on its own, is within the rules: a valid name
     /// (any prefix) and value, and together no larger than
     /// [`MAX_TOTAL_LEN`]. Borrows only: an adapter judging a received
@@ -247,14 +303,7 @@ impl Headers {
         if has_line_break(value) {
             return Err(HeaderError::InvalidValue(name.to_owned()));
         }
-        let size = name.len() + value.len();
-        if size > MAX_TOTAL_LEN {
-            return Err(HeaderError::TooLarge {
-                size,
-                limit: MAX_TOTAL_LEN,
-            });
-        }
-        Ok(())
+        within_limit(name.len() + value.len()).map(drop)
     }
 
     fn insert_checked(
@@ -270,20 +319,17 @@ impl Headers {
         if has_line_break(&value) {
             return Err(HeaderError::InvalidValue(name.into_owned()));
         }
-        let old = self.get(&name).map_or(0, |v| name.len() + v.len());
-        let size = self.size - old + name.len() + value.len();
-        if size > MAX_TOTAL_LEN {
-            return Err(HeaderError::TooLarge {
-                size,
-                limit: MAX_TOTAL_LEN,
-            });
+        // One lookup finds the slot, judges the size against what it
+        // replaces, and fills it.
+        match self.map.as_mut() {
+            Some(map) => self.size = Arc::make_mut(map).insert(name, value, self.size)?,
+            None => {
+                self.size = within_limit(name.len() + value.len())?;
+                let mut list = Vec::with_capacity(4);
+                list.push((name, value));
+                self.map = Some(Arc::new(Entries::List(list)));
+            }
         }
-        self.size = size;
-        Arc::make_mut(
-            self.map
-                .get_or_insert_with(|| Arc::new(Entries::List(Vec::with_capacity(4)))),
-        )
-        .insert(name, value);
         Ok(())
     }
 
@@ -294,8 +340,12 @@ impl Headers {
 
     /// Removes a header and returns its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        self.get(name)?;
-        let map = Arc::make_mut(self.map.as_mut()?);
+        let map = self.map.as_mut()?;
+        // Shared headers are copied only when the name is there to remove.
+        if Arc::get_mut(map).is_none() {
+            map.get(name)?;
+        }
+        let map = Arc::make_mut(map);
         let value = map.remove(name)?;
         if map.len() == 0 {
             self.map = None;
@@ -528,6 +578,39 @@ mod tests {
             assert_eq!(Headers::check(name, value), inserted, "{name:?}: {value:?}");
         }
         assert!(Headers::check("a", &too_large[1..]).is_ok());
+    }
+
+    #[test]
+    fn a_refused_insert_changes_nothing_as_a_list_or_a_tree() {
+        for count in [1, LIST_MAX + 8] {
+            let mut h = Headers::new();
+            for i in 0..count {
+                h.insert(format!("h{i:02}"), "v").unwrap();
+            }
+            let room = MAX_TOTAL_LEN - h.byte_size();
+            h.insert("h00", "v".repeat(room + 1)).unwrap();
+            assert_eq!(h.byte_size(), MAX_TOTAL_LEN, "{count} headers");
+            let before = h.clone();
+            // Replacing with one byte more than the limit, or adding a name.
+            let err = h.insert("h00", "v".repeat(room + 2)).unwrap_err();
+            assert_eq!(
+                err,
+                HeaderError::TooLarge {
+                    size: MAX_TOTAL_LEN + 1,
+                    limit: MAX_TOTAL_LEN
+                },
+                "{count} headers"
+            );
+            assert!(h.insert("new", "").is_err(), "{count} headers");
+            // Not `assert_eq!`: a failure would print 64 KiB of headers.
+            assert!(h == before, "{count} headers: changed by a refused insert");
+            assert_eq!(h.byte_size(), MAX_TOTAL_LEN, "{count} headers");
+            assert_eq!(h.get("new"), None);
+            // Replacing with a value of the same size fits exactly.
+            h.insert("h00", "w".repeat(room + 1)).unwrap();
+            assert_eq!(h.byte_size(), MAX_TOTAL_LEN, "{count} headers");
+            assert_eq!(h.len(), count, "{count} headers");
+        }
     }
 
     #[test]

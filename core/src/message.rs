@@ -267,7 +267,7 @@ impl Message {
     ///
     /// [`HeaderError::InvalidValue`] when the id has a line break.
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Result<Self, HeaderError> {
-        self.headers.insert_reserved(CORRELATION_ID, id)?;
+        self.headers.insert_own(CORRELATION_ID, id)?;
         Ok(self)
     }
 
@@ -277,7 +277,7 @@ impl Message {
     ///
     /// [`HeaderError::InvalidValue`] when the id has a line break.
     pub fn with_causation_id(mut self, id: impl Into<String>) -> Result<Self, HeaderError> {
-        self.headers.insert_reserved(CAUSATION_ID, id)?;
+        self.headers.insert_own(CAUSATION_ID, id)?;
         Ok(self)
     }
 
@@ -291,8 +291,8 @@ impl Message {
         let id = cause.id.as_text(&mut buf);
         let correlation = cause.correlation_id().unwrap_or(id).to_owned();
         // Ids never hold line breaks and stay far below the header limit.
-        let _ = self.headers.insert_reserved(CAUSATION_ID, id.to_owned());
-        let _ = self.headers.insert_reserved(CORRELATION_ID, correlation);
+        let _ = self.headers.insert_own(CAUSATION_ID, id.to_owned());
+        let _ = self.headers.insert_own(CORRELATION_ID, correlation);
         self
     }
 

@@ -111,8 +111,7 @@ fn validate(kind: NameKind, name: &str) -> Result<(), InvalidName> {
     })
 }
 
-/// What is wrong with `name`, if anything: checked in one pass over its
-/// bytes (every publish checks its topic). A character outside the
+/// What is wrong with `name`, if anything. A character outside the
 /// allowed set is reported before an empty segment, wherever each is.
 fn problem(name: &str) -> Option<NameProblem> {
     if name.is_empty() {
@@ -120,6 +119,19 @@ fn problem(name: &str) -> Option<NameProblem> {
     }
     if name.len() > MAX_NAME_LEN {
         return Some(NameProblem::TooLong);
+    }
+    let bytes = name.as_bytes();
+    // The common case, a valid name, in folds over the whole name without
+    // an early exit, which are vectorized (every publish checks its
+    // topic); the loop below says what is wrong with an invalid one.
+    let allowed = bytes.iter().fold(true, |ok, &b| {
+        ok & (b.is_ascii_alphanumeric() | (b == b'_') | (b == b'-') | (b == b'.'))
+    });
+    let double_dot = bytes.windows(2).fold(false, |found, pair| {
+        found | ((pair[0] == b'.') & (pair[1] == b'.'))
+    });
+    if allowed && !double_dot && bytes[0] != b'.' && bytes[bytes.len() - 1] != b'.' {
+        return None;
     }
     // A name starting with a dot has an empty first segment.
     let mut after_dot = true;

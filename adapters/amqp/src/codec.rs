@@ -351,10 +351,9 @@ fn as_text(value: &AMQPValue) -> Option<Cow<'_, str>> {
     Some(clean(text))
 }
 
-/// Header values are single lines. (Looked for by bytes: both breaks are
-/// ASCII, and a byte test is cheaper than a multi-char pattern.)
+/// Header values are single lines.
 fn clean(text: Cow<'_, str>) -> Cow<'_, str> {
-    if text.bytes().any(|b| b == b'\r' || b == b'\n') {
+    if adapter::has_line_break(&text) {
         text.replace(['\r', '\n'], " ").into()
     } else {
         text

@@ -41,14 +41,14 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use courier_core::adapter::{self, origin, wire};
 use courier_core::message::{CAUSATION_ID, CORRELATION_ID};
 use courier_core::request::headers::{DEADLINE, REPLY_STATUS};
 use courier_core::{HeaderError, Message, MessageId};
 
-use crate::codec::{header_name, quote, unquote};
+use crate::codec::{header_name, header_value, quote, unquote};
 
 /// The header that carries courier's fields of a request or a reply.
 pub(crate) const FIELDS: &str = "courier-fields";
@@ -118,10 +118,10 @@ fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMa
         } else if name == REPLY_STATUS && value == STATUS_OK {
             continue;
         } else {
-            headers.insert(header_name(name), quote(value).as_ref());
+            headers.insert(header_name(name), header_value(quote(value).into_owned()));
         }
     }
-    headers.insert(HeaderName::from_static(FIELDS), HeaderValue::from(fields));
+    headers.insert(HeaderName::from_static(FIELDS), header_value(fields));
     headers
 }
 
@@ -165,7 +165,10 @@ pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Mess
     if let Some(key) = fields.key {
         adapter::set_key(&mut message, &fields.unescape(key));
     }
-    for (header, value) in fields.packed.iter().filter_map(|(h, v)| Some((*h, (*v)?))) {
+    for (&(header, _), value) in PACKED.iter().zip(fields.packed) {
+        let Some(value) = value else {
+            continue;
+        };
         adapter::restore_header(
             adapter::headers_mut(&mut message),
             header,
@@ -205,8 +208,8 @@ struct Fields<'a> {
     timestamp: Option<&'a str>,
     content_type: Option<&'a str>,
     key: Option<&'a str>,
-    /// The reserved headers of [`PACKED`], in its order.
-    packed: [(&'static str, Option<&'a str>); PACKED.len()],
+    /// The values of [`PACKED`]'s reserved headers, in its order.
+    packed: [Option<&'a str>; PACKED.len()],
     /// Whether any value may hold an escape: without a `%` in the whole
     /// value, none needs [`unescape`].
     escaped: bool,
@@ -219,7 +222,7 @@ impl<'a> Fields<'a> {
             timestamp: None,
             content_type: None,
             key: None,
-            packed: PACKED.map(|(header, _)| (header, None)),
+            packed: [None; PACKED.len()],
             escaped: value.as_bytes().contains(&b'%'),
         };
         // Cut by bytes: `;` and `=` are ASCII, so every cut is at a char
@@ -227,13 +230,10 @@ impl<'a> Fields<'a> {
         let bytes = value.as_bytes();
         let mut start = 0;
         while start < bytes.len() {
-            let end = bytes[start..]
-                .iter()
-                .position(|b| *b == b';')
-                .map_or(bytes.len(), |at| start + at);
+            let end = memchr::memchr(b';', &bytes[start..]).map_or(bytes.len(), |at| start + at);
             let field = start..end;
             start = end + 1;
-            let Some(equals) = bytes[field.clone()].iter().position(|b| *b == b'=') else {
+            let Some(equals) = memchr::memchr(b'=', &bytes[field.clone()]) else {
                 continue;
             };
             let name = &value[field.start..field.start + equals];
@@ -245,7 +245,7 @@ impl<'a> Fields<'a> {
                 KEY => fields.key = Some(value),
                 _ => {
                     if let Some(at) = PACKED.iter().position(|(_, packed)| *packed == name) {
-                        fields.packed[at].1 = Some(value);
+                        fields.packed[at] = Some(value);
                     }
                 }
             }
@@ -267,12 +267,9 @@ impl<'a> Fields<'a> {
 fn push(fields: &mut String, name: &str, value: &str) {
     fields.push_str(name);
     fields.push('=');
-    // Bytes, not chars: the four are ASCII, and a byte test is a fraction
-    // of a multi-char pattern's cost.
-    if value
-        .bytes()
-        .any(|b| matches!(b, b'%' | b';' | b'\r' | b'\n'))
-    {
+    // Bytes, not chars: the four are ASCII; looked for with vector
+    // instructions (most values need no escape).
+    if memchr::memchr2(b'%', b';', value.as_bytes()).is_some() || adapter::has_line_break(value) {
         for c in value.chars() {
             match c {
                 '%' => fields.push_str("%25"),
@@ -292,7 +289,7 @@ fn push(fields: &mut String, name: &str, value: &str) {
 fn push_number(fields: &mut String, name: &str, n: u64) {
     fields.push_str(name);
     fields.push('=');
-    fields.push_str(wire::decimal(n, &mut [0; 20]));
+    fields.push_str(wire::decimal(n, &mut wire::Digits::default()));
     fields.push(';');
 }
 
@@ -454,14 +451,8 @@ mod tests {
         assert_eq!(fields.key, Some("last"));
         assert_eq!(fields.id, Some("i"));
         assert_eq!(fields.timestamp, None);
-        assert_eq!(
-            fields.packed,
-            [
-                (DEADLINE, None),
-                (CORRELATION_ID, Some("c")),
-                (CAUSATION_ID, None)
-            ]
-        );
+        assert_eq!(fields.packed, [None, Some("c"), None]);
+        assert_eq!(PACKED[1].0, CORRELATION_ID);
         assert!(!fields.escaped);
         let empty = Fields::read("");
         assert_eq!((empty.id, empty.key), (None, None));

@@ -86,6 +86,13 @@ pub fn set_content_type(message: &mut Message, content_type: &str) {
     message.set_content_type_text(content_type);
 }
 
+/// Whether `text` holds a line break (CR or LF), which no header value
+/// may: what [`Headers::insert`] refuses. An adapter whose wire allows line
+/// breaks in header values tests with it before it keeps one.
+pub fn has_line_break(text: &str) -> bool {
+    crate::headers::has_line_break(text)
+}
+
 /// The headers of a message, reserved ones included, to change in place.
 pub fn headers_mut(message: &mut Message) -> &mut Headers {
     message.headers_mut()

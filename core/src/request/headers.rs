@@ -116,18 +116,18 @@ pub fn failure(request: &Message, kind: RemoteErrorKind, reason: &str) -> Messag
         reason.truncate(cut);
     }
     let headers = reply.headers_mut();
-    let _ = headers.insert_reserved(ERROR_KIND, kind.as_str());
-    let _ = headers.insert_reserved(ERROR_REASON, reason);
+    let _ = headers.insert_own(ERROR_KIND, kind.as_str());
+    let _ = headers.insert_own(ERROR_REASON, reason);
     reply
 }
 
 fn mark(request: &Message, mut reply: Message, status: Option<&str>) -> Message {
     let headers = reply.headers_mut();
     if let Some(id) = request.header(REQUEST_ID) {
-        let _ = headers.insert_reserved(REQUEST_ID, id);
+        let _ = headers.insert_own(REQUEST_ID, id);
     }
     if let Some(status) = status {
-        let _ = headers.insert_reserved(REPLY_STATUS, status);
+        let _ = headers.insert_own(REPLY_STATUS, status);
     }
     reply
 }
