@@ -69,8 +69,8 @@ impl std::fmt::Debug for Digits {
 
 /// `n` in decimal, written into `digits`: a number for a header without a
 /// `String` of its own, two digits at a time and without checking the
-/// text again (a tenth of a digit-by-digit loop's cost; every publish
-/// writes its timestamp).
+/// text again (about a quarter of a digit-by-digit loop's cost; every
+/// publish writes its timestamp).
 pub fn decimal(n: u64, digits: &mut Digits) -> &str {
     digits.0.format(n)
 }
