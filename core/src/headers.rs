@@ -124,11 +124,16 @@ enum Entries {
     Tree(BTreeMap<Cow<'static, str>, String>),
 }
 
+/// Where `name` is in a sorted list (`Ok`), or where it would go (`Err`).
+fn find(list: &[Entry], name: &str) -> Result<usize, usize> {
+    list.binary_search_by(|(k, _)| k.as_ref().cmp(name))
+}
+
 impl Entries {
     fn get(&self, name: &str) -> Option<&str> {
         match self {
             Entries::List(list) => {
-                let at = list.binary_search_by(|(k, _)| k.as_ref().cmp(name)).ok()?;
+                let at = find(list, name).ok()?;
                 Some(list[at].1.as_str())
             }
             Entries::Tree(tree) => tree.get(name).map(String::as_str),
@@ -145,9 +150,10 @@ impl Entries {
     ) -> Result<usize, HeaderError> {
         let added = name.len() + value.len();
         match self {
-            Entries::List(list) => match list.binary_search_by(|(k, _)| k.as_ref().cmp(&name)) {
+            Entries::List(list) => match find(list, &name) {
                 Ok(at) => {
-                    let size = within_limit(size - name.len() - list[at].1.len() + added)?;
+                    let old = name.len() + list[at].1.len();
+                    let size = within_limit(size - old + added)?;
                     list[at].1 = value;
                     Ok(size)
                 }
@@ -182,7 +188,7 @@ impl Entries {
     fn remove(&mut self, name: &str) -> Option<String> {
         match self {
             Entries::List(list) => {
-                let at = list.binary_search_by(|(k, _)| k.as_ref().cmp(name)).ok()?;
+                let at = find(list, name).ok()?;
                 Some(list.remove(at).1)
             }
             Entries::Tree(tree) => tree.remove(name),
