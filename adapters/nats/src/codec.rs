@@ -70,6 +70,12 @@ pub(crate) fn header_value(value: String) -> HeaderValue {
     HeaderValue::deserialize(value).expect("a header value is any string")
 }
 
+/// Adds the wire header `name: value` to NATS `headers`: the name as NATS
+/// spells it ([`header_name`]), the value quoted ([`quote`]).
+pub(crate) fn insert_header(headers: &mut HeaderMap, name: &str, value: &str) {
+    headers.insert(header_name(name), header_value(quote(value).into_owned()));
+}
+
 /// The value [`quote`] was given.
 pub(crate) fn unquote(value: &str) -> &str {
     match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {

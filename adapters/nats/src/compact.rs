@@ -48,7 +48,7 @@ use courier_core::message::{CAUSATION_ID, CORRELATION_ID};
 use courier_core::request::headers::{DEADLINE, REPLY_STATUS};
 use courier_core::{HeaderError, Message, MessageId};
 
-use crate::codec::{header_name, header_value, quote, unquote};
+use crate::codec::{header_value, insert_header, unquote};
 
 /// The header that carries courier's fields of a request or a reply.
 pub(crate) const FIELDS: &str = "courier-fields";
@@ -118,7 +118,7 @@ fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMa
         } else if name == REPLY_STATUS && value == STATUS_OK {
             continue;
         } else {
-            headers.insert(header_name(name), header_value(quote(value).into_owned()));
+            insert_header(&mut headers, name, value);
         }
     }
     headers.insert(HeaderName::from_static(FIELDS), header_value(fields));

@@ -7,7 +7,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use courier_core::adapter::wire::{self, Native};
 use courier_core::{BrokerErrorKind, Error, Message, Result};
 
-use crate::codec::{header_name, header_value, quote};
+use crate::codec::insert_header;
 use crate::connection::Inner;
 use crate::error::op_error;
 
@@ -52,7 +52,7 @@ pub(crate) fn headers(message: &Message) -> HeaderMap {
     // `Nats-Msg-Id` carries the courier id (the subscriber reads it back as
     // such), so the id travels once.
     wire::encode(message, Native::default(), |name, value| {
-        headers.insert(header_name(name), header_value(quote(value).into_owned()));
+        insert_header(&mut headers, name, value);
     });
     headers
 }
