@@ -107,6 +107,32 @@ pub fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The cases a benchmark's command line picks: every word after `--` that
+/// is neither a number (the rounds, see [`rounds`]) nor an option (`--bench`,
+/// `--mock`) picks the cases whose name contains it; none picks all
+/// (`cargo bench --bench throughput -- consume`).
+#[derive(Debug, Clone, Default)]
+pub struct Cases {
+    words: Vec<String>,
+}
+
+impl Cases {
+    /// The words of this process's command line.
+    pub fn from_args() -> Self {
+        Cases {
+            words: std::env::args()
+                .skip(1)
+                .filter(|a| a.parse::<usize>().is_err() && !a.starts_with("--"))
+                .collect(),
+        }
+    }
+
+    /// Whether the case named `case` runs.
+    pub fn wanted(&self, case: &str) -> bool {
+        self.words.is_empty() || self.words.iter().any(|w| case.contains(w.as_str()))
+    }
+}
+
 /// How many interleaved rounds to run: the first number on the command
 /// line (`cargo bench --bench latency -- 7`), else [`ROUNDS_ENV`], else
 /// `default`; at least 1.
@@ -575,6 +601,19 @@ impl Latencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cases_are_picked_by_a_part_of_their_name() {
+        let all = Cases::default();
+        assert!(all.wanted("consume+commit") && all.wanted("runtime c=1"));
+        let consume = Cases {
+            words: vec!["consume".to_owned()],
+        };
+        assert!(consume.wanted("consume+commit"));
+        assert!(consume.wanted("consume+commit, raw reads headers"));
+        assert!(!consume.wanted("runtime c=1"));
+        assert!(!consume.wanted("publish confirmed w=1000"));
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

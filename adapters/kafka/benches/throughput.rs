@@ -57,7 +57,7 @@ use courier_core::prelude::*;
 use courier_core::{Message, StartPosition, Subscription};
 use courier_kafka::{KafkaBroker, KafkaConfig};
 use courier_testkit::bench::{
-    Latencies, OpenLoop, Report, Row, Side, Unit, env_or, interleaved, rate,
+    Cases, Latencies, OpenLoop, Report, Row, Side, Unit, env_or, interleaved, rate,
 };
 use courier_testkit::bench_runs::{
     Percentiles, RateClock, WARM_UP_INDEX, courier_open_loop, indexed_payload, payload_index,
@@ -89,14 +89,8 @@ fn main() {
     let latency_count = env_or("COURIER_BENCH_LATENCY_MESSAGES", 2_000);
     let latency_rate = env_or("COURIER_BENCH_KAFKA_RATE", 1_000) as u32;
     let mock = std::env::args().any(|a| a == "--mock");
-    // Other words on the command line pick cases by a part of their name
-    // (`-- --mock consume`).
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with("--"))
-        .collect();
-    let wanted =
-        &move |case: &str| only.is_empty() || only.iter().any(|o| case.contains(o.as_str()));
+    let cases = Cases::from_args();
+    let wanted = &|case: &str| cases.wanted(case);
     let runtime = courier_testkit::bench::runtime();
     runtime.block_on(async move {
         let (target, _server) = if mock {
@@ -152,23 +146,17 @@ fn main() {
         };
         for &payload in payloads {
             let n = if payload > 1024 { count / 4 } else { count };
-            if wanted("consume+commit") {
+            for (case, raw_reads_headers) in [
+                ("consume+commit", false),
+                ("consume+commit, raw reads headers", true),
+            ] {
+                if !wanted(case) {
+                    continue;
+                }
                 let consume = interleaved(rounds, |side| async move {
                     let topic = filled(t, payload, n).await;
                     match side {
-                        Side::Raw => raw_consume(t, &topic, n).await,
-                        Side::Courier => courier_consume(t, &topic, n).await,
-                    }
-                })
-                .await;
-                report.push(Row::new(adapter, "consume+commit", payload, unit, &consume));
-            }
-            let case = "consume+commit, raw reads headers";
-            if wanted(case) {
-                let consume = interleaved(rounds, |side| async move {
-                    let topic = filled(t, payload, n).await;
-                    match side {
-                        Side::Raw => raw_consume_reading(t, &topic, n, true).await,
+                        Side::Raw => raw_consume_reading(t, &topic, n, raw_reads_headers).await,
                         Side::Courier => courier_consume(t, &topic, n).await,
                     }
                 })

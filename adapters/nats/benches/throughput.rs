@@ -52,12 +52,8 @@ const PULL_BATCH: usize = 200;
 
 fn main() {
     let rounds = courier_testkit::bench::rounds(5);
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with("--"))
-        .collect();
-    let wanted =
-        move |case: &str| only.is_empty() || only.iter().any(|o| case.contains(o.as_str()));
+    let cases = courier_testkit::bench::Cases::from_args();
+    let wanted = move |case: &str| cases.wanted(case);
     let runtime = courier_testkit::bench::runtime();
     runtime.block_on(async move {
         let server = courier_testkit::fixtures::nats().await.expect("nats fixture");
