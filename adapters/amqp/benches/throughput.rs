@@ -26,9 +26,18 @@
 //! - `latency p50|p99|p999 @1000/s`: open loop at 1,000 messages a second,
 //!   from when a message was due to when its consumer received it (publish
 //!   with confirm, consume with ack on both sides).
+//! - `latency … classic queue`: the same through a classic queue (courier
+//!   connected with `queue_type=classic`). A quorum queue hands a message
+//!   to its consumer only once a majority stored it; a classic queue does
+//!   not wait for that, so the two settings show how much of the latency
+//!   is the quorum queue's rather than the clients'.
 //!
 //! `cargo bench -p courier-amqp --bench throughput` starts the RabbitMQ
-//! fixture (or uses `COURIER_TEST_RABBITMQ_URL`). Environment:
+//! fixture (or uses `COURIER_TEST_RABBITMQ_URL`); words after `--` run only
+//! the cases whose names contain one of them (`-- latency`: the latency
+//! rows, `classic` only the classic queue's; `c=16` the runtime at
+//! concurrency 16; `publish` the publish and ingest rows and the first
+//! burst). Environment:
 //! `COURIER_BENCH_ROUNDS` (default 5), `COURIER_BENCH_MESSAGES` (messages
 //! of 64 B per run, default 20,000; 16 KiB runs use a quarter),
 //! `COURIER_BENCH_LATENCY_MESSAGES` (default 2,000), `COURIER_BENCH_OUT`
@@ -42,7 +51,7 @@ use courier_amqp::AmqpBroker;
 use courier_core::prelude::*;
 use courier_core::{Message, Subscription};
 use courier_testkit::bench::{
-    Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, env_or, interleaved, rate,
+    Cases, Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, env_or, interleaved, rate,
 };
 use courier_testkit::bench_runs::{
     Percentiles, RateClock, courier_open_loop, indexed_payload, payload_index, runtime_rate,
@@ -79,6 +88,7 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![None]);
+    let cases = Cases::from_args();
     let runtime = courier_testkit::bench::runtime();
     runtime.block_on(async {
         let fixture = courier_testkit::fixtures::rabbitmq()
@@ -87,9 +97,14 @@ fn main() {
         let url = fixture.url().to_owned();
         let raw = Raw::connect(&url).await;
         let courier = AmqpBroker::connect(&url).await.expect("courier connect");
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let classic = AmqpBroker::connect(&format!("{url}{separator}queue_type=classic"))
+            .await
+            .expect("courier connect, classic queues");
         let bench = Bench {
             raw,
             courier,
+            classic,
             rounds,
         };
         bench.warm_up(messages.min(5_000)).await;
@@ -105,22 +120,35 @@ fn main() {
             } else {
                 messages
             };
-            bench.publish(&mut report, payload, count).await;
-            if payload == 64 {
+            if cases.wanted(&format!("publish confirmed w={WINDOW}")) {
+                bench.publish(&mut report, payload, count).await;
+            }
+            if payload == 64 && cases.wanted(&format!("first {BURST} publishes")) {
                 bench.first_burst(&mut report, payload).await;
             }
-            bench.consume(&mut report, payload, count).await;
+            if cases.wanted(&format!("consume+ack p={PREFETCH}")) {
+                bench.consume(&mut report, payload, count).await;
+            }
             for &prefetch in &prefetches {
                 for concurrency in [1, 16] {
+                    if cases.wanted(&format!("runtime c={concurrency}")) {
+                        bench
+                            .runtime(&mut report, payload, count, concurrency, prefetch)
+                            .await;
+                    }
+                }
+            }
+            for queue in [Queue::Quorum, Queue::Classic] {
+                if cases.wanted(&format!("latency @{LATENCY_RATE}/s{}", queue.suffix())) {
                     bench
-                        .runtime(&mut report, payload, count, concurrency, prefetch)
+                        .latency(&mut report, payload, latency_messages, queue)
                         .await;
                 }
             }
-            bench.latency(&mut report, payload, latency_messages).await;
         }
         report.finish();
         bench.courier.close().await.expect("close");
+        bench.classic.close().await.expect("close");
         let _ = bench.raw.connection.close(200, "done".into()).await;
     });
 }
@@ -128,7 +156,26 @@ fn main() {
 struct Bench {
     raw: Raw,
     courier: AmqpBroker,
+    /// courier declaring classic group queues (the latency rows' second
+    /// setting).
+    classic: AmqpBroker,
     rounds: usize,
+}
+
+/// The type of the group queue a latency row goes through.
+#[derive(Clone, Copy, PartialEq)]
+enum Queue {
+    Quorum,
+    Classic,
+}
+
+impl Queue {
+    fn suffix(self) -> &'static str {
+        match self {
+            Queue::Quorum => "",
+            Queue::Classic => " classic queue",
+        }
+    }
 }
 
 /// A topic with its group queue, declared by courier's provisioning; the
@@ -141,12 +188,15 @@ struct Topic {
 
 impl Bench {
     async fn topic(&self, kind: &str) -> Topic {
+        self.topic_on(&self.courier, kind).await
+    }
+
+    /// A topic and group queue declared by `courier`'s provisioning (so
+    /// with its queue type).
+    async fn topic_on(&self, courier: &AmqpBroker, kind: &str) -> Topic {
         let topic = unique_name(&format!("bench-{kind}"));
         let subscription = Subscription::new(&topic, "g").prefetch(PREFETCH);
-        self.courier
-            .provision(&subscription)
-            .await
-            .expect("provision");
+        courier.provision(&subscription).await.expect("provision");
         Topic {
             queue: format!("{topic}:g"),
             topic,
@@ -310,8 +360,12 @@ impl Bench {
         report.push(Row::new(ADAPTER, case, payload, unit, &rounds));
     }
 
-    async fn latency(&self, report: &mut Report, payload: usize, count: usize) {
-        let t = self.topic("latency").await;
+    async fn latency(&self, report: &mut Report, payload: usize, count: usize, queue: Queue) {
+        let courier = match queue {
+            Queue::Quorum => &self.courier,
+            Queue::Classic => &self.classic,
+        };
+        let t = self.topic_on(courier, "latency").await;
         let percentiles = std::cell::RefCell::new(Percentiles::default());
         let _ = interleaved(self.rounds, |side| {
             let t = &t;
@@ -321,9 +375,8 @@ impl Bench {
                     Side::Raw => self.raw.latency(&t.topic, &t.queue, payload, count).await,
                     Side::Courier => {
                         let sub = t.subscription.clone();
-                        let mut stream = self.courier.subscribe(sub).await.expect("subscribe");
+                        let mut stream = courier.subscribe(sub).await.expect("subscribe");
                         let (topic, rate) = (&t.topic, LATENCY_RATE);
-                        let courier = &self.courier;
                         courier_open_loop(courier, topic, &mut stream, payload, count, rate, STALL)
                             .await
                     }
@@ -333,7 +386,7 @@ impl Bench {
             }
         })
         .await;
-        let suffix = format!("@{LATENCY_RATE}/s");
+        let suffix = format!("@{LATENCY_RATE}/s{}", queue.suffix());
         for row in percentiles.into_inner().rows(ADAPTER, &suffix, payload) {
             report.push(row);
         }
