@@ -31,8 +31,8 @@
 //! `cargo bench -p courier-kafka --bench throughput` starts the Kafka
 //! fixture container (`COURIER_TEST_KAFKA_URL` uses a running broker
 //! instead). Environment: `COURIER_BENCH_ROUNDS` (default 5),
-//! `COURIER_BENCH_KAFKA_MESSAGES` (64 B messages per run, default 5,000;
-//! 16 KiB runs use a quarter), `COURIER_BENCH_LATENCY_MESSAGES` (default
+//! `COURIER_BENCH_KAFKA_MESSAGES` (64 B messages per run, default 5,000,
+//! 200,000 on the mock cluster; 16 KiB runs use a quarter), `COURIER_BENCH_LATENCY_MESSAGES` (default
 //! 2,000), `COURIER_BENCH_OUT` (JSON-lines file the rows are appended to).
 //! Words after `--` pick cases by a part of their name (`-- --mock
 //! consume` runs the consume rows on the mock cluster only).
@@ -85,10 +85,15 @@ const STALL: Duration = Duration::from_secs(60);
 
 fn main() {
     let rounds = courier_testkit::bench::rounds(5);
-    let count = env_or("COURIER_BENCH_KAFKA_MESSAGES", 5_000);
+    let mock = std::env::args().any(|a| a == "--mock");
+    // The mock cluster moves 5,000 records in ~10 ms, too short a run to
+    // time: runs there are 40 times as long.
+    let count = env_or(
+        "COURIER_BENCH_KAFKA_MESSAGES",
+        if mock { 200_000 } else { 5_000 },
+    );
     let latency_count = env_or("COURIER_BENCH_LATENCY_MESSAGES", 2_000);
     let latency_rate = env_or("COURIER_BENCH_KAFKA_RATE", 1_000) as u32;
-    let mock = std::env::args().any(|a| a == "--mock");
     let cases = Cases::from_args();
     let wanted = &|case: &str| cases.wanted(case);
     let runtime = courier_testkit::bench::runtime();
