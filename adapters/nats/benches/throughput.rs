@@ -25,10 +25,17 @@
 //!   courier: the delivery stream and `Delivery::ack`).
 //! - `runtime c=N`: courier's consumer runtime (an empty handler) at
 //!   concurrency N against the same raw loop.
+//! - `consume c=N: first message after start`: from creating the consumer
+//!   (raw: `get_or_create_consumer`; courier: `subscribe`, or starting the
+//!   runtime) to its first message, in the same runs. The two rows above
+//!   are timed from the first message to the last, so that this one-time
+//!   cost, which a run of 2,000 messages would count once in every ~1 s,
+//!   is not in them.
 
+use std::cell::RefCell;
 use std::future::IntoFuture;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -36,7 +43,7 @@ use courier_core::prelude::*;
 use courier_core::runtime::{self, Consumer};
 use courier_core::{Message, Publisher, StartPosition, Subscriber, Subscription};
 use courier_nats::NatsBroker;
-use courier_testkit::bench::{Report, Row, Side, Unit, interleaved, rate};
+use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved, rate};
 use futures::StreamExt;
 
 const PAYLOAD: [u8; 64] = [7; 64];
@@ -122,11 +129,13 @@ fn main() {
                 if !wanted(&case) {
                     continue;
                 }
+                let starts = RefCell::new(Rounds::default());
                 let rounds_of = interleaved(rounds, |side| {
                     let (js, courier) = (js.clone(), courier.clone());
+                    let starts = &starts;
                     async move {
                         let topic = filled(&js, count).await;
-                        match (side, through_runtime) {
+                        let run = match (side, through_runtime) {
                             (Side::Raw, _) => raw_consume(&js, &topic, count, concurrency).await,
                             (Side::Courier, false) => {
                                 courier_consume(&courier, &topic, count, concurrency).await
@@ -134,7 +143,13 @@ fn main() {
                             (Side::Courier, true) => {
                                 courier_runtime(&courier, &topic, count, concurrency).await
                             }
+                        };
+                        let start = run.start.as_secs_f64() * 1e6;
+                        match side {
+                            Side::Raw => starts.borrow_mut().raw.push(start),
+                            Side::Courier => starts.borrow_mut().courier.push(start),
                         }
+                        run.per_second
                     }
                 })
                 .await;
@@ -144,6 +159,13 @@ fn main() {
                     PAYLOAD.len(),
                     Unit::MessagesPerSecond,
                     &rounds_of,
+                ));
+                report.push(Row::new(
+                    "nats",
+                    format!("{case}: first message after start"),
+                    PAYLOAD.len(),
+                    Unit::Micros,
+                    &starts.into_inner(),
                 ));
             }
         }
@@ -285,7 +307,8 @@ async fn raw_consume(
     subject: &str,
     count: usize,
     concurrency: usize,
-) -> f64 {
+) -> Consumed {
+    let clock = Clock::start();
     let stream = js
         .get_stream(courier_nats::stream_name(subject))
         .await
@@ -304,7 +327,6 @@ async fn raw_consume(
         )
         .await
         .expect("consumer");
-    let started = Instant::now();
     let messages = consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)
@@ -313,11 +335,14 @@ async fn raw_consume(
         .expect("messages");
     messages
         .take(count)
-        .for_each_concurrent(concurrency, |message| async move {
-            message.expect("message").double_ack().await.expect("ack");
+        .for_each_concurrent(concurrency, |message| {
+            clock.received();
+            async move {
+                message.expect("message").double_ack().await.expect("ack");
+            }
         })
         .await;
-    rate(count, started.elapsed())
+    clock.stop(count)
 }
 
 /// The delivery stream with `concurrency` acks in flight.
@@ -326,19 +351,22 @@ async fn courier_consume(
     topic: &str,
     count: usize,
     concurrency: usize,
-) -> f64 {
+) -> Consumed {
     let sub = Subscription::new(topic, "courier")
         .start_from(StartPosition::Earliest)
         .prefetch(PULL_BATCH as u16);
-    let started = Instant::now();
+    let clock = Clock::start();
     let stream = Subscriber::subscribe(broker, sub).await.expect("subscribe");
     stream
         .take(count)
-        .for_each_concurrent(concurrency, |delivery| async move {
-            delivery.expect("delivery").ack().await.expect("ack");
+        .for_each_concurrent(concurrency, |delivery| {
+            clock.received();
+            async move {
+                delivery.expect("delivery").ack().await.expect("ack");
+            }
         })
         .await;
-    rate(count, started.elapsed())
+    clock.stop(count)
 }
 
 /// courier's consumer runtime with an empty handler at `concurrency`
@@ -348,15 +376,17 @@ async fn courier_runtime(
     topic: &str,
     count: usize,
     concurrency: usize,
-) -> f64 {
+) -> Consumed {
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
+    let clock = Arc::new(Clock::start());
+    let first = clock.clone();
     let handler = runtime::raw(move |_message: Message| {
+        first.received();
         counter.fetch_add(1, Ordering::Relaxed);
         async { Ok(()) }
     });
     let sub = Subscription::new(topic, "courier").start_from(StartPosition::Earliest);
-    let started = Instant::now();
     let running = Consumer::builder(broker.clone().into_broker(), sub, handler)
         .concurrency(concurrency)
         .start()
@@ -366,8 +396,46 @@ async fn courier_runtime(
     while metrics.snapshot().handled < count as u64 {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    let per_second = rate(count, started.elapsed());
+    let consumed = clock.stop(count);
     running.shutdown().await.expect("shutdown");
     assert_eq!(handled.load(Ordering::Relaxed), count);
-    per_second
+    consumed
+}
+
+/// One consume run: its rate from the first message to the last, and how
+/// long the first message took to come.
+struct Consumed {
+    per_second: f64,
+    start: Duration,
+}
+
+/// The clock of a consume run: started before the consumer is created,
+/// read at the first message and at the end.
+struct Clock {
+    started: Instant,
+    first: OnceLock<Instant>,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Clock {
+            started: Instant::now(),
+            first: OnceLock::new(),
+        }
+    }
+
+    /// Called for every message; the first one's time is kept.
+    fn received(&self) {
+        self.first.get_or_init(Instant::now);
+    }
+
+    /// The run, now that its `count` messages are handled: the rate of the
+    /// `count - 1` after the first.
+    fn stop(&self, count: usize) -> Consumed {
+        let first = *self.first.get().expect("no message was received");
+        Consumed {
+            per_second: rate(count - 1, first.elapsed()),
+            start: first - self.started,
+        }
+    }
 }
