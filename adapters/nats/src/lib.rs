@@ -75,7 +75,13 @@
 //! wait is what an `Ok` ack promises.
 //!
 //! A subscription pulls at most the room its prefetch leaves
-//! (`prefetch - unsettled`) in one pull request at a time.
+//! (`prefetch - unsettled`) in one pull request at a time, and pulls again
+//! once half its prefetch is free (or one message, with a prefetch of 1):
+//! a consumer working through a backlog pulls in batches of half its
+//! prefetch, not one message per settlement, which cost the server a pull
+//! request and its end for every message. Messages buffered meanwhile
+//! (at least half the prefetch) keep handlers busy while the next pull is
+//! on its way.
 //! - **Delivery count** comes from the message's JetStream metadata.
 //!
 //! # Ordering

@@ -123,9 +123,10 @@ async fn pull_loop(
     let topic: Arc<str> = Arc::from(subscription.topic());
     let backoff = Backoff::new(PULL_RETRY_MIN_DELAY, PULL_RETRY_MAX_DELAY);
     let mut pauses = backoff.delays();
+    let refill = refill_at(prefetch);
     loop {
         let free = prefetch.saturating_sub(flow.in_flight.load(Ordering::Acquire));
-        if free == 0 {
+        if free < refill {
             tokio::select! {
                 () = flow.settled.notified() => continue,
                 () = inner.shutdown.cancelled() => return,
@@ -196,6 +197,15 @@ async fn pull_loop(
             }
         }
     }
+}
+
+/// How much room the prefetch must have before the next pull: half of it
+/// (at least one message). Pulling as soon as one delivery is settled
+/// made a consumer with a backlog pull one message per settlement, a pull
+/// request and its end for every message on top of the message and its
+/// ack; async-nats's own pull stream refills at half its batch too.
+fn refill_at(prefetch: usize) -> usize {
+    (prefetch / 2).max(1)
 }
 
 /// Keeps the pending pull request open until it expires, NAKing whatever

@@ -1,0 +1,87 @@
+//! A subscription working through a backlog pulls in batches of at least
+//! half its prefetch, not one message per settlement: every pull request
+//! the server receives for the group's consumer is watched on its
+//! JetStream API subject.
+
+use std::time::Duration;
+
+use courier_core::{Message, Publisher, Subscriber, Subscription};
+use courier_nats::NatsBroker;
+use courier_testkit::deliveries::next_within;
+use futures::StreamExt;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+const PREFETCH: u16 = 10;
+const MESSAGES: usize = 100;
+
+#[tokio::test]
+async fn a_backlog_is_pulled_in_batches_of_half_the_prefetch_or_more() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let topic = courier_testkit::fixtures::unique_name("pulls");
+    let sub = Subscription::new(&topic, "readers").prefetch(PREFETCH);
+    Subscriber::provision(&broker, &sub)
+        .await
+        .expect("provision");
+    let messages = (0..MESSAGES)
+        .map(|i| Message::new(format!("m{i}")))
+        .collect();
+    Publisher::publish_batch(&broker, &topic, messages)
+        .await
+        .expect("publish");
+
+    // Pull requests for any consumer of the topic's stream.
+    let pulls_subject = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.>",
+        courier_nats::stream_name(&topic)
+    );
+    let mut pulls = broker
+        .client()
+        .subscribe(pulls_subject)
+        .await
+        .expect("watch pull requests");
+    broker.client().flush().await.expect("flush");
+
+    // One at a time, each ack awaited: the loop that used to pull one
+    // message per ack once the prefetch was full.
+    let mut stream = Subscriber::subscribe(&broker, sub)
+        .await
+        .expect("subscribe");
+    for i in 0..MESSAGES {
+        let delivery = next_within(&mut stream, PATIENCE).await;
+        assert_eq!(
+            delivery.message().payload().as_ref(),
+            format!("m{i}").as_bytes()
+        );
+        delivery.ack().await.expect("ack");
+    }
+    drop(stream);
+    courier_core::Close::close(&broker).await.expect("close");
+
+    let mut sizes = Vec::new();
+    while let Ok(Some(pull)) = tokio::time::timeout(Duration::from_millis(500), pulls.next()).await
+    {
+        let request: serde_json::Value =
+            serde_json::from_slice(&pull.payload).expect("a pull request is JSON");
+        sizes.push(
+            request["batch"]
+                .as_u64()
+                .expect("a pull request has a batch size"),
+        );
+    }
+    let refill = u64::from(PREFETCH / 2);
+    assert!(
+        sizes
+            .iter()
+            .all(|&size| (refill..=u64::from(PREFETCH)).contains(&size)),
+        "every pull asks for {refill} to {PREFETCH} messages: {sizes:?}"
+    );
+    let asked: u64 = sizes.iter().sum();
+    assert!(
+        asked >= MESSAGES as u64,
+        "the pulls seen asked for {asked} messages, fewer than the {MESSAGES} delivered \
+         (pull requests missed by the watch): {sizes:?}"
+    );
+}
