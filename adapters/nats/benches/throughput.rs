@@ -25,12 +25,12 @@
 //!   courier: the delivery stream and `Delivery::ack`).
 //! - `runtime c=N`: courier's consumer runtime (an empty handler) at
 //!   concurrency N against the same raw loop.
-//! - `consume c=N: first message after start`: from creating the consumer
-//!   (raw: `get_or_create_consumer`; courier: `subscribe`, or starting the
-//!   runtime) to its first message, in the same runs. The two rows above
-//!   are timed from the first message to the last, so that this one-time
-//!   cost, which a run of 2,000 messages would count once in every ~1 s,
-//!   is not in them.
+//! - `consume c=N: first message after start` (and `runtime c=N: …`): from
+//!   creating the consumer (raw: `get_stream` and `get_or_create_consumer`;
+//!   courier: `subscribe`, or starting the runtime) to its first message,
+//!   in the same runs. The rate rows above are timed from the first message
+//!   to the last on both sides, so that this one-time cost is not spread
+//!   over a run's messages.
 
 use std::cell::RefCell;
 use std::future::IntoFuture;
