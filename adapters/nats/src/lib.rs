@@ -75,13 +75,15 @@
 //! wait is what an `Ok` ack promises.
 //!
 //! A subscription pulls at most the room its prefetch leaves
-//! (`prefetch - unsettled`) in one pull request at a time, and pulls again
+//! (`prefetch - unsettled`) in one pull request at a time. While messages
+//! it pulled still wait to be taken from the stream, it pulls again only
 //! once half its prefetch is free (or one message, with a prefetch of 1):
 //! a consumer working through a backlog pulls in batches of half its
 //! prefetch, not one message per settlement, which cost the server a pull
-//! request and its end for every message. Messages buffered meanwhile
-//! (at least half the prefetch) keep handlers busy while the next pull is
-//! on its way.
+//! request and its end for every message, and the messages still waiting
+//! keep handlers busy while the next pull is on its way. Once nothing
+//! waits, any room is pulled at once, so handlers holding most of the
+//! prefetch get the next message as soon as one of them settles.
 //! - **Delivery count** comes from the message's JetStream metadata.
 //!
 //! # Ordering

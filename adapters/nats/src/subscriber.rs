@@ -126,7 +126,9 @@ async fn pull_loop(
     let refill = refill_at(prefetch);
     loop {
         let free = prefetch.saturating_sub(flow.in_flight.load(Ordering::Acquire));
-        if free < refill {
+        // Messages pulled and not yet taken from the stream.
+        let buffered = tx.max_capacity() - tx.capacity();
+        if free == 0 || (free < refill && buffered > 0) {
             tokio::select! {
                 () = flow.settled.notified() => continue,
                 () = inner.shutdown.cancelled() => return,
@@ -199,11 +201,15 @@ async fn pull_loop(
     }
 }
 
-/// How much room the prefetch must have before the next pull: half of it
-/// (at least one message). Pulling as soon as one delivery is settled
-/// made a consumer with a backlog pull one message per settlement, a pull
-/// request and its end for every message on top of the message and its
-/// ack; async-nats's own pull stream refills at half its batch too.
+/// How much room the prefetch must have before the next pull while
+/// pulled messages still wait in the stream: half of it (at least one
+/// message). Pulling as soon as one delivery was settled made a consumer
+/// with a backlog pull one message per settlement, a pull request and its
+/// end for every message on top of the message and its ack; async-nats's
+/// own pull stream refills at half its batch too. Once the stream holds
+/// nothing, any room is pulled at once: handlers that hold most of the
+/// prefetch (a concurrency as large as the prefetch, slow handlers) get
+/// the next message as soon as one of them settles.
 fn refill_at(prefetch: usize) -> usize {
     (prefetch / 2).max(1)
 }

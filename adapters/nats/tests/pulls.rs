@@ -85,3 +85,43 @@ async fn a_backlog_is_pulled_in_batches_of_half_the_prefetch_or_more() {
          (pull requests missed by the watch): {sizes:?}"
     );
 }
+
+/// Handlers holding most of the prefetch are not made to wait for half of
+/// it to be settled: once the stream holds nothing, one settlement brings
+/// the next message.
+#[tokio::test]
+async fn with_nothing_waiting_one_settlement_brings_the_next_message() {
+    const HELD: u16 = 4;
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let topic = courier_testkit::fixtures::unique_name("pulls-held");
+    let sub = Subscription::new(&topic, "readers").prefetch(HELD);
+    Subscriber::provision(&broker, &sub)
+        .await
+        .expect("provision");
+    let messages = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+    Publisher::publish_batch(&broker, &topic, messages)
+        .await
+        .expect("publish");
+
+    let mut stream = Subscriber::subscribe(&broker, sub)
+        .await
+        .expect("subscribe");
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        held.push(next_within(&mut stream, PATIENCE).await);
+    }
+    // The whole prefetch is out and the stream holds nothing: settling one
+    // leaves room for one message, less than half the prefetch.
+    held.remove(0).ack().await.expect("ack");
+    let next = next_within(&mut stream, PATIENCE).await;
+    assert_eq!(next.message().payload().as_ref(), b"m4");
+    next.ack().await.expect("ack");
+    for delivery in held {
+        delivery.ack().await.expect("ack");
+    }
+    drop(stream);
+    courier_core::Close::close(&broker).await.expect("close");
+}
