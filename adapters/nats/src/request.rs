@@ -17,6 +17,7 @@ use crate::compact::decode;
 use crate::config::consumer_name;
 use crate::connection::Inner;
 use crate::error::op_error;
+use crate::flow::Flow;
 
 /// The core NATS subject the requests of `topic` go to. It is not a
 /// subject of the topic's stream, so requests are not stored.
@@ -51,12 +52,14 @@ pub(crate) async fn listen(
 
 /// The delivery stream of a subscription: what its pull loop sends into
 /// `pulled`, and the requests of `requests`, turned into deliveries as
-/// they are polled (no task in between). It ends when the pull loop ends;
+/// they are polled (no task in between). Taking the last message of
+/// `pulled` tells `flow`, whose pull loop may be waiting for that. It ends when the pull loop ends;
 /// dropping it unsubscribes from the requests.
 pub(crate) fn merge(
     inner: Arc<Inner>,
     topic: Arc<str>,
     mut pulled: mpsc::Receiver<Result<Delivery>>,
+    flow: Arc<Flow>,
     requests: async_nats::Subscriber,
 ) -> DeliveryStream {
     let mut requests = Some(requests);
@@ -66,7 +69,14 @@ pub(crate) fn merge(
                 requests = None;
                 return Poll::Ready(None);
             }
-            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+            Poll::Ready(Some(item)) => {
+                if pulled.is_empty() {
+                    // The pull loop waits for room only while this stream
+                    // still holds messages.
+                    flow.drained();
+                }
+                return Poll::Ready(Some(item));
+            }
             Poll::Pending => {}
         }
         while let Some(listening) = requests.as_mut() {

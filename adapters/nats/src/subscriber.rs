@@ -82,7 +82,7 @@ pub(crate) async fn subscribe(
     let (tx, rx) = mpsc::channel(prefetch);
     let flow = Arc::new(Flow {
         in_flight: AtomicUsize::new(0),
-        settled: Notify::new(),
+        room: Notify::new(),
     });
     let requests = crate::request::listen(&inner, &subscription).await?;
     let topic: Arc<str> = Arc::from(subscription.topic());
@@ -92,10 +92,10 @@ pub(crate) async fn subscribe(
         subscription,
         consumer,
         prefetch,
-        flow,
+        flow.clone(),
         tx,
     ));
-    Ok(crate::request::merge(inner, topic, rx, requests))
+    Ok(crate::request::merge(inner, topic, rx, flow, requests))
 }
 
 /// The first nominal pause after a failed pull (jittered, doubling).
@@ -130,7 +130,7 @@ async fn pull_loop(
         let buffered = tx.max_capacity() - tx.capacity();
         if free == 0 || (free < refill && buffered > 0) {
             tokio::select! {
-                () = flow.settled.notified() => continue,
+                () = flow.room.notified() => continue,
                 () = inner.shutdown.cancelled() => return,
                 () = tx.closed() => return,
             }

@@ -125,3 +125,53 @@ async fn with_nothing_waiting_one_settlement_brings_the_next_message() {
     drop(stream);
     courier_core::Close::close(&broker).await.expect("close");
 }
+
+/// A reader that collects more than half its prefetch before settling any
+/// (a batch) gets the rest of its batch: taking the last pulled message
+/// lets the pull loop pull the room that is left.
+#[tokio::test]
+async fn a_reader_collecting_a_batch_before_settling_gets_all_of_it() {
+    const BATCH: usize = 9;
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let topic = courier_testkit::fixtures::unique_name("pulls-batch");
+    let sub = Subscription::new(&topic, "readers").prefetch(PREFETCH);
+    Subscriber::provision(&broker, &sub)
+        .await
+        .expect("provision");
+    let messages = (0..40).map(|i| Message::new(format!("m{i}"))).collect();
+    Publisher::publish_batch(&broker, &topic, messages)
+        .await
+        .expect("publish");
+
+    let mut stream = Subscriber::subscribe(&broker, sub)
+        .await
+        .expect("subscribe");
+    let mut next = 0;
+    for _ in 0..4 {
+        let mut batch = Vec::new();
+        while batch.len() < BATCH {
+            let delivery = next_within(&mut stream, PATIENCE).await;
+            assert_eq!(
+                delivery.message().payload().as_ref(),
+                format!("m{next}").as_bytes()
+            );
+            next += 1;
+            batch.push(delivery);
+        }
+        for delivery in batch {
+            delivery.ack().await.expect("ack");
+        }
+        // Lets the pull loop (on this test's one thread) look at its room
+        // before the next batch is taken: it then finds messages still in
+        // the stream and waits, which is when taking them must wake it.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(next, 4 * BATCH);
+    drop(stream);
+    courier_core::Close::close(&broker).await.expect("close");
+}
