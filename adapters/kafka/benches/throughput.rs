@@ -32,8 +32,9 @@
 //! fixture container (`COURIER_TEST_KAFKA_URL` uses a running broker
 //! instead). Environment: `COURIER_BENCH_ROUNDS` (default 5),
 //! `COURIER_BENCH_KAFKA_MESSAGES` (64 B messages per run, default 5,000,
-//! 200,000 on the mock cluster; 16 KiB runs use a quarter), `COURIER_BENCH_LATENCY_MESSAGES` (default
-//! 2,000), `COURIER_BENCH_OUT` (JSON-lines file the rows are appended to).
+//! 200,000 on the mock cluster; 16 KiB runs use a quarter),
+//! `COURIER_BENCH_LATENCY_MESSAGES` (default 2,000), `COURIER_BENCH_OUT`
+//! (JSON-lines file the rows are appended to).
 //! Words after `--` pick cases by a part of their name (`-- --mock
 //! consume` runs the consume rows on the mock cluster only).
 //!

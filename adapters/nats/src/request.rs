@@ -53,8 +53,8 @@ pub(crate) async fn listen(
 /// The delivery stream of a subscription: what its pull loop sends into
 /// `pulled`, and the requests of `requests`, turned into deliveries as
 /// they are polled (no task in between). Taking the last message of
-/// `pulled` tells `flow`, whose pull loop may be waiting for that. It ends when the pull loop ends;
-/// dropping it unsubscribes from the requests.
+/// `pulled` tells `flow`, whose pull loop may be waiting for that. It ends
+/// when the pull loop ends; dropping it unsubscribes from the requests.
 pub(crate) fn merge(
     inner: Arc<Inner>,
     topic: Arc<str>,

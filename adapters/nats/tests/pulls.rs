@@ -3,52 +3,86 @@
 //! the server receives for the group's consumer is watched on its
 //! JetStream API subject.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::{Message, Publisher, Subscriber, Subscription};
+use courier_core::{DeliveryStream, Message, Publisher, Subscriber, Subscription};
 use courier_nats::NatsBroker;
 use courier_testkit::deliveries::next_within;
+use courier_testkit::fixtures::BrokerFixture;
 use futures::StreamExt;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 const PREFETCH: u16 = 10;
 const MESSAGES: usize = 100;
 
+/// A group's queue of `m0`, `m1`, … waiting on a new topic.
+struct Backlog {
+    _server: Arc<BrokerFixture>,
+    broker: NatsBroker,
+    topic: String,
+    subscription: Subscription,
+}
+
+impl Backlog {
+    /// `count` messages published to a new topic whose group (provisioned
+    /// first, so it holds them all) reads with `prefetch`.
+    async fn new(kind: &str, prefetch: u16, count: usize) -> Self {
+        let server = courier_testkit::fixtures::nats()
+            .await
+            .expect("nats fixture");
+        let broker = NatsBroker::connect(server.url()).await.expect("connect");
+        let topic = courier_testkit::fixtures::unique_name(kind);
+        let subscription = Subscription::new(&topic, "readers").prefetch(prefetch);
+        Subscriber::provision(&broker, &subscription)
+            .await
+            .expect("provision");
+        let messages = (0..count).map(|i| Message::new(format!("m{i}"))).collect();
+        Publisher::publish_batch(&broker, &topic, messages)
+            .await
+            .expect("publish");
+        Backlog {
+            _server: server,
+            broker,
+            topic,
+            subscription,
+        }
+    }
+
+    async fn subscribe(&self) -> DeliveryStream {
+        Subscriber::subscribe(&self.broker, self.subscription.clone())
+            .await
+            .expect("subscribe")
+    }
+
+    async fn close(self, stream: DeliveryStream) {
+        drop(stream);
+        courier_core::Close::close(&self.broker)
+            .await
+            .expect("close");
+    }
+}
+
 #[tokio::test]
 async fn a_backlog_is_pulled_in_batches_of_half_the_prefetch_or_more() {
-    let server = courier_testkit::fixtures::nats()
-        .await
-        .expect("nats fixture");
-    let broker = NatsBroker::connect(server.url()).await.expect("connect");
-    let topic = courier_testkit::fixtures::unique_name("pulls");
-    let sub = Subscription::new(&topic, "readers").prefetch(PREFETCH);
-    Subscriber::provision(&broker, &sub)
-        .await
-        .expect("provision");
-    let messages = (0..MESSAGES)
-        .map(|i| Message::new(format!("m{i}")))
-        .collect();
-    Publisher::publish_batch(&broker, &topic, messages)
-        .await
-        .expect("publish");
+    let backlog = Backlog::new("pulls", PREFETCH, MESSAGES).await;
 
     // Pull requests for any consumer of the topic's stream.
     let pulls_subject = format!(
         "$JS.API.CONSUMER.MSG.NEXT.{}.>",
-        courier_nats::stream_name(&topic)
+        courier_nats::stream_name(&backlog.topic)
     );
-    let mut pulls = broker
+    let mut pulls = backlog
+        .broker
         .client()
         .subscribe(pulls_subject)
         .await
         .expect("watch pull requests");
-    broker.client().flush().await.expect("flush");
+    backlog.broker.client().flush().await.expect("flush");
 
     // One at a time, each ack awaited: the loop that used to pull one
     // message per ack once the prefetch was full.
-    let mut stream = Subscriber::subscribe(&broker, sub)
-        .await
-        .expect("subscribe");
+    let mut stream = backlog.subscribe().await;
     for i in 0..MESSAGES {
         let delivery = next_within(&mut stream, PATIENCE).await;
         assert_eq!(
@@ -57,8 +91,7 @@ async fn a_backlog_is_pulled_in_batches_of_half_the_prefetch_or_more() {
         );
         delivery.ack().await.expect("ack");
     }
-    drop(stream);
-    courier_core::Close::close(&broker).await.expect("close");
+    backlog.close(stream).await;
 
     let mut sizes = Vec::new();
     while let Ok(Some(pull)) = tokio::time::timeout(Duration::from_millis(500), pulls.next()).await
@@ -92,23 +125,9 @@ async fn a_backlog_is_pulled_in_batches_of_half_the_prefetch_or_more() {
 #[tokio::test]
 async fn with_nothing_waiting_one_settlement_brings_the_next_message() {
     const HELD: u16 = 4;
-    let server = courier_testkit::fixtures::nats()
-        .await
-        .expect("nats fixture");
-    let broker = NatsBroker::connect(server.url()).await.expect("connect");
-    let topic = courier_testkit::fixtures::unique_name("pulls-held");
-    let sub = Subscription::new(&topic, "readers").prefetch(HELD);
-    Subscriber::provision(&broker, &sub)
-        .await
-        .expect("provision");
-    let messages = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
-    Publisher::publish_batch(&broker, &topic, messages)
-        .await
-        .expect("publish");
+    let backlog = Backlog::new("pulls-held", HELD, 10).await;
 
-    let mut stream = Subscriber::subscribe(&broker, sub)
-        .await
-        .expect("subscribe");
+    let mut stream = backlog.subscribe().await;
     let mut held = Vec::new();
     for _ in 0..HELD {
         held.push(next_within(&mut stream, PATIENCE).await);
@@ -122,8 +141,7 @@ async fn with_nothing_waiting_one_settlement_brings_the_next_message() {
     for delivery in held {
         delivery.ack().await.expect("ack");
     }
-    drop(stream);
-    courier_core::Close::close(&broker).await.expect("close");
+    backlog.close(stream).await;
 }
 
 /// A reader that collects more than half its prefetch before settling any
@@ -132,23 +150,9 @@ async fn with_nothing_waiting_one_settlement_brings_the_next_message() {
 #[tokio::test]
 async fn a_reader_collecting_a_batch_before_settling_gets_all_of_it() {
     const BATCH: usize = 9;
-    let server = courier_testkit::fixtures::nats()
-        .await
-        .expect("nats fixture");
-    let broker = NatsBroker::connect(server.url()).await.expect("connect");
-    let topic = courier_testkit::fixtures::unique_name("pulls-batch");
-    let sub = Subscription::new(&topic, "readers").prefetch(PREFETCH);
-    Subscriber::provision(&broker, &sub)
-        .await
-        .expect("provision");
-    let messages = (0..40).map(|i| Message::new(format!("m{i}"))).collect();
-    Publisher::publish_batch(&broker, &topic, messages)
-        .await
-        .expect("publish");
+    let backlog = Backlog::new("pulls-batch", PREFETCH, 40).await;
 
-    let mut stream = Subscriber::subscribe(&broker, sub)
-        .await
-        .expect("subscribe");
+    let mut stream = backlog.subscribe().await;
     let mut next = 0;
     for _ in 0..4 {
         let mut batch = Vec::new();
@@ -172,6 +176,5 @@ async fn a_reader_collecting_a_batch_before_settling_gets_all_of_it() {
         }
     }
     assert_eq!(next, 4 * BATCH);
-    drop(stream);
-    courier_core::Close::close(&broker).await.expect("close");
+    backlog.close(stream).await;
 }
