@@ -304,11 +304,14 @@ pub struct Row {
     pub payload: usize,
     /// The unit of `raw` and `courier`.
     pub unit: Unit,
-    /// The raw client's median.
+    /// The raw client's median; NaN (`null` in JSON) when the broker has
+    /// no raw idiom for the case.
+    #[serde(deserialize_with = "nan_for_null")]
     pub raw: f64,
     /// courier's median.
     pub courier: f64,
-    /// courier over raw.
+    /// courier over raw; NaN (`null` in JSON) without a raw figure.
+    #[serde(deserialize_with = "nan_for_null")]
     pub ratio: f64,
     /// How many rounds each median is taken over.
     pub rounds: usize,
@@ -339,6 +342,12 @@ impl Row {
     pub fn key(&self) -> (&str, &str, usize) {
         (&self.adapter, &self.case, self.payload)
     }
+}
+
+/// Reads a figure that JSON holds as `null` when it was NaN (serde_json
+/// writes non-finite numbers as `null`).
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// The rows of one benchmark run, printed as one table.
@@ -432,14 +441,14 @@ const HEADER: &str = "adapter  case                                payload      
 
 fn format_row(row: &Row) -> String {
     format!(
-        "{:<8} {:<35} {:>7} {:>12} {:>12}  {:<8} {:>6.2}{}",
+        "{:<8} {:<35} {:>7} {:>12} {:>12}  {:<8} {:>6}{}",
         row.adapter,
         row.case,
         format_bytes(row.payload),
         format_figure(row.raw),
         format_figure(row.courier),
         row.unit.label(),
-        row.ratio,
+        format_ratio(row.ratio),
         if row.unit.higher_is_better() {
             ""
         } else {
@@ -475,15 +484,15 @@ pub fn compare(old: &[Row], new: &[Row]) {
             continue;
         };
         println!(
-            "{:<8} {:<35} {:>7} {:>12} {:>12} {:>+7.1}% {:>9.2} {:>9.2}",
+            "{:<8} {:<35} {:>7} {:>12} {:>12} {:>+7.1}% {:>9} {:>9}",
             row.adapter,
             row.case,
             format_bytes(row.payload),
             format_figure(before.courier),
             format_figure(row.courier),
             (row.courier / before.courier - 1.0) * 100.0,
-            before.ratio,
-            row.ratio,
+            format_ratio(before.ratio),
+            format_ratio(row.ratio),
         );
     }
 }
@@ -497,10 +506,20 @@ fn format_bytes(bytes: usize) -> String {
 }
 
 fn format_figure(figure: f64) -> String {
-    if figure.abs() >= 100.0 {
+    if figure.is_nan() {
+        "-".to_owned()
+    } else if figure.abs() >= 100.0 {
         format!("{figure:.0}")
     } else {
         format!("{figure:.2}")
+    }
+}
+
+fn format_ratio(ratio: f64) -> String {
+    if ratio.is_nan() {
+        "-".to_owned()
+    } else {
+        format!("{ratio:.2}")
     }
 }
 
@@ -683,5 +702,26 @@ mod tests {
         append_rows(&file, std::slice::from_ref(&row)).unwrap();
         assert_eq!(read_rows(&file).unwrap(), vec![row.clone(), row]);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_row_without_a_raw_figure_survives_a_json_round_trip() {
+        let rounds = Rounds {
+            raw: vec![f64::NAN; 3],
+            courier: vec![950.0, 990.0, 970.0],
+        };
+        let row = Row::new("kafka", "request c=1 p50", 60, Unit::Micros, &rounds);
+        assert!(row.raw.is_nan() && row.ratio.is_nan());
+        let dir = std::env::temp_dir().join(format!("courier-bench-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rows.jsonl");
+        append_rows(&file, std::slice::from_ref(&row)).unwrap();
+        let back = read_rows(&file).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        assert_eq!(back.len(), 1);
+        assert!(back[0].raw.is_nan() && back[0].ratio.is_nan());
+        assert_eq!((back[0].courier, back[0].rounds), (970.0, 3));
+        assert_eq!(format_figure(back[0].raw), "-");
+        assert_eq!(format_ratio(back[0].ratio), "-");
     }
 }

@@ -24,6 +24,7 @@
 //! Test names are `adapter::case`, so a run shows per adapter what passed.
 
 pub mod bench;
+pub mod bench_request;
 pub mod bench_resident;
 pub mod bench_runs;
 pub mod close_cases;

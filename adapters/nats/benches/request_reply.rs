@@ -33,47 +33,12 @@
 //! second, `request c=N cpu/req` in CPU microseconds of the whole process,
 //! requester and responder, per round trip: what holds on a busy machine).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use courier_core::runtime::{self, Consumer, Envelope};
-use courier_core::{Broker, Message, Subscription};
 use courier_nats::NatsBroker;
-use courier_testkit::bench::{Report, Rounds, Row, Side, Unit, interleaved};
+use courier_testkit::bench::Report;
+use courier_testkit::bench_request::{
+    self, CourierPair, PER_TASK, Ping, RoundFuture, RoundTrips, measure, ping,
+};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-
-/// Requests per requester task per round.
-const PER_TASK: [(usize, usize); 2] = [(1, 1_000), (64, 60)];
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Ping {
-    seq: u64,
-    pad: String,
-}
-
-fn ping(seq: u64) -> Ping {
-    Ping {
-        seq,
-        pad: "x".repeat(40),
-    }
-}
-
-/// One round's figures.
-#[derive(Debug, Clone, Copy)]
-struct Round {
-    /// Microseconds.
-    p50: f64,
-    /// Microseconds.
-    p99: f64,
-    per_second: f64,
-    /// CPU microseconds of this whole process (requester and responder)
-    /// per round trip.
-    cpu: f64,
-    /// Times the process's threads were scheduled onto a CPU, per round
-    /// trip (wake-ups: each hand-off between threads costs one).
-    switches: f64,
-}
 
 fn main() {
     let rounds = courier_testkit::bench::rounds(5);
@@ -83,25 +48,51 @@ fn main() {
         let url = server.url().to_owned();
         let raw = RawSide::start(&url, None).await;
         let raw_with_header = RawSide::start(&url, Some(FIELDS_LIKE_COURIERS)).await;
-        let courier = CourierSide::start(&url).await;
-        let requester_only = courier.against_a_bare_responder(&url).await;
+        let responding = NatsBroker::connect(&url)
+            .await
+            .expect("connect")
+            .into_broker();
+        let requester = NatsBroker::connect(&url)
+            .await
+            .expect("connect")
+            .into_broker();
+        let courier = CourierPair::start(
+            &responding,
+            requester.clone(),
+            courier_testkit::fixtures::unique_name("bench-courier-rr"),
+        )
+        .await;
+        // The same requester, asking a topic a bare async-nats queue
+        // subscriber answers: it echoes the request's headers (the request
+        // id among them) with the re-encoded body.
+        let bare_topic = courier_testkit::fixtures::unique_name("bench-bare-responder");
+        start_bare_responder(
+            &url,
+            courier_nats::request_subject(&bare_topic),
+            Some("bench"),
+            true,
+        )
+        .await;
+        let requester_only = CourierPair::asking(requester, bare_topic);
         let responder_only = RawSide {
             client: raw.client.clone(),
-            subject: courier_nats::request_subject(&courier.topic),
+            subject: courier_nats::request_subject(courier.topic()),
             header: None,
         };
-        // Warm-up: connections, streams, consumers, inboxes.
-        raw.round(8, 20).await;
-        raw_with_header.round(8, 20).await;
-        courier.round(8, 20).await;
-        requester_only.round(8, 20).await;
-        responder_only.round(8, 20).await;
+        bench_request::warm_up(&[
+            &raw,
+            &raw_with_header,
+            &courier,
+            &requester_only,
+            &responder_only,
+        ])
+        .await;
 
-        let body = serde_json::to_vec(&ping(0)).expect("encode").len();
         let mut report = Report::new(format!(
-            "NATS request/reply, {body} B JSON bodies, {rounds} rounds per concurrency, 2 worker threads"
+            "NATS request/reply, {} B JSON bodies, {rounds} rounds per concurrency, 2 worker threads",
+            bench_request::body_size()
         ));
-        let variants: [(&str, &RawSide, &dyn Sided); 4] = [
+        let variants: [(&str, &RawSide, &dyn RoundTrips); 4] = [
             ("", &raw, &courier),
             (" (courier requester only)", &raw, &requester_only),
             (" (courier responder only)", &raw, &responder_only),
@@ -120,123 +111,22 @@ fn main() {
                     .iter()
                     .any(|p| variant.contains(p.as_str()) || (p == "full" && variant.is_empty()))
         };
-        for (concurrency, per_task) in PER_TASK {
-            for (variant, raw, courier) in variants.into_iter().filter(|(v, ..)| wanted(v)) {
-                let recorded = Arc::new(Mutex::new(Vec::new()));
-                let per_second = interleaved(rounds, |side| {
-                    let (raw, courier, recorded) = (raw, courier, recorded.clone());
-                    async move {
-                        let round = match side {
-                            Side::Raw => raw.round(concurrency, per_task).await,
-                            Side::Courier => courier.run(concurrency, per_task).await,
-                        };
-                        recorded.lock().expect("lock").push((side, round));
-                        round.per_second
-                    }
-                })
-                .await;
-                let recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
-                for (name, unit, figure) in [
-                    ("p50", Unit::Micros, (|r: &Round| r.p50) as fn(&Round) -> f64),
-                    ("p99", Unit::Micros, |r: &Round| r.p99),
-                    ("cpu/req", Unit::Micros, |r: &Round| r.cpu),
-                    ("switches/req", Unit::PerMessage, |r: &Round| r.switches),
-                ] {
-                    let mut rounds_of = Rounds::default();
-                    for (side, round) in &recorded {
-                        match side {
-                            Side::Raw => rounds_of.raw.push(figure(round)),
-                            Side::Courier => rounds_of.courier.push(figure(round)),
-                        }
-                    }
-                    report.push(Row::new(
-                        "nats",
-                        format!("request c={concurrency} {name}{variant}"),
-                        body,
-                        unit,
-                        &rounds_of,
-                    ));
-                }
-                report.push(Row::new(
-                    "nats",
-                    format!("request c={concurrency}{variant}"),
-                    body,
-                    Unit::MessagesPerSecond,
-                    &per_second,
-                ));
-            }
+        for (variant, raw, courier) in variants.into_iter().filter(|(v, ..)| wanted(v)) {
+            bench_request::compare(
+                &mut report,
+                "nats",
+                rounds,
+                variant,
+                &PER_TASK,
+                Some(raw),
+                courier,
+            )
+            .await;
         }
         report.finish();
         courier.stop().await;
+        responding.close().await.expect("close");
     });
-}
-
-/// What the courier column of a comparison runs.
-trait Sided: Sync {
-    /// One round of `concurrency` tasks of `per_task` round trips.
-    fn run(
-        &self,
-        concurrency: usize,
-        per_task: usize,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>>;
-}
-
-/// `Sided` for the sides' own `round`.
-macro_rules! sided_by_round {
-    ($($side:ty),*) => {$(
-        impl Sided for $side {
-            fn run(
-                &self,
-                concurrency: usize,
-                per_task: usize,
-            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Round> + Send + '_>> {
-                Box::pin(self.round(concurrency, per_task))
-            }
-        }
-    )*};
-}
-
-sided_by_round!(RawSide, CourierSide);
-
-/// Runs `concurrency` tasks of `per_task` sequential round trips each.
-async fn measure<F, Fut>(concurrency: usize, per_task: usize, call: F) -> Round
-where
-    F: Fn(u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let started = Instant::now();
-    let cpu = courier_testkit::bench::cpu_used();
-    let switches = courier_testkit::bench::times_scheduled();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|task| {
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(per_task);
-                for i in 0..per_task {
-                    let at = Instant::now();
-                    call((task * per_task + i) as u64).await;
-                    latencies.push(at.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("task"));
-    }
-    let elapsed = started.elapsed();
-    let cpu = courier_testkit::bench::cpu_used() - cpu;
-    let switches = courier_testkit::bench::times_scheduled() - switches;
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Round {
-        p50: at(0.50).as_secs_f64() * 1e6,
-        p99: at(0.99).as_secs_f64() * 1e6,
-        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        cpu: cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
-        switches: switches as f64 / latencies.len() as f64,
-    }
 }
 
 /// Starts a bare responder on `subject` (in queue group `queue`, if
@@ -298,12 +188,14 @@ impl RawSide {
             header,
         }
     }
+}
 
-    async fn round(&self, concurrency: usize, per_task: usize) -> Round {
+impl RoundTrips for RawSide {
+    fn round(&self, concurrency: usize, per_task: usize) -> RoundFuture<'_> {
         let client = self.client.clone();
         let subject = self.subject.clone();
         let header = self.header;
-        measure(concurrency, per_task, move |seq| {
+        Box::pin(measure(concurrency, per_task, move |seq| {
             let (client, subject) = (client.clone(), subject.clone());
             async move {
                 let body = serde_json::to_vec(&ping(seq)).expect("encode");
@@ -318,89 +210,8 @@ impl RawSide {
                     None => client.request(subject, body.into()).await,
                 }
                 .expect("reply");
-                let answer: Ping = serde_json::from_slice(&reply.payload).expect("decode");
-                assert_eq!(answer.seq, seq);
+                bench_request::check_body(seq, &reply.payload);
             }
-        })
-        .await
-    }
-}
-
-/// courier: `Broker::request` to a `runtime::responder` consumer (or, for
-/// the requester-only rows, to a bare responder).
-struct CourierSide {
-    requester: Broker,
-    topic: String,
-    responder: Option<runtime::RunningConsumer>,
-}
-
-impl CourierSide {
-    async fn start(url: &str) -> Self {
-        let topic = courier_testkit::fixtures::unique_name("bench-courier-rr");
-        let responding = NatsBroker::connect(url)
-            .await
-            .expect("connect")
-            .into_broker();
-        let answer =
-            runtime::responder(
-                &responding,
-                |ping: Envelope<Ping>| async move { Ok(ping.body) },
-            );
-        let responder = Consumer::builder(
-            responding.clone(),
-            Subscription::new(&topic, "bench"),
-            answer,
-        )
-        .concurrency(64)
-        .start()
-        .await
-        .expect("responder");
-        let requester = NatsBroker::connect(url)
-            .await
-            .expect("connect")
-            .into_broker();
-        CourierSide {
-            requester,
-            topic,
-            responder: Some(responder),
-        }
-    }
-
-    /// The same requester, asking a topic a bare async-nats queue
-    /// subscriber answers: it echoes the request's headers (the request
-    /// id among them) with the re-encoded body.
-    async fn against_a_bare_responder(&self, url: &str) -> CourierSide {
-        let topic = courier_testkit::fixtures::unique_name("bench-bare-responder");
-        let subject = courier_nats::request_subject(&topic);
-        start_bare_responder(url, subject, Some("bench"), true).await;
-        CourierSide {
-            requester: self.requester.clone(),
-            topic,
-            responder: None,
-        }
-    }
-
-    async fn round(&self, concurrency: usize, per_task: usize) -> Round {
-        let requester = self.requester.clone();
-        let topic: Arc<str> = self.topic.as_str().into();
-        measure(concurrency, per_task, move |seq| {
-            let (requester, topic) = (requester.clone(), topic.clone());
-            async move {
-                let message = Message::from_json(&ping(seq)).expect("encode");
-                let reply = requester
-                    .request(&topic, message, Duration::from_secs(30))
-                    .await
-                    .expect("reply");
-                assert_eq!(reply.json::<Ping>().expect("decode").seq, seq);
-            }
-        })
-        .await
-    }
-
-    async fn stop(self) {
-        if let Some(responder) = self.responder {
-            responder.shutdown().await.expect("shutdown");
-        }
-        self.requester.close().await.expect("close");
+        }))
     }
 }
