@@ -5,12 +5,16 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use courier_core::MessageId;
 use courier_core::request::PendingReplies;
+use foldhash::fast::RandomState;
 use parking_lot::Mutex;
+
+/// Inboxes by name (hashed with foldhash: every reply looks one up).
+pub(crate) type Inboxes = HashMap<String, Weak<PendingReplies>, RandomState>;
 
 /// Every inbox of the process, by name: a reply names its inbox, whichever
 /// broker connection sends it.
-pub(crate) fn inboxes() -> &'static Mutex<HashMap<String, Weak<PendingReplies>>> {
-    static INBOXES: OnceLock<Mutex<HashMap<String, Weak<PendingReplies>>>> = OnceLock::new();
+pub(crate) fn inboxes() -> &'static Mutex<Inboxes> {
+    static INBOXES: OnceLock<Mutex<Inboxes>> = OnceLock::new();
     INBOXES.get_or_init(Default::default)
 }
 

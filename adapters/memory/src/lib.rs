@@ -254,6 +254,13 @@ impl MemoryBroker {
     async fn publish_all(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         self.state.check_publish(topic, &messages)?;
+        self.append(topic, messages).await
+    }
+
+    /// Appends messages `State::check_publish` has passed:
+    /// the part of a publish after its checks, which a request has made
+    /// already.
+    async fn append(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
         if self.state.is_unroutable(topic) {
             return match self.state.config.unroutable {
                 UnroutablePolicy::Drop => Ok(()),

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Waker;
 
 use courier_core::{Message, Result, StartPosition};
+use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::MemoryConfig;
@@ -162,7 +163,8 @@ struct Topic {
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) config: MemoryConfig,
-    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    /// Hashed with foldhash: every publish and request looks its topic up.
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>, RandomState>>,
     pub(crate) room: Arc<Room>,
 }
 
@@ -170,7 +172,7 @@ impl State {
     pub(crate) fn new(config: MemoryConfig) -> Self {
         State {
             config,
-            topics: RwLock::new(HashMap::new()),
+            topics: RwLock::new(HashMap::default()),
             room: Arc::default(),
         }
     }

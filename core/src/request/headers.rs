@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{RemoteErrorKind, RequestError};
+use crate::adapter::wire::{Digits, decimal};
 use crate::message::{Message, MessageId};
 
 /// The id of one request, copied into its reply: replies are matched on it,
@@ -34,18 +35,23 @@ const MAX_REASON: usize = 4096;
 /// the id. Headers of an earlier request (a message sent twice) are
 /// replaced.
 pub fn prepare(mut message: Message, reply_to: &str, timeout: Duration) -> (String, Message) {
-    let id = MessageId::new().to_string();
-    let deadline_ms = deadline_millis(timeout);
+    // The id and the deadline as text without the formatting machinery,
+    // and the constant names inserted without a lookup among the reserved
+    // ones: every request goes through here.
+    let mut buf = [0; 36];
+    let id = MessageId::new().as_text(&mut buf).to_owned();
+    let mut digits = Digits::default();
+    let deadline = decimal(deadline_millis(timeout), &mut digits);
     let headers = message.headers_mut();
     for (name, value) in [
         (REQUEST_ID, id.clone()),
         (REPLY_TO, reply_to.to_owned()),
-        (DEADLINE, deadline_ms.to_string()),
+        (DEADLINE, deadline.to_owned()),
     ] {
-        // Names are valid and values short and single-line: cannot fail,
-        // unless the message's headers are already at the size limit, in
-        // which case the broker refuses it anyway.
-        let _ = headers.insert_reserved(name, value);
+        // Values short and single-line: cannot fail, unless the message's
+        // headers are already at the size limit, in which case the broker
+        // refuses it anyway.
+        let _ = headers.insert_own(name, value);
     }
     (id, message)
 }

@@ -5,10 +5,15 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use foldhash::fast::RandomState;
 use tokio::sync::oneshot;
 
 use super::headers::REQUEST_ID;
 use crate::message::Message;
+
+/// The requests waiting, by request id (hashed with foldhash: ids are
+/// courier's own, and every request inserts and removes one).
+type Waiting = HashMap<Arc<str>, oneshot::Sender<Answer>, RandomState>;
 
 /// The requests of one requester still waiting for a reply: adapters
 /// register each request before sending it and hand every message arriving
@@ -20,7 +25,7 @@ use crate::message::Message;
 pub struct PendingReplies {
     /// Keyed by request id, shared with the [`PendingReply`] (one copy of
     /// the id per request).
-    waiting: Mutex<HashMap<Arc<str>, oneshot::Sender<Answer>>>,
+    waiting: Mutex<Waiting>,
     late: AtomicU64,
     /// The number of the next request id [`PendingReplies::next_id`] gives.
     issued: AtomicU64,
@@ -41,7 +46,7 @@ impl PendingReplies {
         Arc::default()
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, oneshot::Sender<Answer>>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
