@@ -152,10 +152,9 @@ pub fn outcome(mut reply: Message) -> Result<Message, RequestError> {
             message: reply.header(ERROR_REASON).unwrap_or_default().to_owned(),
         });
     }
-    let headers = reply.headers_mut();
-    for name in [REQUEST_ID, REPLY_STATUS, REPLY_TO, DEADLINE] {
-        headers.remove(name);
-    }
+    reply
+        .headers_mut()
+        .remove_all(&[REQUEST_ID, REPLY_STATUS, REPLY_TO, DEADLINE]);
     Ok(reply)
 }
 
