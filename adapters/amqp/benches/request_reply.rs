@@ -134,13 +134,7 @@ impl Rpc {
         let requester = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect");
-        let channel = requester.create_channel().await.expect("channel");
-        if confirmed {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .expect("confirm mode");
-        }
+        let channel = open_channel(&requester, confirmed).await;
         let mut replies = channel
             .basic_consume(
                 ShortString::from(DIRECT_REPLY_TO),
@@ -182,10 +176,8 @@ impl Rpc {
     }
 }
 
-/// Declares `queue` (quorum, as courier's group queues) and answers every
-/// request on it with [`answer`]: in turn, or each on a task of its own
-/// when `confirmed`.
-async fn start_responder(connection: &Connection, queue: &str, confirmed: bool) {
+/// A channel on `connection`, in confirm mode when `confirmed`.
+async fn open_channel(connection: &Connection, confirmed: bool) -> Channel {
     let channel = connection.create_channel().await.expect("channel");
     if confirmed {
         channel
@@ -193,6 +185,14 @@ async fn start_responder(connection: &Connection, queue: &str, confirmed: bool) 
             .await
             .expect("confirm mode");
     }
+    channel
+}
+
+/// Declares `queue` (quorum, as courier's group queues) and answers every
+/// request on it with [`answer`]: in turn, or each on a task of its own
+/// when `confirmed`.
+async fn start_responder(connection: &Connection, queue: &str, confirmed: bool) {
+    let channel = open_channel(connection, confirmed).await;
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
@@ -244,7 +244,7 @@ async fn answer(channel: Channel, request: lapin::message::Delivery, confirmed: 
         return;
     };
     let body: Ping = serde_json::from_slice(&request.data).expect("decode");
-    let answer = serde_json::to_vec(&body).expect("encode");
+    let reply_body = serde_json::to_vec(&body).expect("encode");
     let mut properties = BasicProperties::default();
     if let Some(id) = request.properties.correlation_id() {
         properties = properties.with_correlation_id(id.clone());
@@ -254,7 +254,7 @@ async fn answer(channel: Channel, request: lapin::message::Delivery, confirmed: 
             ShortString::from(""),
             reply_to,
             BasicPublishOptions::default(),
-            &answer,
+            &reply_body,
             properties,
         )
         .await
