@@ -677,6 +677,24 @@ fn thaw_after_failure(freezable: &Freezable) {
     }
 }
 
+/// Installs a subscriber printing what `COURIER_TEST_LOG` selects.
+fn log_to_stderr() {
+    let Ok(spec) = std::env::var("COURIER_TEST_LOG") else {
+        return;
+    };
+    use tracing_subscriber::layer::SubscriberExt as _;
+    match spec.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) => {
+            let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            let subscriber = tracing_subscriber::registry().with(layer).with(targets);
+            if tracing::subscriber::set_global_default(subscriber).is_err() {
+                eprintln!("COURIER_TEST_LOG: a subscriber is already installed");
+            }
+        }
+        Err(e) => eprintln!("COURIER_TEST_LOG={spec}: {e}"),
+    }
+}
+
 fn unique_prefix(adapter: &str, case: &str) -> String {
     let id = courier_core::MessageId::new().to_string();
     let tail: String = id
@@ -692,7 +710,11 @@ fn unique_prefix(adapter: &str, case: &str) -> String {
 /// parses the usual `cargo test` arguments, prints each adapter's declared
 /// capabilities, runs, and prints the summary. Cases run one at a time
 /// unless `--test-threads` is given.
+///
+/// `COURIER_TEST_LOG` (e.g. `rdkafka=info,courier_kafka=debug`) prints the
+/// log lines of the targets it names to standard error, with the time.
 pub fn run(adapters: &[Adapter], cases: &[Case]) -> ExitCode {
+    log_to_stderr();
     let mut args = Arguments::from_args();
     // One case at a time unless `--test-threads` says otherwise: on a
     // small machine, cases running side by side against the same servers

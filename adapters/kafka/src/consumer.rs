@@ -505,8 +505,14 @@ fn run(
             context.commit_changed(&consumer);
             last_commit = Instant::now();
         }
-        if context.reassigned.swap(false, Ordering::AcqRel) {
-            paused = false; // a new assignment starts fetching
+        if context.reassigned.swap(false, Ordering::AcqRel) && paused {
+            // librdkafka keeps a partition the application paused paused
+            // across a rebalance that gives it back (it clears only its
+            // own pauses): without a resume here, a partition reassigned
+            // while fetching was paused would never be fetched again. An
+            // empty assignment (revoked, the new one not yet given) stays
+            // marked paused, so the assignment that follows is resumed.
+            paused = !set_paused(&consumer, &flow, false);
         }
         if flow.buffered() >= flow.high_water() {
             // Stop polling while the stream catches up; rdkafka keeps what it
@@ -520,12 +526,12 @@ fn run(
                     std::thread::park_timeout(FULL_WAIT);
                     continue;
                 }
-                paused = set_paused(&consumer, true);
+                paused = set_paused(&consumer, &flow, true);
             }
         } else {
             full_since = None;
             if paused && flow.buffered() <= flow.low_water() {
-                paused = set_paused(&consumer, false);
+                paused = !set_paused(&consumer, &flow, false);
             }
         }
         // Sized like the last batch: growing it record by record cost more
@@ -620,11 +626,12 @@ fn finish_joining(consumer: &BaseConsumer<SessionContext>, context: &SessionCont
     }
 }
 
-/// Pauses or resumes fetching of the whole assignment; returns the new
-/// paused state.
-fn set_paused(consumer: &BaseConsumer<SessionContext>, pause: bool) -> bool {
-    let Ok(assignment) = consumer.assignment() else {
-        return !pause;
+/// Pauses or resumes fetching of the whole assignment; returns whether it
+/// did (an empty assignment, or a failure, does nothing).
+fn set_paused(consumer: &BaseConsumer<SessionContext>, flow: &Flow, pause: bool) -> bool {
+    let assignment = match consumer.assignment() {
+        Ok(assignment) if assignment.count() > 0 => assignment,
+        _ => return false,
     };
     let outcome = if pause {
         consumer.pause(&assignment)
@@ -632,10 +639,19 @@ fn set_paused(consumer: &BaseConsumer<SessionContext>, pause: bool) -> bool {
         consumer.resume(&assignment)
     };
     match outcome {
-        Ok(()) => pause,
+        Ok(()) => {
+            let partitions = assignment.count();
+            let (topic, group) = (&flow.topic, &flow.group);
+            if pause {
+                tracing::debug!(%topic, %group, partitions, "kafka fetching paused");
+            } else {
+                tracing::debug!(%topic, %group, partitions, "kafka fetching resumed");
+            }
+            true
+        }
         Err(e) => {
-            tracing::debug!(error = %e, pause, "kafka pause/resume failed");
-            !pause
+            tracing::debug!(topic = %flow.topic, error = %e, pause, "kafka pause/resume failed");
+            false
         }
     }
 }

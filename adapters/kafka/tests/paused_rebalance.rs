@@ -1,0 +1,146 @@
+//! A subscription whose application stopped taking records has its
+//! fetching paused; a rebalance in the middle of draining that buffer must
+//! not leave the partition paused for good (librdkafka keeps a partition
+//! paused by the application paused when the group gives it back).
+//!
+//! The test reads the adapter's debug lines to know when fetching was
+//! paused and when the group gave the partition out again.
+
+use courier_core::prelude::*;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_core::{Message, Subscription};
+use courier_kafka::KafkaBroker;
+use courier_testkit::deliveries::next_within;
+use courier_testkit::fixtures::{self, unique_name};
+use parking_lot::Mutex;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+const MESSAGES: usize = 300;
+/// High water 64 records, low water 32 (see `Flow::high_water`).
+const PREFETCH: u16 = 16;
+/// Taken before the rebalance: leaves the buffer between its low and high
+/// water, where fetching stays paused until the low water is reached.
+const TAKEN_FIRST: usize = 20;
+/// Group joins and rebalances on the test broker.
+const JOIN: Duration = Duration::from_secs(90);
+
+/// The adapter's log lines, each as its message and fields.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn count(&self, message: &str, group: &str) -> usize {
+        let group = format!("group={group}");
+        self.0
+            .lock()
+            .iter()
+            .filter(|line| line.starts_with(message) && line.contains(&group))
+            .count()
+    }
+
+    async fn wait_for(&self, message: &str, group: &str, at_least: usize) {
+        let deadline = Instant::now() + JOIN;
+        while self.count(message, group) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "`{message}` seen {} times, not {at_least}, within {JOIN:?}",
+                self.count(message, group)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+struct Line(String);
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            let _ = write!(self.0, " {}={value}", field.name());
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Lines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        self.0.lock().push(line.0);
+    }
+}
+
+fn seq_of(message: &Message) -> usize {
+    std::str::from_utf8(message.payload())
+        .expect("utf-8")
+        .parse()
+        .expect("number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_given_back_while_paused_is_fetched_again() {
+    let lines = Lines::default();
+    let targets = Targets::new().with_target("courier_kafka", tracing::Level::DEBUG);
+    let subscriber = tracing_subscriber::registry().with(lines.clone().with_filter(targets));
+    tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+
+    let server = fixtures::kafka().await.expect("kafka fixture");
+    let broker = KafkaBroker::connect(server.url()).await.expect("connect");
+    let group = unique_name("paused-group");
+    let sub = Subscription::new(unique_name("paused"), group.clone()).prefetch(PREFETCH);
+    broker.provision(&sub).await.expect("provision");
+    let batch = (0..MESSAGES).map(|i| Message::new(i.to_string())).collect();
+    broker
+        .publish_batch(sub.topic(), batch)
+        .await
+        .expect("publish");
+
+    // Nothing taken: the buffer fills and, a few seconds later, fetching
+    // is paused.
+    let mut first = broker.subscribe(sub.clone()).await.expect("subscribe");
+    lines.wait_for("kafka fetching paused", &group, 1).await;
+    let mut seen = Vec::new();
+    for _ in 0..TAKEN_FIRST {
+        let delivery = next_within(&mut first, JOIN).await;
+        seen.push(seq_of(delivery.message()));
+        delivery.ack().await.expect("ack");
+    }
+
+    // A second member joins (the group gives the partition to one of the
+    // two) and leaves (the first member has it again either way).
+    let second = broker.subscribe(sub.clone()).await.expect("subscribe");
+    lines.wait_for("kafka partition assigned", &group, 2).await;
+    drop(second);
+    lines.wait_for("kafka partition assigned", &group, 3).await;
+
+    while seen.len() < MESSAGES {
+        let delivery = next_within(&mut first, JOIN).await;
+        seen.push(seq_of(delivery.message()));
+        delivery.ack().await.expect("ack");
+    }
+    let expected: Vec<usize> = (0..MESSAGES).collect();
+    assert_eq!(seen, expected, "every record once, in order");
+    eprintln!(
+        "paused {} times, resumed {} times, assigned {} times",
+        lines.count("kafka fetching paused", &group),
+        lines.count("kafka fetching resumed", &group),
+        lines.count("kafka partition assigned", &group),
+    );
+    drop(first);
+    broker.close().await.expect("close");
+}
