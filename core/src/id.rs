@@ -88,7 +88,13 @@ impl MessageId {
 
     /// The id's text form, written into `buf` for a UUID (no allocation,
     /// unlike `to_string`): for codecs that write it on every publish.
-    pub(crate) fn as_text<'b>(
+    ///
+    /// ```
+    /// let id = courier_core::MessageId::new();
+    /// let mut buf = [0; 36];
+    /// assert_eq!(id.as_text(&mut buf), id.to_string());
+    /// ```
+    pub fn as_text<'b>(
         &'b self,
         buf: &'b mut [u8; uuid::fmt::Hyphenated::LENGTH],
     ) -> &'b str {

@@ -6,7 +6,8 @@
 //! | key                | `courier-key` header                                              |
 //! | content type       | `content_type` property (`courier-content-type` if over 255 bytes) |
 //! | timestamp          | `timestamp` property in seconds, plus the milliseconds: from the id when it is a UUID v7 of that very millisecond (as every `Message::new` is), else in the `courier-timestamp-ms` header |
-//! | correlation id     | `courier-correlation-id` header; also the `correlation_id` property |
+//! | correlation id     | `correlation_id` property (`courier-correlation-id` header if over 255 bytes) |
+//! | reply address (requests) | `reply_to` property (`courier-reply-to` header if over 255 bytes); direct reply-to's address, which the broker puts in the property, wins |
 //! | causation id, user headers | headers, as long strings                                  |
 //! | payload            | body, persistent (`delivery_mode` 2)                              |
 //! | (origin)           | `app_id` property `courier`: marks courier's messages             |
@@ -31,6 +32,7 @@ use courier_core::adapter::{
     wire::{CONTENT_TYPE, ID, KEY, TIMESTAMP},
 };
 use courier_core::message::CORRELATION_ID;
+use courier_core::request::headers::REPLY_TO;
 use courier_core::{BrokerErrorKind, Error, Headers, Message, MessageId, Result};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -83,16 +85,32 @@ pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result
         headers.insert(name, AMQPValue::LongString(LongString::from(value)));
         Ok(())
     };
+    // The correlation id and the reply address travel as the properties
+    // made for them when they fit one (decoding restores them from there):
+    // every entry of the header table costs the broker and each receiving
+    // client a field to parse.
+    let correlation = message
+        .correlation_id()
+        .and_then(|c| ShortString::try_new(c).ok());
+    let reply_to = message
+        .header(REPLY_TO)
+        .and_then(|r| ShortString::try_new(r).ok());
     for (name, value) in message.headers().iter() {
+        if (name == CORRELATION_ID && correlation.is_some())
+            || (name == REPLY_TO && reply_to.is_some())
+        {
+            continue;
+        }
         put(name, value)?;
     }
-    let id = message.id().to_string();
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_app_id(ShortString::from(COURIER_APP_ID));
+    let mut buf = [0; 36];
+    let id = message.id().as_text(&mut buf);
     match ShortString::try_new(id) {
         Ok(id) => properties = properties.with_message_id(id),
-        Err(_) => put(ID, &message.id().to_string())?,
+        Err(_) => put(ID, id)?,
     }
     if let Some(key) = message.key() {
         put(KEY, key)?;
@@ -108,16 +126,10 @@ pub(crate) fn encode(message: &Message, prior_deliveries: Option<u32>) -> Result
         put(TIMESTAMP, &millis.to_string())?;
     }
     properties = properties.with_timestamp(millis / 1000);
-    if let Some(correlation) = message
-        .correlation_id()
-        .and_then(|c| ShortString::try_new(c).ok())
-    {
+    if let Some(correlation) = correlation {
         properties = properties.with_correlation_id(correlation);
     }
-    if let Some(reply_to) = message
-        .header(courier_core::request::headers::REPLY_TO)
-        .and_then(|r| ShortString::try_new(r).ok())
-    {
+    if let Some(reply_to) = reply_to {
         properties = properties.with_reply_to(reply_to);
     }
     if let Some(prior) = prior_deliveries {
@@ -209,7 +221,7 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
     if let Some(reply_to) = properties.reply_to() {
         let _ = adapter::restore_header(
             &mut headers,
-            courier_core::request::headers::REPLY_TO,
+            REPLY_TO,
             reply_to.as_str(),
         );
     }
@@ -403,6 +415,38 @@ mod tests {
         let decoded = decode(&routed, b"q".to_vec()).message;
         assert_eq!(decoded.header(REPLY_TO), Some("amq.rabbitmq.reply-to.g1h2"));
         assert_eq!(round_trip(&Message::new("plain")).header(REPLY_TO), None);
+    }
+
+    #[test]
+    fn correlation_and_reply_address_leave_the_header_table_when_a_property_holds_them() {
+        use courier_core::request::headers::{self, DEADLINE, REQUEST_ID};
+        let names = |properties: &BasicProperties| -> Vec<String> {
+            let mut names: Vec<String> = properties
+                .headers()
+                .as_ref()
+                .map(|table| table.inner().keys().map(|k| k.to_string()).collect())
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        let (_, request) = headers::prepare(
+            Message::new("q").with_correlation_id("flow-1").unwrap(),
+            crate::request::DIRECT_REPLY_TO,
+            Duration::from_secs(1),
+        );
+        let properties = encode(&request, None).unwrap();
+        assert_eq!(names(&properties), [DEADLINE, REQUEST_ID]);
+        assert_eq!(
+            properties.correlation_id().as_ref().map(|c| c.as_str()),
+            Some("flow-1")
+        );
+        assert_eq!(round_trip(&request), request);
+        // Too long for a property: the header carries it.
+        let long = Message::new("x").with_correlation_id("c".repeat(256)).unwrap();
+        let properties = encode(&long, None).unwrap();
+        assert_eq!(names(&properties), [CORRELATION_ID]);
+        assert!(properties.correlation_id().is_none());
+        assert_eq!(round_trip(&long), long);
     }
 
     #[test]
