@@ -94,10 +94,7 @@ impl MessageId {
     /// let mut buf = [0; 36];
     /// assert_eq!(id.as_text(&mut buf), id.to_string());
     /// ```
-    pub fn as_text<'b>(
-        &'b self,
-        buf: &'b mut [u8; uuid::fmt::Hyphenated::LENGTH],
-    ) -> &'b str {
+    pub fn as_text<'b>(&'b self, buf: &'b mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &'b str {
         match &self.0 {
             Repr::Uuid(bits) => Repr::to_uuid(*bits).hyphenated().encode_lower(buf),
             Repr::Text(text) => text,

@@ -219,11 +219,7 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> Decoded {
     // Direct reply-to: the broker put the requester's channel into the
     // property; it replaces the placeholder the header carried.
     if let Some(reply_to) = properties.reply_to() {
-        let _ = adapter::restore_header(
-            &mut headers,
-            REPLY_TO,
-            reply_to.as_str(),
-        );
+        let _ = adapter::restore_header(&mut headers, REPLY_TO, reply_to.as_str());
     }
     let id = id
         .or_else(|| {
@@ -442,7 +438,9 @@ mod tests {
         );
         assert_eq!(round_trip(&request), request);
         // Too long for a property: the header carries it.
-        let long = Message::new("x").with_correlation_id("c".repeat(256)).unwrap();
+        let long = Message::new("x")
+            .with_correlation_id("c".repeat(256))
+            .unwrap();
         let properties = encode(&long, None).unwrap();
         assert_eq!(names(&properties), [CORRELATION_ID]);
         assert!(properties.correlation_id().is_none());
