@@ -7,6 +7,11 @@
 #
 # COURIER_SKIP_CHECKS=1 runs the tests only.
 #
+# The conformance suite prints the log lines COURIER_TEST_LOG selects; by
+# default the Kafka adapter's subscription lines (assigned, paused, ended)
+# and rdkafka's warnings, so that a stalled consumer group in a run leaves
+# its story in the log. COURIER_TEST_LOG= (empty) prints none.
+#
 # One process per test binary (plain `cargo test`, not nextest): the broker
 # fixtures share one container per test binary.
 #
@@ -24,6 +29,7 @@ if [ -n "${CI:-}" ]; then
     export CARGO_INCREMENTAL=0
 fi
 bash scripts/test-env.sh
+export COURIER_TEST_LOG="${COURIER_TEST_LOG-courier_kafka=debug,rdkafka=warn}"
 
 echo "[test] cargo test --workspace --all-features --no-fail-fast $*" >&2
 mkdir -p "$STATE_DIR"

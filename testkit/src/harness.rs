@@ -677,11 +677,13 @@ fn thaw_after_failure(freezable: &Freezable) {
     }
 }
 
-/// Installs a subscriber printing what `COURIER_TEST_LOG` selects.
+/// Installs a subscriber printing what `COURIER_TEST_LOG` selects, unless
+/// it is empty or the test binary installed one of its own.
 fn log_to_stderr() {
-    let Ok(spec) = std::env::var("COURIER_TEST_LOG") else {
+    let spec = std::env::var("COURIER_TEST_LOG").unwrap_or_default();
+    if spec.is_empty() || tracing::dispatcher::has_been_set() {
         return;
-    };
+    }
     use tracing_subscriber::layer::SubscriberExt as _;
     match spec.parse::<tracing_subscriber::filter::Targets>() {
         Ok(targets) => {
