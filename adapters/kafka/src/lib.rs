@@ -139,7 +139,11 @@
 //! `queued.max.messages.kbytes`); only when the buffer stays full for 3 s
 //! does it pause fetching, so that rebalances are still served. Pausing
 //! drops the records rdkafka had fetched (they are fetched again), which is
-//! why it is not the everyday flow control. Once rdkafka holds
+//! why it is not the everyday flow control. Fetching resumes once the
+//! stream has taken half the buffer, and whenever the group hands the
+//! subscription its partitions again (rdkafka keeps an application's
+//! pause across a rebalance; courier resumes the new assignment, or a
+//! partition given back while paused would never be fetched). Once rdkafka holds
 //! `queued.min.messages` records it fetches again after
 //! `fetch.queue.backoff.ms`, which courier sets to 50 ms (rdkafka's 1 s
 //! idled a consumer draining a backlog faster than that queue lasts).
