@@ -216,9 +216,11 @@ async fn runtime_keeps_key_order_with_parallel_keys(ctx: Ctx) {
 
     let metrics = running.metrics.clone();
     // On the Kafka-protocol test broker, a consumer group late in a full
-    // run has stalled for over 30 s (about one run in four) and passed
-    // every run alone; the longer wait tells a stall from a hang, and the
-    // pause is printed.
+    // run has paused for over 30 s (a rebalance under load) and passed
+    // every run alone; the longer wait tells a slow rebalance from a hang,
+    // and the longest pause is printed. (A stall for good here was
+    // courier-kafka's: a partition given back while its fetching was
+    // paused stayed paused, see `adapters/kafka/tests/paused_rebalance.rs`.)
     wait_for_within(
         ctx.patience() * 3,
         "10,000 handled messages",
