@@ -542,7 +542,17 @@ async fn concurrent_subscribe_and_close_loses_nothing(ctx: Ctx) {
     let drain = ctx.broker().await;
     let mut stream = subscribe(&drain, sub.clone()).await;
     let already = acked.lock().await.len();
-    let rest = take_acked(&ctx, &mut stream, N - already).await;
+    // The first delivery waits for the group to settle after the churn,
+    // which a slow broker may take long over (the join is printed).
+    let started = std::time::Instant::now();
+    let first = crate::deliveries::next_within(&mut stream, ctx.patience() * 5).await;
+    eprintln!(
+        "concurrent subscribe and close: the last member's first delivery after {:.1?}",
+        started.elapsed()
+    );
+    let mut rest = vec![seq_of(first.message())];
+    first.ack().await.expect("ack");
+    rest.extend(take_acked(&ctx, &mut stream, N - already - 1).await);
     ctx.expect_nothing(&mut stream).await;
     let mut all = acked.lock().await.clone();
     all.extend(rest);
