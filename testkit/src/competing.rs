@@ -21,6 +21,7 @@ use courier_core::{Broker, DeliveryStream, Message, Subscription};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use crate::deliveries::seq_of;
 use crate::harness::Ctx;
 
 /// Messages the members share.
@@ -220,11 +221,4 @@ async fn publish_keyed(broker: &Broker, topic: &str, range: std::ops::Range<usiz
         .publish_batch(topic, messages)
         .await
         .expect("publish_batch");
-}
-
-fn seq_of(message: &Message) -> usize {
-    std::str::from_utf8(message.payload())
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("payload is not a sequence number: {message:?}"))
 }

@@ -17,6 +17,7 @@ use futures::future::join_all;
 use tokio::sync::Mutex;
 
 use crate::competing::competing_consumers_share_the_group;
+use crate::deliveries::seq_of;
 use crate::harness::{Capability, Case, Ctx};
 
 macro_rules! case {
@@ -63,13 +64,6 @@ pub fn cases() -> Vec<Case> {
 
 fn seq_message(i: usize) -> Message {
     Message::new(i.to_string())
-}
-
-fn seq_of(message: &Message) -> usize {
-    std::str::from_utf8(message.payload())
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("payload is not a sequence number: {message:?}"))
 }
 
 async fn publish_seq(broker: &Broker, topic: &str, range: std::ops::Range<usize>) {

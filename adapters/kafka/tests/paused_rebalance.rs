@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use courier_core::{Message, Subscription};
 use courier_kafka::KafkaBroker;
-use courier_testkit::deliveries::next_within;
+use courier_testkit::deliveries::{next_within, seq_of};
 use courier_testkit::fixtures::{self, unique_name};
 use parking_lot::Mutex;
 use tracing::field::{Field, Visit};
@@ -83,13 +83,6 @@ impl<S: tracing::Subscriber> Layer<S> for Lines {
         event.record(&mut line);
         self.0.lock().push(line.0);
     }
-}
-
-fn seq_of(message: &Message) -> usize {
-    std::str::from_utf8(message.payload())
-        .expect("utf-8")
-        .parse()
-        .expect("number")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

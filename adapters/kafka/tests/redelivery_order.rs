@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use courier_core::{Message, Nack, Subscription};
 use courier_kafka::KafkaBroker;
-use courier_testkit::deliveries::next_within;
+use courier_testkit::deliveries::{next_within, seq_of};
 use courier_testkit::fixtures::{self, unique_name};
 
 const MESSAGES: usize = 20;
@@ -16,13 +16,6 @@ const MESSAGES: usize = 20;
 const JOIN: Duration = Duration::from_secs(60);
 /// Later deliveries are already fetched.
 const NEXT: Duration = Duration::from_secs(30);
-
-fn seq_of(message: &Message) -> usize {
-    std::str::from_utf8(message.payload())
-        .expect("utf-8")
-        .parse()
-        .expect("number")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nacked_record_comes_back_before_later_ones() {

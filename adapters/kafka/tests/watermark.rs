@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use courier_core::{Message, Nack, Subscription};
 use courier_kafka::{KafkaBroker, KafkaConfig};
+use courier_testkit::deliveries::seq_of;
 use courier_testkit::fixtures::{self, unique_name};
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -32,13 +33,6 @@ async fn connect(url: &str) -> KafkaBroker {
         .expect("url")
         .partitions(PARTITIONS);
     KafkaBroker::connect_with(config).await.expect("connect")
-}
-
-fn seq_of(message: &Message) -> usize {
-    std::str::from_utf8(message.payload())
-        .expect("utf-8")
-        .parse()
-        .expect("number")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
