@@ -3,7 +3,8 @@
 #
 # On a fresh Debian machine (run as root) it installs what is missing
 # (docker.io, debootstrap), starts a Docker daemon when none answers, builds
-# the tansu Kafka-protocol broker once, and builds the local test images from
+# the tansu Kafka-protocol broker once (with the fixes in
+# testkit/images/kafka/patches), and builds the local test images from
 # Debian packages:
 #
 #   courier-test/base:trixie      debootstrap minbase, imported into Docker
@@ -14,7 +15,7 @@
 #   courier-test/kafka:trixie     testkit/images/kafka/Dockerfile (tansu)
 #
 # Every image carries the label org.courier.test.hash, a hash of what it is
-# built from (its directory, its base, the tansu version); an image whose
+# built from (its directory, its base, the tansu version and patches); an image whose
 # label does not match is rebuilt. When everything is in place the script
 # only checks and takes a second or two.
 #
@@ -25,7 +26,8 @@
 #   COURIER_TEST_DEBIAN_MIRROR  mirror for debootstrap (default: the first
 #                               Debian archive in this machine's apt sources)
 #   COURIER_TEST_SKIP_IMAGES=1  only make sure the daemon runs
-#   CARGO_HOME                  where the tansu binary is cached ($HOME/.cargo)
+#   CARGO_HOME                  where the tansu binary is cached, in
+#                               courier-test-tansu/ ($HOME/.cargo)
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +39,9 @@ DEBIAN_SUITE=trixie
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 TANSU_VERSION=0.6.0
 TANSU_FEATURES=dynostore,libsql
-TANSU_BIN="$CARGO_HOME/bin/tansu"
+TANSU_PATCHES="$IMAGES_DIR/kafka/patches"
+TANSU_DIR="$CARGO_HOME/courier-test-tansu"
+TANSU_BIN="$TANSU_DIR/tansu"
 HASH_LABEL=org.courier.test.hash
 BASE_IMAGE="courier-test/base:$DEBIAN_SUITE"
 SERVICES=(rabbitmq nats postgres redis kafka)
@@ -233,30 +237,72 @@ build_base() {
     rm -rf "$dir"
 }
 
+# What the cached tansu binary must have been built from.
+tansu_recipe() {
+    printf 'tansu %s features %s patches %s\n' "$TANSU_VERSION" "$TANSU_FEATURES" \
+        "$(hash_inputs "$TANSU_PATCHES")"
+}
+
+# Builds tansu from its published sources, with testkit/images/kafka/patches
+# applied to its tansu-broker crate (fixes to the broker's group coordinator
+# that the tests need; each patch says what it fixes).
 ensure_tansu() {
-    local have=""
-    [ -x "$TANSU_BIN" ] && have=$("$TANSU_BIN" --version 2>/dev/null | awk '{print $2}')
-    if [ "$have" = "$TANSU_VERSION" ]; then
-        log "   $TANSU_BIN $have present"
+    local want build log="$STATE_DIR/tansu-build.log" src broker_src p
+    want=$(tansu_recipe)
+    if [ -x "$TANSU_BIN" ] && [ "$(cat "$TANSU_DIR/recipe" 2>/dev/null)" = "$want" ]; then
+        log "   $TANSU_BIN present ($want)"
         return
     fi
     command -v cargo >/dev/null 2>&1 || die "cargo is needed to build tansu $TANSU_VERSION"
-    log "   building tansu $TANSU_VERSION with cargo (15-25 min on 2 cores), log: $STATE_DIR/tansu-build.log"
+    command -v git >/dev/null 2>&1 || die "git is needed to patch tansu $TANSU_VERSION"
+    log "   building tansu $TANSU_VERSION with cargo (15-25 min on 2 cores), log: $log"
+    build="$STATE_DIR/tansu-build"
+    rm -rf "$build"
+    mkdir -p "$build/sources/src"
+    : >"$build/sources/src/lib.rs"
+    # The published sources of the two crates, through cargo's own registry.
+    printf '%s\n' '[package]' 'name = "tansu-sources"' 'version = "0.0.0"' \
+        'edition = "2021"' 'publish = false' '' '[dependencies]' \
+        "tansu = { version = \"=$TANSU_VERSION\", default-features = false }" \
+        "tansu-broker = { version = \"=$TANSU_VERSION\", default-features = false }" \
+        '' '[workspace]' >"$build/sources/Cargo.toml"
+    cargo fetch --manifest-path "$build/sources/Cargo.toml" >"$log" 2>&1 ||
+        die "cargo fetch of tansu's sources failed, see $log"
+    src=$(find "$CARGO_HOME/registry/src" -mindepth 2 -maxdepth 2 \
+        -name "tansu-$TANSU_VERSION" | head -n 1)
+    broker_src=$(find "$CARGO_HOME/registry/src" -mindepth 2 -maxdepth 2 \
+        -name "tansu-broker-$TANSU_VERSION" | head -n 1)
+    [ -n "$src" ] && [ -n "$broker_src" ] ||
+        die "tansu's sources are not in $CARGO_HOME/registry/src"
+    cp -r "$src" "$build/tansu"
+    cp -r "$broker_src" "$build/tansu-broker"
+    for p in "$TANSU_PATCHES"/*.patch; do
+        git -C "$build/tansu-broker" apply -p1 "$p" >>"$log" 2>&1 || die "$p does not apply"
+        log "   applied $(basename "$p")"
+    done
+    printf '\n[workspace]\n\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker" }\n' \
+        >>"$build/tansu/Cargo.toml"
+    # The published lock file keeps every other dependency's version; only
+    # tansu-broker's entry changes (to the patched copy).
     # Optimized at level 1, not release's 3: a test broker waits on its
     # storage and the network, not on its code, and the build is the
     # longest step of a fresh machine's setup (measured here: 23 min
     # instead of 31, the Kafka conformance cases as fast on both builds).
-    cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
-        --config profile.release.opt-level=1 \
-        --root "$CARGO_HOME" >"$STATE_DIR/tansu-build.log" 2>&1 ||
-        die "cargo install tansu failed, see $STATE_DIR/tansu-build.log"
+    cargo build --release --manifest-path "$build/tansu/Cargo.toml" --bin tansu \
+        --features "$TANSU_FEATURES" --config profile.release.opt-level=1 \
+        --target-dir "$build/target" >>"$log" 2>&1 ||
+        die "building tansu failed, see $log"
+    mkdir -p "$TANSU_DIR"
+    install -m 0755 "$build/target/release/tansu" "$TANSU_BIN"
+    printf '%s\n' "$want" >"$TANSU_DIR/recipe"
+    rm -rf "$build"
 }
 
 build_service() {
     local name=$1 image="courier-test/$1:$DEBIAN_SUITE" dir="$IMAGES_DIR/$1" want extra ctx
     [ -f "$dir/Dockerfile" ] || die "$dir/Dockerfile is missing"
     extra="base=$(image_hash "$BASE_IMAGE")"
-    [ "$name" = kafka ] && extra="$extra tansu=$TANSU_VERSION features=$TANSU_FEATURES"
+    [ "$name" = kafka ] && extra="$extra $(tansu_recipe)"
     want=$(hash_inputs "$dir" "$extra")
     if [ "$(image_hash "$image")" = "$want" ]; then
         log "   $image is up to date"

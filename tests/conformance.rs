@@ -69,14 +69,13 @@ fn main() -> std::process::ExitCode {
     // member of the group is given the partitions, while the same case alone
     // takes a few seconds. The patience is only an upper bound: a passing
     // case waits no longer for it (that case waits five times as long for
-    // its last member's first delivery). It has also failed with no
-    // assignment at all, on a busy machine; tansu 0.6's source suggests
-    // why: a member that leaves while the group is forming and was chosen
-    // as its leader stays the leader (its `leave` of a forming group keeps
-    // `state.leader`, a join replaces only a missing leader, and the
-    // heartbeat check looks only at current members), so no later member
-    // would ever be given the partitions. No proxy cases: a Kafka client reaches the
-    // broker at the address its metadata advertises, past any proxy.
+    // its last member's first delivery). It also failed now and then with
+    // no assignment at all: stock tansu 0.6 keeps a leader that left a
+    // re-forming group as its leader for good. The test image carries a fix
+    // (testkit/images/kafka/patches; `adapters/kafka/tests/group_churn.rs`
+    // makes that moment happen every time). No proxy cases: a Kafka client
+    // reaches the broker at the address its metadata advertises, past any
+    // proxy.
     #[cfg(feature = "kafka")]
     adapters.push(
         on_server!(

@@ -38,6 +38,7 @@ pub mod fault_cases;
 pub mod fixtures;
 pub mod foreign_headers;
 mod harness;
+pub mod log_lines;
 pub mod observability_cases;
 pub mod proxy;
 pub mod request_cases;

@@ -169,6 +169,10 @@ impl SessionContext {
         for partition in &revoked {
             partition.start_revoking();
         }
+        tracing::debug!(
+            topic = %self.flow.topic, group = %self.flow.group, partitions = revoked.len(),
+            closing = self.flow.is_closing(), "kafka partitions revoked"
+        );
         if !self.flow.is_closing() {
             let deadline = deadline_after(Instant::now(), self.config.revoke_timeout);
             for partition in &revoked {

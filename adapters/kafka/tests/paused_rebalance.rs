@@ -7,17 +7,14 @@
 //! paused and when the group gave the partition out again.
 
 use courier_core::prelude::*;
-use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use courier_core::{Message, Subscription};
 use courier_kafka::KafkaBroker;
 use courier_testkit::deliveries::{next_within, seq_of};
 use courier_testkit::fixtures::{self, unique_name};
-use parking_lot::Mutex;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::Layer;
+use courier_testkit::log_lines::LogLines;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 
@@ -30,64 +27,9 @@ const TAKEN_FIRST: usize = 20;
 /// Group joins and rebalances on the test broker.
 const JOIN: Duration = Duration::from_secs(90);
 
-/// The adapter's log lines, each as its message and fields.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn count(&self, message: &str, group: &str) -> usize {
-        let group = format!("group={group}");
-        self.0
-            .lock()
-            .iter()
-            .filter(|line| line.starts_with(message) && line.contains(&group))
-            .count()
-    }
-
-    async fn wait_for(&self, message: &str, group: &str, at_least: usize) {
-        let deadline = Instant::now() + JOIN;
-        while self.count(message, group) < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "`{message}` seen {} times, not {at_least}, within {JOIN:?}",
-                self.count(message, group)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-struct Line(String);
-
-impl Visit for Line {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.0, "{value:?}");
-        } else {
-            let _ = write!(self.0, " {}={value:?}", field.name());
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.push_str(value);
-        } else {
-            let _ = write!(self.0, " {}={value}", field.name());
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Lines {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut line = Line(String::new());
-        event.record(&mut line);
-        self.0.lock().push(line.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_given_back_while_paused_is_fetched_again() {
-    let lines = Lines::default();
+    let lines = LogLines::default();
     let targets = Targets::new().with_target("courier_kafka", tracing::Level::DEBUG);
     let subscriber = tracing_subscriber::registry().with(lines.clone().with_filter(targets));
     tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
@@ -95,6 +37,7 @@ async fn a_partition_given_back_while_paused_is_fetched_again() {
     let server = fixtures::kafka().await.expect("kafka fixture");
     let broker = KafkaBroker::connect(server.url()).await.expect("connect");
     let group = unique_name("paused-group");
+    let in_group = format!("group={group}");
     let sub = Subscription::new(unique_name("paused"), group.clone()).prefetch(PREFETCH);
     broker.provision(&sub).await.expect("provision");
     let batch = (0..MESSAGES).map(|i| Message::new(i.to_string())).collect();
@@ -106,7 +49,9 @@ async fn a_partition_given_back_while_paused_is_fetched_again() {
     // Nothing taken: the buffer fills and, a few seconds later, fetching
     // is paused.
     let mut first = broker.subscribe(sub.clone()).await.expect("subscribe");
-    lines.wait_for("kafka fetching paused", &group, 1).await;
+    lines
+        .wait_for("kafka fetching paused", &in_group, 1, JOIN)
+        .await;
     let mut seen = Vec::new();
     for _ in 0..TAKEN_FIRST {
         let delivery = next_within(&mut first, JOIN).await;
@@ -118,7 +63,9 @@ async fn a_partition_given_back_while_paused_is_fetched_again() {
     // two) and leaves: the first member has the partition again either way,
     // given back while its fetching was paused.
     let second = broker.subscribe(sub.clone()).await.expect("subscribe");
-    lines.wait_for("kafka partition assigned", &group, 2).await;
+    lines
+        .wait_for("kafka partition assigned", &in_group, 2, JOIN)
+        .await;
     drop(second);
 
     while seen.len() < MESSAGES {
@@ -130,9 +77,9 @@ async fn a_partition_given_back_while_paused_is_fetched_again() {
     assert_eq!(seen, expected, "every record once, in order");
     eprintln!(
         "paused {} times, resumed {} times, assigned {} times",
-        lines.count("kafka fetching paused", &group),
-        lines.count("kafka fetching resumed", &group),
-        lines.count("kafka partition assigned", &group),
+        lines.count("kafka fetching paused", &in_group),
+        lines.count("kafka fetching resumed", &in_group),
+        lines.count("kafka partition assigned", &in_group),
     );
     drop(first);
     broker.close().await.expect("close");
