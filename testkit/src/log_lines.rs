@@ -4,15 +4,9 @@
 //!
 //! ```no_run
 //! use courier_testkit::log_lines::LogLines;
-//! use tracing_subscriber::filter::Targets;
-//! use tracing_subscriber::layer::SubscriberExt as _;
-//! use tracing_subscriber::Layer as _;
 //!
 //! # async fn demo() {
-//! let lines = LogLines::default();
-//! let targets = Targets::new().with_target("courier_kafka", tracing::Level::DEBUG);
-//! let subscriber = tracing_subscriber::registry().with(lines.clone().with_filter(targets));
-//! tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+//! let lines = LogLines::capture("courier_kafka", tracing::Level::DEBUG);
 //! // ...
 //! lines
 //!     .wait_for("kafka partition assigned", "group=orders", 1, std::time::Duration::from_secs(60))
@@ -26,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
 
 /// A `tracing` layer that keeps every event as one line: its message, then
 /// ` name=value` for each field (`kafka partition assigned topic=t group=g`).
@@ -33,6 +29,20 @@ use tracing_subscriber::Layer;
 pub struct LogLines(Arc<Mutex<Vec<String>>>);
 
 impl LogLines {
+    /// Keeps the events of `target` (and its modules) at `level` and
+    /// above, as the process's global subscriber (one per test binary).
+    ///
+    /// # Panics
+    ///
+    /// When the process has a global subscriber already.
+    pub fn capture(target: &str, level: tracing::Level) -> Self {
+        let lines = Self::default();
+        let targets = Targets::new().with_target(target, level);
+        let subscriber = tracing_subscriber::registry().with(lines.clone().with_filter(targets));
+        tracing::subscriber::set_global_default(subscriber).expect("no global subscriber yet");
+        lines
+    }
+
     /// Lines that start with `message` and contain `with` (a field, such
     /// as `group=orders`, or an empty string).
     pub fn count(&self, message: &str, with: &str) -> usize {

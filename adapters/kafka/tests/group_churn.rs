@@ -20,19 +20,13 @@ use courier_kafka::KafkaBroker;
 use courier_testkit::deliveries::{next_within, seq_of};
 use courier_testkit::fixtures::{self, unique_name};
 use courier_testkit::log_lines::LogLines;
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 /// Group joins and rebalances on the test broker.
 const JOIN: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_leaving_right_after_a_member_hands_the_partitions_over() {
-    let lines = LogLines::default();
-    let targets = Targets::new().with_target("courier_kafka", tracing::Level::DEBUG);
-    let subscriber = tracing_subscriber::registry().with(lines.clone().with_filter(targets));
-    tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+    let lines = LogLines::capture("courier_kafka", tracing::Level::DEBUG);
 
     let server = fixtures::kafka().await.expect("kafka fixture");
     let url = format!("{}?partitions=2", server.url());

@@ -14,9 +14,6 @@ use courier_kafka::KafkaBroker;
 use courier_testkit::deliveries::{next_within, seq_of};
 use courier_testkit::fixtures::{self, unique_name};
 use courier_testkit::log_lines::LogLines;
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 const MESSAGES: usize = 300;
 /// High water 64 records, low water 32 (see `Flow::high_water`).
@@ -29,10 +26,7 @@ const JOIN: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_given_back_while_paused_is_fetched_again() {
-    let lines = LogLines::default();
-    let targets = Targets::new().with_target("courier_kafka", tracing::Level::DEBUG);
-    let subscriber = tracing_subscriber::registry().with(lines.clone().with_filter(targets));
-    tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+    let lines = LogLines::capture("courier_kafka", tracing::Level::DEBUG);
 
     let server = fixtures::kafka().await.expect("kafka fixture");
     let broker = KafkaBroker::connect(server.url()).await.expect("connect");
