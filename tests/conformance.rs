@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
                 Capability::NoResponders,
                 Capability::RefusesTopicsWithoutGroups
             ],
+            fixtures::Server::RabbitMq,
             fixtures::rabbitmq,
             fixtures::fresh_rabbitmq
         )
@@ -81,6 +82,7 @@ fn main() -> std::process::ExitCode {
         on_server!(
             "kafka",
             &[Capability::History, Capability::DeliveryCount],
+            fixtures::Server::Kafka,
             fixtures::kafka,
             fixtures::fresh_kafka,
             "?connect_timeout=30s",
@@ -111,6 +113,7 @@ fn main() -> std::process::ExitCode {
                 Capability::ThawRecovery,
                 Capability::NoResponders
             ],
+            fixtures::Server::Nats,
             fixtures::nats,
             fixtures::fresh_nats
         )
@@ -170,12 +173,16 @@ fn test_server_error(adapter: &'static str, e: fixtures::FixtureError) -> courie
 /// An adapter on a real server: the cases share this binary's `$shared`
 /// server; the restart and fault cases use one `$fresh` server of their own. URL
 /// options (`$options`, starting with `?`) are added to the servers' URLs.
+///
+/// A server given by `COURIER_TEST_<NAME>_URL` has no container to restart,
+/// kill or freeze: the adapter then lacks those capabilities, and the cases
+/// that need them are listed as ignored (`[lacks restart]`), not failed.
 #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
 macro_rules! on_server {
-    ($name:literal, $capabilities:expr, $shared:path, $fresh:path) => {
-        on_server!($name, $capabilities, $shared, $fresh, "", false)
+    ($name:literal, $capabilities:expr, $server:expr, $shared:path, $fresh:path) => {
+        on_server!($name, $capabilities, $server, $shared, $fresh, "", false)
     };
-    ($name:literal, $capabilities:expr, $shared:path, $fresh:path, $options:literal, $restart_after_thaw:literal) => {{
+    ($name:literal, $capabilities:expr, $server:expr, $shared:path, $fresh:path, $options:literal, $restart_after_thaw:literal) => {{
         use courier_testkit::fixtures::{BrokerFixture, FixtureError};
         use tokio::sync::OnceCell;
 
@@ -193,53 +200,64 @@ macro_rules! on_server {
             SERVER.get_or_try_init($fresh).await.map_err(fixture_error)
         }
 
-        Adapter::new($name, $capabilities, || async {
+        let adapter = Adapter::new($name, $capabilities, || async {
             let server = $shared().await.map_err(fixture_error)?;
             courier::connect(&format!("{}{}", server.url(), $options)).await
         })
-        .with_restart(
-            || async {
-                let server = restartable().await?;
-                courier::connect(&format!("{}{}", server.url(), $options)).await
-            },
-            || async {
-                let server = restartable().await.map_err(|e| e.to_string())?;
-                server.restart().await.map_err(|e| e.to_string())
-            },
-        )
-        .with_kill(|| async {
-            let server = restartable().await.map_err(|e| e.to_string())?;
-            server.kill_and_start().await.map_err(|e| e.to_string())
-        })
-        .with_freeze(
-            FAULT_BOUND,
-            || async {
-                let server = restartable().await?;
-                let options = if $options.is_empty() {
-                    "?"
-                } else {
-                    concat!($options, "&")
-                };
-                courier::connect(&format!("{}{options}{FAULT_OPTIONS}", server.url())).await
-            },
-            || async {
-                let server = restartable().await.map_err(|e| e.to_string())?;
-                server.pause().await.map_err(|e| e.to_string())
-            },
-            || async {
-                let server = restartable().await.map_err(|e| e.to_string())?;
-                server.unpause().await.map_err(|e| e.to_string())?;
-                if $restart_after_thaw {
-                    server.restart().await.map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            },
-        )
         .with_options(|options| async move {
             let server = $shared().await.map_err(fixture_error)?;
             let url = format!("{}{}", server.url(), $options);
             courier::connect(&with_options(&url, &options)).await
-        })
+        });
+        let server: fixtures::Server = $server;
+        if server.is_given_by_url() {
+            eprintln!(
+                "{}: the server is given by {}: the cases that restart, kill or freeze it are skipped",
+                $name,
+                server.url_var()
+            );
+            adapter
+        } else {
+            adapter
+                .with_restart(
+                    || async {
+                        let server = restartable().await?;
+                        courier::connect(&format!("{}{}", server.url(), $options)).await
+                    },
+                    || async {
+                        let server = restartable().await.map_err(|e| e.to_string())?;
+                        server.restart().await.map_err(|e| e.to_string())
+                    },
+                )
+                .with_kill(|| async {
+                    let server = restartable().await.map_err(|e| e.to_string())?;
+                    server.kill_and_start().await.map_err(|e| e.to_string())
+                })
+                .with_freeze(
+                    FAULT_BOUND,
+                    || async {
+                        let server = restartable().await?;
+                        let options = if $options.is_empty() {
+                            "?"
+                        } else {
+                            concat!($options, "&")
+                        };
+                        courier::connect(&format!("{}{options}{FAULT_OPTIONS}", server.url())).await
+                    },
+                    || async {
+                        let server = restartable().await.map_err(|e| e.to_string())?;
+                        server.pause().await.map_err(|e| e.to_string())
+                    },
+                    || async {
+                        let server = restartable().await.map_err(|e| e.to_string())?;
+                        server.unpause().await.map_err(|e| e.to_string())?;
+                        if $restart_after_thaw {
+                            server.restart().await.map_err(|e| e.to_string())?;
+                        }
+                        Ok(())
+                    },
+                )
+        }
     }};
 }
 #[cfg(any(feature = "amqp", feature = "kafka", feature = "nats"))]
