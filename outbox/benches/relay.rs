@@ -1,6 +1,6 @@
 //! Relay throughput and commit-to-publish latency, one run, one table.
 //!
-//! `cargo bench -p courier-outbox --bench relay` (PostgreSQL and NATS in
+//! `cargo bench -p courier-outbox --all-features --bench relay` (PostgreSQL and NATS in
 //! containers from the testkit fixtures, SQLite in a temporary file).
 //! `--quick` runs smaller sizes.
 //!

@@ -208,7 +208,7 @@
 //!
 //! # Performance
 //!
-//! `cargo bench -p courier-outbox --bench relay` prints relay throughput
+//! `cargo bench -p courier-outbox --all-features --bench relay` prints relay throughput
 //! and commit-to-publish latency. One run on a shared 2-core machine, dev
 //! profile (`--profile dev`), PostgreSQL 15 and NATS 2.9 in containers,
 //! batches of 1,000:

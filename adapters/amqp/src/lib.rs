@@ -233,7 +233,7 @@
 //! | key | `courier-key` header (the routing key stays empty) |
 //! | content type | `content_type` property (`courier-content-type` header if over 255 bytes) |
 //! | timestamp | `timestamp` property (seconds); the milliseconds come from the id when it is a UUID v7 of that very millisecond, as every `Message::new` is, else from the `courier-timestamp-ms` header |
-//! | correlation id | `courier-correlation-id` header, and the `correlation_id` property for other clients |
+//! | correlation id | `correlation_id` property (`courier-correlation-id` header if over 255 bytes) |
 //! | causation id, other headers | headers, as long strings |
 //! | origin | `app_id` property `courier` on every message courier publishes |
 //!

@@ -244,7 +244,12 @@
 //!
 //! Any other option is an [`Error::InvalidUrl`] naming it; so are
 //! credentials in the URL (SASL and TLS are rdkafka properties,
-//! [`KafkaConfig::rdkafka`], whose secret values `Debug` masks). A default
+//! [`KafkaConfig::rdkafka`], whose secret values `Debug` masks). This crate
+//! builds librdkafka with zlib only; TLS (`security.protocol=ssl` or
+//! `sasl_ssl`) and SCRAM need it built with OpenSSL, which an application
+//! asks for by depending on the same `rdkafka` with its `ssl` (or
+//! `ssl-vendored`) feature, and Kerberos with `gssapi`: Cargo builds one
+//! rdkafka with the features of both. A default
 //! prefetch is not an option: each [`Subscription`] carries its own.
 //!
 //! # Errors and reconnection
