@@ -13,7 +13,10 @@
 # its story in the log. COURIER_TEST_LOG= (empty) prints none.
 #
 # One process per test binary (plain `cargo test`, not nextest): the broker
-# fixtures share one container per test binary.
+# fixtures share one container per test binary. Each container's state and
+# last output lines are kept in $STATE_DIR/containers when it is removed
+# (COURIER_TEST_CONTAINER_LOGS); after a failed run the containers that had
+# stopped on their own and any server output reporting a panic are shown.
 #
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p courier-testkit`.
 set -Eeuo pipefail
@@ -30,6 +33,9 @@ if [ -n "${CI:-}" ]; then
 fi
 bash scripts/test-env.sh
 export COURIER_TEST_LOG="${COURIER_TEST_LOG-courier_kafka=debug,rdkafka=warn}"
+export COURIER_TEST_CONTAINER_LOGS="${COURIER_TEST_CONTAINER_LOGS:-$STATE_DIR/containers}"
+rm -rf "$COURIER_TEST_CONTAINER_LOGS"
+mkdir -p "$COURIER_TEST_CONTAINER_LOGS"
 
 echo "[test] cargo test --workspace --all-features --no-fail-fast $*" >&2
 mkdir -p "$STATE_DIR"
@@ -56,6 +62,34 @@ summary=$(awk -v status="$status" -v secs="$(($(date +%s) - start))" '
     }
 ' "$LOG")
 echo "$summary" | grep -v '^courier:' >&2
+
+# What the servers said, when a test failed: a container that stopped on
+# its own (a crash) and server output that reports a panic.
+show_containers() {
+    local dir="$COURIER_TEST_CONTAINER_LOGS" waited=0 file state
+    # The watchers write a container's file when its test binary is gone.
+    while pgrep -f courier-test-reaper >/dev/null 2>&1 && [ "$waited" -lt 30 ]; do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    for file in "$dir"/*.log; do
+        [ -e "$file" ] || continue
+        state=$(head -n 1 "$file")
+        case "$state" in
+        "state: running,"*) ;;
+        *)
+            echo "[test] container $(basename "$file" .log) did not run to the end: $state" >&2
+            tail -n 30 "$file" >&2
+            ;;
+        esac
+        if grep -q "panicked" "$file"; then
+            echo "[test] container $(basename "$file" .log) reported a panic:" >&2
+            grep -m 10 -A 3 "panicked" "$file" >&2 || true
+        fi
+    done
+    echo "[test] container output of this run: $dir" >&2
+}
+[ "$status" -eq 0 ] || show_containers
 
 checks=0
 if [ "${COURIER_SKIP_CHECKS:-0}" != 1 ] && [ "$#" -eq 0 ]; then

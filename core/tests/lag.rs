@@ -2,6 +2,7 @@
 //! and the bound on a lag read that never gets an answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_core::runtime::{self, Consumer, ConsumerState, ConsumerStatus, RunningConsumer};
@@ -78,7 +79,8 @@ async fn a_consumer_reports_its_lag_and_state() {
 
 /// A subscriber whose broker never answers a lag request.
 #[derive(Debug)]
-struct Unanswering(MemoryBroker);
+/// A connection whose lag reads never answer; counts the reads started.
+struct Unanswering(MemoryBroker, AtomicU64);
 
 #[async_trait]
 impl Close for Unanswering {
@@ -98,6 +100,7 @@ impl Subscriber for Unanswering {
     }
 
     async fn lag(&self, _: &str, _: &str) -> Result<Lag> {
+        self.1.fetch_add(1, Ordering::SeqCst);
         std::future::pending().await
     }
 }
@@ -105,7 +108,8 @@ impl Subscriber for Unanswering {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lag_read_that_gets_no_answer_is_a_timeout_and_nothing_waits_for_it() {
     let memory = MemoryBroker::new();
-    let silent: Arc<Unanswering> = Arc::new(Unanswering(memory.new_connection()));
+    let silent: Arc<Unanswering> =
+        Arc::new(Unanswering(memory.new_connection(), AtomicU64::new(0)));
     let bound = Duration::from_millis(100);
     match lag_within(&*silent, "orders", "billing", bound).await {
         Err(Error::Timeout { operation, after }) => {
@@ -136,7 +140,16 @@ async fn a_lag_read_that_gets_no_answer_is_a_timeout_and_nothing_waits_for_it() 
         .await
         .expect("handled while lag reads time out")
         .unwrap();
-    tokio::time::sleep(bound * 3).await;
+    // Two more reads started after the one above: the consumer's first
+    // timed out and it went on reading.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while silent.1.load(Ordering::SeqCst) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer stopped reading lag"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(consumer.status().lag, None);
     let stats = tokio::time::timeout(Duration::from_secs(10), consumer.shutdown())
         .await

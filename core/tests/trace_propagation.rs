@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use courier_core::request::RequestError;
 use courier_core::runtime::Consumer;
 use courier_core::telemetry::{TRACEPARENT, TraceContext};
 use courier_core::{Broker, Message, Subscription};
@@ -159,7 +160,11 @@ async fn a_request_carries_the_trace_it_is_made_in() {
     assert_ne!(carried.span_id(), upstream.span_id());
     request.ack().await.unwrap();
     // Nobody answers: a timeout, as asked.
-    assert!(asking.await.unwrap().is_err());
+    let outcome = asking.await.unwrap();
+    assert!(
+        matches!(outcome, Err(RequestError::Timeout { .. })),
+        "{outcome:?}"
+    );
 
     // Outside any trace, no header.
     let asking = tokio::spawn({
@@ -173,5 +178,9 @@ async fn a_request_carries_the_trace_it_is_made_in() {
     let request = next(&mut requests).await;
     assert_eq!(request.message().header(TRACEPARENT), None);
     request.ack().await.unwrap();
-    assert!(asking.await.unwrap().is_err());
+    let outcome = asking.await.unwrap();
+    assert!(
+        matches!(outcome, Err(RequestError::Timeout { .. })),
+        "{outcome:?}"
+    );
 }

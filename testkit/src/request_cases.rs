@@ -615,10 +615,13 @@ async fn request_circuit_breaker_opens_fails_fast_and_recovers(ctx: Ctx) {
         }
     });
     let responder = start(&ctx, &broker, &topic, 4, handler).await;
+    // Long enough that the five calls refused below all come while it is
+    // open, however slowly a loaded machine runs them; waiting for the
+    // half-open state polls.
     let breaker = CircuitBreaker::new(
         CircuitBreakerConfig::default()
             .failure_threshold(3)
-            .cool_down(Duration::from_millis(500)),
+            .cool_down(Duration::from_secs(3)),
     );
     let call = |seq: u32| {
         let (broker, topic, breaker) = (broker.clone(), topic.clone(), breaker.clone());

@@ -241,6 +241,7 @@ async fn answered_across(
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let answered_before = tally.answered.load(Ordering::SeqCst);
     let during = keep_asking(
         requester.clone(),
         topic.to_owned(),
@@ -249,8 +250,15 @@ async fn answered_across(
         tally.clone(),
         stop.clone(),
     );
-    // Some requests are in flight when the fault hits.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The fault hits a requester at work: some of its requests were
+    // answered, and as many as it keeps going are in flight.
+    crate::runtime_cases::wait_for(
+        ctx,
+        "requests answered before the fault",
+        || u64::from(tally.answered.load(Ordering::SeqCst)),
+        || tally.answered.load(Ordering::SeqCst) >= answered_before + DURING_CONCURRENCY as u32,
+    )
+    .await;
     fault.await;
     let faulted = Instant::now();
     let attempts = until_answered(requester, topic, 3, timeout, recovery, &tally).await;

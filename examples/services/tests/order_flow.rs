@@ -27,7 +27,9 @@ fn guard() -> StockGuard {
     StockGuard {
         breaker: courier::resilience::CircuitBreakerConfig::default()
             .failure_threshold(2)
-            .cool_down(Duration::from_secs(2)),
+            // Long enough that the calls after the second failure all find
+            // it open on a loaded machine; the test waits for the probe.
+            .cool_down(Duration::from_secs(5)),
         ..StockGuard::default()
     }
 }
