@@ -63,8 +63,9 @@ summary=$(awk -v status="$status" -v secs="$(($(date +%s) - start))" '
 ' "$LOG")
 echo "$summary" | grep -v '^courier:' >&2
 
-# What the servers said, when a test failed: a container that stopped on
-# its own (a crash) and server output that reports a panic.
+# What the servers said, when a test failed: a container that had stopped
+# when its test binary ended (a crash, or a test that stopped it and did
+# not start it again) and server output that reports a panic.
 show_containers() {
     local dir="$COURIER_TEST_CONTAINER_LOGS" waited=0 file state
     # The watchers write a container's file when its test binary is gone.
@@ -76,9 +77,8 @@ show_containers() {
         [ -e "$file" ] || continue
         state=$(head -n 1 "$file")
         case "$state" in
-        "state: running,"*) ;;
-        *)
-            echo "[test] container $(basename "$file" .log) did not run to the end: $state" >&2
+        "state: exited,"* | "state: dead,"*)
+            echo "[test] container $(basename "$file" .log) had stopped: $state" >&2
             tail -n 30 "$file" >&2
             ;;
         esac
