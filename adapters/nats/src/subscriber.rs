@@ -147,6 +147,8 @@ async fn pull_loop(
             () = tx.closed() => return,
         };
         let mut failed = false;
+        // Messages this pull brought.
+        let mut brought = 0_usize;
         match batch.as_mut() {
             Ok(messages) => loop {
                 let next = tokio::select! {
@@ -155,8 +157,24 @@ async fn pull_loop(
                     () = tx.closed() => return drain(&inner, messages, pull_ends).await,
                 };
                 match next {
-                    None => break,
+                    None => {
+                        // An empty pull that ended in time is the idle
+                        // case, once per expiry: not worth a line.
+                        let late = tokio::time::Instant::now() > pull_ends;
+                        if brought > 0 || late {
+                            tracing::debug!(
+                                topic = %topic,
+                                asked = free,
+                                brought,
+                                late,
+                                in_flight = flow.in_flight.load(Ordering::Acquire),
+                                "nats pull ended"
+                            );
+                        }
+                        break;
+                    }
                     Some(Ok(message)) => {
+                        brought += 1;
                         pauses = backoff.delays();
                         let Some(delivery) =
                             to_delivery(&inner, &topic, &subscription, &flow, message)
