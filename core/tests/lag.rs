@@ -77,9 +77,9 @@ async fn a_consumer_reports_its_lag_and_state() {
     assert_eq!(stats.handled, 5);
 }
 
-/// A subscriber whose broker never answers a lag request.
+/// A subscriber whose broker never answers a lag request; counts the lag
+/// reads started.
 #[derive(Debug)]
-/// A connection whose lag reads never answer; counts the reads started.
 struct Unanswering(MemoryBroker, AtomicU64);
 
 #[async_trait]
