@@ -681,18 +681,12 @@ fn thaw_after_failure(freezable: &Freezable) {
 /// it is empty or the test binary installed one of its own.
 fn log_to_stderr() {
     let spec = std::env::var("COURIER_TEST_LOG").unwrap_or_default();
-    if spec.is_empty() || tracing::dispatcher::has_been_set() {
+    if spec.is_empty() {
         return;
     }
-    use tracing_subscriber::layer::SubscriberExt as _;
-    match spec.parse::<tracing_subscriber::filter::Targets>() {
-        Ok(targets) => {
-            let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-            let subscriber = tracing_subscriber::registry().with(layer).with(targets);
-            if tracing::subscriber::set_global_default(subscriber).is_err() {
-                eprintln!("COURIER_TEST_LOG: a subscriber is already installed");
-            }
-        }
+    match crate::log_lines::print_to(&spec, std::io::stderr) {
+        Ok(true) => {}
+        Ok(false) => eprintln!("COURIER_TEST_LOG: a subscriber is already installed"),
         Err(e) => eprintln!("COURIER_TEST_LOG={spec}: {e}"),
     }
 }

@@ -72,6 +72,27 @@ impl LogLines {
     }
 }
 
+/// Prints the events `spec` selects (`tracing_subscriber` [`Targets`]
+/// syntax, e.g. `warn,courier_nats=debug`) with the time, through
+/// `writer`, as the process's global subscriber. Returns `Ok(false)` when
+/// the process has a global subscriber already (the test binary's own),
+/// which is left alone.
+pub(crate) fn print_to<W>(
+    spec: &str,
+    writer: W,
+) -> Result<bool, tracing_subscriber::filter::ParseError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let targets = spec.parse::<Targets>()?;
+    if tracing::dispatcher::has_been_set() {
+        return Ok(false);
+    }
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let subscriber = tracing_subscriber::registry().with(layer).with(targets);
+    Ok(tracing::subscriber::set_global_default(subscriber).is_ok())
+}
+
 struct Line(String);
 
 impl Visit for Line {
