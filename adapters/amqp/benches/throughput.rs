@@ -31,6 +31,11 @@
 //!   to its consumer only once a majority stored it; a classic queue does
 //!   not wait for that, so the two settings show how much of the latency
 //!   is the quorum queue's rather than the clients'.
+//! - `latency … raw against raw`: the raw loop on both sides of the same
+//!   interleaved rounds, for each queue type. Its ratio, which courier
+//!   cannot move, is how far this machine and broker move a latency ratio
+//!   between two runs of the same thing: a courier ratio inside it says
+//!   nothing about courier.
 //!
 //! `cargo bench -p courier-amqp --bench throughput` starts the RabbitMQ
 //! fixture (or uses `COURIER_TEST_RABBITMQ_URL`); words after `--` run only
@@ -140,9 +145,17 @@ fn main() {
             }
             for queue in [Queue::Quorum, Queue::Classic] {
                 if cases.wanted(&format!("latency @{LATENCY_RATE}/s{}", queue.suffix())) {
-                    bench
-                        .latency(&mut report, payload, latency_messages, queue)
-                        .await;
+                    for against_itself in [false, true] {
+                        bench
+                            .latency(
+                                &mut report,
+                                payload,
+                                latency_messages,
+                                queue,
+                                against_itself,
+                            )
+                            .await;
+                    }
                 }
             }
         }
@@ -360,7 +373,16 @@ impl Bench {
         report.push(Row::new(ADAPTER, case, payload, unit, &rounds));
     }
 
-    async fn latency(&self, report: &mut Report, payload: usize, count: usize, queue: Queue) {
+    /// The latency rows of `queue`; `against_itself`: the raw loop on
+    /// both sides.
+    async fn latency(
+        &self,
+        report: &mut Report,
+        payload: usize,
+        count: usize,
+        queue: Queue,
+        against_itself: bool,
+    ) {
         let courier = match queue {
             Queue::Quorum => &self.courier,
             Queue::Classic => &self.classic,
@@ -372,21 +394,26 @@ impl Bench {
             let percentiles = &percentiles;
             async move {
                 let mut latencies = match side {
-                    Side::Raw => self.raw.latency(&t.topic, &t.queue, payload, count).await,
-                    Side::Courier => {
+                    Side::Courier if !against_itself => {
                         let sub = t.subscription.clone();
                         let mut stream = courier.subscribe(sub).await.expect("subscribe");
                         let (topic, rate) = (&t.topic, LATENCY_RATE);
                         courier_open_loop(courier, topic, &mut stream, payload, count, rate, STALL)
                             .await
                     }
+                    _ => self.raw.latency(&t.topic, &t.queue, payload, count).await,
                 };
                 percentiles.borrow_mut().push(side, &mut latencies);
                 0.0
             }
         })
         .await;
-        let suffix = format!("@{LATENCY_RATE}/s{}", queue.suffix());
+        let against = if against_itself {
+            ", raw against raw"
+        } else {
+            ""
+        };
+        let suffix = format!("@{LATENCY_RATE}/s{}{against}", queue.suffix());
         for row in percentiles.into_inner().rows(ADAPTER, &suffix, payload) {
             report.push(row);
         }

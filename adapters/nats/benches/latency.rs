@@ -9,6 +9,12 @@
 //! ack confirmed (raw `double_ack`, courier `Delivery::ack`) off the
 //! receive path.
 //!
+//! Each size also has `… raw against raw` rows: the raw client on both
+//! sides of the same interleaved rounds. Their ratio, which the code
+//! cannot move, is how far this machine and server move a ratio between
+//! two runs of the same thing: a courier ratio inside it says nothing
+//! about courier.
+//!
 //! `cargo bench -p courier-nats --bench latency` (starts its own NATS
 //! container; `COURIER_TEST_NATS_URL` uses a running server instead).
 //! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per payload size (default 5).
@@ -41,39 +47,42 @@ fn main() {
         let js = jetstream::new(raw);
         let courier = NatsBroker::connect(&url).await.expect("connect");
         for size in SIZES {
-            let recorded = Arc::new(Mutex::new(Vec::new()));
-            interleaved(rounds, |side| {
-                let (js, courier, recorded) = (js.clone(), courier.clone(), recorded.clone());
-                async move {
-                    let latencies = match side {
-                        Side::Raw => raw_round(&js, size).await,
-                        Side::Courier => courier_round(&courier, size).await,
-                    };
-                    // `interleaved` keeps one figure a round; all three
-                    // percentiles are read from the kept latencies.
-                    let mut latencies = latencies;
-                    let p50 = latencies.micros(0.5);
-                    recorded.lock().expect("lock").push((side, latencies));
-                    p50
-                }
-            })
-            .await;
-            let mut recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
-            for (name, q) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {
-                let mut rounds_of = Rounds::default();
-                for (side, latencies) in &mut recorded {
-                    match side {
-                        Side::Raw => rounds_of.raw.push(latencies.micros(q)),
-                        Side::Courier => rounds_of.courier.push(latencies.micros(q)),
+            for against_itself in [false, true] {
+                let recorded = Arc::new(Mutex::new(Vec::new()));
+                interleaved(rounds, |side| {
+                    let (js, courier, recorded) = (js.clone(), courier.clone(), recorded.clone());
+                    async move {
+                        let latencies = match side {
+                            Side::Courier if !against_itself => courier_round(&courier, size).await,
+                            _ => raw_round(&js, size).await,
+                        };
+                        // `interleaved` keeps one figure a round; all three
+                        // percentiles are read from the kept latencies.
+                        let mut latencies = latencies;
+                        let p50 = latencies.micros(0.5);
+                        recorded.lock().expect("lock").push((side, latencies));
+                        p50
                     }
+                })
+                .await;
+                let mut recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
+                let suffix = if against_itself { ", raw against raw" } else { "" };
+                for (name, q) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {
+                    let mut rounds_of = Rounds::default();
+                    for (side, latencies) in &mut recorded {
+                        match side {
+                            Side::Raw => rounds_of.raw.push(latencies.micros(q)),
+                            Side::Courier => rounds_of.courier.push(latencies.micros(q)),
+                        }
+                    }
+                    report.push(Row::new(
+                        "nats",
+                        format!("latency {name} @{RATE}/s{suffix}"),
+                        size,
+                        Unit::Micros,
+                        &rounds_of,
+                    ));
                 }
-                report.push(Row::new(
-                    "nats",
-                    format!("latency {name} @{RATE}/s"),
-                    size,
-                    Unit::Micros,
-                    &rounds_of,
-                ));
             }
         }
         report.finish();
