@@ -27,6 +27,10 @@
 //! - `latency p50|p99|p999 @R/s`: open loop at `COURIER_BENCH_KAFKA_RATE`
 //!   (default 1,000) messages a second, from when a message was due to
 //!   when its consumer received it.
+//! - `latency … raw against raw`: the raw loop on both sides of the same
+//!   interleaved rounds. Its ratio, which courier cannot move, is how far
+//!   this machine and broker move a latency ratio between two runs of the
+//!   same thing: a courier ratio inside it says nothing about courier.
 //!
 //! `cargo bench -p courier-kafka --bench throughput` starts the Kafka
 //! fixture container (`COURIER_TEST_KAFKA_URL` uses a running broker
@@ -198,24 +202,31 @@ fn main() {
             if !wanted("latency") {
                 continue;
             }
-            let percentiles = std::cell::RefCell::new(Percentiles::default());
-            let _ = interleaved(rounds, |side| {
-                let percentiles = &percentiles;
-                async move {
-                    let mut latencies = match side {
-                        Side::Raw => raw_latency(t, payload, latency_count, latency_rate).await,
-                        Side::Courier => {
-                            courier_latency(t, payload, latency_count, latency_rate).await
-                        }
-                    };
-                    percentiles.borrow_mut().push(side, &mut latencies);
-                    0.0
+            for against_itself in [false, true] {
+                let percentiles = std::cell::RefCell::new(Percentiles::default());
+                let _ = interleaved(rounds, |side| {
+                    let percentiles = &percentiles;
+                    async move {
+                        let mut latencies = match side {
+                            Side::Courier if !against_itself => {
+                                courier_latency(t, payload, latency_count, latency_rate).await
+                            }
+                            _ => raw_latency(t, payload, latency_count, latency_rate).await,
+                        };
+                        percentiles.borrow_mut().push(side, &mut latencies);
+                        0.0
+                    }
+                })
+                .await;
+                let against = if against_itself {
+                    ", raw against raw"
+                } else {
+                    ""
+                };
+                let suffix = format!("@{latency_rate}/s{against}");
+                for row in percentiles.into_inner().rows(adapter, &suffix, payload) {
+                    report.push(row);
                 }
-            })
-            .await;
-            let suffix = format!("@{latency_rate}/s");
-            for row in percentiles.into_inner().rows(adapter, &suffix, payload) {
-                report.push(row);
             }
         }
         report.finish();
