@@ -194,6 +194,18 @@ impl Rounds {
     }
 }
 
+/// The suffix of a row's name whose two sides both ran the raw client
+/// (`against_itself`), empty otherwise. Such a row's ratio is what the
+/// machine and the broker alone do to a ratio of two runs of the same
+/// thing: a courier ratio inside its spread says nothing about courier.
+pub fn against_itself(against_itself: bool) -> &'static str {
+    if against_itself {
+        ", raw against raw"
+    } else {
+        ""
+    }
+}
+
 /// Runs `rounds` rounds of both sides and returns every round's figures.
 ///
 /// `run(side)` does one measurement and returns its figure (messages per

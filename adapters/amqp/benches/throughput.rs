@@ -408,12 +408,11 @@ impl Bench {
             }
         })
         .await;
-        let against = if against_itself {
-            ", raw against raw"
-        } else {
-            ""
-        };
-        let suffix = format!("@{LATENCY_RATE}/s{}{against}", queue.suffix());
+        let suffix = format!(
+            "@{LATENCY_RATE}/s{}{}",
+            queue.suffix(),
+            courier_testkit::bench::against_itself(against_itself)
+        );
         for row in percentiles.into_inner().rows(ADAPTER, &suffix, payload) {
             report.push(row);
         }

@@ -218,11 +218,7 @@ fn main() {
                     }
                 })
                 .await;
-                let against = if against_itself {
-                    ", raw against raw"
-                } else {
-                    ""
-                };
+                let against = courier_testkit::bench::against_itself(against_itself);
                 let suffix = format!("@{latency_rate}/s{against}");
                 for row in percentiles.into_inner().rows(adapter, &suffix, payload) {
                     report.push(row);

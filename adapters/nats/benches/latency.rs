@@ -66,7 +66,7 @@ fn main() {
                 })
                 .await;
                 let mut recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
-                let suffix = if against_itself { ", raw against raw" } else { "" };
+                let suffix = courier_testkit::bench::against_itself(against_itself);
                 for (name, q) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {
                     let mut rounds_of = Rounds::default();
                     for (side, latencies) in &mut recorded {
