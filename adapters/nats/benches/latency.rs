@@ -19,14 +19,15 @@
 //! container; `COURIER_TEST_NATS_URL` uses a running server instead).
 //! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per payload size (default 5).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use courier_core::prelude::*;
 use courier_core::{Message, Publisher, Subscriber, Subscription};
 use courier_nats::NatsBroker;
-use courier_testkit::bench::{Latencies, OpenLoop, Report, Rounds, Row, Side, Unit, interleaved};
+use courier_testkit::bench::{Latencies, OpenLoop, Report, Side, interleaved};
+use courier_testkit::bench_runs::Percentiles;
 use futures::StreamExt;
 
 const RATE: u32 = 1_000;
@@ -48,40 +49,23 @@ fn main() {
         let courier = NatsBroker::connect(&url).await.expect("connect");
         for size in SIZES {
             for against_itself in [false, true] {
-                let recorded = Arc::new(Mutex::new(Vec::new()));
+                let percentiles = std::cell::RefCell::new(Percentiles::default());
                 interleaved(rounds, |side| {
-                    let (js, courier, recorded) = (js.clone(), courier.clone(), recorded.clone());
+                    let (js, courier, percentiles) = (&js, &courier, &percentiles);
                     async move {
-                        let latencies = match side {
-                            Side::Courier if !against_itself => courier_round(&courier, size).await,
-                            _ => raw_round(&js, size).await,
+                        let mut latencies = match side {
+                            Side::Courier if !against_itself => courier_round(courier, size).await,
+                            _ => raw_round(js, size).await,
                         };
-                        // `interleaved` keeps one figure a round; all three
-                        // percentiles are read from the kept latencies.
-                        let mut latencies = latencies;
-                        let p50 = latencies.micros(0.5);
-                        recorded.lock().expect("lock").push((side, latencies));
-                        p50
+                        percentiles.borrow_mut().push(side, &mut latencies);
+                        0.0
                     }
                 })
                 .await;
-                let mut recorded = std::mem::take(&mut *recorded.lock().expect("lock"));
-                let suffix = courier_testkit::bench::against_itself(against_itself);
-                for (name, q) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {
-                    let mut rounds_of = Rounds::default();
-                    for (side, latencies) in &mut recorded {
-                        match side {
-                            Side::Raw => rounds_of.raw.push(latencies.micros(q)),
-                            Side::Courier => rounds_of.courier.push(latencies.micros(q)),
-                        }
-                    }
-                    report.push(Row::new(
-                        "nats",
-                        format!("latency {name} @{RATE}/s{suffix}"),
-                        size,
-                        Unit::Micros,
-                        &rounds_of,
-                    ));
+                let against = courier_testkit::bench::against_itself(against_itself);
+                let suffix = format!("@{RATE}/s{against}");
+                for row in percentiles.into_inner().rows("nats", &suffix, size) {
+                    report.push(row);
                 }
             }
         }
