@@ -681,7 +681,7 @@ fn thaw_after_failure(freezable: &Freezable) {
 /// it is empty or the test binary installed one of its own.
 fn log_to_stderr() {
     let spec = std::env::var("COURIER_TEST_LOG").unwrap_or_default();
-    if spec.is_empty() {
+    if spec.is_empty() || tracing::dispatcher::has_been_set() {
         return;
     }
     match crate::log_lines::print_to(&spec, std::io::stderr) {
