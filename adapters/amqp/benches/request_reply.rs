@@ -29,7 +29,10 @@
 //! RabbitMQ fixture container; `COURIER_TEST_RABBITMQ_URL` uses a running
 //! broker instead). `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the
 //! interleaved rounds per concurrency (default 5); a word after `--`
-//! (`tutorial`, `confirmed`) runs only that comparison. Rows as in
+//! (`tutorial`, `against`, `confirmed`) runs only that comparison. The
+//! rows marked `raw against raw` run the tutorial idiom on both sides (two
+//! pairs on connections of their own) in the same interleaved rounds: what
+//! the machine and the broker alone do to a ratio. Rows as in
 //! [`courier_testkit::bench_request::compare`].
 
 use std::collections::HashMap;
@@ -66,6 +69,9 @@ fn main() {
         let url = fixture.url().to_owned();
         let tutorial = Rpc::start(&url, false).await;
         let confirmed = Rpc::start(&url, true).await;
+        // A second tutorial pair, on connections of its own as courier's
+        // pair has: the other side of the raw-against-raw rows.
+        let tutorial_twin = Rpc::start(&url, false).await;
         let responding = AmqpBroker::connect(&url)
             .await
             .expect("connect")
@@ -76,17 +82,23 @@ fn main() {
             .into_broker();
         let courier =
             CourierPair::start(&responding, requester, unique_name("bench-courier-rr")).await;
-        bench_request::warm_up(&[&tutorial, &confirmed, &courier]).await;
+        bench_request::warm_up(&[&tutorial, &confirmed, &tutorial_twin, &courier]).await;
         let mut report = Report::new(format!(
             "AMQP (RabbitMQ fixture) request/reply, direct reply-to, {} B JSON bodies, \
              {rounds} rounds per concurrency, 2 worker threads",
             bench_request::body_size()
         ));
-        let variants: [(&str, &str, &Rpc); 2] = [
-            ("tutorial", "", &tutorial),
-            ("confirmed", " (raw confirmed)", &confirmed),
+        let variants: [(&str, &str, &Rpc, &dyn RoundTrips); 3] = [
+            ("tutorial", "", &tutorial, &courier),
+            (
+                "against",
+                courier_testkit::bench::against_itself(true),
+                &tutorial,
+                &tutorial_twin,
+            ),
+            ("confirmed", " (raw confirmed)", &confirmed, &courier),
         ];
-        for (word, variant, raw) in variants {
+        for (word, variant, raw, courier) in variants {
             if picked.is_empty() || picked.iter().any(|p| p == word) {
                 bench_request::compare(
                     &mut report,
@@ -95,7 +107,7 @@ fn main() {
                     variant,
                     &PER_TASK,
                     Some(raw),
-                    &courier,
+                    courier,
                 )
                 .await;
             }
@@ -105,6 +117,7 @@ fn main() {
         responding.close().await.expect("close");
         tutorial.close().await;
         confirmed.close().await;
+        tutorial_twin.close().await;
     });
 }
 

@@ -23,9 +23,15 @@
 //! whose responder echoes it: what carrying the message's metadata costs
 //! the client on its own.
 //!
+//! The rows marked `raw against raw` run the raw idiom on both sides (two
+//! raw pairs on connections of their own, as courier's pair has), in the
+//! same interleaved rounds: their ratio is what the machine and the server
+//! alone do to a ratio, so a courier ratio inside its spread says nothing
+//! about courier.
+//!
 //! `cargo bench -p courier-nats --bench request_reply` (starts its own
 //! NATS container; `COURIER_TEST_NATS_URL` uses a running server instead).
-//! `-- requester` (or `responder`, `header`, `full`) runs only the
+//! `-- requester` (or `responder`, `header`, `against`, `full`) runs only the
 //! comparisons whose label holds the word (`full`: the plain one).
 //! `-- ROUNDS` (or `COURIER_BENCH_ROUNDS`) sets the rounds per concurrency (default 5); the sides
 //! alternate who goes first, and the medians of the rounds are compared
@@ -48,6 +54,9 @@ fn main() {
         let url = server.url().to_owned();
         let raw = RawSide::start(&url, None).await;
         let raw_with_header = RawSide::start(&url, Some(FIELDS_LIKE_COURIERS)).await;
+        // A second plain raw pair, on connections of its own as courier's
+        // pair has: the other side of the raw-against-raw rows.
+        let raw_twin = RawSide::start(&url, None).await;
         let responding = NatsBroker::connect(&url)
             .await
             .expect("connect")
@@ -82,6 +91,7 @@ fn main() {
         bench_request::warm_up(&[
             &raw,
             &raw_with_header,
+            &raw_twin,
             &courier,
             &requester_only,
             &responder_only,
@@ -92,14 +102,16 @@ fn main() {
             "NATS request/reply, {} B JSON bodies, {rounds} rounds per concurrency, 2 worker threads",
             bench_request::body_size()
         ));
-        let variants: [(&str, &RawSide, &dyn RoundTrips); 4] = [
+        let variants: [(&str, &RawSide, &dyn RoundTrips); 5] = [
             ("", &raw, &courier),
+            (courier_testkit::bench::against_itself(true), &raw, &raw_twin),
             (" (courier requester only)", &raw, &requester_only),
             (" (courier responder only)", &raw, &responder_only),
             (" (raw with one header)", &raw_with_header, &courier),
         ];
         // Words on the command line pick comparisons by their row label
-        // (`full`, `requester`, `responder`, `header`); none runs all.
+        // (`full`, `against`, `requester`, `responder`, `header`); none
+        // runs all.
         let picked: Vec<String> = std::env::args()
             .skip(1)
             // Not counts, nor the `--bench` that `cargo bench` passes.
