@@ -3,6 +3,7 @@
 //! closing must wait for.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,11 +12,12 @@ use async_nats::jetstream::stream;
 use courier_core::adapter::TaskSet;
 use courier_core::{BrokerErrorKind, ConnectErrorKind, Error, Result};
 use parking_lot::Mutex;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Credentials, Endpoint, NatsConfig, Storage, stream_name};
-use crate::error::{self, NatsError, connect_error};
+use crate::error::{self, BROKER, NatsError, connect_error};
 use crate::inbox::Inbox;
 
 #[derive(Debug)]
@@ -37,9 +39,44 @@ pub(crate) struct Inner {
     /// Other detached work (the end of the reply inbox, NAKs of dropped deliveries,
     /// dead-letter copies), which close also waits for.
     pub(crate) tasks: TaskSet,
+    /// Counts the times the client lost its connection to the server
+    /// (async-nats's `Disconnected` event): a confirmation awaited across
+    /// one of them cannot come any more (see [`Inner::unless_disconnected`]).
+    disconnects: Arc<watch::Sender<u64>>,
 }
 
 impl Inner {
+    /// Runs `confirmation`, the wait for the server's answer to something
+    /// this connection has just sent, unless the connection is lost first:
+    /// then [`Error::Broker`] of kind
+    /// [`Unavailable`](courier_core::BrokerErrorKind::Unavailable) at once.
+    /// What the client had written to the lost connection is not sent
+    /// again and gets no answer, so waiting out the request timeout would
+    /// only stall the caller. What it had not written yet goes out on the
+    /// new connection and may still be acted on: the outcome is unknown,
+    /// as after a timeout. A loss before this is called is not seen here;
+    /// the request timeout still bounds that case.
+    pub(crate) async fn unless_disconnected<T>(
+        &self,
+        operation: &'static str,
+        confirmation: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        // Subscribing marks the current count as seen: only a loss from
+        // now on ends the wait.
+        let mut lost = self.disconnects.subscribe();
+        tokio::select! {
+            biased;
+            outcome = confirmation => outcome,
+            _ = lost.changed() => Err(Error::broker(
+                BROKER,
+                operation,
+                BrokerErrorKind::Unavailable,
+                "the connection to the server was lost before it confirmed; \
+                 whether it was recorded is unknown",
+            )),
+        }
+    }
+
     /// Runs `operation` within the request timeout: the whole operation,
     /// however many requests it makes, ends in [`Error::Timeout`] naming it
     /// when the server does not answer in time.
@@ -122,10 +159,18 @@ impl Inner {
     pub(crate) async fn connect(url: &str, config: NatsConfig) -> Result<Self> {
         let config = config.apply_url(url)?;
         let endpoint = Endpoint::parse(url)?;
+        let disconnects = Arc::new(watch::Sender::new(0_u64));
+        let counting = disconnects.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(&config.client_name)
             .connection_timeout(config.connect_timeout)
-            .request_timeout(Some(config.request_timeout));
+            .request_timeout(Some(config.request_timeout))
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    counting.send_modify(|count| *count += 1);
+                }
+                std::future::ready(())
+            });
         options = match endpoint.credentials {
             Credentials::None => options,
             Credentials::Token(token) => options.token(token),
@@ -150,6 +195,7 @@ impl Inner {
             next_token: AtomicU64::new(0),
             inbox: Inbox::default(),
             tasks: TaskSet::new(),
+            disconnects,
         })
     }
 

@@ -31,18 +31,23 @@ impl NatsAcker {
             // A request: the server answers once it has recorded the
             // settlement (what `double_ack` does, over the client's shared
             // reply subscription instead of a new one per message).
-            self.inner
-                .client
-                .request(self.reply.clone(), kind.into())
-                .await
-                .map(drop)
-                .map_err(|e| match e.kind() {
-                    async_nats::RequestErrorKind::TimedOut => Error::Timeout {
-                        operation,
-                        after: self.inner.config.request_timeout,
-                    },
-                    _ => op_error(operation, e),
-                })
+            // Across a lost connection the answer cannot come: fail at
+            // once rather than stall the consumer for the request timeout.
+            let confirmed = async {
+                self.inner
+                    .client
+                    .request(self.reply.clone(), kind.into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| match e.kind() {
+                        async_nats::RequestErrorKind::TimedOut => Error::Timeout {
+                            operation,
+                            after: self.inner.config.request_timeout,
+                        },
+                        _ => op_error(operation, e),
+                    })
+            };
+            self.inner.unless_disconnected(operation, confirmed).await
         } else {
             Err(Error::Closed(
                 "nats connection (the delivery was returned on close)",

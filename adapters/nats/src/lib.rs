@@ -18,7 +18,12 @@
 //! - **Publish** waits for the JetStream publish ack; `publish_batch` sends
 //!   all messages, then waits for all acks. `Nats-Msg-Id` is the courier
 //!   message id, so a message published again within the duplicate window
-//!   (2 minutes by default) is stored once.
+//!   (2 minutes by default) is stored once. A publish whose acks are
+//!   awaited when the client loses its connection fails at once with an
+//!   [`Error::Broker`](courier_core::Error::Broker) of kind
+//!   [`Unavailable`](courier_core::BrokerErrorKind::Unavailable) (the acks
+//!   cannot come over the new connection): some of its messages may be
+//!   stored, and publishing them again stores them once.
 //! - **Message fields** (id, key, content type, timestamp, correlation and
 //!   causation ids, user headers) travel as NATS headers
 //!   ([`courier_core::adapter::wire`]; the id as `Nats-Msg-Id`) and come back
@@ -60,6 +65,13 @@
 //! An ack the server does not answer within
 //! [`NatsConfig::request_timeout`] is an [`Error::Timeout`](courier_core::Error::Timeout):
 //! it may or may not have been recorded, and the message may come back.
+//! An ack awaiting its answer when the client loses its connection (a
+//! server restart, a reset link) does not wait that long: the answer
+//! cannot come over the new connection, so the ack fails at once with an
+//! [`Error::Broker`](courier_core::Error::Broker) of kind
+//! [`Unavailable`](courier_core::BrokerErrorKind::Unavailable), its outcome
+//! unknown as after a timeout, and a consumer goes on with its next
+//! message instead of stalling for the request timeout.
 //! The server keeps consumer state in memory and writes it to disk in the
 //! background, so a server crash right after an ack can still redeliver
 //! the message: at least once, as everywhere in courier. NAKs and `+TERM`
@@ -137,7 +149,7 @@
 //! |---|---|---|
 //! | `connect_timeout` | [`NatsConfig::connect_timeout`] | 5 s |
 //! | `client_name` (or `client_id`) | [`NatsConfig::client_name`], the name the server shows | `courier` |
-//! | `publish_timeout` | [`NatsConfig::request_timeout`]: the wait for a publish's JetStream ack and for the server's confirmation of a settlement, and the bound on `provision` and `subscribe` as a whole | 10 s |
+//! | `publish_timeout` | [`NatsConfig::request_timeout`]: the wait for a publish's JetStream ack and for the server's confirmation of a settlement (both end at once, as `Unavailable`, when the connection is lost), and the bound on `provision` and `subscribe` as a whole | 10 s |
 //! | `storage` | [`NatsConfig::storage`] of the streams courier creates: `file` or `memory` | `file` |
 //! | `duplicate_window` | [`NatsConfig::duplicate_window`] of the streams courier creates | 2 min |
 //! | `ack_wait` | [`NatsConfig::ack_wait`] of the consumers courier creates | 30 s |

@@ -26,24 +26,29 @@ pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) 
     // One subject for the call: every publish takes a reference to it
     // instead of copying the topic twice (`String`, then `Subject`).
     let subject = async_nats::Subject::from(topic);
-    let mut acks = Vec::with_capacity(messages.len());
-    for message in messages {
-        let size = message.payload().len();
-        let ack = inner
-            .js
-            .publish_with_headers(
-                subject.clone(),
-                headers(&message),
-                message.payload().clone(),
-            )
-            .await
-            .map_err(|e| publish_error(inner, e, size))?;
-        acks.push(async move { ack.into_future().await.map_err(|e| (e, size)) });
-    }
-    for ack in futures::future::join_all(acks).await {
-        ack.map_err(|(e, size)| publish_error(inner, e, size))?;
-    }
-    Ok(())
+    // A publish ack cannot come over a new connection: across a lost one
+    // the call fails at once instead of waiting out the request timeout.
+    let confirmed = async {
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in messages {
+            let size = message.payload().len();
+            let ack = inner
+                .js
+                .publish_with_headers(
+                    subject.clone(),
+                    headers(&message),
+                    message.payload().clone(),
+                )
+                .await
+                .map_err(|e| publish_error(inner, e, size))?;
+            acks.push(async move { ack.into_future().await.map_err(|e| (e, size)) });
+        }
+        for ack in futures::future::join_all(acks).await {
+            ack.map_err(|(e, size)| publish_error(inner, e, size))?;
+        }
+        Ok(())
+    };
+    inner.unless_disconnected("publish", confirmed).await
 }
 
 /// The NATS headers a message travels with.
