@@ -66,7 +66,9 @@ where
 
 /// Registers request `id` in `pending`, sends `request` with `send` and
 /// waits for its answer, all within `timeout` from `started`; the reply is
-/// made into the request's outcome ([`headers::outcome`]).
+/// made into the request's outcome ([`headers::outcome`]). The answer ends
+/// the wait even while `send` is still waiting (for a broker's confirm);
+/// an error of `send` that comes first ends it with that error.
 pub(super) async fn wait_for_reply<F, Fut>(
     pending: &Arc<PendingReplies>,
     topic: &str,
@@ -83,8 +85,23 @@ where
     let span = crate::telemetry::request_span(topic, &mut request);
     let waiting = pending.register(id);
     let work = async move {
-        send(request).await?;
-        match waiting.reply().await {
+        let answer = waiting.reply();
+        let sent = send(request);
+        tokio::pin!(answer, sent);
+        // A broker may confirm a request after the reply it caused is back
+        // (RabbitMQ confirms a persistent message once it is on disk; the
+        // responder has had it since it was routed): the reply ends the
+        // exchange, and what `send` still waits for is dropped. Only when
+        // `send` ends first does its outcome count.
+        let answer = tokio::select! {
+            biased;
+            answer = &mut answer => answer,
+            sent = &mut sent => {
+                sent?;
+                answer.await
+            }
+        };
+        match answer {
             Some(Answer::Reply(reply)) => Ok(reply),
             Some(Answer::NoResponders) => Err(RequestError::NoResponders {
                 topic: topic.to_owned(),
@@ -154,5 +171,52 @@ mod tests {
         // A reply to a finished request is late, never another's answer.
         assert!(!pending.deliver_to(&tickets[0].id, Message::new("again")));
         assert_eq!((pending.late(), pending.in_flight()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn the_reply_ends_the_exchange_while_the_send_still_waits_for_its_confirm() {
+        let pending = PendingReplies::new();
+        let feed = pending.clone();
+        let reply = exchange_addressed(
+            &pending,
+            "t",
+            Message::new("q"),
+            Duration::from_secs(30),
+            |ticket, _request| async move {
+                // The request is out and answered; its broker confirm never
+                // comes within the test.
+                assert!(feed.deliver_to(&ticket.id, Message::new("a")));
+                std::future::pending::<()>().await;
+                Ok(())
+            },
+        );
+        let reply = tokio::time::timeout(Duration::from_secs(10), reply)
+            .await
+            .expect("answered before the confirm")
+            .expect("a reply");
+        assert_eq!(reply.payload().as_ref(), b"a");
+        assert_eq!(pending.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_send_error_before_any_answer_ends_the_exchange_with_it() {
+        let pending = PendingReplies::new();
+        let outcome = exchange_addressed(
+            &pending,
+            "t",
+            Message::new("q"),
+            Duration::from_secs(30),
+            |_ticket, _request| async {
+                Err(RequestError::NoResponders {
+                    topic: "t".to_owned(),
+                })
+            },
+        )
+        .await;
+        assert!(
+            matches!(outcome, Err(RequestError::NoResponders { ref topic }) if topic == "t"),
+            "{outcome:?}"
+        );
+        assert_eq!(pending.in_flight(), 0);
     }
 }

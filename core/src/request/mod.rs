@@ -41,6 +41,13 @@
 //!   as [`RemoteErrorKind::BadRequest`].
 //! - **No responders** ([`RequestError::NoResponders`]) where the broker can
 //!   tell at once; elsewhere such a request times out.
+//! - **Confirms.** Where the broker confirms a publish (RabbitMQ's publisher
+//!   confirm, Kafka's delivery report), a request is sent as any publish,
+//!   but its reply does not wait for that confirm: the reply proves the
+//!   request arrived, and a broker may confirm only after the responder
+//!   has answered (RabbitMQ confirms a persistent message once it is
+//!   written to disk). A confirm that comes first and refuses the request
+//!   (returned unroutable, nacked) ends the request with that error.
 //!
 //! # Per broker
 //!
