@@ -5,7 +5,13 @@
 //! publish awaiting its confirmation when the connection is lost fails at
 //! once, as `Unavailable`, instead of waiting out the request timeout.
 
+use std::time::Duration;
+
 use courier_nats::NatsBroker;
+
+/// How long the connection-loss test waits for anything: far below its
+/// request timeout, so that a timeout cannot pass for a lost connection.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_under_load_lose_no_confirmed_message() {
@@ -24,16 +30,13 @@ async fn restarts_under_load_lose_no_confirmed_message() {
 /// publish failed is published again and received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmations_in_flight_when_the_connection_is_lost_fail_at_once() {
-    use std::time::Duration;
-
     use courier_core::{Message, Publisher, Subscriber, Subscription};
     use courier_nats::NatsConfig;
     use courier_testkit::deliveries::next_within;
     use courier_testkit::proxy::FaultProxy;
 
-    // Far beyond the test's own bound on the ack: a timeout cannot pass.
+    // Far beyond `PATIENCE`: a timeout cannot pass within it.
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-    const PATIENCE: Duration = Duration::from_secs(30);
 
     let server = courier_testkit::fixtures::nats()
         .await
@@ -104,7 +107,7 @@ async fn cut_while_waiting(
         "the {what} cannot be answered through a black hole"
     );
     assert_eq!(proxy.reset_all(), 1, "one connection to reset");
-    let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), operation)
+    let outcome = tokio::time::timeout(PATIENCE, operation)
         .await
         .unwrap_or_else(|_| {
             panic!("the {what} ends when the connection is lost, not after the request timeout")
