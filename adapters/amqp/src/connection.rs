@@ -32,8 +32,8 @@ pub(crate) struct Link {
     generation: AtomicU64,
     /// When a delivery of this link was last settled (see [`SETTLE_GRACE`]).
     last_settled: Mutex<Option<Instant>>,
-    /// Detached work (consumer pumps, closing consumer channels and dead
-    /// connections), which `close` waits for.
+    /// Detached work (cancelling the consumers of dropped streams, closing
+    /// consumer channels and dead connections), which `close` waits for.
     tasks: TaskSet,
 }
 
@@ -284,7 +284,7 @@ impl Link {
     }
 
     /// Closes: new operations fail with [`Error::Closed`], settlements get
-    /// their [`SETTLE_GRACE`], the link's tasks (consumer pumps cancelling
+    /// their [`SETTLE_GRACE`], the link's tasks (dropped streams cancelling
     /// their consumers, consumer channels closing) finish within
     /// [`CLOSE_TASKS`], then outstanding publisher confirms are awaited and
     /// the connection is closed within the session's close bound, so the

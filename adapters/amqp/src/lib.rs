@@ -306,7 +306,7 @@
 //! `close` closes the subscriber's connection, then the publisher's. For
 //! each: new operations fail with [`Error::Closed`](courier_core::Error::Closed),
 //! settlements get their 300 ms grace, the connection's detached tasks
-//! (consumer pumps cancelling their consumers, consumer channels and lost
+//! (dropped streams cancelling their consumers, consumer channels and lost
 //! connections being closed) get up to 5 s, and outstanding publisher
 //! confirms plus the connection's close get up to 5 s more: at most about
 //! 10.3 s per connection, 21 s for the broker. When a step does not finish

@@ -11,12 +11,12 @@ use courier_core::{
     Close, Delivery, DeliveryStream, Error, MessageId, Result, Subscriber, Subscription,
     async_trait,
 };
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use lapin::Consumer;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
-use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::codec;
 use crate::config::{AmqpConfig, QueueType};
@@ -30,8 +30,12 @@ use crate::topology;
 /// the topic's exchange; each subscription is a consumer on a channel of
 /// its own with `basic.qos` set to the subscription's prefetch.
 ///
+/// A stream polls lapin's consumer itself: no task or channel stands
+/// between the broker's delivery and the caller.
+///
 /// After a lost connection the adapter reconnects, declares the topology
-/// again and resumes every subscription: existing streams keep yielding.
+/// again and resumes every subscription (a stream consumes again when it is
+/// next polled): existing streams keep yielding.
 /// Deliveries handed out before the loss cannot be settled any more (their
 /// `ack` fails with a [`StaleDelivery`](crate::AmqpError::StaleDelivery)
 /// source); the broker delivers those messages again.
@@ -165,82 +169,31 @@ async fn start(session: &Session, group: &Arc<Group>) -> lapin::Result<Active> {
     Ok(Active { channel, consumer })
 }
 
-/// What the stream's channel carries.
-enum Item {
-    Delivery(Delivery, Arc<ConsumerChannel>),
-    Failed(Error),
-}
-
-/// Moves deliveries from the consumer to the stream; after a lost
-/// connection or a cancelled consumer, starts consuming again.
-async fn pump(
-    group: Arc<Group>,
-    mut session: Arc<Session>,
-    mut active: Active,
-    to_stream: mpsc::UnboundedSender<Item>,
-    stop: CancellationToken,
-) {
-    let link = group.link.clone();
-    let counted = link.config().queue_type == QueueType::Quorum;
-    loop {
-        let ended = loop {
-            let next = tokio::select! {
-                biased;
-                () = stop.cancelled() => {
-                    cancel(&active).await;
-                    return;
-                }
-                next = active.consumer.next() => next,
-            };
-            match next {
-                Some(Ok(delivery)) => {
-                    let item = deliver(&active.channel, delivery, counted);
-                    if to_stream.send(item).is_err() {
-                        cancel(&active).await;
-                        return;
-                    }
-                }
-                Some(Err(e)) => break Some(e),
-                // The broker cancelled the consumer (queue deleted, quorum
-                // leader moved, ...).
-                None => break None,
-            }
-        };
-        drop(active);
-        if stop.is_cancelled() {
-            return;
+/// Why a consumer stopped yielding: an error of its channel or
+/// connection, or `None` when the broker cancelled it.
+fn consumer_ended(group: &Group, session: &Session, ended: Option<&lapin::Error>) {
+    match ended {
+        Some(e) if session.failed(e) => group.link.broken(session),
+        Some(e) => {
+            tracing::warn!(queue = %group.queue, error = %e, "consumer channel closed; consuming again")
         }
-        match &ended {
-            Some(e) if session.failed(e) => link.broken(&session),
-            Some(e) => {
-                tracing::warn!(queue = %group.queue, error = %e, "consumer channel closed; consuming again")
-            }
-            None => {
-                tracing::warn!(queue = %group.queue, "consumer cancelled by the broker; consuming again")
-            }
-        }
-        match resume(&group, &stop).await {
-            Ok(Some((new_session, new_active))) => {
-                session = new_session;
-                active = new_active;
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = to_stream.send(Item::Failed(e));
-                return;
-            }
+        // The broker cancelled the consumer (queue deleted, quorum leader
+        // moved, ...).
+        None => {
+            tracing::warn!(queue = %group.queue, "consumer cancelled by the broker; consuming again")
         }
     }
 }
 
+/// A consumer started again, on the session it was started on.
+type Resumed = (Arc<Session>, Active);
+
 /// Reconnects if needed and consumes again, retrying (with the reconnect
 /// policy) also when the broker refuses for a while, as a restarting
 /// broker's queues do. `None` when stopped.
-async fn resume(
-    group: &Arc<Group>,
-    stop: &CancellationToken,
-) -> Result<Option<(Arc<Session>, Active)>> {
+async fn resume(group: Arc<Group>) -> Result<Option<Resumed>> {
     let link = &group.link;
+    let stop = link.closed();
     let policy = link.config().reconnect;
     let started = Instant::now();
     let mut failures = 0;
@@ -253,7 +206,7 @@ async fn resume(
         if stop.is_cancelled() {
             return Ok(None);
         }
-        match start(&session, group).await {
+        match start(&session, &group).await {
             Ok(active) => {
                 tracing::info!(queue = %group.queue, "consuming again");
                 return Ok(Some((session, active)));
@@ -308,7 +261,7 @@ fn deliver(
     channel: &Arc<ConsumerChannel>,
     delivery: lapin::message::Delivery,
     counted: bool,
-) -> Item {
+) -> Delivery {
     let lapin::message::Delivery {
         properties,
         data,
@@ -322,29 +275,53 @@ fn deliver(
         channel: channel.clone(),
         delivery_count,
     };
-    let delivery = courier_core::adapter::delivery(
+    courier_core::adapter::delivery(
         decoded.message,
         channel.group.topic.clone(),
         Box::new(acker),
         delivery_count,
-    );
-    Item::Delivery(delivery, channel.clone())
+    )
 }
 
-/// The stream of one subscription.
+/// What a subscription's stream is doing.
+enum State {
+    /// Receiving from its consumer.
+    Consuming(Arc<Session>, Active),
+    /// Consuming again after its consumer stopped (see [`resume`]).
+    Resuming(BoxFuture<'static, Result<Option<Resumed>>>),
+    /// Closed, failed, or stopped.
+    Ended,
+}
+
+/// The stream of one subscription. It polls lapin's consumer itself: a
+/// delivery reaches the caller without a task or a channel in between.
+/// After a lost connection or a cancelled consumer it consumes again,
+/// while it is polled.
 struct AmqpStream {
     group: Arc<Group>,
-    from_pump: mpsc::UnboundedReceiver<Item>,
-    closed: CancellationToken,
-    failed: bool,
-    _stop: DropGuard,
+    state: State,
+    /// Whether the queue counts deliveries (quorum queues).
+    counted: bool,
+    /// Ends the stream once the link is closed, also while it waits.
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Drop for AmqpStream {
     fn drop(&mut self) {
-        // Before the fields go: the deliveries still queued here are then
-        // dropped without a nack each (see `Group::ending`).
+        // From now on a delivery handed out and dropped unsettled is not
+        // nacked on its own: it comes back when its channel closes (see
+        // `Group::ending`). So do those lapin still holds.
         self.group.end();
+        let State::Consuming(_, active) = std::mem::replace(&mut self.state, State::Ended) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.group.link.tasks().spawn_on(
+                "cancel a consumer",
+                async move { cancel(&active).await },
+                &runtime,
+            );
+        }
     }
 }
 
@@ -352,28 +329,53 @@ impl Stream for AmqpStream {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.closed.is_cancelled() || self.failed {
-            return Poll::Ready(None);
+        let this = &mut *self;
+        if this.group.link.is_closed() {
+            this.state = State::Ended;
         }
         loop {
-            return match self.from_pump.poll_recv(cx) {
-                Poll::Ready(Some(Item::Delivery(delivery, channel))) => {
-                    if !channel.is_open() {
-                        // Its channel died while it waited here: it cannot
-                        // be settled, and the broker delivers it again.
-                        drop(delivery);
-                        continue;
+            match &mut this.state {
+                State::Ended => return Poll::Ready(None),
+                State::Consuming(session, active) => match active.consumer.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(delivery))) => {
+                        if !active.channel.is_open() {
+                            // Its channel died while lapin held it: it
+                            // cannot be settled, and the broker delivers it
+                            // again.
+                            continue;
+                        }
+                        let delivery = deliver(&active.channel, delivery, this.counted);
+                        return Poll::Ready(Some(Ok(delivery)));
                     }
-                    Poll::Ready(Some(Ok(delivery)))
-                }
-                Poll::Ready(Some(Item::Failed(e))) => {
-                    self.failed = true;
-                    Poll::Ready(Some(Err(e)))
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            };
+                    Poll::Ready(ended) => {
+                        let error = match &ended {
+                            Some(Err(e)) => Some(e),
+                            _ => None,
+                        };
+                        consumer_ended(&this.group, session, error);
+                        this.state = State::Resuming(Box::pin(resume(this.group.clone())));
+                    }
+                    Poll::Pending => break,
+                },
+                State::Resuming(resuming) => match resuming.as_mut().poll(cx) {
+                    Poll::Ready(Ok(Some((session, active)))) => {
+                        this.state = State::Consuming(session, active);
+                    }
+                    Poll::Ready(Ok(None)) => this.state = State::Ended,
+                    Poll::Ready(Err(e)) => {
+                        this.state = State::Ended;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Pending => break,
+                },
+            }
         }
+        // Waiting: wake up also when the link closes.
+        if this.closed.as_mut().poll(cx).is_ready() {
+            this.state = State::Ended;
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }
 
@@ -401,18 +403,11 @@ impl Subscriber for AmqpSubscriber {
                 .await
         })
         .await?;
-        let (to_stream, from_pump) = mpsc::unbounded_channel();
-        let stop = self.link.closed().child_token();
-        self.link.tasks().spawn(
-            "consumer pump",
-            pump(group.clone(), session, active, to_stream, stop.clone()),
-        );
         Ok(Box::pin(AmqpStream {
+            counted: self.link.config().queue_type == QueueType::Quorum,
             group,
-            from_pump,
-            closed: self.link.closed().clone(),
-            failed: false,
-            _stop: stop.drop_guard(),
+            state: State::Consuming(session, active),
+            closed: Box::pin(self.link.closed().clone().cancelled_owned()),
         }))
     }
 
