@@ -22,6 +22,17 @@ pub(crate) async fn publish(inner: &Inner, topic: &str, messages: Vec<Message>) 
             return Err(Error::PayloadTooLarge { size, limit });
         }
     }
+    // The whole call, not only the ack's wait: a stream to declare or a
+    // client that takes no more commands while it reconnects ends in a
+    // timeout too, never in a hang.
+    inner
+        .bounded("publish", sent_and_confirmed(inner, topic, messages))
+        .await
+}
+
+/// Declares the topic's stream if needed, sends every message and awaits
+/// their JetStream acks.
+async fn sent_and_confirmed(inner: &Inner, topic: &str, messages: Vec<Message>) -> Result<()> {
     inner.ensure_stream(topic).await?;
     // One subject for the call: every publish takes a reference to it
     // instead of copying the topic twice (`String`, then `Subject`).
