@@ -45,8 +45,10 @@ pub struct NatsConfig {
     /// The client name the server shows for the connection (default
     /// `courier`).
     pub client_name: String,
-    /// How long a publish waits for the JetStream ack, and a settlement for
-    /// the server's confirmation (default 10 s).
+    /// The bound on a publish call as a whole (stream declaration, sending,
+    /// the JetStream acks), on a settlement (sending it and the server's
+    /// confirmation), on sending a reply, and on `provision`, `subscribe`
+    /// and `lag` as a whole (default 10 s).
     pub request_timeout: Duration,
     /// Storage of streams courier creates.
     pub storage: Storage,

@@ -47,7 +47,15 @@ impl NatsAcker {
                         _ => op_error(operation, e),
                     })
             };
-            self.inner.unless_disconnected(operation, confirmed).await
+            // Bounded as a whole: handing the request to the client waits
+            // for room in its command channel, which a connection that
+            // takes nothing more never makes.
+            self.inner
+                .bounded(
+                    operation,
+                    self.inner.unless_disconnected(operation, confirmed),
+                )
+                .await
         } else {
             Err(Error::Closed(
                 "nats connection (the delivery was returned on close)",
@@ -123,11 +131,14 @@ impl Acknowledger for NatsAcker {
         if copied.is_err() {
             // The original is held while the copy is tried again: restart
             // its ack wait so the server does not deliver it meanwhile.
-            let _ = self
-                .inner
-                .client
-                .publish(self.reply.clone(), AckKind::Progress.into())
-                .await;
+            let progress = async {
+                self.inner
+                    .client
+                    .publish(self.reply.clone(), AckKind::Progress.into())
+                    .await
+                    .map_err(|e| op_error("progress", e))
+            };
+            let _ = self.inner.bounded("progress", progress).await;
         }
         Some(copied)
     }

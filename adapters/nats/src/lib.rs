@@ -149,7 +149,7 @@
 //! |---|---|---|
 //! | `connect_timeout` | [`NatsConfig::connect_timeout`] | 5 s |
 //! | `client_name` (or `client_id`) | [`NatsConfig::client_name`], the name the server shows | `courier` |
-//! | `publish_timeout` | [`NatsConfig::request_timeout`]: the bound on a publish call as a whole (stream declaration, sending, the JetStream acks) and on the wait for the server's confirmation of a settlement (both end at once, as `Unavailable`, when the connection is lost), and the bound on `provision` and `subscribe` as a whole | 10 s |
+//! | `publish_timeout` | [`NatsConfig::request_timeout`]: the bound on a publish call as a whole (stream declaration, sending, the JetStream acks), on a settlement as a whole (sending it, the server's confirmation) and on sending a reply, even when the connection takes nothing more; publishes and settlements end at once, as `Unavailable`, when the connection is lost; and the bound on `provision` and `subscribe` as a whole | 10 s |
 //! | `storage` | [`NatsConfig::storage`] of the streams courier creates: `file` or `memory` | `file` |
 //! | `duplicate_window` | [`NatsConfig::duplicate_window`] of the streams courier creates | 2 min |
 //! | `ack_wait` | [`NatsConfig::ack_wait`] of the consumers courier creates | 30 s |

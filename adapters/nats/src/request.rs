@@ -126,22 +126,27 @@ fn core_delivery(
     ))
 }
 
-/// Publishes `reply` over core NATS to `subject` (at most once).
+/// Publishes `reply` over core NATS to `subject` (at most once), within
+/// the request timeout: handing it to the client waits for room in its
+/// command channel, which a connection that takes nothing more never makes.
 pub(crate) async fn send_reply(
     inner: &Inner,
     subject: &str,
     reply: &Message,
     operation: &'static str,
 ) -> Result<()> {
-    inner
-        .client
-        .publish_with_headers(
-            subject.to_owned(),
-            crate::compact::encode(reply),
-            reply.payload().clone(),
-        )
-        .await
-        .map_err(|e| op_error(operation, e))
+    let sent = async {
+        inner
+            .client
+            .publish_with_headers(
+                subject.to_owned(),
+                crate::compact::encode(reply),
+                reply.payload().clone(),
+            )
+            .await
+            .map_err(|e| op_error(operation, e))
+    };
+    inner.bounded(operation, sent).await
 }
 
 /// Settles a request that came over core NATS. Nothing stores it, so an

@@ -4,6 +4,8 @@
 //! (`courier_testkit::fixtures::restarts_under_load`). And an ack or a
 //! publish awaiting its confirmation when the connection is lost fails at
 //! once, as `Unavailable`, instead of waiting out the request timeout.
+//! A publish through a connection that takes nothing more ends in a
+//! timeout within the request timeout, and the handle works once it heals.
 
 use std::time::Duration;
 
@@ -31,38 +33,21 @@ async fn restarts_under_load_lose_no_confirmed_message() {
 /// whose publish failed is published again and received once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmations_in_flight_when_the_connection_is_lost_fail_at_once() {
-    use courier_core::{Message, Publisher, Subscriber, Subscription};
-    use courier_nats::NatsConfig;
+    use courier_core::{Message, Publisher, Subscriber};
     use courier_testkit::deliveries::next_within;
-    use courier_testkit::proxy::FaultProxy;
 
     // Far beyond `PATIENCE`: a timeout cannot pass within it.
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-    let server = courier_testkit::fixtures::nats()
-        .await
-        .expect("nats fixture");
-    let proxy = FaultProxy::start(server.address()).await.expect("proxy");
-    let config = NatsConfig::default()
-        .request_timeout(REQUEST_TIMEOUT)
-        .ack_wait(Duration::from_secs(2));
-    let broker = NatsBroker::connect_with(&proxy.proxied_url(server.url()), config)
-        .await
-        .expect("connect through the proxy");
-    let topic = courier_testkit::fixtures::unique_name("ack-lost");
-    let subscription = Subscription::new(&topic, "g");
-    Subscriber::provision(&broker, &subscription)
-        .await
-        .expect("provision");
-    let sent = Message::new("first");
-    Publisher::publish(&broker, &topic, sent.clone())
-        .await
-        .expect("publish");
-    let mut stream = Subscriber::subscribe(&broker, subscription)
-        .await
-        .expect("subscribe");
-    let delivery = next_within(&mut stream, PATIENCE).await;
-    assert_eq!(delivery.message().id(), sent.id());
+    let Held {
+        _server,
+        proxy,
+        broker,
+        topic,
+        sent,
+        mut stream,
+        delivery,
+    } = Held::new(REQUEST_TIMEOUT, "ack-lost").await;
 
     cut_while_waiting(&proxy, "ack", delivery.ack()).await;
 
@@ -113,6 +98,61 @@ async fn confirmations_in_flight_when_the_connection_is_lost_fail_at_once() {
     courier_core::Close::close(&broker).await.expect("close");
 }
 
+/// A broker connected through a fault proxy (`ack_wait` 2 s) and
+/// subscribed to a new topic, with the delivery of the one message
+/// published there in hand, not settled.
+struct Held {
+    _server: std::sync::Arc<courier_testkit::fixtures::BrokerFixture>,
+    proxy: courier_testkit::proxy::FaultProxy,
+    broker: NatsBroker,
+    topic: String,
+    sent: courier_core::Message,
+    stream: courier_core::DeliveryStream,
+    delivery: courier_core::Delivery,
+}
+
+impl Held {
+    async fn new(request_timeout: Duration, name: &str) -> Self {
+        use courier_core::{Message, Publisher, Subscriber, Subscription};
+
+        let server = courier_testkit::fixtures::nats()
+            .await
+            .expect("nats fixture");
+        let proxy = courier_testkit::proxy::FaultProxy::start(server.address())
+            .await
+            .expect("proxy");
+        let config = courier_nats::NatsConfig::default()
+            .request_timeout(request_timeout)
+            .ack_wait(Duration::from_secs(2));
+        let broker = NatsBroker::connect_with(&proxy.proxied_url(server.url()), config)
+            .await
+            .expect("connect through the proxy");
+        let topic = courier_testkit::fixtures::unique_name(name);
+        let subscription = Subscription::new(&topic, "g");
+        Subscriber::provision(&broker, &subscription)
+            .await
+            .expect("provision");
+        let sent = Message::new("first");
+        Publisher::publish(&broker, &topic, sent.clone())
+            .await
+            .expect("publish");
+        let mut stream = Subscriber::subscribe(&broker, subscription)
+            .await
+            .expect("subscribe");
+        let delivery = courier_testkit::deliveries::next_within(&mut stream, PATIENCE).await;
+        assert_eq!(delivery.message().id(), sent.id());
+        Held {
+            _server: server,
+            proxy,
+            broker,
+            topic,
+            sent,
+            stream,
+            delivery,
+        }
+    }
+}
+
 /// Sends `operation` into a link that forwards nothing (polling it once
 /// sends it and starts its wait for the server's answer), resets the link,
 /// and checks that it then fails at once as `Unavailable`, well before the
@@ -139,5 +179,139 @@ async fn cut_while_waiting(
         err.broker_kind(),
         Some(courier_core::BrokerErrorKind::Unavailable),
         "the {what}: a lost connection, not a timeout: {err}"
+    );
+}
+
+/// A publish and an ack on a connection that takes no more (the server
+/// stopped reading, so the client's socket and its command channel are
+/// full) return [`Error::Timeout`](courier_core::Error::Timeout) within
+/// the request timeout: the publish even when it must first declare the
+/// topic's stream. Handing a request to the client waits for room in its
+/// command channel with no bound of its own. Once the link heals, the same
+/// handle publishes again, and the unacked message comes back and is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_and_an_ack_through_a_stalled_connection_time_out_within_the_request_timeout() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use courier_core::{Message, Publisher};
+    use courier_testkit::deliveries::next_within;
+
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Beyond the bound: time for the timeout's own wake-up on a busy machine.
+    const MARGIN: Duration = Duration::from_secs(2);
+    /// No publish of the flood returned for this long: the client takes no more.
+    const STALLED: Duration = Duration::from_secs(1);
+
+    // A delivery to ack once the connection takes nothing more.
+    let Held {
+        _server,
+        proxy,
+        broker,
+        sent: held,
+        mut stream,
+        delivery,
+        ..
+    } = Held::new(REQUEST_TIMEOUT, "stalled-ack").await;
+
+    // The link forwards nothing and reads nothing: core publishes (to a
+    // subject nobody hears) fill the socket, then the client's command
+    // channel, until a publish waits for room.
+    proxy.black_hole();
+    let returned = Arc::new(AtomicU64::new(0));
+    let flood = tokio::spawn({
+        let client = broker.client().clone();
+        let returned = returned.clone();
+        let subject = courier_testkit::fixtures::unique_name("flood");
+        async move {
+            let payload = bytes::Bytes::from(vec![0_u8; 1024]);
+            loop {
+                if client
+                    .publish(subject.clone(), payload.clone())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                returned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (mut last, mut since) = (0, tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = returned.load(Ordering::Relaxed);
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= STALLED {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood did not fill the stalled connection within {PATIENCE:?} ({now} publishes)"
+        );
+    }
+    eprintln!("the client took {last} publishes of 1 KiB, then no more");
+
+    // A topic never published to: its stream is declared first.
+    let topic = courier_testkit::fixtures::unique_name("stalled");
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        REQUEST_TIMEOUT + MARGIN,
+        Publisher::publish(&broker, &topic, Message::new("stalled")),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!("a publish through a stalled connection returns within the request timeout")
+    });
+    assert_timeout("publish", outcome, started.elapsed(), REQUEST_TIMEOUT);
+
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT + MARGIN, delivery.ack())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("an ack through a stalled connection returns within the request timeout")
+        });
+    assert_timeout("ack", outcome, started.elapsed(), REQUEST_TIMEOUT);
+
+    proxy.heal();
+    flood.abort();
+    tokio::time::timeout(
+        PATIENCE,
+        Publisher::publish(&broker, &topic, Message::new("healed")),
+    )
+    .await
+    .expect("a publish after the link healed returns")
+    .expect("the same handle publishes once the link heals");
+    // The ack never left the client: the message comes back.
+    let again = next_within(&mut stream, PATIENCE).await;
+    assert_eq!(again.message().id(), held.id(), "the unacked message again");
+    again.ack().await.expect("ack after the link healed");
+    drop(stream);
+    courier_core::Close::close(&broker).await.expect("close");
+}
+
+/// `outcome` is the request timeout's [`Error::Timeout`] for `operation`,
+/// and came no earlier than that timeout.
+fn assert_timeout(
+    operation: &str,
+    outcome: courier_core::Result<()>,
+    took: Duration,
+    request_timeout: Duration,
+) {
+    match outcome {
+        Err(courier_core::Error::Timeout {
+            operation: named,
+            after,
+        }) => {
+            assert_eq!(named, operation);
+            assert_eq!(after, request_timeout);
+        }
+        other => panic!("a stalled {operation} is a timeout, got {other:?}"),
+    }
+    assert!(
+        took >= request_timeout,
+        "the {operation}'s timeout comes at the request timeout, not before: {took:?}"
     );
 }
