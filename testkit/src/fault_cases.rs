@@ -49,6 +49,7 @@ pub fn cases() -> Vec<Case> {
         case!(fault_frozen_broker_ack_and_close_come_back_in_time),
         case!(fault_thawed_broker_serves_the_same_handle_again, needs Freeze, ThawRecovery),
         case!(fault_black_hole_on_the_link_bounds_publish_and_heals, needs Proxy),
+        case!(fault_saturated_link_bounds_publish_and_ack_and_heals, needs Proxy),
         case!(fault_connection_resets_lose_nothing_confirmed, needs Proxy),
         case!(fault_slow_narrow_link_delivers_everything_once, needs Proxy),
         case!(fault_subscription_keeps_delivering_across_resets, needs Proxy),
@@ -309,6 +310,75 @@ async fn fault_black_hole_on_the_link_bounds_publish_and_heals(ctx: Ctx) {
     assert!(others.is_empty(), "unexpected messages {others:?}");
     broker.close().await.expect("close");
     direct.close().await.expect("close direct");
+}
+
+/// Publishes the saturated-link case sends into the black hole at once,
+/// and their payload: 25 MiB, more than the socket buffers on both sides
+/// of the proxy hold, so the client's own queues fill behind them.
+const SATURATING: (usize, usize) = (400, 64 * 1024);
+
+async fn fault_saturated_link_bounds_publish_and_ack_and_heals(ctx: Ctx) {
+    let (broker, proxy) = ctx.proxied_broker().await;
+    let (sub, before_id) = provisioned_with_one(&ctx, &broker).await;
+    let mut stream = broker.subscribe(sub.clone()).await.expect("subscribe");
+    let delivery = ctx.next(&mut stream).await;
+    assert_eq!(delivery.message().id(), &before_id);
+
+    // The link reads nothing: what the flood sends fills the sockets, and
+    // everything sent after it waits in the client behind the flood.
+    proxy.black_hole();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (count, size) = SATURATING;
+    let payload = vec![0_u8; size];
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (broker, topic) = (broker.clone(), sub.topic().to_owned());
+        let (started, payload) = (started.clone(), payload.clone());
+        flood.spawn(async move {
+            started.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            broker.publish(&topic, Message::new(payload)).await
+        });
+    }
+    let deadline = Instant::now() + ctx.patience();
+    while started.load(std::sync::atomic::Ordering::Acquire) < count {
+        assert!(
+            Instant::now() < deadline,
+            "the flood's publishes did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    // A topic never published to (its declaration goes behind the flood),
+    // then a settlement.
+    let fresh = ctx.name("fresh");
+    let published = timed(&ctx, "publish", broker.publish(&fresh, Message::new("x"))).await;
+    let acked = timed(&ctx, "ack", delivery.ack()).await;
+    // Every publish of the flood comes back too, each within its bound.
+    let mut flooded = (0, 0);
+    let limit = ctx.fault_bound() * 2 + HANG_MARGIN;
+    while let Some(outcome) = tokio::time::timeout(limit, flood.join_next())
+        .await
+        .unwrap_or_else(|_| panic!("a publish of the flood hung past {limit:?}"))
+    {
+        match outcome.expect("flood task") {
+            Ok(()) => flooded.0 += 1,
+            Err(Error::Timeout { .. }) => flooded.1 += 1,
+            Err(other) => panic!("a flood publish: expected Ok or Error::Timeout, got {other}"),
+        }
+    }
+    eprintln!(
+        "fault: the flood of {count} publishes: {} ok, {} timed out",
+        flooded.0, flooded.1
+    );
+    proxy.heal();
+    assert_timed_out("publish", published);
+    assert_ok_or_timed_out("ack", acked);
+
+    // The same handle, with nothing done to it.
+    let late = Subscription::new(ctx.name("t"), ctx.name("late"));
+    recovered(&ctx, &broker, &sub, &late).await;
+    drop(stream);
+    broker.close().await.expect("close");
 }
 
 /// Messages the reset case publishes; a reset comes after each quarter.

@@ -85,19 +85,87 @@ pub(crate) fn op_error(
     Error::broker(BROKER, operation, BrokerErrorKind::Unavailable, err)
 }
 
-/// Whether `error` is a request the client gave up waiting for.
+/// Whether `error` is a request the client gave up waiting for: anywhere
+/// in its chain, a timer that ran out or an async-nats error of kind
+/// `TimedOut` (core requests, and the JetStream API requests behind
+/// declaring streams and consumers, reading their state and publishing).
+/// [`Inner::bounded`](crate::connection::Inner::bounded) turns such an
+/// error into [`Error::Timeout`], whichever of the two timers ran out first.
 pub(crate) fn is_timeout(error: &Error) -> bool {
+    use async_nats::jetstream::{context, stream};
+
+    /// Whether `e` is an async-nats error of one of these types, of the
+    /// given kind.
+    macro_rules! of_kind {
+        ($e:expr, $($error:ty => $kind:expr),+ $(,)?) => {
+            false $(|| $e.downcast_ref::<$error>().is_some_and(|error| error.kind() == $kind))+
+        };
+    }
+
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.is::<tokio::time::error::Elapsed>()
             || e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            || e.downcast_ref::<async_nats::RequestError>()
-                .is_some_and(|r| r.kind() == async_nats::RequestErrorKind::TimedOut)
+            || of_kind!(e,
+                async_nats::RequestError => async_nats::RequestErrorKind::TimedOut,
+                context::RequestError => context::RequestErrorKind::TimedOut,
+                context::CreateStreamError => context::CreateStreamErrorKind::TimedOut,
+                context::ConsumerInfoError => context::ConsumerInfoErrorKind::TimedOut,
+                context::PublishError => context::PublishErrorKind::TimedOut,
+                stream::ConsumerError => stream::ConsumerErrorKind::TimedOut,
+            )
         {
             return true;
         }
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::{context, stream};
+
+    use super::*;
+
+    /// A JetStream API request that timed out is a timeout whichever call
+    /// it came from, also when it is the source of another error (getting
+    /// a stream wraps the request's error); any other kind is not.
+    #[test]
+    fn jetstream_timeouts_are_timeouts_wherever_they_sit_in_the_chain() {
+        let timed_out: Vec<Error> = vec![
+            op_error(
+                "create stream",
+                context::CreateStreamError::new(context::CreateStreamErrorKind::TimedOut),
+            ),
+            op_error(
+                "get stream",
+                context::GetStreamError::with_source(
+                    context::GetStreamErrorKind::Request,
+                    context::RequestError::new(context::RequestErrorKind::TimedOut),
+                ),
+            ),
+            op_error(
+                "create consumer",
+                stream::ConsumerError::new(stream::ConsumerErrorKind::TimedOut),
+            ),
+            op_error(
+                "lag: consumer info",
+                context::ConsumerInfoError::new(context::ConsumerInfoErrorKind::TimedOut),
+            ),
+            op_error(
+                "publish",
+                context::PublishError::new(context::PublishErrorKind::TimedOut),
+            ),
+        ];
+        for error in &timed_out {
+            assert!(is_timeout(error), "a timeout: {error:?}");
+        }
+        let other = op_error(
+            "create stream",
+            context::CreateStreamError::new(context::CreateStreamErrorKind::JetStreamUnavailable),
+        );
+        assert!(!is_timeout(&other), "not a timeout: {other:?}");
+    }
 }
