@@ -173,7 +173,12 @@
 //! either: JetStream answers the publish with "no responders", and it
 //! fails with an [`Error::Broker`](courier_core::Error::Broker) of kind
 //! [`NotFound`](courier_core::BrokerErrorKind::NotFound) (the stream is
-//! missing), whatever the option.
+//! missing), whatever the option. JetStream answers "no responders" as well
+//! in the seconds after a server restart, before it serves its streams
+//! again: the adapter then asks JetStream for the stream, and a publish
+//! whose stream exists (or whose stream JetStream cannot tell about yet)
+//! fails as [`Unavailable`](courier_core::BrokerErrorKind::Unavailable),
+//! which is retryable, never as `NotFound`.
 //!
 //! # Request/reply
 //!

@@ -8,6 +8,7 @@ use courier_core::adapter::wire::{self, Native};
 use courier_core::{BrokerErrorKind, Error, Message, Result};
 
 use crate::codec::insert_header;
+use crate::config::stream_name;
 use crate::connection::Inner;
 use crate::error::op_error;
 
@@ -59,7 +60,69 @@ async fn sent_and_confirmed(inner: &Inner, topic: &str, messages: Vec<Message>) 
         }
         Ok(())
     };
-    inner.unless_disconnected("publish", confirmed).await
+    match inner.unless_disconnected("publish", confirmed).await {
+        Err(e) if e.broker_kind() == Some(BrokerErrorKind::NotFound) => {
+            Err(not_found_or_unavailable(inner, topic, e).await)
+        }
+        outcome => outcome,
+    }
+}
+
+/// How long the stream lookup after a "no responders" publish may take
+/// (within the publish's own bound).
+const STREAM_LOOKUP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a publish JetStream answered with "no responders" means. The
+/// stream was declared when this connection first published to the topic,
+/// so either it was deleted since ([`BrokerErrorKind::NotFound`], as
+/// `found_nothing` says), or JetStream itself did not answer, as in the
+/// seconds after a server restart before it serves its streams again:
+/// [`BrokerErrorKind::Unavailable`], retryable. Asking JetStream for the
+/// stream tells the two apart; a lookup with no answer within
+/// [`STREAM_LOOKUP`] counts as the second.
+async fn not_found_or_unavailable(inner: &Inner, topic: &str, found_nothing: Error) -> Error {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::GetStreamErrorKind;
+
+    // JetStream that serves its streams answers this at once; one that is
+    // still recovering them may hold the request until it is done.
+    let lookup = tokio::time::timeout(STREAM_LOOKUP, inner.js.get_stream(stream_name(topic)));
+    match lookup.await {
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                GetStreamErrorKind::JetStream(ref error)
+                    if error.error_code() == ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            found_nothing
+        }
+        Ok(Ok(_)) => Error::broker(
+            crate::error::BROKER,
+            "publish",
+            BrokerErrorKind::Unavailable,
+            "JetStream answered the publish with no responders although the topic's stream \
+             exists: it was not serving the stream yet (as right after a server restart)",
+        ),
+        Ok(Err(e)) => Error::broker(
+            crate::error::BROKER,
+            "publish",
+            BrokerErrorKind::Unavailable,
+            format!(
+                "JetStream answered the publish with no responders, and a lookup of the \
+                 topic's stream failed: {e}"
+            ),
+        ),
+        Err(_) => Error::broker(
+            crate::error::BROKER,
+            "publish",
+            BrokerErrorKind::Unavailable,
+            format!(
+                "JetStream answered the publish with no responders and did not answer a lookup \
+                 of the topic's stream within {STREAM_LOOKUP:?}: it is not serving its streams yet"
+            ),
+        ),
+    }
 }
 
 /// The NATS headers a message travels with.
@@ -81,7 +144,7 @@ pub(crate) fn publish_error(
 ) -> Error {
     match err.kind() {
         PublishErrorKind::TimedOut => Error::Timeout {
-            operation: "nats publish ack",
+            operation: "publish",
             after: inner.config.request_timeout,
         },
         PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
