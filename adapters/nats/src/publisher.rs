@@ -69,8 +69,10 @@ async fn sent_and_confirmed(inner: &Inner, topic: &str, messages: Vec<Message>) 
 }
 
 /// How long the stream lookup after a "no responders" publish may take
-/// (within the publish's own bound).
-const STREAM_LOOKUP: std::time::Duration = std::time::Duration::from_secs(1);
+/// (within the publish's own bound): JetStream serving its streams answers
+/// in milliseconds, so this leaves room for a busy server, and a publish in
+/// the seconds after a restart fails (retryably) this much later at most.
+const STREAM_LOOKUP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a publish JetStream answered with "no responders" means. The
 /// stream was declared when this connection first published to the topic,
