@@ -313,9 +313,10 @@ async fn fault_black_hole_on_the_link_bounds_publish_and_heals(ctx: Ctx) {
 }
 
 /// Publishes the saturated-link case sends into the black hole at once,
-/// and their payload: 25 MiB, more than the socket buffers on both sides
-/// of the proxy hold, so the client's own queues fill behind them.
-const SATURATING: (usize, usize) = (400, 64 * 1024);
+/// as (count, payload size): first 25 MiB, more than the socket buffers on
+/// both sides of the proxy hold, then more small ones than a client's
+/// command queue holds (async-nats: 2,048), which fill it behind them.
+const SATURATING: [(usize, usize); 2] = [(400, 64 * 1024), (3_000, 16)];
 
 async fn fault_saturated_link_bounds_publish_and_ack_and_heals(ctx: Ctx) {
     let (broker, proxy) = ctx.proxied_broker().await;
@@ -328,16 +329,18 @@ async fn fault_saturated_link_bounds_publish_and_ack_and_heals(ctx: Ctx) {
     // everything sent after it waits in the client behind the flood.
     proxy.black_hole();
     let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (count, size) = SATURATING;
-    let payload = vec![0_u8; size];
+    let count: usize = SATURATING.iter().map(|(count, _)| count).sum();
     let mut flood = tokio::task::JoinSet::new();
-    for _ in 0..count {
-        let (broker, topic) = (broker.clone(), sub.topic().to_owned());
-        let (started, payload) = (started.clone(), payload.clone());
-        flood.spawn(async move {
-            started.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            broker.publish(&topic, Message::new(payload)).await
-        });
+    for (n, size) in SATURATING {
+        let payload = vec![0_u8; size];
+        for _ in 0..n {
+            let (broker, topic) = (broker.clone(), sub.topic().to_owned());
+            let (started, payload) = (started.clone(), payload.clone());
+            flood.spawn(async move {
+                started.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                broker.publish(&topic, Message::new(payload)).await
+            });
+        }
     }
     let deadline = Instant::now() + ctx.patience();
     while started.load(std::sync::atomic::Ordering::Acquire) < count {

@@ -225,8 +225,15 @@ impl Inner {
             self.client
                 .request(reply, bytes::Bytes::from_static(b"-NAK"))
         });
-        let _ = futures::future::join_all(naks).await;
         let bound = self.config.request_timeout;
+        // Bounded as a whole: handing the NAKs to the client waits for room
+        // in its command channel, which a connection that takes nothing
+        // more never makes.
+        let naked = courier_core::error::within("close", bound, async {
+            futures::future::join_all(naks).await;
+            Ok(())
+        })
+        .await;
         let tasks = self.tasks.close_within(bound).await;
         let drained = courier_core::error::within("close", bound, async {
             self.client
@@ -235,7 +242,7 @@ impl Inner {
                 .map_err(|e| error::op_error("close", e))
         })
         .await;
-        pulls.and(tasks).and(drained)
+        pulls.and(naked).and(tasks).and(drained)
     }
 }
 

@@ -39,6 +39,19 @@ pub enum NatsError {
     },
 }
 
+/// A boxed error, as a source.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the adapter concluded, with the error that led to it (if any) as
+/// its source: the source's kind (a timeout, say) stays visible.
+#[derive(Debug, thiserror::Error)]
+#[error("{why}")]
+pub(crate) struct Explained {
+    pub(crate) why: &'static str,
+    #[source]
+    pub(crate) source: Option<BoxError>,
+}
+
 /// A connection failure, typed, naming the URL without its password.
 pub(crate) fn connect_error(url: &str, err: async_nats::ConnectError) -> Error {
     let kind = match err.kind() {

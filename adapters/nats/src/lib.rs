@@ -120,7 +120,8 @@
 //! `close` ends the pull loops (each within two pull expiries plus a
 //! second: a loop stops at once unless a pull is open, and then waits for
 //! that pull's end at most half a second past its expiry, also when a
-//! server restart lost it), NAKs the deliveries still unsettled, waits for the
+//! server restart lost it), NAKs the deliveries still unsettled (for up to
+//! [`NatsConfig::request_timeout`]), waits for the
 //! connection's detached tasks (the end of the request inbox, NAKs of dropped
 //! deliveries, dead-letter copies of undecodable messages) for up to
 //! [`NatsConfig::request_timeout`], and drains the client for up to
@@ -149,7 +150,7 @@
 //! |---|---|---|
 //! | `connect_timeout` | [`NatsConfig::connect_timeout`] | 5 s |
 //! | `client_name` (or `client_id`) | [`NatsConfig::client_name`], the name the server shows | `courier` |
-//! | `publish_timeout` | [`NatsConfig::request_timeout`]: the bound on a publish call as a whole (stream declaration, sending, the JetStream acks), on a settlement as a whole (sending it, the server's confirmation) and on sending a reply, even when the connection takes nothing more; publishes and settlements end at once, as `Unavailable`, when the connection is lost; and the bound on `provision` and `subscribe` as a whole | 10 s |
+//! | `publish_timeout` | [`NatsConfig::request_timeout`]: the bound on a publish call as a whole (stream declaration, sending, the JetStream acks), on a settlement as a whole (sending it, the server's confirmation, and the progress signal that holds a message while its dead-letter copy is retried) and on sending a reply, even when the connection takes nothing more; publishes and settlements end at once, as `Unavailable`, when the connection is lost; and the bound on `provision`, `subscribe` and `lag` as a whole | 10 s |
 //! | `storage` | [`NatsConfig::storage`] of the streams courier creates: `file` or `memory` | `file` |
 //! | `duplicate_window` | [`NatsConfig::duplicate_window`] of the streams courier creates | 2 min |
 //! | `ack_wait` | [`NatsConfig::ack_wait`] of the consumers courier creates | 30 s |
@@ -173,12 +174,14 @@
 //! either: JetStream answers the publish with "no responders", and it
 //! fails with an [`Error::Broker`](courier_core::Error::Broker) of kind
 //! [`NotFound`](courier_core::BrokerErrorKind::NotFound) (the stream is
-//! missing), whatever the option. JetStream answers "no responders" as well
-//! in the seconds after a server restart, before it serves its streams
-//! again: the adapter then asks JetStream for the stream, and a publish
-//! whose stream exists (or whose stream JetStream cannot tell about yet)
-//! fails as [`Unavailable`](courier_core::BrokerErrorKind::Unavailable),
-//! which is retryable, never as `NotFound`.
+//! missing), whatever the option. The server answers "no responders" as
+//! well in the seconds after a restart, before JetStream has restored its
+//! streams: the adapter then looks the stream up, and only JetStream's
+//! answer that the stream does not exist keeps `NotFound`. A publish whose
+//! stream exists, or whose lookup fails or gets no answer within 2 s (a
+//! quarter of [`NatsConfig::request_timeout`] when that is less), fails as
+//! [`Unavailable`](courier_core::BrokerErrorKind::Unavailable), which is
+//! retryable.
 //!
 //! # Request/reply
 //!
@@ -419,10 +422,19 @@ impl courier_core::request::Requester for NatsBroker {
         courier_core::name::validate_topic(topic).map_err(courier_core::Error::from)?;
         let limit = inner.client.max_payload();
         courier_core::adapter::check_payloads(std::slice::from_ref(&message), limit)?;
-        let (inbox, pending) = inner
+        // The connection's first request subscribes to the inbox, which
+        // waits for room in the client's command channel: within the
+        // request's timeout too.
+        let started = std::time::Instant::now();
+        let inbox = inner
             .inbox
-            .get(&inner.client, &inner.shutdown, &inner.tasks)
-            .await?;
+            .get(&inner.client, &inner.shutdown, &inner.tasks);
+        let (inbox, pending) = tokio::time::timeout(timeout, inbox).await.map_err(|_| {
+            courier_core::request::RequestError::Timeout {
+                elapsed: started.elapsed(),
+            }
+        })??;
+        let timeout = timeout.saturating_sub(started.elapsed());
         // The reply subject carries the reply address and the request id,
         // so neither is written into the request's headers.
         courier_core::request::exchange_addressed(

@@ -68,27 +68,46 @@ async fn sent_and_confirmed(inner: &Inner, topic: &str, messages: Vec<Message>) 
     }
 }
 
-/// How long the stream lookup after a "no responders" publish may take
-/// (within the publish's own bound): JetStream serving its streams answers
+/// How long the stream lookup after a "no responders" publish may take,
+/// at most (see [`lookup_budget`]): JetStream serving its streams answers
 /// in milliseconds, so this leaves room for a busy server, and a publish in
 /// the seconds after a restart fails (retryably) this much later at most.
 const STREAM_LOOKUP: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// What a publish JetStream answered with "no responders" means. The
+/// The lookup's budget: [`STREAM_LOOKUP`], or a quarter of the request
+/// timeout when that is less, so that the lookup's end does not race the
+/// bound of the publish call around it.
+fn lookup_budget(request_timeout: std::time::Duration) -> std::time::Duration {
+    STREAM_LOOKUP.min(request_timeout / 4)
+}
+
+/// What a publish means that the server answered with "no responders"
+/// (nothing listens on the topic's subject, where the stream should). The
 /// stream was declared when this connection first published to the topic,
 /// so either it was deleted since ([`BrokerErrorKind::NotFound`], as
-/// `found_nothing` says), or JetStream itself did not answer, as in the
-/// seconds after a server restart before it serves its streams again:
+/// `found_nothing` says), or JetStream was not serving it, as in the
+/// seconds after a server restart before it has restored its streams:
 /// [`BrokerErrorKind::Unavailable`], retryable. Asking JetStream for the
-/// stream tells the two apart; a lookup with no answer within
-/// [`STREAM_LOOKUP`] counts as the second.
+/// stream tells the two apart: only its answer that the stream does not
+/// exist keeps `NotFound`; the stream found, another failure of the lookup
+/// or no answer within [`lookup_budget`] make it `Unavailable`.
 async fn not_found_or_unavailable(inner: &Inner, topic: &str, found_nothing: Error) -> Error {
     use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::context::GetStreamErrorKind;
 
     // JetStream that serves its streams answers this at once; one that is
-    // still recovering them may hold the request until it is done.
-    let lookup = tokio::time::timeout(STREAM_LOOKUP, inner.js.get_stream(stream_name(topic)));
+    // still restoring them may hold the request until it is done.
+    let budget = lookup_budget(inner.config.request_timeout);
+    let lookup = tokio::time::timeout(budget, inner.js.get_stream(stream_name(topic)));
+    let unavailable = |why: &'static str, source: Option<crate::error::BoxError>| {
+        tracing::debug!(topic, why, "a publish found no stream listening");
+        Error::broker(
+            crate::error::BROKER,
+            "publish",
+            BrokerErrorKind::Unavailable,
+            crate::error::Explained { why, source },
+        )
+    };
     match lookup.await {
         Ok(Err(e))
             if matches!(
@@ -97,32 +116,24 @@ async fn not_found_or_unavailable(inner: &Inner, topic: &str, found_nothing: Err
                     if error.error_code() == ErrorCode::STREAM_NOT_FOUND
             ) =>
         {
+            tracing::debug!(topic, "a publish found no stream listening: it was deleted");
             found_nothing
         }
-        Ok(Ok(_)) => Error::broker(
-            crate::error::BROKER,
-            "publish",
-            BrokerErrorKind::Unavailable,
-            "JetStream answered the publish with no responders although the topic's stream \
-             exists: it was not serving the stream yet (as right after a server restart)",
+        Ok(Ok(_)) => unavailable(
+            "no responders to the publish although the topic's stream exists: \
+             JetStream was probably not serving it yet (as right after a server restart)",
+            None,
         ),
-        Ok(Err(e)) => Error::broker(
-            crate::error::BROKER,
-            "publish",
-            BrokerErrorKind::Unavailable,
-            format!(
-                "JetStream answered the publish with no responders, and a lookup of the \
-                 topic's stream failed: {e}"
-            ),
+        Ok(Err(e)) => unavailable(
+            "no responders to the publish, and the lookup of the topic's stream failed",
+            Some(Box::new(e)),
         ),
-        Err(_) => Error::broker(
-            crate::error::BROKER,
-            "publish",
-            BrokerErrorKind::Unavailable,
-            format!(
-                "JetStream answered the publish with no responders and did not answer a lookup \
-                 of the topic's stream within {STREAM_LOOKUP:?}: it is not serving its streams yet"
-            ),
+        // Not a timeout of the publish (it still had time): the lookup's
+        // own budget ran out, so no timer's error goes along.
+        Err(_) => unavailable(
+            "no responders to the publish, and no answer to a lookup of the topic's stream \
+             within its budget: JetStream is probably not serving its streams yet",
+            None,
         ),
     }
 }

@@ -200,8 +200,10 @@ async fn a_publish_and_an_ack_through_a_stalled_connection_time_out_within_the_r
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
     /// Beyond the bound: time for the timeout's own wake-up on a busy machine.
     const MARGIN: Duration = Duration::from_secs(2);
-    /// No publish of the flood returned for this long: the client takes no more.
+    /// No publish of the flood returned for this long: the client may take
+    /// no more, which a probe publish that waits [`PROBE`] confirms.
     const STALLED: Duration = Duration::from_secs(1);
+    const PROBE: Duration = Duration::from_millis(500);
 
     // A delivery to ack once the connection takes nothing more.
     let Held {
@@ -239,13 +241,20 @@ async fn a_publish_and_an_ack_through_a_stalled_connection_time_out_within_the_r
     });
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let (mut last, mut since) = (0, tokio::time::Instant::now());
+    let client = broker.client().clone();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = returned.load(Ordering::Relaxed);
         if now != last {
             (last, since) = (now, tokio::time::Instant::now());
         } else if since.elapsed() >= STALLED {
-            break;
+            // The flood may only have been starved of CPU: full is when
+            // another publish cannot be handed over either.
+            let probe = client.publish("stall-probe", bytes::Bytes::new());
+            if tokio::time::timeout(PROBE, probe).await.is_err() {
+                break;
+            }
+            since = tokio::time::Instant::now();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
