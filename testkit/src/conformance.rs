@@ -47,6 +47,7 @@ pub fn cases() -> Vec<Case> {
         case!(delivery_count_grows, needs DeliveryCount),
         case!(requeue_after_delay_comes_back),
         case!(prefetch_one_holds_back_the_next_message),
+        case!(dropped_ack_futures_do_not_hold_the_subscription),
         case!(close_mid_stream_loses_nothing),
         case!(concurrent_subscribe_and_close_loses_nothing),
         case!(per_key_order_is_kept),
@@ -461,6 +462,36 @@ async fn prefetch_one_holds_back_the_next_message(ctx: Ctx) {
         ctx.expect_nothing(&mut stream).await;
         d.ack().await.expect("ack");
     }
+    broker.close().await.expect("close");
+}
+
+/// A caller may drop an ack's future once it has started (a timeout or a
+/// `select!` around it): the ack then may or may not reach the broker, and
+/// at worst the message comes back ([`courier_core::Delivery::ack`]). It
+/// must not keep the delivery's place in the prefetch window: with a
+/// prefetch of 2 and every first ack dropped after one poll, all 6
+/// messages still arrive.
+async fn dropped_ack_futures_do_not_hold_the_subscription(ctx: Ctx) {
+    const N: usize = 6;
+    let broker = ctx.broker().await;
+    let sub = Subscription::new(ctx.name("t"), ctx.name("g")).prefetch(2);
+    let mut stream = subscribe(&broker, sub.clone()).await;
+    publish_seq(&broker, sub.topic(), 0..N).await;
+    let mut seen = HashSet::new();
+    let mut dropped = 0;
+    while seen.len() < N {
+        let d = ctx.next(&mut stream).await;
+        if seen.insert(seq_of(d.message())) {
+            let mut ack = std::pin::pin!(d.ack());
+            if futures::poll!(ack.as_mut()).is_pending() {
+                dropped += 1;
+            }
+        } else {
+            // A message whose dropped ack did not reach the broker.
+            d.ack().await.expect("ack");
+        }
+    }
+    eprintln!("{dropped} of {N} acks dropped while they waited");
     broker.close().await.expect("close");
 }
 

@@ -22,6 +22,16 @@ pub(crate) struct NatsAcker {
     pub(crate) group: Arc<str>,
 }
 
+/// Gives the delivery's place in its subscription's flow back, however
+/// the acker ends: settled, abandoned, or dropped with a settlement's
+/// future that a caller gave up on (a timeout around `ack`). Each acker
+/// stands for one delivery counted in flight when it was made.
+impl Drop for NatsAcker {
+    fn drop(&mut self) {
+        self.flow.release();
+    }
+}
+
 impl NatsAcker {
     /// Sends `kind` and waits for the server's confirmation. A delivery the
     /// connection already NAKed while closing cannot be settled again.
@@ -61,7 +71,8 @@ impl NatsAcker {
                 "nats connection (the delivery was returned on close)",
             ))
         };
-        self.flow.release();
+        // The delivery's place in the flow is given back when this acker
+        // is dropped, right after.
         outcome
     }
 }
@@ -159,7 +170,6 @@ impl Acknowledger for NatsAcker {
             // No runtime to send from: the server redelivers after ack_wait.
             Err(_) => {
                 self.inner.outstanding.lock().remove(&self.token);
-                self.flow.release();
             }
         }
     }
