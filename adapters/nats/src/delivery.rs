@@ -49,17 +49,12 @@ impl NatsAcker {
                     .request(self.reply.clone(), kind.into())
                     .await
                     .map(drop)
-                    .map_err(|e| match e.kind() {
-                        async_nats::RequestErrorKind::TimedOut => Error::Timeout {
-                            operation,
-                            after: self.inner.config.request_timeout,
-                        },
-                        _ => op_error(operation, e),
-                    })
+                    .map_err(|e| op_error(operation, e))
             };
             // Bounded as a whole: handing the request to the client waits
             // for room in its command channel, which a connection that
-            // takes nothing more never makes.
+            // takes nothing more never makes. The bound also turns the
+            // client's own timeout of the request into `Error::Timeout`.
             self.inner
                 .bounded(
                     operation,

@@ -39,9 +39,6 @@ pub enum NatsError {
     },
 }
 
-/// A boxed error, as a source.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// What the adapter concluded, with the error that led to it (if any) as
 /// its source: the source's kind (a timeout, say) stays visible.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +46,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub(crate) struct Explained {
     pub(crate) why: &'static str,
     #[source]
-    pub(crate) source: Option<BoxError>,
+    pub(crate) source: Option<courier_core::BoxError>,
 }
 
 /// A connection failure, typed, naming the URL without its password.

@@ -99,7 +99,7 @@ async fn not_found_or_unavailable(inner: &Inner, topic: &str, found_nothing: Err
     // still restoring them may hold the request until it is done.
     let budget = lookup_budget(inner.config.request_timeout);
     let lookup = tokio::time::timeout(budget, inner.js.get_stream(stream_name(topic)));
-    let unavailable = |why: &'static str, source: Option<crate::error::BoxError>| {
+    let unavailable = |why: &'static str, source: Option<courier_core::BoxError>| {
         tracing::debug!(topic, why, "a publish found no stream listening");
         Error::broker(
             crate::error::BROKER,
@@ -149,17 +149,15 @@ pub(crate) fn headers(message: &Message) -> HeaderMap {
     headers
 }
 
-/// A failed publish of a message with `size` payload bytes.
+/// A failed publish of a message with `size` payload bytes. A timeout is
+/// left to the bound around the whole call ([`Inner::bounded`]), which
+/// makes it [`Error::Timeout`].
 pub(crate) fn publish_error(
     inner: &Inner,
     err: async_nats::jetstream::context::PublishError,
     size: usize,
 ) -> Error {
     match err.kind() {
-        PublishErrorKind::TimedOut => Error::Timeout {
-            operation: "publish",
-            after: inner.config.request_timeout,
-        },
         PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
             size,
             limit: inner.client.max_payload(),
