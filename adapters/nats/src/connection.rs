@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     /// (async-nats's `Disconnected` event): a confirmation awaited across
     /// one of them cannot come any more (see [`Inner::unless_disconnected`]).
     disconnects: Arc<watch::Sender<u64>>,
+    /// The same count, read on every pulled message without a lock.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Inner {
@@ -75,6 +77,13 @@ impl Inner {
                  whether it was recorded is unknown",
             )),
         }
+    }
+
+    /// How many times the client has lost its connection so far. A
+    /// delivery pulled when this was lower came over a connection that is
+    /// gone (see [`Pulled`](crate::delivery::Pulled)).
+    pub(crate) fn connection_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Runs `operation` within the request timeout: the whole operation,
@@ -161,12 +170,15 @@ impl Inner {
         let endpoint = Endpoint::parse(url)?;
         let disconnects = Arc::new(watch::Sender::new(0_u64));
         let counting = disconnects.clone();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let counting_epoch = epoch.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(&config.client_name)
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.request_timeout))
             .event_callback(move |event| {
                 if matches!(event, async_nats::Event::Disconnected) {
+                    counting_epoch.fetch_add(1, Ordering::AcqRel);
                     counting.send_modify(|count| *count += 1);
                 }
                 std::future::ready(())
@@ -196,6 +208,7 @@ impl Inner {
             inbox: Inbox::default(),
             tasks: TaskSet::new(),
             disconnects,
+            epoch,
         })
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::AckKind;
 use courier_core::adapter::Acknowledger;
-use courier_core::{DeadLetter, Error, Message, Nack, Result, async_trait};
+use courier_core::{DeadLetter, Delivery, Error, Message, Nack, Result, async_trait};
 
 use crate::connection::Inner;
 use crate::error::op_error;
@@ -29,6 +29,106 @@ pub(crate) struct NatsAcker {
 impl Drop for NatsAcker {
     fn drop(&mut self) {
         self.flow.release();
+    }
+}
+
+/// A message pulled for a subscription and not yet taken from its
+/// stream, with the number of connection losses when it was pulled
+/// ([`Inner::connection_epoch`]).
+///
+/// One pulled before a connection loss that the stream still holds is
+/// stale: it is given back ([`Pulled::give_back`]) instead of handed out,
+/// and the pull loop pulls again. A server that restarted may have lost
+/// its consumer's record of such deliveries (nats-server writes a
+/// consumer's state behind its deliveries, so a restart or crash right
+/// after them loses it); it then answers no ack of theirs, and each ack of
+/// a held backlog would wait out the request timeout in turn. A server
+/// that still tracks them redelivers them at once on the NAK. Dropped
+/// unsent (the stream was dropped), it is NAKed like any dropped delivery.
+#[derive(Debug)]
+pub(crate) struct Pulled {
+    /// Both `Some` until the message is handed out or given back.
+    parts: Option<(Message, NatsAcker)>,
+    delivery_count: Option<u32>,
+    epoch: u64,
+}
+
+impl Pulled {
+    pub(crate) fn new(message: Message, acker: NatsAcker, delivery_count: Option<u32>) -> Self {
+        let epoch = acker.inner.connection_epoch();
+        Pulled {
+            parts: Some((message, acker)),
+            delivery_count,
+            epoch,
+        }
+    }
+
+    /// Whether the connection it was pulled on has been lost since.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.parts
+            .as_ref()
+            .is_some_and(|(_, acker)| acker.inner.connection_epoch() != self.epoch)
+    }
+
+    /// The delivery handed out to the stream's reader.
+    pub(crate) fn into_delivery(mut self) -> Delivery {
+        let (message, acker) = self
+            .parts
+            .take()
+            .expect("a pulled message is handed out once");
+        let topic = acker.topic.clone();
+        courier_core::adapter::delivery(message, topic, Box::new(acker), self.delivery_count)
+    }
+
+    /// Gives stale messages back, in order: one NAK each, sent without
+    /// waiting for its answer (a server that lost track of a delivery gives
+    /// none), and each delivery's place in the flow freed for the next
+    /// pull. Sent in order, the NAKs let the server redeliver the messages
+    /// in the order they were pulled.
+    pub(crate) fn give_back(inner: &Inner, stale: Vec<Pulled>) {
+        let replies: Vec<async_nats::Subject> = stale
+            .into_iter()
+            .filter_map(|mut pulled| {
+                let (_, acker) = pulled.parts.take()?;
+                inner.outstanding.lock().remove(&acker.token);
+                Some(acker.reply.clone())
+            })
+            .collect();
+        // Without a runtime, the server redelivers after `ack_wait`.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = inner.client.clone();
+        let bound = inner.config.request_timeout;
+        // Handing the NAKs to the client waits for room in its command
+        // channel: bounded, as everything that waits on the connection.
+        let naks = async move {
+            let _ = tokio::time::timeout(bound, async {
+                for reply in replies {
+                    if client
+                        .publish(reply, AckKind::Nak(None).into())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+            .await;
+        };
+        inner.tasks.spawn_on(
+            "nak deliveries pulled before a connection loss",
+            naks,
+            &runtime,
+        );
+    }
+}
+
+impl Drop for Pulled {
+    fn drop(&mut self) {
+        if let Some((message, acker)) = self.parts.take() {
+            Box::new(acker).abandon(&message);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::compact::decode;
 use crate::config::consumer_name;
 use crate::connection::Inner;
+use crate::delivery::Pulled;
 use crate::error::op_error;
 use crate::flow::Flow;
 
@@ -53,31 +54,58 @@ pub(crate) async fn listen(
 /// The delivery stream of a subscription: what its pull loop sends into
 /// `pulled`, and the requests of `requests`, turned into deliveries as
 /// they are polled (no task in between). Taking the last message of
-/// `pulled` tells `flow`, whose pull loop may be waiting for that. It ends
-/// when the pull loop ends; dropping it unsubscribes from the requests.
+/// `pulled` tells `flow`, whose pull loop may be waiting for that. A
+/// message pulled before a connection loss is given back instead of handed
+/// out (see [`Pulled`]). It ends when the pull loop ends; dropping it
+/// unsubscribes from the requests.
 pub(crate) fn merge(
     inner: Arc<Inner>,
     topic: Arc<str>,
-    mut pulled: mpsc::Receiver<Result<Delivery>>,
+    mut pulled: mpsc::Receiver<Result<Pulled>>,
     flow: Arc<Flow>,
     requests: async_nats::Subscriber,
 ) -> DeliveryStream {
     let mut requests = Some(requests);
+    // The connection epoch of the last stale message given back, so that
+    // a loss is logged once, not once per message.
+    let mut logged_epoch = None;
     Box::pin(futures::stream::poll_fn(move |cx| {
-        match pulled.poll_recv(cx) {
-            Poll::Ready(None) => {
-                requests = None;
-                return Poll::Ready(None);
-            }
-            Poll::Ready(Some(item)) => {
-                if pulled.is_empty() {
-                    // The pull loop waits for room only while this stream
-                    // still holds messages.
-                    flow.drained();
+        let mut stale = Vec::new();
+        let next = loop {
+            match pulled.poll_recv(cx) {
+                Poll::Ready(None) => {
+                    requests = None;
+                    break Some(None);
                 }
-                return Poll::Ready(Some(item));
+                Poll::Ready(Some(item)) => {
+                    if pulled.is_empty() {
+                        // The pull loop waits for room only while this
+                        // stream still holds messages.
+                        flow.drained();
+                    }
+                    match item {
+                        Ok(message) if message.is_stale() => stale.push(message),
+                        Ok(message) => break Some(Some(Ok(message.into_delivery()))),
+                        Err(e) => break Some(Some(Err(e))),
+                    }
+                }
+                Poll::Pending => break None,
             }
-            Poll::Pending => {}
+        };
+        if !stale.is_empty() {
+            let epoch = inner.connection_epoch();
+            if logged_epoch != Some(epoch) {
+                logged_epoch = Some(epoch);
+                tracing::debug!(
+                    topic = %topic,
+                    count = stale.len(),
+                    "giving back messages pulled before the connection was lost"
+                );
+            }
+            Pulled::give_back(&inner, stale);
+        }
+        if let Some(next) = next {
+            return Poll::Ready(next);
         }
         while let Some(listening) = requests.as_mut() {
             match listening.poll_next_unpin(cx) {

@@ -8,15 +8,14 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
 use courier_core::adapter::backoff::Backoff;
 use courier_core::{
-    BrokerErrorKind, Delivery, DeliveryStream, Error, MessageId, Result, StartPosition,
-    Subscription, adapter,
+    BrokerErrorKind, DeliveryStream, Error, MessageId, Result, StartPosition, Subscription, adapter,
 };
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::{consumer_name, stream_name};
 use crate::connection::Inner;
-use crate::delivery::NatsAcker;
+use crate::delivery::{NatsAcker, Pulled};
 use crate::error::{BROKER, NatsError, op_error};
 use crate::flow::Flow;
 
@@ -118,7 +117,7 @@ async fn pull_loop(
     mut consumer: consumer::Consumer<pull::Config>,
     prefetch: usize,
     flow: Arc<Flow>,
-    tx: mpsc::Sender<Result<Delivery>>,
+    tx: mpsc::Sender<Result<Pulled>>,
 ) {
     let topic: Arc<str> = Arc::from(subscription.topic());
     let backoff = Backoff::new(PULL_RETRY_MIN_DELAY, PULL_RETRY_MAX_DELAY);
@@ -176,13 +175,12 @@ async fn pull_loop(
                     Some(Ok(message)) => {
                         brought += 1;
                         pauses = backoff.delays();
-                        let Some(delivery) =
-                            to_delivery(&inner, &topic, &subscription, &flow, message)
+                        let Some(pulled) = to_pulled(&inner, &topic, &subscription, &flow, message)
                         else {
                             continue;
                         };
                         let sent = tokio::select! {
-                            sent = tx.send(Ok(delivery)) => sent.is_ok(),
+                            sent = tx.send(Ok(pulled)) => sent.is_ok(),
                             () = inner.shutdown.cancelled() => false,
                         };
                         if !sent {
@@ -277,13 +275,13 @@ async fn server_answers(inner: &Inner) -> bool {
     )
 }
 
-fn to_delivery(
+fn to_pulled(
     inner: &Arc<Inner>,
     topic: &Arc<str>,
     subscription: &Subscription,
     flow: &Arc<Flow>,
     message: async_nats::jetstream::Message,
-) -> Option<Delivery> {
+) -> Option<Pulled> {
     let info = message
         .info()
         .ok()
@@ -311,12 +309,7 @@ fn to_delivery(
     match decoded {
         Ok(msg) => {
             let count = info.map(|(delivered, _)| delivered.max(1) as u32);
-            Some(adapter::delivery(
-                msg,
-                topic.clone(),
-                Box::new(acker),
-                count,
-            ))
+            Some(Pulled::new(msg, acker, count))
         }
         Err(e) => {
             // Not a message courier can represent (a header that is not

@@ -24,6 +24,115 @@ async fn restarts_under_load_lose_no_confirmed_message() {
     courier_testkit::fixtures::restarts_under_load("nats", broker.into_broker(), &server).await;
 }
 
+/// A backlog the delivery stream holds when the connection is lost is
+/// pulled again, not handed out: every message of it arrives a second
+/// time from the server (delivery count 2), in order, and every ack is
+/// confirmed. A server that restarted may have lost its consumer's record
+/// of what it delivered before (nats-server writes that record behind its
+/// deliveries); it then answers no ack of those deliveries, and a reader
+/// that acks each message before taking the next waited out the request
+/// timeout once per held message (the restart test stalled for 35 min).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_pulled_before_a_connection_loss_is_pulled_again() {
+    use courier_core::{Message, Publisher, Subscriber, Subscription};
+    use courier_testkit::deliveries::next_within;
+
+    const BACKLOG: usize = 32;
+
+    let (_server, proxy, broker) =
+        proxied(courier_nats::NatsConfig::default().request_timeout(Duration::from_secs(3))).await;
+    let topic = courier_testkit::fixtures::unique_name("backlog");
+    let subscription = Subscription::new(&topic, "g").prefetch(BACKLOG as u16);
+    Subscriber::provision(&broker, &subscription)
+        .await
+        .expect("provision");
+    for i in 0..BACKLOG {
+        Publisher::publish(&broker, &topic, Message::new(i.to_string()))
+            .await
+            .expect("publish");
+    }
+    let mut stream = Subscriber::subscribe(&broker, subscription)
+        .await
+        .expect("subscribe");
+    let first = next_within(&mut stream, PATIENCE).await;
+    assert_eq!(first.message().payload().as_ref(), b"0");
+    first.ack().await.expect("ack before the loss");
+    // The whole backlog pulled: the server counts every message delivered.
+    let delivered = || async {
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            async_nats::jetstream::new(broker.client().clone())
+                .get_stream(courier_nats::stream_name(&topic))
+                .await
+                .expect("stream")
+                .get_consumer(&courier_nats::consumer_name("g"))
+                .await
+                .expect("consumer");
+        consumer.cached_info().delivered.consumer_sequence
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while delivered().await < BACKLOG as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog was not pulled within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(proxy.reset_all(), 1, "one connection to reset");
+    // A publish confirmed after the loss: the client has reconnected. The
+    // same message each try: one that failed after the server stored it
+    // is not stored twice (its id is the `Nats-Msg-Id`).
+    let after = Message::new(BACKLOG.to_string());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while Publisher::publish(&broker, &topic, after.clone())
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no publish confirmed within {PATIENCE:?} of the loss"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Read as a sequential reader does: each message acked before the
+    // next is taken. The message published after the loss may come
+    // before the backlog's redeliveries.
+    let mut backlog = Vec::new();
+    let mut afters = 0;
+    while backlog.len() < BACKLOG - 1 || afters == 0 {
+        let delivery = next_within(&mut stream, PATIENCE).await;
+        let payload: usize = std::str::from_utf8(delivery.message().payload())
+            .expect("utf8")
+            .parse()
+            .expect("a number");
+        if payload == BACKLOG {
+            afters += 1;
+            assert_eq!(delivery.delivery_count(), Some(1));
+        } else {
+            assert_eq!(
+                delivery.delivery_count(),
+                Some(2),
+                "message {payload}: pulled again from the server after the loss, not handed \
+                 out from the pull before it"
+            );
+            backlog.push(payload);
+        }
+        delivery
+            .ack()
+            .await
+            .expect("an ack of a message pulled after the loss");
+    }
+    assert_eq!(
+        backlog,
+        (1..BACKLOG).collect::<Vec<_>>(),
+        "the backlog, in order"
+    );
+    assert_eq!(afters, 1, "the message published after the loss, once");
+    drop(stream);
+    courier_core::Close::close(&broker).await.expect("close");
+}
+
 /// An ack, then a publish, awaiting the server's answer when the
 /// connection is lost fail at once with `Unavailable` instead of waiting
 /// out the request timeout (the answer cannot come over the new
@@ -98,6 +207,27 @@ async fn confirmations_in_flight_when_the_connection_is_lost_fail_at_once() {
     courier_core::Close::close(&broker).await.expect("close");
 }
 
+/// A broker with `config` connected to the shared server through a fault
+/// proxy of its own.
+async fn proxied(
+    config: courier_nats::NatsConfig,
+) -> (
+    std::sync::Arc<courier_testkit::fixtures::BrokerFixture>,
+    courier_testkit::proxy::FaultProxy,
+    NatsBroker,
+) {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let proxy = courier_testkit::proxy::FaultProxy::start(server.address())
+        .await
+        .expect("proxy");
+    let broker = NatsBroker::connect_with(&proxy.proxied_url(server.url()), config)
+        .await
+        .expect("connect through the proxy");
+    (server, proxy, broker)
+}
+
 /// A broker connected through a fault proxy (`ack_wait` 2 s) and
 /// subscribed to a new topic, with the delivery of the one message
 /// published there in hand, not settled.
@@ -115,18 +245,10 @@ impl Held {
     async fn new(request_timeout: Duration, name: &str) -> Self {
         use courier_core::{Message, Publisher, Subscriber, Subscription};
 
-        let server = courier_testkit::fixtures::nats()
-            .await
-            .expect("nats fixture");
-        let proxy = courier_testkit::proxy::FaultProxy::start(server.address())
-            .await
-            .expect("proxy");
         let config = courier_nats::NatsConfig::default()
             .request_timeout(request_timeout)
             .ack_wait(Duration::from_secs(2));
-        let broker = NatsBroker::connect_with(&proxy.proxied_url(server.url()), config)
-            .await
-            .expect("connect through the proxy");
+        let (server, proxy, broker) = proxied(config).await;
         let topic = courier_testkit::fixtures::unique_name(name);
         let subscription = Subscription::new(&topic, "g");
         Subscriber::provision(&broker, &subscription)
