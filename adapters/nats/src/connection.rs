@@ -80,10 +80,17 @@ impl Inner {
     }
 
     /// How many times the client has lost its connection so far. A
-    /// delivery pulled when this was lower came over a connection that is
+    /// message pulled when this was lower came over a connection that is
     /// gone (see [`Pulled`](crate::delivery::Pulled)).
     pub(crate) fn connection_epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The id of the server the client is connected to, or was last (each
+    /// start of a server draws a new one). Clones the server's `INFO`: not
+    /// for every message.
+    pub(crate) fn server_id(&self) -> Arc<str> {
+        Arc::from(self.client.server_info().server_id)
     }
 
     /// Runs `operation` within the request timeout: the whole operation,

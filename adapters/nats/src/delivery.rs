@@ -34,40 +34,54 @@ impl Drop for NatsAcker {
 
 /// A message pulled for a subscription and not yet taken from its
 /// stream, with the number of connection losses when it was pulled
-/// ([`Inner::connection_epoch`]).
+/// ([`Inner::connection_epoch`]) and the server it was pulled from.
 ///
-/// One pulled before a connection loss that the stream still holds is
-/// stale: it is given back ([`Pulled::give_back`]) instead of handed out,
-/// and the pull loop pulls again. A server that restarted may have lost
-/// its consumer's record of such deliveries (nats-server writes a
-/// consumer's state behind its deliveries, so a restart or crash right
-/// after them loses it); it then answers no ack of theirs, and each ack of
-/// a held backlog would wait out the request timeout in turn. A server
-/// that still tracks them redelivers them at once on the NAK. Dropped
-/// unsent (the stream was dropped), it is NAKed like any dropped delivery.
+/// One that the stream still holds when the client is connected to
+/// another server than the one it came from (that server restarted, or
+/// the client reconnected to another server of a cluster) is stale: it is
+/// given back ([`Pulled::give_back`]) instead of handed out, and the pull
+/// loop pulls again. A restarted server may have lost its consumer's
+/// record of such deliveries (nats-server writes that record behind its
+/// deliveries); it then answers no ack of theirs, and each ack of a held
+/// backlog would wait out the request timeout in turn. A server that still
+/// tracks them redelivers them at once on the NAK. Across a connection
+/// loss to the same server (a network blip), the server still tracks them
+/// and they are handed out as they are. Dropped unsent (the stream was
+/// dropped), it is NAKed like any dropped delivery.
 #[derive(Debug)]
 pub(crate) struct Pulled {
     /// Both `Some` until the message is handed out or given back.
     parts: Option<(Message, NatsAcker)>,
     delivery_count: Option<u32>,
     epoch: u64,
+    server: Arc<str>,
 }
 
 impl Pulled {
-    pub(crate) fn new(message: Message, acker: NatsAcker, delivery_count: Option<u32>) -> Self {
+    pub(crate) fn new(
+        message: Message,
+        acker: NatsAcker,
+        delivery_count: Option<u32>,
+        server: Arc<str>,
+    ) -> Self {
         let epoch = acker.inner.connection_epoch();
         Pulled {
             parts: Some((message, acker)),
             delivery_count,
             epoch,
+            server,
         }
     }
 
-    /// Whether the connection it was pulled on has been lost since.
-    pub(crate) fn is_stale(&self) -> bool {
-        self.parts
-            .as_ref()
-            .is_some_and(|(_, acker)| acker.inner.connection_epoch() != self.epoch)
+    /// Whether the connection it was pulled on has been lost since: only
+    /// then can the server have changed.
+    pub(crate) fn outlived_its_connection(&self, inner: &Inner) -> bool {
+        inner.connection_epoch() != self.epoch
+    }
+
+    /// The server it was pulled from.
+    pub(crate) fn server(&self) -> &str {
+        &self.server
     }
 
     /// The delivery handed out to the stream's reader.

@@ -55,9 +55,9 @@ pub(crate) async fn listen(
 /// `pulled`, and the requests of `requests`, turned into deliveries as
 /// they are polled (no task in between). Taking the last message of
 /// `pulled` tells `flow`, whose pull loop may be waiting for that. A
-/// message pulled before a connection loss is given back instead of handed
-/// out (see [`Pulled`]). It ends when the pull loop ends; dropping it
-/// unsubscribes from the requests.
+/// message pulled from another server than the one connected to now is
+/// given back instead of handed out (see [`Pulled`]). It ends when the
+/// pull loop ends; dropping it unsubscribes from the requests.
 pub(crate) fn merge(
     inner: Arc<Inner>,
     topic: Arc<str>,
@@ -71,6 +71,9 @@ pub(crate) fn merge(
     let mut logged_epoch = None;
     Box::pin(futures::stream::poll_fn(move |cx| {
         let mut stale = Vec::new();
+        // The server connected to now, read once a poll and only for a
+        // message pulled before a connection loss.
+        let mut server_now: Option<Arc<str>> = None;
         let next = loop {
             match pulled.poll_recv(cx) {
                 Poll::Ready(None) => {
@@ -84,7 +87,13 @@ pub(crate) fn merge(
                         flow.drained();
                     }
                     match item {
-                        Ok(message) if message.is_stale() => stale.push(message),
+                        Ok(message)
+                            if message.outlived_its_connection(&inner)
+                                && message.server()
+                                    != &**server_now.get_or_insert_with(|| inner.server_id()) =>
+                        {
+                            stale.push(message);
+                        }
                         Ok(message) => break Some(Some(Ok(message.into_delivery()))),
                         Err(e) => break Some(Some(Err(e))),
                     }
@@ -99,7 +108,8 @@ pub(crate) fn merge(
                 tracing::debug!(
                     topic = %topic,
                     count = stale.len(),
-                    "giving back messages pulled before the connection was lost"
+                    "giving back messages pulled from a server the client is no longer \
+                     connected to"
                 );
             }
             Pulled::give_back(&inner, stale);

@@ -135,6 +135,10 @@ async fn pull_loop(
             }
         }
         let pull_ends = tokio::time::Instant::now() + inner.config.pull_expiry + PULL_END_MARGIN;
+        // Read before the pull is sent: a message it brings comes from this
+        // server, or from a later one after a connection loss, which its
+        // connection epoch tells.
+        let server = inner.server_id();
         let batch = consumer
             .batch()
             .max_messages(free)
@@ -175,7 +179,8 @@ async fn pull_loop(
                     Some(Ok(message)) => {
                         brought += 1;
                         pauses = backoff.delays();
-                        let Some(pulled) = to_pulled(&inner, &topic, &subscription, &flow, message)
+                        let Some(pulled) =
+                            to_pulled(&inner, &topic, &subscription, &flow, message, &server)
                         else {
                             continue;
                         };
@@ -281,6 +286,7 @@ fn to_pulled(
     subscription: &Subscription,
     flow: &Arc<Flow>,
     message: async_nats::jetstream::Message,
+    server: &Arc<str>,
 ) -> Option<Pulled> {
     let info = message
         .info()
@@ -309,7 +315,7 @@ fn to_pulled(
     match decoded {
         Ok(msg) => {
             let count = info.map(|(delivered, _)| delivered.max(1) as u32);
-            Some(Pulled::new(msg, acker, count))
+            Some(Pulled::new(msg, acker, count, server.clone()))
         }
         Err(e) => {
             // Not a message courier can represent (a header that is not

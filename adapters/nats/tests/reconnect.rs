@@ -24,67 +24,116 @@ async fn restarts_under_load_lose_no_confirmed_message() {
     courier_testkit::fixtures::restarts_under_load("nats", broker.into_broker(), &server).await;
 }
 
-/// A backlog the delivery stream holds when the connection is lost is
-/// pulled again, not handed out: every message of it arrives a second
-/// time from the server (delivery count 2), in order, and every ack is
-/// confirmed. A server that restarted may have lost its consumer's record
-/// of what it delivered before (nats-server writes that record behind its
-/// deliveries); it then answers no ack of those deliveries, and a reader
-/// that acks each message before taking the next waited out the request
-/// timeout once per held message (the restart test stalled for 35 min).
+/// How many messages the backlog tests publish before the loss, and the
+/// prefetch that pulls them all.
+const BACKLOG: usize = 32;
+
+/// A backlog the delivery stream holds when the client reconnects to the
+/// same server (a network blip) is handed out as it is: that server still
+/// tracks its deliveries, and their acks are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_pulled_before_a_connection_loss_is_pulled_again() {
+async fn a_backlog_held_across_a_blip_to_the_same_server_is_handed_out_as_it_is() {
+    let (_server, proxy, broker) =
+        proxied(courier_nats::NatsConfig::default().request_timeout(Duration::from_secs(3))).await;
+    let (topic, mut stream) = hold_backlog(&broker, "blip").await;
+    assert_eq!(proxy.reset_all(), 1, "one connection to reset");
+    publish_after(&broker, &topic).await;
+    read_backlog(&mut stream, 1, false).await;
+    drop(stream);
+    courier_core::Close::close(&broker).await.expect("close");
+}
+
+/// A backlog the delivery stream holds when the server restarts is pulled
+/// again from the restarted server, not handed out: a restarted server may
+/// have lost its consumer's record of what it delivered before
+/// (nats-server writes that record behind its deliveries), and then it
+/// answers no ack of those deliveries: a reader that acks each message
+/// before taking the next waited out the request timeout once per held
+/// message (the restart test once stalled for 35 min). Whether this
+/// restart kept the record or lost it, every message of the backlog comes
+/// again, in order, and every ack is confirmed: with the record kept, each
+/// comes as a redelivery (delivery count 2); with it lost, as the restarted
+/// server's first delivery (count 1), after the first message again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_pulled_from_a_server_that_restarted_is_pulled_again() {
+    let server = courier_testkit::fixtures::fresh_nats()
+        .await
+        .expect("own nats container");
+    let config = courier_nats::NatsConfig::default().request_timeout(Duration::from_secs(3));
+    let broker = NatsBroker::connect_with(server.url(), config)
+        .await
+        .expect("connect");
+    let (topic, mut stream) = hold_backlog(&broker, "restarted").await;
+    server.restart().await.expect("restart");
+    publish_after(&broker, &topic).await;
+    // Nothing was pulled since the restart: the prefetch is full.
+    let kept = delivered(&broker, &topic).await >= BACKLOG as u64;
+    eprintln!(
+        "the restart {} the consumer's record of the backlog",
+        if kept { "kept" } else { "lost" }
+    );
+    read_backlog(&mut stream, if kept { 2 } else { 1 }, !kept).await;
+    drop(stream);
+    courier_core::Close::close(&broker).await.expect("close");
+}
+
+/// Publishes `BACKLOG` messages (`0`, `1`, ...) to a new topic, subscribes
+/// with a prefetch of as many, takes and acks the first, and returns once
+/// the server delivered the whole backlog: all but the first are then held
+/// in the stream.
+async fn hold_backlog(broker: &NatsBroker, name: &str) -> (String, courier_core::DeliveryStream) {
     use courier_core::{Message, Publisher, Subscriber, Subscription};
     use courier_testkit::deliveries::next_within;
 
-    const BACKLOG: usize = 32;
-
-    let (_server, proxy, broker) =
-        proxied(courier_nats::NatsConfig::default().request_timeout(Duration::from_secs(3))).await;
-    let topic = courier_testkit::fixtures::unique_name("backlog");
+    let topic = courier_testkit::fixtures::unique_name(name);
     let subscription = Subscription::new(&topic, "g").prefetch(BACKLOG as u16);
-    Subscriber::provision(&broker, &subscription)
+    Subscriber::provision(broker, &subscription)
         .await
         .expect("provision");
     for i in 0..BACKLOG {
-        Publisher::publish(&broker, &topic, Message::new(i.to_string()))
+        Publisher::publish(broker, &topic, Message::new(i.to_string()))
             .await
             .expect("publish");
     }
-    let mut stream = Subscriber::subscribe(&broker, subscription)
+    let mut stream = Subscriber::subscribe(broker, subscription)
         .await
         .expect("subscribe");
     let first = next_within(&mut stream, PATIENCE).await;
     assert_eq!(first.message().payload().as_ref(), b"0");
     first.ack().await.expect("ack before the loss");
-    // The whole backlog pulled: the server counts every message delivered.
-    let delivered = || async {
-        let consumer: async_nats::jetstream::consumer::PullConsumer =
-            async_nats::jetstream::new(broker.client().clone())
-                .get_stream(courier_nats::stream_name(&topic))
-                .await
-                .expect("stream")
-                .get_consumer(&courier_nats::consumer_name("g"))
-                .await
-                .expect("consumer");
-        consumer.cached_info().delivered.consumer_sequence
-    };
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while delivered().await < BACKLOG as u64 {
+    while delivered(broker, &topic).await < BACKLOG as u64 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the backlog was not pulled within {PATIENCE:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (topic, stream)
+}
 
-    assert_eq!(proxy.reset_all(), 1, "one connection to reset");
-    // A publish confirmed after the loss: the client has reconnected. The
-    // same message each try: one that failed after the server stored it
-    // is not stored twice (its id is the `Nats-Msg-Id`).
+/// How many messages the server has delivered to group `g` of `topic`.
+async fn delivered(broker: &NatsBroker, topic: &str) -> u64 {
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        async_nats::jetstream::new(broker.client().clone())
+            .get_stream(courier_nats::stream_name(topic))
+            .await
+            .expect("stream")
+            .get_consumer(&courier_nats::consumer_name("g"))
+            .await
+            .expect("consumer");
+    consumer.cached_info().delivered.consumer_sequence
+}
+
+/// Publishes message `BACKLOG` until the server confirms it: the client
+/// has reconnected. The same message each try: one that failed after the
+/// server stored it is not stored twice (its id is the `Nats-Msg-Id`).
+async fn publish_after(broker: &NatsBroker, topic: &str) {
+    use courier_core::{Message, Publisher};
+
     let after = Message::new(BACKLOG.to_string());
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while Publisher::publish(&broker, &topic, after.clone())
+    while Publisher::publish(broker, topic, after.clone())
         .await
         .is_err()
     {
@@ -94,34 +143,55 @@ async fn a_backlog_pulled_before_a_connection_loss_is_pulled_again() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
-    // Read as a sequential reader does: each message acked before the
-    // next is taken. The message published after the loss may come
-    // before the backlog's redeliveries.
-    let mut backlog = Vec::new();
-    let mut afters = 0;
-    while backlog.len() < BACKLOG - 1 || afters == 0 {
-        let delivery = next_within(&mut stream, PATIENCE).await;
+/// Reads as a sequential reader does, each message acked before the next
+/// is taken, until the backlog (`1` to `BACKLOG - 1`) and the message
+/// published after the loss have come: the backlog in order, each with
+/// `backlog_count` as its delivery count, the later message once and
+/// first delivered, every ack confirmed, and the first message (acked
+/// before the loss) once more only when `first_again`. The later message
+/// may come before the backlog.
+async fn read_backlog(
+    stream: &mut courier_core::DeliveryStream,
+    backlog_count: u32,
+    first_again: bool,
+) {
+    use courier_testkit::deliveries::next_within;
+
+    let started = tokio::time::Instant::now();
+    let (mut backlog, mut afters, mut firsts) = (Vec::new(), 0, 0);
+    while backlog.len() < BACKLOG - 1 || afters == 0 || (first_again && firsts == 0) {
+        let delivery = next_within(stream, PATIENCE).await;
         let payload: usize = std::str::from_utf8(delivery.message().payload())
             .expect("utf8")
             .parse()
             .expect("a number");
-        if payload == BACKLOG {
-            afters += 1;
-            assert_eq!(delivery.delivery_count(), Some(1));
-        } else {
-            assert_eq!(
-                delivery.delivery_count(),
-                Some(2),
-                "message {payload}: pulled again from the server after the loss, not handed \
-                 out from the pull before it"
-            );
-            backlog.push(payload);
+        let count = delivery.delivery_count();
+        match payload {
+            0 => firsts += 1,
+            BACKLOG => {
+                afters += 1;
+                assert_eq!(count, Some(1), "the message published after the loss");
+            }
+            _ => {
+                assert_eq!(
+                    count,
+                    Some(backlog_count),
+                    "message {payload} of the backlog"
+                );
+                backlog.push(payload);
+            }
         }
-        delivery
-            .ack()
-            .await
-            .expect("an ack of a message pulled after the loss");
+        delivery.ack().await.unwrap_or_else(|e| {
+            panic!("the ack of message {payload} (delivery count {count:?}): {e}")
+        });
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the backlog was not read within {PATIENCE:?}: {} of {} messages",
+            backlog.len(),
+            BACKLOG - 1
+        );
     }
     assert_eq!(
         backlog,
@@ -129,8 +199,7 @@ async fn a_backlog_pulled_before_a_connection_loss_is_pulled_again() {
         "the backlog, in order"
     );
     assert_eq!(afters, 1, "the message published after the loss, once");
-    drop(stream);
-    courier_core::Close::close(&broker).await.expect("close");
+    assert_eq!(firsts, usize::from(first_again), "the first message again");
 }
 
 /// An ack, then a publish, awaiting the server's answer when the
