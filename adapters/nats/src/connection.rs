@@ -93,6 +93,11 @@ impl Inner {
         Arc::from(self.client.server_info().server_id)
     }
 
+    /// Whether the client is connected now (not reconnecting).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Runs `operation` within the request timeout: the whole operation,
     /// however many requests it makes, ends in [`Error::Timeout`] naming it
     /// when the server does not answer in time.

@@ -32,29 +32,72 @@ impl Drop for NatsAcker {
     }
 }
 
+/// Where a pull was sent: the connection epoch
+/// ([`Inner::connection_epoch`]) and the id of the server the client was
+/// connected to. Read before the pull is sent, so that a message it brings
+/// is never credited to a later connection than its own: at worst to an
+/// earlier one, which costs an unneeded give-back, never a stale message
+/// handed out.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    epoch: u64,
+    server: Arc<str>,
+    /// The server id was read while connected: it is the epoch's own.
+    settled: bool,
+}
+
+impl Origin {
+    pub(crate) fn read(inner: &Inner) -> Self {
+        let epoch = inner.connection_epoch();
+        let settled = inner.is_connected();
+        Origin {
+            epoch,
+            server: inner.server_id(),
+            settled,
+        }
+    }
+
+    /// This origin again while the connection is the same and its server
+    /// id was read while connected: reading the id clones the server's
+    /// `INFO`, which is not for every pull.
+    pub(crate) fn refresh(&mut self, inner: &Inner) {
+        if !self.settled || inner.connection_epoch() != self.epoch {
+            *self = Origin::read(inner);
+        }
+    }
+
+    /// Whether a message pulled from here is stale now: its connection was
+    /// lost since, and the client is not connected again to the same
+    /// server (it is reconnecting, or connected to another one).
+    /// `server_now` reads the current server's id, at most once.
+    fn is_stale(&self, inner: &Inner, server_now: &mut Option<Arc<str>>) -> bool {
+        inner.connection_epoch() != self.epoch
+            && (!inner.is_connected()
+                || *server_now.get_or_insert_with(|| inner.server_id()) != self.server)
+    }
+}
+
 /// A message pulled for a subscription and not yet taken from its
-/// stream, with the number of connection losses when it was pulled
-/// ([`Inner::connection_epoch`]) and the server it was pulled from.
+/// stream, with where it was pulled ([`Origin`]).
 ///
-/// One that the stream still holds when the client is connected to
-/// another server than the one it came from (that server restarted, or
-/// the client reconnected to another server of a cluster) is stale: it is
-/// given back ([`Pulled::give_back`]) instead of handed out, and the pull
-/// loop pulls again. A restarted server may have lost its consumer's
-/// record of such deliveries (nats-server writes that record behind its
-/// deliveries); it then answers no ack of theirs, and each ack of a held
-/// backlog would wait out the request timeout in turn. A server that still
-/// tracks them redelivers them at once on the NAK. Across a connection
-/// loss to the same server (a network blip), the server still tracks them
-/// and they are handed out as they are. Dropped unsent (the stream was
-/// dropped), it is NAKed like any dropped delivery.
+/// One that the stream still holds when its connection has been lost and
+/// the client is not connected again to the same server (that server
+/// restarted, the client reconnected to another server of a cluster, or it
+/// is still reconnecting) is stale: it is given back ([`Pulled::give_back`])
+/// instead of handed out, and the pull loop pulls again. A restarted server
+/// may have lost its consumer's record of such deliveries (nats-server
+/// writes that record behind its deliveries); it then answers no ack of
+/// theirs, and each ack of a held backlog would wait out the request
+/// timeout in turn. A server that still tracks them redelivers them at
+/// once on the NAK. Once reconnected to the same server (a network blip),
+/// they are handed out as they are: that server still tracks them. Dropped
+/// unsent (the stream was dropped), it is NAKed like any dropped delivery.
 #[derive(Debug)]
 pub(crate) struct Pulled {
     /// Both `Some` until the message is handed out or given back.
     parts: Option<(Message, NatsAcker)>,
     delivery_count: Option<u32>,
-    epoch: u64,
-    server: Arc<str>,
+    origin: Origin,
 }
 
 impl Pulled {
@@ -62,26 +105,18 @@ impl Pulled {
         message: Message,
         acker: NatsAcker,
         delivery_count: Option<u32>,
-        server: Arc<str>,
+        origin: Origin,
     ) -> Self {
-        let epoch = acker.inner.connection_epoch();
         Pulled {
             parts: Some((message, acker)),
             delivery_count,
-            epoch,
-            server,
+            origin,
         }
     }
 
-    /// Whether the connection it was pulled on has been lost since: only
-    /// then can the server have changed.
-    pub(crate) fn outlived_its_connection(&self, inner: &Inner) -> bool {
-        inner.connection_epoch() != self.epoch
-    }
-
-    /// The server it was pulled from.
-    pub(crate) fn server(&self) -> &str {
-        &self.server
+    /// See [`Origin::is_stale`].
+    pub(crate) fn is_stale(&self, inner: &Inner, server_now: &mut Option<Arc<str>>) -> bool {
+        self.origin.is_stale(inner, server_now)
     }
 
     /// The delivery handed out to the stream's reader.
@@ -94,33 +129,50 @@ impl Pulled {
         courier_core::adapter::delivery(message, topic, Box::new(acker), self.delivery_count)
     }
 
-    /// Gives stale messages back, in order: one NAK each, sent without
-    /// waiting for its answer (a server that lost track of a delivery gives
-    /// none), and each delivery's place in the flow freed for the next
-    /// pull. Sent in order, the NAKs let the server redeliver the messages
-    /// in the order they were pulled.
-    pub(crate) fn give_back(inner: &Inner, stale: Vec<Pulled>) {
-        let replies: Vec<async_nats::Subject> = stale
+    /// Gives stale messages back: one NAK each, sent without waiting for
+    /// its answer (a server that lost track of a delivery gives none). The
+    /// NAKs go out after those of `before` (the previous give-back of the
+    /// same subscription), in the order the messages were pulled, so the
+    /// server redelivers them in that order; and only then are the
+    /// deliveries' places in the flow freed, so that the next pull, which
+    /// they make room for, reaches the server after them. A message whose
+    /// delivery `close` already NAKed is not NAKed again. Returns what the
+    /// next give-back waits for.
+    pub(crate) fn give_back(
+        inner: &Inner,
+        stale: Vec<Pulled>,
+        before: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let ackers: Vec<NatsAcker> = stale
             .into_iter()
-            .filter_map(|mut pulled| {
-                let (_, acker) = pulled.parts.take()?;
-                inner.outstanding.lock().remove(&acker.token);
-                Some(acker.reply.clone())
-            })
+            .filter_map(|mut pulled| pulled.parts.take().map(|(_, acker)| acker))
             .collect();
         // Without a runtime, the server redelivers after `ack_wait`.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+            for acker in &ackers {
+                inner.outstanding.lock().remove(&acker.token);
+            }
+            return None;
         };
-        let client = inner.client.clone();
+        let (done, next) = tokio::sync::oneshot::channel();
         let bound = inner.config.request_timeout;
         // Handing the NAKs to the client waits for room in its command
         // channel: bounded, as everything that waits on the connection.
         let naks = async move {
             let _ = tokio::time::timeout(bound, async {
-                for reply in replies {
-                    if client
-                        .publish(reply, AckKind::Nak(None).into())
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
+                for acker in &ackers {
+                    let claimed = acker.inner.outstanding.lock().remove(&acker.token);
+                    if claimed.is_none() {
+                        continue;
+                    }
+                    let nak = AckKind::Nak(None).into();
+                    if acker
+                        .inner
+                        .client
+                        .publish(acker.reply.clone(), nak)
                         .await
                         .is_err()
                     {
@@ -129,12 +181,16 @@ impl Pulled {
                 }
             })
             .await;
+            // The places in the flow come back here, after the NAKs.
+            drop(ackers);
+            let _ = done.send(());
         };
         inner.tasks.spawn_on(
-            "nak deliveries pulled before a connection loss",
+            "nak deliveries pulled from a server no longer connected to",
             naks,
             &runtime,
         );
+        Some(next)
     }
 }
 

@@ -115,24 +115,26 @@
 //! ([`courier_core::adapter::backoff`], 50 ms doubling up to 2 s), so that
 //! the consumers of a restarted server do not all pull at once.
 //!
-//! Messages a subscription pulled from a server the client is no longer
-//! connected to (that server restarted, or the client reconnected to
-//! another server of a cluster), and that still wait in its stream when it
-//! is read, are given back instead of handed out: each is NAKed (in pull
-//! order, without waiting for an answer) and pulled again, so it arrives
-//! once more, with its delivery count raised by one when the server still
-//! tracked it, and possibly after messages the server had not delivered
-//! yet. A restarted server may have lost its consumer's record of those
-//! deliveries (it writes that record behind them, and a restart right after
-//! a pull can lose it); it then answers no ack of theirs, and a reader
-//! acking each message before taking the next would wait out
-//! [`NatsConfig::request_timeout`] once for every message its prefetch
-//! held. After a reconnect to the same server (a network blip), the held
-//! messages are handed out as they are: that server still tracks them.
-//! Deliveries already handed out keep their reply subjects: an ack of one
-//! after such a restart ends in [`Error::Timeout`](courier_core::Error::Timeout)
-//! (outcome unknown), at most once per unsettled delivery. Each give-back
-//! counts towards [`NatsConfig::max_deliver`].
+//! Messages a subscription pulled before a connection loss, and that
+//! still wait in its stream when it is read while the client is not
+//! connected again to the same server (that server restarted, the client
+//! reconnected to another server of a cluster, or it is still
+//! reconnecting), are given back instead of handed out: each is NAKed (in
+//! pull order, without waiting for an answer) and pulled again once its
+//! NAK is on its way, so it arrives once more, with its delivery count
+//! raised by one when the server still tracked it, and possibly after
+//! messages the server had not delivered yet. A restarted server may have
+//! lost its consumer's record of those deliveries (it writes that record
+//! behind them, and a restart right after a pull can lose it); it then
+//! answers no ack of theirs, and a reader acking each message before
+//! taking the next would wait out [`NatsConfig::request_timeout`] once for
+//! every message its prefetch held. Once reconnected to the same server (a
+//! network blip), the held messages are handed out as they are: that
+//! server still tracks them. Deliveries already handed out keep their
+//! reply subjects: an ack of one after such a restart ends in
+//! [`Error::Timeout`](courier_core::Error::Timeout) (outcome unknown), at
+//! most once per unsettled delivery. Each give-back counts towards
+//! [`NatsConfig::max_deliver`].
 //!
 //! # Closing
 //!

@@ -55,9 +55,10 @@ pub(crate) async fn listen(
 /// `pulled`, and the requests of `requests`, turned into deliveries as
 /// they are polled (no task in between). Taking the last message of
 /// `pulled` tells `flow`, whose pull loop may be waiting for that. A
-/// message pulled from another server than the one connected to now is
-/// given back instead of handed out (see [`Pulled`]). It ends when the
-/// pull loop ends; dropping it unsubscribes from the requests.
+/// stale message (pulled before a connection loss, and the client is not
+/// connected to the same server again) is given back instead of handed
+/// out (see [`Pulled`]). It ends when the pull loop ends; dropping it
+/// unsubscribes from the requests.
 pub(crate) fn merge(
     inner: Arc<Inner>,
     topic: Arc<str>,
@@ -69,16 +70,23 @@ pub(crate) fn merge(
     // The connection epoch of the last stale message given back, so that
     // a loss is logged once, not once per message.
     let mut logged_epoch = None;
+    // What the next give-back waits for: the NAKs of the one before.
+    let mut given_back = None;
     Box::pin(futures::stream::poll_fn(move |cx| {
         let mut stale = Vec::new();
         // The server connected to now, read once a poll and only for a
         // message pulled before a connection loss.
-        let mut server_now: Option<Arc<str>> = None;
+        let mut server_now = None;
         let next = loop {
             match pulled.poll_recv(cx) {
                 Poll::Ready(None) => {
                     requests = None;
                     break Some(None);
+                }
+                Poll::Ready(Some(Ok(message))) if message.is_stale(&inner, &mut server_now) => {
+                    // Its place in the flow comes back once it is NAKed,
+                    // which wakes the pull loop.
+                    stale.push(message);
                 }
                 Poll::Ready(Some(item)) => {
                     if pulled.is_empty() {
@@ -86,17 +94,7 @@ pub(crate) fn merge(
                         // stream still holds messages.
                         flow.drained();
                     }
-                    match item {
-                        Ok(message)
-                            if message.outlived_its_connection(&inner)
-                                && message.server()
-                                    != &**server_now.get_or_insert_with(|| inner.server_id()) =>
-                        {
-                            stale.push(message);
-                        }
-                        Ok(message) => break Some(Some(Ok(message.into_delivery()))),
-                        Err(e) => break Some(Some(Err(e))),
-                    }
+                    break Some(Some(item.map(Pulled::into_delivery)));
                 }
                 Poll::Pending => break None,
             }
@@ -112,7 +110,7 @@ pub(crate) fn merge(
                      connected to"
                 );
             }
-            Pulled::give_back(&inner, stale);
+            given_back = Pulled::give_back(&inner, stale, given_back.take());
         }
         if let Some(next) = next {
             return Poll::Ready(next);

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::config::{consumer_name, stream_name};
 use crate::connection::Inner;
-use crate::delivery::{NatsAcker, Pulled};
+use crate::delivery::{NatsAcker, Origin, Pulled};
 use crate::error::{BROKER, NatsError, op_error};
 use crate::flow::Flow;
 
@@ -123,6 +123,7 @@ async fn pull_loop(
     let backoff = Backoff::new(PULL_RETRY_MIN_DELAY, PULL_RETRY_MAX_DELAY);
     let mut pauses = backoff.delays();
     let refill = refill_at(prefetch);
+    let mut origin = Origin::read(&inner);
     loop {
         let free = prefetch.saturating_sub(flow.in_flight.load(Ordering::Acquire));
         // Messages pulled and not yet taken from the stream.
@@ -135,10 +136,8 @@ async fn pull_loop(
             }
         }
         let pull_ends = tokio::time::Instant::now() + inner.config.pull_expiry + PULL_END_MARGIN;
-        // Read before the pull is sent: a message it brings comes from this
-        // server, or from a later one after a connection loss, which its
-        // connection epoch tells.
-        let server = inner.server_id();
+        // Read before the pull is sent (see `Origin`).
+        origin.refresh(&inner);
         let batch = consumer
             .batch()
             .max_messages(free)
@@ -180,7 +179,7 @@ async fn pull_loop(
                         brought += 1;
                         pauses = backoff.delays();
                         let Some(pulled) =
-                            to_pulled(&inner, &topic, &subscription, &flow, message, &server)
+                            to_pulled(&inner, &topic, &subscription, &flow, message, &origin)
                         else {
                             continue;
                         };
@@ -286,7 +285,7 @@ fn to_pulled(
     subscription: &Subscription,
     flow: &Arc<Flow>,
     message: async_nats::jetstream::Message,
-    server: &Arc<str>,
+    origin: &Origin,
 ) -> Option<Pulled> {
     let info = message
         .info()
@@ -315,7 +314,7 @@ fn to_pulled(
     match decoded {
         Ok(msg) => {
             let count = info.map(|(delivered, _)| delivered.max(1) as u32);
-            Some(Pulled::new(msg, acker, count, server.clone()))
+            Some(Pulled::new(msg, acker, count, origin.clone()))
         }
         Err(e) => {
             // Not a message courier can represent (a header that is not
