@@ -39,11 +39,12 @@ pub(crate) struct Inner {
     /// Other detached work (the end of the reply inbox, NAKs of dropped deliveries,
     /// dead-letter copies), which close also waits for.
     pub(crate) tasks: TaskSet,
-    /// Counts the times the client lost its connection to the server
+    /// Signalled each time the client loses its connection to the server
     /// (async-nats's `Disconnected` event): a confirmation awaited across
     /// one of them cannot come any more (see [`Inner::unless_disconnected`]).
-    disconnects: Arc<watch::Sender<u64>>,
-    /// The same count, read on every pulled message without a lock.
+    disconnects: Arc<watch::Sender<()>>,
+    /// How many times that happened so far, read on every pulled message
+    /// (see [`Inner::connection_epoch`]).
     epoch: Arc<AtomicU64>,
 }
 
@@ -63,7 +64,7 @@ impl Inner {
         operation: &'static str,
         confirmation: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        // Subscribing marks the current count as seen: only a loss from
+        // Subscribing marks the signals so far as seen: only a loss from
         // now on ends the wait.
         let mut lost = self.disconnects.subscribe();
         tokio::select! {
@@ -180,7 +181,7 @@ impl Inner {
     pub(crate) async fn connect(url: &str, config: NatsConfig) -> Result<Self> {
         let config = config.apply_url(url)?;
         let endpoint = Endpoint::parse(url)?;
-        let disconnects = Arc::new(watch::Sender::new(0_u64));
+        let disconnects = Arc::new(watch::Sender::new(()));
         let counting = disconnects.clone();
         let epoch = Arc::new(AtomicU64::new(0));
         let counting_epoch = epoch.clone();
@@ -191,7 +192,7 @@ impl Inner {
             .event_callback(move |event| {
                 if matches!(event, async_nats::Event::Disconnected) {
                     counting_epoch.fetch_add(1, Ordering::AcqRel);
-                    counting.send_modify(|count| *count += 1);
+                    counting.send_replace(());
                 }
                 std::future::ready(())
             });

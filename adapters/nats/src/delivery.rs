@@ -65,16 +65,6 @@ impl Origin {
             *self = Origin::read(inner);
         }
     }
-
-    /// Whether a message pulled from here is stale now: its connection was
-    /// lost since, and the client is not connected again to the same
-    /// server (it is reconnecting, or connected to another one).
-    /// `server_now` reads the current server's id, at most once.
-    fn is_stale(&self, inner: &Inner, server_now: &mut Option<Arc<str>>) -> bool {
-        inner.connection_epoch() != self.epoch
-            && (!inner.is_connected()
-                || *server_now.get_or_insert_with(|| inner.server_id()) != self.server)
-    }
 }
 
 /// A message pulled for a subscription and not yet taken from its
@@ -114,9 +104,15 @@ impl Pulled {
         }
     }
 
-    /// See [`Origin::is_stale`].
+    /// Whether it is stale now: its connection was lost since, and the
+    /// client is not connected again to the same server (it is
+    /// reconnecting, or connected to another one). `server_now` holds the
+    /// current server's id, read at most once.
     pub(crate) fn is_stale(&self, inner: &Inner, server_now: &mut Option<Arc<str>>) -> bool {
-        self.origin.is_stale(inner, server_now)
+        let origin = &self.origin;
+        inner.connection_epoch() != origin.epoch
+            && (!inner.is_connected()
+                || *server_now.get_or_insert_with(|| inner.server_id()) != origin.server)
     }
 
     /// The delivery handed out to the stream's reader.
