@@ -16,12 +16,13 @@
 //! `responder only`); each is compared with the raw pair in the same
 //! interleaved way.
 //!
-//! A courier request and its reply each carry one NATS header (courier's
-//! fields: ids, timestamp, deadline), which the raw idiom does not. The
-//! rows marked `raw with one header` compare the full courier round trip
-//! with a raw pair whose request carries one header of the same size and
-//! whose responder echoes it: what carrying the message's metadata costs
-//! the client on its own.
+//! A courier request carries its fields (ids, timestamp, deadline) in the
+//! last token of its reply subject and no header; its reply carries them
+//! in one NATS header, which the raw idiom does not. The rows marked `raw
+//! with one header` compare the full courier round trip with a raw pair
+//! whose request carries one header of that size and whose responder
+//! echoes it: what carrying a message's metadata in headers both ways
+//! costs the client on its own.
 //!
 //! The rows marked `raw against raw` run the raw idiom on both sides (two
 //! raw pairs on connections of their own, as courier's pair has), in the
@@ -72,8 +73,8 @@ fn main() {
         )
         .await;
         // The same requester, asking a topic a bare async-nats queue
-        // subscriber answers: it echoes the request's headers (the request
-        // id among them) with the re-encoded body.
+        // subscriber answers: it echoes the request's headers, if any (a
+        // plain courier request has none), with the re-encoded body.
         let bare_topic = courier_testkit::fixtures::unique_name("bench-bare-responder");
         start_bare_responder(
             &url,
@@ -143,9 +144,8 @@ fn main() {
 
 /// Starts a bare responder on `subject` (in queue group `queue`, if
 /// given): it answers each request with its body decoded and encoded again,
-/// echoing the request's headers when `echo_headers` (so a courier
-/// requester finds its request id). Returns once the server has the
-/// subscription.
+/// echoing the request's headers when `echo_headers` and it has any.
+/// Returns once the server has the subscription.
 async fn start_bare_responder(url: &str, subject: String, queue: Option<&str>, echo_headers: bool) {
     let responder = async_nats::connect(url).await.expect("connect");
     let mut requests = match queue {

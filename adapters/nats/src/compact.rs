@@ -37,6 +37,21 @@
 //! trusted, [`courier_core::adapter::origin`]); one without is read as any
 //! NATS message ([`crate::codec::decode`]): a plain client's request, or a
 //! reply written by an earlier courier, which still decodes.
+//!
+//! **A request with nothing but these fields carries no header at all**:
+//! its fields travel as the last token of its reply subject instead,
+//! `<inbox>.<request id>.courier:id=…;dl=…;` ([`subject_fields`]), in the
+//! same `name=value;` form. One header cost async-nats more than the rest
+//! of a round trip's client work (it allocates a map, hashes the name, and
+//! checks each character of the value on both sides). A responder sends
+//! its reply to that subject as to any reply subject, so a plain responder
+//! still answers it, and a server that only lets responders publish to the
+//! reply subjects they received (`allow_responses`) still lets the reply
+//! through. A request goes with the [`FIELDS`] header instead when it has
+//! anything else (a key, a user header, `traceparent`), or a value that
+//! cannot be part of a subject token: one that is not printable ASCII, or
+//! holds `.`, `;`, `%`, `*` or `>`. A reader takes the subject's fields only
+//! from a request without [`FIELDS`].
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -89,15 +104,8 @@ fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMa
     // (a reply's correlation and causation) without growing.
     let mut fields = String::with_capacity(192);
     let id = message.id();
-    match id.as_uuid() {
-        // A UUID needs no escaping: written in place, no copy.
-        Some(uuid) => {
-            fields.push_str(ID);
-            fields.push('=');
-            fields.push_str(uuid.hyphenated().encode_lower(&mut [0; 36]));
-            fields.push(';');
-        }
-        None => push(&mut fields, ID, &id.to_string()),
+    if !push_uuid(&mut fields, id) {
+        push(&mut fields, ID, &id.to_string());
     }
     let millis = message.timestamp_millis();
     if id.v7_millis() != Some(millis) {
@@ -125,6 +133,89 @@ fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMa
     headers
 }
 
+/// What opens the last token of a request's reply subject when that token
+/// carries the request's fields ([`subject_fields`]).
+pub(crate) const SUBJECT_FIELDS: &str = "courier:";
+
+/// The request's fields (with its deadline `deadline_ms`) as one token of
+/// a reply subject, `courier:id=…;dl=…;`, when every one of them can travel
+/// there: the request then needs no header. `None` when the request has
+/// anything the token cannot carry (see the module docs); it then travels
+/// with [`encode_request`]'s header.
+pub(crate) fn subject_fields(message: &Message, deadline_ms: u64) -> Option<String> {
+    if message.key().is_some() {
+        return None;
+    }
+    let mut token = String::with_capacity(96);
+    token.push_str(SUBJECT_FIELDS);
+    let id = message.id();
+    if !push_uuid(&mut token, id) {
+        push_token_safe(&mut token, ID, &id.to_string())?;
+    }
+    let millis = message.timestamp_millis();
+    if id.v7_millis() != Some(millis) {
+        push_number(&mut token, TIMESTAMP, millis);
+    }
+    if let Some(content_type) = message.content_type() {
+        push_token_safe(&mut token, CONTENT_TYPE, content_type)?;
+    }
+    push_number(&mut token, DEADLINE_FIELD, deadline_ms);
+    for (name, value) in message.headers().iter() {
+        let (_, field) = PACKED.iter().find(|(header, _)| *header == name)?;
+        push_token_safe(&mut token, field, value)?;
+    }
+    Some(token)
+}
+
+/// Appends the field `name=value;` to a subject token, or `None` when the
+/// value cannot be part of one: NATS cuts subjects at `.` and white space
+/// and reads `*` and `>` as wildcards; `;` and `%` would need the header's
+/// escapes, and anything beyond printable ASCII is left to the header too.
+fn push_token_safe(token: &mut String, name: &str, value: &str) -> Option<()> {
+    let safe = value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'.' | b';' | b'%' | b'*' | b'>'));
+    if !safe {
+        return None;
+    }
+    token.push_str(name);
+    token.push('=');
+    token.push_str(value);
+    token.push(';');
+    Some(())
+}
+
+/// The courier message a request received over core NATS carries: packed
+/// in its [`FIELDS`] header, or, without one, in the last token of its
+/// `reply` subject ([`subject_fields`]); with neither, it is read as any
+/// NATS message.
+///
+/// # Errors
+///
+/// As [`decode`].
+pub(crate) fn decode_request(
+    headers: Option<&HeaderMap>,
+    reply: Option<&str>,
+    payload: Bytes,
+) -> Result<Message, HeaderError> {
+    if fields_header(headers).is_none()
+        && let Some(fields) = reply
+            .and_then(|reply| reply.rsplit_once('.'))
+            .and_then(|(_, last)| last.strip_prefix(SUBJECT_FIELDS))
+    {
+        return decode_fields(fields, headers, payload);
+    }
+    decode(headers, payload)
+}
+
+/// The value of the [`FIELDS`] header among `headers`.
+fn fields_header(headers: Option<&HeaderMap>) -> Option<&async_nats::HeaderValue> {
+    headers?
+        .iter()
+        .find(|(name, _)| <HeaderName as AsRef<str>>::as_ref(name) == FIELDS)
+        .and_then(|(_, values)| values.first())
+}
+
 /// The courier message a request or a reply received over core NATS
 /// carries: packed ([`FIELDS`]), or, without that header, as any NATS
 /// message ([`crate::codec::decode`]).
@@ -134,16 +225,20 @@ fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMa
 /// [`HeaderError`] when courier's own fields or reserved headers cannot be
 /// read.
 pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Message, HeaderError> {
-    let fields = headers.and_then(|headers| {
-        headers
-            .iter()
-            .find(|(name, _)| <HeaderName as AsRef<str>>::as_ref(name) == FIELDS)
-            .and_then(|(_, values)| values.first())
-    });
-    let (Some(headers), Some(fields)) = (headers, fields) else {
-        return crate::codec::decode(headers, payload);
-    };
-    let fields = Fields::read(fields.as_str());
+    match fields_header(headers) {
+        Some(fields) => decode_fields(fields.as_str(), headers, payload),
+        None => crate::codec::decode(headers, payload),
+    }
+}
+
+/// The message of courier's `fields` (a [`FIELDS`] value, or the fields of
+/// a reply subject's token), any other `headers` and `payload`.
+fn decode_fields(
+    fields: &str,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<Message, HeaderError> {
+    let fields = Fields::read(fields);
     let id = match fields.id {
         Some(id) => MessageId::parse(&fields.unescape(id))?,
         None => MessageId::default(),
@@ -175,7 +270,7 @@ pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Mess
             fields.unescape(value),
         )?;
     }
-    for (name, values) in headers.iter() {
+    for (name, values) in headers.into_iter().flat_map(HeaderMap::iter) {
         let name = <HeaderName as AsRef<str>>::as_ref(name);
         if name == FIELDS || name.starts_with("Nats-") {
             continue;
@@ -285,6 +380,20 @@ fn push(fields: &mut String, name: &str, value: &str) {
     fields.push(';');
 }
 
+/// Appends the field `id=<uuid>;` when `id` is a UUID, which needs no
+/// escaping and fits a subject token (written in place, no copy); whether
+/// it was one.
+fn push_uuid(fields: &mut String, id: &MessageId) -> bool {
+    let Some(uuid) = id.as_uuid() else {
+        return false;
+    };
+    fields.push_str(ID);
+    fields.push('=');
+    fields.push_str(uuid.hyphenated().encode_lower(&mut [0; 36]));
+    fields.push(';');
+    true
+}
+
 /// Appends the field `name=n;` (a number needs no escaping).
 fn push_number(fields: &mut String, name: &str, n: u64) {
     fields.push_str(name);
@@ -363,6 +472,92 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decoded, expected);
+    }
+
+    /// `message` as its responder reads it, `deadline_ms` added.
+    fn with_deadline(mut message: Message, deadline_ms: u64) -> Message {
+        adapter::restore_header(
+            adapter::headers_mut(&mut message),
+            DEADLINE,
+            deadline_ms.to_string(),
+        )
+        .unwrap();
+        message
+    }
+
+    #[test]
+    fn a_plain_request_travels_in_its_reply_subject_and_comes_back_whole() {
+        let request = Message::from_json(&7)
+            .unwrap()
+            .with_correlation_id("flow-1")
+            .unwrap()
+            .with_causation_id("0190b6b4-0000-7000-8000-000000000000")
+            .unwrap();
+        let deadline_ms = 1_700_000_005_000;
+        let token = subject_fields(&request, deadline_ms).expect("fits a subject token");
+        assert!(token.starts_with(SUBJECT_FIELDS), "{token}");
+        assert!(!token.contains(['.', ' ', '*', '>']), "{token}");
+        assert!(!token.contains("ts="), "{token}");
+        let reply = format!("_INBOX.abc.7.{token}");
+        let decoded = decode_request(None, Some(&reply), request.payload().clone()).unwrap();
+        assert_eq!(decoded, with_deadline(request.clone(), deadline_ms));
+
+        // With the fields header, the header is what counts.
+        let other = Message::new("other");
+        let headers = encode_request(&other, 5);
+        let decoded = decode_request(Some(&headers), Some(&reply), other.payload().clone());
+        assert_eq!(decoded.unwrap(), with_deadline(other, 5));
+    }
+
+    #[test]
+    fn a_request_with_anything_a_subject_token_cannot_carry_keeps_the_header() {
+        let base = Message::new("q");
+        assert!(subject_fields(&base, 1).is_some());
+        let refused = [
+            base.clone().with_key("k"),
+            base.clone().with_header("tenant", "acme").unwrap(),
+            base.clone()
+                .with_header("traceparent", "00-1-2-01")
+                .unwrap(),
+            base.clone().with_content_type("application/vnd.api+json"),
+            base.clone().with_correlation_id("a.b").unwrap(),
+            base.clone().with_correlation_id("50%").unwrap(),
+            base.clone().with_correlation_id("a;b").unwrap(),
+            base.clone().with_correlation_id("a b").unwrap(),
+            base.clone().with_correlation_id("a*").unwrap(),
+            base.clone().with_correlation_id(">").unwrap(),
+            base.clone().with_correlation_id("\u{e9}").unwrap(),
+            base.clone().with_id(MessageId::parse("order.7").unwrap()),
+        ];
+        for message in refused {
+            assert_eq!(subject_fields(&message, 1), None, "{message:?}");
+        }
+        // A text id, a timestamp of its own and an empty field fit.
+        let message = base
+            .with_id(MessageId::parse("order-7").unwrap())
+            .with_timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_234_567))
+            .with_causation_id("")
+            .unwrap();
+        let token = subject_fields(&message, 9).unwrap();
+        assert!(token.contains("ts=1234567;"), "{token}");
+        let reply = format!("_INBOX.abc.7.{token}");
+        let decoded = decode_request(None, Some(&reply), message.payload().clone()).unwrap();
+        assert_eq!(decoded, with_deadline(message, 9));
+    }
+
+    #[test]
+    fn a_reply_subject_without_courier_fields_is_a_plain_request() {
+        for reply in [
+            None,
+            Some("_INBOX.abc"),
+            Some("_INBOX.abc.def"),
+            Some("x.id=1;"),
+        ] {
+            let plain = decode_request(None, reply, Bytes::from_static(b"x")).unwrap();
+            assert_eq!(plain.payload().as_ref(), b"x");
+            assert_eq!(plain.header(DEADLINE), None, "{reply:?}");
+            assert!(!plain.id().to_string().contains("id="), "{reply:?}");
+        }
     }
 
     #[test]

@@ -12,8 +12,10 @@ use crate::error::op_error;
 use crate::reply_feed::ReplyFeed;
 
 /// A connection's reply inbox: one core NATS subscription to
-/// `<inbox>.*`, started on the connection's first request; each request
-/// gets the reply subject `<inbox>.<request id>`.
+/// `<inbox>.>`, started on the connection's first request; each request
+/// gets the reply subject `<inbox>.<request id>`, followed by a token of
+/// the request's fields when they travel there
+/// ([`subject_fields`](crate::compact::subject_fields)).
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
     started: OnceCell<(String, Arc<PendingReplies>)>,
@@ -35,7 +37,7 @@ impl Inbox {
             .get_or_try_init(|| async {
                 let prefix = client.new_inbox();
                 let replies = client
-                    .subscribe(format!("{prefix}.*"))
+                    .subscribe(format!("{prefix}.>"))
                     .await
                     .map_err(|e| op_error("subscribe to the reply inbox", e))?;
                 let pending = PendingReplies::new();

@@ -210,15 +210,16 @@
 //! JetStream: [`Broker::request`] publishes the request to the topic's
 //! request subject ([`request_subject`]: `_courier.request.<topic>`, which
 //! no stream captures) with a reply subject in the connection's inbox
-//! (`<inbox>.<request id>`, one wildcard subscription per connection, made
-//! on its first request; the request id is a counter of the connection's
-//! requests, unique within its inbox). No task stands between the inbox
-//! and a waiting request: the subscription's wake hands each reply to its
-//! request as it arrives (a reply nobody waits for any more is dropped and
-//! counted in [`Broker::late_replies`]). The request id and the reply
-//! address travel only in the reply subject, and the deadline only as the
-//! `dl` field (see below): none of them is written into the request's
-//! headers on the way. Every subscription of the topic also listens on
+//! (`<inbox>.<request id>`, followed by a token of the request's fields
+//! when they travel there, see below; one wildcard subscription per
+//! connection, made on its first request; the request id is a counter of
+//! the connection's requests, unique within its inbox). No task stands
+//! between the inbox and a waiting request: the subscription's wake hands
+//! each reply to its request as it arrives (a reply nobody waits for any
+//! more is dropped and counted in [`Broker::late_replies`]). The request
+//! id and the reply address travel only in the reply subject, and the
+//! deadline only as the `dl` field (see below): none of them is written
+//! into the request's headers on the way. Every subscription of the topic also listens on
 //! that subject as a member of its group's queue group, so a responder is
 //! an ordinary consumer of the topic and each request reaches one member
 //! of one group; its reply goes over core NATS to the reply subject.
@@ -274,10 +275,23 @@
 //! `ct` (content type), `key`, `dl` (a request's deadline,
 //! `courier-deadline-ms`), `corr` and `cause` (correlation and causation
 //! ids). In values `%`, `;`, CR and LF are escaped as `%25`, `%3B`, `%0D`,
-//! `%0A`; a reader ignores fields it does not know. A request from courier,
-//! for example, carries only
-//! `courier-fields: id=0190b6b4-…;ct=application/json;dl=1700000005000;`,
-//! with the request id and the reply address in its reply subject.
+//! `%0A`; a reader ignores fields it does not know.
+//!
+//! **A request whose fields are all it has carries no header at all**: the
+//! fields travel as the last token of its reply subject, in the same form
+//! after `courier:`. A `request_json` of a body, for example, is published
+//! with the reply subject
+//! `<inbox>.<request id>.courier:id=0190b6b4-…;ct=application/json;dl=1700000005000;`
+//! and no header (one header cost async-nats more than the rest of a round
+//! trip's client work). The responder replies to that subject as to any, so
+//! plain responders answer it as they would any request, and a server that
+//! lets responders publish only to the reply subjects they received
+//! (`allow_responses`) lets the reply through. A request goes with the
+//! `courier-fields` header instead when it has a key, a user header or
+//! `traceparent`, or a field value that a subject token cannot hold
+//! (anything but printable ASCII, or `.`, `;`, `%`, `*`, `>`): then its
+//! reply subject is `<inbox>.<request id>`. A responder reads the
+//! subject's fields only from a request without `courier-fields`.
 //!
 //! Everything else travels as its own header, as on JetStream: user
 //! headers, `traceparent`, and the request/reply headers of a reply that
@@ -464,20 +478,27 @@ impl courier_core::request::Requester for NatsBroker {
             message,
             timeout,
             |ticket, request| async move {
-                inner
-                    .client
-                    .publish_with_reply_and_headers(
-                        request::request_subject(topic),
-                        [&*inbox, ".", &ticket.id].concat(),
-                        crate::compact::encode_request(&request, ticket.deadline_ms),
-                        request.payload().clone(),
-                    )
-                    .await
-                    .map_err(|e| {
-                        courier_core::request::RequestError::Transport(error::op_error(
-                            "request", e,
-                        ))
-                    })
+                let client = &inner.client;
+                let subject = request::request_subject(topic);
+                let payload = request.payload().clone();
+                // Without a header when the reply subject can carry every
+                // field (see the crate docs).
+                let sent = match crate::compact::subject_fields(&request, ticket.deadline_ms) {
+                    Some(fields) => {
+                        let reply = [&*inbox, ".", &ticket.id, ".", &fields].concat();
+                        client.publish_with_reply(subject, reply, payload).await
+                    }
+                    None => {
+                        let reply = [&*inbox, ".", &ticket.id].concat();
+                        let headers = crate::compact::encode_request(&request, ticket.deadline_ms);
+                        client
+                            .publish_with_reply_and_headers(subject, reply, headers, payload)
+                            .await
+                    }
+                };
+                sent.map_err(|e| {
+                    courier_core::request::RequestError::Transport(error::op_error("request", e))
+                })
             },
         )
         .await

@@ -29,7 +29,7 @@ pub(crate) struct ReplyFeed {
     replies: Mutex<Option<async_nats::Subscriber>>,
     pending: Arc<PendingReplies>,
     /// Where the request id starts in a reply subject
-    /// (`<prefix>.<request id>`).
+    /// (`<prefix>.<request id>[.<fields>]`).
     id_start: usize,
     /// Set by every wake; whoever holds `replies` drains until it is clear,
     /// so a wake that finds the lock taken is never lost.
@@ -122,9 +122,14 @@ impl ReplyFeed {
     }
 
     fn hand_over(&self, reply: async_nats::Message) {
-        // The reply subject is `<prefix>.<request id>`: the id travels
-        // there, not in a header.
-        let Some(id) = reply.subject.get(self.id_start..) else {
+        // The reply subject is `<prefix>.<request id>`, perhaps followed by
+        // a token of the request's fields: the id travels there, not in a
+        // header.
+        let Some(id) = reply
+            .subject
+            .get(self.id_start..)
+            .map(|rest| rest.split_once('.').map_or(rest, |(id, _)| id))
+        else {
             return;
         };
         if reply.status == Some(StatusCode::NO_RESPONDERS) {

@@ -13,7 +13,7 @@ use courier_core::{Delivery, DeliveryStream, Message, Nack, Result, Subscription
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::compact::decode;
+use crate::compact::decode_request;
 use crate::config::consumer_name;
 use crate::connection::Inner;
 use crate::delivery::Pulled;
@@ -137,7 +137,8 @@ fn core_delivery(
     topic: &Arc<str>,
     request: async_nats::Message,
 ) -> Option<Delivery> {
-    let mut message = match decode(request.headers.as_ref(), request.payload) {
+    let reply = request.reply.as_ref().map(|reply| reply.as_str());
+    let mut message = match decode_request(request.headers.as_ref(), reply, request.payload) {
         Ok(message) => message,
         Err(e) => {
             tracing::warn!(error = %e, "undecodable request dropped");

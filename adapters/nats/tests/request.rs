@@ -136,18 +136,30 @@ async fn an_expired_request_over_core_nats_is_not_processed() {
     let topic = courier_testkit::fixtures::unique_name("rr-expired");
     let (running, calls) = counted_responder(&broker, &topic).await;
 
-    // A request in courier's packed form whose deadline (1 ms after the
-    // Unix epoch) has long passed, then a fresh one on the same connection.
+    // Two requests in courier's packed forms (the fields in a header, and
+    // in the reply subject) whose deadline (1 ms after the Unix epoch) has
+    // long passed, then a fresh one on the same connection.
     let client = async_nats::connect(server.url()).await.expect("connect");
     let inbox = client.new_inbox();
-    let mut expired_replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    let mut expired_replies = client
+        .subscribe(format!("{inbox}.>"))
+        .await
+        .expect("subscribe");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("courier-fields", "id=expired-1;ct=application/json;dl=1;");
     client
         .publish_with_reply_and_headers(
             request_subject(&topic),
-            inbox,
+            format!("{inbox}.1"),
             headers,
+            br#"{"id":1}"#.as_slice().into(),
+        )
+        .await
+        .expect("publish");
+    client
+        .publish_with_reply(
+            request_subject(&topic),
+            format!("{inbox}.2.courier:id=expired-2;ct=application/json;dl=1;"),
             br#"{"id":1}"#.as_slice().into(),
         )
         .await
@@ -160,21 +172,21 @@ async fn an_expired_request_over_core_nats_is_not_processed() {
     assert_eq!(order, Order { id: 1002 });
 
     let stats = running.shutdown().await.expect("shutdown");
-    assert_eq!(stats.handled, 2, "both requests settled");
+    assert_eq!(stats.handled, 3, "all three requests settled");
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
-        "the expired request was not processed"
+        "neither expired request was processed"
     );
     client.flush().await.expect("flush");
     assert!(
         futures::FutureExt::now_or_never(expired_replies.next()).is_none(),
-        "nobody answered the expired request"
+        "nobody answered the expired requests"
     );
 }
 
 #[tokio::test]
-async fn a_courier_request_carries_its_id_and_deadline_outside_the_headers() {
+async fn a_courier_request_carries_its_fields_in_its_reply_subject_or_in_one_header() {
     let server = courier_testkit::fixtures::nats()
         .await
         .expect("nats fixture");
@@ -185,48 +197,70 @@ async fn a_courier_request_carries_its_id_and_deadline_outside_the_headers() {
         .await
         .expect("subscribe");
     client.flush().await.expect("flush");
-
     let requester = NatsBroker::connect(server.url())
         .await
         .expect("connect")
         .into_broker();
-    let asking = tokio::spawn(async move {
-        requester
-            .request(
-                &topic,
-                courier_core::Message::new("q"),
-                Duration::from_secs(20),
-            )
+
+    // A plain request: no header, its fields in the last token of its
+    // reply subject. A request with a header of its own: one header with
+    // the fields, the reply subject `<inbox>.<request id>`.
+    let plain = courier_core::Message::new("q");
+    let tagged = courier_core::Message::new("q")
+        .with_header("tenant", "acme")
+        .expect("header");
+    for (message, in_subject) in [(plain, true), (tagged, false)] {
+        let id = message.id().to_string();
+        let asking = tokio::spawn({
+            let (requester, topic) = (requester.clone(), topic.clone());
+            async move {
+                requester
+                    .request(&topic, message, Duration::from_secs(20))
+                    .await
+            }
+        });
+        let request = tokio::time::timeout(Duration::from_secs(15), requests.next())
             .await
-    });
-    let request = tokio::time::timeout(Duration::from_secs(15), requests.next())
-        .await
-        .expect("a request within 15 s")
-        .expect("subscription open");
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after the epoch")
-        .as_millis() as u64;
-    let headers = request.headers.clone().expect("headers");
-    let mut names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
-    names.sort();
-    assert_eq!(names, ["courier-fields"], "one header, nothing twice");
-    let fields = headers.get("courier-fields").expect("fields").as_str();
-    let deadline: u64 = fields
-        .split(';')
-        .find_map(|f| f.strip_prefix("dl="))
-        .expect("the deadline travels as a field")
-        .parse()
-        .expect("milliseconds");
-    assert!(
-        (now_ms + 10_000..=now_ms + 20_000).contains(&deadline),
-        "deadline {deadline} about 20 s after {now_ms}"
-    );
-    let reply = request.reply.expect("a reply subject");
-    client
-        .publish(reply, "a".into())
-        .await
-        .expect("publish the reply");
-    let answer = asking.await.expect("task").expect("the reply");
-    assert_eq!(answer.payload().as_ref(), b"a");
+            .expect("a request within 15 s")
+            .expect("subscription open");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_millis() as u64;
+        let reply = request.reply.clone().expect("a reply subject");
+        let tokens: Vec<&str> = reply.split('.').collect();
+        let fields = if in_subject {
+            assert!(request.headers.is_none(), "{:?}", request.headers);
+            assert_eq!(tokens.len(), 4, "<inbox>.<request id>.<fields>: {reply}");
+            tokens[3]
+                .strip_prefix("courier:")
+                .expect("the fields token")
+                .to_owned()
+        } else {
+            let headers = request.headers.clone().expect("headers");
+            let mut names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
+            names.sort();
+            assert_eq!(names, ["courier-fields", "tenant"], "one header of fields");
+            assert_eq!(tokens.len(), 3, "<inbox>.<request id>: {reply}");
+            headers.get("courier-fields").expect("fields").to_string()
+        };
+        assert!(fields.contains(&format!("id={id};")), "{fields}");
+        let deadline: u64 = fields
+            .split(';')
+            .find_map(|f| f.strip_prefix("dl="))
+            .expect("the deadline travels as a field")
+            .parse()
+            .expect("milliseconds");
+        assert!(
+            (now_ms + 10_000..=now_ms + 20_000).contains(&deadline),
+            "deadline {deadline} about 20 s after {now_ms}"
+        );
+        // A plain responder answers to the reply subject as it is.
+        client
+            .publish(reply, "a".into())
+            .await
+            .expect("publish the reply");
+        let answer = asking.await.expect("task").expect("the reply");
+        assert_eq!(answer.payload().as_ref(), b"a");
+    }
 }
