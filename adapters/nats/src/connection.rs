@@ -182,17 +182,17 @@ impl Inner {
         let config = config.apply_url(url)?;
         let endpoint = Endpoint::parse(url)?;
         let disconnects = Arc::new(watch::Sender::new(()));
-        let counting = disconnects.clone();
+        let signalling = disconnects.clone();
         let epoch = Arc::new(AtomicU64::new(0));
-        let counting_epoch = epoch.clone();
+        let counting = epoch.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(&config.client_name)
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.request_timeout))
             .event_callback(move |event| {
                 if matches!(event, async_nats::Event::Disconnected) {
-                    counting_epoch.fetch_add(1, Ordering::AcqRel);
-                    counting.send_replace(());
+                    counting.fetch_add(1, Ordering::AcqRel);
+                    signalling.send_replace(());
                 }
                 std::future::ready(())
             });

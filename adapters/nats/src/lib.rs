@@ -219,10 +219,11 @@
 //! more is dropped and counted in [`Broker::late_replies`]). The request
 //! id and the reply address travel only in the reply subject, and the
 //! deadline only as the `dl` field (see below): none of them is written
-//! into the request's headers on the way. Every subscription of the topic also listens on
-//! that subject as a member of its group's queue group, so a responder is
-//! an ordinary consumer of the topic and each request reaches one member
-//! of one group; its reply goes over core NATS to the reply subject.
+//! into the request's headers on the way. Every subscription of the topic
+//! also listens on that subject as a member of its group's queue group, so
+//! a responder is an ordinary consumer of the topic and each request
+//! reaches one member of one group; its reply goes over core NATS to the
+//! reply subject.
 //!
 //! - When no subscription of the topic runs, the server answers with its
 //!   no-responders status:
