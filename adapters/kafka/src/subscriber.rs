@@ -1,7 +1,6 @@
 //! Subscriptions: provisioning a group, and the stream that hands out
 //! deliveries within the prefetch limit, redeliveries first.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,8 +28,10 @@ struct KafkaStream {
     flow: Arc<Flow>,
     fetched: mpsc::UnboundedReceiver<Fetched>,
     /// Records received from the poll thread and not yet taken (they count
-    /// as buffered until taken).
-    received: VecDeque<Pending>,
+    /// as buffered until taken): the rest of the last batch, taken from
+    /// where the poll thread put them. A record is moved once on its way
+    /// out (copied into a queue first, it was moved twice: it is large).
+    received: std::vec::IntoIter<Pending>,
     done: bool,
 }
 
@@ -56,7 +57,7 @@ impl Stream for KafkaStream {
                 }
                 continue;
             }
-            if let Some(pending) = this.received.pop_front() {
+            if let Some(pending) = this.received.next() {
                 this.flow.take_buffered();
                 if pending.partition.hand_out(pending.offset) {
                     return Poll::Ready(Some(Ok(deliver(&this.flow, pending))));
@@ -64,7 +65,7 @@ impl Stream for KafkaStream {
                 continue;
             }
             match this.fetched.poll_recv(cx) {
-                Poll::Ready(Some(Fetched::Records(records))) => this.received.extend(records),
+                Poll::Ready(Some(Fetched::Records(records))) => this.received = records.into_iter(),
                 Poll::Ready(Some(Fetched::Failed(error))) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(error)));
@@ -209,7 +210,7 @@ pub(crate) async fn subscribe(
     let stream = KafkaStream {
         flow,
         fetched: rx,
-        received: VecDeque::new(),
+        received: Vec::new().into_iter(),
         done: false,
     };
     Ok((Box::pin(stream), running))
