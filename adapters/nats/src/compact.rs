@@ -40,7 +40,7 @@
 //!
 //! **A request with nothing but these fields carries no header at all**:
 //! its fields travel as the last token of its reply subject instead,
-//! `<inbox>.<request id>.courier:id=…;dl=…;` ([`subject_fields`]), in the
+//! `<inbox>.<request id>.courier:id=…;dl=…;rf=1;` ([`subject_fields`]), in the
 //! same `name=value;` form. One header cost async-nats more than the rest
 //! of a round trip's client work (it allocates a map, hashes the name, and
 //! checks each character of the value on both sides). A responder sends
@@ -52,6 +52,19 @@
 //! cannot be part of a subject token: one that is not printable ASCII, or
 //! holds `.`, `;`, `%`, `*` or `>`. A reader takes the subject's fields only
 //! from a request without [`FIELDS`].
+//!
+//! **So does the reply to such a request**, when its requester asked for
+//! that (the request's token ends with `rf=1;`, which courier's requesters
+//! write and older responders ignore) and the reply has nothing but fields
+//! a token can hold: its fields travel as the reply's own reply subject
+//! (the NATS message's reply field, which a reply does not otherwise use),
+//! `courier:id=…;ct=…;corr=…;cause=…;` ([`reply_fields`]). The reply is
+//! still published to the request's reply subject, so `allow_responses`
+//! lets it through as before. An error reply keeps the header (its status,
+//! kind and reason are headers of their own), as does a reply with a key, a
+//! user header or `traceparent`, and every reply to a requester that did
+//! not ask. A reader takes a reply's fields from its reply subject only
+//! when it has no [`FIELDS`].
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -134,19 +147,54 @@ fn encode_with_deadline(message: &Message, deadline_ms: Option<u64>) -> HeaderMa
 }
 
 /// What opens the last token of a request's reply subject when that token
-/// carries the request's fields ([`subject_fields`]).
+/// carries the request's fields ([`subject_fields`]), and a reply's own
+/// reply subject when it carries the reply's ([`reply_fields`]).
 pub(crate) const SUBJECT_FIELDS: &str = "courier:";
 
+/// The field with which a request's subject token tells the responder that
+/// its requester reads a reply's fields from the reply's own reply subject
+/// ([`reply_fields`]). A responder that does not know it ignores it (and
+/// replies with the header), as a requester that does not set it gets the
+/// header.
+const REPLY_FIELDS_FIELD: &str = "rf";
+
 /// The request's fields (with its deadline `deadline_ms`) as one token of
-/// a reply subject, `courier:id=…;dl=…;`, when every one of them can travel
-/// there: the request then needs no header. `None` when the request has
-/// anything the token cannot carry (see the module docs); it then travels
-/// with [`encode_request`]'s header.
+/// a reply subject, `courier:id=…;dl=…;rf=1;`, when every one of them can
+/// travel there: the request then needs no header. `None` when the request
+/// has anything the token cannot carry (see the module docs); it then
+/// travels with [`encode_request`]'s header.
 pub(crate) fn subject_fields(message: &Message, deadline_ms: u64) -> Option<String> {
+    let mut token = token_fields(message, Some(deadline_ms))?;
+    token.push_str(REPLY_FIELDS_FIELD);
+    token.push_str("=1;");
+    Some(token)
+}
+
+/// The reply's fields as the reply subject it is published with,
+/// `courier:id=…;corr=…;cause=…;`, when its request asked for that (the
+/// token of `reply_subject`, the request's reply subject, has the
+/// [`REPLY_FIELDS_FIELD`]) and every one of them can travel there: the
+/// reply then needs no header. `None` otherwise: it travels with
+/// [`encode`]'s header, as an error reply (its status, kind and reason are
+/// headers of their own) always does.
+pub(crate) fn reply_fields(reply_subject: &str, reply: &Message) -> Option<String> {
+    let asked = subject_token(reply_subject).is_some_and(|token| Fields::read(token).reply_fields);
+    if !asked {
+        return None;
+    }
+    token_fields(reply, None)
+}
+
+/// The fields of `message` (with a request's deadline) as a subject token,
+/// when every one of them can be part of one; a successful reply's status
+/// is left out, as in the header.
+fn token_fields(message: &Message, deadline_ms: Option<u64>) -> Option<String> {
     if message.key().is_some() {
         return None;
     }
-    let mut token = String::with_capacity(96);
+    // Room for the id, a content type and a deadline, or for a reply's two
+    // ids of the flow, without growing.
+    let mut token = String::with_capacity(160);
     token.push_str(SUBJECT_FIELDS);
     let id = message.id();
     if !push_uuid(&mut token, id) {
@@ -159,12 +207,25 @@ pub(crate) fn subject_fields(message: &Message, deadline_ms: u64) -> Option<Stri
     if let Some(content_type) = message.content_type() {
         push_token_safe(&mut token, CONTENT_TYPE, content_type)?;
     }
-    push_number(&mut token, DEADLINE_FIELD, deadline_ms);
+    if let Some(deadline_ms) = deadline_ms {
+        push_number(&mut token, DEADLINE_FIELD, deadline_ms);
+    }
     for (name, value) in message.headers().iter() {
+        if name == REPLY_STATUS && value == STATUS_OK {
+            continue;
+        }
         let (_, field) = PACKED.iter().find(|(header, _)| *header == name)?;
         push_token_safe(&mut token, field, value)?;
     }
     Some(token)
+}
+
+/// The fields of the last token of `subject`, when it is courier's.
+fn subject_token(subject: &str) -> Option<&str> {
+    subject
+        .rsplit('.')
+        .next()
+        .and_then(|last| last.strip_prefix(SUBJECT_FIELDS))
 }
 
 /// Appends the field `name=value;` to a subject token, or `None` when the
@@ -185,23 +246,22 @@ fn push_token_safe(token: &mut String, name: &str, value: &str) -> Option<()> {
     Some(())
 }
 
-/// The courier message a request received over core NATS carries: packed
-/// in its [`FIELDS`] header, or, without one, in the last token of its
-/// `reply` subject ([`subject_fields`]); with neither, it is read as any
-/// NATS message.
+/// The courier message a request or a reply received over core NATS
+/// carries: packed in its [`FIELDS`] header, or, without one, in the last
+/// token of `subject` (a request's reply subject, [`subject_fields`], or a
+/// reply's own reply subject, [`reply_fields`]); with neither, it is read
+/// as any NATS message.
 ///
 /// # Errors
 ///
 /// As [`decode`].
-pub(crate) fn decode_request(
+pub(crate) fn decode_with_subject(
     headers: Option<&HeaderMap>,
-    reply: Option<&str>,
+    subject: Option<&str>,
     payload: Bytes,
 ) -> Result<Message, HeaderError> {
     if fields_header(headers).is_none()
-        && let Some(fields) = reply
-            .and_then(|reply| reply.rsplit_once('.'))
-            .and_then(|(_, last)| last.strip_prefix(SUBJECT_FIELDS))
+        && let Some(fields) = subject.and_then(subject_token)
     {
         return decode_fields(fields, headers, payload);
     }
@@ -308,6 +368,9 @@ struct Fields<'a> {
     /// Whether any value may hold an escape: without a `%` in the whole
     /// value, none needs [`unescape`].
     escaped: bool,
+    /// Whether a request's requester reads its reply's fields from the
+    /// reply's reply subject ([`REPLY_FIELDS_FIELD`]).
+    reply_fields: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -319,6 +382,7 @@ impl<'a> Fields<'a> {
             key: None,
             packed: [None; PACKED.len()],
             escaped: value.as_bytes().contains(&b'%'),
+            reply_fields: false,
         };
         // Cut by bytes: `;` and `=` are ASCII, so every cut is at a char
         // boundary, and a byte search costs a fraction of a char pattern's.
@@ -338,6 +402,7 @@ impl<'a> Fields<'a> {
                 TIMESTAMP => fields.timestamp = Some(value),
                 CONTENT_TYPE => fields.content_type = Some(value),
                 KEY => fields.key = Some(value),
+                REPLY_FIELDS_FIELD => fields.reply_fields = value == "1",
                 _ => {
                     if let Some(at) = PACKED.iter().position(|(_, packed)| *packed == name) {
                         fields.packed[at] = Some(value);
@@ -499,13 +564,13 @@ mod tests {
         assert!(!token.contains(['.', ' ', '*', '>']), "{token}");
         assert!(!token.contains("ts="), "{token}");
         let reply = format!("_INBOX.abc.7.{token}");
-        let decoded = decode_request(None, Some(&reply), request.payload().clone()).unwrap();
+        let decoded = decode_with_subject(None, Some(&reply), request.payload().clone()).unwrap();
         assert_eq!(decoded, with_deadline(request.clone(), deadline_ms));
 
         // With the fields header, the header is what counts.
         let other = Message::new("other");
         let headers = encode_request(&other, 5);
-        let decoded = decode_request(Some(&headers), Some(&reply), other.payload().clone());
+        let decoded = decode_with_subject(Some(&headers), Some(&reply), other.payload().clone());
         assert_eq!(decoded.unwrap(), with_deadline(other, 5));
     }
 
@@ -541,7 +606,7 @@ mod tests {
         let token = subject_fields(&message, 9).unwrap();
         assert!(token.contains("ts=1234567;"), "{token}");
         let reply = format!("_INBOX.abc.7.{token}");
-        let decoded = decode_request(None, Some(&reply), message.payload().clone()).unwrap();
+        let decoded = decode_with_subject(None, Some(&reply), message.payload().clone()).unwrap();
         assert_eq!(decoded, with_deadline(message, 9));
     }
 
@@ -553,10 +618,84 @@ mod tests {
             Some("_INBOX.abc.def"),
             Some("x.id=1;"),
         ] {
-            let plain = decode_request(None, reply, Bytes::from_static(b"x")).unwrap();
+            let plain = decode_with_subject(None, reply, Bytes::from_static(b"x")).unwrap();
             assert_eq!(plain.payload().as_ref(), b"x");
             assert_eq!(plain.header(DEADLINE), None, "{reply:?}");
             assert!(!plain.id().to_string().contains("id="), "{reply:?}");
+        }
+    }
+
+    #[test]
+    fn a_reply_to_a_request_that_asks_travels_in_its_own_reply_subject() {
+        let asked = Message::from_json(&7).unwrap();
+        let token = subject_fields(&asked, 1_700_000_005_000).unwrap();
+        assert!(token.ends_with(";rf=1;"), "{token}");
+        let subject = format!("_INBOX.abc.7.{token}");
+        let request = decode_with_subject(None, Some(&subject), asked.payload().clone()).unwrap();
+        let reply =
+            courier_core::request::headers::success(&request, Message::from_json(&8).unwrap());
+        let fields = reply_fields(&subject, &reply).expect("fits its reply subject");
+        assert!(fields.starts_with(SUBJECT_FIELDS), "{fields}");
+        assert!(!fields.contains(['.', ' ', '*', '>']), "{fields}");
+        for field in ["ct=application/json;", "corr=", "cause="] {
+            assert!(fields.contains(field), "{field} in {fields}");
+        }
+        let decoded = decode_with_subject(None, Some(&fields), reply.payload().clone()).unwrap();
+        assert_eq!(decoded, reply);
+        assert_eq!(decoded.causation_id(), Some(&*request.id().to_string()));
+        assert!(courier_core::request::headers::outcome(decoded).is_ok());
+
+        // A header, when there is one, is what counts.
+        let headers = encode(&Message::new("other"));
+        let decoded = decode_with_subject(Some(&headers), Some(&fields), Bytes::new()).unwrap();
+        assert_ne!(decoded.id(), reply.id());
+    }
+
+    #[test]
+    fn a_reply_keeps_the_header_unless_its_request_asked_and_it_fits() {
+        let asked = "_INBOX.abc.7.courier:id=q;dl=5;rf=1;";
+        let request = decode_with_subject(None, Some(asked), Bytes::new()).unwrap();
+        let reply = |message: Message| courier_core::request::headers::success(&request, message);
+        assert!(reply_fields(asked, &reply(Message::new("a"))).is_some());
+        // Requesters that did not ask: an older courier's token, a header
+        // request's subject, a plain client's inbox.
+        for subject in [
+            "_INBOX.abc.7.courier:id=q;dl=5;",
+            "_INBOX.abc.7.courier:id=q;dl=5;rf=0;",
+            "_INBOX.abc.7",
+            "_INBOX.abc",
+        ] {
+            assert_eq!(
+                reply_fields(subject, &reply(Message::new("a"))),
+                None,
+                "{subject}"
+            );
+        }
+        // Replies with anything a token cannot carry, and error replies.
+        let failure = courier_core::request::headers::failure(
+            &request,
+            courier_core::request::RemoteErrorKind::Transient,
+            "busy",
+        );
+        let refused = [
+            failure,
+            reply(Message::new("a").with_key("k")),
+            reply(Message::new("a").with_header("tenant", "acme").unwrap()),
+            reply(Message::new("a").with_content_type("text/plain; charset=utf-8")),
+            // The reply to a request that carried its id in a header (one
+            // stored in JetStream) carries it back in one.
+            courier_core::request::headers::success(
+                &courier_core::request::headers::prepare(
+                    Message::new("q"),
+                    asked,
+                    Duration::from_secs(1),
+                )
+                .1,
+                Message::new("a"),
+            ),
+        ];
+        for message in refused {
+            assert_eq!(reply_fields(asked, &message), None, "{message:?}");
         }
     }
 
@@ -649,6 +788,8 @@ mod tests {
         assert_eq!(fields.packed, [None, Some("c"), None]);
         assert_eq!(PACKED[1].0, CORRELATION_ID);
         assert!(!fields.escaped);
+        assert!(!fields.reply_fields);
+        assert!(Fields::read("id=i;rf=1;").reply_fields);
         let empty = Fields::read("");
         assert_eq!((empty.id, empty.key), (None, None));
         let escaped = Fields::read("id=%3B;");

@@ -282,7 +282,7 @@
 //! fields travel as the last token of its reply subject, in the same form
 //! after `courier:`. A `request_json` of a body, for example, is published
 //! with the reply subject
-//! `<inbox>.<request id>.courier:id=0190b6b4-…;ct=application/json;dl=1700000005000;`
+//! `<inbox>.<request id>.courier:id=0190b6b4-…;ct=application/json;dl=1700000005000;rf=1;`
 //! and no header (one header cost async-nats more than the rest of a round
 //! trip's client work). The responder replies to that subject as to any, so
 //! plain responders answer it as they would any request, and a server that
@@ -293,6 +293,18 @@
 //! (anything but printable ASCII, or `.`, `;`, `%`, `*`, `>`): then its
 //! reply subject is `<inbox>.<request id>`. A responder reads the
 //! subject's fields only from a request without `courier-fields`.
+//!
+//! **The reply to a request without a header carries none either**, when
+//! it has nothing but such fields (a successful reply to a `request_json`
+//! does: its id, content type, correlation and causation ids): they travel
+//! as the reply's own reply subject, the NATS message's reply field, which
+//! a reply does not otherwise use (`courier:id=…;ct=…;corr=…;cause=…;`).
+//! The reply still goes to the request's reply subject. The request asks
+//! for this with the field `rf=1` in its token; a responder built before
+//! it ignores the field and replies with `courier-fields`, which every
+//! requester reads: this step needs no upgrade order of its own. An error
+//! reply, and a reply with a key, a user header or `traceparent`, keep the
+//! header.
 //!
 //! Everything else travels as its own header, as on JetStream: user
 //! headers, `traceparent`, and the request/reply headers of a reply that

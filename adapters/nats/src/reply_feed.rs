@@ -19,7 +19,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::compact::decode;
+use crate::compact::decode_with_subject;
 
 /// The inbox subscription and the requests its replies go to; its wake
 /// drains the subscription.
@@ -136,7 +136,10 @@ impl ReplyFeed {
             self.pending.refuse(id);
             return;
         }
-        match decode(reply.headers.as_ref(), reply.payload) {
+        // A courier reply's fields travel in its own reply subject or in a
+        // header.
+        let fields = reply.reply.as_ref().map(|subject| subject.as_str());
+        match decode_with_subject(reply.headers.as_ref(), fields, reply.payload) {
             Ok(message) => {
                 self.pending.deliver_to(id, message);
             }

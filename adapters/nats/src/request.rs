@@ -13,7 +13,7 @@ use courier_core::{Delivery, DeliveryStream, Message, Nack, Result, Subscription
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::compact::decode_request;
+use crate::compact::{decode_with_subject, encode, reply_fields};
 use crate::config::consumer_name;
 use crate::connection::Inner;
 use crate::delivery::Pulled;
@@ -138,7 +138,7 @@ fn core_delivery(
     request: async_nats::Message,
 ) -> Option<Delivery> {
     let reply = request.reply.as_ref().map(|reply| reply.as_str());
-    let mut message = match decode_request(request.headers.as_ref(), reply, request.payload) {
+    let mut message = match decode_with_subject(request.headers.as_ref(), reply, request.payload) {
         Ok(message) => message,
         Err(e) => {
             tracing::warn!(error = %e, "undecodable request dropped");
@@ -166,6 +166,9 @@ fn core_delivery(
 /// Publishes `reply` over core NATS to `subject` (at most once), within
 /// the request timeout: handing it to the client waits for room in its
 /// command channel, which a connection that takes nothing more never makes.
+/// Its fields travel as its own reply subject when the request asked for
+/// that and they fit ([`reply_fields`]), in the [`FIELDS`](crate::compact::FIELDS)
+/// header otherwise.
 pub(crate) async fn send_reply(
     inner: &Inner,
     subject: &str,
@@ -173,15 +176,20 @@ pub(crate) async fn send_reply(
     operation: &'static str,
 ) -> Result<()> {
     let sent = async {
-        inner
-            .client
-            .publish_with_headers(
-                subject.to_owned(),
-                crate::compact::encode(reply),
-                reply.payload().clone(),
-            )
-            .await
-            .map_err(|e| op_error(operation, e))
+        let (client, payload) = (&inner.client, reply.payload().clone());
+        match reply_fields(subject, reply) {
+            Some(fields) => {
+                client
+                    .publish_with_reply(subject.to_owned(), fields, payload)
+                    .await
+            }
+            None => {
+                client
+                    .publish_with_headers(subject.to_owned(), encode(reply), payload)
+                    .await
+            }
+        }
+        .map_err(|e| op_error(operation, e))
     };
     inner.bounded(operation, sent).await
 }

@@ -264,3 +264,83 @@ async fn a_courier_request_carries_its_fields_in_its_reply_subject_or_in_one_hea
         assert_eq!(answer.payload().as_ref(), b"a");
     }
 }
+
+#[tokio::test]
+async fn a_courier_reply_carries_its_fields_in_its_own_reply_subject_when_its_request_asks() {
+    let server = courier_testkit::fixtures::nats()
+        .await
+        .expect("nats fixture");
+    let broker = NatsBroker::connect(server.url()).await.expect("connect");
+    let topic = courier_testkit::fixtures::unique_name("rr-reply-wire");
+    let running = responder(&broker, &topic).await;
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(format!("{inbox}.>"))
+        .await
+        .expect("subscribe");
+    let deadline_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as u64
+        + 60_000;
+
+    // Requests in courier's subject form, one asking for the reply's
+    // fields in its reply subject (`rf=1`, as courier's requesters write
+    // it) and one not (as a requester built before that does).
+    for (n, asks) in [(1_u32, true), (2, false)] {
+        let id = courier_core::MessageId::new().to_string();
+        let ask = if asks { "rf=1;" } else { "" };
+        client
+            .publish_with_reply(
+                request_subject(&topic),
+                format!("{inbox}.{n}.courier:id={id};ct=application/json;dl={deadline_ms};{ask}"),
+                serde_json::to_vec(&Order { id: n }).expect("json").into(),
+            )
+            .await
+            .expect("publish");
+        let reply = tokio::time::timeout(Duration::from_secs(15), replies.next())
+            .await
+            .expect("a reply within 15 s")
+            .expect("subscription open");
+        let order: Order = serde_json::from_slice(&reply.payload).expect("decode");
+        assert_eq!(order, Order { id: n + 1000 });
+        let fields = if asks {
+            assert!(reply.headers.is_none(), "{:?}", reply.headers);
+            let subject = reply
+                .reply
+                .clone()
+                .expect("the fields as its reply subject");
+            assert_eq!(subject.split('.').count(), 1, "one token: {subject}");
+            subject
+                .strip_prefix("courier:")
+                .expect("courier's fields")
+                .to_owned()
+        } else {
+            assert_eq!(reply.reply, None);
+            let headers = reply.headers.clone().expect("headers");
+            headers.get("courier-fields").expect("fields").to_string()
+        };
+        assert!(fields.contains("ct=application/json;"), "{fields}");
+        assert!(fields.contains(&format!("cause={id};")), "{fields}");
+        assert!(fields.contains(&format!("corr={id};")), "{fields}");
+    }
+
+    // Courier on both sides: the requester reads the reply's fields from
+    // its reply subject.
+    let requester = NatsBroker::connect(server.url())
+        .await
+        .expect("connect")
+        .into_broker();
+    let request = courier_core::Message::from_json(&Order { id: 7 }).expect("json");
+    let request_id = request.id().to_string();
+    let reply = requester
+        .request(&topic, request, Duration::from_secs(15))
+        .await
+        .expect("answered");
+    assert_eq!(reply.json::<Order>().expect("decode"), Order { id: 1007 });
+    assert_eq!(reply.causation_id(), Some(request_id.as_str()));
+    assert_eq!(reply.correlation_id(), Some(request_id.as_str()));
+    assert_eq!(reply.content_type(), Some("application/json"));
+    running.shutdown().await.expect("shutdown");
+}
