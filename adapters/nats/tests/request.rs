@@ -18,6 +18,14 @@ struct Order {
     id: u32,
 }
 
+/// Milliseconds since the Unix epoch, as courier writes deadlines.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as u64
+}
+
 async fn responder(broker: &NatsBroker, topic: &str) -> runtime::RunningConsumer {
     counted_responder(broker, topic).await.0
 }
@@ -223,10 +231,7 @@ async fn a_courier_request_carries_its_fields_in_its_reply_subject_or_in_one_hea
             .await
             .expect("a request within 15 s")
             .expect("subscription open");
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after the epoch")
-            .as_millis() as u64;
+        let now_ms = now_ms();
         let reply = request.reply.clone().expect("a reply subject");
         let tokens: Vec<&str> = reply.split('.').collect();
         let fields = if in_subject {
@@ -279,11 +284,7 @@ async fn a_courier_reply_carries_its_fields_in_its_own_reply_subject_when_its_re
         .subscribe(format!("{inbox}.>"))
         .await
         .expect("subscribe");
-    let deadline_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after the epoch")
-        .as_millis() as u64
-        + 60_000;
+    let deadline_ms = now_ms() + 60_000;
 
     // Requests in courier's subject form, one asking for the reply's
     // fields in its reply subject (`rf=1`, as courier's requesters write
